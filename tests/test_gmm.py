@@ -1,0 +1,259 @@
+"""The GMM estimator against scikit-learn's GaussianMixture and on degenerate input."""
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+
+from mixnorm import gmm as G
+
+
+def mixture_data(rng, n=3000, d=4, K=3, sep=6.0):
+    means = rng.normal(0, sep, size=(K, d))
+    stds = rng.uniform(0.5, 1.5, size=(K, d))
+    weights = np.array([0.5, 0.3, 0.2])[:K]
+    labels = rng.choice(K, size=n, p=weights / weights.sum())
+    x = means[labels] + stds[labels] * rng.standard_normal((n, d))
+    return x, means, stds, weights
+
+
+def rectified_data(rng, n=4000, d=8):
+    w = rng.standard_normal((d, d))
+    return np.maximum(rng.standard_normal((n, d)) @ w, 0) @ rng.standard_normal((d, d)) * 0.5
+
+
+def sklearn_best_of_3(x, K):
+    best = -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', ConvergenceWarning)
+        for seed in range(3):
+            g = GaussianMixture(K, covariance_type='diag', init_params='k-means++',
+                                max_iter=500, reg_covar=1e-5, random_state=seed).fit(x)
+            best = max(best, g.score(x))
+    return best
+
+
+@pytest.mark.parametrize('kind', ['mixture', 'rectified'])
+def test_converged_log_likelihood_matches_sklearn(kind):
+    rng = np.random.default_rng(0)
+    x = mixture_data(rng)[0] if kind == 'mixture' else rectified_data(rng)
+    K = 3
+    ours = max(G.log_likelihood(x, G.fit_gmm(x, K, kmeans_iters=10, em_iters=300,
+                                             min_weight=0, seed=s)) for s in range(3))
+    ref = sklearn_best_of_3(x, K)
+    assert abs(ours - ref) <= 0.01 * abs(ref), (ours, ref)
+
+
+def test_recovers_true_means_on_separated_data():
+    rng = np.random.default_rng(1)
+    x, means, stds, weights = mixture_data(rng, n=6000, sep=8.0)
+    g = G.fit_gmm(x, 3, kmeans_iters=5, em_iters=20, seed=0)
+    assert g.n_components == 3
+    # match components to the truth by the best permutation
+    perm = min(itertools.permutations(range(3)),
+               key=lambda p: np.abs(g.means[list(p)] - means).sum())
+    np.testing.assert_allclose(g.means[list(perm)], means, atol=0.15)
+    np.testing.assert_allclose(np.sqrt(g.variances[list(perm)]), stds, rtol=0.1)
+    np.testing.assert_allclose(g.weights[list(perm)], weights, atol=0.03)
+
+
+def test_one_em_step_equals_sklearn_one_step():
+    rng = np.random.default_rng(2)
+    x = rectified_data(rng, n=2000, d=5)
+    K, eps = 3, 1e-5
+    init = G.GMM(np.array([0.2, 0.3, 0.5]), x[rng.choice(len(x), K, replace=False)],
+                 rng.uniform(0.5, 2.0, size=(K, x.shape[1])))
+    ours = G.em_step(x, init, eps=eps)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', ConvergenceWarning)
+        sk = GaussianMixture(K, covariance_type='diag', max_iter=1, reg_covar=eps,
+                             weights_init=init.weights, means_init=init.means,
+                             precisions_init=1.0 / init.variances).fit(x)
+    np.testing.assert_allclose(ours.weights, sk.weights_, rtol=1e-5)
+    np.testing.assert_allclose(ours.means, sk.means_, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(ours.variances, sk.covariances_, rtol=1e-5)
+
+
+def test_responsibilities_and_log_likelihood_match_sklearn():
+    rng = np.random.default_rng(3)
+    x = rectified_data(rng, n=1000, d=6)
+    g = G.fit_gmm(x, 3, 2, 2, seed=0, min_weight=0)
+    sk = GaussianMixture(3, covariance_type='diag')
+    sk.weights_, sk.means_, sk.covariances_ = g.weights, g.means, g.variances
+    sk.precisions_cholesky_ = 1.0 / np.sqrt(g.variances)
+    r = G.responsibilities(x, g)
+    assert r.shape == (1000, 3)
+    np.testing.assert_allclose(r.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(r, sk.predict_proba(x), atol=1e-10)
+    assert G.log_likelihood(x, g) == pytest.approx(sk.score(x), rel=1e-10)
+
+
+def test_kmeans_plusplus_picks_distinct_data_points():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((500, 3))
+    for seed in range(10):
+        idx = G.kmeans_plusplus(x, 5, seed=seed)
+        assert idx.shape == (5,)
+        assert len(set(idx.tolist())) == 5
+        assert ((0 <= idx) & (idx < 500)).all()
+
+
+def _inertia(x, centres):
+    return ((x[:, None, :] - centres[None]) ** 2).sum(-1).min(axis=1).sum()
+
+
+def test_local_trials_reduce_seeding_inertia_on_average():
+    rng = np.random.default_rng(5)
+    x = mixture_data(rng, n=2000, d=2, K=3, sep=3.0)[0]
+    K = 8
+    one = np.mean([_inertia(x, x[G.kmeans_plusplus(x, K, n_local_trials=1, seed=s)])
+                   for s in range(40)])
+    many = np.mean([_inertia(x, x[G.kmeans_plusplus(x, K, seed=s)]) for s in range(40)])
+    assert G.default_local_trials(K) == 4
+    assert many < 0.95 * one, (many, one)
+
+
+def test_seed_determinism():
+    rng = np.random.default_rng(6)
+    x = rectified_data(rng, n=1500, d=4).astype(np.float32)
+    a, b = G.fit_gmm(x, 4, seed=7), G.fit_gmm(x, 4, seed=7)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_split_em_iters():
+    assert G.split_em_iters(2) == (1, 1)
+    assert G.split_em_iters(4) == (2, 2)
+    assert G.split_em_iters(1) == (1, 0)
+    with pytest.raises(ValueError):
+        G.split_em_iters(-1)
+
+
+def test_small_components_are_pruned_and_merged():
+    rng = np.random.default_rng(7)
+    big = rng.standard_normal((1990, 2))
+    tiny = rng.standard_normal((10, 2)) * 0.1 + 30.0       # 0.5% of the points, far away
+    x = np.concatenate([big, tiny])
+    g = G.fit_gmm(x, 3, 1, 1, seed=0)                       # K-means++ seeds the far cluster
+    assert (g.weights >= 0.01).all()
+    assert g.n_components < 3
+    assert g.weights.sum() == pytest.approx(1.0)
+    kept = G.fit_gmm(x, 3, 1, 1, seed=0, min_weight=0.0)
+    assert kept.n_components == 3 and kept.weights.min() < 0.01
+
+
+def _assert_finite(g):
+    for a in g:
+        assert np.isfinite(a).all(), g
+    assert (g.variances > 0).all()
+    assert g.weights.sum() == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize('name,x,max_k', [
+    ('identical', np.full((100, 3), 2.5), 1),
+    ('two distinct points', np.repeat(np.array([[0.0, 1.0], [5.0, -1.0]]), 50, axis=0), 2),
+    ('n < K', np.array([[0.0, 1.0], [1.0, 0.0]]), 2),
+    ('one point', np.array([[3.0, 4.0, 5.0]]), 1),
+    ('zeros float32', np.zeros((64, 8), np.float32), 1),
+])
+def test_degenerate_inputs_give_fewer_components_not_nan(name, x, max_k):
+    g = G.fit_gmm(x, 3, 1, 1, seed=0)
+    _assert_finite(g)
+    assert 1 <= g.n_components <= max_k, name
+    r = G.responsibilities(x, g)
+    assert np.isfinite(r).all()
+    np.testing.assert_allclose(r.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize('scale,offset,dtype', [
+    (1e18, 0.0, np.float32), (1e-30, 0.0, np.float32), (1e150, 0.0, np.float64),
+    (1e-3, 1e4, np.float32), (1.0, 0.0, np.float16), (1e3, 0.0, np.float16),
+])
+def test_magnitudes_and_dtypes(scale, offset, dtype):
+    rng = np.random.default_rng(8)
+    base = mixture_data(rng, n=1200, d=3, sep=6.0)[0]
+    x = (base * scale + offset).astype(dtype)
+    g = G.fit_gmm(x, 3, 2, 2, seed=0)
+    _assert_finite(g)
+    assert g.means.dtype == (np.float64 if dtype == np.float64 else np.float32)
+    assert np.isfinite(G.log_likelihood(x, g))
+    if scale >= 1e-3 and dtype != np.float16:
+        # scale-invariant: same partition as on the unscaled data
+        ref = G.fit_gmm(base, 3, 2, 2, seed=0)
+        np.testing.assert_allclose(np.sort(g.weights), np.sort(ref.weights), atol=2e-3)
+
+
+def test_outlier_beyond_subsample_is_handled():
+    x = np.random.default_rng(9).standard_normal((10000, 2)).astype(np.float32)
+    x[5001, 0] = 3e37                                  # x**2 overflows float32
+    g = G.fit_gmm(x, 2, 1, 1, seed=0)
+    _assert_finite(g)
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+def test_non_finite_input_raises(bad):
+    x = np.ones((50, 3))
+    x[7, 1] = bad
+    with pytest.raises(ValueError, match='NaN|Inf'):
+        G.fit_gmm(x, 2)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(n_components=0), 'n_components'),
+    (dict(n_components=2, fit_fraction=0.0), 'fit_fraction'),
+    (dict(n_components=2, min_weight=1.0), 'min_weight'),
+    (dict(n_components=2, em_iters=-1), 'em_iters'),
+    (dict(n_components=2, eps=0.0), 'eps'),
+    (dict(n_components=2, n_local_trials=0), 'n_local_trials'),
+])
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        G.fit_gmm(np.ones((20, 2)), **kwargs)
+
+
+def test_bad_shape_raises_with_hint():
+    with pytest.raises(ValueError, match='flatten'):
+        G.fit_gmm(np.ones((2, 3, 4, 4)), 2)
+
+
+def test_fit_fraction_subsamples_but_keeps_quality():
+    rng = np.random.default_rng(10)
+    x = mixture_data(rng, n=8000, d=4, sep=8.0)[0]
+    full = G.fit_gmm(x, 3, 2, 2, seed=0)
+    part = G.fit_gmm(x, 3, 2, 2, seed=0, fit_fraction=0.25)
+    assert G.log_likelihood(x, part) >= G.log_likelihood(x, full) - 0.02 * abs(
+        G.log_likelihood(x, full))
+    # tiny fractions still use enough points for K components
+    g = G.fit_gmm(x[:200], 3, 1, 1, seed=0, fit_fraction=0.01)
+    _assert_finite(g)
+
+
+# ----------------------------------------------------------------------------- GPU
+
+@pytest.mark.gpu
+def test_gpu_fit_matches_cpu_quality():
+    import cupy
+    rng = np.random.default_rng(11)
+    x = rectified_data(rng, n=8192, d=32).astype(np.float32)
+    cpu = G.fit_gmm(x, 3, 1, 1, seed=0)
+    gpu = G.fit_gmm(cupy.asarray(x), 3, 1, 1, seed=0)
+    assert isinstance(gpu.means, cupy.ndarray)
+    ll_cpu = G.log_likelihood(x, cpu)
+    ll_gpu = G.log_likelihood(cupy.asarray(x), gpu)
+    assert abs(ll_gpu - ll_cpu) <= 0.01 * abs(ll_cpu)
+
+
+@pytest.mark.gpu
+def test_gpu_em_step_matches_cpu():
+    import cupy
+    rng = np.random.default_rng(12)
+    x = rectified_data(rng, n=4096, d=16)
+    g = G.fit_gmm(x, 3, 1, 1, seed=0)
+    cpu = G.em_step(x, g)
+    gpu = G.em_step(cupy.asarray(x), G.GMM(*[cupy.asarray(a) for a in g]))
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(cupy.asnumpy(b), a, rtol=1e-8, atol=1e-10)
+    r = G.responsibilities(cupy.asarray(x), G.GMM(*[cupy.asarray(a) for a in g]))
+    np.testing.assert_allclose(cupy.asnumpy(r), G.responsibilities(x, g), atol=1e-10)
