@@ -9,17 +9,16 @@ our fit on the GPU (median of synchronised runs) in the same run.
     python bench/bench_gmm.py [--repeats 15] [--out results/bench]
 """
 import argparse
-import json
 import os
 import sys
 import time
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from experiments import environment  # noqa: E402
+from _common import OUT_DIR, environment, write_record  # noqa: E402
 from mixnorm import gmm as G  # noqa: E402
 
 CASES = [(16384, 128, 3), (65536, 64, 3), (4096, 448, 5)]
@@ -79,7 +78,7 @@ def bench_case(n, d, K, repeats, gpu):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--repeats', type=int, default=15)
-    p.add_argument('--out', default=os.path.join(environment.REPO_ROOT, 'results', 'bench'))
+    p.add_argument('--out', default=OUT_DIR)
     p.add_argument('--no-write', action='store_true', help='print only')
     args = p.parse_args(argv)
     env = environment.describe()
@@ -103,30 +102,22 @@ def main(argv=None):
     if args.no_write:
         return rows
     import sklearn
-    record = {'benchmark': 'gmm_fit_vs_sklearn', 'environment': env,
-              'sklearn': sklearn.__version__, 'rows': rows}
-    tag = 'gpu' if gpu else 'cpu'
-    os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, 'gmm_%s' % tag)
-    with open(base + '.json', 'w') as f:
-        json.dump(record, f, indent=2)
-    with open(base + '.md', 'w') as f:
-        f.write('# fit_gmm vs scikit-learn GaussianMixture (measured, %s)\n\n' % env['date'])
-        f.write('CPU: %s (%s cores); GPU: %s; commit %s; NumPy %s, scikit-learn %s.\n'
-                'Command: `%s`. Median of %d interleaved fits, float32 activations '
-                '(rectified Gaussian), kmeans_iters = em_iters = 1.\n\n'
-                % (env['cpu'], env['cpu_count'], env['gpu']['name'] if gpu else 'none',
-                   env['git_commit'], env['numpy'], sklearn.__version__, env['command'],
-                   args.repeats))
-        f.write('| n | d | K | ours (ms) | sklearn (ms) | sklearn/ours | LL ours | LL sklearn |'
-                + (' ours GPU (ms) |' if gpu else '') + '\n')
-        f.write('|---|---|---|---|---|---|---|---|' + ('---|' if gpu else '') + '\n')
-        for r in rows:
-            f.write('| %d | %d | %d | %.2f | %.2f | %.2fx | %.3f | %.3f |' % (
-                r['n'], r['d'], r['K'], 1e3 * r['ours_cpu_s'], 1e3 * r['sklearn_cpu_s'],
-                r['speedup_vs_sklearn'], r['ours_ll'], r['sklearn_ll'])
-                + (' %.2f |' % (1e3 * r['ours_gpu_s']) if gpu else '') + '\n')
-    print('wrote %s.json and %s.md' % (base, base))
+    for r in rows:
+        r['ours_cpu_ms'], r['sklearn_cpu_ms'] = 1e3 * r['ours_cpu_s'], 1e3 * r['sklearn_cpu_s']
+        r['ours_gpu_ms'] = 1e3 * r['ours_gpu_s'] if 'ours_gpu_s' in r else None
+    columns = [('n', 'n', '%d'), ('d', 'd', '%d'), ('K', 'K', '%d'),
+               ('ours CPU (ms)', 'ours_cpu_ms', '%.2f'),
+               ('sklearn CPU (ms)', 'sklearn_cpu_ms', '%.2f'),
+               ('sklearn / ours', 'speedup_vs_sklearn', '%.2fx'),
+               ('LL ours', 'ours_ll', '%.3f'), ('LL sklearn', 'sklearn_ll', '%.3f'),
+               ('ours GPU (ms)', 'ours_gpu_ms', '%.2f')]
+    write_record('gmm_%s' % ('gpu' if gpu else 'cpu'),
+                 'fit_gmm vs scikit-learn GaussianMixture', env, rows, columns,
+                 'Median of %d interleaved fits on the same float32 activations (rectified '
+                 'Gaussian), kmeans_iters = em_iters = 1; scikit-learn %s with '
+                 "covariance_type='diag', init_params='k-means++', max_iter=1, n_init=1."
+                 % (args.repeats, sklearn.__version__), out_dir=args.out,
+                 extra={'sklearn': sklearn.__version__})
     return rows
 
 

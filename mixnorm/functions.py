@@ -152,6 +152,14 @@ class _Layout(object):
 
         ``out``: optional (C, n) buffer from :meth:`empty` to write into.
         """
+        if r.shape[1] == 1:     # an outer product: BLAS with k = 1 is ~10x slower
+            if out is None:
+                return w * r.T if not self.rows else (r * w.T).T
+            if self.rows:
+                xp.multiply(r, w.T, out=out.T)
+            else:
+                xp.multiply(w, r.T, out=out)
+            return out
         if self.rows:
             return xp.matmul(r, w.T, out=None if out is None else out.T).T
         return xp.matmul(w, r.T, out=out)

@@ -109,14 +109,19 @@ class MixtureNormalization(chainer.Link):
                 self.beta = None
 
     # ------------------------------------------------------------------ helpers
-    def _points(self, x):
-        """Activations (N, C, *S) as the (N*prod(S), C) points the mixture is fitted to."""
-        xp = backend.get_array_module(x)
+    def _check_input(self, x):
+        """Validate the shape of ``x`` (N, C, *S); return the number of points n."""
         if x.ndim < 2 or x.shape[1] != self.size:
             raise ValueError('%s expects input of shape (N, %d) or (N, %d, ...), got %s'
                              % (self._label(), self.size, self.size, tuple(x.shape)))
+        return x.size // self.size
+
+    def _points(self, x):
+        """Activations (N, C, *S) as the (N*prod(S), C) points the mixture is fitted to."""
+        self._check_input(x)
         if x.ndim == 2:
             return x
+        xp = backend.get_array_module(x)
         return xp.ascontiguousarray(xp.moveaxis(x, 1, -1)).reshape(-1, self.size)
 
     def _label(self):
@@ -175,23 +180,36 @@ class MixtureNormalization(chainer.Link):
     # ------------------------------------------------------------------ forward
     def forward(self, x):
         x_arr = x.array if isinstance(x, chainer.Variable) else x
-        points = self._points(x_arr)
         if chainer.config.train:
-            return self._forward_train(x, points)
-        return self._forward_test(x, points)
+            return self._forward_train(x, x_arr)
+        return self._forward_test(x, self._points(x_arr))
 
-    def _forward_train(self, x, points):
-        g = self._fit(points)
-        self.last_gmm = g
-        self.effective_components = g.n_components
-        resp = _gmm.responsibilities(points, g)
+    def _forward_train(self, x, x_arr):
+        xp = backend.get_array_module(x_arr)
+        if self.n_components == 1:
+            # one component: nu = 1 everywhere, no fit needed; this is exactly BN.
+            g = None
+            resp = xp.ones((self._check_input(x_arr), 1), dtype=numpy.float32
+                           if x_arr.dtype == numpy.float16 else x_arr.dtype)
+        else:
+            points = self._points(x_arr)
+            g = self._fit(points)
+            resp = _gmm.responsibilities(points, g)
         gamma, beta = self.gamma, self.beta
         if self.affine == 'component':
-            gamma, beta = gamma[:g.n_components], beta[:g.n_components]
-        y, stats = functions.mixture_normalization(
+            k = resp.shape[1]
+            gamma, beta = gamma[:k], beta[:k]
+        y, (lam, mu, var) = functions.mixture_normalization(
             x, gamma, beta, resp, eps=self.eps, lambda_scaling=self.lambda_scaling,
             return_stats=True)
-        self._push(*stats)
+        if g is None:
+            if not bool(xp.isfinite(mu).all()):
+                _gmm._raise_not_finite(self._points(x_arr), name='%s input %s' % (
+                    self._label(), tuple(x_arr.shape)))
+            g = _gmm.GMM(lam, mu, var + self.eps)
+        self.last_gmm = g
+        self.effective_components = g.n_components
+        self._push(lam, mu, var)
         return y
 
     def _forward_test(self, x, points):

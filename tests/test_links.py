@@ -207,8 +207,9 @@ def test_constant_input_is_finite():
         assert np.isfinite(mn(np.full((4, 3, 2, 2), 7.0, np.float32)).array).all()
 
 
-def test_nan_input_names_the_layer():
-    model = chainer.Sequential(MixtureNormalization(3, seed=0))
+@pytest.mark.parametrize('K', [1, 3])
+def test_nan_input_names_the_layer(K):
+    model = chainer.Sequential(MixtureNormalization(3, n_components=K, seed=0))
     x = np.ones((4, 3, 2, 2), np.float32)
     x[1, 2, 0, 1] = np.nan
     with pytest.raises(ValueError, match=r"MixtureNormalization '0'.*NaN"):
