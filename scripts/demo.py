@@ -47,15 +47,14 @@ def main(argv=None):
         print('  component: weight %.3f  |mean| %.3f  mean std %.3f'
               % (g.weights[k], np.linalg.norm(g.means[k]), np.sqrt(g.variances[k]).mean()))
 
-    # BN: one mean/std for the whole batch; MN: Eq. 34-36 with the fitted posteriors.
-    bn = (x - x.mean(0)) / np.sqrt(x.var(0) + 2e-5)
-    nu = mixnorm.responsibilities(x, g)
-    lam = nu.mean(0)
-    nu_hat = nu / nu.sum(0)
-    mu = nu_hat.T @ x
-    var = nu_hat.T @ (x * x) - mu ** 2
-    mn = sum(nu[:, k:k + 1] / np.sqrt(lam[k]) * (x - mu[k]) / np.sqrt(var[k] + 2e-5)
-             for k in range(g.n_components))
+    # BN and MN layers (training mode) on the same activations, as a (N, C) batch.
+    import chainer.links as L
+    bn = L.BatchNormalization(d)(x).array
+    mn_link = mixnorm.MixtureNormalization(d, n_components=args.components, em_iters=2,
+                                           seed=args.seed)
+    mn = mn_link(x).array
+    nu = mixnorm.responsibilities(x, mn_link.last_gmm)
+    lam, mu, var = mixnorm.functions.mixture_moments(x, nu)
 
     def skew(a):
         a = a - a.mean(0)
@@ -70,7 +69,7 @@ def main(argv=None):
     comps = [k for k in range(g.n_components) if (hard == k).sum() > 1]
     bn_within = np.mean([bn[hard == k].std(0).mean() for k in comps])
     mn_within = np.mean([((x[hard == k] - mu[k]) / np.sqrt(var[k] + 2e-5)).std(0).mean()
-                         for k in comps])
+                         for k in comps])  # x^k of Eq. 35 on the points of component k
     print('%-28s %10s %10.3f %10.3f' % ('std within a mode (avg)', '', bn_within, mn_within))
     print('\nMN standardizes each mode of variation separately; BN uses one mean and std.')
 
