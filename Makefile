@@ -9,6 +9,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mixnorm-installed
 PYTEST_ARGS ?=
+# `make reproduce` trains BN-2 and MN-2 of Table 2 (CIFAR-10, smoke preset) and prints
+# them beside the paper's numbers.  CIFAR-10 comes from DATA_DIR, Chainer's cache, or a
+# download.  Offline: `make reproduce DATA=synthetic` (generated data, marked NOT
+# COMPARABLE).  Full runs: PRESET= DEVICE=0 (a GPU) ROWS= (all rows).
+DATA   ?= cifar10
+PRESET ?= smoke
+ROWS   ?= BN-2,MN-2
+DEVICE ?= cpu
+DATA_DIR ?=
+REPRO_ARGS = table2 --dataset cifar10 --device $(DEVICE) \
+	$(if $(PRESET),--preset $(PRESET)) $(if $(ROWS),--rows $(ROWS)) \
+	$(if $(filter synthetic,$(DATA)),--synthetic,--download) \
+	$(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 .PHONY: venv test reproduce demo bench clean
 
@@ -24,13 +37,15 @@ $(STAMP): setup.py
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-reproduce: demo
+reproduce: venv
+	$(PY) scripts/reproduce.py $(REPRO_ARGS)
 
 demo: venv
 	$(PY) scripts/demo.py
 
 bench: venv
 	$(PY) bench/bench_gmm.py
+	$(PY) bench/bench_layer.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -100,10 +100,10 @@ SCHEMA = {
     },
     'schedule': {
         'type': (str, 'constant', _choice('constant', 'staircase', 'multistep')),
-        'rate': (NUM, 1.0, _positive),
-        'every_epochs': (NUM, 1, _positive),
-        'factor': (NUM, 0.1, _positive),
-        'at': (list, [], None),
+        'rate': (OPT_NUM, None, _positive),
+        'every_epochs': (OPT_NUM, None, _positive),
+        'factor': (OPT_NUM, None, _positive),
+        'at': ((list, type(None)), None, _fractions),
     },
     'mn': {
         'layers': (list, REQUIRED, _layers),

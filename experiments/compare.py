@@ -1,0 +1,220 @@
+"""Our runs beside the paper's numbers, for any table stored in ``results/paper/``.
+
+Two kinds of table, recognised from the paper data (new tables need data, not code):
+
+* checkpoint tables (``checkpoints_percent`` present, e.g. Tables 2 and 4): maximum test
+  accuracy after each fraction of the epochs, per row;
+* step tables (a ``bn_reference`` per dataset, e.g. Tables 3, 5, 6): gradient updates
+  for each row to reach its BN reference's maximum test accuracy, the reduction in
+  percent against the BN row, and each row's maximum accuracy.  Their runs come from
+  the experiment named by ``settings_from`` (Table 3 <- table2 runs).
+
+Runs of one row with several seeds are aggregated (mean, std, n).  Runs that are smoke
+runs, on synthetic data or on a subset are kept apart and marked not comparable.
+"""
+import csv
+import io
+import math
+
+from experiments import paper, records
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, 0
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 \
+        else 0.0
+    return m, s, len(values)
+
+
+def table_kind(doc):
+    if 'checkpoints_percent' in doc:
+        return 'checkpoints'
+    if any('bn_reference' in d for d in doc['datasets'].values()):
+        return 'steps'
+    raise ValueError('%s: not a table of runs (no checkpoints_percent or bn_reference)'
+                     % doc.get('source'))
+
+
+def group_runs(runs, dataset_as=None):
+    """{(dataset, row, comparable): [Run]} (``dataset_as`` replaces the runs' dataset)."""
+    groups = {}
+    for r in runs:
+        if r.summary is None:
+            continue
+        key = (dataset_as or r.config['data']['dataset'], r.config['row'],
+               bool(r.summary.get('comparable_to_paper')))
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def _status(comparable, runs):
+    if comparable:
+        return 'ok' if all(r.summary.get('finished') for r in runs) else 'partial'
+    reasons = set()
+    for r in runs:
+        if r.summary.get('smoke'):
+            reasons.add('smoke')
+        if r.config['data']['dataset'] == 'synthetic':
+            reasons.add('synthetic data')
+        if r.config['data'].get('subset'):
+            reasons.add('subset')
+    return 'NOT COMPARABLE (%s)' % ', '.join(sorted(reasons) or ['?'])
+
+
+def compare_checkpoints(table, runs, paper_dataset=None):
+    """Rows of (dataset, row, checkpoint %, ours mean, std, n, paper, diff, status)."""
+    doc = paper.load(table)
+    out = []
+    for (dataset, row, comparable), group in sorted(group_runs(runs, paper_dataset).items()):
+        prow = doc['datasets'].get(dataset, {}).get('rows', {}).get(row)
+        for pct in map(str, doc['checkpoints_percent']):
+            m, s, n = _mean_std([r.summary['max_test_accuracy'].get(pct) for r in group])
+            ref = prow['max_test_accuracy'].get(pct) if prow else None
+            out.append({'table': table, 'dataset': dataset, 'row': row,
+                        'metric': 'max acc @%s%%' % pct, 'ours': m, 'std': s, 'n': n,
+                        'paper': ref, 'diff': (m - ref) if m is not None and ref is not None
+                        else None, 'status': _status(comparable, group)})
+    return out
+
+
+def compare_steps(table, runs, paper_dataset=None):
+    """Steps to the BN reference's maximum accuracy, the reduction against the BN row,
+    and each row's maximum accuracy: ours vs the paper's.
+
+    Our target is the mean (over seeds) best test accuracy of our own BN reference row,
+    as the paper uses its own BN row's maximum.
+    """
+    doc = paper.load(table)
+    groups = group_runs(runs, paper_dataset)
+    out = []
+    for dataset, ddoc in doc['datasets'].items():
+        if paper_dataset and dataset != paper_dataset:
+            continue
+        ref_row = ddoc['bn_reference']
+        paper_bn = ddoc['rows'].get(ref_row, {}).get('steps_to_target')
+        for comparable in (True, False):
+            bn_runs = groups.get((dataset, ref_row, comparable), [])
+            target, _, _ = _mean_std([r.summary['best_test_accuracy'] for r in bn_runs])
+            steps_recs, acc_recs = [], []
+            for row, prow in ddoc['rows'].items():
+                group = groups.get((dataset, row, comparable), [])
+                if not group:
+                    continue
+                steps = [records.steps_to_accuracy(r.log, target) for r in group] \
+                    if target is not None else []
+                reached = [st for st in steps if st is not None]
+                m_steps, s_steps, _ = _mean_std(reached)
+                m_acc, s_acc, n = _mean_std([r.summary['best_test_accuracy'] for r in group])
+                base = {'table': table, 'dataset': dataset, 'row': row, 'n': n,
+                        'status': _status(comparable, group)}
+                p_steps = prow.get('steps_to_target')
+                steps_recs.append(dict(
+                    base, metric='steps to BN max (%s)' % (
+                        'ours %.2f%%' % target if target is not None else 'no BN run'),
+                    ours=m_steps, std=s_steps, paper=p_steps,
+                    reached='%d/%d' % (len(reached), len(group)),
+                    paper_reduction_pct=100 * (1 - p_steps / paper_bn)
+                    if p_steps and paper_bn else None))
+                acc_recs.append(dict(
+                    base, metric='max acc', ours=m_acc, std=s_acc,
+                    paper=prow.get('max_accuracy'),
+                    diff=(m_acc - prow['max_accuracy'])
+                    if m_acc is not None and prow.get('max_accuracy') is not None else None))
+            bn_steps = next((r['ours'] for r in steps_recs if r['row'] == ref_row), None)
+            for r in steps_recs:
+                r['our_reduction_pct'] = 100 * (1 - r['ours'] / bn_steps) \
+                    if r['ours'] is not None and bn_steps else None
+            out += steps_recs + acc_recs
+    return out
+
+
+def compare(table, runs=None, paper_dataset=None):
+    """Comparison records for ``table`` ('table2', 'table3', ...).
+
+    ``paper_dataset``: compare against this dataset's paper rows whatever data the runs
+    used (smoke runs on synthetic data; they are marked not comparable).
+    """
+    doc = paper.load(table)
+    experiment = doc.get('settings_from', table)
+    if runs is None:
+        runs = records.find_runs(experiment=experiment)
+    runs = [r for r in runs if r.config.get('experiment') == experiment]
+    kind = table_kind(doc)
+    return compare_checkpoints(table, runs, paper_dataset) if kind == 'checkpoints' \
+        else compare_steps(table, runs, paper_dataset)
+
+
+# --------------------------------------------------------------------------- output
+
+COLUMNS = [('dataset', 'dataset'), ('row', 'row'), ('metric', 'metric'), ('ours', 'ours'),
+           ('std', '±'), ('n', 'seeds'), ('reached', 'reached'), ('paper', 'paper'),
+           ('diff', 'ours−paper'),
+           ('our_reduction_pct', 'our reduction %'),
+           ('paper_reduction_pct', 'paper reduction %'), ('status', 'status')]
+
+
+def _fmt(v):
+    if v is None:
+        return '—'
+    if isinstance(v, float):
+        return '%.0f' % v if abs(v) >= 1000 else '%.2f' % v
+    return str(v)
+
+
+def _columns(recs):
+    return [(k, h) for k, h in COLUMNS if any(k in r for r in recs)]
+
+
+def to_text(recs):
+    cols = _columns(recs)
+    cells = [[h for _, h in cols]] + [[_fmt(r.get(k)) for k, _ in cols] for r in recs]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = ['  '.join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
+
+
+def to_markdown(recs):
+    cols = _columns(recs)
+    lines = ['| ' + ' | '.join(h for _, h in cols) + ' |', '|' + '---|' * len(cols)]
+    lines += ['| ' + ' | '.join(_fmt(r.get(k)) for k, _ in cols) + ' |' for r in recs]
+    return '\n'.join(lines)
+
+
+def to_csv(recs):
+    cols = _columns(recs)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([k for k, _ in cols])
+    for r in recs:
+        w.writerow(['' if r.get(k) is None else r.get(k) for k, _ in cols])
+    return buf.getvalue()
+
+
+def checkpoint_layout(recs):
+    """Checkpoint-table records in the paper's layout: one line per (dataset, row,
+    status), each checkpoint as ``ours (paper)``."""
+    lines = {}
+    order = []
+    for r in recs:
+        key = (r['dataset'], r['row'], r['status'])
+        if key not in lines:
+            lines[key] = {}
+            order.append(key)
+        lines[key][r['metric'].split('@')[1]] = '%s (%s)%s' % (
+            _fmt(r['ours']), _fmt(r['paper']), '' if r['n'] <= 1 else ' n=%d' % r['n'])
+    pcts = []
+    for v in lines.values():
+        for p in v:
+            if p not in pcts:
+                pcts.append(p)
+    header = ['dataset', 'row'] + ['max acc @%s: ours (paper)' % p for p in pcts] + ['status']
+    cells = [header] + [[k[0], k[1]] + [lines[k].get(p, '—') for p in pcts] + [k[2]]
+                        for k in order]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    out = ['  '.join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    out.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(out)
