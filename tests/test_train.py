@@ -116,3 +116,16 @@ def test_missing_cifar_fails_with_instructions(tmp_path, monkeypatch):
         train.run(cfg, out=str(tmp_path / 'run'), progress=False)
     msg = str(e.value)
     assert 'nodata' in msg and '--data-dir' in msg
+
+
+@pytest.mark.parametrize('fmt', ['text', 'markdown', 'csv'])
+def test_compare_script(bn_mn_runs, tmp_path, fmt, capsys):
+    from scripts import compare as compare_script
+    root, _ = bn_mn_runs
+    out = tmp_path / ('cmp.' + fmt)
+    compare_script.main([str(root), '--dataset', 'cifar10', '--format', fmt, '--out', str(out)])
+    text = out.read_text()
+    assert 'Table 2' in text and 'Table 3' in text and '87.95' in text
+    assert 'NOT COMPARABLE' in text
+    with pytest.raises(SystemExit, match='no such run'):
+        compare_script.main([str(tmp_path / 'nothing')])

@@ -1,0 +1,68 @@
+"""Print our runs beside the paper's numbers.
+
+    python scripts/compare.py [RUN_DIR_OR_ROOT ...] [--table table2] [--dataset cifar10]
+        [--format text|markdown|csv] [--out FILE]
+
+Every table of ``results/paper/`` that has runs is shown (or only ``--table``): the
+mean ± std over seeds and the number of seeds of our runs, the paper's value and the
+difference; step tables (3, 5, 6) add the steps to the BN reference's maximum accuracy
+and the reduction in percent.  Smoke runs and runs on other data are marked
+NOT COMPARABLE.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments import compare, paper, records  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('paths', nargs='*', default=[records.RUNS_ROOT],
+                   help='run directories or folders holding them (default results/runs)')
+    p.add_argument('--table', action='append', help='only these tables (repeatable)')
+    p.add_argument('--dataset', choices=['cifar10', 'cifar100'],
+                   help='compare against this dataset of the paper (needed for smoke runs '
+                        'on synthetic data)')
+    p.add_argument('--format', choices=['text', 'markdown', 'csv'], default='text')
+    p.add_argument('--out', help='write to this file instead of stdout')
+    args = p.parse_args(argv)
+    runs = []
+    for path in args.paths:
+        if not os.path.exists(path):
+            raise SystemExit('error: no such run or folder: %s' % path)
+        runs += records.find_runs(path)
+    if not runs:
+        raise SystemExit('no runs found under %s; make some with scripts/reproduce.py'
+                         % ', '.join(args.paths))
+    tables = args.table or [t for t in paper.available() if t.startswith('table')]
+    render = {'text': compare.to_text, 'markdown': compare.to_markdown,
+              'csv': compare.to_csv}[args.format]
+    chunks = []
+    for table in tables:
+        doc = paper.load(table)
+        try:
+            compare.table_kind(doc)
+        except ValueError:
+            continue                      # e.g. Table 7 (timings): bench/, not runs
+        experiment = doc.get('settings_from', table)
+        mine = [r for r in runs if r.config.get('experiment') == experiment]
+        if not mine:
+            continue
+        recs = compare.compare(table, mine, paper_dataset=args.dataset)
+        if recs:
+            chunks.append('%s%s\n\n%s\n' % ('## ' if args.format == 'markdown' else '',
+                                            doc['source'], render(recs)))
+    text = '\n'.join(chunks) or 'no table of results/paper/ matches these runs\n'
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(text)
+        print('wrote %s' % args.out)
+    else:
+        print(text)
+
+
+if __name__ == '__main__':
+    main()
