@@ -35,5 +35,5 @@ def test_cifar_cnn_kernels_and_names():
 
 def test_registry_rejects_unknown_model():
     assert 'cifar_cnn' in MODELS
-    with pytest.raises(ValueError, match='available: cifar_cnn'):
+    with pytest.raises(ValueError, match='available: cifar_cnn, densenet, inception_v3'):
         build_model('resnet', 10)

@@ -1,15 +1,24 @@
-"""Model registry: name -> constructor (one architecture per file).
+"""Model registry: name -> constructor (one architecture per file, imported on demand).
 
-``build_model(name, n_classes, **kwargs)``; ``MODELS`` lists the names.
+``build_model(name, n_classes, **kwargs)``; ``MODELS`` lists the names.  Every model
+names its normalization sites with the paper's layer names (``normalization_sites()``),
+which ``mixnorm.replace_batch_normalization`` and the configs' ``mn.layers`` use.
 """
-from experiments.models.cifar_cnn import CifarCNN
+import importlib
 
 MODELS = {
-    'cifar_cnn': CifarCNN,
+    'cifar_cnn': 'experiments.models.cifar_cnn:CifarCNN',            # Table 1
+    'inception_v3': 'experiments.models.inception_v3:InceptionV3',   # Sec. 4.3
+    'densenet': 'experiments.models.densenet:DenseNet',              # Sec. 4.4, Table 7
 }
 
 
-def build_model(name, n_classes, **kwargs):
+def get_model_class(name):
     if name not in MODELS:
         raise ValueError('unknown model %r; available: %s' % (name, ', '.join(sorted(MODELS))))
-    return MODELS[name](n_classes=n_classes, **kwargs)
+    module, cls = MODELS[name].split(':')
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_model(name, n_classes, **kwargs):
+    return get_model_class(name)(n_classes=n_classes, **kwargs)
