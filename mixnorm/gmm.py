@@ -199,7 +199,7 @@ def _kmeans_plusplus(frame, n_components, n_local_trials, rs):
         dist = _sq_dist(frame, frame.z[cand])                     # (trials, n)
         best = xp.argmin(xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64))
         d_best = dist[best]                                       # device index, no sync
-        labels[d_best < closest] = k
+        labels = xp.where(d_best < closest, k, labels)            # no boolean scatter
         closest = xp.minimum(closest, d_best)
         indices.append(xp.reshape(cand[best], (1,)))
     return xp.concatenate(indices), labels
