@@ -123,6 +123,9 @@ SCHEMA = {
         'target_accuracy': (OPT_NUM, None, None),
         'checkpoints': (list, [0.25, 0.5, 0.75, 1.0], _fractions),
         'max_iterations': (OPT_INT, None, None),
+        # MN layers (BN paths) whose fitted mixture is saved at 20/40/60/80/100 % of
+        # training (paper Sec. 5.2, Figure 8)
+        'save_mixtures': (list, [], None),
     },
 }
 OPTIONAL_SECTIONS = ('mn',)

@@ -15,6 +15,7 @@ from mixnorm import _compat  # noqa: F401
 
 import argparse
 import glob
+import math
 import os
 import re
 import sys
@@ -121,6 +122,41 @@ class ReportMixtureComponents(training.Extension):
                         for p, link in self.links if link.effective_components is not None})
 
 
+class SaveMixtures(training.Extension):
+    """Saves the last fitted mixture of chosen MN layers at 20/40/60/80/100 % of the
+    planned iterations (paper Sec. 5.2, Figure 8) to
+    ``mixtures/<layer with / as ->_iter<k>.npz`` (weights, means, variances, sorted by
+    weight, heaviest first)."""
+    trigger = 1, 'iteration'
+    priority = training.PRIORITY_WRITER
+    FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
+
+    def __init__(self, model, layers, total_iterations, out):
+        links = dict(mn_links(model))
+        missing = [p for p in layers if p.strip('/') not in links]
+        if missing:
+            raise ValueError('train.save_mixtures: %s are not MN layers; MN layers: %s'
+                             % (missing, ', '.join(links) or '(none)'))
+        self.links = [(p.strip('/'), links[p.strip('/')]) for p in layers]
+        self.at = sorted({max(1, int(round(f * total_iterations))) for f in self.FRACTIONS})
+        self.out = os.path.join(out, 'mixtures')
+
+    def __call__(self, trainer):
+        it = trainer.updater.iteration
+        if it not in self.at:
+            return
+        os.makedirs(self.out, exist_ok=True)
+        for path, link in self.links:
+            g = link.last_gmm
+            if g is None:
+                continue
+            numpy.savez(os.path.join(self.out, '%s_iter%d.npz' % (path.replace('/', '-'), it)),
+                        weights=chainer.backends.cuda.to_cpu(g.weights),
+                        means=chainer.backends.cuda.to_cpu(g.means),
+                        variances=chainer.backends.cuda.to_cpu(g.variances),
+                        iteration=it, layer=path)
+
+
 def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device,
                   progress=True):
     updater = AugmentingUpdater(train_iter, optimizer, device, cfg['train']['seed'] + 17,
@@ -141,6 +177,11 @@ def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device
         trigger=(1, 'iteration'))
     if mn_links(classifier.predictor):
         trainer.extend(ReportMixtureComponents(classifier.predictor))
+    if cfg['train']['save_mixtures']:
+        total = cfg['train']['max_iterations'] or int(
+            epochs * math.ceil(len(train_iter.dataset) / cfg['data']['batch_size']))
+        trainer.extend(SaveMixtures(classifier.predictor, cfg['train']['save_mixtures'],
+                                    total, out))
     trainer.extend(extensions.LogReport(trigger=(1, 'epoch'), filename='log.json'))
     trainer.extend(extensions.snapshot(filename='snapshot_epoch_{.updater.epoch}'),
                    trigger=(cfg['train']['snapshot_every'], 'epoch'))

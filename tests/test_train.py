@@ -129,3 +129,17 @@ def test_compare_script(bn_mn_runs, tmp_path, fmt, capsys):
     assert 'NOT COMPARABLE' in text
     with pytest.raises(SystemExit, match='no such run'):
         compare_script.main([str(tmp_path / 'nothing')])
+
+
+def test_save_mixtures_for_figure8(tmp_path):
+    cfg = tiny_cfg('MN-2', ['train.save_mixtures=[conv3/bn]', 'train.epochs=1'])
+    out = str(tmp_path / 'run')
+    train.run(cfg, out=out, progress=False)
+    files = sorted(os.listdir(os.path.join(out, 'mixtures')))
+    # 4 iterations planned: 20/40/60/80/100 % -> iterations 1, 2, 3, 4 (deduplicated)
+    assert files == ['conv3-bn_iter%d.npz' % i for i in (1, 2, 3, 4)]
+    z = np.load(os.path.join(out, 'mixtures', files[-1]))
+    assert z['means'].shape[1] == 128 and z['weights'].sum() == pytest.approx(1, rel=1e-5)
+    with pytest.raises(ValueError, match='not MN layers'):
+        train.run(tiny_cfg('MN-2', ['train.save_mixtures=[conv2/bn]']),
+                  out=str(tmp_path / 'bad'), progress=False)
