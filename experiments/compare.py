@@ -32,7 +32,8 @@ def _mean_std(values):
 def table_kind(doc):
     if 'checkpoints_percent' in doc:
         return 'checkpoints'
-    if any('bn_reference' in d for d in doc['datasets'].values()):
+    if any('bn_reference' in d or any('bn_reference' in r for r in d['rows'].values())
+           for d in doc['datasets'].values()):
         return 'steps'
     raise ValueError('%s: not a table of runs (no checkpoints_percent or bn_reference)'
                      % doc.get('source'))
@@ -84,7 +85,8 @@ def compare_steps(table, runs, paper_dataset=None):
     """Steps to the BN reference's maximum accuracy, the reduction against the BN row,
     and each row's maximum accuracy: ours vs the paper's.
 
-    Our target is the mean (over seeds) best test accuracy of our own BN reference row,
+    Each row's BN reference is the row's ``bn_reference`` (else the dataset's).  Our
+    target is the mean (over seeds) best test accuracy of our own runs of that BN row,
     as the paper uses its own BN row's maximum.
     """
     doc = paper.load(table)
@@ -93,16 +95,23 @@ def compare_steps(table, runs, paper_dataset=None):
     for dataset, ddoc in doc['datasets'].items():
         if paper_dataset and dataset != paper_dataset:
             continue
-        ref_row = ddoc['bn_reference']
-        paper_bn = ddoc['rows'].get(ref_row, {}).get('steps_to_target')
+        prows = ddoc['rows']
+
+        def ref_of(row):
+            return prows[row].get('bn_reference', ddoc.get('bn_reference'))
+
         for comparable in (True, False):
-            bn_runs = groups.get((dataset, ref_row, comparable), [])
-            target, _, _ = _mean_std([r.summary['best_test_accuracy'] for r in bn_runs])
+            targets = {}
+            for ref in {ref_of(r) for r in prows}:
+                targets[ref], _, _ = _mean_std(
+                    [r.summary['best_test_accuracy']
+                     for r in groups.get((dataset, ref, comparable), [])])
             steps_recs, acc_recs = [], []
-            for row, prow in ddoc['rows'].items():
+            for row, prow in prows.items():
                 group = groups.get((dataset, row, comparable), [])
                 if not group:
                     continue
+                target = targets[ref_of(row)]
                 steps = [records.steps_to_accuracy(r.log, target) for r in group] \
                     if target is not None else []
                 reached = [st for st in steps if st is not None]
@@ -111,20 +120,22 @@ def compare_steps(table, runs, paper_dataset=None):
                 base = {'table': table, 'dataset': dataset, 'row': row, 'n': n,
                         'status': _status(comparable, group)}
                 p_steps = prow.get('steps_to_target')
+                p_ref = prows.get(ref_of(row), {}).get('steps_to_target')
                 steps_recs.append(dict(
-                    base, metric='steps to BN max (%s)' % (
-                        'ours %.2f%%' % target if target is not None else 'no BN run'),
-                    ours=m_steps, std=s_steps, paper=p_steps,
+                    base, metric='steps to %s max (%s)' % (ref_of(row), (
+                        'ours %.2f%%' % target if target is not None else 'no BN run')),
+                    ours=m_steps, std=s_steps, paper=p_steps, ref=ref_of(row),
                     reached='%d/%d' % (len(reached), len(group)),
-                    paper_reduction_pct=100 * (1 - p_steps / paper_bn)
-                    if p_steps and paper_bn else None))
+                    paper_reduction_pct=100 * (1 - p_steps / p_ref)
+                    if p_steps and p_ref else None))
                 acc_recs.append(dict(
                     base, metric='max acc', ours=m_acc, std=s_acc,
                     paper=prow.get('max_accuracy'),
                     diff=(m_acc - prow['max_accuracy'])
                     if m_acc is not None and prow.get('max_accuracy') is not None else None))
-            bn_steps = next((r['ours'] for r in steps_recs if r['row'] == ref_row), None)
+            ours_steps = {r['row']: r['ours'] for r in steps_recs}
             for r in steps_recs:
+                bn_steps = ours_steps.get(r.pop('ref'))
                 r['our_reduction_pct'] = 100 * (1 - r['ours'] / bn_steps) \
                     if r['ours'] is not None and bn_steps else None
             out += steps_recs + acc_recs
