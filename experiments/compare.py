@@ -39,13 +39,21 @@ def table_kind(doc):
                      % doc.get('source'))
 
 
-def group_runs(runs, dataset_as=None):
-    """{(dataset, row, comparable): [Run]} (``dataset_as`` replaces the runs' dataset)."""
+def run_paper_dataset(run):
+    """The paper dataset a run's row stands for (its config folder), whatever data it
+    was trained on."""
+    return (run.summary or {}).get('config_dataset', run.config['data']['dataset'])
+
+
+def group_runs(runs, paper_dataset=None):
+    """{(paper dataset, row, comparable): [Run]}, only ``paper_dataset``'s if given."""
     groups = {}
     for r in runs:
         if r.summary is None:
             continue
-        key = (dataset_as or r.config['data']['dataset'], r.config['row'],
+        if paper_dataset and run_paper_dataset(r) != paper_dataset:
+            continue
+        key = (run_paper_dataset(r), r.config['row'],
                bool(r.summary.get('comparable_to_paper')))
         groups.setdefault(key, []).append(r)
     return groups
@@ -145,8 +153,9 @@ def compare_steps(table, runs, paper_dataset=None):
 def compare(table, runs=None, paper_dataset=None):
     """Comparison records for ``table`` ('table2', 'table3', ...).
 
-    ``paper_dataset``: compare against this dataset's paper rows whatever data the runs
-    used (smoke runs on synthetic data; they are marked not comparable).
+    ``paper_dataset``: only runs whose rows stand for that dataset of the paper.  Runs
+    are matched to the paper's rows by their config folder's dataset, so smoke runs on
+    synthetic data line up with their rows; they are marked not comparable.
     """
     doc = paper.load(table)
     experiment = doc.get('settings_from', table)

@@ -20,11 +20,25 @@ TEST_ACC = 'validation/main/accuracy'
 TEST_LOSS = 'validation/main/loss'
 
 
+def config_dataset(cfg):
+    """The dataset folder of the row config (``configs/<table>/<dataset>/<row>.yaml``),
+    i.e. the paper dataset the row stands for, even when the run used other data."""
+    for src in reversed(cfg.get('_sources', [])):
+        parts = src.replace(os.sep, '/').split('/')
+        if len(parts) >= 3 and parts[0] == 'configs' and parts[-1] != 'base.yaml' \
+                and parts[1] != 'presets':
+            return parts[-2]
+    return cfg['data']['dataset']
+
+
 def run_dir(cfg, root=RUNS_ROOT):
-    """The directory of a run of ``cfg`` (smoke runs are kept apart)."""
+    """The directory of a run of ``cfg`` (smoke runs are kept apart; runs on synthetic
+    data are named after the dataset their row stands for: ``synthetic-cifar10``)."""
     parts = ['smoke'] if cfg.get('smoke') else []
-    parts += [cfg['experiment'], cfg['data']['dataset'], cfg['row'],
-              'seed%d' % cfg['train']['seed']]
+    data = cfg['data']['dataset']
+    if data == 'synthetic':
+        data = 'synthetic-%s' % config_dataset(cfg)
+    parts += [cfg['experiment'], data, cfg['row'], 'seed%d' % cfg['train']['seed']]
     return os.path.join(root, *parts)
 
 
@@ -81,6 +95,7 @@ def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, en
         'experiment': cfg['experiment'],
         'row': cfg['row'],
         'dataset': cfg['data']['dataset'],
+        'config_dataset': config_dataset(cfg),
         'dataset_source': dataset_source,
         'smoke': bool(cfg.get('smoke')),
         'comparable_to_paper': not cfg.get('smoke') and cfg['data']['dataset'] != 'synthetic'
@@ -123,14 +138,19 @@ class Run:
         return 'Run(%r)' % self.path
 
 
-def find_runs(root=RUNS_ROOT, experiment=None, dataset=None):
-    """Every run directory (one holding config.yaml) below ``root``."""
+def find_runs(root=RUNS_ROOT, experiment=None, dataset=None, config_dataset=None):
+    """Every run directory (one holding config.yaml) below ``root``, optionally only
+    those of an experiment, trained on ``dataset``, or of rows of ``config_dataset``."""
     runs = []
     for cfg in sorted(glob.glob(os.path.join(root, '**', 'config.yaml'), recursive=True)):
         run = Run(os.path.dirname(cfg))
         if experiment and run.config.get('experiment') != experiment:
             continue
         if dataset and run.config['data']['dataset'] != dataset:
+            continue
+        if config_dataset and (run.summary or {}).get('config_dataset',
+                                                      run.config['data']['dataset']) \
+                != config_dataset:
             continue
         runs.append(run)
     return runs

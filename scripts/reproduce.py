@@ -84,7 +84,8 @@ def main(argv=None):
         if not args.no_train and experiment == table:
             run_rows(args, experiment)
         data = 'synthetic' if args.synthetic else args.dataset
-        runs = records.find_runs(args.runs_root, experiment=experiment, dataset=data)
+        runs = records.find_runs(args.runs_root, experiment=experiment, dataset=data,
+                                 config_dataset=args.dataset)
         if not runs:
             raise SystemExit('no runs of %s on %s under %s: run `scripts/reproduce.py %s '
                              '--dataset %s` first' % (experiment, args.dataset,

@@ -32,7 +32,9 @@ def bn_mn_runs(tmp_path_factory):
 def test_records_are_complete(bn_mn_runs):
     root, runs = bn_mn_runs
     for row, (cfg, path) in runs.items():
-        assert path.startswith(os.path.join(str(root), 'smoke', 'table2', 'synthetic', row))
+        assert path.startswith(os.path.join(str(root), 'smoke', 'table2', 'synthetic-cifar10',
+                                            row))
+        assert json.load(open(os.path.join(path, 'summary.json')))['config_dataset'] == 'cifar10'
         log = json.load(open(os.path.join(path, 'log.json')))
         assert [e['epoch'] for e in log] == [1, 2]
         for e in log:

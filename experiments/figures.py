@@ -1,0 +1,721 @@
+"""Figures 1-3 of the paper, drawn from OUR runs (``scripts/figures.py`` is the CLI).
+
+* Figure 2 (:func:`fig2`): test error (100 - accuracy %) against epoch of the Table 2
+  runs, CIFAR-10 and CIFAR-100, small learning-rate regime (rows 1, 2: lr 0.01) and large
+  (rows 3, 4: lr 0.05); BN dashed, MN solid, one colour per weight decay.  The curve is
+  the mean over the seeds found; the shaded band is +-1 standard deviation of that curve
+  within a sliding window of 10 epochs (the paper's caption: "one standard deviation
+  computed within a window of 10 epochs"), see :func:`windowed_std`.
+* Figure 3 (:func:`fig3`): CIFAR-100; left, the number of EM iterations (BN-2, MN-2 = 2,
+  MN-5 = 4, MN-6 = 8); right, where MN sits (BN-2, MN-2 conv3, MN-7 conv2, MN-8 conv2 +
+  conv3).
+* Figure 1 (:func:`fig1`): the input of conv2's normalization (the conv2 convolution's
+  output) for a batch of test images, from a trainer snapshot (:func:`conv2_activations`)
+  or from a saved (N, C, H, W) tensor; for a few random channels, the raw histogram with
+  the fitted density (BN: one Gaussian; MN:K: the K-component diagonal GMM of
+  :func:`mixnorm.fit_gmm` fitted to all C channels jointly, each component's weighted 1-D
+  marginal dashed, p(x) solid) and the histogram after normalisation (BN; MN Eq. 34-36).
+
+The paper publishes only tables, not its curves: nothing here draws the paper's curves.
+Figures from smoke, synthetic-data or subset runs say so in their title.  Every figure is
+written as ``<name>.png`` and ``<name>.pdf`` plus ``<name>.json`` (what was plotted: the
+run directories used, the seeds, the missing runs).
+"""
+from mixnorm import _compat  # noqa: F401  (NumPy-2 shim before any chainer import)
+
+import dataclasses
+import math
+import os
+import re
+
+import numpy
+import yaml
+
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+
+import chainer  # noqa: E402
+import chainer.functions as F  # noqa: E402
+
+import mixnorm  # noqa: E402
+from experiments import config as config_lib  # noqa: E402
+from experiments import data as data_lib  # noqa: E402
+from experiments import records  # noqa: E402
+
+FIGURES_DIR = os.path.join(os.path.dirname(records.RUNS_ROOT), 'figures')
+REPRODUCE = 'python scripts/reproduce.py'
+WINDOW = 10                  # epochs in the std window of Figure 2 (paper's caption)
+SNAPSHOT_PREFIX = 'updater/model:main/'   # model params inside a trainer snapshot
+DATASET_TITLES = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
+
+BN_STYLE = dict(linestyle='--', linewidth=1.3)
+MN_STYLE = dict(linestyle='-', linewidth=1.6)
+DENSITY_COLOR = '#00897b'    # the paper's "solid teal curve"
+COMPONENT_COLORS = ('#e53935', '#1e88e5', '#fb8c00', '#8e24aa', '#43a047')
+PAIR_COLORS = ('#1f77b4', '#d62728')   # weight decay 1e-4 / 2e-5 (rows 1, 3 / 2, 4)
+WARN_COLOR = '#c62828'
+
+
+# --------------------------------------------------------------------------- style
+
+def style():
+    """The one style every figure is drawn in (a ``matplotlib.rc_context``)."""
+    return matplotlib.rc_context({
+        'figure.dpi': 100, 'savefig.dpi': 150, 'savefig.bbox': 'tight',
+        'font.size': 9, 'axes.titlesize': 10, 'axes.labelsize': 9, 'legend.fontsize': 7.5,
+        'xtick.labelsize': 8, 'ytick.labelsize': 8, 'figure.titlesize': 11,
+        'axes.grid': True, 'grid.alpha': 0.3, 'grid.linewidth': 0.5,
+        'axes.spines.top': False, 'axes.spines.right': False,
+        'legend.frameon': False, 'lines.linewidth': 1.5,
+    })
+
+
+def save(fig, out_dir, name, sources=None):
+    """Write ``<name>.png``, ``<name>.pdf`` (and ``<name>.json`` from ``sources``) under
+    ``out_dir``; returns the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for ext in ('png', 'pdf'):
+        path = os.path.join(out_dir, '%s.%s' % (name, ext))
+        fig.savefig(path, metadata={'CreationDate': None} if ext == 'pdf' else None)
+        paths.append(path)
+    plt.close(fig)
+    if sources is not None:
+        path = os.path.join(out_dir, name + '.json')
+        records.write_json(path, sources)
+        paths.append(path)
+    return paths
+
+
+def _header(fig, title, warning=None):
+    """Bold title (and the red not-comparable notice under it) at the top of ``fig``;
+    returns the figure fraction left for the axes (``rect`` top of tight_layout)."""
+    fig.text(0.5, 1.0, title, ha='center', va='top', fontsize=11, fontweight='bold')
+    lines = 1
+    if warning:
+        fig.text(0.5, 1.0 - 0.24 / fig.get_figheight(), warning, ha='center', va='top',
+                 color=WARN_COLOR, fontsize=9, fontweight='bold')
+        lines = 2
+    return 1.0 - (0.12 + 0.24 * lines) / fig.get_figheight()
+
+
+@dataclasses.dataclass
+class FigureResult:
+    """What a figure function did: ``files`` written (empty if nothing to draw),
+    ``missing`` [(dataset, row)] runs, ``commands`` that make them, ``warning`` (the
+    not-comparable notice in the title, or None) and free-text ``notes``."""
+    name: str
+    files: list
+    missing: list = dataclasses.field(default_factory=list)
+    commands: list = dataclasses.field(default_factory=list)
+    warning: str = None
+    notes: list = dataclasses.field(default_factory=list)
+
+    @property
+    def rendered(self):
+        return bool(self.files)
+
+
+# ------------------------------------------------------------------ runs and curves
+
+def paper_dataset(run):
+    """The paper dataset a run stands for: ``data.dataset`` for CIFAR runs; for
+    synthetic-data runs the dataset folder of the row config it was made from (read from
+    the ``# resolved from:`` line of its config.yaml); None if that cannot be told."""
+    ds = run.config['data']['dataset']
+    if ds != 'synthetic':
+        return ds
+    try:
+        with open(os.path.join(run.path, 'config.yaml')) as f:
+            first = f.readline()
+    except OSError:
+        return None
+    found = re.findall(r'configs/[^/\s,]+/(cifar10|cifar100)/', first)
+    return found[-1] if found else None
+
+
+def not_comparable_reasons(cfg):
+    """Why a run (its config) is not comparable to the paper: [] if it is."""
+    reasons = []
+    if cfg.get('smoke'):
+        reasons.append('smoke preset')
+    if cfg['data']['dataset'] == 'synthetic':
+        reasons.append('synthetic data')
+    subset = cfg['data'].get('subset')
+    if subset is not None:
+        reasons.append('subset %s images' % ('/'.join(map(str, subset))
+                                             if isinstance(subset, list) else subset))
+    return reasons
+
+
+def warning_for(cfgs):
+    """The title notice for figures drawn from these run configs (None if all are full
+    paper-setting runs)."""
+    reasons = []
+    for cfg in cfgs:
+        for r in not_comparable_reasons(cfg):
+            if r not in reasons:
+                reasons.append(r)
+    if not reasons:
+        return None
+    head = 'SMOKE RUN' if any(c.get('smoke') for c in cfgs) else 'NOT A PAPER-SETTING RUN'
+    return '%s - not comparable to the paper (%s)' % (head, '; '.join(reasons))
+
+
+def collect_runs(root, experiment='table2'):
+    """{(paper dataset, row): [Run, ...]} of the runs of ``experiment`` under ``root``."""
+    out = {}
+    for run in records.find_runs(root, experiment=experiment):
+        ds = paper_dataset(run)
+        if ds is not None:
+            out.setdefault((ds, run.config['row']), []).append(run)
+    return out
+
+
+def pick_runs(runs):
+    """The runs a curve is drawn from (only runs with test accuracies count): the
+    paper-setting runs if there are any, else the runs of one kind -- the kind with the
+    fewest reasons not to compare (real data before synthetic), then the most seeds --
+    so that smoke, subset and synthetic runs of a row are never averaged together."""
+    groups = {}
+    for r in runs:
+        if any(records.TEST_ACC in e for e in r.log):
+            key = (tuple(not_comparable_reasons(r.config)), r.config['train']['epochs'])
+            groups.setdefault(key, []).append(r)
+    if not groups:
+        return []
+    best = min(groups, key=lambda k: (len(k[0]), 'synthetic data' in k[0],
+                                      -len(groups[k]), -k[1], k))
+    return sorted(groups[best], key=lambda r: (r.config['train']['seed'], r.path))
+
+
+def error_curve(logs):
+    """(epochs, mean test error %, seeds per epoch) from LogReport lists (one per seed):
+    the error at each epoch is averaged over the logs that reached it."""
+    per_epoch = {}
+    for log in logs:
+        for e in log:
+            if records.TEST_ACC in e:
+                per_epoch.setdefault(int(e['epoch']), []).append(
+                    100.0 * (1.0 - float(e[records.TEST_ACC])))
+    epochs = numpy.array(sorted(per_epoch), dtype=numpy.int64)
+    mean = numpy.array([numpy.mean(per_epoch[e]) for e in epochs], dtype=numpy.float64)
+    count = numpy.array([len(per_epoch[e]) for e in epochs], dtype=numpy.int64)
+    return epochs, mean, count
+
+
+def windowed_std(y, window=WINDOW):
+    """Standard deviation (ddof 0) of ``y`` within a sliding window of ``window``
+    consecutive entries centred on each entry -- entries ``i - window // 2`` to
+    ``i + (window - 1) // 2``, truncated at the ends; NaNs are ignored (0 where the
+    window holds fewer than two finite values)."""
+    y = numpy.asarray(y, dtype=numpy.float64)
+    if window < 1:
+        raise ValueError('window must be >= 1, got %r' % (window,))
+    out = numpy.zeros(y.shape)
+    for i in range(len(y)):
+        w = y[max(0, i - window // 2):i + (window - 1) // 2 + 1]
+        w = w[numpy.isfinite(w)]
+        out[i] = w.std() if len(w) > 1 else 0.0
+    return out
+
+
+def on_epoch_grid(epochs, values):
+    """Values on the contiguous grid 1..max(epochs) (NaN where an epoch is missing), so
+    that the window of :func:`windowed_std` spans epochs, not log entries."""
+    grid = numpy.arange(1, int(epochs.max()) + 1) if len(epochs) else numpy.arange(0)
+    full = numpy.full(grid.shape, numpy.nan)
+    full[epochs - 1] = values
+    return grid, full
+
+
+def row_config(dataset, row, experiment='table2'):
+    """The resolved config of a row from ``configs/`` (for labels and commands)."""
+    path = os.path.join(config_lib.CONFIG_ROOT, experiment, dataset, row + '.yaml')
+    return config_lib.load_config(path)
+
+
+def _g(v):
+    """0.01 -> '0.01', 1e-4 -> '1e-4', 1.5e-4 -> '1.5e-4'."""
+    if v == 0 or abs(v) >= 1e-3:
+        return '%g' % v
+    mantissa, exponent = ('%.3e' % v).split('e')
+    return '%se%d' % (mantissa.rstrip('0').rstrip('.'), int(exponent))
+
+
+def row_label(dataset, row, what):
+    """``'BN-2 (wd 2e-5)'``, ``'MN-5 (EM 4)'``, ``'MN-7 (conv2)'`` ... from the configs."""
+    try:
+        cfg = row_config(dataset, row)
+    except (OSError, config_lib.ConfigError):
+        return row
+    mn = cfg.get('mn')
+    parts = []
+    if what == 'lr_wd':
+        parts += ['lr %s' % _g(cfg['optimizer']['lr']),
+                  'wd %s' % _g(cfg['optimizer']['weight_decay'])]
+    elif what == 'em' and mn:
+        parts.append('EM %d' % mn['em_iters'])
+    elif what == 'layers' and mn:
+        parts.append('+'.join(mn['layers']))
+    return '%s (%s)' % (row, ', '.join(parts)) if parts else row
+
+
+def reproduce_command(dataset, rows, runs_root=None, experiment='table2'):
+    cmd = '%s %s --dataset %s --rows %s' % (REPRODUCE, experiment, dataset, ','.join(rows))
+    if runs_root and os.path.abspath(runs_root) != os.path.abspath(records.RUNS_ROOT):
+        cmd += ' --runs-root %s' % runs_root
+    return cmd
+
+
+def _commands_for(missing, runs_root):
+    by_ds = {}
+    for ds, row in missing:
+        by_ds.setdefault(ds, []).append(row)
+    return [reproduce_command(ds, rows, runs_root) for ds, rows in by_ds.items()]
+
+
+# -------------------------------------------------------------- curve figures (2, 3)
+
+def _draw_curves(ax, all_runs, dataset, curves, window, used, missing):
+    """Draw ``curves`` [(row, label, color, style)] of ``dataset`` on ``ax``; fill
+    ``used`` (json records) and ``missing``; returns the configs of the runs drawn."""
+    cfgs = []
+    for row, label, color, line in curves:
+        runs = pick_runs(all_runs.get((dataset, row), []))
+        if not runs:
+            missing.append((dataset, row))
+            continue
+        epochs, mean, count = error_curve([r.log for r in runs])
+        grid, full = on_epoch_grid(epochs, mean)
+        band = windowed_std(full, window)
+        planned = max(r.config['train']['epochs'] for r in runs)
+        extra = []
+        if len(runs) > 1:
+            extra.append('%d seeds' % len(runs))
+        if epochs.max() < math.floor(planned):
+            extra.append('%d/%g ep' % (epochs.max(), planned))
+        name = label + (' [%s]' % ', '.join(extra) if extra else '')
+        ok = numpy.isfinite(full)
+        ax.plot(grid[ok], full[ok], color=color, label=name,
+                marker='o' if ok.sum() < 3 else None, markersize=3, **line)
+        ax.fill_between(grid[ok], (full - band)[ok], (full + band)[ok], color=color,
+                        alpha=0.15, linewidth=0)
+        cfgs += [r.config for r in runs]
+        used.append({'dataset': dataset, 'row': row, 'label': name,
+                     'runs': [r.path for r in runs],
+                     'seeds': [r.config['train']['seed'] for r in runs],
+                     'epochs': epochs.tolist(), 'test_error': mean.round(4).tolist(),
+                     'seeds_per_epoch': count.tolist(),
+                     'windowed_std': band[epochs - 1].round(4).tolist(),
+                     'not_comparable': not_comparable_reasons(runs[0].config)})
+    return cfgs
+
+
+def _finish_axes(ax, title, drawn, missing):
+    ax.set_title(title)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('test error (%)')
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if drawn:
+        ax.legend(loc='upper right')
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if missing:
+        rows = ','.join(row for _, row in missing)
+        ax.text(0.02, 0.03 if drawn else 0.5,
+                'no runs of %s; make them with\nscripts/reproduce.py table2 --dataset %s\n'
+                '    --rows %s' % (rows.replace(',', ', '), missing[0][0], rows),
+                transform=ax.transAxes, fontsize=6, color='0.35',
+                va='bottom' if drawn else 'center', family='monospace')
+
+
+def _curve_figure(name, title, panels, runs_root, out_dir, window, ncols):
+    """Shared body of Figures 2 and 3: ``panels`` [(panel title, dataset, curves)]."""
+    all_runs = collect_runs(runs_root)
+    planned = []
+    for _, ds, curves in panels:
+        for row, *_ in curves:
+            if (ds, row) not in planned:
+                planned.append((ds, row))
+    present = [k for k in planned if pick_runs(all_runs.get(k, []))]
+    missing = [k for k in planned if k not in present]
+    commands = _commands_for(missing, runs_root)
+    if not present:
+        return FigureResult(name, [], missing, commands)
+    nrows = int(math.ceil(len(panels) / ncols))
+    with style():
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows),
+                                 squeeze=False)
+        used, cfgs = [], []
+        for ax, (ptitle, ds, curves) in zip(axes.flat, panels):
+            panel_missing = []
+            cfgs += _draw_curves(ax, all_runs, ds, curves, window, used, panel_missing)
+            _finish_axes(ax, ptitle, len(panel_missing) < len(curves), panel_missing)
+        warning = warning_for(cfgs)
+        top = _header(fig, title, warning)
+        fig.text(0.5, -0.01, 'Our runs only (the paper publishes no curves). Line: mean '
+                 'test error over seeds; band: +-1 std within a %d-epoch window.' % window,
+                 ha='center', va='top', fontsize=7, color='0.4')
+        fig.tight_layout(rect=(0, 0, 1, top))
+        files = save(fig, out_dir, name, {
+            'figure': name, 'title': title, 'warning': warning, 'window': window,
+            'runs_root': os.path.abspath(runs_root), 'curves': used,
+            'missing': ['%s %s' % k for k in missing], 'commands': commands})
+    return FigureResult(name, files, missing, commands, warning)
+
+
+def fig2(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
+    """Figure 2: test error vs epoch, CIFAR-10/100 x small/large learning rate."""
+    panels = []
+    for ds in ('cifar10', 'cifar100'):
+        for regime, (a, b) in (('(a) small learning rate', (1, 2)),
+                               ('(b) large learning rate', (3, 4))):
+            curves = []
+            for i, color in zip((a, b), PAIR_COLORS):
+                for kind, line in (('BN', BN_STYLE), ('MN', MN_STYLE)):
+                    row = '%s-%d' % (kind, i)
+                    curves.append((row, row_label(ds, row, 'lr_wd'), color, line))
+            panels.append(('%s %s' % (DATASET_TITLES[ds], regime), ds, curves))
+    return _curve_figure('fig2', 'Figure 2: test error of the CIFAR CNN (Table 2 runs), '
+                         'BN dashed, MN solid', panels, runs_root, out_dir, window, ncols=2)
+
+
+def fig3(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
+    """Figure 3: CIFAR-100, effect of EM iterations (left) and of MN's layer (right)."""
+    ds = 'cifar100'
+    colors = ('#1f77b4', '#ff7f0e', '#2ca02c')
+    base = ('BN-2', row_label(ds, 'BN-2', 'lr_wd'), 'black', BN_STYLE)
+    left = [base] + [(row, row_label(ds, row, 'em'), c, MN_STYLE)
+                     for row, c in zip(('MN-2', 'MN-5', 'MN-6'), colors)]
+    right = [base] + [(row, row_label(ds, row, 'layers'), c, MN_STYLE)
+                      for row, c in zip(('MN-2', 'MN-7', 'MN-8'), colors)]
+    panels = [('CIFAR-100: number of EM iterations', ds, left),
+              ('CIFAR-100: MN at different layers', ds, right)]
+    return _curve_figure('fig3', 'Figure 3: CIFAR CNN on CIFAR-100 (Table 2 runs)',
+                         panels, runs_root, out_dir, window, ncols=2)
+
+
+# ------------------------------------------------------------------------- Figure 1
+
+def _snapshot_model_prefix(snapshot):
+    try:
+        with numpy.load(snapshot) as npz:
+            keys = npz.files
+    except Exception as e:
+        raise ValueError('%s is not a readable Chainer snapshot (npz): %s' % (snapshot, e))
+    for prefix in (SNAPSHOT_PREFIX, ''):
+        if prefix + 'predictor/linear/W' in keys:
+            with numpy.load(snapshot) as npz:
+                return prefix, int(npz[prefix + 'predictor/linear/W'].shape[0])
+    raise ValueError('%s holds no CIFAR CNN classifier (no key %spredictor/linear/W); '
+                     'pass a trainer snapshot snapshot_epoch_<e> of a cifar_cnn run'
+                     % (snapshot, SNAPSHOT_PREFIX))
+
+
+def conv2_activations(snapshot, run_dir=None, n_images=128, seed=0, data_dir=None):
+    """The conv2 convolution output (what conv2's BN/MN normalizes) of a CIFAR CNN
+    trainer snapshot for ``n_images`` test images of the run's dataset (drawn with
+    ``seed``): conv1 block (batch statistics, as in training) -> max pool -> conv2.conv.
+
+    ``run_dir`` (default: the snapshot's folder) supplies ``config.yaml``.  Returns
+    ``(activations (N, 128, 16, 16) float32, info dict)``.  Raises FileNotFoundError
+    for a missing snapshot/config/dataset and ValueError for a wrong model.
+    """
+    if not os.path.isfile(snapshot):
+        raise FileNotFoundError(
+            'snapshot not found: %s (a run writes snapshot_epoch_<e> every '
+            'train.snapshot_every epochs into its run directory, e.g. %s)'
+            % (snapshot, os.path.join('results', 'runs', 'table2', 'cifar100', 'BN-2',
+                                      'seed0', 'snapshot_epoch_50')))
+    run_dir = run_dir or os.path.dirname(os.path.abspath(snapshot))
+    cfg_path = os.path.join(run_dir, 'config.yaml')
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError('no config.yaml in %s: pass the run directory of the '
+                                'snapshot with --run-dir' % run_dir)
+    with open(cfg_path) as f:
+        cfg = config_lib.validate(yaml.safe_load(f))
+    if cfg['model']['name'] != 'cifar_cnn':
+        raise ValueError('Figure 1 needs a CIFAR CNN run (model cifar_cnn); %s is a %s run'
+                         % (run_dir, cfg['model']['name']))
+    prefix, n_classes = _snapshot_model_prefix(snapshot)
+
+    from experiments import train  # noqa: E402  (heavier; only Figure 1 needs it)
+    classifier = train.build_model(cfg, n_classes)
+    chainer.serializers.load_npz(snapshot, classifier, path=prefix)
+    model = classifier.predictor
+
+    d = cfg['data']
+    try:
+        dataset = data_lib.load_dataset(d['dataset'], data_dir or d['data_dir'],
+                                        subset=d['subset'], seed=cfg['train']['seed'])
+    except FileNotFoundError as e:
+        raise FileNotFoundError('Figure 1 needs test images of %s (the dataset of %s), '
+                                'which were not found: %s\nPoint --data-dir at them.'
+                                % (d['dataset'], run_dir, e))
+    rs = numpy.random.RandomState(seed)
+    n = min(int(n_images), dataset.n_test)
+    idx = numpy.sort(rs.permutation(dataset.n_test)[:n])
+    x = dataset.test_x[idx]
+    with chainer.using_config('train', True), chainer.no_backprop_mode():
+        h = model.conv1(x)
+        h = F.max_pooling_2d(h, 3, stride=2)
+        a = model.conv2.conv(h).array
+    epoch = re.search(r'snapshot_epoch_(\d+)$', snapshot)
+    info = {'snapshot': os.path.abspath(snapshot), 'run_dir': os.path.abspath(run_dir),
+            'row': cfg['row'], 'dataset': d['dataset'], 'source': dataset.source,
+            'epoch': int(epoch.group(1)) if epoch else None,
+            'epochs_planned': cfg['train']['epochs'], 'n_images': n, 'image_seed': seed,
+            'not_comparable': not_comparable_reasons(cfg), 'config': cfg}
+    return numpy.asarray(a, dtype=numpy.float32), info
+
+
+def load_activations(path):
+    """A saved (N, C, H, W) activation tensor (``.npy``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError('activation file not found: %s' % path)
+    a = numpy.load(path, allow_pickle=False)
+    if a.ndim != 4:
+        raise ValueError('%s: activations must have shape (N, C, H, W), got %s'
+                         % (path, a.shape))
+    if not numpy.isfinite(a).all():
+        raise ValueError('%s: activations contain NaN or Inf' % path)
+    return a.astype(numpy.float32)
+
+
+def gaussian_pdf(x, mean, var):
+    return numpy.exp(-0.5 * (x - mean) ** 2 / var) / numpy.sqrt(2 * math.pi * var)
+
+
+def component_marginals(gmm, channel, x):
+    """(K, len(x)) weighted 1-D marginal densities w_k N(x | mu_kc, var_kc) of a
+    diagonal GMM along ``channel``; their sum is the mixture's marginal p(x)."""
+    w = numpy.asarray(gmm.weights, numpy.float64)
+    m = numpy.asarray(gmm.means, numpy.float64)[:, channel]
+    v = numpy.asarray(gmm.variances, numpy.float64)[:, channel]
+    return w[:, None] * gaussian_pdf(x[None, :], m[:, None], v[:, None])
+
+
+def skewness(v):
+    v = numpy.asarray(v, numpy.float64)
+    s = v.std()
+    return float(((v - v.mean()) ** 3).mean() / s ** 3) if s > 0 else 0.0
+
+
+def fig1_data(activations, n_channels=4, seed=0, ks=(2, 3), em_iters=8, eps=2e-5):
+    """Everything Figure 1 draws, from activations (N, C, H, W).
+
+    The n = N*H*W points in R^C are normalised with BN (per-channel batch mean and
+    variance) and, for each K in ``ks``, with MN: a diagonal GMM fitted to all C channels
+    jointly by :func:`mixnorm.fit_gmm` (the paper's ``em_iters`` split into K-means and
+    EM iterations, seeded by ``seed``), posteriors, then Eq. 34-36 without affine.
+    Returns ``{'channels', 'raw' (n, c), 'methods': [(name, GMM, normalised (n, c))]}``
+    for the ``n_channels`` channels drawn at random (``seed``), sorted.
+    """
+    a = numpy.asarray(activations, numpy.float32)
+    if a.ndim != 4:
+        raise ValueError('activations must have shape (N, C, H, W), got %s' % (a.shape,))
+    C = a.shape[1]
+    points = numpy.ascontiguousarray(a.transpose(0, 2, 3, 1).reshape(-1, C))
+    rs = numpy.random.RandomState(seed)
+    channels = numpy.sort(rs.choice(C, size=min(int(n_channels), C), replace=False))
+    mean, var = points.mean(axis=0), points.var(axis=0)
+    bn = mixnorm.GMM(numpy.ones(1, numpy.float32), mean[None, :], var[None, :] + eps)
+    methods = [('BN', bn, ((points[:, channels] - mean[channels])
+                           / numpy.sqrt(var[channels] + eps)))]
+    km, em = mixnorm.split_em_iters(em_iters)
+    for k in ks:
+        gmm = mixnorm.fit_gmm(points, k, km, em, seed=seed)
+        resp = mixnorm.responsibilities(points, gmm)
+        y = mixnorm.functions.mixture_normalization(points, None, None, resp, eps=eps).array
+        methods.append(('MN:%d' % k, gmm, y[:, channels]))
+    return {'channels': channels, 'raw': points[:, channels], 'methods': methods,
+            'shape': a.shape}
+
+
+def _hist(ax, v, color, bins=60):
+    """Density histogram over the 0.1-99.9 percentile range (mass outside it is kept
+    in the normalisation, so the bars compare with the fitted densities)."""
+    lo, hi = numpy.percentile(v, [0.1, 99.9])
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = numpy.histogram(v, bins=bins, range=(lo, hi))
+    ax.stairs(counts / (len(v) * (edges[1] - edges[0])), edges, fill=True, color=color,
+              alpha=0.55, linewidth=0)
+    return lo, hi
+
+
+def fig1(activations, out_dir=FIGURES_DIR, info=None, n_channels=4, seed=0, ks=(2, 3),
+         em_iters=8, name='fig1'):
+    """Figure 1 from activations (N, C, H, W); ``info`` from :func:`conv2_activations`
+    (or ``{'label': ...}`` for a saved tensor).  Rows: BN / MN:K "before" (raw histogram,
+    components dashed, p(x) solid) and "after" (normalised histogram, N(0, 1) dotted);
+    one column per channel."""
+    info = dict(info or {})
+    data = fig1_data(activations, n_channels, seed, ks, em_iters)
+    channels, raw = data['channels'], data['raw']
+    N, C, H, W = data['shape']
+    if 'snapshot' in info:
+        what = ('conv2 input, %s %s run, epoch %s of %g, %d test images' % (
+            info['row'], DATASET_TITLES.get(info['dataset'], info['dataset']),
+            info['epoch'], info['epochs_planned'],
+            info['n_images']))
+        warning = warning_for([info['config']])
+    else:
+        what = 'activations from %s' % info.get('label', 'an array')
+        warning = ('provenance not recorded (saved tensor): not comparable to the paper '
+                   'unless it comes from a full CIFAR-100 run')
+    methods = data['methods']
+    with style():
+        fig, axes = plt.subplots(2 * len(methods), len(channels),
+                                 figsize=(2.5 * len(channels), 1.45 * 2 * len(methods)),
+                                 squeeze=False)
+        stats = []
+        for j, c in enumerate(channels):
+            x_raw = raw[:, j]
+            for i, (mname, gmm, y) in enumerate(methods):
+                ax_b, ax_a = axes[2 * i, j], axes[2 * i + 1, j]
+                lo, hi = _hist(ax_b, x_raw, '0.6')
+                xs = numpy.linspace(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), 400)
+                comps = component_marginals(gmm, c, xs)
+                if gmm.n_components > 1:
+                    for k, comp in enumerate(comps):
+                        ax_b.plot(xs, comp, '--', linewidth=1.0,
+                                  color=COMPONENT_COLORS[k % len(COMPONENT_COLORS)])
+                ax_b.plot(xs, comps.sum(axis=0), color=DENSITY_COLOR, linewidth=1.5)
+                p_raw = component_marginals(gmm, c, x_raw.astype(numpy.float64)).sum(0)
+                ll = float(numpy.log(numpy.maximum(p_raw, 1e-300)).mean())
+                lo_a, hi_a = _hist(ax_a, y[:, j], '#5c6bc0')
+                za = numpy.linspace(min(lo_a, -3), max(hi_a, 3), 300)
+                ax_a.plot(za, gaussian_pdf(za, 0.0, 1.0), ':', color='0.2', linewidth=1.0)
+                sk = skewness(y[:, j])
+                asked = int(mname.split(':')[1]) if ':' in mname else 1
+                tag = mname if gmm.n_components == asked \
+                    else "%s (K'=%d)" % (mname, gmm.n_components)
+                ax_b.set_title('%s before: mean log p %.2f' % (tag, ll), loc='right',
+                               fontsize=6.5, pad=2)
+                ax_a.set_title('%s after: skew %.2f' % (mname, sk), loc='right',
+                               fontsize=6.5, pad=2)
+                for ax in (ax_b, ax_a):
+                    ax.set_yticks([])
+                    ax.grid(False)
+                    ax.tick_params(labelsize=6.5)
+                if i == 0:
+                    ax_b.set_title('channel %d' % c, loc='left', fontsize=9,
+                                   fontweight='bold', pad=2)
+                stats.append({'channel': int(c), 'method': mname,
+                              'components': gmm.n_components, 'mean_log_density': ll,
+                              'skewness_after': sk, 'skewness_before': skewness(x_raw)})
+        for i, (mname, _, _) in enumerate(methods):
+            axes[2 * i, 0].set_ylabel('%s\nbefore' % mname, fontsize=8)
+            axes[2 * i + 1, 0].set_ylabel('%s\nafter' % mname, fontsize=8)
+        top = _header(fig, 'Figure 1: BN vs MN on %s' % what, warning)
+        fig.text(0.5, -0.005, 'Grey: histogram of the conv output; teal: fitted p(x); '
+                 'dashed: weighted mixture components (GMM fitted on all %d channels, '
+                 '%d points, EM iter. %d);\nblue: normalised output (BN; MN Eq. 34-36, '
+                 'no affine); dotted: N(0, 1). Our model, not the paper\'s.'
+                 % (C, N * H * W, em_iters),
+                 ha='center', va='top', fontsize=6.5, color='0.4')
+        fig.tight_layout(rect=(0, 0, 1, top))
+        files = save(fig, out_dir, name, {
+            'figure': name, 'what': what, 'warning': warning, 'shape': [N, C, H, W],
+            'channels': channels.tolist(), 'seed': seed, 'ks': list(ks),
+            'em_iters': em_iters, 'stats': stats,
+            'source': {k: v for k, v in info.items() if k != 'config'}})
+    return FigureResult(name, files, warning=warning)
+
+
+def find_snapshot(runs_root=records.RUNS_ROOT):
+    """A snapshot for Figure 1: a CIFAR CNN run, preferring full runs, CIFAR-100 (the
+    paper's), BN at conv2 (BN-2, BN-1, ...), seed 0; its snapshot nearest to midway
+    through training (the paper: "in the midway of training").  None if there is none."""
+    best = None
+    for run in records.find_runs(runs_root):
+        if run.config['model']['name'] != 'cifar_cnn':
+            continue
+        snaps = [p for p in os.listdir(run.path) if re.fullmatch(r'snapshot_epoch_\d+', p)]
+        if not snaps:
+            continue
+        row = run.config['row']
+        mn_conv2 = 'conv2' in ((run.config.get('mn') or {}).get('layers') or [])
+        key = (bool(not_comparable_reasons(run.config)), paper_dataset(run) != 'cifar100',
+               mn_conv2, row != 'BN-2', row, run.config['train']['seed'], run.path)
+        half = run.config['train']['epochs'] / 2.0
+        snap = min(snaps, key=lambda p: (abs(int(p.rsplit('_', 1)[1]) - half),
+                                         int(p.rsplit('_', 1)[1])))
+        if best is None or key < best[0]:
+            best = (key, os.path.join(run.path, snap))
+    return best[1] if best else None
+
+
+def fig1_from_snapshot(snapshot, out_dir=FIGURES_DIR, run_dir=None, n_images=128, seed=0,
+                       data_dir=None, **kwargs):
+    acts, info = conv2_activations(snapshot, run_dir, n_images, seed, data_dir)
+    return fig1(acts, out_dir, info, seed=seed, **kwargs)
+
+
+def fig1_from_file(path, out_dir=FIGURES_DIR, **kwargs):
+    return fig1(load_activations(path), out_dir, {'label': os.path.basename(path)},
+                **kwargs)
+
+
+# --------------------------------------------------------------------------- all
+
+def fig1_commands(runs_root=None):
+    """The commands that make a snapshot for Figure 1 and draw it."""
+    default = not runs_root or os.path.abspath(runs_root) == os.path.abspath(records.RUNS_ROOT)
+    root = os.path.join('results', 'runs') if default else runs_root
+    return [reproduce_command('cifar100', ['BN-2'], None if default else runs_root),
+            'python scripts/figures.py fig1 --snapshot %s' % os.path.join(
+                root, 'table2', 'cifar100', 'BN-2', 'seed0', 'snapshot_epoch_50')]
+
+
+def all_figures(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, data_dir=None,
+                n_images=128, log=print):
+    """Every figure whose runs exist; prints (``log``) what was written and, for what is
+    missing, the runs and the commands that make them.  Figure 1 uses the snapshot of
+    :func:`find_snapshot` and ``n_images`` test images.  Returns [FigureResult]."""
+    results = []
+    for fn in (fig2, fig3):
+        results.append(fn(runs_root, out_dir))
+    snap = find_snapshot(runs_root)
+    if snap is None:
+        results.append(FigureResult('fig1', [], [('cifar100', 'BN-2')],
+                                    fig1_commands(runs_root),
+                                    notes=['no CIFAR CNN snapshot under %s' % runs_root]))
+    else:
+        try:
+            results.append(fig1_from_snapshot(snap, out_dir, data_dir=data_dir,
+                                              n_images=n_images))
+        except (FileNotFoundError, ValueError) as e:
+            results.append(FigureResult('fig1', [], [], [], notes=[
+                'from %s: %s' % (snap, e)]))
+    for r in results:
+        log(report(r))
+    return results
+
+
+def report(r):
+    """Text lines describing a :class:`FigureResult`."""
+    lines = []
+    if r.rendered:
+        lines.append('%s: wrote %s' % (r.name, ', '.join(r.files)))
+        if r.warning:
+            lines.append('  note: %s' % r.warning)
+        if r.missing:
+            lines.append('  incomplete, missing runs: %s' % ', '.join(
+                '%s %s' % k for k in r.missing))
+    else:
+        lines.append('%s: MISSING%s' % (r.name, ' - no runs of %s' % ', '.join(
+            '%s %s' % k for k in r.missing) if r.missing else ''))
+    lines += ['  %s' % n for n in r.notes]
+    if r.commands:
+        lines.append('  make them with:')
+        lines += ['    %s' % c for c in r.commands]
+        lines.append('  (quick offline demo: add --preset smoke --synthetic to reproduce.py, then '
+                     'rerun `python scripts/figures.py all`; such figures are marked not '
+                     'comparable)')
+    return '\n'.join(lines)
