@@ -1,4 +1,4 @@
-"""Figures 1-3 of the paper, drawn from OUR runs (``scripts/figures.py`` is the CLI).
+"""Figures 1-5, 8 and 9 of the paper, drawn from OUR runs (``scripts/figures.py`` is the CLI).
 
 * Figure 2 (:func:`fig2`): test error (100 - accuracy %) against epoch of the Table 2
   runs, CIFAR-10 and CIFAR-100, small learning-rate regime (rows 1, 2: lr 0.01) and large
@@ -15,6 +15,20 @@
   the fitted density (BN: one Gaussian; MN:K: the K-component diagonal GMM of
   :func:`mixnorm.fit_gmm` fitted to all C channels jointly, each component's weighted 1-D
   marginal dashed, p(x) solid) and the histogram after normalisation (BN; MN Eq. 34-36).
+* Figure 4 (:func:`fig4`): Inception-V3 test error against epoch, as Figure 2: (a)
+  CIFAR-10 and (b) CIFAR-100 small learning rate (Table 4 BN-1 and MN rows), (c)
+  CIFAR-100 large learning rate (BN-5, MN-5), (d) CIFAR-100 with Nesterov and two lr
+  drop policies (Table 6 rows).
+* Figure 5 (:func:`fig5`): DenseNet (k = 12) on CIFAR-100, BN vs MN at L = 40 and 100:
+  training error, training cross-entropy, test error, test cross-entropy against epoch;
+  band +-1 std within a 3-epoch window (the paper's caption).
+* Figure 8 (:func:`fig8`): the fitted mixture of "inc2/0/2/4" saved by
+  ``train.save_mixtures`` at 20/40/60/80/100% of training (Table 4 CIFAR-100 MN-4):
+  rows = saved iterations, columns = random channels, the weighted component densities
+  lambda_k N(x; mu_kc, var_kc) coloured by the rank of lambda_k.
+* Figure 9 (:func:`fig9`): the effective number of mixture components (``mn/<layer>/
+  components`` in log.json) of every MN module of "inc2/0" and "inc3/0" against epoch,
+  Table 4 MN-4 on CIFAR-10 and CIFAR-100, running average with a +-1 std band.
 
 The paper publishes only tables, not its curves: nothing here draws the paper's curves.
 Figures from smoke, synthetic-data or subset runs say so in their title.  Every figure is
@@ -24,6 +38,7 @@ run directories used, the seeds, the missing runs).
 from mixnorm import _compat  # noqa: F401  (NumPy-2 shim before any chainer import)
 
 import dataclasses
+import glob
 import math
 import os
 import re
@@ -33,6 +48,7 @@ import yaml
 
 import matplotlib
 matplotlib.use('Agg')
+import matplotlib.lines  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
@@ -191,19 +207,40 @@ def pick_runs(runs):
     return sorted(groups[best], key=lambda r: (r.config['train']['seed'], r.path))
 
 
-def error_curve(logs):
-    """(epochs, mean test error %, seeds per epoch) from LogReport lists (one per seed):
-    the error at each epoch is averaged over the logs that reached it."""
+def metric_curve(logs, key, transform=None):
+    """(epochs, mean, logs per epoch) of the LogReport value ``key`` (``transform``-ed)
+    from LogReport lists (one per seed): each epoch's value is averaged over the logs
+    that reached it (and report ``key`` there)."""
     per_epoch = {}
     for log in logs:
         for e in log:
-            if records.TEST_ACC in e:
+            if e.get(key) is not None:
+                v = float(e[key])
                 per_epoch.setdefault(int(e['epoch']), []).append(
-                    100.0 * (1.0 - float(e[records.TEST_ACC])))
+                    transform(v) if transform else v)
     epochs = numpy.array(sorted(per_epoch), dtype=numpy.int64)
     mean = numpy.array([numpy.mean(per_epoch[e]) for e in epochs], dtype=numpy.float64)
     count = numpy.array([len(per_epoch[e]) for e in epochs], dtype=numpy.int64)
     return epochs, mean, count
+
+
+def _error_percent(accuracy):
+    return 100.0 * (1.0 - accuracy)
+
+
+def error_curve(logs):
+    """(epochs, mean test error %, seeds per epoch) from LogReport lists (one per seed):
+    the error at each epoch is averaged over the logs that reached it."""
+    return metric_curve(logs, records.TEST_ACC, _error_percent)
+
+
+# What a curve panel can show: name -> (LogReport key, transform, axis label).
+METRICS = {
+    'test_error': (records.TEST_ACC, _error_percent, 'test error (%)'),
+    'test_loss': (records.TEST_LOSS, None, 'test cross-entropy'),
+    'train_error': ('main/accuracy', _error_percent, 'training error (%)'),
+    'train_loss': ('main/loss', None, 'training cross-entropy'),
+}
 
 
 def windowed_std(y, window=WINDOW):
@@ -231,6 +268,21 @@ def on_epoch_grid(epochs, values):
     return grid, full
 
 
+def windowed_mean(y, window=WINDOW):
+    """Running average of ``y`` over the same centred window as :func:`windowed_std`
+    (NaNs ignored; NaN where the window holds no finite value)."""
+    y = numpy.asarray(y, dtype=numpy.float64)
+    if window < 1:
+        raise ValueError('window must be >= 1, got %r' % (window,))
+    out = numpy.full(y.shape, numpy.nan)
+    for i in range(len(y)):
+        w = y[max(0, i - window // 2):i + (window - 1) // 2 + 1]
+        w = w[numpy.isfinite(w)]
+        if len(w):
+            out[i] = w.mean()
+    return out
+
+
 def row_config(dataset, row, experiment='table2'):
     """The resolved config of a row from ``configs/`` (for labels and commands)."""
     path = os.path.join(config_lib.CONFIG_ROOT, experiment, dataset, row + '.yaml')
@@ -245,10 +297,11 @@ def _g(v):
     return '%se%d' % (mantissa.rstrip('0').rstrip('.'), int(exponent))
 
 
-def row_label(dataset, row, what):
-    """``'BN-2 (wd 2e-5)'``, ``'MN-5 (EM 4)'``, ``'MN-7 (conv2)'`` ... from the configs."""
+def row_label(dataset, row, what, experiment='table2'):
+    """``'BN-2 (wd 2e-5)'``, ``'MN-5 (EM 4)'``, ``'MN-7 (conv2)'`` ... from the configs;
+    ``what`` also ``'lr'``, ``'mn'`` (layers, K, EM iter.), ``'drops'`` (lr drops)."""
     try:
-        cfg = row_config(dataset, row)
+        cfg = row_config(dataset, row, experiment)
     except (OSError, config_lib.ConfigError):
         return row
     mn = cfg.get('mn')
@@ -260,6 +313,14 @@ def row_label(dataset, row, what):
         parts.append('EM %d' % mn['em_iters'])
     elif what == 'layers' and mn:
         parts.append('+'.join(mn['layers']))
+    elif what == 'lr':
+        parts.append('lr %s' % _g(cfg['optimizer']['lr']))
+    elif what == 'mn' and mn:
+        parts.append('%s, K %d, EM %d' % ('+'.join(mn['layers']), mn['n_components'],
+                                          mn['em_iters']))
+    elif what == 'drops' and cfg['schedule'].get('at'):
+        parts.append('lr x%g at %s%%' % (cfg['schedule']['factor'], '/'.join(
+            '%g' % (100 * a) for a in cfg['schedule']['at'])))
     return '%s (%s)' % (row, ', '.join(parts)) if parts else row
 
 
@@ -270,25 +331,70 @@ def reproduce_command(dataset, rows, runs_root=None, experiment='table2'):
     return cmd
 
 
-def _commands_for(missing, runs_root):
-    by_ds = {}
-    for ds, row in missing:
-        by_ds.setdefault(ds, []).append(row)
-    return [reproduce_command(ds, rows, runs_root) for ds, rows in by_ds.items()]
+def train_command(experiment, dataset, row, runs_root=None, seed=0):
+    """``python -m experiments.train configs/<experiment>/<dataset>/<row>.yaml`` (for
+    experiments without a reproduce.py command: DenseNet), with ``--out`` when the runs
+    go elsewhere than results/runs."""
+    cmd = 'python -m experiments.train configs/%s/%s/%s.yaml' % (experiment, dataset, row)
+    if runs_root and os.path.abspath(runs_root) != os.path.abspath(records.RUNS_ROOT):
+        cmd += ' --out %s' % os.path.join(runs_root, experiment, dataset, row, 'seed%d' % seed)
+    return cmd
 
 
-# -------------------------------------------------------------- curve figures (2, 3)
+TRAIN_COMMAND_EXPERIMENTS = ('densenet',)   # no reproduce.py rows: one train command/row
 
-def _draw_curves(ax, all_runs, dataset, curves, window, used, missing):
+
+def commands_for_runs(keys, runs_root):
+    """The commands that make the runs ``keys`` [(experiment, dataset, row)]: one
+    reproduce.py command per (experiment, dataset), or a train command per row."""
+    groups = {}
+    for exp, ds, row in keys:
+        groups.setdefault((exp, ds), []).append(row)
+    out = []
+    for (exp, ds), rows in groups.items():
+        if exp in TRAIN_COMMAND_EXPERIMENTS:
+            out += [train_command(exp, ds, row, runs_root) for row in rows]
+        else:
+            out.append(reproduce_command(ds, rows, runs_root, exp))
+    return out
+
+
+def _commands_for(missing, runs_root, experiment='table2'):
+    return commands_for_runs([(experiment, ds, row) for ds, row in missing], runs_root)
+
+
+# -------------------------------------------------------- curve figures (2, 3, 4, 5)
+
+@dataclasses.dataclass
+class Panel:
+    """One panel of a curve figure: ``curves`` [(row, label, color, line style)] of the
+    runs of ``experiment`` on ``dataset``, showing ``metric`` (a key of METRICS)."""
+    title: str
+    dataset: str
+    curves: list
+    experiment: str = 'table2'
+    metric: str = 'test_error'
+
+
+def _as_panel(p):
+    return p if isinstance(p, Panel) else Panel(*p)
+
+
+def _draw_curves(ax, all_runs, dataset, curves, window, used, missing,
+                 metric='test_error', experiment='table2'):
     """Draw ``curves`` [(row, label, color, style)] of ``dataset`` on ``ax``; fill
     ``used`` (json records) and ``missing``; returns the configs of the runs drawn."""
+    key, transform, _ = METRICS[metric]
     cfgs = []
     for row, label, color, line in curves:
         runs = pick_runs(all_runs.get((dataset, row), []))
         if not runs:
             missing.append((dataset, row))
             continue
-        epochs, mean, count = error_curve([r.log for r in runs])
+        epochs, mean, count = metric_curve([r.log for r in runs], key, transform)
+        if not len(epochs):        # the runs never logged this value
+            missing.append((dataset, row))
+            continue
         grid, full = on_epoch_grid(epochs, mean)
         band = windowed_std(full, window)
         planned = max(r.config['train']['epochs'] for r in runs)
@@ -304,20 +410,36 @@ def _draw_curves(ax, all_runs, dataset, curves, window, used, missing):
         ax.fill_between(grid[ok], (full - band)[ok], (full + band)[ok], color=color,
                         alpha=0.15, linewidth=0)
         cfgs += [r.config for r in runs]
-        used.append({'dataset': dataset, 'row': row, 'label': name,
-                     'runs': [r.path for r in runs],
-                     'seeds': [r.config['train']['seed'] for r in runs],
-                     'epochs': epochs.tolist(), 'test_error': mean.round(4).tolist(),
-                     'seeds_per_epoch': count.tolist(),
-                     'windowed_std': band[epochs - 1].round(4).tolist(),
-                     'not_comparable': not_comparable_reasons(runs[0].config)})
+        rec = {'dataset': dataset, 'row': row, 'label': name,
+               'runs': [r.path for r in runs],
+               'seeds': [r.config['train']['seed'] for r in runs],
+               'epochs': epochs.tolist(), metric: mean.round(4).tolist(),
+               'seeds_per_epoch': count.tolist(),
+               'windowed_std': band[epochs - 1].round(4).tolist(),
+               'not_comparable': not_comparable_reasons(runs[0].config)}
+        if experiment != 'table2' or metric != 'test_error':
+            rec.update(experiment=experiment, metric=metric)
+        used.append(rec)
     return cfgs
 
 
-def _finish_axes(ax, title, drawn, missing):
+def _missing_hint(missing, experiment, runs_root=None):
+    """The in-panel note naming the missing rows and (briefly: no --runs-root / --out,
+    which the printed report and the JSON sidecar give in full) the commands."""
+    names = ', '.join(row for _, row in missing)
+    if experiment in TRAIN_COMMAND_EXPERIMENTS:
+        cmds = '\n'.join('python -m experiments.train\n    configs/%s/%s/%s.yaml'
+                         % (experiment, ds, row) for ds, row in missing)
+    else:
+        cmds = 'scripts/reproduce.py %s --dataset %s\n    --rows %s' % (
+            experiment, missing[0][0], ','.join(row for _, row in missing))
+    return 'no runs of %s; make them with\n%s' % (names, cmds)
+
+
+def _finish_axes(ax, title, drawn, missing, ylabel='test error (%)', hint=None):
     ax.set_title(title)
     ax.set_xlabel('epoch')
-    ax.set_ylabel('test error (%)')
+    ax.set_ylabel(ylabel)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if drawn:
         ax.legend(loc='upper right')
@@ -325,46 +447,65 @@ def _finish_axes(ax, title, drawn, missing):
         ax.set_xticks([])
         ax.set_yticks([])
     if missing:
-        rows = ','.join(row for _, row in missing)
         ax.text(0.02, 0.03 if drawn else 0.5,
-                'no runs of %s; make them with\nscripts/reproduce.py table2 --dataset %s\n'
-                '    --rows %s' % (rows.replace(',', ', '), missing[0][0], rows),
+                hint or _missing_hint(missing, 'table2'),
                 transform=ax.transAxes, fontsize=6, color='0.35',
                 va='bottom' if drawn else 'center', family='monospace')
 
 
-def _curve_figure(name, title, panels, runs_root, out_dir, window, ncols):
-    """Shared body of Figures 2 and 3: ``panels`` [(panel title, dataset, curves)]."""
-    all_runs = collect_runs(runs_root)
+def _curve_figure(name, title, panels, runs_root, out_dir, window, ncols, footer=None,
+                  hint_panels=None, panel_size=(4.6, 3.4)):
+    """Shared body of Figures 2-5: ``panels`` [:class:`Panel` or (panel title, dataset,
+    curves)].  ``hint_panels``: indices of the panels that print the commands of their
+    missing runs (default all)."""
+    panels = [_as_panel(p) for p in panels]
+    all_runs = {exp: collect_runs(runs_root, exp)
+                for exp in dict.fromkeys(p.experiment for p in panels)}
     planned = []
-    for _, ds, curves in panels:
-        for row, *_ in curves:
-            if (ds, row) not in planned:
-                planned.append((ds, row))
-    present = [k for k in planned if pick_runs(all_runs.get(k, []))]
-    missing = [k for k in planned if k not in present]
-    commands = _commands_for(missing, runs_root)
+    for p in panels:
+        for row, *_ in p.curves:
+            if (p.experiment, p.dataset, row) not in planned:
+                planned.append((p.experiment, p.dataset, row))
+    present = [k for k in planned if pick_runs(all_runs[k[0]].get(k[1:], []))]
+    missing_keys = [k for k in planned if k not in present]
+    missing = list(dict.fromkeys(k[1:] for k in missing_keys))
+    commands = commands_for_runs(missing_keys, runs_root)
     if not present:
         return FigureResult(name, [], missing, commands)
     nrows = int(math.ceil(len(panels) / ncols))
     with style():
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows),
+        fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols,
+                                                         panel_size[1] * nrows),
                                  squeeze=False)
         used, cfgs = [], []
-        for ax, (ptitle, ds, curves) in zip(axes.flat, panels):
+        for i, (ax, p) in enumerate(zip(axes.flat, panels)):
             panel_missing = []
-            cfgs += _draw_curves(ax, all_runs, ds, curves, window, used, panel_missing)
-            _finish_axes(ax, ptitle, len(panel_missing) < len(curves), panel_missing)
+            cfgs += _draw_curves(ax, all_runs[p.experiment], p.dataset, p.curves, window,
+                                 used, panel_missing, p.metric, p.experiment)
+            show = hint_panels is None or i in hint_panels
+            _finish_axes(ax, p.title, len(panel_missing) < len(p.curves),
+                         panel_missing if show else [], METRICS[p.metric][2],
+                         _missing_hint(panel_missing, p.experiment)
+                         if panel_missing and show else None)
+        for ax in axes.flat[len(panels):]:
+            ax.set_visible(False)
         warning = warning_for(cfgs)
         top = _header(fig, title, warning)
-        fig.text(0.5, -0.01, 'Our runs only (the paper publishes no curves). Line: mean '
-                 'test error over seeds; band: +-1 std within a %d-epoch window.' % window,
-                 ha='center', va='top', fontsize=7, color='0.4')
+        fig.text(0.5, -0.01, footer or (
+            'Our runs only (the paper publishes no curves). Line: mean test error over '
+            'seeds; band: +-1 std within a %d-epoch window.' % window),
+            ha='center', va='top', fontsize=7, color='0.4')
         fig.tight_layout(rect=(0, 0, 1, top))
-        files = save(fig, out_dir, name, {
+        sources = {
             'figure': name, 'title': title, 'warning': warning, 'window': window,
             'runs_root': os.path.abspath(runs_root), 'curves': used,
-            'missing': ['%s %s' % k for k in missing], 'commands': commands})
+            'missing': ['%s %s' % k for k in missing], 'commands': commands}
+        if any(p.experiment != 'table2' for p in panels):
+            sources['missing_runs'] = [dict(zip(('experiment', 'dataset', 'row'), k))
+                                       for k in missing_keys]
+            sources['panels'] = [dataclasses.asdict(p) | {'curves': [c[0] for c in p.curves]}
+                                 for p in panels]
+        files = save(fig, out_dir, name, sources)
     return FigureResult(name, files, missing, commands, warning)
 
 
@@ -397,6 +538,387 @@ def fig3(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
               ('CIFAR-100: MN at different layers', ds, right)]
     return _curve_figure('fig3', 'Figure 3: CIFAR CNN on CIFAR-100 (Table 2 runs)',
                          panels, runs_root, out_dir, window, ncols=2)
+
+
+# ---------------------------------------------------------- Figures 4, 5 (deep nets)
+
+ROW_COLORS = ('#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd')
+DEPTH_COLORS = {40: '#1f77b4', 100: '#d62728'}
+DENSENET_WINDOW = 3          # Figure 5's caption: "computed within a window of 3 epochs"
+
+
+def fig4(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
+    """Figure 4: Inception-V3 test error vs epoch.  (a) CIFAR-10 and (b) CIFAR-100,
+    small learning rate (Table 4: BN-1 and the MN rows); (c) CIFAR-100, large learning
+    rate (BN-5 vs MN-5); (d) CIFAR-100 with Nesterov and two lr drop policies (Table 6).
+    The caption gives no window for the band: the 10 epochs of Figure 2."""
+    def rows(ds, exp, names, what):
+        out = []
+        colors = iter(ROW_COLORS)
+        for row in names:
+            bn = row.startswith('BN')
+            out.append((row, row_label(ds, row, what if not bn else 'lr', exp),
+                        'black' if bn else next(colors), BN_STYLE if bn else MN_STYLE))
+        return out
+
+    def policies():
+        out = []
+        for pol, color in zip(('policy1', 'policy2'), PAIR_COLORS):
+            for kind, line in (('BN', BN_STYLE), ('MN', MN_STYLE)):
+                row = '%s-%s' % (kind, pol)
+                out.append((row, row_label('cifar100', row, 'drops', 'table6'), color, line))
+        return out
+
+    panels = [
+        Panel('(a) CIFAR-10, small learning rate', 'cifar10',
+              rows('cifar10', 'table4', ('BN-1', 'MN-1', 'MN-2', 'MN-3', 'MN-4'), 'mn'),
+              'table4'),
+        Panel('(b) CIFAR-100, small learning rate', 'cifar100',
+              rows('cifar100', 'table4', ('BN-1', 'MN-1', 'MN-2', 'MN-4'), 'mn'), 'table4'),
+        Panel('(c) CIFAR-100, large learning rate', 'cifar100',
+              rows('cifar100', 'table4', ('BN-5', 'MN-5'), 'lr'), 'table4'),
+        Panel('(d) CIFAR-100, Nesterov, two lr drop policies', 'cifar100', policies(),
+              'table6'),
+    ]
+    return _curve_figure(
+        'fig4', 'Figure 4: test error of Inception-V3 (Table 4 runs; (d) Table 6 runs), '
+        'BN dashed, MN solid', panels, runs_root, out_dir, window, ncols=2,
+        panel_size=(5.6, 3.9))
+
+
+def fig5(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=DENSENET_WINDOW):
+    """Figure 5: DenseNet (k = 12) on CIFAR-100, BN vs MN at L = 40 and 100: (a) training
+    error, (b) training cross-entropy, (c) test error, (d) test cross-entropy against
+    epoch; band +-1 std within a 3-epoch window (the paper's caption)."""
+    curves = []
+    for depth in (40, 100):
+        for kind, line in (('BN', BN_STYLE), ('MN', MN_STYLE)):
+            curves.append(('%s-L%d' % (kind, depth), '%s, L=%d' % (kind, depth),
+                           DEPTH_COLORS[depth], line))
+    panels = [Panel('(%s) %s' % (letter, METRICS[m][2]), 'cifar100', curves, 'densenet', m)
+              for letter, m in zip('abcd', ('train_error', 'train_loss', 'test_error',
+                                            'test_loss'))]
+    footer = ('Our runs only (the paper publishes no curves). Training values are the '
+              'epoch averages logged during training; line: mean over seeds; band: +-1 '
+              'std within a %d-epoch window.' % window)
+    return _curve_figure('fig5', 'Figure 5: DenseNet (k=12) on CIFAR-100, BN dashed, MN '
+                         'solid', panels, runs_root, out_dir, window, ncols=2,
+                         footer=footer, hint_panels=(0,), panel_size=(4.8, 3.4))
+
+
+# ------------------------------------------------- Figures 8, 9 (mixture components)
+
+MIXTURE_LAYER = 'inc2/0/2/4/bn'     # Sec. 5.2: "inc2/0/2/4" (fifth BN, third branch)
+FIG9_PREFIXES = ('inc2/0', 'inc3/0')
+
+
+def _mixture_stem(layer):
+    return layer.strip('/').replace('/', '-')
+
+
+def mixture_files(run_dir, layer=MIXTURE_LAYER):
+    """[(iteration, path)] of the mixtures of ``layer`` saved by ``train.SaveMixtures``
+    in ``run_dir/mixtures/``, by iteration."""
+    pattern = os.path.join(run_dir, 'mixtures', _mixture_stem(layer) + '_iter*.npz')
+    out = []
+    for path in glob.glob(pattern):
+        m = re.search(r'_iter(\d+)\.npz$', path)
+        if m:
+            out.append((int(m.group(1)), path))
+    return sorted(out)
+
+
+def load_mixture(path):
+    """A saved mixture: ``{'weights' (K',), 'means' (K', C), 'variances' (K', C),
+    'iteration', 'layer'}``, components sorted by weight, heaviest first."""
+    try:
+        with numpy.load(path, allow_pickle=False) as z:
+            d = {k: numpy.asarray(z[k]) for k in ('weights', 'means', 'variances')}
+            it = int(z['iteration']) if 'iteration' in z.files else None
+            layer = str(z['layer']) if 'layer' in z.files else None
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError('%s is not a saved mixture (weights, means, variances): %s'
+                         % (path, e))
+    w, m, v = (d[k].astype(numpy.float64) for k in ('weights', 'means', 'variances'))
+    if w.ndim != 1 or m.ndim != 2 or m.shape != v.shape or m.shape[0] != w.shape[0]:
+        raise ValueError('%s: expected weights (K,), means and variances (K, C); got %s, '
+                         '%s, %s' % (path, w.shape, m.shape, v.shape))
+    if not (numpy.isfinite(w).all() and numpy.isfinite(m).all() and (v > 0).all()):
+        raise ValueError('%s: non-finite weights/means or non-positive variances' % path)
+    order = numpy.argsort(-w, kind='stable')
+    return {'weights': w[order], 'means': m[order], 'variances': v[order],
+            'iteration': it, 'layer': layer}
+
+
+def planned_iterations(run):
+    """Total planned iterations of a run (``train.max_iterations``, else epochs x the
+    iterations per epoch read from its log); None if that cannot be told."""
+    if run.config['train'].get('max_iterations'):
+        return int(run.config['train']['max_iterations'])
+    last = next((e for e in reversed(run.log) if e.get('iteration') and e.get('epoch')),
+                None)
+    if last is None:
+        return None
+    return int(round(last['iteration'] / float(last['epoch']) * run.config['train']['epochs']))
+
+
+def find_mixture_run(runs_root=records.RUNS_ROOT, layer=MIXTURE_LAYER, dataset='cifar100',
+                     row='MN-4', experiment='table4'):
+    """(run with saved mixtures of ``layer`` or None, [runs of the row without them]):
+    the paper-setting run if any, else the kind with the fewest reasons not to compare
+    (real data before synthetic), lowest seed."""
+    runs = collect_runs(runs_root, experiment).get((dataset, row), [])
+    with_mix = [r for r in runs if mixture_files(r.path, layer)]
+    without = [r for r in runs if r not in with_mix]
+    if not with_mix:
+        return None, without
+    best = min(with_mix, key=lambda r: (len(not_comparable_reasons(r.config)),
+                                        'synthetic data' in not_comparable_reasons(r.config),
+                                        -len(mixture_files(r.path, layer)),
+                                        r.config['train']['seed'], r.path))
+    return best, without
+
+
+def _kilo(it):
+    return '%.1fK' % (it / 1000.0) if it >= 1000 else '%d' % it
+
+
+def rank_colors(k):
+    """Colour of the component of weight rank 0..k-1 (same rank, same colour)."""
+    if k <= len(COMPONENT_COLORS):
+        return list(COMPONENT_COLORS[:k])
+    cmap = matplotlib.colormaps['tab10' if k <= 10 else 'viridis']
+    return [cmap(i if k <= 10 else i / (k - 1)) for i in range(k)]
+
+
+def fig8_data(run_dir, layer=MIXTURE_LAYER, n_channels=6, seed=0):
+    """The mixtures Figure 8 draws: ``{'run', 'iterations', 'mixtures', 'channels',
+    'planned_iterations'}``; channels a sorted random subset (``seed``)."""
+    files = mixture_files(run_dir, layer)
+    if not files:
+        saved = sorted(os.listdir(os.path.join(run_dir, 'mixtures'))) \
+            if os.path.isdir(os.path.join(run_dir, 'mixtures')) else []
+        raise FileNotFoundError(
+            'no saved mixtures of %s in %s (looked for mixtures/%s_iter<k>.npz; found: %s). '
+            'A run saves them when its config has train.save_mixtures: [%s] (the Table 4 '
+            'MN-4 configs do); an older run needs retraining (scripts/reproduce.py ... '
+            '--force) or --set train.save_mixtures=[%s]'
+            % (layer, run_dir, _mixture_stem(layer), ', '.join(saved) or 'nothing',
+               layer, layer))
+    run = records.Run(run_dir)
+    mixtures = [load_mixture(p) for _, p in files]
+    sizes = {m['means'].shape[1] for m in mixtures}
+    if len(sizes) != 1:
+        raise ValueError('%s: the saved mixtures of %s differ in channel count: %s'
+                         % (run_dir, layer, sorted(sizes)))
+    C = sizes.pop()
+    rs = numpy.random.RandomState(seed)
+    channels = numpy.sort(rs.choice(C, size=min(int(n_channels), C), replace=False))
+    return {'run': run, 'iterations': [it for it, _ in files], 'mixtures': mixtures,
+            'channels': channels, 'n_channels_total': C,
+            'planned_iterations': planned_iterations(run)}
+
+
+def fig8(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, run_dir=None,
+         layer=MIXTURE_LAYER, n_channels=6, seed=0, name='fig8'):
+    """Figure 8: the fitted mixture of ``layer`` (default inc2/0/2/4) of an MN run at
+    the saved iterations (20/40/60/80/100% of training): rows = iterations, columns = a
+    seeded random subset of channels; each panel the weighted 1-D component densities
+    lambda_k N(x; mu_kc, var_kc), coloured by the rank of lambda_k.  ``run_dir`` default:
+    the Table 4 CIFAR-100 MN-4 run under ``runs_root`` (:func:`find_mixture_run`)."""
+    notes = []
+    if run_dir is None:
+        run, without = find_mixture_run(runs_root, layer)
+        if run is None:
+            commands = [reproduce_command('cifar100', ['MN-4'], runs_root, 'table4')]
+            if without:
+                notes.append('runs of table4 cifar100 MN-4 without saved mixtures of %s '
+                             '(made before train.save_mixtures was set?): %s; retrain '
+                             'with --force' % (layer, ', '.join(r.path for r in without)))
+            return FigureResult(name, [], [('cifar100', 'MN-4')], commands, notes=notes)
+        run_dir = run.path
+    data = fig8_data(run_dir, layer, n_channels, seed)
+    run, channels, total = data['run'], data['channels'], data['planned_iterations']
+    cfg = run.config
+    K = max(len(m['weights']) for m in data['mixtures'])
+    colors = rank_colors(K)
+    ds = paper_dataset(run) or cfg['data']['dataset']
+    warning = warning_for([cfg])
+    nrows, ncols = len(data['mixtures']), len(channels)
+    with style():
+        fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols + 0.9, 1.25 * nrows + 0.6),
+                                 squeeze=False, sharex='col')
+        rows_json = []
+        for j, c in enumerate(channels):
+            lo, hi = numpy.inf, -numpy.inf
+            for m in data['mixtures']:
+                sd = numpy.sqrt(m['variances'][:, c])
+                lo = min(lo, float((m['means'][:, c] - 3.5 * sd).min()))
+                hi = max(hi, float((m['means'][:, c] + 3.5 * sd).max()))
+            xs = numpy.linspace(lo, hi, 400)
+            for i, m in enumerate(data['mixtures']):
+                ax = axes[i, j]
+                w, mu, var = m['weights'], m['means'][:, c], m['variances'][:, c]
+                for k in range(len(w)):
+                    y = w[k] * gaussian_pdf(xs, mu[k], var[k])
+                    ax.fill_between(xs, 0, y, color=colors[k], alpha=0.18, linewidth=0)
+                    ax.plot(xs, y, color=colors[k], linewidth=1.1)
+                ax.set_yticks([])
+                ax.grid(False)
+                ax.tick_params(labelsize=6.5)
+                ax.set_ylim(bottom=0)
+                if i == 0:
+                    ax.set_title('channel %d' % c, fontsize=8.5)
+        for i, (it, m) in enumerate(zip(data['iterations'], data['mixtures'])):
+            frac = ' (%d%%)' % round(100.0 * it / total) if total else ''
+            axes[i, 0].set_ylabel('@ %s iter.%s' % (_kilo(it), frac), fontsize=7.5)
+            axes[i, -1].text(1.03, 0.5, "K'=%d\n" % len(m['weights']) + '\n'.join(
+                'λ%d %.2f' % (k + 1, w) for k, w in enumerate(m['weights'])),
+                transform=axes[i, -1].transAxes, fontsize=5.8, va='center',
+                family='monospace', color='0.3')
+            rows_json.append({
+                'iteration': it, 'fraction': it / float(total) if total else None,
+                'weights': m['weights'].tolist(),
+                'means': m['means'][:, channels].tolist(),
+                'variances': m['variances'][:, channels].tolist()})
+        for ax in axes[-1]:
+            ax.set_xlabel('x (input of the MN)', fontsize=7)
+        handles = [matplotlib.lines.Line2D([], [], color=colors[k], linewidth=2)
+                   for k in range(K)]
+        labels = ['rank %d%s' % (k + 1, ' (largest λ)' if k == 0 else '') for k in range(K)]
+        title = ('Figure 8: mixture components of %s, %s %s on %s (%s of %d channels)'
+                 % (layer[:-3] if layer.endswith('/bn') else layer,
+                    cfg['experiment'].replace('table', 'Table '),
+                    cfg['row'], DATASET_TITLES.get(ds, ds), len(channels),
+                    data['n_channels_total']))
+        top = _header(fig, title, warning)
+        fig.legend(handles, labels, loc='lower center', ncol=K, fontsize=7,
+                   bbox_to_anchor=(0.5, -0.005))
+        fig.text(0.5, -0.035, 'Weighted component densities λ_k N(x; μ_kc, σ²_kc) of the '
+                 'mixture fitted at each saved iteration (train.save_mixtures), coloured by '
+                 'the rank of '
+                 'λ_k. Our run, not the paper\'s.', ha='center', va='top', fontsize=6.5,
+                 color='0.4')
+        fig.tight_layout(rect=(0, 0.03, 1, top))
+        files = save(fig, out_dir, name, {
+            'figure': name, 'title': title, 'warning': warning, 'run': run.path,
+            'layer': layer, 'seed': seed, 'channels': channels.tolist(),
+            'n_channels_total': data['n_channels_total'],
+            'planned_iterations': total, 'rows': rows_json,
+            'not_comparable': not_comparable_reasons(cfg)})
+    return FigureResult(name, files, warning=warning, notes=notes)
+
+
+def component_keys(log):
+    """{MN link path: LogReport key} of the ``mn/<path>/components`` entries of a log."""
+    out = {}
+    for e in log:
+        for k in e:
+            if k.startswith('mn/') and k.endswith('/components'):
+                out.setdefault(k[len('mn/'):-len('/components')], k)
+    return out
+
+
+def _under(path, prefixes):
+    return any(path == p or path.startswith(p + '/') for p in prefixes)
+
+
+def fig9(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW, row='MN-4',
+         prefixes=FIG9_PREFIXES):
+    """Figure 9: effective number of mixture components K' (``mn/<path>/components``, the
+    epoch average LogReport writes) against epoch for every MN module under ``prefixes``
+    (inc2/0 and inc3/0: 10 modules; every MN module if none is there), one panel per
+    dataset (CIFAR-10, CIFAR-100), Table 4 ``row``; the line is the running average over
+    ``window`` epochs, the band +-1 std in the same window."""
+    name = 'fig9'
+    all_runs = collect_runs(runs_root, 'table4')
+    datasets = ('cifar10', 'cifar100')
+    picked = {ds: pick_runs(all_runs.get((ds, row), [])) for ds in datasets}
+    notes, missing = [], []
+    for ds in datasets:
+        runs = picked[ds]
+        if runs and not any(component_keys(r.log) for r in runs):
+            notes.append('%s %s runs log no mn/<layer>/components (not an MN row?)'
+                         % (ds, row))
+            picked[ds] = []
+        if not picked[ds]:
+            missing.append((ds, row))
+    commands = [reproduce_command(ds, [r], runs_root, 'table4') for ds, r in missing]
+    if len(missing) == len(datasets):
+        return FigureResult(name, [], missing, commands, notes=notes)
+    with style():
+        fig, axes = plt.subplots(1, len(datasets), figsize=(5.4 * len(datasets), 3.8),
+                                 squeeze=False)
+        used, cfgs = [], []
+        for ax, ds, letter in zip(axes[0], datasets, 'ab'):
+            runs = picked[ds]
+            ptitle = '(%s) %s, %s' % (letter, DATASET_TITLES[ds], row)
+            if not runs:
+                ax.set_title(ptitle)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.text(0.02, 0.5, 'no run of %s on %s; make it with\n%s' % (
+                    row, DATASET_TITLES[ds], reproduce_command(ds, [row], runs_root,
+                                                              'table4').replace(
+                        ' --dataset', '\n    --dataset')),
+                    transform=ax.transAxes, fontsize=6, color='0.35', va='center',
+                    family='monospace')
+                continue
+            cfgs += [r.config for r in runs]
+            keys = {}
+            for r in runs:
+                for p, k in component_keys(r.log).items():
+                    keys.setdefault(p, k)
+            chosen = [p for p in keys if _under(p, prefixes)]
+            if not chosen:
+                chosen = list(keys)
+                notes.append('%s: no MN module under %s; showing every MN module (%s)'
+                             % (ds, ' or '.join(prefixes), ', '.join(chosen)))
+                ptitle += ' (all MN modules: none under %s)' % '/'.join(prefixes)
+            K = max((r.config.get('mn') or {}).get('n_components', 1) for r in runs)
+            colors = matplotlib.colormaps['tab10' if len(chosen) <= 10 else 'tab20']
+            for i, p in enumerate(chosen):
+                epochs, mean, count = metric_curve([r.log for r in runs], keys[p])
+                grid, full = on_epoch_grid(epochs, mean)
+                smooth, band = windowed_mean(full, window), windowed_std(full, window)
+                ok = numpy.isfinite(smooth)
+                color = colors(i % colors.N)
+                label = p[:-3] if p.endswith('/bn') else p
+                ax.plot(grid[ok], smooth[ok], color=color, linewidth=1.3, label=label,
+                        marker='o' if ok.sum() < 3 else None, markersize=3)
+                ax.fill_between(grid[ok], (smooth - band)[ok], (smooth + band)[ok],
+                                color=color, alpha=0.12, linewidth=0)
+                used.append({'dataset': ds, 'row': row, 'module': p, 'key': keys[p],
+                             'runs': [r.path for r in runs],
+                             'seeds': [r.config['train']['seed'] for r in runs],
+                             'epochs': epochs.tolist(), 'components': mean.tolist(),
+                             'seeds_per_epoch': count.tolist(),
+                             'smoothed': smooth[epochs - 1].tolist(),
+                             'windowed_std': band[epochs - 1].tolist(),
+                             'not_comparable': not_comparable_reasons(runs[0].config)})
+            ax.axhline(K, color='0.5', linestyle=':', linewidth=1.0)
+            ax.set_ylim(0.5, K + 0.5)
+            ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.set_title(ptitle + ', K = %d' % K)
+            ax.set_xlabel('epoch')
+            ax.set_ylabel("effective number of components K'")
+            ax.legend(loc='lower left', ncol=2, fontsize=6.5)
+        warning = warning_for(cfgs)
+        title = ('Figure 9: mixture components used by the MN modules of %s, Inception-V3 '
+                 '(Table 4 %s)' % (' and '.join(prefixes), row))
+        top = _header(fig, title, warning)
+        fig.text(0.5, -0.01, "Our runs only. K' = components kept after discarding those "
+                 'with weight < min_weight, averaged over each epoch (and over seeds); line: '
+                 'running average over %d epochs, band: +-1 std in the same window.'
+                 % window, ha='center', va='top', fontsize=7, color='0.4')
+        fig.tight_layout(rect=(0, 0, 1, top))
+        files = save(fig, out_dir, name, {
+            'figure': name, 'title': title, 'warning': warning, 'window': window,
+            'row': row, 'prefixes': list(prefixes), 'runs_root': os.path.abspath(runs_root),
+            'curves': used, 'notes': notes, 'missing': ['%s %s' % k for k in missing],
+            'commands': commands})
+    return FigureResult(name, files, missing, commands, warning, notes)
 
 
 # ------------------------------------------------------------------------- Figure 1
@@ -675,9 +1197,11 @@ def fig1_commands(runs_root=None):
 
 def all_figures(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, data_dir=None,
                 n_images=128, log=print):
-    """Every figure whose runs exist; prints (``log``) what was written and, for what is
-    missing, the runs and the commands that make them.  Figure 1 uses the snapshot of
-    :func:`find_snapshot` and ``n_images`` test images.  Returns [FigureResult]."""
+    """Every figure whose runs exist (Figures 2, 3, 1, 4, 5, 8, 9, in that order);
+    prints (``log``) what was written and, for what is missing, the runs and the
+    commands that make them.  Figure 1 uses the snapshot of :func:`find_snapshot` and
+    ``n_images`` test images; Figure 8 the run of :func:`find_mixture_run`.  Returns
+    [FigureResult]."""
     results = []
     for fn in (fig2, fig3):
         results.append(fn(runs_root, out_dir))
@@ -693,6 +1217,13 @@ def all_figures(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, data_dir=None,
         except (FileNotFoundError, ValueError) as e:
             results.append(FigureResult('fig1', [], [], [], notes=[
                 'from %s: %s' % (snap, e)]))
+    for fn in (fig4, fig5):
+        results.append(fn(runs_root, out_dir))
+    try:
+        results.append(fig8(runs_root, out_dir))
+    except (FileNotFoundError, ValueError) as e:
+        results.append(FigureResult('fig8', [], [], [], notes=[str(e)]))
+    results.append(fig9(runs_root, out_dir))
     for r in results:
         log(report(r))
     return results
@@ -715,7 +1246,10 @@ def report(r):
     if r.commands:
         lines.append('  make them with:')
         lines += ['    %s' % c for c in r.commands]
-        lines.append('  (quick offline demo: add --preset smoke --synthetic to reproduce.py, then '
-                     'rerun `python scripts/figures.py all`; such figures are marked not '
-                     'comparable)')
+        lines.append('  (quick offline demo: add --preset smoke --synthetic to reproduce.py%s, '
+                     'then rerun `python scripts/figures.py all`; such figures are marked not '
+                     'comparable)' % (' or --preset smoke --set data.dataset=synthetic to '
+                                      'experiments.train' if any(
+                                          'experiments.train' in c for c in r.commands)
+                                      else ''))
     return '\n'.join(lines)

@@ -1,16 +1,22 @@
-"""Draw the paper's Figures 1-3 from our runs (PNG + PDF under results/figures/).
+"""Draw the paper's Figures 1-5, 8 and 9 from our runs (PNG + PDF under results/figures/).
 
     python scripts/figures.py all  [--runs-root results/runs] [--out results/figures]
                                    [--data-dir DIR] [--n-images 128]
     python scripts/figures.py fig2 [--runs-root ...] [--out ...] [--window 10]
     python scripts/figures.py fig3 [--runs-root ...] [--out ...] [--window 10]
+    python scripts/figures.py fig4 [--runs-root ...] [--out ...] [--window 10]   # Inception
+    python scripts/figures.py fig5 [--runs-root ...] [--out ...] [--window 3]    # DenseNet
+    python scripts/figures.py fig8 [--runs-root ...] [--run-dir RUN_DIR] [--layer inc2/0/2/4/bn]
+                                   [--channels 6] [--seed 0] [--out ...]
+    python scripts/figures.py fig9 [--runs-root ...] [--out ...] [--window 10] [--row MN-4]
     python scripts/figures.py fig1 --snapshot RUN_DIR/snapshot_epoch_50 [--run-dir RUN_DIR]
                                    [--data-dir DIR] [--n-images 128]
     python scripts/figures.py fig1 --activations conv2_input.npy      # (N, C, H, W)
         fig1 options: [--channels 4] [--seed 0] [--ks 2,3] [--em-iters 8] [--out ...]
 
 ``all`` draws every figure whose runs exist and, for each missing one, names the runs
-and the ``scripts/reproduce.py`` command that makes them.  Figures from smoke,
+and the command that makes them (``scripts/reproduce.py``; for DenseNet
+``python -m experiments.train configs/densenet/cifar100/<row>.yaml``).  Figures from smoke,
 synthetic-data or subset runs say so in their title.  The paper's curves are not
 available (only its tables), so only our runs are drawn.
 """
@@ -52,6 +58,28 @@ def parser():
         sp = sub.add_parser(name, parents=[common, runs], help=what)
         sp.add_argument('--window', type=int, default=figures.WINDOW,
                         help='epochs in the std window of the band (default 10)')
+    sp = sub.add_parser('fig4', parents=[common, runs],
+                        help='Inception-V3 test error curves (Table 4 and 6 runs)')
+    sp.add_argument('--window', type=int, default=figures.WINDOW,
+                    help='epochs in the std window of the band (default 10)')
+    sp = sub.add_parser('fig5', parents=[common, runs],
+                        help='DenseNet on CIFAR-100: training/test error and cross-entropy')
+    sp.add_argument('--window', type=int, default=figures.DENSENET_WINDOW,
+                    help='epochs in the std window of the band (default 3, as the paper)')
+    f8 = sub.add_parser('fig8', parents=[common, runs],
+                        help='evolution of the mixture components of inc2/0/2/4')
+    f8.add_argument('--run-dir', help='an MN run with mixtures/ (default: the Table 4 '
+                    'CIFAR-100 MN-4 run under --runs-root)')
+    f8.add_argument('--layer', default=figures.MIXTURE_LAYER,
+                    help='BN link path of the MN layer (default %s)' % figures.MIXTURE_LAYER)
+    f8.add_argument('--channels', type=int, default=6, help='channels drawn (default 6)')
+    f8.add_argument('--seed', type=int, default=0, help='channel seed (default 0)')
+    f8.add_argument('--name', default='fig8', help='output file stem (default fig8)')
+    sp = sub.add_parser('fig9', parents=[common, runs],
+                        help='effective number of mixture components through training')
+    sp.add_argument('--window', type=int, default=figures.WINDOW,
+                    help='epochs of the running average and std band (default 10)')
+    sp.add_argument('--row', default='MN-4', help='Table 4 row (default MN-4)')
     f1 = sub.add_parser('fig1', parents=[common], help='BN vs MN on conv2 activations')
     src = f1.add_mutually_exclusive_group(required=True)
     src.add_argument('--snapshot', help='trainer snapshot snapshot_epoch_<e> of a run')
@@ -74,8 +102,14 @@ def main(argv=None):
         if args.figure == 'all':
             return figures.all_figures(args.runs_root, args.out, data_dir=args.data_dir,
                                        n_images=args.n_images)
-        if args.figure in ('fig2', 'fig3'):
+        if args.figure in ('fig2', 'fig3', 'fig4', 'fig5'):
             result = getattr(figures, args.figure)(args.runs_root, args.out, args.window)
+        elif args.figure == 'fig8':
+            result = figures.fig8(args.runs_root, args.out, run_dir=args.run_dir,
+                                  layer=args.layer, n_channels=args.channels,
+                                  seed=args.seed, name=args.name)
+        elif args.figure == 'fig9':
+            result = figures.fig9(args.runs_root, args.out, args.window, row=args.row)
         elif args.snapshot:
             result = figures.fig1_from_snapshot(
                 args.snapshot, args.out, run_dir=args.run_dir, n_images=args.n_images,
