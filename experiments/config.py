@@ -127,8 +127,30 @@ SCHEMA = {
         # training (paper Sec. 5.2, Figure 8)
         'save_mixtures': (list, [], None),
     },
+    # GAN runs (experiments/gan.py, paper Sec. 4.5); null for classifiers.  A GAN run
+    # lasts gan.updates generator updates; train.epochs / snapshot_every / checkpoints
+    # are not used by it.  gan.fid: see experiments/fid.py.
+    'gan': {
+        'updates': (int, 100000, _positive),
+        'snapshot_every': (int, 10000, _positive),
+        'log_every': (int, 100, _positive),
+        'grid': (int, 10, _positive),
+        'target_fid': (OPT_NUM, None, _positive),
+        'fid': {
+            'enabled': (bool, True, None),
+            'every': (int, 10000, _positive),
+            'n_samples': (int, 10000, _positive),
+            'n_real': (OPT_INT, None, _positive),
+            'weights': (OPT_STR, None, None),
+            'random_weights': (bool, False, None),
+            'dims': (int, 2048, _choice(64, 192, 768, 2048)),
+            'image_size': (int, 299, _positive),
+            'batch_size': (int, 100, _positive),
+            'cache_dir': (OPT_STR, None, None),
+        },
+    },
 }
-OPTIONAL_SECTIONS = ('mn',)
+OPTIONAL_SECTIONS = ('mn', 'gan')
 
 
 # ---------------------------------------------------------------------------- merge

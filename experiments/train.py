@@ -39,19 +39,39 @@ from experiments import records
 
 # ------------------------------------------------------------------------- pieces
 
+def place_mn(cfg, model):
+    """Replace the BNs named by ``cfg['mn']['layers']`` in ``model`` with MN links
+    (no-op without an ``mn`` section); returns the replaced BN paths."""
+    mn = cfg.get('mn')
+    if not mn:
+        return []
+    config_lib.check_layers(cfg, model)
+    kwargs = {k: mn[k] for k in ('n_components', 'em_iters', 'fit_fraction', 'min_weight',
+                                 'queue_length', 'decay', 'affine', 'lambda_scaling')}
+    paths = mixnorm.replace_batch_normalization(model, mn['layers'], **kwargs)
+    # distinct, reproducible GMM seeds per layer (persistent, so resumable)
+    links = dict(model.namedlinks(skipself=True))
+    for i, p in enumerate(paths):
+        links['/' + p].seed = cfg['train']['seed'] * 1009 + i
+    return paths
+
+
+def serialize_random_state(serializer, rng, prefix='rng'):
+    """Save or restore a ``numpy.random.RandomState`` with a Chainer serializer."""
+    name, keys, pos, has_gauss, cached = rng.get_state()
+    keys = serializer(prefix + '_keys', keys)
+    pos = serializer(prefix + '_pos', int(pos))
+    has_gauss = serializer(prefix + '_has_gauss', int(has_gauss))
+    cached = serializer(prefix + '_cached_gaussian', float(cached))
+    if isinstance(serializer, chainer.serializer.Deserializer):
+        rng.set_state((name, numpy.asarray(keys, dtype=numpy.uint32), int(pos),
+                       int(has_gauss), float(cached)))
+
+
 def build_model(cfg, n_classes):
     """The classifier for ``cfg``: the registry's model, MN placed at ``mn.layers``."""
     model = models.build_model(cfg['model']['name'], n_classes, **cfg['model']['kwargs'])
-    mn = cfg.get('mn')
-    if mn:
-        config_lib.check_layers(cfg, model)
-        kwargs = {k: mn[k] for k in ('n_components', 'em_iters', 'fit_fraction', 'min_weight',
-                                     'queue_length', 'decay', 'affine', 'lambda_scaling')}
-        paths = mixnorm.replace_batch_normalization(model, mn['layers'], **kwargs)
-        # distinct, reproducible GMM seeds per layer (persistent, so resumable)
-        links = dict(model.namedlinks(skipself=True))
-        for i, p in enumerate(paths):
-            links['/' + p].seed = cfg['train']['seed'] * 1009 + i
+    place_mn(cfg, model)
     return L.Classifier(model)
 
 
@@ -93,14 +113,7 @@ class AugmentingUpdater(training.updaters.StandardUpdater):
 
     def serialize(self, serializer):
         super().serialize(serializer)
-        name, keys, pos, has_gauss, cached = self.rng.get_state()
-        keys = serializer('rng_keys', keys)
-        pos = serializer('rng_pos', int(pos))
-        has_gauss = serializer('rng_has_gauss', int(has_gauss))
-        cached = serializer('rng_cached_gaussian', float(cached))
-        if isinstance(serializer, chainer.serializer.Deserializer):
-            self.rng.set_state((name, numpy.asarray(keys, dtype=numpy.uint32), int(pos),
-                                int(has_gauss), float(cached)))
+        serialize_random_state(serializer, self.rng)
 
 
 def mn_links(model):

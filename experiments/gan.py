@@ -1,0 +1,767 @@
+"""DCGAN on CIFAR-10 with BN or MN in the generator (paper Sec. 4.5, Figures 6-7).
+
+    python -m experiments.gan configs/dcgan/cifar10/mn.yaml [--preset gan_smoke]
+        [--device 0] [--resume auto|PATH] [--out DIR] [--inception-weights NPZ] [--no-fid]
+        [--fid-cache DIR] [--data-dir DIR] [--download] [--seed K] [--set key=value ...]
+    python -m experiments.gan compare BN_RUN_DIR MN_RUN_DIR
+    python -m experiments.gan figures BN_RUN_DIR[,...] MN_RUN_DIR[,...] [--out DIR]
+
+Setting (the paper's, which are exactly Chainer-GAN-lib's ``train.py`` defaults for its
+DCGAN; models in :mod:`experiments.models.dcgan`):
+
+* Adam, alpha 2e-4, beta1 0, beta2 0.9, for generator and discriminator; batch 64
+  (Chainer-GAN-lib's default; the paper does not state it); ``gan.updates`` = 100K
+  generator updates.  One trainer iteration draws one batch of real images and one of
+  noise, updates the generator, then the discriminator (Chainer-GAN-lib
+  ``dcgan/updater.py``), so there are as many discriminator as generator updates.
+* Loss: the standard non-saturating GAN loss with logits y = D(x):
+  L_D = mean softplus(-y_real) + mean softplus(y_fake),  L_G = mean softplus(-y_fake)
+  (Goodfellow et al. 2014, "-log D" trick; Chainer-GAN-lib's DCGAN loss).
+* Real images: the CIFAR-10 training images in [-1, 1] (``x / 127.5 - 1`` of the uint8
+  pixels, recovered exactly from :func:`experiments.data.load_dataset`'s per-channel
+  normalised images with ``dataset.mean`` / ``dataset.std``); no augmentation.  Noise
+  z ~ U(-1, 1)^128, drawn on the host from a RandomState that snapshots save.
+* Every ``gan.fid.every`` updates (and after the last): a ``gan.grid`` x ``gan.grid``
+  sample grid from fixed noise (``samples/step_<k>.png``, Figure 7) and, unless
+  ``gan.fid.enabled`` is false, the FID of ``gan.fid.n_samples`` images from fixed noise
+  (:mod:`experiments.fid`), generator in inference mode (BN: population statistics; MN:
+  its inference queue).  The generator of the lowest FID is kept
+  (``generator_best.npz``).  Snapshots (``snapshot_iter_<k>``, the last
+  :data:`SNAPSHOTS_KEPT`) every ``gan.snapshot_every`` updates; ``--resume auto``
+  continues bit-for-bit on the CPU (data order from the serialized iterator, noise RNG
+  and MN seeds in the snapshot).
+* Records: ``config.yaml``, ``log.json`` (every ``gan.log_every`` updates and at every
+  evaluation: ``gen/loss``, ``dis/loss``, ``dis/loss_real``, ``dis/loss_fake``, ``fid``
+  at evaluations, MN's K'), ``summary.json`` (:func:`summarize`).
+
+Without the FID weights a run stops before training with instructions
+(:func:`experiments.fid.missing_weights_message`); ``--no-fid`` trains without FID.
+``gan.fid.random_weights: true`` (the ``gan_smoke`` preset) uses an untrained Inception:
+every record, comparison and figure then says "RANDOM-WEIGHTS ... NOT FID".
+"""
+from mixnorm import _compat  # noqa: F401
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+import time
+
+import numpy
+
+import chainer
+import chainer.functions as F
+from chainer import training
+from chainer.training import extensions
+
+from experiments import config as config_lib
+from experiments import data as data_lib
+from experiments import environment
+from experiments import fid as fid_lib
+from experiments import paper
+from experiments import records
+from experiments import train as train_lib
+from experiments.models import dcgan
+
+SNAPSHOT_PREFIX = 'snapshot_iter_'
+SNAPSHOTS_KEPT = 3
+SAMPLES_DIR = 'samples'
+FIGURES_DIR = os.path.join(os.path.dirname(records.RUNS_ROOT), 'figures')
+GAN_SMOKE_PRESET = 'gan_smoke'
+FID_KEY = 'fid'
+NOT_FID = 'RANDOM-WEIGHTS'
+
+
+# ---------------------------------------------------------------------- config
+
+def load_config(path, presets=(), overrides=()):
+    """:func:`experiments.config.load_config` for GAN configs: the generic ``smoke``
+    preset is followed by ``gan_smoke`` (which makes a GAN smoke run short and its FID a
+    labelled random-weights one); then :func:`check_config`."""
+    presets = list(presets)
+    if 'smoke' in presets and GAN_SMOKE_PRESET not in presets:
+        presets.insert(presets.index('smoke') + 1, GAN_SMOKE_PRESET)
+    cfg = config_lib.load_config(path, presets, overrides)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg):
+    where = ', '.join(cfg.get('_sources', [])) or '<config>'
+    if not cfg.get('gan'):
+        raise config_lib.ConfigError('%s: not a GAN config (no gan section); train '
+                                     'classifiers with experiments.train' % where)
+    if cfg['model']['name'] != 'dcgan':
+        raise config_lib.ConfigError("%s: model.name must be 'dcgan' for a GAN run, got %r"
+                                     % (where, cfg['model']['name']))
+    fid_cfg = cfg['gan']['fid']
+    if fid_cfg['image_size'] < fid_lib.MIN_IMAGE_SIZE:
+        raise config_lib.ConfigError('%s: gan.fid.image_size must be >= %d, got %r'
+                                     % (where, fid_lib.MIN_IMAGE_SIZE, fid_cfg['image_size']))
+    sources = cfg.get('_sources')
+    if cfg.get('smoke') and sources and not any(
+            s.endswith(GAN_SMOKE_PRESET + '.yaml') for s in sources):
+        raise config_lib.ConfigError(
+            '%s: a GAN smoke run needs the %s preset (load the config with '
+            'experiments.gan.load_config, which adds it to --preset smoke, or pass '
+            '--preset %s)' % (where, GAN_SMOKE_PRESET, GAN_SMOKE_PRESET))
+    return cfg
+
+
+# ---------------------------------------------------------------------- pieces
+
+def training_images(dataset):
+    """The training images as uint8 (N, 3, H, W), recovered exactly from the normalised
+    ones (``(x * std + mean) * 255`` rounded)."""
+    x = dataset.train_x
+    out = numpy.empty(x.shape, numpy.uint8)
+    for s in range(0, len(x), 4096):
+        v = x[s:s + 4096].astype(numpy.float64)
+        v = v * dataset.std.astype(numpy.float64)[:, None, None] \
+            + dataset.mean.astype(numpy.float64)[:, None, None]
+        out[s:s + 4096] = numpy.rint(numpy.clip(v * 255.0, 0, 255))
+    return out
+
+
+def to_model_range(x_uint8):
+    """uint8 pixels -> float32 in [-1, 1] (``x / 127.5 - 1``), on x's device."""
+    return x_uint8.astype(numpy.float32) / 127.5 - 1
+
+
+def to_uint8(x):
+    """Generator output in [-1, 1] (host array) -> uint8 pixels."""
+    return numpy.rint(numpy.clip((numpy.asarray(x) + 1) * 127.5, 0, 255)).astype(numpy.uint8)
+
+
+def build_models(cfg):
+    """(generator, discriminator); MN at ``mn.layers`` of the generator."""
+    gen, dis = dcgan.build_dcgan(**cfg['model']['kwargs'])
+    train_lib.place_mn(cfg, gen)
+    return gen, dis
+
+
+class GANUpdater(training.updaters.StandardUpdater):
+    """One iteration = one generator and one discriminator Adam step on a batch of real
+    images (uint8 from the iterator) and a batch of noise from ``self.rng`` (serialized).
+
+    Non-saturating loss on the discriminator's logits; the generator step uses the
+    discriminator before its own step (Chainer-GAN-lib's DCGAN updater).
+    """
+
+    def __init__(self, iterator, gen_optimizer, dis_optimizer, device, seed):
+        super().__init__(iterator, {'gen': gen_optimizer, 'dis': dis_optimizer},
+                         device=device)
+        self.rng = numpy.random.RandomState(seed)
+
+    def update_core(self):
+        iterator = self.get_iterator('main')
+        opt_gen, opt_dis = self.get_optimizer('gen'), self.get_optimizer('dis')
+        gen, dis = opt_gen.target, opt_dis.target
+        x_real = to_model_range(self.converter(iterator.next(), self.device))
+        batch = len(x_real)
+        z = self.device.send(gen.sample_z(self.rng, batch))
+        y_real = dis(x_real)
+        x_fake = gen(z)
+        y_fake = dis(x_fake)
+        loss_gen = F.sum(F.softplus(-y_fake)) / batch
+        loss_real = F.sum(F.softplus(-y_real)) / batch
+        loss_fake = F.sum(F.softplus(y_fake)) / batch
+        loss_dis = loss_real + loss_fake
+
+        gen.cleargrads()
+        loss_gen.backward()
+        opt_gen.update()
+        x_fake.unchain_backward()
+        dis.cleargrads()
+        loss_dis.backward()
+        opt_dis.update()
+        chainer.report({'gen/loss': loss_gen, 'dis/loss': loss_dis,
+                        'dis/loss_real': loss_real, 'dis/loss_fake': loss_fake})
+        if self.auto_new_epoch and iterator.is_new_epoch:
+            opt_gen.new_epoch(auto=True)
+            opt_dis.new_epoch(auto=True)
+
+    def serialize(self, serializer):
+        super().serialize(serializer)
+        train_lib.serialize_random_state(serializer, self.rng)
+
+
+class StepTrigger:
+    """Fires at every multiple of ``every`` and at the given extra iterations."""
+
+    def __init__(self, every, points=()):
+        self.every = int(every)
+        self.points = frozenset(int(p) for p in points)
+
+    def __call__(self, trainer):
+        it = trainer.updater.iteration
+        return it > 0 and (it % self.every == 0 or it in self.points)
+
+
+def generate(gen, z, batch_size=100):
+    """uint8 images (N, 3, H, W) from host noise ``z``, generator in inference mode."""
+    device = gen.device
+    out = []
+    with chainer.using_config('train', False), chainer.using_config('enable_backprop', False):
+        for s in range(0, len(z), batch_size):
+            x = gen(device.send(z[s:s + batch_size])).array
+            out.append(to_uint8(chainer.backend.CpuDevice().send(x)))
+    return numpy.concatenate(out)
+
+
+def save_grid(images, path, rows):
+    """A rows x rows grid PNG of uint8 images (N >= rows^2, 3, H, W)."""
+    from PIL import Image
+    n, c, h, w = images.shape
+    x = images[:rows * rows].reshape(rows, rows, c, h, w).transpose(0, 3, 1, 4, 2)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(x.reshape(rows * h, rows * w, c)).save(path)
+    return path
+
+
+def sample_path(out, step):
+    return os.path.join(out, SAMPLES_DIR, 'step_%07d.png' % step)
+
+
+class GANEvaluation(training.Extension):
+    """Sample grid (fixed noise) and, with an extractor, the FID (fixed noise) of the
+    generator; reports ``fid``; keeps the best generator."""
+
+    priority = training.PRIORITY_WRITER
+    name = 'GANEvaluation'
+
+    def __init__(self, generator, out, seed, grid, n_samples=0, batch_size=100,
+                 extractor=None, real_mu=None, real_sigma=None, log=print):
+        self.generator = generator
+        self.out = out
+        self.grid = grid
+        self.grid_z = generator.sample_z(numpy.random.RandomState([seed, 1]), grid * grid)
+        self.fid_z_seed = [seed, 2]
+        self.n_samples = n_samples
+        self.batch_size = batch_size
+        self.extractor = extractor
+        self.real_mu, self.real_sigma = real_mu, real_sigma
+        self.best_fid = float('inf')
+        self.best_step = -1
+        self.log = log
+
+    def __call__(self, trainer):
+        step = trainer.updater.iteration
+        gen = self.generator
+        save_grid(generate(gen, self.grid_z, self.batch_size), sample_path(self.out, step),
+                  self.grid)
+        if self.extractor is None:
+            return
+        start = time.time()
+        z = gen.sample_z(numpy.random.RandomState(self.fid_z_seed), self.n_samples)
+        value = fid_lib.fid_of_images(self.extractor, generate(gen, z, self.batch_size),
+                                      self.real_mu, self.real_sigma)
+        chainer.report({FID_KEY: value, 'fid_time': time.time() - start})
+        if self.log:
+            self.log('step %d: %s %.4f (%.1f s)' % (step, 'FID' if not
+                                                   self.extractor.random_weights else
+                                                   'random-weights "FID" (NOT FID)', value,
+                                                   time.time() - start))
+        if value < self.best_fid:
+            self.best_fid, self.best_step = value, step
+            chainer.serializers.save_npz(os.path.join(self.out, 'generator_best.npz'), gen)
+
+    def serialize(self, serializer):
+        self.best_fid = float(serializer('best_fid', self.best_fid))
+        self.best_step = int(serializer('best_step', self.best_step))
+
+
+def build_extractor(fid_cfg, device):
+    """The FID feature extractor of ``gan.fid`` (None when disabled)."""
+    if not fid_cfg['enabled']:
+        return None
+    extractor = fid_lib.load_extractor(
+        fid_cfg['weights'], random_weights=fid_cfg['random_weights'], dims=fid_cfg['dims'],
+        image_size=fid_cfg['image_size'], batch_size=fid_cfg['batch_size'])
+    return extractor.to_device(device)
+
+
+def real_images_for_fid(images, n_real):
+    """All training images, or the first ``n_real`` after a fixed shuffle (seed 0)."""
+    if n_real is None or n_real >= len(images):
+        return images
+    return images[numpy.sort(numpy.random.RandomState(0).permutation(len(images))[:n_real])]
+
+
+def build_trainer(cfg, gen, dis, images, out, device, extractor=None, real_stats=None,
+                  progress=True):
+    gcfg, fcfg = cfg['gan'], cfg['gan']['fid']
+    seed = cfg['train']['seed']
+    opt_gen = train_lib.build_optimizer(cfg, gen)
+    opt_dis = train_lib.build_optimizer(cfg, dis)
+    iterator = chainer.iterators.SerialIterator(
+        images, cfg['data']['batch_size'], repeat=True,
+        order_sampler=data_lib.EpochOrderSampler(seed))
+    updater = GANUpdater(iterator, opt_gen, opt_dis, device, seed + 17)
+    updates = gcfg['updates']
+    trainer = training.Trainer(updater, (updates, 'iteration'), out=out)
+    evaluation = GANEvaluation(
+        gen, out, seed, gcfg['grid'], n_samples=fcfg['n_samples'],
+        batch_size=fcfg['batch_size'], extractor=extractor,
+        real_mu=real_stats[0] if real_stats else None,
+        real_sigma=real_stats[1] if real_stats else None,
+        log=print if progress else None)
+    eval_trigger = StepTrigger(fcfg['every'], [updates])
+    trainer.extend(evaluation, trigger=eval_trigger)
+    if train_lib.mn_links(gen):
+        trainer.extend(train_lib.ReportMixtureComponents(gen))
+    trainer.extend(extensions.LogReport(
+        trigger=StepTrigger(gcfg['log_every'], list(range(fcfg['every'], updates + 1,
+                                                          fcfg['every'])) + [updates]),
+        filename='log.json'))
+    trainer.extend(extensions.snapshot(filename=SNAPSHOT_PREFIX + '{.updater.iteration}',
+                                       n_retains=SNAPSHOTS_KEPT),
+                   trigger=(gcfg['snapshot_every'], 'iteration'))
+    if progress:
+        trainer.extend(extensions.PrintReport(
+            ['epoch', 'iteration', 'gen/loss', 'dis/loss', FID_KEY, 'elapsed_time']))
+        trainer.extend(extensions.ProgressBar(update_interval=10))
+    return trainer, evaluation
+
+
+def latest_snapshot(out):
+    snaps = glob.glob(os.path.join(out, SNAPSHOT_PREFIX + '*'))
+    snaps = [p for p in snaps if p.rsplit('_', 1)[1].isdigit()]
+    if not snaps:
+        return None
+    return max(snaps, key=lambda p: int(p.rsplit('_', 1)[1]))
+
+
+# ------------------------------------------------------------------------ records
+
+def fid_curve(log):
+    """[(step, fid)] of the evaluations in a LogReport log."""
+    return [(int(e['iteration']), float(e[FID_KEY])) for e in log
+            if e.get(FID_KEY) is not None and math.isfinite(e[FID_KEY])]
+
+
+def steps_to_fid(curve, target):
+    """First evaluated step with FID <= target (None if never)."""
+    for step, value in curve:
+        if value <= target + 1e-12:
+            return step
+    return None
+
+
+def interpolated_steps_to_fid(curve, target):
+    """Step at which the piecewise-linear FID curve first reaches ``target`` (the paper's
+    "25K" lies between evaluations, read off its curve); None if never."""
+    prev = None
+    for step, value in curve:
+        if value <= target + 1e-12:
+            if prev is None or prev[1] == value:
+                return float(step)
+            s0, v0 = prev
+            return s0 + (v0 - target) / (v0 - value) * (step - s0)
+        prev = (step, value)
+    return None
+
+
+def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, env,
+              fid_info=None):
+    """The ``summary.json`` of a GAN run."""
+    curve = fid_curve(log)
+    low = min(curve, key=lambda sv: sv[1]) if curve else (None, None)
+    target = cfg['gan']['target_fid']
+    paper_bn = paper.rows('sections', 'cifar10')['dcgan']['bn_lowest_fid']
+    done = int(log[-1]['iteration']) if log else 0
+    fid_info = fid_info or {'enabled': False, 'label': 'FID disabled'}
+    random_weights = bool(fid_info.get('random_weights'))
+    return {
+        'experiment': cfg['experiment'],
+        'row': cfg['row'],
+        'dataset': cfg['data']['dataset'],
+        'dataset_source': dataset_source,
+        'smoke': bool(cfg.get('smoke')),
+        'comparable_to_paper': (not cfg.get('smoke') and cfg['data']['dataset'] == 'cifar10'
+                                and cfg['data'].get('subset') is None
+                                and bool(fid_info.get('standard'))),
+        'fid_label': fid_info.get('label'),
+        'fid_random_weights': random_weights,
+        'fid': fid_info,
+        'seed': cfg['train']['seed'],
+        'mn_layers': cfg['mn']['layers'] if cfg.get('mn') else None,
+        'updates_planned': cfg['gan']['updates'],
+        'updates_done': done,
+        'finished': done >= cfg['gan']['updates'],
+        'fid_curve': [{'step': s, 'fid': v} for s, v in curve],
+        'lowest_fid': low[1],
+        'lowest_fid_step': low[0],
+        'final_fid': curve[-1][1] if curve else None,
+        'target_fid': target,
+        'steps_to_target_fid': steps_to_fid(curve, target) if target is not None else None,
+        'paper_bn_lowest_fid': paper_bn,
+        # only meaningful with the standard FID network
+        'steps_to_paper_bn_lowest_fid': (steps_to_fid(curve, paper_bn)
+                                         if fid_info.get('standard') else None),
+        'final_gen_loss': next((e['gen/loss'] for e in reversed(log) if 'gen/loss' in e), None),
+        'final_dis_loss': next((e['dis/loss'] for e in reversed(log) if 'dis/loss' in e), None),
+        'backend': backend,
+        'device': device_name,
+        'git_commit': env.get('git_commit'),
+        'wall_time_s': wall_time_s,
+        'environment': env,
+    }
+
+
+# ----------------------------------------------------------------------------- run
+
+def run(cfg, out=None, device='cpu', resume=None, progress=True, dataset=None):
+    """Train the GAN of ``cfg`` (validated; see :func:`load_config`); returns the
+    summary.  ``resume``: None, ``'auto'`` or a snapshot path; ``dataset``: a loaded
+    :class:`experiments.data.Dataset` (tests)."""
+    check_config(cfg)
+    out = out or records.run_dir(cfg)
+    device = train_lib.resolve_device(device) \
+        if not isinstance(device, chainer.backend.Device) else device
+    seed = cfg['train']['seed']
+    numpy.random.seed(seed)
+    if device.xp is not numpy:
+        device.xp.random.seed(seed)
+    device.use()
+    gen, dis = build_models(cfg)          # first: initial weights from the seeded RNG
+    fcfg = cfg['gan']['fid']
+    extractor = build_extractor(fcfg, device)   # fails fast on missing/bad weights
+    if dataset is None:
+        dataset = data_lib.load_dataset(cfg['data']['dataset'], cfg['data']['data_dir'],
+                                        subset=cfg['data']['subset'], seed=seed,
+                                        allow_download=cfg['data']['download'])
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'config.yaml'), 'w') as f:
+        f.write('# resolved from: %s\n' % ', '.join(cfg.get('_sources', [])))
+        f.write(config_lib.dump(cfg))
+    images = training_images(dataset)
+    if gen.image_size != images.shape[-1]:
+        raise config_lib.ConfigError('the generator makes %d px images but the data are %d px'
+                                     % (gen.image_size, images.shape[-1]))
+    real_stats, fid_info = None, {'enabled': False, 'label': 'FID disabled'}
+    if extractor is not None:
+        real = real_images_for_fid(images, fcfg['n_real'])
+        mu, sigma, cache = fid_lib.real_statistics(
+            extractor, real, cache_dir=fcfg['cache_dir'], tag=cfg['data']['dataset'],
+            log=print if progress else None)
+        real_stats = (mu, sigma)
+        fid_info = dict(extractor.describe(), enabled=True, n_samples=fcfg['n_samples'],
+                        n_real=int(len(real)), real_statistics=cache)
+    gen.to_device(device)
+    dis.to_device(device)
+    trainer, _ = build_trainer(cfg, gen, dis, images, out, device, extractor, real_stats,
+                               progress=progress)
+    if resume == 'auto':
+        resume = latest_snapshot(out)
+    if resume:
+        if not os.path.exists(resume):
+            raise FileNotFoundError('--resume: no snapshot at %s' % resume)
+        chainer.serializers.load_npz(resume, trainer)
+        print('resumed from %s (iteration %d)' % (resume, trainer.updater.iteration))
+    start = time.time()
+    trainer.run()
+    log_path = os.path.join(out, 'log.json')
+    log = records.read_json(log_path) if os.path.exists(log_path) else []
+    summary = summarize(cfg, log, dataset_source=dataset.source,
+                        backend='cupy' if device.xp is not numpy else 'numpy',
+                        device_name=train_lib.device_name(device),
+                        wall_time_s=trainer.elapsed_time, env=environment.describe(),
+                        fid_info=fid_info)
+    summary['session_wall_time_s'] = time.time() - start
+    summary['resumed_from'] = os.path.relpath(resume, out) if resume else None
+    records.write_json(os.path.join(out, 'summary.json'), summary)
+    return summary
+
+
+# ------------------------------------------------------------------- comparison
+
+def _read_run(path):
+    run = records.Run(path)
+    if run.config.get('experiment') != 'dcgan' and not run.config.get('gan'):
+        raise ValueError('%s is not a GAN run' % path)
+    return run
+
+
+def _run_status(run):
+    s = run.summary or {}
+    notes = []
+    if s.get('fid_random_weights') or 'RANDOM' in str(s.get('fid_label', '')):
+        notes.append('random-weights "FID"')
+    if s.get('smoke') or run.config.get('smoke'):
+        notes.append('smoke')
+    if run.config['data']['dataset'] != 'cifar10':
+        notes.append(run.config['data']['dataset'] + ' data')
+    if run.config['data'].get('subset') is not None:
+        notes.append('subset')
+    if s and not s.get('finished', True):
+        notes.append('unfinished')
+    if s and not (s.get('fid') or {}).get('standard', False) and 'random-weights "FID"' \
+            not in notes:
+        notes.append('non-standard FID network')
+    return notes
+
+
+def compare_dcgan(bn_run_dir, mn_run_dir, show=True):
+    """Our DCGAN-BN / DCGAN-MN numbers beside the paper's (Sec. 4.5): lowest FID, the
+    step it was reached, and the step at which MN first reaches BN's lowest FID (at an
+    evaluation, and linearly interpolated) with the reduction in percent.  Returns a dict
+    (``rows``, ``status``, ``text``); prints the text when ``show``."""
+    bn, mn = _read_run(bn_run_dir), _read_run(mn_run_dir)
+    ref = paper.rows('sections', 'cifar10')['dcgan']
+    cb, cm = fid_curve(bn.log), fid_curve(mn.log)
+    bn_low = min(cb, key=lambda sv: sv[1]) if cb else (None, None)
+    mn_low = min(cm, key=lambda sv: sv[1]) if cm else (None, None)
+    reach = steps_to_fid(cm, bn_low[1]) if cb else None
+    reach_interp = interpolated_steps_to_fid(cm, bn_low[1]) if cb else None
+    reduction = (100.0 * (1 - reach / bn_low[0]) if reach is not None and bn_low[0]
+                 else None)
+    reduction_interp = (100.0 * (1 - reach_interp / bn_low[0])
+                        if reach_interp is not None and bn_low[0] else None)
+    rows = [
+        ('DCGAN-BN lowest FID', bn_low[1], ref['bn_lowest_fid']),
+        ('DCGAN-BN step of lowest FID', bn_low[0], ref['bn_steps_to_lowest_fid']),
+        ('DCGAN-MN lowest FID', mn_low[1], ref['mn_lowest_fid']),
+        ('DCGAN-MN step of lowest FID', mn_low[0], None),
+        ('DCGAN-MN first evaluation with FID <= BN lowest', reach,
+         ref['mn_steps_to_reach_bn_lowest_fid']),
+        ('  same, linearly interpolated between evaluations', reach_interp,
+         ref['mn_steps_to_reach_bn_lowest_fid']),
+        ('step reduction (%) (evaluations)', reduction, ref['steps_reduction_percent']),
+        ('step reduction (%) (interpolated)', reduction_interp,
+         ref['steps_reduction_percent']),
+    ]
+    notes = sorted(set(_run_status(bn)) | set(_run_status(mn)))
+    status = 'NOT COMPARABLE (%s)' % ', '.join(notes) if notes else 'comparable'
+    labels = {(r.summary or {}).get('fid_label') for r in (bn, mn)} - {None}
+    lines = ['DCGAN on CIFAR-10 (paper Sec. 4.5): ours vs the paper  [%s]' % status,
+             'runs: BN %s | MN %s' % (bn.path, mn.path)]
+    lines += ['FID network: %s' % lbl for lbl in sorted(labels)]
+    width = max(len(r[0]) for r in rows)
+    lines.append('%-*s  %12s  %12s' % (width, 'metric', 'ours', 'paper'))
+    for name, ours, theirs in rows:
+        lines.append('%-*s  %12s  %12s' % (width, name, _fmt(ours), _fmt(theirs)))
+    lines.append('paper: "%s"' % ref['quote'])
+    text = '\n'.join(lines)
+    if show:
+        print(text)
+    return {'rows': [{'metric': n, 'ours': o, 'paper': p} for n, o, p in rows],
+            'status': status, 'text': text, 'bn_run': bn.path, 'mn_run': mn.path,
+            'fid_labels': sorted(labels)}
+
+
+def _fmt(v):
+    if v is None:
+        return '-'
+    if isinstance(v, float) and not v.is_integer():
+        return '%.2f' % v
+    return '%d' % v
+
+
+# ------------------------------------------------------------------------ figures
+
+def _as_list(runs):
+    if isinstance(runs, str):
+        return [p for p in runs.split(',') if p]
+    return list(runs)
+
+
+def windowed_std(values, window=3):
+    """Std of each point with its neighbours (a centred window of ``window`` points,
+    clipped at the ends): the paper's band over "3 adjacent FID evaluation points"."""
+    values = numpy.asarray(values, numpy.float64)
+    half = window // 2
+    return numpy.array([values[max(0, i - half):i + half + 1].std()
+                        for i in range(len(values))])
+
+
+def _mean_curve(runs):
+    curves = [dict(fid_curve(r.log)) for r in runs]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return steps, [float(numpy.mean([c[s] for c in curves])) for s in steps]
+
+
+def _figure_note(runs):
+    notes = sorted({n for r in runs for n in _run_status(r)})
+    return ('  [%s: NOT comparable to the paper]' % ', '.join(notes)) if notes else ''
+
+
+def _save(fig, out_dir, name, sources):
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for ext in ('png', 'pdf'):
+        p = os.path.join(out_dir, '%s.%s' % (name, ext))
+        fig.savefig(p, dpi=150, bbox_inches='tight')
+        paths.append(p)
+    p = os.path.join(out_dir, name + '.json')
+    with open(p, 'w') as f:
+        json.dump(sources, f, indent=2, default=str)
+    paths.append(p)
+    return paths
+
+
+def figure6(bn_runs, mn_runs, out_dir=None, name='fig6_dcgan_fid'):
+    """FID against generator updates for DCGAN-BN and DCGAN-MN (mean over the runs
+    given), shaded +-1 std within 3 adjacent evaluations; BN's lowest FID dashed.
+    Writes ``<name>.png/.pdf/.json`` under ``out_dir`` (default results/figures)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    out_dir = out_dir or FIGURES_DIR
+    bn = [_read_run(p) for p in _as_list(bn_runs)]
+    mn = [_read_run(p) for p in _as_list(mn_runs)]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    info = {}
+    all_steps = [s for r in bn + mn for s, _ in fid_curve(r.log)]
+    unit = 1000.0 if all_steps and max(all_steps) >= 1000 else 1.0
+    suffix = 'K' if unit == 1000.0 else ''
+    for label, runs, color, style in (('DCGAN-BN', bn, '#1f77b4', '--'),
+                                      ('DCGAN-MN', mn, '#d62728', '-')):
+        steps, values = _mean_curve(runs)
+        info[label] = {'runs': [r.path for r in runs], 'steps': steps, 'fid': values}
+        if not steps:
+            continue
+        k = numpy.asarray(steps) / unit
+        std = windowed_std(values)
+        ax.plot(k, values, style, color=color, marker='o', markersize=2.5,
+                label='%s (lowest %.2f @ %g%s)'
+                % (label, min(values), steps[int(numpy.argmin(values))] / unit, suffix))
+        ax.fill_between(k, numpy.asarray(values) - std, numpy.asarray(values) + std,
+                        color=color, alpha=0.2, linewidth=0)
+    if info['DCGAN-BN']['fid']:
+        ax.axhline(min(info['DCGAN-BN']['fid']), color='gray', linewidth=0.8, linestyle=':')
+    labels = sorted({(r.summary or {}).get('fid_label') or '' for r in bn + mn} - {''})
+    random_w = any(NOT_FID in lbl for lbl in labels)
+    ax.set_xlabel('generator updates%s' % (' (K)' if suffix else ''))
+    ax.set_ylabel('random-weights "FID" (NOT FID)' if random_w else 'FID')
+    ax.set_title('Figure 6: DCGAN on CIFAR-10, ours\n%s' % _figure_note(bn + mn).strip(),
+                 fontsize=8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ref = paper.rows('sections', 'cifar10')['dcgan']
+    ax.text(0.99, 0.98, 'paper: BN %.2f @ %dK; MN %.2f; MN reaches %.2f @ %dK'
+            % (ref['bn_lowest_fid'], ref['bn_steps_to_lowest_fid'] // 1000,
+               ref['mn_lowest_fid'], ref['bn_lowest_fid'],
+               ref['mn_steps_to_reach_bn_lowest_fid'] // 1000),
+            transform=ax.transAxes, ha='right', va='top', fontsize=6.5, color='gray')
+    if labels:
+        fig.text(0.01, -0.03, 'FID network: ' + '; '.join(labels), fontsize=6, va='top')
+    paths = _save(fig, out_dir, name, {'figure': 'Figure 6 (ours)', 'curves': info,
+                                       'fid_labels': labels, 'band': 'std of 3 adjacent '
+                                       'evaluations (centred, clipped at the ends)'})
+    plt.close(fig)
+    return paths
+
+
+def figure7(bn_run, mn_run, out_dir=None, name='fig7_dcgan_samples'):
+    """Sample grids of DCGAN-BN (a) and DCGAN-MN (b) at their lowest evaluated FID (the
+    last grid when a run has no FID).  Writes ``<name>.png/.pdf/.json``."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    out_dir = out_dir or FIGURES_DIR
+    runs = [_read_run(bn_run), _read_run(mn_run)]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
+    info = {}
+    for ax, run, tag in zip(axes, runs, ('(a) DCGAN-BN', '(b) DCGAN-MN')):
+        curve = fid_curve(run.log)
+        grids = sorted(glob.glob(os.path.join(run.path, SAMPLES_DIR, 'step_*.png')))
+        if curve:
+            step, value = min(curve, key=lambda sv: sv[1])
+            path = sample_path(run.path, step)
+            what = '%s %.2f at %d updates' % (
+                'random-weights "FID"' if 'RANDOM' in str((run.summary or {}).get(
+                    'fid_label')) else 'FID', value, step)
+        elif grids:
+            path, what = grids[-1], 'no FID; last samples'
+        else:
+            path, what = None, 'no samples'
+        info[tag] = {'run': run.path, 'image': path, 'what': what}
+        if path and os.path.exists(path):
+            ax.imshow(numpy.asarray(Image.open(path)))
+        ax.set_title('%s\n%s' % (tag, what), fontsize=8)
+        ax.axis('off')
+    fig.suptitle('Figure 7: samples at the lowest evaluated FID, ours\n%s'
+                 % _figure_note(runs).strip(), fontsize=8)
+    paths = _save(fig, out_dir, name, {'figure': 'Figure 7 (ours)', 'panels': info})
+    plt.close(fig)
+    return paths
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _compare_main(argv):
+    p = argparse.ArgumentParser(prog='python -m experiments.gan compare',
+                                description='Our DCGAN-BN/MN numbers beside the paper.')
+    p.add_argument('bn_run')
+    p.add_argument('mn_run')
+    p.add_argument('--json', help='also write the comparison as JSON here')
+    args = p.parse_args(argv)
+    try:
+        result = compare_dcgan(args.bn_run, args.mn_run)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit('error: %s' % e)
+    if args.json:
+        records.write_json(args.json, result)
+
+
+def _figures_main(argv):
+    p = argparse.ArgumentParser(prog='python -m experiments.gan figures',
+                                description='Figures 6 and 7 from our DCGAN runs.')
+    p.add_argument('bn_runs', help='BN run directory (comma-separated for several seeds)')
+    p.add_argument('mn_runs', help='MN run directory (comma-separated for several seeds)')
+    p.add_argument('--out', help='output folder (default results/figures)')
+    args = p.parse_args(argv)
+    paths = figure6(args.bn_runs, args.mn_runs, args.out)
+    paths += figure7(_as_list(args.bn_runs)[0], _as_list(args.mn_runs)[0], args.out)
+    print('\n'.join(paths))
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == 'compare':
+        return _compare_main(argv[1:])
+    if argv and argv[0] == 'figures':
+        return _figures_main(argv[1:])
+    p = argparse.ArgumentParser(description='Train DCGAN-BN or DCGAN-MN (paper Sec. 4.5). '
+                                'Also: "compare BN_RUN MN_RUN", "figures BN_RUN MN_RUN".')
+    p.add_argument('config', help='configs/dcgan/cifar10/{bn,mn}.yaml')
+    p.add_argument('--out', help='run directory (default results/runs/...)')
+    p.add_argument('--resume', help="'auto' or a snapshot path")
+    p.add_argument('--inception-weights', metavar='NPZ',
+                   help='FID Inception weights (scripts/convert_fid_weights.py output); '
+                   'default %s' % fid_lib.default_weights_path())
+    p.add_argument('--no-fid', action='store_true', help='train without FID evaluations')
+    p.add_argument('--fid-cache', metavar='DIR', help='cache folder of the real-image FID '
+                   'statistics (default %s)' % fid_lib.default_cache_dir())
+    train_lib.add_run_arguments(p)
+    args = p.parse_args(argv)
+    sets = train_lib.config_overrides(args)
+    if args.inception_weights:
+        sets.append('gan.fid.weights=%s' % os.path.abspath(args.inception_weights))
+    if args.no_fid:
+        sets.append('gan.fid.enabled=false')
+    if args.fid_cache:
+        sets.append('gan.fid.cache_dir=%s' % os.path.abspath(args.fid_cache))
+    try:
+        cfg = load_config(args.config, args.preset, sets)
+        summary = run(cfg, out=args.out, device=args.device, resume=args.resume,
+                      progress=not args.no_progress)
+    except (config_lib.ConfigError, FileNotFoundError, fid_lib.FIDWeightsError) as e:
+        sys.exit('error: %s' % e)
+    out = args.out or records.run_dir(cfg)
+    if summary['lowest_fid'] is None:
+        print('done: %d updates, no FID (%s), %.0f s; record: %s'
+              % (summary['updates_done'], summary['fid_label'], summary['wall_time_s'], out))
+    else:
+        print('done: %d updates; lowest %s %.2f at step %d, %.0f s; record: %s'
+              % (summary['updates_done'], 'FID' if not summary['fid_random_weights']
+                 else 'random-weights "FID" (NOT FID)', summary['lowest_fid'],
+                 summary['lowest_fid_step'], summary['wall_time_s'], out))
+
+
+if __name__ == '__main__':
+    main()

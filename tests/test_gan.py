@@ -1,0 +1,266 @@
+"""experiments/gan.py + experiments/models/dcgan.py: models, MN placement, configs, smoke
+runs on tiny generated data with a labelled random-weights "FID", bit-for-bit resume,
+comparison with the paper, figures, missing FID weights."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+import mixnorm
+from experiments import config as C
+from experiments import data as data_lib
+from experiments import fid, gan
+from experiments.models import dcgan
+
+DCGAN = os.path.join(C.CONFIG_ROOT, 'dcgan', 'cifar10')
+
+
+def tiny_sets(cache):
+    return ['data.dataset=synthetic', 'data.subset=[64, 16]', 'data.batch_size=8',
+            'model.kwargs.ch=16', 'gan.updates=8', 'gan.snapshot_every=4',
+            'gan.log_every=2', 'gan.grid=4', 'gan.fid.every=4', 'gan.fid.n_samples=48',
+            'gan.fid.batch_size=24', 'gan.fid.cache_dir=%s' % cache]
+
+
+def tiny_cfg(row, cache, extra=()):
+    return gan.load_config(os.path.join(DCGAN, row + '.yaml'), ['gan_smoke'],
+                           tiny_sets(cache) + list(extra))
+
+
+# ---------------------------------------------------------------------------- models
+
+def test_generator_and_discriminator_shapes():
+    gen, dis = dcgan.build_dcgan(ch=16)
+    z = gen.sample_z(np.random.RandomState(0), 5)
+    assert z.shape == (5, 128) and z.dtype == np.float32 and np.abs(z).max() <= 1
+    x = gen(z).array
+    assert x.shape == (5, 3, 32, 32) and x.dtype == np.float32
+    assert np.abs(x).max() <= 1 and x.std() > 0
+    assert dis(x).shape == (5, 1)
+    full, full_dis = dcgan.build_dcgan()            # the paper's widths
+    assert full.l0.W.shape == (4 * 4 * 512, 128)
+    assert [full[n].W.shape for n in ('dc1', 'dc2', 'dc3', 'dc4')] == [
+        (512, 256, 4, 4), (256, 128, 4, 4), (128, 64, 4, 4), (64, 3, 3, 3)]
+    assert full_dis.c3_0.W.shape == (512, 512, 3, 3) and full_dis.l4.W.shape == (1, 8192)
+    assert full.normalization_sites() == {'linear': ['bn0'], 'deconv1': ['bn1'],
+                                          'deconv2': ['bn2'], 'deconv3': ['bn3']}
+    normal = dcgan.DCGANGenerator(ch=16, z_distribution='normal')
+    assert np.abs(normal.sample_z(np.random.RandomState(0), 500)).max() > 1
+    with pytest.raises(ValueError, match='multiple of 8'):
+        dcgan.DCGANGenerator(ch=12)
+
+
+def test_configs_match_the_paper():
+    bn = gan.load_config(os.path.join(DCGAN, 'bn.yaml'))
+    mn = gan.load_config(os.path.join(DCGAN, 'mn.yaml'))
+    for cfg in (bn, mn):
+        assert cfg['experiment'] == 'dcgan' and cfg['data']['dataset'] == 'cifar10'
+        assert cfg['optimizer'] == dict(cfg['optimizer'], name='adam', lr=0.0002, beta1=0.0,
+                                        beta2=0.9)
+        assert cfg['data']['batch_size'] == 64 and cfg['gan']['updates'] == 100000
+        f = cfg['gan']['fid']
+        assert (f['enabled'], f['every'], f['n_samples'], f['dims'], f['image_size'],
+                f['random_weights']) == (True, 10000, 10000, 2048, 299, False)
+        assert not cfg['smoke']
+    assert bn['row'] == 'DCGAN-BN' and bn['mn'] is None
+    assert mn['row'] == 'DCGAN-MN'
+    assert (mn['mn']['layers'], mn['mn']['n_components'], mn['mn']['em_iters']) == \
+        (['deconv1', 'deconv2'], 3, 2)
+
+
+def test_mn_replaces_the_first_two_deconvolution_bns():
+    cfg = gan.load_config(os.path.join(DCGAN, 'mn.yaml'), overrides=['model.kwargs.ch=16'])
+    gen, dis = gan.build_models(cfg)
+    assert isinstance(gen.bn1, mixnorm.MixtureNormalization)
+    assert isinstance(gen.bn2, mixnorm.MixtureNormalization)
+    assert not isinstance(gen.bn0, mixnorm.MixtureNormalization)
+    assert not isinstance(gen.bn3, mixnorm.MixtureNormalization)
+    assert (gen.bn1.n_components, gen.bn1.kmeans_iters, gen.bn1.gmm_em_iters) == (3, 1, 1)
+    assert gen.bn1.size == 8 and gen.bn2.size == 4
+    assert not any(isinstance(l, mixnorm.MixtureNormalization) for l in dis.links())
+    bn_gen, _ = gan.build_models(gan.load_config(os.path.join(DCGAN, 'bn.yaml')))
+    assert not any(isinstance(l, mixnorm.MixtureNormalization) for l in bn_gen.links())
+    bad = gan.load_config(os.path.join(DCGAN, 'mn.yaml'), overrides=['mn.layers=[deconv4]'])
+    with pytest.raises(C.ConfigError, match='deconv1, deconv2, deconv3'):
+        gan.build_models(bad)
+
+
+def test_smoke_preset_for_gan_configs():
+    cfg = gan.load_config(os.path.join(DCGAN, 'mn.yaml'), ['smoke'])
+    assert cfg['smoke'] and cfg['_sources'][-1].endswith('gan_smoke.yaml')
+    f = cfg['gan']['fid']
+    assert f['random_weights'] and cfg['gan']['updates'] <= 50 and f['n_samples'] <= 1000
+    assert cfg['model']['kwargs']['ch'] == 64 and cfg['model']['kwargs']['z_dim'] == 128
+    plain = C.load_config(os.path.join(DCGAN, 'mn.yaml'), ['smoke'])
+    with pytest.raises(C.ConfigError, match='gan_smoke'):
+        gan.check_config(plain)
+    with pytest.raises(C.ConfigError, match='not a GAN config'):
+        gan.check_config(C.load_config(os.path.join(C.CONFIG_ROOT, 'table2', 'cifar10',
+                                                    'BN-2.yaml')))
+    with pytest.raises(C.ConfigError, match='gan.fid.dims'):
+        gan.load_config(os.path.join(DCGAN, 'mn.yaml'), overrides=['gan.fid.dims=100'])
+
+
+def test_training_images_are_recovered_exactly():
+    ds = data_lib.load_dataset('synthetic', subset=[40, 8], seed=3)
+    (raw, _), _ = data_lib.synthetic_uint8(40, 8, 3)     # what load_dataset normalised
+    u8 = gan.training_images(ds)
+    assert u8.dtype == np.uint8 and u8.shape == (40, 3, 32, 32)
+    np.testing.assert_array_equal(u8, raw)
+    x = gan.to_model_range(u8)
+    assert x.dtype == np.float32 and x.min() >= -1 and x.max() <= 1
+    np.testing.assert_array_equal(gan.to_uint8(x), u8)
+
+
+# ------------------------------------------------------------------------ smoke runs
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp('gan')
+    cache = str(root / 'fidcache')
+    out = {}
+    # BN through the command line, MN through run()
+    bn_dir = str(root / 'bn')
+    gan.main([os.path.join(DCGAN, 'bn.yaml'), '--preset', 'gan_smoke', '--out', bn_dir,
+              '--no-progress'] + sum([['--set', s] for s in tiny_sets(cache)], []))
+    out['DCGAN-BN'] = (tiny_cfg('bn', cache), bn_dir)
+    cfg = tiny_cfg('mn', cache)
+    mn_dir = str(root / 'mn')
+    gan.run(cfg, out=mn_dir, progress=False)
+    out['DCGAN-MN'] = (cfg, mn_dir)
+    return root, out
+
+
+def test_smoke_records_are_complete_and_labelled(runs):
+    for row, (cfg, path) in runs[1].items():
+        log = json.load(open(os.path.join(path, 'log.json')))
+        assert [e['iteration'] for e in log] == [2, 4, 6, 8]
+        for e in log:
+            for key in ('gen/loss', 'dis/loss', 'dis/loss_real', 'dis/loss_fake'):
+                assert np.isfinite(e[key]), (row, key)
+        assert [e['iteration'] for e in log if 'fid' in e] == [4, 8]
+        assert ('mn/bn1/components' in log[0]) == (row == 'DCGAN-MN')
+        s = json.load(open(os.path.join(path, 'summary.json')))
+        assert s['row'] == row and s['smoke'] and not s['comparable_to_paper']
+        assert s['finished'] and s['updates_done'] == 8
+        assert s['fid_random_weights'] and 'RANDOM-WEIGHTS' in s['fid_label']
+        assert 'NOT an FID' in s['fid_label'] and s['fid']['standard'] is False
+        assert s['fid']['n_samples'] == 48 and s['fid']['n_real'] == 64
+        fids = [e['fid'] for e in log if 'fid' in e]
+        assert [c['fid'] for c in s['fid_curve']] == fids
+        assert s['lowest_fid'] == min(fids) and s['lowest_fid_step'] == [4, 8][
+            int(np.argmin(fids))]
+        assert s['steps_to_paper_bn_lowest_fid'] is None     # meaningless without FID
+        assert 'synthetic' in s['dataset_source'] and s['seed'] == 0
+        assert s['backend'] == 'numpy' and s['wall_time_s'] > 0 and 'git_commit' in s
+        for step in (4, 8):
+            from PIL import Image
+            img = Image.open(gan.sample_path(path, step))
+            assert img.size == (4 * 32, 4 * 32)
+        assert os.path.isfile(os.path.join(path, 'generator_best.npz'))
+        assert os.path.isfile(os.path.join(path, 'snapshot_iter_4'))
+        back = C.validate(yaml.safe_load(open(os.path.join(path, 'config.yaml'))))
+        assert back['gan']['fid']['random_weights'] and back['row'] == row
+
+
+def test_runs_are_reproducible_and_differ_between_bn_and_mn(runs):
+    logs = {row: json.load(open(os.path.join(p, 'log.json'))) for row, (_, p) in runs[1].items()}
+    assert logs['DCGAN-BN'][0]['gen/loss'] != logs['DCGAN-MN'][0]['gen/loss']
+
+
+@pytest.mark.parametrize('row', ['DCGAN-BN', 'DCGAN-MN'])
+def test_resume_continues_bit_for_bit(runs, tmp_path, row):
+    cfg, path = runs[1][row]
+    resumed = str(tmp_path / 'resumed')
+    os.makedirs(resumed)
+    shutil.copy(os.path.join(path, 'snapshot_iter_4'), resumed)
+    s = gan.run(cfg, out=resumed, resume='auto', progress=False)
+    a = json.load(open(os.path.join(path, 'log.json')))
+    b = json.load(open(os.path.join(resumed, 'log.json')))
+    assert [e['iteration'] for e in b] == [2, 4, 6, 8]
+    for ea, eb in zip(a[2:], b[2:]):
+        for key in ('gen/loss', 'dis/loss', 'dis/loss_real', 'dis/loss_fake'):
+            assert ea[key] == eb[key], (row, key, ea['iteration'])
+    assert a[3]['fid'] == b[3]['fid']
+    assert s['resumed_from'] == 'snapshot_iter_4'
+    assert s['lowest_fid'] == json.load(open(os.path.join(path, 'summary.json')))['lowest_fid']
+
+
+def test_compare_dcgan_prints_the_papers_numbers(runs, capsys):
+    _, r = runs
+    result = gan.compare_dcgan(r['DCGAN-BN'][1], r['DCGAN-MN'][1])
+    out = capsys.readouterr().out
+    for part in ('37.56', '33.35', '60000', '25000', '58', 'NOT COMPARABLE',
+                 'random-weights', 'RANDOM-WEIGHTS'):
+        assert part in out, part
+    rows = {row['metric']: row for row in result['rows']}
+    bn = json.load(open(os.path.join(r['DCGAN-BN'][1], 'summary.json')))
+    mn = json.load(open(os.path.join(r['DCGAN-MN'][1], 'summary.json')))
+    assert rows['DCGAN-BN lowest FID']['ours'] == bn['lowest_fid']
+    assert rows['DCGAN-BN lowest FID']['paper'] == 37.56
+    assert rows['DCGAN-BN step of lowest FID']['ours'] == bn['lowest_fid_step']
+    assert rows['DCGAN-MN lowest FID']['ours'] == mn['lowest_fid']
+    reach = rows['DCGAN-MN first evaluation with FID <= BN lowest']
+    assert reach['paper'] == 25000
+    assert reach['ours'] == gan.steps_to_fid(gan.fid_curve(
+        json.load(open(os.path.join(r['DCGAN-MN'][1], 'log.json')))), bn['lowest_fid'])
+    if reach['ours'] is not None:
+        assert rows['step reduction (%) (evaluations)']['ours'] == pytest.approx(
+            100 * (1 - reach['ours'] / bn['lowest_fid_step']))
+    gan.main(['compare', r['DCGAN-BN'][1], r['DCGAN-MN'][1]])
+    assert '37.56' in capsys.readouterr().out
+
+
+def test_steps_to_fid_helpers():
+    curve = [(10000, 60.0), (20000, 45.0), (30000, 35.0), (40000, 30.0)]
+    assert gan.steps_to_fid(curve, 37.56) == 30000
+    assert gan.interpolated_steps_to_fid(curve, 37.56) == pytest.approx(27440)
+    assert gan.steps_to_fid(curve, 10) is None and gan.interpolated_steps_to_fid(curve, 10) \
+        is None
+    assert gan.interpolated_steps_to_fid(curve, 70) == 10000
+    np.testing.assert_allclose(gan.windowed_std([1, 2, 4, 8]),
+                               [np.std([1, 2]), np.std([1, 2, 4]), np.std([2, 4, 8]),
+                                np.std([4, 8])])
+
+
+def test_figures_are_written_and_labelled(runs, tmp_path):
+    _, r = runs
+    paths = gan.figure6(r['DCGAN-BN'][1], r['DCGAN-MN'][1], out_dir=str(tmp_path))
+    paths += gan.figure7(r['DCGAN-BN'][1], r['DCGAN-MN'][1], out_dir=str(tmp_path))
+    names = sorted(os.path.basename(p) for p in paths)
+    assert names == ['fig6_dcgan_fid.json', 'fig6_dcgan_fid.pdf', 'fig6_dcgan_fid.png',
+                     'fig7_dcgan_samples.json', 'fig7_dcgan_samples.pdf',
+                     'fig7_dcgan_samples.png']
+    assert all(os.path.getsize(p) > 0 for p in paths)
+    info = json.load(open(os.path.join(str(tmp_path), 'fig6_dcgan_fid.json')))
+    assert all('RANDOM-WEIGHTS' in label for label in info['fid_labels'])
+    assert info['curves']['DCGAN-MN']['steps'] == [4, 8]
+    panels = json.load(open(os.path.join(str(tmp_path), 'fig7_dcgan_samples.json')))['panels']
+    assert 'random-weights' in panels['(b) DCGAN-MN']['what']
+
+
+# ------------------------------------------------------------- FID weights handling
+
+def test_missing_fid_weights_stop_before_training(runs, tmp_path):
+    root, _ = runs
+    cache = str(root / 'fidcache')
+    missing = str(tmp_path / 'no_weights.npz')
+    cfg = tiny_cfg('bn', cache, ['gan.fid.random_weights=false',
+                                 'gan.fid.weights=%s' % missing])
+    out = str(tmp_path / 'run')
+    with pytest.raises(fid.FIDWeightsMissing, match='convert_fid_weights'):
+        gan.run(cfg, out=out, progress=False)
+    assert not os.path.exists(os.path.join(out, 'snapshot_iter_4'))
+    with pytest.raises(SystemExit, match='--no-fid'):
+        gan.main([os.path.join(DCGAN, 'bn.yaml'), '--preset', 'gan_smoke', '--out', out,
+                  '--inception-weights', missing, '--set', 'gan.fid.random_weights=false',
+                  '--no-progress'] + sum([['--set', s] for s in tiny_sets(cache)], []))
+    # FID off only when asked: the run trains and records that it has no FID
+    cfg = tiny_cfg('bn', cache, ['gan.fid.random_weights=false', 'gan.fid.enabled=false',
+                                 'gan.updates=2', 'gan.fid.weights=%s' % missing])
+    s = gan.run(cfg, out=str(tmp_path / 'nofid'), progress=False)
+    assert s['finished'] and s['lowest_fid'] is None and s['fid_label'] == 'FID disabled'
+    assert os.path.isfile(gan.sample_path(str(tmp_path / 'nofid'), 2))
