@@ -326,14 +326,6 @@ def build_trainer(cfg, gen, dis, images, out, device, extractor=None, real_stats
     return trainer, evaluation
 
 
-def latest_snapshot(out):
-    snaps = glob.glob(os.path.join(out, SNAPSHOT_PREFIX + '*'))
-    snaps = [p for p in snaps if p.rsplit('_', 1)[1].isdigit()]
-    if not snaps:
-        return None
-    return max(snaps, key=lambda p: int(p.rsplit('_', 1)[1]))
-
-
 # ------------------------------------------------------------------------ records
 
 def fid_curve(log):
@@ -454,13 +446,7 @@ def run(cfg, out=None, device='cpu', resume=None, progress=True, dataset=None):
     dis.to_device(device)
     trainer, _ = build_trainer(cfg, gen, dis, images, out, device, extractor, real_stats,
                                progress=progress)
-    if resume == 'auto':
-        resume = latest_snapshot(out)
-    if resume:
-        if not os.path.exists(resume):
-            raise FileNotFoundError('--resume: no snapshot at %s' % resume)
-        chainer.serializers.load_npz(resume, trainer)
-        print('resumed from %s (iteration %d)' % (resume, trainer.updater.iteration))
+    resume = train_lib.resume_trainer(trainer, out, resume, prefix=SNAPSHOT_PREFIX)
     start = time.time()
     trainer.run()
     log_path = os.path.join(out, 'log.json')

@@ -224,11 +224,28 @@ def resolve_device(spec):
                          'README "GPU")' % (spec, e))
 
 
-def latest_snapshot(out):
-    snaps = glob.glob(os.path.join(out, 'snapshot_epoch_*'))
+def latest_snapshot(out, prefix='snapshot_epoch_'):
+    """The snapshot ``<prefix><n>`` in ``out`` with the largest n, or None."""
+    snaps = [p for p in glob.glob(os.path.join(out, prefix + '*'))
+             if p.rsplit('_', 1)[1].isdigit()]
     if not snaps:
         return None
     return max(snaps, key=lambda p: int(p.rsplit('_', 1)[1]))
+
+
+def resume_trainer(trainer, out, resume, prefix='snapshot_epoch_'):
+    """Load ``resume`` (a path, ``'auto'`` = the latest snapshot in ``out`` if any, or
+    None) into ``trainer``; returns the path loaded or None."""
+    if resume == 'auto':
+        resume = latest_snapshot(out, prefix)
+    if not resume:
+        return None
+    if not os.path.exists(resume):
+        raise FileNotFoundError('--resume: no snapshot at %s' % resume)
+    chainer.serializers.load_npz(resume, trainer)
+    print('resumed from %s (epoch %d, iteration %d)'
+          % (resume, trainer.updater.epoch, trainer.updater.iteration))
+    return resume
 
 
 def device_name(device):
@@ -268,14 +285,7 @@ def run(cfg, out=None, device='cpu', resume=None, progress=True, dataset=None):
     train_iter, test_iter = build_iterators(cfg, dataset)
     trainer = build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device,
                             progress=progress)
-    if resume == 'auto':
-        resume = latest_snapshot(out)
-    if resume:
-        if not os.path.exists(resume):
-            raise FileNotFoundError('--resume: no snapshot at %s' % resume)
-        chainer.serializers.load_npz(resume, trainer)
-        print('resumed from %s (epoch %d, iteration %d)'
-              % (resume, trainer.updater.epoch, trainer.updater.iteration))
+    resume = resume_trainer(trainer, out, resume)
     start = time.time()
     trainer.run()
     env = environment.describe()
