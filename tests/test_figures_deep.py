@@ -9,10 +9,8 @@ Table 4 MN-4 configs are checked to save the mixtures of an MN layer (model buil
 trained)."""
 import mixnorm._compat  # noqa: F401  (NumPy-2 shim before any chainer import)
 
-import json
 import math
 import os
-import struct
 
 import numpy as np
 import pytest
@@ -20,8 +18,8 @@ import pytest
 import mixnorm
 from experiments import config as C, figures, models, records, train
 from scripts import figures as cli
+from figure_checks import check_files
 
-PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 EPOCHS = 12                 # planned epochs of every fixture run
 ITERS_PER_EPOCH = 10
 LAYER = 'inc2/0/2/4/bn'
@@ -128,29 +126,6 @@ def fake_runs(tmp_path_factory):
                                                    'final_bn']))
     mixtures = write_mixtures(runs['c100 MN-4'])
     return root, runs, mixtures
-
-
-def png_size(path):
-    with open(path, 'rb') as f:
-        head = f.read(24)
-    assert head[:8] == PNG_MAGIC, path
-    assert head[12:16] == b'IHDR'
-    return struct.unpack('>II', head[16:24])
-
-
-def check_files(result, stem, out):
-    assert result.rendered, result
-    png, pdf = (os.path.join(str(out), '%s.%s' % (stem, ext)) for ext in ('png', 'pdf'))
-    assert png in result.files and pdf in result.files
-    w, h = png_size(png)
-    assert w > 400 and h > 300
-    with open(pdf, 'rb') as f:
-        data = f.read()
-    assert data.startswith(b'%PDF') and b'%%EOF' in data[-64:]
-    import matplotlib.image
-    img = matplotlib.image.imread(png)
-    assert img.shape[:2] == (h, w) and img.std() > 0.01        # not a blank page
-    return json.load(open(os.path.join(str(out), stem + '.json')))
 
 
 def logged(run, key):
