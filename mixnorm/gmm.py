@@ -303,7 +303,8 @@ def prune(gmm, min_weight):
 
 
 def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
-            fit_fraction=1.0, min_weight=0.01, eps=1e-5, seed=None):
+            fit_fraction=1.0, min_weight=0.01, eps=1e-5, seed=None,
+            return_responsibilities=False):
     """Fit a diagonal-covariance GMM to the rows of ``x`` (n, d) (paper Sec. 3.2).
 
     K-means++ seeding (``n_local_trials``, default ``2 + int(log K)``), ``kmeans_iters``
@@ -313,6 +314,10 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
     fewer than ``MIN_POINTS_PER_COMPONENT * K`` or all of them).  Returns a :class:`GMM`
     in float64 for float64 input, else float32, on the device of ``x``.
     Raises ``ValueError`` for NaN/Inf input, bad shapes or bad arguments.
+
+    With ``return_responsibilities`` it returns ``(gmm, nu)``, ``nu`` (n, K') the
+    posteriors of all n points under the returned mixture, as :func:`responsibilities`
+    gives them, reusing the fit's pass over the data when every point was fitted.
     """
     xp, work = _check_points(x)
     if int(n_components) != n_components or n_components < 1:
@@ -331,15 +336,21 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
     rs = xp.random.RandomState(seed)
 
     n = x.shape[0]
+    points = x
     if fit_fraction < 1.0:
         m = min(n, max(int(math.ceil(fit_fraction * n)), MIN_POINTS_PER_COMPONENT * n_components))
         if m < n:
-            x = x[rs.permutation(n)[:m]]
-    frame = _frame_for(x, eps)
+            points = x[rs.permutation(n)[:m]]
+    frame = _frame_for(points, eps)
     eps_z = (eps / (frame.scale * frame.scale)).astype(frame.z.dtype)
-    gmm = _fit_in_frame(frame, n_components, int(kmeans_iters), int(em_iters),
-                        n_local_trials, eps_z, rs)
-    return prune(_from_frame(gmm, frame, work), min_weight)
+    gmm_z = prune(_fit_in_frame(frame, n_components, int(kmeans_iters), int(em_iters),
+                                n_local_trials, eps_z, rs), min_weight)
+    gmm = _from_frame(gmm_z, frame, work)
+    if not return_responsibilities:
+        return gmm
+    if points is not x:                     # fitted on a subset: score every point
+        return gmm, responsibilities(x, gmm)
+    return gmm, _e_step(frame, gmm_z)[0].T
 
 
 # ------------------------------------------------------------------ scoring a mixture

@@ -128,16 +128,20 @@ class MixtureNormalization(chainer.Link):
         return 'MixtureNormalization %r' % (self.name or '(unnamed)',)
 
     def _fit(self, points):
+        """The batch's mixture, components sorted by weight (heaviest first), and the
+        posteriors (n, K') of the points in that order."""
         try:
-            g = _gmm.fit_gmm(points, self.n_components, self.kmeans_iters, self.gmm_em_iters,
-                             fit_fraction=self.fit_fraction, min_weight=self.min_weight,
-                             eps=self.eps, seed=(self.seed * 1000003 + self.n_fits) % 2 ** 32)
+            g, resp = _gmm.fit_gmm(
+                points, self.n_components, self.kmeans_iters, self.gmm_em_iters,
+                fit_fraction=self.fit_fraction, min_weight=self.min_weight, eps=self.eps,
+                seed=(self.seed * 1000003 + self.n_fits) % 2 ** 32,
+                return_responsibilities=True)
         except ValueError as e:
             raise ValueError('%s, input with %d points in R^%d: %s'
                              % (self._label(), points.shape[0], points.shape[1], e)) from e
         xp = backend.get_array_module(points)
         order = xp.argsort(-g.weights)
-        return _gmm.GMM(g.weights[order], g.means[order], g.variances[order])
+        return _gmm.GMM(g.weights[order], g.means[order], g.variances[order]), resp[:, order]
 
     def _push(self, weights, means, variances):
         """Enqueue the statistics of this batch (K' <= K components; the rest weight 0)."""
@@ -192,9 +196,7 @@ class MixtureNormalization(chainer.Link):
             resp = xp.ones((self._check_input(x_arr), 1), dtype=numpy.float32
                            if x_arr.dtype == numpy.float16 else x_arr.dtype)
         else:
-            points = self._points(x_arr)
-            g = self._fit(points)
-            resp = _gmm.responsibilities(points, g)
+            g, resp = self._fit(self._points(x_arr))
         gamma, beta = self.gamma, self.beta
         if self.affine == 'component':
             k = resp.shape[1]

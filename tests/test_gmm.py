@@ -257,3 +257,16 @@ def test_gpu_em_step_matches_cpu():
         np.testing.assert_allclose(cupy.asnumpy(b), a, rtol=1e-8, atol=1e-10)
     r = G.responsibilities(cupy.asarray(x), G.GMM(*[cupy.asarray(a) for a in g]))
     np.testing.assert_allclose(cupy.asnumpy(r), G.responsibilities(x, g), atol=1e-10)
+
+
+@pytest.mark.parametrize('fraction', [1.0, 0.3])
+def test_returned_responsibilities_equal_scoring(fraction):
+    rng = np.random.default_rng(13)
+    x = rectified_data(rng, n=3000, d=6).astype(np.float32)
+    g, nu = G.fit_gmm(x, 4, 1, 1, seed=0, fit_fraction=fraction,
+                      return_responsibilities=True)
+    assert nu.shape == (3000, g.n_components)
+    np.testing.assert_allclose(nu, G.responsibilities(x, g), atol=2e-5)
+    g2 = G.fit_gmm(x, 4, 1, 1, seed=0, fit_fraction=fraction)
+    for a, b in zip(g, g2):
+        np.testing.assert_array_equal(a, b)
