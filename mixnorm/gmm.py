@@ -133,7 +133,7 @@ def _make_frame(x, work, eps):
     scale = xp.maximum(xp.sqrt(((sub - shift) ** 2).mean()), math.sqrt(eps))
     scale = xp.where(xp.isfinite(scale), scale, 1.0)
     z = xp.empty((n, d), dtype=work)
-    xp.subtract(x, shift.astype(work), out=z, casting='unsafe')
+    xp.subtract(x, shift.astype(work), out=z)      # promotes f16/int to the work dtype
     z *= (1.0 / scale).astype(work)
     z2 = z * z
     rownorm = z2 @ xp.ones((d,), dtype=work)
