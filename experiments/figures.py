@@ -1195,9 +1195,33 @@ def fig1_commands(runs_root=None):
                 root, 'table2', 'cifar100', 'BN-2', 'seed0', 'snapshot_epoch_50')]
 
 
+def dcgan_figures(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR):
+    """Figures 6 and 7 from the DCGAN runs under ``runs_root`` (drawn by
+    :mod:`experiments.gan`); comparable runs are preferred over smoke runs."""
+    from experiments import gan
+    groups = {}
+    for run in records.find_runs(runs_root, experiment='dcgan'):
+        if run.summary is not None:
+            groups.setdefault(run.config['row'], []).append(run)
+    chosen = {}
+    for row in ('DCGAN-BN', 'DCGAN-MN'):
+        runs = groups.get(row, [])
+        full = [r for r in runs if r.summary.get('comparable_to_paper')]
+        chosen[row] = [r.path for r in (full or runs)]
+    missing = [('cifar10', row) for row, paths in chosen.items() if not paths]
+    if missing:
+        command = 'python scripts/reproduce.py dcgan --inception-weights fid.npz%s' % (
+            '' if os.path.abspath(runs_root) == os.path.abspath(records.RUNS_ROOT)
+            else ' --runs-root %s' % runs_root)
+        return [FigureResult(name, [], missing, [command]) for name in ('fig6', 'fig7')]
+    bn, mn = chosen['DCGAN-BN'], chosen['DCGAN-MN']
+    return [FigureResult('fig6', gan.figure6(bn, mn, out_dir, name='fig6')),
+            FigureResult('fig7', gan.figure7(bn[0], mn[0], out_dir, name='fig7'))]
+
+
 def all_figures(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, data_dir=None,
                 n_images=128, log=print):
-    """Every figure whose runs exist (Figures 2, 3, 1, 4, 5, 8, 9, in that order);
+    """Every figure whose runs exist (Figures 2, 3, 1, 4, 5, 8, 9, 6, 7, in that order);
     prints (``log``) what was written and, for what is missing, the runs and the
     commands that make them.  Figure 1 uses the snapshot of :func:`find_snapshot` and
     ``n_images`` test images; Figure 8 the run of :func:`find_mixture_run`.  Returns
@@ -1224,6 +1248,7 @@ def all_figures(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, data_dir=None,
     except (FileNotFoundError, ValueError) as e:
         results.append(FigureResult('fig8', [], [], [], notes=[str(e)]))
     results.append(fig9(runs_root, out_dir))
+    results += dcgan_figures(runs_root, out_dir)
     for r in results:
         log(report(r))
     return results

@@ -60,6 +60,7 @@ from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import environment
 from experiments import fid as fid_lib
+from experiments import figures
 from experiments import paper
 from experiments import records
 from experiments import train as train_lib
@@ -68,7 +69,7 @@ from experiments.models import dcgan
 SNAPSHOT_PREFIX = 'snapshot_iter_'
 SNAPSHOTS_KEPT = 3
 SAMPLES_DIR = 'samples'
-FIGURES_DIR = os.path.join(os.path.dirname(records.RUNS_ROOT), 'figures')
+FIGURES_DIR = figures.FIGURES_DIR
 GAN_SMOKE_PRESET = 'gan_smoke'
 FID_KEY = 'fid'
 NOT_FID = 'RANDOM-WEIGHTS'
@@ -574,20 +575,7 @@ def _figure_note(runs):
     return ('  [%s: NOT comparable to the paper]' % ', '.join(notes)) if notes else ''
 
 
-def _save(fig, out_dir, name, sources):
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    for ext in ('png', 'pdf'):
-        p = os.path.join(out_dir, '%s.%s' % (name, ext))
-        fig.savefig(p, dpi=150, bbox_inches='tight')
-        paths.append(p)
-    p = os.path.join(out_dir, name + '.json')
-    with open(p, 'w') as f:
-        json.dump(sources, f, indent=2, default=str)
-    paths.append(p)
-    return paths
-
-
+@figures.style()
 def figure6(bn_runs, mn_runs, out_dir=None, name='fig6_dcgan_fid'):
     """FID against generator updates for DCGAN-BN and DCGAN-MN (mean over the runs
     given), shaded +-1 std within 3 adjacent evaluations; BN's lowest FID dashed.
@@ -634,13 +622,13 @@ def figure6(bn_runs, mn_runs, out_dir=None, name='fig6_dcgan_fid'):
             transform=ax.transAxes, ha='right', va='top', fontsize=6.5, color='gray')
     if labels:
         fig.text(0.01, -0.03, 'FID network: ' + '; '.join(labels), fontsize=6, va='top')
-    paths = _save(fig, out_dir, name, {'figure': 'Figure 6 (ours)', 'curves': info,
+    paths = figures.save(fig, out_dir, name, {'figure': 'Figure 6 (ours)', 'curves': info,
                                        'fid_labels': labels, 'band': 'std of 3 adjacent '
                                        'evaluations (centred, clipped at the ends)'})
-    plt.close(fig)
     return paths
 
 
+@figures.style()
 def figure7(bn_run, mn_run, out_dir=None, name='fig7_dcgan_samples'):
     """Sample grids of DCGAN-BN (a) and DCGAN-MN (b) at their lowest evaluated FID (the
     last grid when a run has no FID).  Writes ``<name>.png/.pdf/.json``."""
@@ -672,8 +660,7 @@ def figure7(bn_run, mn_run, out_dir=None, name='fig7_dcgan_samples'):
         ax.axis('off')
     fig.suptitle('Figure 7: samples at the lowest evaluated FID, ours\n%s'
                  % _figure_note(runs).strip(), fontsize=8)
-    paths = _save(fig, out_dir, name, {'figure': 'Figure 7 (ours)', 'panels': info})
-    plt.close(fig)
+    paths = figures.save(fig, out_dir, name, {'figure': 'Figure 7 (ours)', 'panels': info})
     return paths
 
 

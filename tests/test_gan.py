@@ -242,6 +242,17 @@ def test_figures_are_written_and_labelled(runs, tmp_path):
     assert 'random-weights' in panels['(b) DCGAN-MN']['what']
 
 
+def test_figures_all_draws_figures_6_and_7(runs, tmp_path):
+    from experiments import figures
+    root, _ = runs
+    res = {r.name: r for r in figures.dcgan_figures(str(root), str(tmp_path))}
+    assert res['fig6'].rendered and res['fig7'].rendered
+    assert os.path.exists(os.path.join(str(tmp_path), 'fig6.png'))
+    missing = figures.dcgan_figures(str(tmp_path / 'none'), str(tmp_path))
+    assert not any(r.rendered for r in missing)
+    assert 'reproduce.py dcgan' in missing[0].commands[0]
+
+
 # ------------------------------------------------------------- FID weights handling
 
 def test_missing_fid_weights_stop_before_training(runs, tmp_path):
