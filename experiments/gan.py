@@ -43,7 +43,6 @@ from mixnorm import _compat  # noqa: F401
 
 import argparse
 import glob
-import json
 import math
 import os
 import sys
