@@ -243,20 +243,23 @@ METRICS = {
 }
 
 
+def _finite_windows(y, window):
+    """For each entry of ``y``, the finite values of the centred window of ``window``
+    consecutive entries ``i - window // 2`` .. ``i + (window - 1) // 2`` (truncated)."""
+    y = numpy.asarray(y, dtype=numpy.float64)
+    if window < 1:
+        raise ValueError('window must be >= 1, got %r' % (window,))
+    for i in range(len(y)):
+        w = y[max(0, i - window // 2):i + (window - 1) // 2 + 1]
+        yield w[numpy.isfinite(w)]
+
+
 def windowed_std(y, window=WINDOW):
     """Standard deviation (ddof 0) of ``y`` within a sliding window of ``window``
     consecutive entries centred on each entry -- entries ``i - window // 2`` to
     ``i + (window - 1) // 2``, truncated at the ends; NaNs are ignored (0 where the
     window holds fewer than two finite values)."""
-    y = numpy.asarray(y, dtype=numpy.float64)
-    if window < 1:
-        raise ValueError('window must be >= 1, got %r' % (window,))
-    out = numpy.zeros(y.shape)
-    for i in range(len(y)):
-        w = y[max(0, i - window // 2):i + (window - 1) // 2 + 1]
-        w = w[numpy.isfinite(w)]
-        out[i] = w.std() if len(w) > 1 else 0.0
-    return out
+    return numpy.array([w.std() if len(w) > 1 else 0.0 for w in _finite_windows(y, window)])
 
 
 def on_epoch_grid(epochs, values):
@@ -271,16 +274,8 @@ def on_epoch_grid(epochs, values):
 def windowed_mean(y, window=WINDOW):
     """Running average of ``y`` over the same centred window as :func:`windowed_std`
     (NaNs ignored; NaN where the window holds no finite value)."""
-    y = numpy.asarray(y, dtype=numpy.float64)
-    if window < 1:
-        raise ValueError('window must be >= 1, got %r' % (window,))
-    out = numpy.full(y.shape, numpy.nan)
-    for i in range(len(y)):
-        w = y[max(0, i - window // 2):i + (window - 1) // 2 + 1]
-        w = w[numpy.isfinite(w)]
-        if len(w):
-            out[i] = w.mean()
-    return out
+    return numpy.array([w.mean() if len(w) else numpy.nan
+                        for w in _finite_windows(y, window)])
 
 
 def row_config(dataset, row, experiment='table2'):

@@ -554,15 +554,6 @@ def _as_list(runs):
     return list(runs)
 
 
-def windowed_std(values, window=3):
-    """Std of each point with its neighbours (a centred window of ``window`` points,
-    clipped at the ends): the paper's band over "3 adjacent FID evaluation points"."""
-    values = numpy.asarray(values, numpy.float64)
-    half = window // 2
-    return numpy.array([values[max(0, i - half):i + half + 1].std()
-                        for i in range(len(values))])
-
-
 def _mean_curve(runs):
     curves = [dict(fid_curve(r.log)) for r in runs]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
@@ -597,7 +588,7 @@ def figure6(bn_runs, mn_runs, out_dir=None, name='fig6_dcgan_fid'):
         if not steps:
             continue
         k = numpy.asarray(steps) / unit
-        std = windowed_std(values)
+        std = figures.windowed_std(values, 3)   # 3 adjacent FID evaluations
         ax.plot(k, values, style, color=color, marker='o', markersize=2.5,
                 label='%s (lowest %.2f @ %g%s)'
                 % (label, min(values), steps[int(numpy.argmin(values))] / unit, suffix))

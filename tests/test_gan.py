@@ -12,7 +12,7 @@ import yaml
 import mixnorm
 from experiments import config as C
 from experiments import data as data_lib
-from experiments import fid, gan
+from experiments import fid, figures, gan
 from experiments.models import dcgan
 
 DCGAN = os.path.join(C.CONFIG_ROOT, 'dcgan', 'cifar10')
@@ -221,7 +221,7 @@ def test_steps_to_fid_helpers():
     assert gan.steps_to_fid(curve, 10) is None and gan.interpolated_steps_to_fid(curve, 10) \
         is None
     assert gan.interpolated_steps_to_fid(curve, 70) == 10000
-    np.testing.assert_allclose(gan.windowed_std([1, 2, 4, 8]),
+    np.testing.assert_allclose(figures.windowed_std([1, 2, 4, 8], 3),
                                [np.std([1, 2]), np.std([1, 2, 4]), np.std([2, 4, 8]),
                                 np.std([4, 8])])
 
@@ -243,7 +243,6 @@ def test_figures_are_written_and_labelled(runs, tmp_path):
 
 
 def test_figures_all_draws_figures_6_and_7(runs, tmp_path):
-    from experiments import figures
     root, _ = runs
     res = {r.name: r for r in figures.dcgan_figures(str(root), str(tmp_path))}
     assert res['fig6'].rendered and res['fig7'].rendered
