@@ -425,10 +425,7 @@ def run(cfg, out=None, device='cpu', resume=None, progress=True, dataset=None):
         dataset = data_lib.load_dataset(cfg['data']['dataset'], cfg['data']['data_dir'],
                                         subset=cfg['data']['subset'], seed=seed,
                                         allow_download=cfg['data']['download'])
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, 'config.yaml'), 'w') as f:
-        f.write('# resolved from: %s\n' % ', '.join(cfg.get('_sources', [])))
-        f.write(config_lib.dump(cfg))
+    records.write_config(out, cfg)
     images = training_images(dataset)
     if gen.image_size != images.shape[-1]:
         raise config_lib.ConfigError('the generator makes %d px images but the data are %d px'

@@ -42,6 +42,16 @@ def run_dir(cfg, root=RUNS_ROOT):
     return os.path.join(root, *parts)
 
 
+def write_config(out, cfg):
+    """Create the run directory ``out`` and write the resolved ``config.yaml`` (its first
+    line names the files and overrides it was merged from)."""
+    from experiments import config as config_lib
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'config.yaml'), 'w') as f:
+        f.write('# resolved from: %s\n' % ', '.join(cfg.get('_sources', [])))
+        f.write(config_lib.dump(cfg))
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)

@@ -262,7 +262,6 @@ def run(cfg, out=None, device='cpu', resume=None, progress=True, dataset=None):
     ``dataset``: an already loaded :class:`experiments.data.Dataset` (tests).
     """
     out = out or records.run_dir(cfg)
-    os.makedirs(out, exist_ok=True)
     device = resolve_device(device) if not isinstance(device, chainer.backend.Device) \
         else device
     seed = cfg['train']['seed']
@@ -275,11 +274,9 @@ def run(cfg, out=None, device='cpu', resume=None, progress=True, dataset=None):
         dataset = data_lib.load_dataset(cfg['data']['dataset'], cfg['data']['data_dir'],
                                         subset=cfg['data']['subset'], seed=seed,
                                         allow_download=cfg['data']['download'])
-    with open(os.path.join(out, 'config.yaml'), 'w') as f:
-        f.write('# resolved from: %s\n' % ', '.join(cfg.get('_sources', [])))
-        f.write(config_lib.dump(cfg))
-
-    classifier = build_model(cfg, dataset.n_classes)
+    classifier = build_model(cfg, dataset.n_classes)    # validates mn.layers
+    # the run directory appears only once device, data and model are known to be good
+    records.write_config(out, cfg)
     classifier.to_device(device)
     optimizer = build_optimizer(cfg, classifier)
     train_iter, test_iter = build_iterators(cfg, dataset)

@@ -118,6 +118,14 @@ def test_missing_cifar_fails_with_instructions(tmp_path, monkeypatch):
         train.run(cfg, out=str(tmp_path / 'run'), progress=False)
     msg = str(e.value)
     assert 'nodata' in msg and '--data-dir' in msg
+    assert not (tmp_path / 'run').exists()             # no orphan run directory
+
+
+def test_bad_layer_leaves_no_run_directory(tmp_path):
+    cfg = tiny_cfg('MN-2', ['mn.layers=[conv7]'])
+    with pytest.raises(C.ConfigError, match='conv7'):
+        train.run(cfg, out=str(tmp_path / 'run'), progress=False)
+    assert not (tmp_path / 'run').exists()
 
 
 @pytest.mark.parametrize('fmt', ['text', 'markdown', 'csv'])
