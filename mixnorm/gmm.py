@@ -4,34 +4,45 @@ One xp-generic code path (NumPy or CuPy, chosen by the input's array module):
 
 1. :func:`kmeans_plusplus` -- greedy K-means++ seeding with ``2 + int(log K)`` local
    trials per new centre (the paper's "2 + log(K) trials");
-2. ``kmeans_iters`` Lloyd iterations (:func:`_lloyd_step`);
-3. the mixture is initialised from the K-means partition (:func:`_m_step` on one-hot
-   responsibilities) and refined by ``em_iters`` EM iterations of a diagonal-covariance
-   GMM (:func:`_e_step`, :func:`_m_step`);
+2. ``kmeans_iters`` Lloyd iterations (:func:`_lloyd_labels`);
+3. the mixture is initialised from the K-means partition (:func:`_m_step` of the moments
+   of the one-hot responsibilities) and refined by ``em_iters`` EM iterations of a
+   diagonal-covariance GMM (:func:`_e_step`, :func:`_m_step`);
 4. components whose weight falls below ``min_weight`` (paper Sec. 5.3: 0.01) are
    dropped and the remaining weights renormalised, so their points are merged into the
-   components that remain (the returned GMM has K' <= K components).
+   components that remain (the returned GMM has K' <= K components, heaviest first).
 
 The paper's "EM iter." value E maps to ``kmeans_iters = em_iters = E / 2``
 (:func:`split_em_iters`).
 
-Numerics.  The data are fitted in a shifted and scaled frame ``z = (x - shift) / scale``
-(``shift``, ``scale`` estimated on a row subsample; ``scale >= sqrt(eps)``), so float32
-is safe for huge or tiny magnitudes and for data far from the origin; parameters are
-returned in the original units.  ``z`` and ``z**2`` are built once (contiguous) and every
-pass over the data is a matrix product: distances ``|z|^2 - 2 c z^T + |c|^2``,
-log-densities ``-2 (m / v) z^T + (1 / v) (z**2)^T`` and moments ``R z``, ``R z**2``.
-Per-point quantities are kept component-major, (K, n), so that the row-wise work
-(log-sum-exp, argmin) runs over contiguous memory.  float16 input is fitted in float32,
-float64 in float64.  Degenerate data never yields NaN: duplicate seeds (all-identical
-points, fewer distinct points than K, n < K) leave components empty, which get weight 0
-and are pruned, so such data simply yield fewer components (at least one).
-``eps`` is an absolute variance floor added to every variance (as scikit-learn's
-``reg_covar``).  Parameters are returned in the dtype the fit ran in, so float32
-input must have variances representable in float32 (|x| up to about 1e18).
+Data layout.  The n points are fitted in a shifted and scaled frame
+``z = (x - shift) / scale`` (``shift``, ``scale`` estimated on a row subsample;
+``scale >= sqrt(eps)``), so float32 is safe for huge or tiny magnitudes and for data far
+from the origin; parameters are returned in the original units.  The frame is stored
+once as the augmented matrix ``za = [z**2 | z | |z|^2 | 1]`` (n, 2d+2), which makes
+every pass over the data a single matrix product with no elementwise epilogue:
 
-On the GPU the fit draws from CuPy's device RNG and keeps every array on the device;
-the host synchronises only to check the input for NaN/Inf and to read K' after pruning.
+* log-densities ``coef @ za.T`` with ``coef = [-1/(2v) | m/v | 0 | c]`` (c holds the
+  normaliser and log-weight of each component);
+* squared distances to centres ``[-2c | 1 | |c|^2] @ za[:, d:].T``;
+* all M-step moments at once: ``resp @ za = [sum r z^2 | sum r z | . | sum r]``.
+
+Per-point quantities are component-major, (K, n), so the column log-softmax runs over
+contiguous memory (a fused CuPy kernel on the GPU, :mod:`mixnorm.kernels`).  The
+(K, 2d+2) moments go to the host and the small parameter arithmetic (M-step, pruning,
+sorting, density coefficients) runs there in float64: on the GPU this replaces dozens of
+tiny kernel launches by one copy each way per iteration.  The random draws (seed point,
+local trials, subsample) also come from a host ``numpy.random.Generator``, so CPU and
+GPU make the same choices for the same seed.
+
+float16 input is fitted in float32, float64 in float64.  Degenerate data never yields
+NaN: duplicate seeds (all-identical points, fewer distinct points than K, n < K) leave
+components empty, which get weight 0 and are pruned, so such data simply yield fewer
+components (at least one).  ``eps`` is an absolute variance floor added to every
+variance (as scikit-learn's ``reg_covar``).  Parameters are returned in the dtype the fit
+ran in, so float32 input must have variances representable in float32 (|x| up to about
+1e18).  NaN/Inf input is detected from the first moments (no extra pass) and raises
+``ValueError``.
 """
 import math
 from typing import NamedTuple
@@ -112,94 +123,194 @@ def _raise_not_finite(x, name='x'):
                      % (name, n_nan, n_inf, rows, x.shape[0]))
 
 
+# ------------------------------------------------------------------------ host/device
+
+def _to_host(a):
+    """A NumPy copy of a (small) array: one device-to-host copy for CuPy arrays."""
+    return a.get() if hasattr(a, 'get') and not isinstance(a, numpy.ndarray) else numpy.asarray(a)
+
+
+_templates = {}
+
+
+def _dist_template(xp, d, dtype):
+    """Column map and factors turning rows of ``za[:, d:]`` into distance coefficients
+    (cached per device, width and dtype): ``[c | |c|^2 | 1]`` -> ``[-2c | 1 | |c|^2]``."""
+    dev = xp.cuda.Device().id if xp.__name__ == 'cupy' else -1
+    key = (xp.__name__, dev, d, numpy.dtype(dtype).str)
+    if key not in _templates:
+        perm = numpy.concatenate([numpy.arange(d), [d + 1, d]])
+        mult = numpy.concatenate([numpy.full(d, -2.0), [1.0, 1.0]])
+        _templates[key] = (xp.asarray(perm), xp.asarray(mult, dtype=dtype))
+    return _templates[key]
+
+
 # ------------------------------------------------------------------------ fitting frame
 
 class _Frame(NamedTuple):
-    """Data in the fitting frame: ``z`` (n, d), ``z2 = z**2`` and ``rownorm = |z|^2`` (n,),
-    plus the transform ``z = (x - shift) / scale`` (shift (d,), scale 0-d; float64)."""
-    z: object
-    z2: object
-    rownorm: object
+    """Points in the fitting frame as ``za = [z**2 | z | |z|^2 | 1]`` (n, 2d+2) of the work
+    dtype, and the transform ``z = (x - shift) / scale`` (host float64 ``shift`` (d,) and
+    float ``scale``)."""
+    za: object
     shift: object
-    scale: object
+    scale: float
+
+    @property
+    def d(self):
+        return (self.za.shape[1] - 2) // 2
+
+    @property
+    def zd(self):
+        """``[z | |z|^2 | 1]`` (n, d+2), the columns that distances need (a view)."""
+        return self.za[:, self.d:]
 
 
-def _make_frame(x, work, eps):
+def _augment(x, shift, scale, work):
+    """``za`` for the points ``x`` (n, d) in the frame (shift, scale)."""
     xp = get_array_module(x)
     n, d = x.shape
-    stride = max(1, n // _FRAME_ROWS)
-    sub = x[::stride].astype(xp.float64)
-    shift = sub.mean(axis=0)
-    scale = xp.maximum(xp.sqrt(((sub - shift) ** 2).mean()), math.sqrt(eps))
-    scale = xp.where(xp.isfinite(scale), scale, 1.0)
-    z = xp.empty((n, d), dtype=work)
-    xp.subtract(x, shift.astype(work), out=z)      # promotes f16/int to the work dtype
-    z *= (1.0 / scale).astype(work)
-    z2 = z * z
-    rownorm = z2 @ xp.ones((d,), dtype=work)
-    return _Frame(z, z2, rownorm, shift, scale)
+    za = xp.empty((n, 2 * d + 2), dtype=work)
+    z = xp.subtract(x, xp.asarray(shift, dtype=work), dtype=work)   # f16/int -> work
+    z *= work.type(1.0 / scale)
+    za[:, d:2 * d] = z
+    z *= z                                  # contiguous passes: strided ones are slower
+    za[:, :d] = z
+    xp.matmul(z, xp.ones((d,), dtype=work), out=za[:, 2 * d])
+    za[:, 2 * d + 1] = 1
+    return za
 
 
-def _frame_for(x, eps):
-    """Validate ``x`` (finite values) and build its fitting frame."""
-    xp, work = _check_points(x)
-    with numpy.errstate(invalid='ignore', over='ignore'):  # NaN/Inf are reported below
-        frame = _make_frame(x, work, eps)
-    if not bool(xp.isfinite(frame.rownorm.sum())):       # the one host sync of the check
-        if not bool(xp.isfinite(x).all()):
-            _raise_not_finite(x)
-        # finite, but a far outlier missed by the subsample overflows z**2: refit the
-        # frame in float64 (the returned parameters keep the input's dtype).
-        frame = _make_frame(x, xp.dtype(xp.float64), eps)
-    return frame
+def _frame_for(x, eps, work):
+    """The fitting frame of ``x``: shift and scale from a strided row subsample (one
+    small device-to-host copy), then ``za``."""
+    xp = get_array_module(x)
+    n, d = x.shape
+    sub = x[::max(1, n // _FRAME_ROWS)]
+    with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf are reported later
+        shift = sub.mean(axis=0, dtype=xp.float64)
+        spread = xp.square(sub - shift).mean()
+        stats = _to_host(xp.concatenate([shift, spread[None]]))
+        scale = math.sqrt(stats[d]) if numpy.isfinite(stats[d]) else 1.0
+        za = _augment(x, stats[:d], max(scale, math.sqrt(eps)), work)
+    return _Frame(za, stats[:d], max(scale, math.sqrt(eps)))
 
 
-def _to_frame(gmm, frame, work):
-    """Express a GMM given in data units in the fitting frame."""
+def _to_frame(gmm, frame):
+    """A host float64 GMM in data units, expressed in the fitting frame."""
     s = frame.scale
-    means = ((gmm.means - frame.shift) / s).astype(work)
-    variances = (gmm.variances / (s * s)).astype(work)
-    return GMM(gmm.weights.astype(work), means, variances)
+    return GMM(gmm.weights, (gmm.means - frame.shift) / s, gmm.variances / (s * s))
 
 
-def _from_frame(gmm, frame, dtype):
+def _from_frame(gmm, frame):
     s = frame.scale
-    means = (frame.shift + gmm.means.astype(frame.shift.dtype) * s).astype(dtype)
-    variances = (gmm.variances.astype(frame.shift.dtype) * (s * s)).astype(dtype)
-    return GMM(gmm.weights.astype(dtype), means, variances)
+    return GMM(gmm.weights, frame.shift + gmm.means * s, gmm.variances * (s * s))
+
+
+def _on_device(gmm, xp, dtype):
+    """A host GMM as arrays of ``dtype`` on the device of ``xp`` (one copy)."""
+    K, d = gmm.means.shape
+    flat = numpy.concatenate([gmm.weights, gmm.means.ravel(), gmm.variances.ravel()])
+    buf = xp.asarray(flat.astype(dtype))
+    return GMM(buf[:K], buf[K:K + K * d].reshape(K, d), buf[K + K * d:].reshape(K, d))
+
+
+# ------------------------------------------------------------------- matrix passes
+
+def _distances(frame, coef):
+    """Squared distances (m, n) of all points to centres given as distance coefficients
+    ``[-2c | 1 | |c|^2]`` (m, d+2), clipped at 0."""
+    xp = get_array_module(frame.za)
+    D = coef @ frame.zd.T
+    return xp.maximum(D, 0, out=D)
+
+
+def _centre_coef(frame, rows):
+    """Distance coefficients of the data points ``za[rows]`` (device indices or a slice)."""
+    xp = get_array_module(frame.za)
+    perm, mult = _dist_template(xp, frame.d, frame.za.dtype)
+    return frame.zd[rows][:, perm] * mult
+
+
+def _dist_coef(centres):
+    """Distance coefficients ``[-2c | 1 | |c|^2]`` of host centres (m, d)."""
+    m, d = centres.shape
+    coef = numpy.empty((m, d + 2))
+    coef[:, :d] = -2.0 * centres
+    coef[:, d] = 1.0
+    coef[:, d + 1] = (centres * centres).sum(axis=1)
+    return coef
+
+
+def _logprob_coef(gmm):
+    """Coefficients (K, 2d+2) of the weighted log-densities log(w_k N(z | m_k, v_k)) of a
+    host GMM: ``[-1/(2v) | m/v | 0 | log w - (sum m^2/v + sum log v + d log 2pi) / 2]``.
+    Empty components get a log-weight of -1e30 (posterior exactly 0, no inf in a GEMM)."""
+    K, d = gmm.means.shape
+    prec = 1.0 / gmm.variances
+    coef = numpy.empty((K, 2 * d + 2))
+    coef[:, :d] = -0.5 * prec
+    coef[:, d:2 * d] = gmm.means * prec
+    coef[:, 2 * d] = 0.0
+    with numpy.errstate(divide='ignore'):
+        logw = numpy.where(gmm.weights > 0, numpy.log(gmm.weights), -1e30)
+    coef[:, 2 * d + 1] = logw - 0.5 * ((gmm.means * gmm.means * prec).sum(axis=1)
+                                       + numpy.log(gmm.variances).sum(axis=1)
+                                       + d * math.log(2 * math.pi))
+    return coef
+
+
+def _device_coef(frame, coef):
+    xp = get_array_module(frame.za)
+    return xp.asarray(coef.astype(frame.za.dtype))
+
+
+def _e_step(frame, gmm):
+    """E-step: posteriors (K, n) and per-point log-likelihoods (n,) of a host GMM given
+    in the frame (one GEMM and the fused column log-softmax)."""
+    from mixnorm import kernels
+    lp = _device_coef(frame, _logprob_coef(gmm)) @ frame.za.T
+    return kernels.log_softmax_columns(lp)
+
+
+def _moments(frame, resp):
+    """``resp @ za`` (K, 2d+2) on the host, float64: sums of r z^2, r z, r |z|^2, r."""
+    return _to_host(resp @ frame.za).astype(numpy.float64)
+
+
+def _m_step(moments, n, eps_z, tiny):
+    """M-step from the moments (K, 2d+2): weights, means and variances (+ eps floor)."""
+    d = (moments.shape[1] - 2) // 2
+    nk = moments[:, 2 * d + 1]
+    inv = 1.0 / numpy.maximum(nk, tiny)
+    means = moments[:, d:2 * d] * inv[:, None]
+    variances = numpy.maximum(moments[:, :d] * inv[:, None] - means * means, 0) + eps_z
+    return GMM(nk / n, means, variances)
 
 
 # ---------------------------------------------------------------------------- seeding
-
-def _sq_dist(frame, centres):
-    """Squared distances (m, n) of ``centres`` (m, d) to all points, clipped at 0."""
-    xp = get_array_module(centres)
-    D = (-2.0 * centres) @ frame.z.T
-    D += frame.rownorm[None, :]
-    D += (centres * centres).sum(axis=1)[:, None]
-    return xp.maximum(D, 0, out=D)
-
 
 def _kmeans_plusplus(frame, n_components, n_local_trials, rs):
     """Greedy K-means++ on the frame.
 
     Returns the indices (K,) of the chosen points and the nearest-seed labels (n,) of
     every point (ties go to the earlier seed, as ``argmin``), tracked on the way so that
-    the first Lloyd assignment costs no extra pass over the data.
+    the first Lloyd assignment costs no extra pass over the data.  Host random draws
+    (``rs``, a ``numpy.random.Generator``), device arithmetic, no host synchronisation.
     """
-    xp = get_array_module(frame.z)
-    n = frame.z.shape[0]
-    indices = [rs.randint(0, n, size=1)]
-    closest = _sq_dist(frame, frame.z[indices[0]])[0]
+    xp = get_array_module(frame.za)
+    n = frame.za.shape[0]
+    first = int(rs.integers(0, n))
+    indices = [xp.full((1,), first, dtype=xp.int64)]
+    closest = _distances(frame, _centre_coef(frame, slice(first, first + 1)))[0]
     labels = xp.zeros((n,), dtype=xp.int64)
     for k in range(1, n_components):
         cum = xp.cumsum(closest, dtype=xp.float64)
-        u = rs.random_sample(n_local_trials) * cum[-1]
+        u = xp.asarray(rs.random(n_local_trials)) * cum[-1]
         cand = xp.minimum(xp.searchsorted(cum, u, side='right'), n - 1)
-        dist = _sq_dist(frame, frame.z[cand])                     # (trials, n)
+        dist = _distances(frame, _centre_coef(frame, cand))           # (trials, n)
         best = xp.argmin(xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64))
-        d_best = dist[best]                                       # device index, no sync
-        labels = xp.where(d_best < closest, k, labels)            # no boolean scatter
+        d_best = dist[best]                                           # device index
+        labels = xp.where(d_best < closest, k, labels)                # no boolean scatter
         closest = xp.minimum(closest, d_best)
         indices.append(xp.reshape(cand[best], (1,)))
     return xp.concatenate(indices), labels
@@ -212,10 +323,11 @@ def kmeans_plusplus(x, n_components, n_local_trials=None, seed=None):
     drawn with probability proportional to the squared distance to the nearest chosen
     centre (default ``2 + int(log K)``).
     """
-    frame = _frame_for(x, 1e-5)
-    xp = get_array_module(x)
+    _, work = _check_points(x)
     n_local_trials = _check_trials(n_components, n_local_trials)
-    return _kmeans_plusplus(frame, n_components, n_local_trials, xp.random.RandomState(seed))[0]
+    frame = _frame_for(x, 1e-5, work)
+    return _kmeans_plusplus(frame, n_components, n_local_trials,
+                            numpy.random.default_rng(seed))[0]
 
 
 def _check_trials(n_components, n_local_trials):
@@ -226,13 +338,12 @@ def _check_trials(n_components, n_local_trials):
     return int(n_local_trials)
 
 
-# ------------------------------------------------------------------------ Lloyd, E, M
+# ------------------------------------------------------------------------ Lloyd, EM
 
-def _lloyd_labels(frame, centres):
-    """Nearest-centre labels (n,) of every point (the assignment half of a Lloyd step)."""
-    D = (-2.0 * centres) @ frame.z.T
-    D += (centres * centres).sum(axis=1)[:, None]
-    return D.argmin(axis=0)
+def _lloyd_labels(frame, coef):
+    """Nearest-centre labels (n,) for distance coefficients ``coef`` (K, d+2) on the
+    device (the assignment half of a Lloyd step)."""
+    return (coef @ frame.zd.T).argmin(axis=0)
 
 
 def _one_hot(labels, n_components, dtype):
@@ -241,65 +352,44 @@ def _one_hot(labels, n_components, dtype):
     return (labels[None, :] == xp.arange(n_components)[:, None]).astype(dtype)
 
 
-def _m_step(frame, resp, eps_z):
-    """M-step: weights, means and variances (+ eps floor) from responsibilities (K, n)."""
-    xp = get_array_module(resp)
-    nk = resp.sum(axis=1)
-    inv = 1.0 / xp.maximum(nk, 10 * xp.finfo(resp.dtype).eps)
-    means = (resp @ frame.z) * inv[:, None]
-    sq = (resp @ frame.z2) * inv[:, None]
-    variances = xp.maximum(sq - means * means, 0) + eps_z
-    return GMM(nk / resp.shape[1], means, variances)
-
-
-def _log_prob(frame, gmm):
-    """Weighted log-densities log(w_k N(z_i | m_k, v_k)), shape (K, n)."""
-    xp = get_array_module(gmm.means)
-    d = gmm.means.shape[1]
-    prec = 1.0 / gmm.variances
-    const = ((gmm.means * gmm.means * prec).sum(axis=1)
-             + xp.log(gmm.variances).sum(axis=1) + d * math.log(2 * math.pi))
-    lp = (-2.0 * gmm.means * prec) @ frame.z.T
-    lp += prec @ frame.z2.T
-    lp += const[:, None]
-    lp *= -0.5
-    with numpy.errstate(divide='ignore'):
-        lp += xp.log(gmm.weights)[:, None]          # empty components: -inf, never NaN
-    return lp
-
-
-def _e_step(frame, gmm):
-    """E-step: posteriors (K, n) and per-point log-likelihood (n,) (log-sum-exp)."""
-    from mixnorm import kernels
-    return kernels.log_softmax_columns(_log_prob(frame, gmm))
-
-
-def _fit_in_frame(frame, n_components, kmeans_iters, em_iters, n_local_trials, eps_z, rs):
-    dtype = frame.z.dtype
-    _, labels = _kmeans_plusplus(frame, n_components, n_local_trials, rs)
-    for it in range(max(kmeans_iters, 1)):
-        if it:
-            labels = _lloyd_labels(frame, gmm.means)
-        gmm = _m_step(frame, _one_hot(labels, n_components, dtype), eps_z)
+def _fit_in_frame(frame, n_components, kmeans_iters, em_iters, n_local_trials, eps,
+                  rs):
+    """K-means++, Lloyd and EM in the frame; returns the host float64 GMM (frame units)."""
+    n = frame.za.shape[0]
+    dtype = frame.za.dtype
+    eps_z = eps / frame.scale ** 2
+    tiny = 10 * numpy.finfo(dtype).eps
+    with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf: checked below
+        _, labels = _kmeans_plusplus(frame, n_components, n_local_trials, rs)
+        moments = _moments(frame, _one_hot(labels, n_components, dtype))
+    if not numpy.isfinite(moments).all():
+        return None                                      # see fit_gmm
+    gmm = _m_step(moments, n, eps_z, tiny)
+    for _ in range(1, kmeans_iters):
+        labels = _lloyd_labels(frame, _device_coef(frame, _dist_coef(gmm.means)))
+        gmm = _m_step(_moments(frame, _one_hot(labels, n_components, dtype)), n, eps_z, tiny)
     for _ in range(em_iters):
         resp, _ = _e_step(frame, gmm)
-        gmm = _m_step(frame, resp, eps_z)
+        gmm = _m_step(_moments(frame, resp), n, eps_z, tiny)
     return gmm
 
 
-def prune(gmm, min_weight):
-    """Drop components with weight < ``min_weight`` and renormalise (paper Sec. 5.3).
+def _prune(gmm, min_weight):
+    """Drop components of a host GMM with weight < ``min_weight``, renormalise, and sort
+    the rest by decreasing weight (paper Sec. 5.3).  The heaviest is always kept."""
+    order = numpy.argsort(-gmm.weights, kind='stable')
+    keep = order[(gmm.weights[order] >= min_weight) | (numpy.arange(order.size) == 0)]
+    w = gmm.weights[keep]
+    return GMM(w / w.sum(), gmm.means[keep], gmm.variances[keep])
 
-    The heaviest component is always kept.  Reads K' on the host (one sync on GPU).
-    """
+
+def prune(gmm, min_weight):
+    """Drop components with weight < ``min_weight`` and renormalise (paper Sec. 5.3);
+    the rest are sorted by decreasing weight and the heaviest is always kept.  Returns
+    arrays on the device and in the dtype of ``gmm``."""
     xp = get_array_module(gmm.weights)
-    keep = gmm.weights >= min_weight
-    keep[xp.argmax(gmm.weights)] = True
-    idx = xp.nonzero(keep)[0]
-    if int(idx.shape[0]) == gmm.weights.shape[0]:
-        return gmm
-    w = gmm.weights[idx]
-    return GMM(w / w.sum(), gmm.means[idx], gmm.variances[idx])
+    host = GMM(*[_to_host(a).astype(numpy.float64) for a in gmm])
+    return _on_device(_prune(host, min_weight), xp, gmm.weights.dtype)
 
 
 def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
@@ -309,15 +399,16 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
 
     K-means++ seeding (``n_local_trials``, default ``2 + int(log K)``), ``kmeans_iters``
     Lloyd iterations (at least one: it gives the partition that initialises EM), then
-    ``em_iters`` EM iterations; components lighter than ``min_weight`` are pruned.
-    ``fit_fraction`` < 1 fits a random subset of that fraction of the points (never
-    fewer than ``MIN_POINTS_PER_COMPONENT * K`` or all of them).  Returns a :class:`GMM`
-    in float64 for float64 input, else float32, on the device of ``x``.
-    Raises ``ValueError`` for NaN/Inf input, bad shapes or bad arguments.
+    ``em_iters`` EM iterations; components lighter than ``min_weight`` are pruned and
+    the rest returned heaviest first.  ``fit_fraction`` < 1 fits a random subset of that
+    fraction of the points (never fewer than ``MIN_POINTS_PER_COMPONENT * K`` or all of
+    them).  Returns a :class:`GMM` in float64 for float64 input, else float32, on the
+    device of ``x``.  Raises ``ValueError`` for NaN/Inf input, bad shapes or bad
+    arguments.
 
     With ``return_responsibilities`` it returns ``(gmm, nu)``, ``nu`` (n, K') the
     posteriors of all n points under the returned mixture, as :func:`responsibilities`
-    gives them, reusing the fit's pass over the data when every point was fitted.
+    gives them, reusing the fit's frame when every point was fitted.
     """
     xp, work = _check_points(x)
     if int(n_components) != n_components or n_components < 1:
@@ -333,19 +424,30 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
     if not eps > 0:
         raise ValueError('eps must be positive, got %r' % (eps,))
     n_local_trials = _check_trials(n_components, n_local_trials)
-    rs = xp.random.RandomState(seed)
+    rs = numpy.random.default_rng(seed)
 
     n = x.shape[0]
     points = x
     if fit_fraction < 1.0:
         m = min(n, max(int(math.ceil(fit_fraction * n)), MIN_POINTS_PER_COMPONENT * n_components))
         if m < n:
-            points = x[rs.permutation(n)[:m]]
-    frame = _frame_for(points, eps)
-    eps_z = (eps / (frame.scale * frame.scale)).astype(frame.z.dtype)
-    gmm_z = prune(_fit_in_frame(frame, n_components, int(kmeans_iters), int(em_iters),
-                                n_local_trials, eps_z, rs), min_weight)
-    gmm = _from_frame(gmm_z, frame, work)
+            points = x[xp.asarray(rs.permutation(n)[:m])]
+    frame = _frame_for(points, eps, work)
+    gmm_z = _fit_in_frame(frame, n_components, int(kmeans_iters), int(em_iters),
+                          n_local_trials, eps, rs)
+    if gmm_z is None:
+        # non-finite first moments: NaN/Inf input, or (finite input) a far outlier
+        # missed by the subsample overflows z**2 in float32: refit in float64.
+        if not bool(xp.isfinite(points).all()):
+            _raise_not_finite(points)
+        frame = _frame_for(points, eps, numpy.dtype(numpy.float64))
+        gmm_z = _fit_in_frame(frame, n_components, int(kmeans_iters), int(em_iters),
+                              n_local_trials, eps, numpy.random.default_rng(seed))
+        if gmm_z is None:
+            raise ValueError('the data overflow float64 in the fitting frame (max |x| %g)'
+                             % float(abs(points).max()))
+    gmm_z = _prune(gmm_z, min_weight)
+    gmm = _on_device(_from_frame(gmm_z, frame), xp, work)
     if not return_responsibilities:
         return gmm
     if points is not x:                     # fitted on a subset: score every point
@@ -368,16 +470,15 @@ def _check_gmm(x, gmm):
 
 def _score_frame(x, gmm):
     """Frame centred on the mixture's mean and scaled by its widest spread, and the GMM
-    expressed in it (so that float32 scoring neither overflows nor cancels)."""
+    (host float64) expressed in it, so that float32 scoring neither overflows nor
+    cancels."""
     xp, work = _check_gmm(x, gmm)
-    means = gmm.means.astype(xp.float64)
-    shift = (gmm.weights.astype(xp.float64)[:, None] * means).sum(axis=0)
-    scale = xp.sqrt((gmm.variances + (means - shift) ** 2).max())
-    scale = xp.where(scale > 0, scale, 1.0)
-    z = xp.subtract(x, shift.astype(work), dtype=work)
-    z *= (1.0 / scale).astype(work)
-    frame = _Frame(z, z * z, None, shift, scale)
-    return frame, _to_frame(gmm, frame, work)
+    host = GMM(*[_to_host(a).astype(numpy.float64) for a in gmm])
+    shift = (host.weights[:, None] * host.means).sum(axis=0)
+    scale = math.sqrt(float((host.variances + (host.means - shift) ** 2).max()))
+    scale = scale if scale > 0 and math.isfinite(scale) else 1.0
+    frame = _Frame(_augment(x, shift, scale, work), shift, scale)
+    return frame, _to_frame(host, frame)
 
 
 def responsibilities(x, gmm):
@@ -391,16 +492,19 @@ def log_likelihood(x, gmm):
     """Mean per-point log-likelihood of ``x`` under ``gmm`` (a Python float)."""
     frame, g = _score_frame(x, gmm)
     # the density of z = (x - shift) / scale carries the Jacobian scale**d
-    return float(_e_step(frame, g)[1].mean()) - x.shape[1] * math.log(float(frame.scale))
+    return float(_e_step(frame, g)[1].mean()) - x.shape[1] * math.log(frame.scale)
 
 
 def em_step(x, gmm, eps=1e-5):
     """One EM iteration (E-step then M-step, ``eps`` added to the variances) from ``gmm``.
 
     Exposed for checks against scikit-learn's ``GaussianMixture`` and for users who
-    want to refine a mixture; :func:`fit_gmm` runs the same steps internally.
+    want to refine a mixture; :func:`fit_gmm` runs the same steps internally.  Returns
+    the GMM on the device of ``x`` in the dtype of the computation.
     """
+    xp = get_array_module(x)
     frame, g = _score_frame(x, gmm)
     resp, _ = _e_step(frame, g)
-    out = _m_step(frame, resp, (eps / frame.scale ** 2).astype(frame.z.dtype))
-    return _from_frame(out, frame, frame.z.dtype)
+    out = _m_step(_moments(frame, resp), x.shape[0], eps / frame.scale ** 2,
+                  10 * numpy.finfo(frame.za.dtype).eps)
+    return _on_device(_from_frame(out, frame), xp, frame.za.dtype)

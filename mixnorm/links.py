@@ -128,8 +128,9 @@ class MixtureNormalization(chainer.Link):
         return 'MixtureNormalization %r' % (self.name or '(unnamed)',)
 
     def _fit(self, points):
-        """The batch's mixture, components sorted by weight (heaviest first), and the
-        posteriors (n, K') of the points in that order."""
+        """The batch's mixture, components sorted by weight (heaviest first, as
+        :func:`mixnorm.gmm.fit_gmm` returns them), and the posteriors (n, K') of the
+        points in that order."""
         try:
             g, resp = _gmm.fit_gmm(
                 points, self.n_components, self.kmeans_iters, self.gmm_em_iters,
@@ -139,18 +140,17 @@ class MixtureNormalization(chainer.Link):
         except ValueError as e:
             raise ValueError('%s, input with %d points in R^%d: %s'
                              % (self._label(), points.shape[0], points.shape[1], e)) from e
-        xp = backend.get_array_module(points)
-        order = xp.argsort(-g.weights)
-        return _gmm.GMM(g.weights[order], g.means[order], g.variances[order]), resp[:, order]
+        return g, resp
 
     def _push(self, weights, means, variances):
         """Enqueue the statistics of this batch (K' <= K components; the rest weight 0)."""
         xp = backend.get_array_module(self.queue_weights)
         slot = self.n_fits % self.queue_length
         k = int(weights.shape[0])
-        self.queue_weights[slot] = 0
-        self.queue_means[slot] = 0
-        self.queue_vars[slot] = 1
+        if k < self.n_components:           # pruned components: weight 0
+            self.queue_weights[slot] = 0
+            self.queue_means[slot] = 0
+            self.queue_vars[slot] = 1
         self.queue_weights[slot, :k] = xp.asarray(weights, dtype=xp.float64)
         self.queue_means[slot, :k] = xp.asarray(means, dtype=xp.float64)
         self.queue_vars[slot, :k] = xp.asarray(variances, dtype=xp.float64)

@@ -123,6 +123,17 @@ def test_seed_determinism():
         np.testing.assert_array_equal(u, v)
 
 
+def test_components_come_heaviest_first_and_prune_sorts():
+    rng = np.random.default_rng(14)
+    x = mixture_data(rng, n=3000, d=3, sep=8.0)[0]
+    g = G.fit_gmm(x, 3, 2, 2, seed=0)
+    assert (np.diff(g.weights) <= 0).all(), g.weights
+    p = G.prune(G.GMM(np.array([0.3, 0.005, 0.695]), np.arange(6.).reshape(3, 2),
+                      np.ones((3, 2))), 0.01)
+    np.testing.assert_allclose(p.weights, [0.695 / 0.995, 0.3 / 0.995])
+    np.testing.assert_array_equal(p.means, [[4., 5.], [0., 1.]])
+
+
 def test_split_em_iters():
     assert G.split_em_iters(2) == (1, 1)
     assert G.split_em_iters(4) == (2, 2)
@@ -243,6 +254,20 @@ def test_gpu_fit_matches_cpu_quality():
     ll_cpu = G.log_likelihood(x, cpu)
     ll_gpu = G.log_likelihood(cupy.asarray(x), gpu)
     assert abs(ll_gpu - ll_cpu) <= 0.01 * abs(ll_cpu)
+
+
+@pytest.mark.gpu
+def test_gpu_fit_makes_the_cpu_choices_for_the_same_seed():
+    # the random draws come from the host, so only float rounding may differ
+    import cupy
+    rng = np.random.default_rng(15)
+    x = mixture_data(rng, n=8192, d=16, sep=6.0)[0].astype(np.float32)
+    cpu, nu_cpu = G.fit_gmm(x, 3, 2, 2, seed=3, return_responsibilities=True)
+    gpu, nu_gpu = G.fit_gmm(cupy.asarray(x), 3, 2, 2, seed=3, return_responsibilities=True)
+    assert gpu.n_components == cpu.n_components
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(cupy.asnumpy(b), a, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(cupy.asnumpy(nu_gpu), nu_cpu, atol=1e-3)
 
 
 @pytest.mark.gpu
