@@ -17,8 +17,14 @@ Implementation notes
 --------------------
 * Everything is a handful of ``(C, n) x (n, K)`` / ``(C, K) x (K, n)`` matrix
   products plus elementwise passes over ``(C, n)`` arrays; no ``(n, C, K)``
-  tensor is ever formed.  ``y = x * P - Q`` with ``P = A S``, ``Q = A (M S)``,
-  ``A = nu / sqrt(lambda)``.
+  tensor is ever formed.  ``y = x * (a P) nu^T + (a Q) nu^T`` with
+  ``P = S = 1 / sqrt(var + eps)``, ``Q = -mu P`` (C, K), ``a = 1 / sqrt(lambda)``.
+  ``[x; x^2]`` and ``[gy; gy x]`` are stacked so one product gives both moments.
+* The (C, K) arithmetic between the passes (Eq. 35-36, the affine, the
+  gradient's chain rule) runs on the host in float64: one device-to-host copy
+  of the moments and one copy of the coefficients back per pass.  On the GPU
+  that replaces a few dozen tiny kernel launches; on the CPU it costs nothing.
+  The ValueError for a non-positive normalizer therefore costs no extra sync.
 * The data are shifted by a per-channel estimate of the batch mean (mean of a
   strided subsample) before any moment is taken; the transform is shift
   invariant, and this keeps ``nu_hat^T x^2 - mu^2`` free of catastrophic
@@ -37,8 +43,7 @@ Affine modes (``gamma``/``beta``):
   ``xhat^k = (x - mu_k - beta_k) / sqrt(gamma_k * var_k + eps)``, with
   ``var_k`` the variance about the unshifted mean ``mu_k``; no channel affine
   follows (so gamma = 1, beta = 0 is the identity).  A ``ValueError`` is raised
-  if any ``gamma_k * var_k + eps`` is not strictly positive (or NaN); this
-  check costs one device synchronisation per call on GPU.
+  if any ``gamma_k * var_k + eps`` is not strictly positive (or NaN).
 
 One of ``gamma``/``beta`` may be ``None`` while the other is given; the missing
 one then acts as the identity (gamma = 1, beta = 0).  In
@@ -85,7 +90,9 @@ class _Layout(object):
 
     For 2-D ``x`` the (C, n) arrays are transposed views of C-ordered (n, C)
     buffers; for N-D ``x`` they are C-ordered (C, N*L) buffers, which makes the
-    (N, C, L) <-> (C, N, L) transposition a single cheap copy.
+    (N, C, L) <-> (C, N, L) transposition a single cheap copy.  :meth:`empty`
+    can stack several such arrays in one buffer, ``(stack*C, n)``, so that one
+    matrix product serves all of them.
     """
 
     def __init__(self, shape):
@@ -96,10 +103,10 @@ class _Layout(object):
         self.rows = len(self.shape) == 2
         self.shape3 = (self.C, self.N) if self.rows else (self.C, self.N, self.L)
 
-    def empty(self, xp, dtype):
+    def empty(self, xp, dtype, stack=1):
         if self.rows:
-            return xp.empty((self.n, self.C), dtype).T
-        return xp.empty((self.C, self.n), dtype)
+            return xp.empty((self.n, stack * self.C), dtype).T
+        return xp.empty((stack * self.C, self.n), dtype)
 
     def as3(self, a):
         return a if self.rows else a.reshape(self.shape3)
@@ -110,15 +117,12 @@ class _Layout(object):
             return a.T
         return a.reshape(self.N, self.C, self.L).transpose(1, 0, 2)
 
-    def to_cn(self, xp, a, dtype, copy, shift=None):
-        """x-shaped ``a`` as a (C, n) array of ``dtype``, minus ``shift`` (C,).
-
-        Returns a view when possible and ``copy`` is False and there is no shift.
-        """
+    def to_cn(self, xp, a, dtype, shift=None, out=None):
+        """x-shaped ``a`` minus ``shift`` (C,) as a (C, n) array of ``dtype``,
+        written into ``out`` (a (C, n) block of :meth:`empty`) if given."""
         src = self.src3(a)
-        if self.rows and not copy and shift is None and src.dtype == dtype:
-            return src
-        out = self.empty(xp, dtype)
+        if out is None:
+            out = self.empty(xp, dtype)
         if shift is None:
             self.as3(out)[...] = src
         else:
@@ -126,15 +130,11 @@ class _Layout(object):
             xp.subtract(src, sh, out=self.as3(out))
         return out
 
-    def owns_copy(self, dtype, ct):
-        """Whether :meth:`to_cn` (copy=False, no shift) returns a new buffer."""
-        return not (self.rows and dtype == ct)
-
     def output(self, xp, a, dtype, spare=None):
         """x-shaped array of ``dtype`` holding the (C, n) array ``a``.
 
         May return ``a`` itself (2-D case) or write into ``spare``, a (C, n)
-        buffer from :meth:`empty` that is no longer needed; otherwise allocates.
+        block of :meth:`empty` that is no longer needed; otherwise allocates.
         """
         if a.dtype == dtype:
             if self.rows:
@@ -150,7 +150,7 @@ class _Layout(object):
     def expand(self, xp, w, r, out=None):
         """(C, K') coefficients -> (C, n) array ``sum_k w[c, k] r[i, k]``.
 
-        ``out``: optional (C, n) buffer from :meth:`empty` to write into.
+        ``out``: optional (C, n) block of :meth:`empty` to write into.
         """
         if r.shape[1] == 1:     # an outer product: BLAS with k = 1 is ~10x slower
             if out is None:
@@ -161,7 +161,13 @@ class _Layout(object):
                 xp.multiply(w, r.T, out=out)
             return out
         if self.rows:
-            return xp.matmul(r, w.T, out=None if out is None else out.T).T
+            if out is None:
+                return xp.matmul(r, w.T).T
+            if out.T.flags.c_contiguous:
+                xp.matmul(r, w.T, out=out.T)
+            else:                                  # a block of a stacked buffer
+                out[...] = xp.matmul(r, w.T).T
+            return out
         return xp.matmul(w, r.T, out=out)
 
 
@@ -171,6 +177,35 @@ def _with_ones_column(xp, r):
     r1[:, :k] = r
     r1[:, k] = 1
     return r1
+
+
+def _to_host(a):
+    return a.get() if not isinstance(a, numpy.ndarray) and hasattr(a, 'get') \
+        else numpy.asarray(a)
+
+
+def _fetch(xp, arrays, ct):
+    """Small device arrays as float64 NumPy arrays, in one device-to-host copy."""
+    flat = xp.concatenate([a.ravel().astype(ct, copy=False) for a in arrays])
+    flat = _to_host(flat).astype(numpy.float64)
+    out, i = [], 0
+    for a in arrays:
+        out.append(flat[i:i + a.size].reshape(a.shape))
+        i += a.size
+    return out
+
+
+def _send(xp, arrays, ct):
+    """Host arrays as device arrays of ``ct`` (views of one buffer: one copy)."""
+    if not arrays:
+        return []
+    flat = xp.asarray(numpy.concatenate([numpy.ravel(a) for a in arrays]).astype(ct))
+    out, i = [], 0
+    for a in arrays:
+        size = int(numpy.size(a))
+        out.append(flat[i:i + size].reshape(numpy.shape(a)))
+        i += size
+    return out
 
 
 def _affine_mode(gamma, beta, C, K, what='K'):
@@ -224,6 +259,51 @@ def _check_eps(eps):
 
 
 # --------------------------------------------------------------------------
+# moments: two (C, n) passes on the device, the arithmetic on the host
+# --------------------------------------------------------------------------
+
+def _shift_estimate(xp, lay, x, ct):
+    """Per-channel mean of a strided subsample of about 1000 points.
+
+    Only used as a shift before taking moments (the transform is shift
+    invariant), so it needs to be close to the batch mean, not equal to it.
+    """
+    src = lay.src3(x)
+    if lay.rows:
+        sub = src[:, ::max(1, lay.N // 1024)]
+    else:
+        sub = src[:, ::max(1, lay.N // 32), ::max(1, lay.L // 32)]
+    return sub.astype(ct).reshape(lay.C, -1).mean(axis=1)
+
+
+def _device_moments(xp, lay, x, r, ct):
+    """``xc`` = x minus a per-channel shift ``c`` close to the batch mean, as the
+    first (C, n) block of a stacked (2C, n) buffer whose second block is free,
+    and the small device arrays ``[[xc; xc^2]^T r (2C, K), colsum(r) (K,), c (C,)]``.
+    Moments are taken of ``xc`` so that ``E[x^2] - mu^2`` does not cancel."""
+    C = lay.C
+    work = lay.empty(xp, ct, 2)
+    xc, spare = work[:C], work[C:]
+    c = _shift_estimate(xp, lay, x, ct)
+    lay.to_cn(xp, x, ct, shift=c, out=xc)
+    xp.multiply(xc, xc, out=spare)
+    return xc, spare, [xp.matmul(work, r), r.sum(axis=0), c]
+
+
+def _host_moments(M, s, n, ct):
+    """Eq. 35-36 from the moments of :func:`_device_moments` (host, float64):
+    ``s`` (K,) floored column sums, ``lam`` (K,), ``muc`` (C, K) = mu - c,
+    ``var_raw`` (C, K) and ``var`` = max(var_raw, 0)."""
+    C = M.shape[0] // 2
+    tiny = numpy.finfo(ct).tiny
+    s = numpy.maximum(s, tiny)
+    lam = numpy.maximum(s / n, tiny)
+    muc = M[:C] / s
+    var_raw = M[C:] / s - muc * muc
+    return s, lam, muc, var_raw, numpy.maximum(var_raw, 0)
+
+
+# --------------------------------------------------------------------------
 # function nodes
 # --------------------------------------------------------------------------
 
@@ -234,10 +314,15 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
     ``resp`` and, for the inference form, ``stats = (means, variances, scale)``
     are constants held by the node.  ``relu=True`` applies the rectifier per
     component (Eq. 40).  Use the module-level functions rather than this class.
+
+    The (C, n) passes (shift, squares, matrix products with ``resp``, the output)
+    run on the device of ``x``; the (C, K) arithmetic between them runs on the
+    host in float64, fed by one device-to-host copy and answered by one copy
+    back per pass (on the GPU this replaces a few dozen tiny kernel launches).
     """
 
     def __init__(self, resp, mode, has_gamma, has_beta, eps=2e-5,
-                 lambda_scaling=True, relu=False, stats=None):
+                 lambda_scaling=True, relu=False, stats=None, keep_stats=False):
         self.resp = resp
         self.mode = mode
         self.has_gamma = has_gamma
@@ -246,6 +331,7 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
         self.lambda_scaling = lambda_scaling
         self.relu = relu
         self.stats = stats
+        self.keep_stats = keep_stats
 
     def _split(self, inputs):
         it = iter(inputs[1:])
@@ -261,29 +347,35 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
         r = self.resp.astype(ct, copy=False)
         self._dtypes = tuple(a.dtype for a in inputs)
         self._lay, self._ct, self._r = lay, ct, r
+        params = [p for p in (gamma, beta) if p is not None]
 
         if self.stats is None:      # training: statistics from the batch
-            s, lam, muc, var, var_raw, xc, c, spare = _batch_moments(xp, lay, x, r, ct)
-            a = 1 / xp.sqrt(lam) if self.lambda_scaling else xp.ones_like(lam)
-            self._s, self._var_pos, self._lam, self._c = s, var_raw > 0, lam, c
+            xc, spare, small = _device_moments(xp, lay, x, r, ct)
+            host = _fetch(xp, small + params, ct)
+            s, lam, muc, var_raw, var = _host_moments(host[0], host[1], lay.n, ct)
+            self.finite = bool(numpy.isfinite(host[0]).all())
+            c = host[2]
+            a = 1 / numpy.sqrt(lam) if self.lambda_scaling else numpy.ones_like(lam)
+            self._s, self._var_pos = s, var_raw > 0
+            host_params = host[3:]
         else:                       # inference: constant statistics (Eq. 38)
-            means, variances, scale = self.stats
-            c = means.astype(ct).mean(axis=0)
-            xc = lay.to_cn(xp, x, ct, copy=True, shift=c)
-            spare = None
-            muc = means.T.astype(ct) - c[:, None]
-            var = variances.T.astype(ct)
-            a = scale.astype(ct)
+            host = _fetch(xp, list(self.stats) + params, ct)
+            means, variances, a = host[:3]
+            c = means.mean(axis=0)
+            muc = means.T - c[:, None]
+            var = variances.T
+            lam = None
+            host_params = host[3:]
+        it = iter(host_params)
+        gh = next(it) if gamma is not None else None
+        bh = next(it) if beta is not None else None
 
-        gc = gamma.astype(ct, copy=False) if (self.mode == _CHANNEL and
-                                                gamma is not None) else None
-        bc = beta.astype(ct, copy=False) if (self.mode == _CHANNEL and
-                                              beta is not None) else None
+        gc = gh if self.mode == _CHANNEL else None
+        bc = bh if self.mode == _CHANNEL else None
         if self.mode == _COMPONENT:
-            gk = (gamma.T.astype(ct) if gamma is not None
-                  else xp.ones_like(var))
+            gk = gh.T if gh is not None else numpy.ones_like(var)
             denom = gk * var + self.eps
-            mc = muc + beta.T.astype(ct) if beta is not None else muc
+            mc = muc + bh.T if bh is not None else muc
         else:
             gk = None
             denom = var + self.eps
@@ -294,70 +386,71 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
                 'non-positive normalizer: {} + eps must be > 0 for every '
                 'component and channel (min {})'.format(
                     'gamma_k * var_k' if self.mode == _COMPONENT else 'var',
-                    float(denom.min())))
-        S = 1 / xp.sqrt(denom)                      # (C, K)
-        self._xc, self._a, self._S, self._mc, self._muc = xc, a, S, mc, muc
-        self._var, self._gc, self._gk, self._beta_c = var, gc, gk, bc
+                    float(numpy.min(denom))))
+        S = 1 / numpy.sqrt(denom)                   # (C, K)
+        self._a, self._S, self._mc, self._muc = a, S, mc, muc
+        self._var, self._gc, self._gk, self._lam, self._c = var, gc, gk, lam, c
+
+        # term_k = xc * P_k + Q_k: the standardization of component k with the
+        # affine applied; the channel beta is added once (after the sum over k)
+        # except under the per-component rectifier (Eq. 40), where it enters Q_k
+        P = S * gc[:, None] if gc is not None else S
+        Q = -mc * P
+        if self.relu:
+            send = [P, Q + bc[:, None] if bc is not None else Q, a]
+        else:       # [a P | a Q (| beta)]: beta rides on a ones column of resp
+            send = [P * a, numpy.concatenate([Q * a, bc[:, None]], axis=1)
+                    if bc is not None else Q * a]
+        if self.stats is not None:
+            send.append(c)
+        if self.keep_stats:
+            send += self._stats_host()
+        dev = _send(xp, send, ct)
+        if self.stats is not None:
+            xc = lay.to_cn(xp, x, ct, shift=dev[-1 - 3 * self.keep_stats])
+            spare = None
+        if self.keep_stats:
+            self._stats_dev = tuple(dev[-3:])
+        self._xc = xc
 
         if not self.relu:
-            # y = xc * P - Q,  P = (a S gamma) r^T,  Q = (a S gamma mc) r^T - beta
-            wp = S * a
-            if gc is not None:
-                wp *= gc[:, None]
-            wq = wp * mc
-            self._r1 = None
-            if bc is not None:      # fold beta into the Q product: [r | 1]
-                self._r1 = _with_ones_column(xp, r)
-                q = lay.expand(xp, xp.concatenate([wq, -bc[:, None]], axis=1),
-                               self._r1, out=spare)
-            else:
-                q = lay.expand(xp, wq, r, out=spare)
-            y = lay.expand(xp, wp, r)
+            # y = sum_k a_k r_k (xc P_k + Q_k) = xc * (aP) r^T + (aQ) r^T
+            self._wp = dev[0]
+            self._r1 = _with_ones_column(xp, r) if bc is not None else None
+            y = lay.expand(xp, dev[0], r)
             y *= xc
-            y -= q
-            self._wp = wp
-            return lay.output(xp, y, x.dtype, spare=q),
+            y += lay.expand(xp, dev[1], r if bc is None else self._r1, out=spare)
+            return lay.output(xp, y, x.dtype, spare=spare),
 
         # Eq. 40: y = sum_k a_k r_k ReLU(term_k), one (C, n) pass set per k
-        self._rT = rT = xp.ascontiguousarray(r.T)   # (K, n)
+        self._P, self._Q = dev[0], dev[1]
+        self._rTa = rTa = xp.ascontiguousarray(r.T) * dev[2][:, None]   # (K, n)
         y = lay.empty(xp, ct)
         t = spare if spare is not None else (lay.empty(xp, ct) if r.shape[1] > 1 else None)
         for k in range(r.shape[1]):
             buf = y if k == 0 else t
             self._term(xp, k, buf)
             xp.maximum(buf, 0, out=buf)
-            buf *= (a[k] * rT[k])[None, :]
+            buf *= rTa[k][None, :]
             if k > 0:
                 y += buf
         return lay.output(xp, y, x.dtype, spare=t),
 
     def _term(self, xp, k, out):
         """(C, n) pre-activation of component k (affine applied) into ``out``."""
-        pk, qk = self._pq(k)
-        xp.multiply(self._xc, pk[:, None], out=out)
-        out += qk[:, None]
+        xp.multiply(self._xc, self._P[:, k:k + 1], out=out)
+        out += self._Q[:, k:k + 1]
         return out
 
-    def _pq(self, k):
-        """term_k = xc * pk + qk per channel."""
-        pk = self._S[:, k]
-        if self._gc is not None:
-            pk = pk * self._gc
-        qk = -self._mc[:, k] * pk
-        if self._beta_c is not None:
-            qk = qk + self._beta_c
-        return pk, qk
+    def _stats_host(self):
+        mu = self._muc + self._c[:, None]
+        return [self._lam, mu.T, self._var.T]
 
     def batch_stats(self):
-        """``(lam (K,), mu (K, C), var (K, C))`` of the last training forward.
-
-        Compute dtype (float32 for float16 input); ``var`` is clamped at 0 and
-        excludes eps.
-        """
-        xp = backend.get_array_module(self._var)
-        mu = self._muc + self._c[:, None]
-        return (self._lam, xp.ascontiguousarray(mu.T),
-                xp.ascontiguousarray(self._var.T))
+        """``(lam (K,), mu (K, C), var (K, C))`` of the last training forward,
+        arrays on the device of ``x`` in the compute dtype (float32 for float16
+        input); ``var`` is clamped at 0 and excludes eps.  Needs ``keep_stats``."""
+        return self._stats_dev
 
     def backward(self, indexes, grad_outputs):
         grads = _MixtureNormalizationGrad(self).apply(grad_outputs)
@@ -374,52 +467,46 @@ class _MixtureNormalizationGrad(function_node.FunctionNode):
         gy, = inputs
         f = self.f
         xp = backend.get_array_module(gy)
-        lay, ct, r = f._lay, f._ct, f._r
-        xc, a, S, mc = f._xc, f._a, f._S, f._mc
-        K = r.shape[1]
-        gyt = lay.to_cn(xp, gy, ct, copy=False)
-        own = lay.owns_copy(gy.dtype, ct)           # gyt is ours to overwrite
+        lay, ct, r, xc = f._lay, f._ct, f._r, f._xc
+        C, K = lay.C, r.shape[1]
         channel_beta = f.mode == _CHANNEL and f.has_beta
+        buf = lay.empty(xp, ct, 2)
+        g, t = buf[:C], buf[C:]
+        lay.to_cn(xp, gy, ct, out=g)
 
         if not f.relu:
-            # h_k = gy * a_k r_k  =>  H0 = a * (gy^T r), H1 = a * ((gy xc)^T r)
-            g0 = xp.matmul(gyt, f._r1 if f._r1 is not None else r)
-            gbeta = g0[:, K] if channel_beta else None
-            H0 = g0[:, :K] * a
-            t = lay.empty(xp, ct)
-            xp.multiply(gyt, xc, out=t)
-            H1 = xp.matmul(t, r) * a
-            # direct term: gx = gy * (a S gamma) r^T
-            if own:
-                gx = gyt
-                gx *= lay.expand(xp, f._wp, r, out=t)
-            else:
-                gx = lay.expand(xp, f._wp, r, out=t)
-                gx *= gyt
-                t = lay.empty(xp, ct) if f.stats is None else None
+            # h_k = gy a_k r_k  =>  H0 = a (gy^T r), H1 = a ((gy xc)^T r): one product
+            # (with beta, the ones column of r1 gives gbeta = sum_i gy as well)
+            xp.multiply(g, xc, out=t)
+            G, = _fetch(xp, [xp.matmul(buf, r if f._r1 is None else f._r1)], ct)
+            H0, H1 = G[:C, :K] * f._a, G[C:, :K] * f._a
+            gbeta = G[:C, K] if channel_beta else None
+            # direct term: gx = gy * (a P) r^T
+            gx = g
+            gx *= lay.expand(xp, f._wp, r, out=t)
         else:
-            H0 = xp.empty(S.shape, ct)
-            H1 = xp.empty(S.shape, ct)
+            H = xp.empty((2 * C, K), ct)
             gx = lay.empty(xp, ct)
-            t = lay.empty(xp, ct)
             u = lay.empty(xp, ct)
             mask = lay.empty(xp, numpy.bool_)
             for k in range(K):
-                pk, _ = f._pq(k)
                 xp.greater(f._term(xp, k, t), 0, out=mask)
-                xp.multiply(gyt, mask, out=t)
-                t *= (a[k] * f._rT[k])[None, :]     # h_k
-                H0[:, k] = t.sum(axis=1)
+                xp.multiply(g, mask, out=t)
+                t *= f._rTa[k][None, :]              # h_k
+                H[:C, k] = t.sum(axis=1)
                 xp.multiply(t, xc, out=u)
-                H1[:, k] = u.sum(axis=1)
+                H[C:, k] = u.sum(axis=1)
                 if k == 0:
-                    xp.multiply(t, pk[:, None], out=gx)
+                    xp.multiply(t, f._P[:, k:k + 1], out=gx)
                 else:
-                    t *= pk[:, None]
+                    t *= f._P[:, k:k + 1]
                     gx += t
             del mask, u
+            H = _fetch(xp, [H], ct)[0]
+            H0, H1 = H[:C], H[C:]
             gbeta = H0.sum(axis=1) if channel_beta else None
 
+        S, mc = f._S, f._mc
         D = H1 - mc * H0                            # sum_i h_k (xc - mc_k)
         ggamma = None
         dS, dM = D, -(S * H0)
@@ -438,65 +525,28 @@ class _MixtureNormalizationGrad(function_node.FunctionNode):
         else:
             dvar = -0.5 * dS * S3
 
+        send = [g for g in (ggamma, gbeta) if g is not None]
         if f.stats is None:
             # through mu = nu_hat^T xc and var = nu_hat^T xc^2 - mu^2
             dvar = dvar * f._var_pos
             dmu = dM - 2 * f._muc * dvar
-            s = f._s
-            t = lay.expand(xp, 2 * dvar / s, r, out=t)
+            send += [2 * dvar / f._s, dmu / f._s]
+        dev = _send(xp, send, ct)
+        if f.stats is None:
+            t = lay.expand(xp, dev[-2], r, out=t)
             t *= xc
             gx += t
-            gx += lay.expand(xp, dmu / s, r, out=t)
+            gx += lay.expand(xp, dev[-1], r, out=t)
 
         dtypes = f._dtypes
         outs = [lay.output(xp, gx, dtypes[0], spare=t)]
-        i = 1
-        if f.has_gamma:
-            outs.append(ggamma.astype(dtypes[i], copy=False))
-            i += 1
-        if f.has_beta:
-            outs.append(gbeta.astype(dtypes[i], copy=False))
+        for i, grad in enumerate(dev[:len(dtypes) - 1]):
+            outs.append(grad.astype(dtypes[i + 1], copy=False))
         return tuple(outs)
 
     def backward(self, indexes, grad_outputs):
         raise NotImplementedError(
             'double backward is not supported by mixture normalization')
-
-
-def _shift_estimate(xp, lay, x, ct):
-    """Per-channel mean of a strided subsample of about 1000 points.
-
-    Only used as a shift before taking moments (the transform is shift
-    invariant), so it needs to be close to the batch mean, not equal to it.
-    """
-    src = lay.src3(x)
-    if lay.rows:
-        sub = src[:, ::max(1, lay.N // 1024)]
-    else:
-        sub = src[:, ::max(1, lay.N // 32), ::max(1, lay.L // 32)]
-    return sub.astype(ct).reshape(lay.C, -1).mean(axis=1)
-
-
-def _batch_moments(xp, lay, x, r, ct):
-    """Component weights and moments of the batch (Eq. 35-36).
-
-    Returns ``s`` (K,) column sums of resp (floored), ``lam`` (K,), ``muc``
-    and ``var`` (C, K), ``var_raw`` (unclamped), ``xc`` = (C, n) data minus a
-    per-channel shift ``c`` (C,) close to the batch mean (``muc = mu - c``),
-    and a spare (C, n) buffer.
-    Moments are taken of ``xc`` so that ``E[x^2] - mu^2`` does not cancel.
-    """
-    tiny = numpy.finfo(ct).tiny
-    s = xp.maximum(r.sum(axis=0), tiny)
-    lam = xp.maximum(s / lay.n, tiny)
-    c = _shift_estimate(xp, lay, x, ct)
-    xc = lay.to_cn(xp, x, ct, copy=True, shift=c)
-    muc = xp.matmul(xc, r) / s                      # nu_hat^T (x - c), (C, K)
-    sq = xc * xc
-    m2 = xp.matmul(sq, r) / s
-    var_raw = m2 - muc * muc
-    var = xp.maximum(var_raw, 0)
-    return s, lam, muc, var, var_raw, xc, c, sq
 
 
 # --------------------------------------------------------------------------
@@ -536,12 +586,19 @@ def mixture_normalization(x, gamma, beta, resp, eps=2e-5, lambda_scaling=True,
         Gradients flow to x (also through mu_k and var_k), gamma and beta.
         The node keeps one (n, C) buffer of the compute dtype for backward.
     """
+    y, node = _apply_training(x, gamma, beta, resp, eps, lambda_scaling, return_stats)
+    return (y, node.batch_stats()) if return_stats else y
+
+
+def _apply_training(x, gamma, beta, resp, eps, lambda_scaling, keep_stats):
+    """:func:`mixture_normalization`, returning the output and the node (whose
+    ``finite`` says whether the batch moments were finite, known on the host)."""
     _check_eps(eps)
     xa, ra, mode, params = _prepare(x, gamma, beta, resp, 'mixture_normalization')
     node = MixtureNormalizationFunction(ra, mode, gamma is not None, beta is not None,
-                                        eps, lambda_scaling)
+                                        eps, lambda_scaling, keep_stats=keep_stats)
     y, = node.apply([x] + params)
-    return (y, node.batch_stats()) if return_stats else y
+    return y, node
 
 
 def mixture_normalization_relu(x, gamma, beta, resp, eps=2e-5, lambda_scaling=True,
@@ -561,7 +618,8 @@ def mixture_normalization_relu(x, gamma, beta, resp, eps=2e-5, lambda_scaling=Tr
     _check_eps(eps)
     xa, ra, mode, params = _prepare(x, gamma, beta, resp, 'mixture_normalization_relu')
     node = MixtureNormalizationFunction(ra, mode, gamma is not None, beta is not None,
-                                        eps, lambda_scaling, relu=True)
+                                        eps, lambda_scaling, relu=True,
+                                        keep_stats=return_stats)
     y, = node.apply([x] + params)
     return (y, node.batch_stats()) if return_stats else y
 
@@ -628,6 +686,7 @@ def mixture_moments(x, resp):
     xp = backend.get_array_module(xa)
     ct = _compute_dtype(xa.dtype)
     lay = _Layout(xa.shape)
-    _, lam, muc, var, _, _, c, _ = _batch_moments(xp, lay, xa, ra.astype(ct, copy=False), ct)
-    mu = muc + c[:, None]
-    return lam, xp.ascontiguousarray(mu.T), xp.ascontiguousarray(var.T)
+    _, _, small = _device_moments(xp, lay, xa, ra.astype(ct, copy=False), ct)
+    M, s, c = _fetch(xp, small, ct)
+    _, lam, muc, _, var = _host_moments(M, s, lay.n, ct)
+    return tuple(_send(xp, [lam, (muc + c[:, None]).T, var.T], ct))

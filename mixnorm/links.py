@@ -144,16 +144,15 @@ class MixtureNormalization(chainer.Link):
 
     def _push(self, weights, means, variances):
         """Enqueue the statistics of this batch (K' <= K components; the rest weight 0)."""
-        xp = backend.get_array_module(self.queue_weights)
         slot = self.n_fits % self.queue_length
         k = int(weights.shape[0])
         if k < self.n_components:           # pruned components: weight 0
             self.queue_weights[slot] = 0
             self.queue_means[slot] = 0
             self.queue_vars[slot] = 1
-        self.queue_weights[slot, :k] = xp.asarray(weights, dtype=xp.float64)
-        self.queue_means[slot, :k] = xp.asarray(means, dtype=xp.float64)
-        self.queue_vars[slot, :k] = xp.asarray(variances, dtype=xp.float64)
+        self.queue_weights[slot, :k] = weights          # cast to float64 on assignment
+        self.queue_means[slot, :k] = means
+        self.queue_vars[slot, :k] = variances
         self.n_fits += 1
 
     def queue_mixture(self):
@@ -201,11 +200,11 @@ class MixtureNormalization(chainer.Link):
         if self.affine == 'component':
             k = resp.shape[1]
             gamma, beta = gamma[:k], beta[:k]
-        y, (lam, mu, var) = functions.mixture_normalization(
-            x, gamma, beta, resp, eps=self.eps, lambda_scaling=self.lambda_scaling,
-            return_stats=True)
+        y, node = functions._apply_training(x, gamma, beta, resp, self.eps,
+                                            self.lambda_scaling, keep_stats=True)
+        lam, mu, var = node.batch_stats()
         if g is None:
-            if not bool(xp.isfinite(mu).all()):
+            if not node.finite:                 # known on the host: no device sync
                 _gmm._raise_not_finite(self._points(x_arr), name='%s input %s' % (
                     self._label(), tuple(x_arr.shape)))
             g = _gmm.GMM(lam, mu, var + self.eps)
