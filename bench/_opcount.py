@@ -9,7 +9,9 @@ and every operation on them is tallied as
 
 * ``launch``: an elementwise/reduction/matmul/indexing operation or allocation
   that fills memory (one CuPy kernel launch, approximately: CuPy may use two
-  kernels for a few, e.g. ``mean``);
+  kernels for a few, e.g. ``mean``), plus the copies CuPy makes of a matrix
+  product's operands that are neither C- nor F-contiguous (and of an output that
+  is not C-contiguous);
 * ``h2d``: a host-to-device copy (``xp.asarray`` of a host array);
 * ``d2h``: a device-to-host copy, which also synchronises the host with the device.
 
@@ -76,6 +78,9 @@ class Dev(numpy.ndarray):
     """An array that would live on the device."""
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if ufunc is numpy.matmul and method == '__call__':
+            out = kwargs.pop('out', (None,))[0]
+            return _matmul(*inputs, out=out, **kwargs)
         counts['launch'] += 1
         if 'out' in kwargs:
             kwargs['out'] = tuple(_base(o) for o in kwargs['out'])
@@ -157,6 +162,8 @@ class _XP(types.ModuleType):
             return attr
         if name in ('asarray', 'array', 'ascontiguousarray'):
             return self._convert(name, attr)
+        if name == 'matmul':
+            return _matmul
 
         def call(*args, **kwargs):
             counts['launch'] += 1
@@ -175,6 +182,23 @@ class _XP(types.ModuleType):
                 out = numpy.array(attr(a, *args, **kwargs))
             return _dev(out)
         return call
+
+
+def _contiguous(a):
+    return a.flags.c_contiguous or a.flags.f_contiguous
+
+
+def _matmul(a, b, out=None, **kwargs):
+    """cuBLAS needs each 2-D operand C- or F-contiguous: CuPy copies the others
+    first, and computes into a temporary then copies when ``out`` is not
+    C-contiguous; each such copy is one more launch."""
+    counts['launch'] += 1
+    for op in (a, b):
+        if isinstance(op, Dev) and op.ndim == 2 and not _contiguous(op):
+            counts['launch'] += 1
+    if out is not None and not out.flags.c_contiguous:
+        counts['launch'] += 1
+    return _dev(numpy.matmul(_base(a), _base(b), out=_base(out), **kwargs))
 
 
 XP = _XP('countingxp')

@@ -1,0 +1,104 @@
+"""The GPU's code paths, run on the CPU through the array-module stand-in of
+``bench/_opcount.py``: same results as the NumPy path, and the device work they dispatch.
+
+Where mixnorm branches on the array module (NumPy or not), the stand-in takes the
+branch CuPy takes, so these tests check those branches' results without a GPU.  On
+the GPU an MN layer is launch-bound, so its speed targets (issue 3: MN/BN <= 4x per
+layer) depend on how many device operations and host syncs each step needs; the
+budget tests count them (the numbers ``bench/bench_ops.py`` reports) and fail if a
+change adds many: a loop over points or channels, per-component kernels in the fit,
+or a host sync in an inner loop.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'bench'))
+
+import _opcount  # noqa: E402
+import bench_ops  # noqa: E402
+import chainer  # noqa: E402
+import mixnorm  # noqa: E402
+from mixnorm import gmm as G  # noqa: E402
+
+
+def _host(a):
+    return np.asarray(a.view(np.ndarray) if isinstance(a, _opcount.Dev) else a)
+
+
+@pytest.mark.parametrize('K', [1, 3, 5])
+def test_fit_on_the_device_path_equals_the_numpy_path(K):
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.standard_normal((2000, 12)), 0).astype(np.float32) * 3 + 1
+    ref, nu_ref = G.fit_gmm(x, K, 2, 2, seed=5, return_responsibilities=True)
+    with _opcount.counting():
+        got, nu = G.fit_gmm(_opcount.to_device(x), K, 2, 2, seed=5,
+                            return_responsibilities=True)
+        r = G.responsibilities(_opcount.to_device(x), got)
+    assert isinstance(got.means, _opcount.Dev) and isinstance(nu, _opcount.Dev)
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(_host(b), a, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(_host(nu), nu_ref, atol=2e-5)
+    np.testing.assert_allclose(_host(r), _host(nu), atol=2e-5)
+
+
+@pytest.mark.parametrize('K', [1, 3])
+def test_layer_on_the_device_path_equals_the_numpy_path(K):
+    rng = np.random.default_rng(1)
+    x = np.maximum(rng.standard_normal((16, 6, 3, 3)), 0).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+
+    def step(link, xa, gya):
+        v = chainer.Variable(xa)
+        y = link(v)
+        y.grad = gya
+        y.backward()
+        with chainer.using_config('train', False):
+            t = link(chainer.Variable(xa))
+        return [_host(a) for a in (y.array, v.grad, link.gamma.grad, link.beta.grad,
+                                   t.array)]
+    ref = step(mixnorm.MixtureNormalization(6, K, seed=3), x, gy)
+    link = mixnorm.MixtureNormalization(6, K, seed=3)
+    for name in ('queue_weights', 'queue_means', 'queue_vars'):
+        setattr(link, name, _opcount.to_device(getattr(link, name)))
+    for p in link.params():
+        p.array = _opcount.to_device(p.array)
+    with _opcount.counting():
+        got = step(link, _opcount.to_device(x), _opcount.to_device(gy))
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_counter_counts_launches_copies_and_syncs():
+    a = _opcount.to_device(np.arange(12.0).reshape(3, 4))
+    with _opcount.counting():
+        xp = _opcount.XP
+
+        def work():
+            b = a * 2                    # launch
+            c = b[:, 1:]                 # view: nothing
+            d = c.sum(axis=0)            # launch
+            e = xp.asarray(np.ones(3))   # host-to-device copy
+            f = a[xp.asarray([0, 2])]    # copy + gather launch
+            float(d[0])                  # device-to-host copy (a sync)
+            return e, f
+        got = _opcount.tally(work)
+    assert got == {'launch': 3, 'h2d': 2, 'd2h': 1}
+
+
+@pytest.mark.parametrize('K,max_launches', [(1, 40), (3, 110), (5, 150)])
+def test_training_step_launch_budget(K, max_launches):
+    r = bench_ops.count((64, 32, 4, 4), K)
+    assert r['train_launch'] <= max_launches, r
+    # syncs: fitting frame, one per K-means/EM M-step, one per normalizing pass
+    assert r['train_syncs'] <= (2 if K == 1 else 5), r
+    # the fit's cost does not grow with the data: no per-point or per-channel loops
+    assert bench_ops.count((128, 64, 4, 4), K) == dict(r, shape='128x64x4x4')
+
+
+def test_inference_launch_budget():
+    r = bench_ops.count((64, 32, 4, 4), 3)
+    assert r['test_launch'] <= 40 and r['test_copies'] <= 10, r
