@@ -46,13 +46,21 @@ extern "C" __global__ void log_softmax_columns(const T* logp, T* resp, T* lse,
 '''
 
 
+#: name -> CUDA source (with ``T`` the element type) of every RawKernel here.
+SOURCES = {'log_softmax_columns': _LOG_SOFTMAX_SRC}
+
+
+def kernel_source(name, dtype):
+    """The complete CUDA source of kernel ``name`` for ``dtype`` (float32/float64)."""
+    ctype = {'float32': 'float', 'float64': 'double'}[numpy.dtype(dtype).name]
+    return 'typedef %s T;\n%s' % (ctype, SOURCES[name])
+
+
 def _log_softmax_kernel(dtype):
     import cupy
     key = ('log_softmax_columns', numpy.dtype(dtype).name)
     if key not in _kernels:
-        ctype = {'float32': 'float', 'float64': 'double'}[key[1]]
-        src = 'typedef %s T;\n%s' % (ctype, _LOG_SOFTMAX_SRC)
-        _kernels[key] = cupy.RawKernel(src, 'log_softmax_columns')
+        _kernels[key] = cupy.RawKernel(kernel_source(*key), 'log_softmax_columns')
     return _kernels[key]
 
 

@@ -1,4 +1,5 @@
-"""CuPy kernels against their xp twins (GPU only) and the twins on the CPU."""
+"""CuPy kernels against their xp twins (GPU only), the twins on the CPU, and the
+kernels' CUDA sources through NVRTC where CuPy is installed (no GPU needed)."""
 import numpy as np
 import pytest
 
@@ -28,3 +29,25 @@ def test_log_softmax_columns_kernel_matches_twin(dtype):
     tol = 1e-5 if dtype == np.float32 else 1e-12
     cupy.testing.assert_allclose(r1, r2, rtol=tol, atol=tol)
     cupy.testing.assert_allclose(l1, l2, rtol=tol)
+
+
+def _nvrtc():
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+        return nvrtc
+    except Exception:
+        return None
+
+
+@pytest.mark.skipif(_nvrtc() is None, reason='needs CuPy with NVRTC (a GPU is not needed)')
+@pytest.mark.parametrize('name', sorted(kernels.SOURCES))
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_kernel_sources_compile(name, dtype):
+    nvrtc = _nvrtc()
+    prog = nvrtc.createProgram(kernels.kernel_source(name, dtype), name + '.cu', [], [])
+    try:
+        nvrtc.compileProgram(prog, ['-arch=compute_70'])
+    except Exception as e:
+        raise AssertionError(nvrtc.getProgramLog(prog)) from e
+    assert b'.entry ' + name.encode() in nvrtc.getPTX(prog)
