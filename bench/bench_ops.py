@@ -37,6 +37,9 @@ def count(shape, K):
         p.array = _opcount.to_device(p.array)
     out = {'shape': 'x'.join(map(str, shape)), 'K': K}
     with _opcount.counting():
+        warm = mn(chainer.Variable(x))          # one-time work (cached constants) aside
+        warm.grad = gy
+        warm.backward()
         if K > 1:
             pts = mn._points(x)
             fit = _opcount.tally(lambda: mn._fit(pts))

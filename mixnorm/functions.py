@@ -270,10 +270,9 @@ def _shift_estimate(xp, lay, x, ct):
     """
     src = lay.src3(x)
     if lay.rows:
-        sub = src[:, ::max(1, lay.N // 1024)]
-    else:
-        sub = src[:, ::max(1, lay.N // 32), ::max(1, lay.L // 32)]
-    return sub.astype(ct).reshape(lay.C, -1).mean(axis=1)
+        return src[:, ::max(1, lay.N // 1024)].mean(axis=1, dtype=ct)
+    sub = src[:, ::max(1, lay.N // 32), ::max(1, lay.L // 32)]
+    return sub.mean(axis=(1, 2), dtype=ct)
 
 
 def _device_moments(xp, lay, x, r, ct):
