@@ -12,7 +12,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def git_commit():
-    """``<sha>`` of HEAD, with ``+dirty`` when the work tree has changes; None outside git."""
+    """``<sha>`` of HEAD, with ``+dirty`` when the work tree has changes.  Outside a git
+    checkout (e.g. a copy of the tree on a lent GPU machine) the value of the environment
+    variable ``MIXNORM_GIT_COMMIT`` (marked ``(declared)``), else None."""
+    declared = os.environ.get('MIXNORM_GIT_COMMIT')
+    declared = declared + ' (declared)' if declared else None
+    if not os.path.isdir(os.path.join(REPO_ROOT, '.git')) and declared:
+        return declared
     try:
         sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=10).stdout.strip()
@@ -20,8 +26,8 @@ def git_commit():
                                cwd=REPO_ROOT, capture_output=True, text=True,
                                timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
-    return (sha + ('+dirty' if dirty else '')) if sha else None
+        return declared
+    return (sha + ('+dirty' if dirty else '')) if sha else declared
 
 
 def cpu_name():

@@ -161,18 +161,34 @@ class _Frame(NamedTuple):
         return (self.za.shape[1] - 2) // 2
 
 
+#: Elements per block of :func:`_augment` on the CPU (a cache-resident temporary).
+_CPU_BLOCK = 1 << 16
+
 
 def _augment(x, shift, scale, work):
-    """``za`` for the points ``x`` (n, d) in the frame (shift, scale)."""
+    """``za`` for the points ``x`` (n, d) in the frame (shift, scale).
+
+    Built through a contiguous temporary, in row blocks that stay in cache on the CPU
+    (about twice as fast as whole-array passes there) and in one block on the GPU,
+    where each pass is a kernel launch.
+    """
     xp = get_array_module(x)
     n, d = x.shape
     za = xp.empty((n, 2 * d + 2), dtype=work)
-    z = xp.subtract(x, xp.asarray(shift, dtype=work), dtype=work)   # f16/int -> work
-    z *= work.type(1.0 / scale)
-    za[:, d:2 * d] = z
-    z *= z                                  # contiguous passes: strided ones are slower
-    za[:, :d] = z
-    xp.matmul(z, xp.ones((d,), dtype=work), out=za[:, 2 * d])
+    rows = n if xp is not numpy else max(1, _CPU_BLOCK // d)
+    tmp = xp.empty((min(rows, n), d), dtype=work)
+    shift = xp.asarray(shift, dtype=work)
+    inv = work.type(1.0 / scale)
+    ones = xp.ones((d,), dtype=work)
+    for i in range(0, n, rows):
+        j = min(n, i + rows)
+        z = tmp[:j - i]
+        xp.subtract(x[i:j], shift, out=z)           # promotes f16/int to the work dtype
+        z *= inv
+        za[i:j, d:2 * d] = z
+        z *= z
+        za[i:j, :d] = z
+        xp.matmul(z, ones, out=za[i:j, 2 * d])
     za[:, 2 * d + 1] = 1
     return za
 
