@@ -15,8 +15,12 @@ wheels for its Python into ``.whl`` (ignored by git) and carry that folder::
 
     echo /.whl/ >> .git/info/exclude
     .venv/bin/pip wheel --no-deps --no-build-isolation -w .whl chainer==7.8.1
-    .venv/bin/pip download --only-binary=:all: --python-version 3.12 \\
-        --platform manylinux2014_x86_64 -d .whl pyyaml matplotlib
+    .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 \\
+        --platform manylinux2014_x86_64 -d .whl pyyaml matplotlib contourpy cycler \\
+        fonttools kiwisolver pillow pyparsing python-dateutil packaging
+
+(``--no-deps`` keeps the machine's own NumPy, which its CuPy was built for; about 30 MB,
+under the 64 MiB a run may carry)
 
 and run (``$OUT`` is the folder the device tool brings back)::
 

@@ -4,12 +4,19 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'scripts', 'gpu_check.py')
 sys.path.insert(0, os.path.join(REPO, 'scripts'))
 
 import gpu_check  # noqa: E402
 import reproduce  # noqa: E402
+from experiments import environment  # noqa: E402
+
+# on a GPU machine gpu_check itself is the check; these cover its CPU behaviour
+cpu_only = pytest.mark.skipif(environment.gpu_description() is not None,
+                              reason='a GPU is present: run scripts/gpu_check.py itself')
 
 
 def test_lists_every_step():
@@ -38,12 +45,14 @@ def test_smoke_commands_are_valid_reproduce_command_lines(monkeypatch):
     assert all(a.device == '0' and a.synthetic and a.preset == ['smoke'] for a in seen)
 
 
+@cpu_only
 def test_refuses_without_a_gpu_unless_allowed(tmp_path):
     r = subprocess.run([sys.executable, SCRIPT, '--steps', 'environment', '--out',
                         str(tmp_path)], capture_output=True, text=True)
     assert r.returncode != 0 and 'no CUDA device' in r.stderr + r.stdout
 
 
+@cpu_only
 def test_records_each_step_and_keeps_going(tmp_path):
     r = subprocess.run([sys.executable, SCRIPT, '--allow-cpu', '--device', 'cpu', '--steps',
                         'environment,chainer_on_cupy', '--out', str(tmp_path)],
