@@ -46,6 +46,7 @@ demo: venv
 bench: venv
 	$(PY) bench/bench_gmm.py
 	$(PY) bench/bench_layer.py
+	$(PY) bench/bench_ops.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
