@@ -12,9 +12,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def git_commit():
-    """``<sha>`` of HEAD, with ``+dirty`` when the work tree has changes.  Outside a git
-    checkout (e.g. a copy of the tree on a lent GPU machine) the value of the environment
-    variable ``MIXNORM_GIT_COMMIT`` (marked ``(declared)``), else None."""
+    """``<sha>`` of HEAD, with ``+dirty`` when tracked files outside ``results/`` have
+    changes.  Outside a git checkout (e.g. a copy of the tree on a lent GPU machine) the
+    value of the environment variable ``MIXNORM_GIT_COMMIT`` (marked ``(declared)``),
+    else None."""
     declared = os.environ.get('MIXNORM_GIT_COMMIT')
     declared = declared + ' (declared)' if declared else None
     if not os.path.isdir(os.path.join(REPO_ROOT, '.git')) and declared:
@@ -22,7 +23,10 @@ def git_commit():
     try:
         sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+        # records rewritten under results/ (e.g. by an earlier benchmark of the same
+        # batch) do not change the code that ran, so they do not make it dirty
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no',
+                                '--', '.', ':(exclude)results'],
                                cwd=REPO_ROOT, capture_output=True, text=True,
                                timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
