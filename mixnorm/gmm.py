@@ -315,31 +315,34 @@ def _m_step(moments, n, eps_z, tiny):
 
 # ---------------------------------------------------------------------------- seeding
 
-def _kmeans_plusplus(frame, n_components, n_local_trials, rs):
+def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False):
     """Greedy K-means++ on the frame.
 
-    Returns the indices (K,) of the chosen points and the nearest-seed labels (n,) of
-    every point (ties go to the earlier seed, as ``argmin``), tracked on the way so that
-    the first Lloyd assignment costs no extra pass over the data.  Host random draws
-    (``rs``, a ``numpy.random.Generator``), device arithmetic, no host synchronisation.
+    Returns the nearest-seed labels (n,) of every point (ties go to the earlier seed, as
+    ``argmin``), tracked on the way so that the first Lloyd assignment costs no extra
+    pass over the data, and with ``want_indices`` also the indices (K,) of the chosen
+    points (the fit itself needs only the labels).  Host random draws (``rs``, a
+    ``numpy.random.Generator``), device arithmetic, no host synchronisation.
     """
     xp = get_array_module(frame.za)
     n = frame.za.shape[0]
     first = int(rs.integers(0, n))
-    indices = [xp.full((1,), first, dtype=xp.int64)]
+    indices = [xp.full((1,), first, dtype=xp.int64)] if want_indices else None
     closest = _distances(frame, _centre_coef(frame, slice(first, first + 1)))[0]
     labels = xp.zeros((n,), dtype=xp.int64)
     for k in range(1, n_components):
         cum = xp.cumsum(closest, dtype=xp.float64)
         u = xp.asarray(rs.random(n_local_trials)) * cum[-1]
+        # the clip only matters for NaN input (rejected after the first M-step)
         cand = xp.minimum(xp.searchsorted(cum, u, side='right'), n - 1)
         dist = _distances(frame, _centre_coef(frame, cand))           # (trials, n)
         best = xp.argmin(xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64))
         d_best = dist[best]                                           # device index
         labels = xp.where(d_best < closest, k, labels)                # no boolean scatter
         closest = xp.minimum(closest, d_best)
-        indices.append(xp.reshape(cand[best], (1,)))
-    return xp.concatenate(indices), labels
+        if want_indices:
+            indices.append(xp.reshape(cand[best], (1,)))
+    return labels, (xp.concatenate(indices) if want_indices else None)
 
 
 def kmeans_plusplus(x, n_components, n_local_trials=None, seed=None):
@@ -353,7 +356,7 @@ def kmeans_plusplus(x, n_components, n_local_trials=None, seed=None):
     n_local_trials = _check_trials(n_components, n_local_trials)
     frame = _frame_for(x, 1e-5, work)
     return _kmeans_plusplus(frame, n_components, n_local_trials,
-                            numpy.random.default_rng(seed))[0]
+                            numpy.random.default_rng(seed), want_indices=True)[1]
 
 
 def _check_trials(n_components, n_local_trials):
@@ -386,7 +389,7 @@ def _fit_in_frame(frame, n_components, kmeans_iters, em_iters, n_local_trials, e
     eps_z = eps / frame.scale ** 2
     tiny = 10 * numpy.finfo(dtype).eps
     with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf: checked below
-        _, labels = _kmeans_plusplus(frame, n_components, n_local_trials, rs)
+        labels, _ = _kmeans_plusplus(frame, n_components, n_local_trials, rs)
         moments = _moments(frame, _one_hot(labels, n_components, dtype))
     if not numpy.isfinite(moments).all():
         return None                                      # see fit_gmm
