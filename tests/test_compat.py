@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import mixnorm._compat  # noqa: F401
 import chainer
@@ -60,3 +61,24 @@ def test_hook_patches_only_when_chainer_is_imported():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.split()
     assert lines[1] == 'True'
+
+
+def _cupy_importable():
+    try:
+        import cupy  # noqa: F401
+        from cupy.cuda import cublas  # noqa: F401  (its libraries load; no device needed)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _cupy_importable(), reason='needs CuPy and its CUDA libraries '
+                                                   '(a GPU is not needed)')
+def test_chainer_resolves_the_installed_cupy():
+    """Chainer 7.8.1's CuPy imports resolve (CuPy 14 dropped cuDNN: Chainer then runs
+    its own kernels, cudnn_enabled False); checked without a device."""
+    from chainer.backends import cuda
+    assert cuda.available, getattr(cuda, '_resolution_error', None)
+    import cupy
+    if int(cupy.__version__.split('.')[0]) >= 14:
+        assert not cuda.cudnn_enabled
