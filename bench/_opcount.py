@@ -16,8 +16,8 @@ and every operation on them is tallied as
 * ``d2h``: a device-to-host copy, which also synchronises the host with the device.
 
 Views (basic slicing, ``reshape`` of contiguous data, ``.T``), allocations without
-fill (``empty``) and host NumPy arithmetic on host arrays count nothing.  The fused
-log-softmax kernel of :mod:`mixnorm.kernels` counts as one launch, as on the GPU.
+fill (``empty``) and host NumPy arithmetic on host arrays count nothing.  Each fused
+kernel of :mod:`mixnorm.kernels` counts as one launch, as on the GPU.
 This is an estimate of a GPU's work made without one, not a measurement of time.
 """
 import collections
@@ -221,6 +221,13 @@ def _log_softmax_columns(logp):
     return resp.view(Dev), lse.view(Dev)
 
 
+def _kpp_update(dist, pot, closest, labels, k):
+    counts['launch'] += 1
+    c, lab = _kernels.kpp_update_xp(*[a.view(numpy.ndarray) for a in
+                                      (dist, pot, closest, labels)], k)
+    return c.view(Dev), lab.view(Dev)
+
+
 def to_device(a):
     """A host array as a counted device array (no count)."""
     return numpy.array(a).view(Dev)
@@ -233,7 +240,8 @@ def counting():
     patches = [(_gmm, 'get_array_module', _get_array_module), (_gmm, '_to_host', _to_host),
                (_functions, 'backend', backend_shim), (_functions, '_to_host', _to_host),
                (_links, 'backend', backend_shim),
-               (_kernels, 'log_softmax_columns', _log_softmax_columns)]
+               (_kernels, 'log_softmax_columns', _log_softmax_columns),
+               (_kernels, 'kpp_update', _kpp_update)]
     saved = [(mod, name, getattr(mod, name, None)) for mod, name, _ in patches]
     for mod, name, value in patches:
         setattr(mod, name, value)

@@ -49,6 +49,8 @@ from typing import NamedTuple
 
 import numpy
 
+from mixnorm import kernels
+
 #: Rows used to estimate the shift and scale of the fitting frame.
 _FRAME_ROWS = 512
 #: ``fit_fraction`` never subsamples below this many points per component.
@@ -293,7 +295,6 @@ def _device_coef(frame, coef):
 def _e_step(frame, gmm):
     """E-step: posteriors (K, n) and per-point log-likelihoods (n,) of a host GMM given
     in the frame (one GEMM and the fused column log-softmax)."""
-    from mixnorm import kernels
     lp = _device_coef(frame, _logprob_coef(gmm)) @ frame.za.T
     return kernels.log_softmax_columns(lp)
 
@@ -336,12 +337,10 @@ def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False
         # the clip only matters for NaN input (rejected after the first M-step)
         cand = xp.minimum(xp.searchsorted(cum, u, side='right'), n - 1)
         dist = _distances(frame, _centre_coef(frame, cand))           # (trials, n)
-        best = xp.argmin(xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64))
-        d_best = dist[best]                                           # device index
-        labels = xp.where(d_best < closest, k, labels)                # no boolean scatter
-        closest = xp.minimum(closest, d_best)
+        pot = xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64)
         if want_indices:
-            indices.append(xp.reshape(cand[best], (1,)))
+            indices.append(xp.reshape(cand[xp.argmin(pot)], (1,)))    # device index
+        closest, labels = kernels.kpp_update(dist, pot, closest, labels, k)
     return labels, (xp.concatenate(indices) if want_indices else None)
 
 

@@ -1,9 +1,14 @@
 """CuPy kernels for the hot steps of the GMM fit, each with an xp-generic twin.
 
-The twins are what the CPU tests run; ``tests/test_kernels.py`` checks every CuPy
-kernel against its twin on the GPU (skipped without one).  CuPy is imported lazily.
-Matrix products (distances, log-densities, moments) need no kernel of ours: they go
-to cuBLAS through ``@``.
+Each kernel fuses a few elementwise steps that would otherwise be separate launches
+(on the GPU the fit is bound by launch overhead).  They are thread-per-item kernels
+whose threads write disjoint outputs and never synchronise, so that their CUDA source
+can also run on the CPU: ``tests/test_kernels.py`` compiles every source with g++
+behind a shim and checks it against its twin (``tests/cuda_emulation.py``), compiles
+it with NVRTC where CuPy is installed, and checks the CuPy kernel against its twin on
+a GPU.  The twins are what runs on NumPy.  CuPy is imported lazily.  Matrix products
+(distances, log-densities, moments) need no kernel of ours: they go to cuBLAS
+through ``@``.
 """
 import numpy
 
@@ -46,8 +51,55 @@ extern "C" __global__ void log_softmax_columns(const T* logp, T* resp, T* lse,
 '''
 
 
+def kpp_update_xp(dist, pot, closest, labels, k):
+    """Twin of the K-means++ update kernel: with ``best = argmin(pot)`` (the trial of
+    lowest potential, first on ties), points closer to candidate ``best`` than to their
+    nearest seed so far take label ``k`` and that distance.  ``dist`` (trials, n),
+    ``pot`` (trials,), ``closest`` (n,), ``labels`` (n,) int64; returns the new
+    ``(closest, labels)``."""
+    xp = numpy if not _is_cupy(dist) else __import__('cupy')
+    d = dist[xp.argmin(pot)]
+    closer = d < closest
+    return xp.where(closer, d, closest), xp.where(closer, k, labels)
+
+
+_KPP_UPDATE_SRC = r'''
+extern "C" __global__ void kpp_update(const T* dist, const double* pot, int trials,
+                                      long long n, T* closest, long long* labels,
+                                      long long k) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int best = 0;
+    double bp = pot[0];
+    for (int t = 1; t < trials; ++t) { double p = pot[t]; if (p < bp) { bp = p; best = t; } }
+    T d = dist[(long long)best * n + i];
+    if (d < closest[i]) { closest[i] = d; labels[i] = k; }
+}
+'''
+
+
+def kpp_update(dist, pot, closest, labels, k):
+    """One K-means++ round's update of the nearest-seed distances and labels (see
+    :func:`kpp_update_xp`): one kernel on the GPU, updating ``closest`` and ``labels``
+    in place (each thread finds ``argmin(pot)`` over the few trials itself), instead of
+    argmin, a gather, a comparison and two selections.  Returns ``(closest, labels)``."""
+    if not (_is_cupy(dist) and dist.dtype.name in ('float32', 'float64')
+            and dist.flags.c_contiguous and closest.flags.c_contiguous
+            and closest.dtype == dist.dtype and labels.dtype.name == 'int64'
+            and labels.flags.c_contiguous and pot.dtype.name == 'float64'):
+        return kpp_update_xp(dist, pot, closest, labels, k)
+    import cupy
+    trials, n = dist.shape
+    threads = 256
+    _kernel('kpp_update', dist.dtype)(
+        ((n + threads - 1) // threads,), (threads,),
+        (dist, cupy.ascontiguousarray(pot), numpy.int32(trials), numpy.int64(n), closest,
+         labels, numpy.int64(k)))
+    return closest, labels
+
+
 #: name -> CUDA source (with ``T`` the element type) of every RawKernel here.
-SOURCES = {'log_softmax_columns': _LOG_SOFTMAX_SRC}
+SOURCES = {'log_softmax_columns': _LOG_SOFTMAX_SRC, 'kpp_update': _KPP_UPDATE_SRC}
 
 
 def kernel_source(name, dtype):
@@ -56,11 +108,12 @@ def kernel_source(name, dtype):
     return 'typedef %s T;\n%s' % (ctype, SOURCES[name])
 
 
-def _log_softmax_kernel(dtype):
+def _kernel(name, dtype):
+    """The compiled ``cupy.RawKernel`` ``name`` for ``dtype`` (cached)."""
     import cupy
-    key = ('log_softmax_columns', numpy.dtype(dtype).name)
+    key = (name, numpy.dtype(dtype).name)
     if key not in _kernels:
-        _kernels[key] = cupy.RawKernel(kernel_source(*key), 'log_softmax_columns')
+        _kernels[key] = cupy.RawKernel(kernel_source(*key), name)
     return _kernels[key]
 
 
@@ -76,6 +129,6 @@ def log_softmax_columns(logp):
     resp = cupy.empty_like(logp)
     lse = cupy.empty((n,), dtype=logp.dtype)
     threads = 256
-    _log_softmax_kernel(logp.dtype)(((n + threads - 1) // threads,), (threads,),
+    _kernel('log_softmax_columns', logp.dtype)(((n + threads - 1) // threads,), (threads,),
                                     (logp, resp, lse, numpy.int64(n), numpy.int32(K)))
     return resp, lse

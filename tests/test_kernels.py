@@ -51,3 +51,73 @@ def test_kernel_sources_compile(name, dtype):
     except Exception as e:
         raise AssertionError(nvrtc.getProgramLog(prog)) from e
     assert b'.entry ' + name.encode() in nvrtc.getPTX(prog)
+
+
+# ------------------------------------------------- the CUDA sources, run on the CPU
+
+import cuda_emulation  # noqa: E402  (tests/ is on sys.path under pytest)
+
+needs_gxx = pytest.mark.skipif(not cuda_emulation.available(), reason='needs g++')
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_log_softmax_source_runs_like_its_twin(dtype):
+    rng = np.random.default_rng(2)
+    K, n = 4, 777                                   # n not a multiple of the block
+    logp = rng.normal(0, 30, size=(K, n)).astype(dtype)
+    logp[2, :10] = -1e30                            # an empty component
+    resp, lse = np.empty_like(logp), np.empty(n, dtype)
+    cuda_emulation.launch(kernels.kernel_source('log_softmax_columns', dtype),
+                          'log_softmax_columns', (n + 255) // 256, 256,
+                          (logp, resp, lse, np.int64(n), np.int32(K)))
+    r2, l2 = kernels.log_softmax_columns_xp(logp)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(resp, r2, rtol=tol, atol=tol)
+    np.testing.assert_allclose(lse, l2, rtol=tol)
+
+
+def _kpp_case(rng, dtype, trials=3, n=1000):
+    dist = rng.random((trials, n)).astype(dtype) * 4
+    closest = rng.random(n).astype(dtype) * 4
+    pot = np.minimum(dist, closest).sum(axis=1, dtype=np.float64)
+    labels = rng.integers(0, 2, n).astype(np.int64)
+    return dist, pot, closest, labels
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_kpp_update_source_runs_like_its_twin(dtype):
+    rng = np.random.default_rng(3)
+    dist, pot, closest, labels = _kpp_case(rng, dtype)
+    pot[2] = pot[0] = pot.min()                     # a tie: the first trial wins
+    want_c, want_l = kernels.kpp_update_xp(dist, pot, closest, labels, 2)
+    c, lab = closest.copy(), labels.copy()
+    cuda_emulation.launch(kernels.kernel_source('kpp_update', dtype), 'kpp_update',
+                          (dist.shape[1] + 255) // 256, 256,
+                          (dist, pot, np.int32(dist.shape[0]), np.int64(dist.shape[1]),
+                           c, lab, np.int64(2)))
+    np.testing.assert_array_equal(c, want_c)
+    np.testing.assert_array_equal(lab, want_l)
+    assert (want_l == 2).any() and (want_l != 2).any()
+
+
+def test_kpp_update_twin_is_the_kmeanspp_step():
+    rng = np.random.default_rng(4)
+    dist, pot, closest, labels = _kpp_case(rng, np.float64)
+    c, lab = kernels.kpp_update(dist, pot, closest, labels, 5)
+    best = int(np.argmin(pot))
+    np.testing.assert_array_equal(c, np.minimum(closest, dist[best]))
+    np.testing.assert_array_equal(lab, np.where(dist[best] < closest, 5, labels))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_kpp_update_kernel_matches_twin(dtype):
+    import cupy
+    rng = np.random.default_rng(5)
+    dist, pot, closest, labels = [cupy.asarray(a) for a in _kpp_case(rng, dtype, n=100003)]
+    want_c, want_l = kernels.kpp_update_xp(dist, pot, closest, labels, 3)
+    c, lab = kernels.kpp_update(dist, pot, closest.copy(), labels.copy(), 3)
+    cupy.testing.assert_array_equal(c, want_c)
+    cupy.testing.assert_array_equal(lab, want_l)
