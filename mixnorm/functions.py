@@ -58,6 +58,8 @@ import chainer
 from chainer import backend
 from chainer import function_node
 
+from mixnorm import kernels
+
 __all__ = [
     'mixture_normalization',
     'mixture_normalization_relu',
@@ -397,9 +399,8 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
         Q = -mc * P
         if self.relu:
             send = [P, Q + bc[:, None] if bc is not None else Q, a]
-        else:       # [a P | a Q (| beta)]: beta rides on a ones column of resp
-            send = [P * a, numpy.concatenate([Q * a, bc[:, None]], axis=1)
-                    if bc is not None else Q * a]
+        else:
+            send = [P * a, Q * a]
         if self.stats is not None:
             send.append(c)
         if self.keep_stats:
@@ -413,13 +414,16 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
         self._xc = xc
 
         if not self.relu:
-            # y = sum_k a_k r_k (xc P_k + Q_k) = xc * (aP) r^T + (aQ) r^T
+            # y = sum_k a_k r_k (xc P_k + Q_k) + beta = xc * (aP) r^T + (aQ) r^T + beta,
+            # one fused pass (kernels.combine); the backward's product gets gbeta from
+            # a ones column of r
             self._wp = dev[0]
+            self._rT = xp.ascontiguousarray(r.T)
             self._r1 = _with_ones_column(xp, r) if bc is not None else None
-            y = lay.expand(xp, dev[0], r)
-            y *= xc
-            y += lay.expand(xp, dev[1], r if bc is None else self._r1, out=spare)
-            return lay.output(xp, y, x.dtype, spare=spare),
+            y = kernels.combine(spare if spare is not None else lay.empty(xp, ct), xc,
+                                dev[0], self._rT, Cm=dev[1],
+                                beta=beta.astype(ct, copy=False) if bc is not None else None)
+            return lay.output(xp, y, x.dtype),
 
         # Eq. 40: y = sum_k a_k r_k ReLU(term_k), one (C, n) pass set per k
         self._P, self._Q = dev[0], dev[1]
@@ -480,9 +484,7 @@ class _MixtureNormalizationGrad(function_node.FunctionNode):
             G, = _fetch(xp, [xp.matmul(buf, r if f._r1 is None else f._r1)], ct)
             H0, H1 = G[:C, :K] * f._a, G[C:, :K] * f._a
             gbeta = G[:C, K] if channel_beta else None
-            # direct term: gx = gy * (a P) r^T
-            gx = g
-            gx *= lay.expand(xp, f._wp, r, out=t)
+            gx = None                               # one fused pass below
         else:
             H = xp.empty((2 * C, K), ct)
             gx = lay.empty(xp, ct)
@@ -531,14 +533,22 @@ class _MixtureNormalizationGrad(function_node.FunctionNode):
             dmu = dM - 2 * f._muc * dvar
             send += [2 * dvar / f._s, dmu / f._s]
         dev = _send(xp, send, ct)
-        if f.stats is None:
-            t = lay.expand(xp, dev[-2], r, out=t)
-            t *= xc
-            gx += t
-            gx += lay.expand(xp, dev[-1], r, out=t)
+        if not f.relu:
+            # gx = gy * (a P) r^T [+ xc * (2 dvar / s) r^T + (dmu / s) r^T]
+            stats = f.stats is None
+            gx = kernels.combine(t, g, f._wp, f._rT, v=xc if stats else None,
+                                 B=dev[-2] if stats else None, Cm=dev[-1] if stats else None)
+            spare = g
+        else:
+            if f.stats is None:
+                t = lay.expand(xp, dev[-2], r, out=t)
+                t *= xc
+                gx += t
+                gx += lay.expand(xp, dev[-1], r, out=t)
+            spare = t
 
         dtypes = f._dtypes
-        outs = [lay.output(xp, gx, dtypes[0], spare=t)]
+        outs = [lay.output(xp, gx, dtypes[0], spare=spare)]
         for i, grad in enumerate(dev[:len(dtypes) - 1]):
             outs.append(grad.astype(dtypes[i + 1], copy=False))
         return tuple(outs)

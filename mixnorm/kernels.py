@@ -98,8 +98,119 @@ def kpp_update(dist, pot, closest, labels, k):
     return closest, labels
 
 
+def _expand_into(xp, W, rT, out):
+    """``out = W @ rT`` for (C, K) ``W`` and (K, n) ``rT`` (an outer product for K = 1,
+    where BLAS is about 10x slower than a broadcast multiply)."""
+    if rT.shape[0] == 1:
+        return xp.multiply(W, rT, out=out)
+    return xp.matmul(W, rT, out=out)
+
+
+#: Elements per block of :func:`combine_xp` (cache-resident temporaries on the CPU).
+_COMBINE_BLOCK = 1 << 18
+
+
+def combine_xp(out, u, A, rT, v=None, B=None, Cm=None, beta=None):
+    """Twin of the combine kernel: into ``out`` (C, n) write
+    ``u * (A rT) + v * (B rT) + Cm rT + beta[:, None]`` with ``u``, ``v`` (C, n),
+    ``A``, ``B``, ``Cm`` (C, K), ``rT`` (K, n) and ``beta`` (C,); absent terms are 0.
+    ``out`` must not overlap ``u`` or ``v``.  Returns ``out``.
+
+    Works through blocks of channels with two small temporaries (on the CPU they stay
+    in cache, and no (C, n) temporary is allocated); beta rides on a ones row of rT.
+    """
+    xp = numpy if not _is_cupy(out) else __import__('cupy')
+    C, n = out.shape
+    K = rT.shape[0]
+    if beta is not None:
+        rT1 = xp.empty((K + 1, n), rT.dtype)
+        rT1[:K] = rT
+        rT1[K] = 1
+        C1 = xp.zeros((C, K + 1), rT.dtype)
+        if Cm is not None:
+            C1[:, :K] = Cm
+        C1[:, K] = beta
+        Cm, rT_c = C1, rT1
+    else:
+        rT_c = rT
+    step = max(1, _COMBINE_BLOCK // max(n, 1)) if xp is numpy else C
+    s1 = xp.empty((min(step, C), n), out.dtype)
+    s2 = xp.empty((min(step, C), n), out.dtype) if (v is not None or Cm is not None) \
+        else None
+    for c0 in range(0, C, step):
+        c1 = min(C, c0 + step)
+        t1, t2 = s1[:c1 - c0], (s2[:c1 - c0] if s2 is not None else None)
+        _expand_into(xp, A[c0:c1], rT, t1)
+        t1 *= u[c0:c1]
+        if v is not None:
+            _expand_into(xp, B[c0:c1], rT, t2)
+            t2 *= v[c0:c1]
+            t1 += t2
+        if Cm is not None:
+            _expand_into(xp, Cm[c0:c1], rT_c, t2)
+            t1 += t2
+        out[c0:c1] = t1
+    return out
+
+
+_COMBINE_SRC = r'''
+extern "C" __global__ void combine(T* out, long long so_c, long long so_i,
+                                   const T* u, long long su_c, long long su_i,
+                                   const T* v, long long sv_c, long long sv_i, int has_v,
+                                   const T* A, const T* B, const T* Cm, int has_c,
+                                   const T* beta, int has_beta, const T* rT, int K,
+                                   long long C, long long n) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= C * n) return;
+    long long c = idx / n, i = idx - c * n;
+    T pa = 0, pb = 0, pc = 0;
+    for (int k = 0; k < K; ++k) {
+        T r = rT[(long long)k * n + i];
+        pa += r * A[c * K + k];
+        if (has_v) pb += r * B[c * K + k];
+        if (has_c) pc += r * Cm[c * K + k];
+    }
+    T y = u[c * su_c + i * su_i] * pa + pc;
+    if (has_v) y += v[c * sv_c + i * sv_i] * pb;
+    if (has_beta) y += beta[c];
+    out[c * so_c + i * so_i] = y;
+}
+'''
+
+
+def _elem_strides(a):
+    return tuple(numpy.int64(st // a.itemsize) for st in a.strides)
+
+
+def combine(out, u, A, rT, v=None, B=None, Cm=None, beta=None):
+    """``u * (A rT) + v * (B rT) + Cm rT + beta`` into ``out`` (see :func:`combine_xp`):
+    the normalizing forward (``xc * (aP) nu^T + (aQ) nu^T + beta``) and the input
+    gradient (``gy * (aP) nu^T + xc * (2 dvar / s) nu^T + (dmu / s) nu^T``) of MN as one
+    kernel on the GPU instead of up to three products and four elementwise passes.
+    The (C, n) arrays may be strided views; returns ``out``."""
+    small = [a for a in (A, B, Cm, beta, rT) if a is not None]
+    if not (_is_cupy(out) and out.dtype.name in ('float32', 'float64')
+            and all(a.dtype == out.dtype for a in [u] + small + ([v] if v is not None else []))
+            and all(a.flags.c_contiguous for a in small)):
+        return combine_xp(out, u, A, rT, v, B, Cm, beta)
+    C, n = out.shape
+    threads = 256
+    total = C * n
+    dummy = A
+    _kernel('combine', out.dtype)(
+        ((total + threads - 1) // threads,), (threads,),
+        (out,) + _elem_strides(out) + (u,) + _elem_strides(u)
+        + ((v,) + _elem_strides(v) if v is not None else (u, numpy.int64(0), numpy.int64(0)))
+        + (numpy.int32(v is not None), A, B if B is not None else dummy,
+           Cm if Cm is not None else dummy, numpy.int32(Cm is not None),
+           beta if beta is not None else dummy, numpy.int32(beta is not None), rT,
+           numpy.int32(rT.shape[0]), numpy.int64(C), numpy.int64(n)))
+    return out
+
+
 #: name -> CUDA source (with ``T`` the element type) of every RawKernel here.
-SOURCES = {'log_softmax_columns': _LOG_SOFTMAX_SRC, 'kpp_update': _KPP_UPDATE_SRC}
+SOURCES = {'log_softmax_columns': _LOG_SOFTMAX_SRC, 'kpp_update': _KPP_UPDATE_SRC,
+           'combine': _COMBINE_SRC}
 
 
 def kernel_source(name, dtype):

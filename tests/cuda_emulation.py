@@ -59,8 +59,7 @@ def compile_source(source):
 
 
 def _arg(a):
-    if isinstance(a, numpy.ndarray):
-        assert a.flags.c_contiguous, 'kernel arrays must be C-contiguous'
+    if isinstance(a, numpy.ndarray):      # the address of a[0, ...]; views keep strides
         return ctypes.c_void_p(a.ctypes.data)
     if isinstance(a, numpy.int64):
         return ctypes.c_longlong(int(a))

@@ -121,3 +121,56 @@ def test_kpp_update_kernel_matches_twin(dtype):
     c, lab = kernels.kpp_update(dist, pot, closest.copy(), labels.copy(), 3)
     cupy.testing.assert_array_equal(c, want_c)
     cupy.testing.assert_array_equal(lab, want_l)
+
+
+def _combine_case(rng, dtype, C=5, n=300, K=3, rows=False):
+    def cn():                       # a (C, n) array, or a transposed view of (n, C)
+        a = rng.standard_normal((n, C) if rows else (C, n)).astype(dtype)
+        return a.T if rows else a
+    small = [rng.standard_normal((C, K)).astype(dtype) for _ in range(3)]
+    rT = rng.random((K, n)).astype(dtype)
+    beta = rng.standard_normal(C).astype(dtype)
+    return cn(), cn(), small, rT, beta, cn()
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('rows', [False, True])
+@pytest.mark.parametrize('terms', ['forward', 'backward', 'direct', 'k1'])
+def test_combine_source_runs_like_its_twin(dtype, rows, terms):
+    rng = np.random.default_rng(6)
+    u, v, (A, B, Cm), rT, beta, out = _combine_case(rng, dtype, rows=rows,
+                                                    K=1 if terms == 'k1' else 3)
+    kw = {'forward': dict(Cm=Cm, beta=beta), 'backward': dict(v=v, B=B, Cm=Cm),
+          'direct': {}, 'k1': dict(v=v, B=B, Cm=Cm, beta=beta)}[terms]
+    want = kernels.combine_xp(np.empty(out.shape, dtype), u, A, rT, **kw)
+    ref = u * (A @ rT) + (v * (B @ rT) if 'v' in kw else 0) + (Cm @ rT if 'Cm' in kw else 0) \
+        + (beta[:, None] if 'beta' in kw else 0)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(want, ref, rtol=tol, atol=tol)
+    C, n = out.shape
+    st = lambda a: tuple(np.int64(s // a.itemsize) for s in a.strides)  # noqa: E731
+    vv = kw.get('v', u)
+    cuda_emulation.launch(
+        kernels.kernel_source('combine', dtype), 'combine', (C * n + 255) // 256, 256,
+        (out,) + st(out) + (u,) + st(u)
+        + (vv,) + (st(vv) if 'v' in kw else (np.int64(0), np.int64(0)))
+        + (np.int32('v' in kw), A, kw.get('B', A), kw.get('Cm', A), np.int32('Cm' in kw),
+           kw.get('beta', A), np.int32('beta' in kw), rT, np.int32(rT.shape[0]),
+           np.int64(C), np.int64(n)))
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('rows', [False, True])
+def test_combine_kernel_matches_twin(rows):
+    import cupy
+    rng = np.random.default_rng(7)
+    u, v, (A, B, Cm), rT, beta, out = [
+        [cupy.asarray(b) for b in a] if isinstance(a, list) else cupy.asarray(a)
+        for a in _combine_case(rng, np.float32, C=64, n=4099, rows=rows)]
+    if rows:
+        u, v, out = (cupy.asarray(a.T).T for a in (u, v, out))      # transposed views
+    want = kernels.combine_xp(cupy.empty(out.shape, out.dtype), u, A, rT, v, B, Cm, beta)
+    got = kernels.combine(out, u, A, rT, v, B, Cm, beta)
+    cupy.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
