@@ -236,6 +236,18 @@ def _combine(out, u, A, rT, v=None, B=None, Cm=None, beta=None):
     return out
 
 
+def _augment(x, shift, inv, za):
+    counts['launch'] += 2                   # the kernel and the row sum
+    _kernels.augment_xp(x.view(numpy.ndarray), shift.view(numpy.ndarray), inv,
+                        za.view(numpy.ndarray))
+    return za
+
+
+def _centre_coef(za, rows):
+    counts['launch'] += 1
+    return _kernels.centre_coef_xp(za.view(numpy.ndarray), rows.view(numpy.ndarray)).view(Dev)
+
+
 def to_device(a):
     """A host array as a counted device array (no count)."""
     return numpy.array(a).view(Dev)
@@ -249,7 +261,8 @@ def counting():
                (_functions, 'backend', backend_shim), (_functions, '_to_host', _to_host),
                (_links, 'backend', backend_shim),
                (_kernels, 'log_softmax_columns', _log_softmax_columns),
-               (_kernels, 'kpp_update', _kpp_update), (_kernels, 'combine', _combine)]
+               (_kernels, 'kpp_update', _kpp_update), (_kernels, 'combine', _combine),
+               (_kernels, 'augment', _augment), (_kernels, 'centre_coef', _centre_coef)]
     saved = [(mod, name, getattr(mod, name, None)) for mod, name, _ in patches]
     for mod, name, value in patches:
         setattr(mod, name, value)

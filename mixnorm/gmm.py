@@ -132,22 +132,6 @@ def _to_host(a):
     return a.get() if hasattr(a, 'get') and not isinstance(a, numpy.ndarray) else numpy.asarray(a)
 
 
-_templates = {}
-
-
-def _dist_template(xp, d, dtype):
-    """Column map and factors turning rows of ``za`` into distance coefficients
-    (cached per device, width and dtype): ``[c^2 | c | |c|^2 | 1]`` ->
-    ``[0 | -2c | 1 | |c|^2]``."""
-    dev = xp.cuda.Device().id if xp.__name__ == 'cupy' else -1
-    key = (xp.__name__, dev, d, numpy.dtype(dtype).str)
-    if key not in _templates:
-        perm = numpy.concatenate([numpy.arange(2 * d), [2 * d + 1, 2 * d]])
-        mult = numpy.concatenate([numpy.zeros(d), numpy.full(d, -2.0), [1.0, 1.0]])
-        _templates[key] = (xp.asarray(perm), xp.asarray(mult, dtype=dtype))
-    return _templates[key]
-
-
 # ------------------------------------------------------------------------ fitting frame
 
 class _Frame(NamedTuple):
@@ -163,36 +147,14 @@ class _Frame(NamedTuple):
         return (self.za.shape[1] - 2) // 2
 
 
-#: Elements per block of :func:`_augment` on the CPU (a cache-resident temporary).
-_CPU_BLOCK = 1 << 16
-
-
 def _augment(x, shift, scale, work):
-    """``za`` for the points ``x`` (n, d) in the frame (shift, scale).
-
-    Built through a contiguous temporary, in row blocks that stay in cache on the CPU
-    (about twice as fast as whole-array passes there) and in one block on the GPU,
-    where each pass is a kernel launch.
-    """
+    """``za`` for the points ``x`` (n, d) in the frame (shift, scale): one fused kernel
+    and a row sum on the GPU, cache-sized row blocks on the CPU
+    (:func:`mixnorm.kernels.augment`)."""
     xp = get_array_module(x)
     n, d = x.shape
     za = xp.empty((n, 2 * d + 2), dtype=work)
-    rows = n if xp is not numpy else max(1, _CPU_BLOCK // d)
-    tmp = xp.empty((min(rows, n), d), dtype=work)
-    shift = xp.asarray(shift, dtype=work)
-    inv = work.type(1.0 / scale)
-    ones = xp.ones((d,), dtype=work)
-    for i in range(0, n, rows):
-        j = min(n, i + rows)
-        z = tmp[:j - i]
-        xp.subtract(x[i:j], shift, out=z)           # promotes f16/int to the work dtype
-        z *= inv
-        za[i:j, d:2 * d] = z
-        z *= z
-        za[i:j, :d] = z
-        xp.matmul(z, ones, out=za[i:j, 2 * d])
-    za[:, 2 * d + 1] = 1
-    return za
+    return kernels.augment(x, xp.asarray(shift, dtype=work), work.type(1.0 / scale), za)
 
 
 def _frame_for(x, eps, work):
@@ -253,10 +215,9 @@ def _distances(frame, coef):
 
 
 def _centre_coef(frame, rows):
-    """Distance coefficients of the data points ``za[rows]`` (device indices or a slice)."""
-    xp = get_array_module(frame.za)
-    perm, mult = _dist_template(xp, frame.d, frame.za.dtype)
-    return frame.za[rows][:, perm] * mult
+    """Distance coefficients ``[0 | -2c | 1 | |c|^2]`` of the data points ``za[rows]``
+    (``rows`` a device int64 array; :func:`mixnorm.kernels.centre_coef`)."""
+    return kernels.centre_coef(frame.za, rows)
 
 
 def _dist_coef(centres):
@@ -329,7 +290,7 @@ def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False
     n = frame.za.shape[0]
     first = int(rs.integers(0, n))
     indices = [xp.full((1,), first, dtype=xp.int64)] if want_indices else None
-    closest = _distances(frame, _centre_coef(frame, slice(first, first + 1)))[0]
+    closest = _distances(frame, _centre_coef(frame, xp.asarray(numpy.array([first]))))[0]
     labels = xp.zeros((n,), dtype=xp.int64)
     for k in range(1, n_components):
         cum = xp.cumsum(closest, dtype=xp.float64)

@@ -174,3 +174,60 @@ def test_combine_kernel_matches_twin(rows):
     want = kernels.combine_xp(cupy.empty(out.shape, out.dtype), u, A, rT, v, B, Cm, beta)
     got = kernels.combine(out, u, A, rT, v, B, Cm, beta)
     cupy.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('transposed', [False, True])
+def test_augment_source_runs_like_its_twin(dtype, transposed):
+    rng = np.random.default_rng(8)
+    n, d = 301, 7
+    x = rng.standard_normal((d, n) if transposed else (n, d)).astype(dtype) * 3 + 1
+    x = x.T if transposed else x                    # a strided view of (n, d)
+    shift = rng.standard_normal(d).astype(dtype)
+    inv = dtype(0.7)
+    want = kernels.augment_xp(x, shift, inv, np.empty((n, 2 * d + 2), dtype))
+    z = (x - shift) * inv
+    np.testing.assert_allclose(want, np.concatenate(
+        [z * z, z, (z * z).sum(1, keepdims=True), np.ones((n, 1))], axis=1), rtol=1e-5)
+    za = np.full((n, 2 * d + 2), np.nan, dtype)
+    cuda_emulation.launch(kernels.kernel_source('augment', dtype), 'augment',
+                          (n * d + 255) // 256, 256,
+                          (x,) + tuple(np.int64(s // x.itemsize) for s in x.strides)
+                          + (shift, inv, np.int64(n), np.int64(d), za))
+    za[:, 2 * d] = za[:, :d].sum(axis=1)            # the launcher's row sum
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(za, want, rtol=tol, atol=tol)
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_centre_coef_source_runs_like_its_twin(dtype):
+    rng = np.random.default_rng(9)
+    n, d = 50, 6
+    x = rng.standard_normal((n, d)).astype(dtype)
+    za = kernels.augment_xp(x, np.zeros(d, dtype), dtype(1), np.empty((n, 2 * d + 2), dtype))
+    rows = np.array([3, 17, 3, 49], np.int64)
+    want = kernels.centre_coef_xp(za, rows)
+    c = x[rows]                                     # the coefficients give |z - c|^2
+    np.testing.assert_allclose(want @ za.T, ((x[None] - c[:, None]) ** 2).sum(-1),
+                               rtol=1e-4, atol=1e-4)
+    out = np.full(want.shape, np.nan, dtype)
+    cuda_emulation.launch(kernels.kernel_source('centre_coef', dtype), 'centre_coef',
+                          (out.size + 255) // 256, 256,
+                          (za, rows, np.int64(len(rows)), np.int64(d), out))
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.gpu
+def test_augment_and_centre_coef_kernels_match_twins():
+    import cupy
+    rng = np.random.default_rng(10)
+    x = cupy.asarray(rng.standard_normal((5000, 33)).astype(np.float32))
+    shift = cupy.asarray(rng.standard_normal(33).astype(np.float32))
+    got = kernels.augment(x, shift, np.float32(0.5), cupy.empty((5000, 68), np.float32))
+    want = kernels.augment_xp(x, shift, np.float32(0.5), cupy.empty((5000, 68), np.float32))
+    cupy.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    rows = cupy.asarray([0, 4999, 17])
+    cupy.testing.assert_array_equal(kernels.centre_coef(got, rows),
+                                    kernels.centre_coef_xp(got, rows))
