@@ -248,6 +248,16 @@ def _centre_coef(za, rows):
     return _kernels.centre_coef_xp(za.view(numpy.ndarray), rows.view(numpy.ndarray)).view(Dev)
 
 
+def _sample_candidates(cum, u):
+    counts['launch'] += 1
+    return _kernels.sample_candidates_xp(cum.view(numpy.ndarray), u.view(numpy.ndarray)).view(Dev)
+
+
+def _one_hot(labels, n_components, dtype):
+    counts['launch'] += 1
+    return _kernels.one_hot_xp(labels.view(numpy.ndarray), n_components, dtype).view(Dev)
+
+
 def to_device(a):
     """A host array as a counted device array (no count)."""
     return numpy.array(a).view(Dev)
@@ -262,7 +272,9 @@ def counting():
                (_links, 'backend', backend_shim),
                (_kernels, 'log_softmax_columns', _log_softmax_columns),
                (_kernels, 'kpp_update', _kpp_update), (_kernels, 'combine', _combine),
-               (_kernels, 'augment', _augment), (_kernels, 'centre_coef', _centre_coef)]
+               (_kernels, 'augment', _augment), (_kernels, 'centre_coef', _centre_coef),
+               (_kernels, 'sample_candidates', _sample_candidates),
+               (_kernels, 'one_hot', _one_hot)]
     saved = [(mod, name, getattr(mod, name, None)) for mod, name, _ in patches]
     for mod, name, value in patches:
         setattr(mod, name, value)

@@ -294,10 +294,9 @@ def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False
     labels = xp.zeros((n,), dtype=xp.int64)
     for k in range(1, n_components):
         cum = xp.cumsum(closest, dtype=xp.float64)
-        u = xp.asarray(rs.random(n_local_trials)) * cum[-1]
-        # the clip only matters for NaN input (rejected after the first M-step)
-        cand = xp.minimum(xp.searchsorted(cum, u, side='right'), n - 1)
-        dist = _distances(frame, _centre_coef(frame, cand))           # (trials, n)
+        cand = kernels.sample_candidates(cum, xp.asarray(rs.random(n_local_trials)))
+        # (trials, n) squared distances; kpp_update clips them at 0
+        dist = _distance_product(frame, _centre_coef(frame, cand))
         pot = xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64)
         if want_indices:
             indices.append(xp.reshape(cand[xp.argmin(pot)], (1,)))    # device index
@@ -336,9 +335,8 @@ def _lloyd_labels(frame, coef):
 
 
 def _one_hot(labels, n_components, dtype):
-    """Hard responsibilities (K, n) of a partition."""
-    xp = get_array_module(labels)
-    return (labels[None, :] == xp.arange(n_components)[:, None]).astype(dtype)
+    """Hard responsibilities (K, n) of a partition (:func:`mixnorm.kernels.one_hot`)."""
+    return kernels.one_hot(labels, n_components, dtype)
 
 
 def _fit_in_frame(frame, n_components, kmeans_iters, em_iters, n_local_trials, eps,

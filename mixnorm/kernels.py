@@ -54,11 +54,11 @@ extern "C" __global__ void log_softmax_columns(const T* logp, T* resp, T* lse,
 def kpp_update_xp(dist, pot, closest, labels, k):
     """Twin of the K-means++ update kernel: with ``best = argmin(pot)`` (the trial of
     lowest potential, first on ties), points closer to candidate ``best`` than to their
-    nearest seed so far take label ``k`` and that distance.  ``dist`` (trials, n),
+    nearest seed so far take label ``k`` and that distance (clipped at 0).  ``dist`` (trials, n),
     ``pot`` (trials,), ``closest`` (n,), ``labels`` (n,) int64; returns the new
     ``(closest, labels)``."""
     xp = numpy if not _is_cupy(dist) else __import__('cupy')
-    d = dist[xp.argmin(pot)]
+    d = xp.maximum(dist[xp.argmin(pot)], 0)       # distances from a product: clip at 0
     closer = d < closest
     return xp.where(closer, d, closest), xp.where(closer, k, labels)
 
@@ -73,6 +73,7 @@ extern "C" __global__ void kpp_update(const T* dist, const double* pot, int tria
     double bp = pot[0];
     for (int t = 1; t < trials; ++t) { double p = pot[t]; if (p < bp) { bp = p; best = t; } }
     T d = dist[(long long)best * n + i];
+    if (d < 0) d = 0;
     if (d < closest[i]) { closest[i] = d; labels[i] = k; }
 }
 '''
@@ -329,9 +330,83 @@ def centre_coef(za, rows):
     return out
 
 
+def sample_candidates_xp(cum, u):
+    """Twin of the candidate-sampling kernel: the K-means++ candidates (int64) drawn
+    with probability proportional to the increments of ``cum`` (n,), the running sum of
+    squared distances, for uniform draws ``u`` (trials,) in [0, 1): the first index
+    whose running sum exceeds ``u * cum[-1]``, clipped to n - 1."""
+    xp = numpy if not _is_cupy(cum) else __import__('cupy')
+    return xp.minimum(xp.searchsorted(cum, u * cum[-1], side='right'), cum.shape[0] - 1)
+
+
+_SAMPLE_CANDIDATES_SRC = r'''
+extern "C" __global__ void sample_candidates(const double* cum, const double* u,
+                                             int trials, long long n, long long* cand) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= trials) return;
+    double target = u[t] * cum[n - 1];
+    long long lo = 0, hi = n;              // first index with cum > target
+    while (lo < hi) {
+        long long mid = lo + (hi - lo) / 2;
+        if (cum[mid] <= target) lo = mid + 1; else hi = mid;
+    }
+    cand[t] = lo < n - 1 ? lo : n - 1;
+}
+'''
+
+
+def sample_candidates(cum, u):
+    """K-means++ candidates by inverse-CDF sampling (see :func:`sample_candidates_xp`):
+    one kernel on the GPU (a binary search per trial) instead of three operations."""
+    if not (_is_cupy(cum) and cum.dtype.name == 'float64' and u.dtype.name == 'float64'
+            and cum.flags.c_contiguous and u.flags.c_contiguous):
+        return sample_candidates_xp(cum, u)
+    import cupy
+    cand = cupy.empty(u.shape, numpy.int64)
+    _kernel('sample_candidates', numpy.float64)(
+        (1,), (max(32, u.shape[0]),),
+        (cum, u, numpy.int32(u.shape[0]), numpy.int64(cum.shape[0]), cand))
+    return cand
+
+
+def one_hot_xp(labels, n_components, dtype):
+    """Twin of the one-hot kernel: hard responsibilities (K, n) of ``dtype`` for the
+    partition ``labels`` (n,) int64."""
+    xp = numpy if not _is_cupy(labels) else __import__('cupy')
+    return (labels[None, :] == xp.arange(n_components)[:, None]).astype(dtype)
+
+
+_ONE_HOT_SRC = r'''
+extern "C" __global__ void one_hot(const long long* labels, long long n, long long K,
+                                   T* out) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= n * K) return;
+    long long k = idx / n, i = idx - k * n;
+    out[idx] = labels[i] == k ? (T)1 : (T)0;
+}
+'''
+
+
+def one_hot(labels, n_components, dtype):
+    """Hard responsibilities (K, n) of a partition (see :func:`one_hot_xp`): one kernel
+    on the GPU instead of three operations."""
+    dtype = numpy.dtype(dtype)
+    if not (_is_cupy(labels) and labels.dtype.name == 'int64' and labels.flags.c_contiguous
+            and dtype.name in ('float32', 'float64')):
+        return one_hot_xp(labels, n_components, dtype)
+    import cupy
+    n = labels.shape[0]
+    out = cupy.empty((n_components, n), dtype)
+    threads = 256
+    _kernel('one_hot', dtype)(((n * n_components + threads - 1) // threads,), (threads,),
+                              (labels, numpy.int64(n), numpy.int64(n_components), out))
+    return out
+
+
 #: name -> CUDA source (with ``T`` the element type) of every RawKernel here.
 SOURCES = {'log_softmax_columns': _LOG_SOFTMAX_SRC, 'kpp_update': _KPP_UPDATE_SRC,
-           'combine': _COMBINE_SRC, 'augment': _AUGMENT_SRC, 'centre_coef': _CENTRE_COEF_SRC}
+           'combine': _COMBINE_SRC, 'augment': _AUGMENT_SRC, 'centre_coef': _CENTRE_COEF_SRC,
+           'sample_candidates': _SAMPLE_CANDIDATES_SRC, 'one_hot': _ONE_HOT_SRC}
 
 
 def kernel_source(name, dtype):

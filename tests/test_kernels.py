@@ -231,3 +231,45 @@ def test_augment_and_centre_coef_kernels_match_twins():
     rows = cupy.asarray([0, 4999, 17])
     cupy.testing.assert_array_equal(kernels.centre_coef(got, rows),
                                     kernels.centre_coef_xp(got, rows))
+
+
+@needs_gxx
+def test_sample_candidates_source_runs_like_its_twin():
+    rng = np.random.default_rng(11)
+    closest = rng.random(1000) ** 4
+    closest[[0, 500, 999]] = 0                      # zero-probability points
+    cum = np.cumsum(closest)
+    u = np.concatenate([rng.random(5), [0.0, 1 - 2 ** -53]])
+    want = kernels.sample_candidates_xp(cum, u)
+    assert ((0 <= want) & (want < 1000)).all() and not np.isin(want, [0, 500]).any()
+    cand = np.full(u.shape, -1, np.int64)
+    cuda_emulation.launch(kernels.kernel_source('sample_candidates', np.float64),
+                          'sample_candidates', 1, 32,
+                          (cum, u, np.int32(len(u)), np.int64(len(cum)), cand))
+    np.testing.assert_array_equal(cand, want)
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_one_hot_source_runs_like_its_twin(dtype):
+    labels = np.random.default_rng(12).integers(0, 4, 333).astype(np.int64)
+    want = kernels.one_hot_xp(labels, 4, dtype)
+    np.testing.assert_array_equal(want.sum(0), 1)
+    out = np.full((4, 333), np.nan, dtype)
+    cuda_emulation.launch(kernels.kernel_source('one_hot', dtype), 'one_hot',
+                          (out.size + 255) // 256, 256,
+                          (labels, np.int64(333), np.int64(4), out))
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.gpu
+def test_sample_candidates_and_one_hot_kernels_match_twins():
+    import cupy
+    rng = np.random.default_rng(13)
+    cum = cupy.asarray(np.cumsum(rng.random(100003)))
+    u = cupy.asarray(rng.random(4))
+    cupy.testing.assert_array_equal(kernels.sample_candidates(cum, u),
+                                    kernels.sample_candidates_xp(cum, u))
+    labels = cupy.asarray(rng.integers(0, 5, 100003))
+    cupy.testing.assert_array_equal(kernels.one_hot(labels, 5, np.float32),
+                                    kernels.one_hot_xp(labels, 5, np.float32))
