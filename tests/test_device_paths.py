@@ -89,7 +89,7 @@ def test_counter_counts_launches_copies_and_syncs():
     assert got == {'launch': 3, 'h2d': 2, 'd2h': 1}
 
 
-@pytest.mark.parametrize('K,max_launches', [(1, 40), (3, 110), (5, 150)])
+@pytest.mark.parametrize('K,max_launches', [(1, 30), (3, 65), (5, 80)])
 def test_training_step_launch_budget(K, max_launches):
     r = bench_ops.count((64, 32, 4, 4), K)
     assert r['train_launch'] <= max_launches, r
@@ -101,4 +101,4 @@ def test_training_step_launch_budget(K, max_launches):
 
 def test_inference_launch_budget():
     r = bench_ops.count((64, 32, 4, 4), 3)
-    assert r['test_launch'] <= 40 and r['test_copies'] <= 10, r
+    assert r['test_launch'] <= 30 and r['test_copies'] <= 10, r
