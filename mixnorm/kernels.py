@@ -54,9 +54,9 @@ extern "C" __global__ void log_softmax_columns(const T* logp, T* resp, T* lse,
 def kpp_update_xp(dist, pot, closest, labels, k):
     """Twin of the K-means++ update kernel: with ``best = argmin(pot)`` (the trial of
     lowest potential, first on ties), points closer to candidate ``best`` than to their
-    nearest seed so far take label ``k`` and that distance (clipped at 0).  ``dist`` (trials, n),
-    ``pot`` (trials,), ``closest`` (n,), ``labels`` (n,) int64; returns the new
-    ``(closest, labels)``."""
+    nearest seed so far take label ``k`` and that distance (clipped at 0).  ``dist``
+    (trials, n), ``pot`` (trials,), ``closest`` (n,), ``labels`` (n,) int64; returns the
+    new ``(closest, labels)``."""
     xp = numpy if not _is_cupy(dist) else __import__('cupy')
     d = xp.maximum(dist[xp.argmin(pot)], 0)       # distances from a product: clip at 0
     closer = d < closest
