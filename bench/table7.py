@@ -239,7 +239,8 @@ def run(args, env):
                      'Median of %d iterations per row after %d warm-up, the rows of a '
                      '(dim, batch) group taking turns (each model\'s graph released, '
                      'untimed, after its iteration; all times in ours_ms_all). '
-                     '"dim. 196" is DenseNet with 5 layers per block (19 layers; the paper says 20), "448" DenseNet-40. The '
+                     '"dim. 196" is DenseNet with 5 layers per block (19 layers; the '
+                     'paper says 20), "448" DenseNet-40. The '
                      "paper's numbers are from a Titan X (Pascal) GPU: compare the MN/BN "
                      'ratios, not the absolute rates.'
                      % (EM_ITERS, bn_impl, iters, warmup)
