@@ -292,9 +292,11 @@ def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False
     indices = [xp.full((1,), first, dtype=xp.int64)] if want_indices else None
     closest = _distances(frame, _centre_coef(frame, xp.asarray(numpy.array([first]))))[0]
     labels = xp.zeros((n,), dtype=xp.int64)
+    # all rounds' uniform draws in one copy (the same stream as one draw per round)
+    draws = xp.asarray(rs.random((n_components - 1, n_local_trials)))
     for k in range(1, n_components):
         cum = xp.cumsum(closest, dtype=xp.float64)
-        cand = kernels.sample_candidates(cum, xp.asarray(rs.random(n_local_trials)))
+        cand = kernels.sample_candidates(cum, draws[k - 1])
         # (trials, n) squared distances; kpp_update clips them at 0
         dist = _distance_product(frame, _centre_coef(frame, cand))
         pot = xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64)
