@@ -20,6 +20,9 @@ Implementation notes
   tensor is ever formed.  ``y = x * (a P) nu^T + (a Q) nu^T`` with
   ``P = S = 1 / sqrt(var + eps)``, ``Q = -mu P`` (C, K), ``a = 1 / sqrt(lambda)``.
   ``[x; x^2]`` and ``[gy; gy x]`` are stacked so one product gives both moments.
+  The output and the input gradient are each one pass of
+  :func:`mixnorm.kernels.combine` (a fused kernel on the GPU, its blocked twin
+  on the CPU); the per-component rectifier of Eq. 40 loops over k instead.
 * The (C, K) arithmetic between the passes (Eq. 35-36, the affine, the
   gradient's chain rule) runs on the host in float64: one device-to-host copy
   of the moments and one copy of the coefficients back per pass.  On the GPU
