@@ -27,6 +27,7 @@ import types
 import numpy
 
 import mixnorm  # noqa: F401  (NumPy-2 shim before chainer)
+from mixnorm import _arrays
 from mixnorm import functions as _functions
 from mixnorm import gmm as _gmm
 from mixnorm import kernels as _kernels
@@ -267,8 +268,8 @@ def to_device(a):
 def counting():
     """Route mixnorm's array-module lookups to the counting stand-in."""
     backend_shim = types.SimpleNamespace(get_array_module=_get_array_module)
-    patches = [(_gmm, 'get_array_module', _get_array_module), (_gmm, '_to_host', _to_host),
-               (_functions, 'backend', backend_shim), (_functions, '_to_host', _to_host),
+    patches = [(_gmm, 'get_array_module', _get_array_module), (_arrays, 'to_host', _to_host),
+               (_functions, 'backend', backend_shim),
                (_links, 'backend', backend_shim),
                (_kernels, 'log_softmax_columns', _log_softmax_columns),
                (_kernels, 'kpp_update', _kpp_update), (_kernels, 'combine', _combine),

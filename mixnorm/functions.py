@@ -61,6 +61,7 @@ import chainer
 from chainer import backend
 from chainer import function_node
 
+from mixnorm import _arrays
 from mixnorm import kernels
 
 __all__ = [
@@ -182,35 +183,6 @@ def _with_ones_column(xp, r):
     r1[:, :k] = r
     r1[:, k] = 1
     return r1
-
-
-def _to_host(a):
-    return a.get() if not isinstance(a, numpy.ndarray) and hasattr(a, 'get') \
-        else numpy.asarray(a)
-
-
-def _fetch(xp, arrays, ct):
-    """Small device arrays as float64 NumPy arrays, in one device-to-host copy."""
-    flat = xp.concatenate([a.ravel().astype(ct, copy=False) for a in arrays])
-    flat = _to_host(flat).astype(numpy.float64)
-    out, i = [], 0
-    for a in arrays:
-        out.append(flat[i:i + a.size].reshape(a.shape))
-        i += a.size
-    return out
-
-
-def _send(xp, arrays, ct):
-    """Host arrays as device arrays of ``ct`` (views of one buffer: one copy)."""
-    if not arrays:
-        return []
-    flat = xp.asarray(numpy.concatenate([numpy.ravel(a) for a in arrays]).astype(ct))
-    out, i = [], 0
-    for a in arrays:
-        size = int(numpy.size(a))
-        out.append(flat[i:i + size].reshape(numpy.shape(a)))
-        i += size
-    return out
 
 
 def _affine_mode(gamma, beta, C, K, what='K'):
@@ -355,7 +327,7 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
 
         if self.stats is None:      # training: statistics from the batch
             xc, spare, small = _device_moments(xp, lay, x, r, ct)
-            host = _fetch(xp, small + params, ct)
+            host = _arrays.fetch(xp, small + params, ct)
             s, lam, muc, var_raw, var = _host_moments(host[0], host[1], lay.n, ct)
             self.finite = bool(numpy.isfinite(host[0]).all())
             c = host[2]
@@ -363,7 +335,7 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
             self._s, self._var_pos = s, var_raw > 0
             host_params = host[3:]
         else:                       # inference: constant statistics (Eq. 38)
-            host = _fetch(xp, list(self.stats) + params, ct)
+            host = _arrays.fetch(xp, list(self.stats) + params, ct)
             means, variances, a = host[:3]
             c = means.mean(axis=0)
             muc = means.T - c[:, None]
@@ -408,7 +380,7 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
             send.append(c)
         if self.keep_stats:
             send += self._stats_host()
-        dev = _send(xp, send, ct)
+        dev = _arrays.send(xp, send, ct)
         if self.stats is not None:
             xc = lay.to_cn(xp, x, ct, shift=dev[-1 - 3 * self.keep_stats])
             spare = None
@@ -418,11 +390,9 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
 
         if not self.relu:
             # y = sum_k a_k r_k (xc P_k + Q_k) + beta = xc * (aP) r^T + (aQ) r^T + beta,
-            # one fused pass (kernels.combine); the backward's product gets gbeta from
-            # a ones column of r
+            # one fused pass (kernels.combine)
             self._wp = dev[0]
             self._rT = xp.ascontiguousarray(r.T)
-            self._r1 = _with_ones_column(xp, r) if bc is not None else None
             y = kernels.combine(spare if spare is not None else lay.empty(xp, ct), xc,
                                 dev[0], self._rT, Cm=dev[1],
                                 beta=beta.astype(ct, copy=False) if bc is not None else None)
@@ -482,9 +452,10 @@ class _MixtureNormalizationGrad(function_node.FunctionNode):
 
         if not f.relu:
             # h_k = gy a_k r_k  =>  H0 = a (gy^T r), H1 = a ((gy xc)^T r): one product
-            # (with beta, the ones column of r1 gives gbeta = sum_i gy as well)
+            # (with beta, a ones column of r gives gbeta = sum_i gy as well)
             xp.multiply(g, xc, out=t)
-            G, = _fetch(xp, [xp.matmul(buf, r if f._r1 is None else f._r1)], ct)
+            G, = _arrays.fetch(xp, [xp.matmul(buf, _with_ones_column(xp, r)
+                                              if channel_beta else r)], ct)
             H0, H1 = G[:C, :K] * f._a, G[C:, :K] * f._a
             gbeta = G[:C, K] if channel_beta else None
             gx = None                               # one fused pass below
@@ -506,7 +477,7 @@ class _MixtureNormalizationGrad(function_node.FunctionNode):
                     t *= f._P[:, k:k + 1]
                     gx += t
             del mask, u
-            H = _fetch(xp, [H], ct)[0]
+            H = _arrays.fetch(xp, [H], ct)[0]
             H0, H1 = H[:C], H[C:]
             gbeta = H0.sum(axis=1) if channel_beta else None
 
@@ -535,7 +506,7 @@ class _MixtureNormalizationGrad(function_node.FunctionNode):
             dvar = dvar * f._var_pos
             dmu = dM - 2 * f._muc * dvar
             send += [2 * dvar / f._s, dmu / f._s]
-        dev = _send(xp, send, ct)
+        dev = _arrays.send(xp, send, ct)
         if not f.relu:
             # gx = gy * (a P) r^T [+ xc * (2 dvar / s) r^T + (dmu / s) r^T]
             stats = f.stats is None
@@ -699,6 +670,6 @@ def mixture_moments(x, resp):
     ct = _compute_dtype(xa.dtype)
     lay = _Layout(xa.shape)
     _, _, small = _device_moments(xp, lay, xa, ra.astype(ct, copy=False), ct)
-    M, s, c = _fetch(xp, small, ct)
+    M, s, c = _arrays.fetch(xp, small, ct)
     _, lam, muc, _, var = _host_moments(M, s, lay.n, ct)
-    return tuple(_send(xp, [lam, (muc + c[:, None]).T, var.T], ct))
+    return tuple(_arrays.send(xp, [lam, (muc + c[:, None]).T, var.T], ct))

@@ -49,7 +49,9 @@ from typing import NamedTuple
 
 import numpy
 
+from mixnorm import _arrays
 from mixnorm import kernels
+from mixnorm._arrays import get_array_module
 
 #: Rows used to estimate the shift and scale of the fitting frame.
 _FRAME_ROWS = 512
@@ -67,15 +69,6 @@ class GMM(NamedTuple):
     @property
     def n_components(self):
         return int(self.weights.shape[0])
-
-
-def get_array_module(x):
-    """``cupy`` for CuPy arrays, else ``numpy`` (no Chainer import needed)."""
-    mod = type(x).__module__
-    if mod.startswith('cupy'):
-        import cupy
-        return cupy
-    return numpy
 
 
 def split_em_iters(em_iters):
@@ -125,13 +118,6 @@ def _raise_not_finite(x, name='x'):
                      % (name, n_nan, n_inf, rows, x.shape[0]))
 
 
-# ------------------------------------------------------------------------ host/device
-
-def _to_host(a):
-    """A NumPy copy of a (small) array: one device-to-host copy for CuPy arrays."""
-    return a.get() if hasattr(a, 'get') and not isinstance(a, numpy.ndarray) else numpy.asarray(a)
-
-
 # ------------------------------------------------------------------------ fitting frame
 
 class _Frame(NamedTuple):
@@ -166,10 +152,9 @@ def _frame_for(x, eps, work):
     with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf are reported later
         shift = sub.mean(axis=0, dtype=xp.float64)
         spread = xp.square(sub - shift).mean()
-        stats = _to_host(xp.concatenate([shift, spread[None]]))
-        scale = math.sqrt(stats[d]) if numpy.isfinite(stats[d]) else 1.0
-        za = _augment(x, stats[:d], max(scale, math.sqrt(eps)), work)
-    return _Frame(za, stats[:d], max(scale, math.sqrt(eps)))
+        stats = _arrays.to_host(xp.concatenate([shift, spread[None]]))
+        scale = max(math.sqrt(stats[d]) if numpy.isfinite(stats[d]) else 1.0, math.sqrt(eps))
+        return _Frame(_augment(x, stats[:d], scale, work), stats[:d], scale)
 
 
 def _to_frame(gmm, frame):
@@ -185,10 +170,13 @@ def _from_frame(gmm, frame):
 
 def _on_device(gmm, xp, dtype):
     """A host GMM as arrays of ``dtype`` on the device of ``xp`` (one copy)."""
-    K, d = gmm.means.shape
-    flat = numpy.concatenate([gmm.weights, gmm.means.ravel(), gmm.variances.ravel()])
-    buf = xp.asarray(flat.astype(dtype))
-    return GMM(buf[:K], buf[K:K + K * d].reshape(K, d), buf[K + K * d:].reshape(K, d))
+    return GMM(*_arrays.send(xp, list(gmm), dtype))
+
+
+def _on_host(gmm):
+    """A GMM as float64 NumPy arrays (one copy from the device, in the GMM's dtype)."""
+    dtype = numpy.result_type(*[a.dtype for a in gmm])
+    return GMM(*_arrays.fetch(get_array_module(gmm.weights), list(gmm), dtype))
 
 
 # ------------------------------------------------------------------- matrix passes
@@ -262,7 +250,7 @@ def _e_step(frame, gmm):
 
 def _moments(frame, resp):
     """``resp @ za`` (K, 2d+2) on the host, float64: sums of r z^2, r z, r |z|^2, r."""
-    return _to_host(resp @ frame.za).astype(numpy.float64)
+    return _arrays.to_host(resp @ frame.za).astype(numpy.float64)
 
 
 def _m_step(moments, n, eps_z, tiny):
@@ -288,9 +276,9 @@ def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False
     """
     xp = get_array_module(frame.za)
     n = frame.za.shape[0]
-    first = int(rs.integers(0, n))
-    indices = [xp.full((1,), first, dtype=xp.int64)] if want_indices else None
-    closest = _distances(frame, _centre_coef(frame, xp.asarray(numpy.array([first]))))[0]
+    first = xp.asarray(numpy.array([rs.integers(0, n)], dtype=numpy.int64))
+    indices = [first] if want_indices else None
+    closest = _distances(frame, _centre_coef(frame, first))[0]
     labels = xp.zeros((n,), dtype=xp.int64)
     # all rounds' uniform draws in one copy (the same stream as one draw per round)
     draws = xp.asarray(rs.random((n_components - 1, n_local_trials)))
@@ -377,8 +365,7 @@ def prune(gmm, min_weight):
     the rest are sorted by decreasing weight and the heaviest is always kept.  Returns
     arrays on the device and in the dtype of ``gmm``."""
     xp = get_array_module(gmm.weights)
-    host = GMM(*[_to_host(a).astype(numpy.float64) for a in gmm])
-    return _on_device(_prune(host, min_weight), xp, gmm.weights.dtype)
+    return _on_device(_prune(_on_host(gmm), min_weight), xp, gmm.weights.dtype)
 
 
 def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
@@ -462,7 +449,7 @@ def _score_frame(x, gmm):
     (host float64) expressed in it, so that float32 scoring neither overflows nor
     cancels."""
     xp, work = _check_gmm(x, gmm)
-    host = GMM(*[_to_host(a).astype(numpy.float64) for a in gmm])
+    host = _on_host(gmm)
     shift = (host.weights[:, None] * host.means).sum(axis=0)
     scale = math.sqrt(float((host.variances + (host.means - shift) ** 2).max()))
     scale = scale if scale > 0 and math.isfinite(scale) else 1.0

@@ -12,11 +12,9 @@ through ``@``.
 """
 import numpy
 
+from mixnorm._arrays import get_array_module, is_cupy as _is_cupy
+
 _kernels = {}
-
-
-def _is_cupy(a):
-    return type(a).__module__.startswith('cupy')
 
 
 def log_softmax_columns_xp(logp):
@@ -24,7 +22,7 @@ def log_softmax_columns_xp(logp):
     log-sum-exp of each column of ``logp`` (K, n), i.e. posteriors and per-point
     log-likelihoods of a mixture.  Columns that are all ``-inf`` cannot occur in a fit
     (the heaviest component always has positive weight)."""
-    xp = numpy if not _is_cupy(logp) else __import__('cupy')
+    xp = get_array_module(logp)
     mx = logp.max(axis=0)
     resp = logp - mx[None, :]
     xp.exp(resp, out=resp)
@@ -57,7 +55,7 @@ def kpp_update_xp(dist, pot, closest, labels, k):
     nearest seed so far take label ``k`` and that distance (clipped at 0).  ``dist``
     (trials, n), ``pot`` (trials,), ``closest`` (n,), ``labels`` (n,) int64; returns the
     new ``(closest, labels)``."""
-    xp = numpy if not _is_cupy(dist) else __import__('cupy')
+    xp = get_array_module(dist)
     d = xp.maximum(dist[xp.argmin(pot)], 0)       # distances from a product: clip at 0
     closer = d < closest
     return xp.where(closer, d, closest), xp.where(closer, k, labels)
@@ -120,7 +118,7 @@ def combine_xp(out, u, A, rT, v=None, B=None, Cm=None, beta=None):
     Works through blocks of channels with two small temporaries (on the CPU they stay
     in cache, and no (C, n) temporary is allocated); beta rides on a ones row of rT.
     """
-    xp = numpy if not _is_cupy(out) else __import__('cupy')
+    xp = get_array_module(out)
     C, n = out.shape
     K = rT.shape[0]
     if beta is not None:
@@ -219,7 +217,7 @@ def augment_xp(x, shift, inv, za):
     ``inv`` in the dtype of ``za``).  Through a contiguous temporary in row blocks that
     stay in cache on the CPU (about twice as fast as whole-array passes there), one
     block elsewhere.  Returns ``za``."""
-    xp = numpy if not _is_cupy(za) else __import__('cupy')
+    xp = get_array_module(za)
     n, d = x.shape
     rows = n if xp is not numpy else max(1, _AUGMENT_BLOCK // d)
     tmp = xp.empty((min(rows, n), d), dtype=za.dtype)
@@ -290,7 +288,7 @@ def centre_coef_xp(za, rows):
     """Twin of the centre-coefficient kernel: for the points ``za[rows]`` (rows
     ``[c^2 | c | |c|^2 | 1]`` of the augmented frame, ``rows`` int64 indices) the
     distance coefficients ``[0 | -2c | 1 | |c|^2]`` (m, 2d+2)."""
-    xp = numpy if not _is_cupy(za) else __import__('cupy')
+    xp = get_array_module(za)
     perm, mult = _dist_template(xp, (za.shape[1] - 2) // 2, za.dtype)
     return za[rows][:, perm] * mult
 
@@ -335,7 +333,7 @@ def sample_candidates_xp(cum, u):
     with probability proportional to the increments of ``cum`` (n,), the running sum of
     squared distances, for uniform draws ``u`` (trials,) in [0, 1): the first index
     whose running sum exceeds ``u * cum[-1]``, clipped to n - 1."""
-    xp = numpy if not _is_cupy(cum) else __import__('cupy')
+    xp = get_array_module(cum)
     return xp.minimum(xp.searchsorted(cum, u * cum[-1], side='right'), cum.shape[0] - 1)
 
 
@@ -372,7 +370,7 @@ def sample_candidates(cum, u):
 def one_hot_xp(labels, n_components, dtype):
     """Twin of the one-hot kernel: hard responsibilities (K, n) of ``dtype`` for the
     partition ``labels`` (n,) int64."""
-    xp = numpy if not _is_cupy(labels) else __import__('cupy')
+    xp = get_array_module(labels)
     return (labels[None, :] == xp.arange(n_components)[:, None]).astype(dtype)
 
 
