@@ -149,7 +149,7 @@ def test_combine_source_runs_like_its_twin(dtype, rows, terms):
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(want, ref, rtol=tol, atol=tol)
     C, n = out.shape
-    st = lambda a: tuple(np.int64(s // a.itemsize) for s in a.strides)  # noqa: E731
+    st = kernels._elem_strides
     vv = kw.get('v', u)
     cuda_emulation.launch(
         kernels.kernel_source('combine', dtype), 'combine', (C * n + 255) // 256, 256,
@@ -193,7 +193,7 @@ def test_augment_source_runs_like_its_twin(dtype, transposed):
     za = np.full((n, 2 * d + 2), np.nan, dtype)
     cuda_emulation.launch(kernels.kernel_source('augment', dtype), 'augment',
                           (n * d + 255) // 256, 256,
-                          (x,) + tuple(np.int64(s // x.itemsize) for s in x.strides)
+                          (x,) + kernels._elem_strides(x)
                           + (shift, inv, np.int64(n), np.int64(d), za))
     za[:, 2 * d] = za[:, :d].sum(axis=1)            # the launcher's row sum
     tol = 1e-6 if dtype == np.float32 else 1e-13

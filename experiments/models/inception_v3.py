@@ -136,6 +136,12 @@ class _Module(chainer.ChainList):
         return ['%s/%d/%d/bn' % (prefix, b, p)
                 for b, positions in enumerate(self.last_units) for p in positions]
 
+    def _branches_and_pooled_branch(self, x):
+        """Every branch on ``x`` except the last, which runs on the 3x3 average pool
+        of ``x`` (Inception-A and -B), concatenated along channels."""
+        *branches, pooled = self
+        return F.concat([_chain(b, x) for b in branches] + [_chain(pooled, _avg_pool(x))])
+
 
 class InceptionA(_Module):
     """Mixed_5b/c/d: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1."""
@@ -151,9 +157,7 @@ class InceptionA(_Module):
         self.out_channels = 64 + 64 + 96 + pool_features
 
     def forward(self, x):
-        b0, b1, b2, b3 = self
-        return F.concat([_chain(b0, x), _chain(b1, x), _chain(b2, x),
-                         _chain(b3, _avg_pool(x))])
+        return self._branches_and_pooled_branch(x)
 
 
 class ReductionA(_Module):
@@ -188,9 +192,7 @@ class InceptionB(_Module):
         self.out_channels = 768
 
     def forward(self, x):
-        b0, b1, b2, b3 = self
-        return F.concat([_chain(b0, x), _chain(b1, x), _chain(b2, x),
-                         _chain(b3, _avg_pool(x))])
+        return self._branches_and_pooled_branch(x)
 
 
 class ReductionB(_Module):
