@@ -42,7 +42,9 @@ def count(shape, K):
         warm.backward()
         if K > 1:
             pts = mn._points(x)
-            fit = _opcount.tally(lambda: mn._fit(pts))
+            fit = _opcount.tally(lambda: mixnorm.fit_gmm(
+                pts, K, mn.kmeans_iters, mn.gmm_em_iters, min_weight=mn.min_weight,
+                min_count=mn.min_count, eps=mn.eps, seed=0, return_responsibilities=True))
         else:
             fit = {'launch': 0, 'h2d': 0, 'd2h': 0}
         state = {}

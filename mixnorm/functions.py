@@ -55,6 +55,8 @@ before the rectifier (see its docstring).
 """
 import mixnorm._compat  # noqa: F401  (must run before ``import chainer``)
 
+from typing import NamedTuple
+
 import numpy
 
 import chainer
@@ -62,14 +64,17 @@ from chainer import backend
 from chainer import function_node
 
 from mixnorm import _arrays
+from mixnorm import gmm as _gmm
 from mixnorm import kernels
 
 __all__ = [
+    'BatchStats',
     'mixture_normalization',
     'mixture_normalization_relu',
-    'normalize_with_components',
+    'fixed_mixture_normalization',
     'mixture_moments',
     'MixtureNormalizationFunction',
+    'FixedMixtureNormalizationFunction',
 ]
 
 _NONE = 'none'
@@ -280,183 +285,284 @@ def _host_moments(M, s, n, ct):
 
 
 # --------------------------------------------------------------------------
+# the host coefficients of one forward: all that the backward needs
+# --------------------------------------------------------------------------
+
+class BatchStats(NamedTuple):
+    """Statistics of one training forward (Eq. 35-36), arrays on the device of ``x``
+    in the compute dtype: ``weights`` lambda (K,), ``means`` mu (K, C) and
+    ``variances`` sigma^2 (K, C), clamped at 0 and without eps."""
+    weights: object
+    means: object
+    variances: object
+
+
+class _Spec(NamedTuple):
+    """What a node computes: the affine mode, which parameters it has, Eq. 40 or not,
+    eps, and whether the statistics come from the batch (training) or are fixed."""
+    mode: str
+    has_gamma: bool
+    has_beta: bool
+    relu: bool
+    eps: float
+    train: bool
+
+
+class _Coefficients(NamedTuple):
+    """Host float64 coefficients of one forward (C channels, K components).
+
+    ``c`` (C,) is the shift the (C, n) passes subtract; ``muc = mu - c`` and
+    ``mc = muc`` (+ beta_k for the component affine) are (C, K); ``S`` (C, K) is
+    1 / sqrt(var (* gamma_k) + eps) (Eq. 35, 37); ``a`` (K,) the per-component factor
+    (1 / sqrt(lambda_k) of Eq. 34, or the given scale); ``gc`` (C,) the channel gamma
+    and ``gk`` (C, K) the component gamma, or None.  Training adds ``s`` (K,) the
+    floored column sums of resp and ``var_pos`` (C, K), where var_raw > 0.
+    """
+    a: object
+    S: object
+    mc: object
+    muc: object
+    var: object
+    c: object
+    gc: object = None
+    gk: object = None
+    s: object = None
+    var_pos: object = None
+
+
+class _DeviceState(NamedTuple):
+    """Device arrays the backward reuses: the (C, K) weight of x in the output ``wp``
+    and ``rT`` = resp^T (K, n) for the fused pass; for Eq. 40 ``P``, ``Q`` (C, K) and
+    ``rTa`` = a_k resp^T (K, n)."""
+    wp: object = None
+    rT: object = None
+    P: object = None
+    Q: object = None
+    rTa: object = None
+
+
+def _split(inputs, spec):
+    it = iter(inputs[1:])
+    gamma = next(it) if spec.has_gamma else None
+    beta = next(it) if spec.has_beta else None
+    return inputs[0], gamma, beta
+
+
+def _coefficients(spec, muc, var, a, c, gh, bh, s=None, var_pos=None, check=True):
+    """Eq. 35 and 37 on the host: the normalizer and centre of every component."""
+    if spec.mode == _COMPONENT:
+        gk = gh.T if gh is not None else numpy.ones_like(var)
+        denom = gk * var + spec.eps
+        mc = muc + bh.T if bh is not None else muc
+    else:
+        gk = None
+        denom = var + spec.eps
+        mc = muc
+    if check and not bool((denom > 0).all()):
+        raise ValueError(
+            'non-positive normalizer: {} + eps must be > 0 for every component and '
+            'channel (min {})'.format(
+                'gamma_k * var_k' if spec.mode == _COMPONENT else 'var',
+                float(numpy.min(denom))))
+    gc = gh if spec.mode == _CHANNEL else None
+    return _Coefficients(a, 1 / numpy.sqrt(denom), mc, muc, var, c, gc, gk, s, var_pos)
+
+
+def _raise_non_finite_moments(x, ct):
+    """The batch moments are not finite: NaN/Inf in ``x``, or finite values whose
+    squares overflow the compute dtype."""
+    xp = backend.get_array_module(x)
+    _gmm.check_finite(x.reshape(x.shape[0], -1), name='the input')
+    raise ValueError(
+        'the input is finite but its second moments overflow {} (max |x| = {:g}): '
+        'rescale the activations or compute in float64'.format(
+            numpy.dtype(ct).name, float(xp.abs(x).max())))
+
+
+def _normalize(xp, spec, lay, x, xc, spare, coef, r, beta, bh, ct, extra=()):
+    """The normalizing pass: y (x-shaped), the device state for the backward, the
+    device copies of ``extra`` host arrays (sent with the coefficients in one copy)
+    and ``xc`` (computed here from the sent shift when None).  ``beta``/``bh``: the
+    beta parameter on the device and on the host."""
+    S, mc, a = coef.S, coef.mc, coef.a
+    # term_k = xc * P_k + Q_k: the standardization of component k with the affine
+    # applied; the channel beta is added once (after the sum over k), except under
+    # the per-component rectifier (Eq. 40), where it enters Q_k
+    P = S * coef.gc[:, None] if coef.gc is not None else S
+    Q = -mc * P
+    bc = beta is not None and spec.mode == _CHANNEL
+    if spec.relu:
+        send = [P, Q + bh[:, None] if bc else Q, a]
+    else:
+        send = [P * a, Q * a]
+    need_xc = xc is None
+    dev = _arrays.send(xp, send + ([coef.c] if need_xc else []) + list(extra), ct)
+    n_send = len(send)
+    if need_xc:
+        xc = lay.to_cn(xp, x, ct, shift=dev[n_send])
+        n_send += 1
+    extra_dev = dev[n_send:]
+
+    if not spec.relu:
+        # y = sum_k a_k r_k (xc P_k + Q_k) + beta = xc * (aP) r^T + (aQ) r^T + beta,
+        # one fused pass (kernels.combine)
+        rT = xp.ascontiguousarray(r.T)
+        y = kernels.combine(spare if spare is not None else lay.empty(xp, ct), xc,
+                            dev[0], rT, Cm=dev[1],
+                            beta=beta.astype(ct, copy=False) if bc else None)
+        return lay.output(xp, y, x.dtype), _DeviceState(wp=dev[0], rT=rT), extra_dev, xc
+
+    # Eq. 40: y = sum_k a_k r_k ReLU(term_k), one (C, n) pass set per k
+    state = _DeviceState(P=dev[0], Q=dev[1],
+                         rTa=xp.ascontiguousarray(r.T) * dev[2][:, None])
+    y = lay.empty(xp, ct)
+    t = spare if spare is not None else (lay.empty(xp, ct) if r.shape[1] > 1 else None)
+    for k in range(r.shape[1]):
+        buf = y if k == 0 else t
+        _term(xp, state, xc, k, buf)
+        xp.maximum(buf, 0, out=buf)
+        buf *= state.rTa[k][None, :]
+        if k > 0:
+            y += buf
+    return lay.output(xp, y, x.dtype, spare=t), state, extra_dev, xc
+
+
+def _term(xp, state, xc, k, out):
+    """(C, n) pre-activation of component k (affine applied) into ``out``."""
+    xp.multiply(xc, state.P[:, k:k + 1], out=out)
+    out += state.Q[:, k:k + 1]
+    return out
+
+
+# --------------------------------------------------------------------------
 # function nodes
 # --------------------------------------------------------------------------
 
 class MixtureNormalizationFunction(function_node.FunctionNode):
-    """Mixture normalization (Eq. 34-37, 40) or its inference form (Eq. 38).
+    """Mixture normalization with the batch's statistics (training; Eq. 34-37, and
+    Eq. 40 with ``relu``).
 
-    Inputs: ``x`` then ``gamma`` (if given) then ``beta`` (if given).
-    ``resp`` and, for the inference form, ``stats = (means, variances, scale)``
-    are constants held by the node.  ``relu=True`` applies the rectifier per
-    component (Eq. 40).  Use the module-level functions rather than this class.
-
-    The (C, n) passes (shift, squares, matrix products with ``resp``, the output)
-    run on the device of ``x``; the (C, K) arithmetic between them runs on the
-    host in float64, fed by one device-to-host copy and answered by one copy
-    back per pass (on the GPU this replaces a few dozen tiny kernel launches).
+    Inputs: ``x`` then ``gamma`` (if given) then ``beta`` (if given); ``resp`` is a
+    constant.  After the forward, ``stats`` holds the :class:`BatchStats` used.
+    The (C, n) passes (shift, squares, products with ``resp``, the output) run on the
+    device of ``x``; the (C, K) arithmetic between them runs on the host in float64,
+    fed by one device-to-host copy and answered by one copy back.
     """
 
-    def __init__(self, resp, mode, has_gamma, has_beta, eps=2e-5,
-                 lambda_scaling=True, relu=False, stats=None, keep_stats=False):
+    def __init__(self, resp, mode, has_gamma, has_beta, eps=2e-5, lambda_scaling=True,
+                 relu=False):
         self.resp = resp
-        self.mode = mode
-        self.has_gamma = has_gamma
-        self.has_beta = has_beta
-        self.eps = float(eps)
+        self.spec = _Spec(mode, bool(has_gamma), bool(has_beta), bool(relu), float(eps),
+                          True)
         self.lambda_scaling = lambda_scaling
-        self.relu = relu
-        self.stats = stats
-        self.keep_stats = keep_stats
-
-    def _split(self, inputs):
-        it = iter(inputs[1:])
-        gamma = next(it) if self.has_gamma else None
-        beta = next(it) if self.has_beta else None
-        return inputs[0], gamma, beta
+        self.stats = None
 
     def forward(self, inputs):
-        x, gamma, beta = self._split(inputs)
+        spec = self.spec
+        x, gamma, beta = _split(inputs, spec)
         xp = backend.get_array_module(x)
         ct = _compute_dtype(x.dtype)
         lay = _Layout(x.shape)
         r = self.resp.astype(ct, copy=False)
-        self._dtypes = tuple(a.dtype for a in inputs)
-        self._lay, self._ct, self._r = lay, ct, r
         params = [p for p in (gamma, beta) if p is not None]
 
-        if self.stats is None:      # training: statistics from the batch
-            xc, spare, small = _device_moments(xp, lay, x, r, ct)
-            host = _arrays.fetch(xp, small + params, ct)
-            s, lam, muc, var_raw, var = _host_moments(host[0], host[1], lay.n, ct)
-            self.finite = bool(numpy.isfinite(host[0]).all())
-            c = host[2]
-            a = 1 / numpy.sqrt(lam) if self.lambda_scaling else numpy.ones_like(lam)
-            self._s, self._var_pos = s, var_raw > 0
-            host_params = host[3:]
-        else:                       # inference: constant statistics (Eq. 38)
-            host = _arrays.fetch(xp, list(self.stats) + params, ct)
-            means, variances, a = host[:3]
-            c = means.mean(axis=0)
-            muc = means.T - c[:, None]
-            var = variances.T
-            lam = None
-            host_params = host[3:]
-        it = iter(host_params)
-        gh = next(it) if gamma is not None else None
-        bh = next(it) if beta is not None else None
-
-        gc = gh if self.mode == _CHANNEL else None
-        bc = bh if self.mode == _CHANNEL else None
-        if self.mode == _COMPONENT:
-            gk = gh.T if gh is not None else numpy.ones_like(var)
-            denom = gk * var + self.eps
-            mc = muc + bh.T if bh is not None else muc
-        else:
-            gk = None
-            denom = var + self.eps
-            mc = muc
-        if (self.mode == _COMPONENT or self.stats is not None) and \
-                not bool((denom > 0).all()):
-            raise ValueError(
-                'non-positive normalizer: {} + eps must be > 0 for every '
-                'component and channel (min {})'.format(
-                    'gamma_k * var_k' if self.mode == _COMPONENT else 'var',
-                    float(numpy.min(denom))))
-        S = 1 / numpy.sqrt(denom)                   # (C, K)
-        self._a, self._S, self._mc, self._muc = a, S, mc, muc
-        self._var, self._gc, self._gk, self._lam, self._c = var, gc, gk, lam, c
-
-        # term_k = xc * P_k + Q_k: the standardization of component k with the
-        # affine applied; the channel beta is added once (after the sum over k)
-        # except under the per-component rectifier (Eq. 40), where it enters Q_k
-        P = S * gc[:, None] if gc is not None else S
-        Q = -mc * P
-        if self.relu:
-            send = [P, Q + bc[:, None] if bc is not None else Q, a]
-        else:
-            send = [P * a, Q * a]
-        if self.stats is not None:
-            send.append(c)
-        if self.keep_stats:
-            send += self._stats_host()
-        dev = _arrays.send(xp, send, ct)
-        if self.stats is not None:
-            xc = lay.to_cn(xp, x, ct, shift=dev[-1 - 3 * self.keep_stats])
-            spare = None
-        if self.keep_stats:
-            self._stats_dev = tuple(dev[-3:])
-        self._xc = xc
-
-        if not self.relu:
-            # y = sum_k a_k r_k (xc P_k + Q_k) + beta = xc * (aP) r^T + (aQ) r^T + beta,
-            # one fused pass (kernels.combine)
-            self._wp = dev[0]
-            self._rT = xp.ascontiguousarray(r.T)
-            y = kernels.combine(spare if spare is not None else lay.empty(xp, ct), xc,
-                                dev[0], self._rT, Cm=dev[1],
-                                beta=beta.astype(ct, copy=False) if bc is not None else None)
-            return lay.output(xp, y, x.dtype),
-
-        # Eq. 40: y = sum_k a_k r_k ReLU(term_k), one (C, n) pass set per k
-        self._P, self._Q = dev[0], dev[1]
-        self._rTa = rTa = xp.ascontiguousarray(r.T) * dev[2][:, None]   # (K, n)
-        y = lay.empty(xp, ct)
-        t = spare if spare is not None else (lay.empty(xp, ct) if r.shape[1] > 1 else None)
-        for k in range(r.shape[1]):
-            buf = y if k == 0 else t
-            self._term(xp, k, buf)
-            xp.maximum(buf, 0, out=buf)
-            buf *= rTa[k][None, :]
-            if k > 0:
-                y += buf
-        return lay.output(xp, y, x.dtype, spare=t),
-
-    def _term(self, xp, k, out):
-        """(C, n) pre-activation of component k (affine applied) into ``out``."""
-        xp.multiply(self._xc, self._P[:, k:k + 1], out=out)
-        out += self._Q[:, k:k + 1]
-        return out
-
-    def _stats_host(self):
-        mu = self._muc + self._c[:, None]
-        return [self._lam, mu.T, self._var.T]
-
-    def batch_stats(self):
-        """``(lam (K,), mu (K, C), var (K, C))`` of the last training forward,
-        arrays on the device of ``x`` in the compute dtype (float32 for float16
-        input); ``var`` is clamped at 0 and excludes eps.  Needs ``keep_stats``."""
-        return self._stats_dev
+        xc, spare, small = _device_moments(xp, lay, x, r, ct)
+        host = _arrays.fetch(xp, small + params, ct)
+        M, colsum, c = host[:3]
+        if not numpy.isfinite(M).all():         # known on the host: no extra sync
+            _raise_non_finite_moments(x, ct)
+        s, lam, muc, var_raw, var = _host_moments(M, colsum, lay.n, ct)
+        a = 1 / numpy.sqrt(lam) if self.lambda_scaling else numpy.ones_like(lam)
+        gh, bh = _host_params(spec, host[3:])
+        coef = _coefficients(spec, muc, var, a, c, gh, bh, s=s, var_pos=var_raw > 0,
+                             check=spec.mode == _COMPONENT)
+        y, state, stats, _ = _normalize(xp, spec, lay, x, xc, spare, coef, r, beta, bh,
+                                        ct, extra=[lam, (muc + c[:, None]).T, var.T])
+        self.stats = BatchStats(*stats)
+        self._saved = (lay, coef, state, xc, r, tuple(a.dtype for a in inputs))
+        return y,
 
     def backward(self, indexes, grad_outputs):
-        grads = _MixtureNormalizationGrad(self).apply(grad_outputs)
+        grads = MixtureNormalizationGrad(self.spec, *self._saved).apply(grad_outputs)
         return tuple(grads[i] for i in indexes)
 
 
-class _MixtureNormalizationGrad(function_node.FunctionNode):
-    """Analytic first-order gradient of :class:`MixtureNormalizationFunction`."""
+class FixedMixtureNormalizationFunction(function_node.FunctionNode):
+    """Mixture normalization with constant component statistics (inference, Eq. 38).
 
-    def __init__(self, fwd):
-        self.f = fwd
+    Inputs: ``x`` then ``gamma`` (if given) then ``beta`` (if given); ``resp``,
+    ``means``, ``variances`` and ``scale`` are constants.
+    """
+
+    def __init__(self, resp, means, variances, scale, mode, has_gamma, has_beta,
+                 eps=2e-5):
+        self.resp = resp
+        self.constants = (means, variances, scale)
+        self.spec = _Spec(mode, bool(has_gamma), bool(has_beta), False, float(eps), False)
+
+    def forward(self, inputs):
+        spec = self.spec
+        x, gamma, beta = _split(inputs, spec)
+        xp = backend.get_array_module(x)
+        ct = _compute_dtype(x.dtype)
+        lay = _Layout(x.shape)
+        r = self.resp.astype(ct, copy=False)
+        params = [p for p in (gamma, beta) if p is not None]
+        host = _arrays.fetch(xp, list(self.constants) + params, ct)
+        means, variances, a = host[:3]
+        c = means.mean(axis=0)
+        gh, bh = _host_params(spec, host[3:])
+        coef = _coefficients(spec, means.T - c[:, None], variances.T, a, c, gh, bh)
+        y, state, _, xc = _normalize(xp, spec, lay, x, None, None, coef, r, beta, bh, ct)
+        self._saved = (lay, coef, state, xc, r, tuple(a.dtype for a in inputs))
+        return y,
+
+    def backward(self, indexes, grad_outputs):
+        grads = MixtureNormalizationGrad(self.spec, *self._saved).apply(grad_outputs)
+        return tuple(grads[i] for i in indexes)
+
+
+def _host_params(spec, host):
+    """(gamma, beta) host float64 arrays (None where absent) from those fetched."""
+    it = iter(host)
+    gh = next(it) if spec.has_gamma else None
+    bh = next(it) if spec.has_beta else None
+    return gh, bh
+
+
+class MixtureNormalizationGrad(function_node.FunctionNode):
+    """Analytic first-order gradient of both mixture-normalization nodes.
+
+    Explicit arguments: the node's :class:`_Spec`, the layout of ``x``, the host
+    :class:`_Coefficients` and device :class:`_DeviceState` of its forward, the
+    shifted input ``xc`` (C, n) it kept, ``resp`` and the input dtypes.  Through
+    mu = nu_hat^T x and var = nu_hat^T x^2 - mu^2 when the statistics came from the
+    batch (training).
+    """
+
+    def __init__(self, spec, lay, coef, state, xc, r, dtypes):
+        self.spec, self.lay, self.coef, self.state = spec, lay, coef, state
+        self.xc, self.r, self.dtypes = xc, r, dtypes
 
     def forward(self, inputs):
         gy, = inputs
-        f = self.f
+        spec, lay, coef, st, xc, r = self.spec, self.lay, self.coef, self.state, \
+            self.xc, self.r
         xp = backend.get_array_module(gy)
-        lay, ct, r, xc = f._lay, f._ct, f._r, f._xc
+        ct = xc.dtype
         C, K = lay.C, r.shape[1]
-        channel_beta = f.mode == _CHANNEL and f.has_beta
+        channel_beta = spec.mode == _CHANNEL and spec.has_beta
         buf = lay.empty(xp, ct, 2)
         g, t = buf[:C], buf[C:]
         lay.to_cn(xp, gy, ct, out=g)
 
-        if not f.relu:
+        if not spec.relu:
             # h_k = gy a_k r_k  =>  H0 = a (gy^T r), H1 = a ((gy xc)^T r): one product
             # (with beta, a ones column of r gives gbeta = sum_i gy as well)
             xp.multiply(g, xc, out=t)
             G, = _arrays.fetch(xp, [xp.matmul(buf, _with_ones_column(xp, r)
                                               if channel_beta else r)], ct)
-            H0, H1 = G[:C, :K] * f._a, G[C:, :K] * f._a
+            H0, H1 = G[:C, :K] * coef.a, G[C:, :K] * coef.a
             gbeta = G[:C, K] if channel_beta else None
             gx = None                               # one fused pass below
         else:
@@ -465,63 +571,62 @@ class _MixtureNormalizationGrad(function_node.FunctionNode):
             u = lay.empty(xp, ct)
             mask = lay.empty(xp, numpy.bool_)
             for k in range(K):
-                xp.greater(f._term(xp, k, t), 0, out=mask)
+                xp.greater(_term(xp, st, xc, k, t), 0, out=mask)
                 xp.multiply(g, mask, out=t)
-                t *= f._rTa[k][None, :]              # h_k
+                t *= st.rTa[k][None, :]              # h_k
                 H[:C, k] = t.sum(axis=1)
                 xp.multiply(t, xc, out=u)
                 H[C:, k] = u.sum(axis=1)
                 if k == 0:
-                    xp.multiply(t, f._P[:, k:k + 1], out=gx)
+                    xp.multiply(t, st.P[:, k:k + 1], out=gx)
                 else:
-                    t *= f._P[:, k:k + 1]
+                    t *= st.P[:, k:k + 1]
                     gx += t
             del mask, u
             H = _arrays.fetch(xp, [H], ct)[0]
             H0, H1 = H[:C], H[C:]
             gbeta = H0.sum(axis=1) if channel_beta else None
 
-        S, mc = f._S, f._mc
+        S, mc = coef.S, coef.mc
         D = H1 - mc * H0                            # sum_i h_k (xc - mc_k)
         ggamma = None
         dS, dM = D, -(S * H0)
-        if f.mode == _CHANNEL:
-            if f.has_gamma:
-                ggamma = (S * D).sum(axis=1)
-                dS = D * f._gc[:, None]
-                dM = dM * f._gc[:, None]
+        if spec.mode == _CHANNEL and spec.has_gamma:
+            ggamma = (S * D).sum(axis=1)
+            dS = D * coef.gc[:, None]
+            dM = dM * coef.gc[:, None]
         S3 = S * S * S
-        if f.mode == _COMPONENT:
-            if f.has_gamma:
-                ggamma = (-0.5 * dS * f._var * S3).T
-            if f.has_beta:
+        if spec.mode == _COMPONENT:
+            if spec.has_gamma:
+                ggamma = (-0.5 * dS * coef.var * S3).T
+            if spec.has_beta:
                 gbeta = dM.T
-            dvar = -0.5 * dS * f._gk * S3
+            dvar = -0.5 * dS * coef.gk * S3
         else:
             dvar = -0.5 * dS * S3
 
         send = [g for g in (ggamma, gbeta) if g is not None]
-        if f.stats is None:
+        if spec.train:
             # through mu = nu_hat^T xc and var = nu_hat^T xc^2 - mu^2
-            dvar = dvar * f._var_pos
-            dmu = dM - 2 * f._muc * dvar
-            send += [2 * dvar / f._s, dmu / f._s]
+            dvar = dvar * coef.var_pos
+            dmu = dM - 2 * coef.muc * dvar
+            send += [2 * dvar / coef.s, dmu / coef.s]
         dev = _arrays.send(xp, send, ct)
-        if not f.relu:
+        if not spec.relu:
             # gx = gy * (a P) r^T [+ xc * (2 dvar / s) r^T + (dmu / s) r^T]
-            stats = f.stats is None
-            gx = kernels.combine(t, g, f._wp, f._rT, v=xc if stats else None,
-                                 B=dev[-2] if stats else None, Cm=dev[-1] if stats else None)
+            gx = kernels.combine(t, g, st.wp, st.rT, v=xc if spec.train else None,
+                                 B=dev[-2] if spec.train else None,
+                                 Cm=dev[-1] if spec.train else None)
             spare = g
         else:
-            if f.stats is None:
+            if spec.train:
                 t = lay.expand(xp, dev[-2], r, out=t)
                 t *= xc
                 gx += t
                 gx += lay.expand(xp, dev[-1], r, out=t)
             spare = t
 
-        dtypes = f._dtypes
+        dtypes = self.dtypes
         outs = [lay.output(xp, gx, dtypes[0], spare=spare)]
         for i, grad in enumerate(dev[:len(dtypes) - 1]):
             outs.append(grad.astype(dtypes[i + 1], copy=False))
@@ -536,13 +641,22 @@ class _MixtureNormalizationGrad(function_node.FunctionNode):
 # public API
 # --------------------------------------------------------------------------
 
-def _prepare(x, gamma, beta, resp, fname):
+def _prepare(x, gamma, beta, resp, fname, what='K'):
     xa = _raw(x)
     ra = _raw(resp)
     _check_x_resp(xa, ra, fname)
-    mode = _affine_mode(_raw(gamma), _raw(beta), xa.shape[1], ra.shape[1])
+    mode = _affine_mode(_raw(gamma), _raw(beta), xa.shape[1], ra.shape[1], what)
     params = [p for p in (gamma, beta) if p is not None]
     return xa, ra, mode, params
+
+
+def _train(x, gamma, beta, resp, eps, lambda_scaling, relu, return_stats, fname):
+    _check_eps(eps)
+    xa, ra, mode, params = _prepare(x, gamma, beta, resp, fname)
+    node = MixtureNormalizationFunction(ra, mode, gamma is not None, beta is not None,
+                                        eps, lambda_scaling, relu=relu)
+    y, = node.apply([x] + params)
+    return (y, node.stats) if return_stats else y
 
 
 def mixture_normalization(x, gamma, beta, resp, eps=2e-5, lambda_scaling=True,
@@ -560,28 +674,21 @@ def mixture_normalization(x, gamma, beta, resp, eps=2e-5, lambda_scaling=True,
         eps: added to the (scaled) variances.
         lambda_scaling: multiply component k by ``1 / sqrt(lambda_k)`` (Eq. 34);
             False drops that factor.
-        return_stats: also return the batch statistics used.
+        return_stats: also return the :class:`BatchStats` used.
 
     Returns:
         Variable of x's shape and dtype; with ``return_stats`` a tuple
-        ``(y, (lam, mu, var))`` of arrays (K,), (K, C), (K, C) in the compute
-        dtype (``var`` clamped at 0, without eps), as :func:`mixture_moments`.
-        Gradients flow to x (also through mu_k and var_k), gamma and beta.
-        The node keeps one (n, C) buffer of the compute dtype for backward.
+        ``(y, BatchStats(weights, means, variances))`` of arrays (K,), (K, C),
+        (K, C) in the compute dtype (``variances`` clamped at 0, without eps),
+        as :func:`mixture_moments` gives them.  Gradients flow to x (also
+        through mu_k and var_k), gamma and beta.  The node keeps one (n, C)
+        buffer of the compute dtype for backward.
+
+    Raises ``ValueError`` when the batch moments are not finite (NaN/Inf input,
+    or finite input whose squares overflow the compute dtype), saying which.
     """
-    y, node = _apply_training(x, gamma, beta, resp, eps, lambda_scaling, return_stats)
-    return (y, node.batch_stats()) if return_stats else y
-
-
-def _apply_training(x, gamma, beta, resp, eps, lambda_scaling, keep_stats):
-    """:func:`mixture_normalization`, returning the output and the node (whose
-    ``finite`` says whether the batch moments were finite, known on the host)."""
-    _check_eps(eps)
-    xa, ra, mode, params = _prepare(x, gamma, beta, resp, 'mixture_normalization')
-    node = MixtureNormalizationFunction(ra, mode, gamma is not None, beta is not None,
-                                        eps, lambda_scaling, keep_stats=keep_stats)
-    y, = node.apply([x] + params)
-    return y, node
+    return _train(x, gamma, beta, resp, eps, lambda_scaling, False, return_stats,
+                  'mixture_normalization')
 
 
 def mixture_normalization_relu(x, gamma, beta, resp, eps=2e-5, lambda_scaling=True,
@@ -598,16 +705,12 @@ def mixture_normalization_relu(x, gamma, beta, resp, eps=2e-5, lambda_scaling=Tr
     With one-hot ``resp`` this equals ``ReLU(mixture_normalization(...))``
     (Eq. 41).  Arguments and ``return_stats`` as in :func:`mixture_normalization`.
     """
-    _check_eps(eps)
-    xa, ra, mode, params = _prepare(x, gamma, beta, resp, 'mixture_normalization_relu')
-    node = MixtureNormalizationFunction(ra, mode, gamma is not None, beta is not None,
-                                        eps, lambda_scaling, relu=True,
-                                        keep_stats=return_stats)
-    y, = node.apply([x] + params)
-    return (y, node.batch_stats()) if return_stats else y
+    return _train(x, gamma, beta, resp, eps, lambda_scaling, True, return_stats,
+                  'mixture_normalization_relu')
 
 
-def normalize_with_components(x, gamma, beta, resp, means, variances, scale, eps=2e-5):
+def fixed_mixture_normalization(x, gamma, beta, resp, means, variances, scale,
+                                eps=2e-5):
     """Mixture normalization with constant component statistics (inference, Eq. 38).
 
     ``y_i = sum_m resp_im * scale_m * (x_i - means_m) / sqrt(variances_m + eps)``
@@ -629,10 +732,8 @@ def normalize_with_components(x, gamma, beta, resp, means, variances, scale, eps
     not positive.
     """
     _check_eps(eps)
-    fname = 'normalize_with_components'
-    xa = _raw(x)
-    ra = _raw(resp)
-    _check_x_resp(xa, ra, fname)
+    fname = 'fixed_mixture_normalization'
+    xa, ra, mode, params = _prepare(x, gamma, beta, resp, fname, 'M')
     C, M = xa.shape[1], ra.shape[1]
     means, variances, scale = _raw(means), _raw(variances), _raw(scale)
     for name, arr, shape in (('means', means, (M, C)), ('variances', variances, (M, C)),
@@ -643,10 +744,8 @@ def normalize_with_components(x, gamma, beta, resp, means, variances, scale, eps
                                                          tuple(arr.shape)))
         if backend.get_array_module(arr) is not backend.get_array_module(xa):
             raise ValueError('{}: {} must live on the same device as x'.format(fname, name))
-    mode = _affine_mode(_raw(gamma), _raw(beta), C, M, 'M')
-    params = [p for p in (gamma, beta) if p is not None]
-    node = MixtureNormalizationFunction(ra, mode, gamma is not None, beta is not None,
-                                        eps, stats=(means, variances, scale))
+    node = FixedMixtureNormalizationFunction(ra, means, variances, scale, mode,
+                                             gamma is not None, beta is not None, eps)
     y, = node.apply([x] + params)
     return y
 
@@ -659,9 +758,10 @@ def mixture_moments(x, resp):
         resp: (n, K) posteriors.
 
     Returns:
-        ``(lam, mu, var)`` arrays of shapes (K,), (K, C), (K, C) in the compute
-        dtype (float32 for float16 input): ``lam_k = mean_i resp_ik``,
-        ``mu = nu_hat^T x``, ``var = max(nu_hat^T x^2 - mu^2, 0)``.
+        :class:`BatchStats` ``(weights, means, variances)`` of shapes (K,), (K, C),
+        (K, C) in the compute dtype (float32 for float16 input):
+        ``lam_k = mean_i resp_ik``, ``mu = nu_hat^T x``,
+        ``var = max(nu_hat^T x^2 - mu^2, 0)``.
     """
     xa = _raw(x)
     ra = _raw(resp)
@@ -671,5 +771,7 @@ def mixture_moments(x, resp):
     lay = _Layout(xa.shape)
     _, _, small = _device_moments(xp, lay, xa, ra.astype(ct, copy=False), ct)
     M, s, c = _arrays.fetch(xp, small, ct)
+    if not numpy.isfinite(M).all():
+        _raise_non_finite_moments(xa, ct)
     _, lam, muc, _, var = _host_moments(M, s, lay.n, ct)
-    return tuple(_arrays.send(xp, [lam, (muc + c[:, None]).T, var.T], ct))
+    return BatchStats(*_arrays.send(xp, [lam, (muc + c[:, None]).T, var.T], ct))

@@ -57,6 +57,8 @@ from mixnorm._arrays import get_array_module
 _FRAME_ROWS = 512
 #: ``fit_fraction`` never subsamples below this many points per component.
 MIN_POINTS_PER_COMPONENT = 32
+#: Default minimum effective count (points) of a returned component.
+MIN_COUNT = 16
 
 
 class GMM(NamedTuple):
@@ -104,6 +106,13 @@ def _check_points(x, name='x'):
         raise TypeError('%s must be real-valued, got dtype %s' % (name, x.dtype))
     work = xp.float64 if x.dtype == xp.float64 or x.dtype.kind in 'iub' else xp.float32
     return xp, xp.dtype(work)
+
+
+def check_finite(x, name='x'):
+    """Raise ``ValueError`` with the NaN/Inf counts if ``x`` has any."""
+    xp = get_array_module(x)
+    if not bool(xp.isfinite(x).all()):
+        _raise_not_finite(x, name)
 
 
 def _raise_not_finite(x, name='x'):
@@ -369,7 +378,7 @@ def prune(gmm, min_weight):
 
 
 def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
-            fit_fraction=1.0, min_weight=0.01, eps=1e-5, seed=None,
+            fit_fraction=1.0, min_weight=0.01, min_count=MIN_COUNT, eps=1e-5, seed=None,
             return_responsibilities=False):
     """Fit a diagonal-covariance GMM to the rows of ``x`` (n, d) (paper Sec. 3.2).
 

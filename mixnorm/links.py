@@ -1,11 +1,16 @@
 """``MixtureNormalization``: the drop-in replacement for ``chainer.links.BatchNormalization``.
 
 The link holds the state (affine parameters, the inference queue, counters and their
-serialization); the math lives in :mod:`mixnorm.functions` and :mod:`mixnorm.gmm`, as
-Chainer splits ``links/normalization/batch_normalization.py`` from
-``functions/normalization/batch_normalization.py``.
+serialization) and calls the math through a small public interface:
+:func:`mixnorm.gmm.fit_gmm` and :func:`mixnorm.gmm.responsibilities` for the mixture,
+:func:`mixnorm.functions.mixture_normalization` (training, which returns the batch's
+:class:`~mixnorm.functions.BatchStats`) and
+:func:`mixnorm.functions.fixed_mixture_normalization` (inference), as Chainer splits
+``links/normalization/batch_normalization.py`` from its function nodes.
 """
 from mixnorm import _compat  # noqa: F401
+
+import numbers
 
 import numpy
 
@@ -18,64 +23,105 @@ from mixnorm import functions
 from mixnorm import gmm as _gmm
 
 AFFINE_MODES = ('channel', 'component', None)
+INFERENCE_FORMS = ('consistent', 'paper')
+#: The recomputed forwards (``F.forget``) a link remembers the posteriors of.
+MAX_PENDING_RECOMPUTES = 16
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 class MixtureNormalization(chainer.Link):
-    """Mixture Normalization (paper Sec. 3.2).
+    """Mixture Normalization (paper Sec. 3.2), a drop-in for ``L.BatchNormalization``.
 
     Training (``chainer.config.train``): fits a K-component diagonal GMM to the
     n = N*H*W points in R^C of the batch (K-means++ seeding, then the paper's
     "EM iter." ``em_iters`` split evenly into K-means and EM iterations), prunes
-    components lighter than ``min_weight`` and normalizes with Eq. 34-36 using the
-    posteriors as constants; the fitted statistics (lambda_k, mu_k, sigma^2_k) enter a
-    queue of the last ``queue_length`` = T batches.
+    components lighter than ``min_weight`` or with fewer than ``min_count`` effective
+    points, and normalizes with Eq. 34-36 using the posteriors as constants; the fitted
+    statistics (lambda_k, mu_k, sigma^2_k) enter a queue of the last ``queue_length``
+    = T batches.
 
     Inference: Eq. 38-39 -- every point is standardized by each of the T*K queued
     components and the results are mixed by the posteriors of the mixture with weights
     tau_t * lambda_k^t (tau_t = zeta^(T-t-1) (1-zeta) / (1-zeta^T), zeta = ``decay``;
     t = T-1 is the newest batch).  While the queue is not yet full the tau of the m
-    entries present are renormalised over those m.  With ``lambda_scaling`` the factor
-    1/sqrt(lambda_k^t) of Eq. 34 is applied at inference too, although Eq. 38 omits it:
-    it is the only choice under which inference with T = 1 reproduces the training
-    output of the same batch (the test ``test_inference_matches_training_with_T1``).
-    Inference before any training step raises ``RuntimeError``.
+    entries present are renormalised over those m.  ``inference='consistent'``
+    (default) also applies the factor 1/sqrt(lambda_k^t) of Eq. 34 (when
+    ``lambda_scaling``), which Eq. 38 omits: it is the only choice under which
+    inference with T = 1 reproduces the training output of the same batch.
+    ``inference='paper'`` is Eq. 38 exactly as printed: no 1/sqrt(lambda) factor, and
+    sigma_k^t = sqrt(sigma^2 + eps).  Inference before any training step raises
+    ``RuntimeError``.
 
-    ``lambda_scaling=False`` drops 1/sqrt(lambda_k) (Eq. 34): each component's
-    contribution then has unit variance regardless of its weight, so the output's
-    overall variance no longer depends on how the mass is split; useful when MN feeds a
-    layer that expects BN-like unit-variance inputs.
+    ``lambda_scaling=False`` drops 1/sqrt(lambda_k) (Eq. 34) in training and
+    inference: each component's contribution then has unit variance regardless of its
+    weight.
 
     Affine: ``'channel'`` (default) y = gamma * xhat + beta per channel, as BN;
     ``'component'`` the paper's Eq. 37: beta_k shifts the mean and gamma_k scales the
     variance of component k (parameters (K, C), indexed by the rank of the component's
     weight in the batch, heaviest first, since fitted components have no identity across
-    batches); ``None`` no parameters.
+    batches); ``None`` no parameters.  As in BN, ``use_gamma``/``use_beta`` drop either
+    parameter and ``initial_gamma``/``initial_beta`` (a scalar, an array or a Chainer
+    initializer) set their initial values.
+
+    BatchNormalization's arguments: ``size`` (an int, ``(C,)``, or None to take C from
+    the first input, as BN), ``eps``, ``dtype`` (parameters are float32 under
+    ``chainer.mixed16``, as BN's; statistics are computed in float32 for float16
+    input), ``decay`` (here zeta of Eq. 39), ``use_gamma``, ``use_beta``,
+    ``initial_gamma``, ``initial_beta``.  ``axis`` other than the channel layout, and
+    ``initial_avg_mean``/``initial_avg_var`` (MN keeps no running averages) raise
+    ``ValueError`` saying what to use instead.
+
+    Recomputation (``F.forget``, ``chainer.config.in_recomputing``): the recomputed
+    forward reuses the posteriors of the first forward; it neither fits again nor
+    changes the queue, ``n_fits`` or the seed counter, as BN skips its running-average
+    update.  The posteriors (n, K) are kept between the two forwards.
 
     Readable state: ``effective_components`` (K' of the last fit), ``last_gmm``
     (the last :class:`mixnorm.GMM`, components sorted by weight), ``n_fits``.
     """
 
-    def __init__(self, size, n_components=3, em_iters=2, *, eps=2e-5, decay=0.9,
-                 queue_length=10, fit_fraction=1.0, min_weight=0.01, affine='channel',
-                 lambda_scaling=True, dtype=None, seed=None):
+    def __init__(self, size=None, n_components=3, em_iters=2, *, eps=2e-5, decay=0.9,
+                 queue_length=10, fit_fraction=1.0, min_weight=0.01,
+                 min_count=_gmm.MIN_COUNT, affine='channel', lambda_scaling=True,
+                 inference='consistent', dtype=None, seed=None, use_gamma=True,
+                 use_beta=True, initial_gamma=None, initial_beta=None, axis=None,
+                 initial_avg_mean=None, initial_avg_var=None):
         super().__init__()
-        if int(size) != size or size < 1:
-            raise ValueError('size must be a positive integer (the channel count), got %r'
-                             % (size,))
-        if int(n_components) != n_components or n_components < 1:
+        size = _check_size(size)
+        if not _is_int(n_components) or n_components < 1:
             raise ValueError('n_components must be a positive integer, got %r'
                              % (n_components,))
         if affine not in AFFINE_MODES:
             raise ValueError("affine must be 'channel', 'component' or None, got %r"
                              % (affine,))
-        if not 0.0 < decay < 1.0:
-            raise ValueError('decay (zeta) must be in (0, 1), got %r' % (decay,))
-        if int(queue_length) != queue_length or queue_length < 1:
+        if inference not in INFERENCE_FORMS:
+            raise ValueError("inference must be 'consistent' (1/sqrt(lambda) as in "
+                             "training) or 'paper' (Eq. 38 as printed), got %r"
+                             % (inference,))
+        if not isinstance(decay, numbers.Real) or not 0.0 < decay < 1.0:
+            raise ValueError('decay (zeta of Eq. 39) must be in (0, 1), got %r' % (decay,))
+        if not _is_int(queue_length) or queue_length < 1:
             raise ValueError('queue_length must be a positive integer, got %r'
                              % (queue_length,))
-        if not eps > 0:
+        if not isinstance(eps, numbers.Real) or not eps > 0:
             raise ValueError('eps must be positive, got %r' % (eps,))
-        self.size = int(size)
+        if not isinstance(fit_fraction, numbers.Real) or not 0.0 < fit_fraction <= 1.0:
+            raise ValueError('fit_fraction must be in (0, 1], got %r' % (fit_fraction,))
+        if not isinstance(min_weight, numbers.Real) or not 0.0 <= min_weight < 1.0:
+            raise ValueError('min_weight must be in [0, 1), got %r' % (min_weight,))
+        if not _is_int(min_count) or min_count < 1:
+            raise ValueError('min_count must be a positive integer, got %r' % (min_count,))
+        if seed is not None and (not _is_int(seed) or seed < 0):
+            raise ValueError('seed must be None or a non-negative integer, got %r'
+                             % (seed,))
+        _check_bn_only_arguments(axis, initial_avg_mean, initial_avg_var)
+        if affine is None and (initial_gamma is not None or initial_beta is not None):
+            raise ValueError('initial_gamma/initial_beta need an affine: affine=None has '
+                             "no parameters (use affine='channel' or 'component')")
         self.n_components = int(n_components)
         self.em_iters = em_iters
         self.kmeans_iters, self.gmm_em_iters = _gmm.split_em_iters(em_iters)
@@ -84,36 +130,96 @@ class MixtureNormalization(chainer.Link):
         self.queue_length = int(queue_length)
         self.fit_fraction = fit_fraction
         self.min_weight = min_weight
+        self.min_count = int(min_count)
         self.affine = affine
         self.lambda_scaling = lambda_scaling
-        self._dtype = chainer.get_dtype(dtype)
+        self.inference = inference
+        self._dtype = chainer.get_dtype(dtype, map_mixed16=numpy.float32)
         self.effective_components = None
         self.last_gmm = None
+        self._pending = []          # (fit index, posteriors) for recomputed forwards
 
-        T, K, C = self.queue_length, self.n_components, self.size
-        self.queue_weights = numpy.zeros((T, K), dtype=numpy.float64)
-        self.queue_means = numpy.zeros((T, K, C), dtype=numpy.float64)
-        self.queue_vars = numpy.ones((T, K, C), dtype=numpy.float64)
+        self.queue_weights = None
+        self.queue_means = None
+        self.queue_vars = None
         self.n_fits = 0
         self.seed = int(numpy.random.randint(2 ** 31)) if seed is None else int(seed)
         for name in ('queue_weights', 'queue_means', 'queue_vars', 'n_fits', 'seed'):
             self.register_persistent(name)
 
         with self.init_scope():
+            self.gamma = self.beta = None
             if affine is not None:
-                shape = (C,) if affine == 'channel' else (K, C)
-                self.gamma = variable.Parameter(initializers.One(self._dtype), shape)
-                self.beta = variable.Parameter(initializers.Zero(self._dtype), shape)
-            else:
-                self.gamma = None
-                self.beta = None
+                if use_gamma:
+                    self.gamma = variable.Parameter(
+                        _initializer(initial_gamma, 1, self._dtype))
+                if use_beta:
+                    self.beta = variable.Parameter(
+                        _initializer(initial_beta, 0, self._dtype))
+        self.size = None
+        if size is not None:
+            self._initialize(size)
+
+    # ------------------------------------------------------------------ state
+    def _initialize(self, size):
+        """Create the queue and the parameters for ``size`` channels."""
+        self.size = int(size)
+        T, K, C = self.queue_length, self.n_components, self.size
+        if self.queue_weights is None:
+            dev = self.device
+            self.queue_weights = dev.send(numpy.zeros((T, K), dtype=numpy.float64))
+            self.queue_means = dev.send(numpy.zeros((T, K, C), dtype=numpy.float64))
+            self.queue_vars = dev.send(numpy.ones((T, K, C), dtype=numpy.float64))
+        shape = (C,) if self.affine == 'channel' else (K, C)
+        for p in (self.gamma, self.beta):
+            if p is not None and p.array is None:
+                p.initialize(shape)
+
+    def _expected_shapes(self):
+        T, K, C = self.queue_length, self.n_components, self.size
+        shapes = {'queue_weights': (T, K), 'queue_means': (T, K, C),
+                  'queue_vars': (T, K, C)}
+        pshape = (C,) if self.affine == 'channel' else (K, C)
+        for name in ('gamma', 'beta'):
+            if getattr(self, name) is not None:
+                shapes[name] = pshape
+        return shapes
+
+    def serialize(self, serializer):
+        if isinstance(serializer, chainer.serializer.Deserializer):
+            self._check_snapshot(serializer)
+        super().serialize(serializer)
+        if self.size is None and self.queue_means is not None:   # lazily sized, loaded
+            self._initialize(self.queue_means.shape[2])
+
+    def _check_snapshot(self, serializer):
+        """A snapshot of another K, T or C is an error naming the layer and the fix."""
+        if self.size is None:
+            return
+        for name, expected in self._expected_shapes().items():
+            try:
+                got = serializer(name, None)
+            except Exception:       # missing key: the deserializer's own error follows
+                continue
+            if got is not None and tuple(got.shape) != tuple(expected):
+                raise ValueError(
+                    '%s: the snapshot\'s %s has shape %s but this link expects %s '
+                    '(size=%d, n_components=%d, queue_length=%d, affine=%r); build the '
+                    'link with the settings the snapshot was saved with'
+                    % (self._label(), name, tuple(got.shape), tuple(expected), self.size,
+                       self.n_components, self.queue_length, self.affine))
 
     # ------------------------------------------------------------------ helpers
     def _check_input(self, x):
         """Validate the shape of ``x`` (N, C, *S); return the number of points n."""
+        if self.size is None and x.ndim >= 2:
+            self._initialize(x.shape[1])
         if x.ndim < 2 or x.shape[1] != self.size:
-            raise ValueError('%s expects input of shape (N, %d) or (N, %d, ...), got %s'
+            raise ValueError('%s expects input of shape (N, %s) or (N, %s, ...), got %s'
                              % (self._label(), self.size, self.size, tuple(x.shape)))
+        if x.dtype.kind != 'f':
+            raise ValueError('%s expects floating-point input, got %s'
+                             % (self._label(), x.dtype))
         return x.size // self.size
 
     def _points(self, x):
@@ -127,20 +233,22 @@ class MixtureNormalization(chainer.Link):
     def _label(self):
         return 'MixtureNormalization %r' % (self.name or '(unnamed)',)
 
-    def _fit(self, points):
+    def _fit_seed(self, index):
+        return (self.seed * 1000003 + index) % 2 ** 32
+
+    def _fit(self, points, index):
         """The batch's mixture, components sorted by weight (heaviest first, as
         :func:`mixnorm.gmm.fit_gmm` returns them), and the posteriors (n, K') of the
         points in that order."""
         try:
-            g, resp = _gmm.fit_gmm(
+            return _gmm.fit_gmm(
                 points, self.n_components, self.kmeans_iters, self.gmm_em_iters,
-                fit_fraction=self.fit_fraction, min_weight=self.min_weight, eps=self.eps,
-                seed=(self.seed * 1000003 + self.n_fits) % 2 ** 32,
+                fit_fraction=self.fit_fraction, min_weight=self.min_weight,
+                min_count=self.min_count, eps=self.eps, seed=self._fit_seed(index),
                 return_responsibilities=True)
         except ValueError as e:
             raise ValueError('%s, input with %d points in R^%d: %s'
                              % (self._label(), points.shape[0], points.shape[1], e)) from e
-        return g, resp
 
     def _push(self, weights, means, variances):
         """Enqueue the statistics of this batch (K' <= K components; the rest weight 0)."""
@@ -187,29 +295,51 @@ class MixtureNormalization(chainer.Link):
             return self._forward_train(x, x_arr)
         return self._forward_test(x, self._points(x_arr))
 
+    def _posteriors(self, x_arr):
+        """(resp, gmm, fit index) of this batch; gmm is None for K = 1 (no fit)."""
+        xp = backend.get_array_module(x_arr)
+        n = self._check_input(x_arr)
+        if chainer.config.in_recomputing:
+            index, resp = self._pending.pop() if self._pending else (self.n_fits - 1, None)
+            if resp is not None and resp.shape[0] != n:
+                raise ValueError('%s: the recomputed forward has %d points but the first '
+                                 'forward had %d' % (self._label(), n, resp.shape[0]))
+            if resp is not None or self.n_components == 1:
+                return resp, None, index
+            # no posteriors kept: refit with the seed of the last fit (same input,
+            # same posteriors), without touching the state
+            g, resp = self._fit(self._points(x_arr), max(index, 0))
+            return resp, g, index
+        if self.n_components == 1:
+            return None, None, self.n_fits
+        g, resp = self._fit(self._points(x_arr), self.n_fits)
+        return resp, g, self.n_fits
+
     def _forward_train(self, x, x_arr):
         xp = backend.get_array_module(x_arr)
-        if self.n_components == 1:
-            # one component: nu = 1 everywhere, no fit needed; this is exactly BN.
-            g = None
+        resp, g, index = self._posteriors(x_arr)
+        if resp is None:        # one component: nu = 1 everywhere; this is exactly BN
             resp = xp.ones((self._check_input(x_arr), 1), dtype=numpy.float32
                            if x_arr.dtype == numpy.float16 else x_arr.dtype)
-        else:
-            g, resp = self._fit(self._points(x_arr))
         gamma, beta = self.gamma, self.beta
         if self.affine == 'component':
             k = resp.shape[1]
-            gamma, beta = gamma[:k], beta[:k]
-        y, node = functions._apply_training(x, gamma, beta, resp, self.eps,
-                                            self.lambda_scaling, keep_stats=True)
-        lam, mu, var = node.batch_stats()
-        if g is None:
-            if not node.finite:                 # known on the host: no device sync
-                _gmm._raise_not_finite(self._points(x_arr), name='%s input %s' % (
-                    self._label(), tuple(x_arr.shape)))
-            g = _gmm.GMM(lam, mu, var + self.eps)
-        self.last_gmm = g
-        self.effective_components = g.n_components
+            gamma = gamma[:k] if gamma is not None else None
+            beta = beta[:k] if beta is not None else None
+        try:
+            y, stats = functions.mixture_normalization(
+                x, gamma, beta, resp, self.eps, self.lambda_scaling, return_stats=True)
+        except ValueError as e:
+            raise ValueError('%s, input %s: %s' % (self._label(), tuple(x_arr.shape), e)) \
+                from e
+        if chainer.config.in_recomputing:
+            return y                     # the first forward already updated the state
+        if getattr(chainer.config, '_will_recompute', False):
+            self._pending.append((index, resp))
+            del self._pending[:-MAX_PENDING_RECOMPUTES]
+        lam, mu, var = stats
+        self.last_gmm = g if g is not None else _gmm.GMM(lam, mu, var + self.eps)
+        self.effective_components = self.last_gmm.n_components
         self._push(lam, mu, var)
         return y
 
@@ -223,15 +353,53 @@ class MixtureNormalization(chainer.Link):
         try:
             resp = _gmm.responsibilities(points, density)
         except ValueError as e:
-            raise ValueError('%s: %s' % (self._label(), e)) from e
-        if self.lambda_scaling:
+            raise ValueError('%s at inference, input %s: %s'
+                             % (self._label(), tuple(x.shape), e)) from e
+        if self.lambda_scaling and self.inference == 'consistent':
             scale = xp.where(lam > 0, 1.0 / xp.sqrt(xp.maximum(lam, 1e-300)), 0.0)
         else:
             scale = xp.ones_like(lam)
         gamma, beta = self.gamma, self.beta
         if self.affine == 'component':
             m = lam.shape[0] // self.n_components
-            gamma = chainer.functions.tile(gamma, (m, 1))
-            beta = chainer.functions.tile(beta, (m, 1))
-        return functions.normalize_with_components(
+            gamma = chainer.functions.tile(gamma, (m, 1)) if gamma is not None else None
+            beta = chainer.functions.tile(beta, (m, 1)) if beta is not None else None
+        return functions.fixed_mixture_normalization(
             x, gamma, beta, resp, means, variances, scale.astype(dtype), eps=self.eps)
+
+
+def _check_size(size):
+    """The channel count: an int, a 1-tuple (as BN's ``size``), or None (lazy)."""
+    if size is None:
+        return None
+    if isinstance(size, (tuple, list)):
+        if len(size) != 1:
+            raise ValueError('size must be the channel count C (an int or (C,)): '
+                             'MixtureNormalization normalizes over the channel axis 1; '
+                             'got %r' % (size,))
+        size = size[0]
+    if not _is_int(size) or size < 1:
+        raise ValueError('size must be a positive integer (the channel count), got %r'
+                         % (size,))
+    return int(size)
+
+
+def _check_bn_only_arguments(axis, initial_avg_mean, initial_avg_var):
+    if axis is not None:
+        raise ValueError(
+            'axis=%r: MixtureNormalization always fits the mixture to the points of the '
+            'channel axis 1 (axes (0, 2, 3, ...) are the points); move the channels to '
+            'axis 1 (F.moveaxis) instead' % (axis,))
+    if initial_avg_mean is not None or initial_avg_var is not None:
+        raise ValueError(
+            'initial_avg_mean/initial_avg_var: MixtureNormalization keeps no running '
+            'mean and variance but a queue of the last queue_length fitted mixtures '
+            '(Eq. 38-39); load a trained snapshot instead')
+
+
+def _initializer(initial, default, dtype):
+    """A Chainer initializer for ``initial`` (None, a scalar, an array or an
+    initializer), as BN builds ``initial_gamma``/``initial_beta``."""
+    init = initializers._get_initializer(default if initial is None else initial)
+    init.dtype = dtype
+    return init

@@ -196,7 +196,7 @@ def test_check_backward_inference(shape, M, affine):
     means = rng.standard_normal((M, shape[1]))
     variances = rng.uniform(0.5, 2.0, (M, shape[1]))
     scale = rng.uniform(0.5, 2.0, M)
-    f, inputs = call(MF.normalize_with_components, x, gamma, beta, resp,
+    f, inputs = call(MF.fixed_mixture_normalization, x, gamma, beta, resp,
                      means=means, variances=variances, scale=scale)
     gy = rng.standard_normal(x.shape)
     gradient_check.check_backward(f, tuple(inputs), gy, eps=1e-6, atol=1e-6, rtol=1e-5,
@@ -331,7 +331,7 @@ def test_inference_with_training_moments_reproduces_training(affine, shape):
     x, gamma, beta, resp = make_case(9, shape, K, affine)
     lam, mus, vs = naive_moments(x, resp)
     y_train = MF.mixture_normalization(x, gamma, beta, resp).array
-    y_inf = MF.normalize_with_components(x, gamma, beta, resp, mus, vs, 1 / np.sqrt(lam)).array
+    y_inf = MF.fixed_mixture_normalization(x, gamma, beta, resp, mus, vs, 1 / np.sqrt(lam)).array
     np.testing.assert_allclose(y_inf, y_train, rtol=1e-10, atol=1e-10)
     # mixture_moments and return_stats expose the same statistics
     _, stats = MF.mixture_normalization(x, gamma, beta, resp, return_stats=True)
@@ -344,7 +344,7 @@ def test_inference_with_training_moments_reproduces_training(affine, shape):
     # but the gradients differ: inference statistics are constants
     gy = np.ones(shape) + np.arange(x.size).reshape(shape) % 3
     _, (gx_tr,) = grads_of(lambda a: MF.mixture_normalization(a, None, None, resp), [x], gy)
-    _, (gx_in,) = grads_of(lambda a: MF.normalize_with_components(
+    _, (gx_in,) = grads_of(lambda a: MF.fixed_mixture_normalization(
         a, None, None, resp, mus, vs, 1 / np.sqrt(lam)), [x], gy)
     assert not np.allclose(gx_tr, gx_in)
 
@@ -386,7 +386,7 @@ def test_float16(fn_name, affine):
         lam, mus, vs = naive_moments(x, resp)
 
         def fn(a, g, b, r):
-            return MF.normalize_with_components(a, g, b, r, mus.astype(np.float32),
+            return MF.fixed_mixture_normalization(a, g, b, r, mus.astype(np.float32),
                                                 vs.astype(np.float32),
                                                 (1 / np.sqrt(lam)).astype(np.float32))
     else:
@@ -439,7 +439,7 @@ def test_bad_inputs_raise():
         mn(x, -np.ones((2, 3), np.float32), None, resp)      # gamma_k var_k + eps < 0
     with pytest.raises(ValueError, match=r'\(4, 3\)'):
         MF.mixture_normalization_relu(x, None, np.zeros((4, 3), np.float32), resp)
-    nwc = MF.normalize_with_components
+    nwc = MF.fixed_mixture_normalization
     m, v, s = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32), np.ones(2, np.float32)
     with pytest.raises(ValueError, match='means'):
         nwc(x, None, None, resp, m[:1], v, s)
@@ -488,7 +488,7 @@ def test_gpu_matches_cpu(kind, shape, affine, dtype):
             return MF.mixture_normalization(a, g, b, r)
         if kind == 'relu':
             return MF.mixture_normalization_relu(a, g, b, r)
-        return MF.normalize_with_components(a, g, b, r, *[xp.asarray(s) for s in stats])
+        return MF.fixed_mixture_normalization(a, g, b, r, *[xp.asarray(s) for s in stats])
 
     gy = np.random.default_rng(17).standard_normal(shape).astype(dtype)
     f, inputs = call(fn, x, gamma, beta, resp)
