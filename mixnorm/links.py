@@ -71,9 +71,10 @@ class MixtureNormalization(chainer.Link):
     the first input, as BN), ``eps``, ``dtype`` (parameters are float32 under
     ``chainer.mixed16``, as BN's; statistics are computed in float32 for float16
     input), ``decay`` (here zeta of Eq. 39), ``use_gamma``, ``use_beta``,
-    ``initial_gamma``, ``initial_beta``.  ``axis`` other than the channel layout, and
-    ``initial_avg_mean``/``initial_avg_var`` (MN keeps no running averages) raise
-    ``ValueError`` saying what to use instead.
+    ``initial_gamma``, ``initial_beta``, and ``axis`` where it names the channel layout
+    ((0,) or (0, 2, 3, ...)).  Another ``axis``, and ``initial_avg_mean``/
+    ``initial_avg_var`` (MN keeps no running averages), raise ``ValueError`` saying
+    what to use instead.
 
     Recomputation (``F.forget``, ``chainer.config.in_recomputing``): the recomputed
     forward reuses the posteriors of the first forward; it neither fits again nor
@@ -118,7 +119,8 @@ class MixtureNormalization(chainer.Link):
         if seed is not None and (not _is_int(seed) or seed < 0):
             raise ValueError('seed must be None or a non-negative integer, got %r'
                              % (seed,))
-        _check_bn_only_arguments(axis, initial_avg_mean, initial_avg_var)
+        self.axis = _check_axis(axis)
+        _check_bn_only_arguments(initial_avg_mean, initial_avg_var)
         if affine is None and (initial_gamma is not None or initial_beta is not None):
             raise ValueError('initial_gamma/initial_beta need an affine: affine=None has '
                              "no parameters (use affine='channel' or 'component')")
@@ -217,6 +219,9 @@ class MixtureNormalization(chainer.Link):
         if x.ndim < 2 or x.shape[1] != self.size:
             raise ValueError('%s expects input of shape (N, %s) or (N, %s, ...), got %s'
                              % (self._label(), self.size, self.size, tuple(x.shape)))
+        if self.axis is not None and len(self.axis) != x.ndim - 1:
+            raise ValueError('%s was built with axis=%r but got %d-D input %s'
+                             % (self._label(), self.axis, x.ndim, tuple(x.shape)))
         if x.dtype.kind != 'f':
             raise ValueError('%s expects floating-point input, got %s'
                              % (self._label(), x.dtype))
@@ -384,12 +389,20 @@ def _check_size(size):
     return int(size)
 
 
-def _check_bn_only_arguments(axis, initial_avg_mean, initial_avg_var):
-    if axis is not None:
+def _check_axis(axis):
+    """BN's ``axis``: only the channel layout (every axis but 1) is MN's."""
+    if axis is None:
+        return None
+    axis = (axis,) if _is_int(axis) else tuple(axis)
+    if not axis or axis[0] != 0 or list(axis[1:]) != list(range(2, len(axis) + 1)):
         raise ValueError(
-            'axis=%r: MixtureNormalization always fits the mixture to the points of the '
-            'channel axis 1 (axes (0, 2, 3, ...) are the points); move the channels to '
-            'axis 1 (F.moveaxis) instead' % (axis,))
+            'axis=%r: MixtureNormalization fits the mixture to the points of the channel '
+            'axis 1, i.e. it normalizes over axes (0,) or (0, 2, 3, ...); move the '
+            'channels to axis 1 (F.moveaxis) instead' % (axis,))
+    return axis
+
+
+def _check_bn_only_arguments(initial_avg_mean, initial_avg_var):
     if initial_avg_mean is not None or initial_avg_var is not None:
         raise ValueError(
             'initial_avg_mean/initial_avg_var: MixtureNormalization keeps no running '

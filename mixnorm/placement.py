@@ -33,13 +33,25 @@ def normalization_sites(model):
 def expand_names(model, names):
     """Expand layer names (aliases or BN paths) into the BN paths they stand for.
 
-    Raises ``ValueError`` naming the unknown names and listing the valid ones.
+    Names are strings; an integer is read as the index of a child of a
+    ``ChainList``/``Sequential`` (``0`` is ``'0'``).  Raises ``ValueError`` naming the
+    unknown names and listing the valid ones, or naming the layers that already are
+    :class:`MixtureNormalization`.
     """
-    if isinstance(names, str):
+    if isinstance(names, (str, int)):
         names = [names]
+    names = [_name(n) for n in names]
     sites = normalization_sites(model)
-    unknown = [n for n in names if n.lstrip('/') not in sites]
+    unknown = [n for n in names if n not in sites]
     if unknown:
+        mn = dict((path.lstrip('/'), link) for path, link in model.namedlinks(skipself=True)
+                  if isinstance(link, MixtureNormalization))
+        already = [n for n in unknown if n in mn]
+        if already:
+            raise ValueError('%s already %s MixtureNormalization: nothing to replace (leave '
+                             '%s out of the names)' % (', '.join(map(repr, already)),
+                                                      'is a' if len(already) == 1 else 'are',
+                                                      'it' if len(already) == 1 else 'them'))
         aliases = sorted(set(sites) - set(batch_normalization_paths(model)))
         raise ValueError(
             'unknown normalization layer name(s) %s for %s. Valid names: %s%s'
@@ -48,10 +60,17 @@ def expand_names(model, names):
                ', '.join(batch_normalization_paths(model)) or '(the model has no BN links)'))
     paths = []
     for n in names:
-        for p in sites[n.lstrip('/')]:
+        for p in sites[n]:
             if p not in paths:
                 paths.append(p)
     return paths
+
+
+def _name(n):
+    if isinstance(n, bool) or not isinstance(n, (str, int)):
+        raise ValueError('a layer name must be a string (a BN path or an alias) or an '
+                         'integer child index, got %r' % (n,))
+    return str(n).lstrip('/')
 
 
 def _replace_child(parent, name, new):
@@ -74,10 +93,12 @@ def _replace_child(parent, name, new):
 def replace_batch_normalization(model, names, **mn_kwargs):
     """Swap the named ``BatchNormalization`` links of ``model`` for MN links in place.
 
-    Each new :class:`MixtureNormalization` has the BN's size, dtype and device, the
-    keyword arguments ``mn_kwargs`` (``n_components``, ``em_iters``, ...), and, with the
-    default per-channel affine, the BN's current gamma and beta.  Returns the replaced
-    BN paths.  Unknown names raise ``ValueError`` listing the valid ones.
+    Each new :class:`MixtureNormalization` takes the BN's configuration: its size (or
+    lazy size, ``size=None``), ``eps``, parameter dtype, device, and whether it has
+    gamma and beta (``use_gamma``/``use_beta``); with the default per-channel affine
+    also the BN's current gamma and beta.  ``mn_kwargs`` (``n_components``,
+    ``em_iters``, ...) are passed on and win over what is taken from the BN.  Returns
+    the replaced BN paths.  Unknown names raise ``ValueError`` listing the valid ones.
     """
     paths = expand_names(model, names)
     links = dict((p.lstrip('/'), link) for p, link in model.namedlinks(skipself=True))
@@ -85,17 +106,32 @@ def replace_batch_normalization(model, names, **mn_kwargs):
         bn = links[path]
         if not isinstance(bn, L.BatchNormalization):
             raise ValueError('%r is a %s, not a BatchNormalization' % (path, type(bn).__name__))
-        size = bn.avg_mean.shape[0] if bn.avg_mean is not None else bn.gamma.shape[0]
-        kwargs = dict(mn_kwargs)
-        kwargs.setdefault('eps', bn.eps)
-        kwargs.setdefault('dtype', bn.avg_mean.dtype if bn.avg_mean is not None else None)
-        mn = MixtureNormalization(size, **kwargs)
-        if mn.affine == 'channel' and getattr(bn, 'gamma', None) is not None \
-                and bn.gamma.array is not None:
-            mn.gamma.array[...] = chainer.backends.cuda.to_cpu(bn.gamma.array)
-            mn.beta.array[...] = chainer.backends.cuda.to_cpu(bn.beta.array)
+        mn = MixtureNormalization(**_configuration(bn, mn_kwargs))
+        if mn.affine == 'channel' and bn.avg_mean is not None:
+            for name in ('gamma', 'beta'):
+                src, dst = getattr(bn, name, None), getattr(mn, name, None)
+                if src is not None and dst is not None and src.array is not None:
+                    dst.array[...] = chainer.backends.cuda.to_cpu(src.array)
         mn.to_device(bn.device)
         parent_path, _, child = path.rpartition('/')
         parent = links[parent_path] if parent_path else model
         _replace_child(parent, child, mn)
     return paths
+
+
+def _configuration(bn, mn_kwargs):
+    """MN constructor arguments that reproduce ``bn``'s configuration."""
+    if bn.avg_mean is not None:
+        size = bn.avg_mean.shape
+        if len(size) != 1:
+            raise ValueError('a BatchNormalization of parameter shape %s cannot become a '
+                             'MixtureNormalization, which normalizes one channel axis'
+                             % (size,))
+        size = size[0]
+    else:
+        size = None                             # lazily sized, as the BN
+    kwargs = dict(size=size, eps=bn.eps, dtype=bn._highprec_dtype, axis=bn.axis,
+                  use_gamma=getattr(bn, 'gamma', None) is not None,
+                  use_beta=getattr(bn, 'beta', None) is not None)
+    kwargs.update(mn_kwargs)
+    return kwargs
