@@ -35,7 +35,7 @@ Implementation notes
 * float16 inputs are computed in float32 and cast back; float32 stays float32,
   float64 stays float64.  Gradients come back in each input's own dtype.
 * Only first-order gradients are implemented (no double backward).
-* Code is generic over NumPy/CuPy (``chainer.backend.get_array_module``).
+* Code is generic over NumPy/CuPy (:func:`mixnorm._arrays.get_array_module`).
 
 Affine modes (``gamma``/``beta``):
 
@@ -60,7 +60,6 @@ from typing import NamedTuple
 import numpy
 
 import chainer
-from chainer import backend
 from chainer import function_node
 
 from mixnorm import _arrays
@@ -229,7 +228,7 @@ def _check_x_resp(x, resp, fname):
         raise ValueError(
             '{}: resp must have shape (n, K) with n = N*prod(spatial) = {} for x '
             'of shape {}, got {}'.format(fname, n, tuple(x.shape), tuple(resp.shape)))
-    if backend.get_array_module(resp) is not backend.get_array_module(x):
+    if _arrays.get_array_module(resp) is not _arrays.get_array_module(x):
         raise ValueError('{}: resp and x must live on the same device '
                          '(got {} and {})'.format(fname, type(resp), type(x)))
     return n
@@ -371,7 +370,7 @@ def _coefficients(spec, muc, var, a, c, gh, bh, s=None, var_pos=None, check=True
 def _raise_non_finite_moments(x, ct):
     """The batch moments are not finite: NaN/Inf in ``x``, or finite values whose
     squares overflow the compute dtype."""
-    xp = backend.get_array_module(x)
+    xp = _arrays.get_array_module(x)
     _gmm.check_finite(x.reshape(x.shape[0], -1), name='the input')
     raise ValueError(
         'the input is finite but its second moments overflow {} (max |x| = {:g}): '
@@ -460,7 +459,7 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
     def forward(self, inputs):
         spec = self.spec
         x, gamma, beta = _split(inputs, spec)
-        xp = backend.get_array_module(x)
+        xp = _arrays.get_array_module(x)
         ct = _compute_dtype(x.dtype)
         lay = _Layout(x.shape)
         r = self.resp.astype(ct, copy=False)
@@ -503,7 +502,7 @@ class FixedMixtureNormalizationFunction(function_node.FunctionNode):
     def forward(self, inputs):
         spec = self.spec
         x, gamma, beta = _split(inputs, spec)
-        xp = backend.get_array_module(x)
+        xp = _arrays.get_array_module(x)
         ct = _compute_dtype(x.dtype)
         lay = _Layout(x.shape)
         r = self.resp.astype(ct, copy=False)
@@ -548,7 +547,7 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         gy, = inputs
         spec, lay, coef, st, xc, r = self.spec, self.lay, self.coef, self.state, \
             self.xc, self.r
-        xp = backend.get_array_module(gy)
+        xp = _arrays.get_array_module(gy)
         ct = xc.dtype
         C, K = lay.C, r.shape[1]
         channel_beta = spec.mode == _CHANNEL and spec.has_beta
@@ -742,7 +741,7 @@ def fixed_mixture_normalization(x, gamma, beta, resp, means, variances, scale,
             raise ValueError('{}: {} must have shape {} (M = resp.shape[1], C = '
                              'x.shape[1]), got {}'.format(fname, name, shape,
                                                          tuple(arr.shape)))
-        if backend.get_array_module(arr) is not backend.get_array_module(xa):
+        if _arrays.get_array_module(arr) is not _arrays.get_array_module(xa):
             raise ValueError('{}: {} must live on the same device as x'.format(fname, name))
     node = FixedMixtureNormalizationFunction(ra, means, variances, scale, mode,
                                              gamma is not None, beta is not None, eps)
@@ -766,7 +765,7 @@ def mixture_moments(x, resp):
     xa = _raw(x)
     ra = _raw(resp)
     _check_x_resp(xa, ra, 'mixture_moments')
-    xp = backend.get_array_module(xa)
+    xp = _arrays.get_array_module(xa)
     ct = _compute_dtype(xa.dtype)
     lay = _Layout(xa.shape)
     _, _, small = _device_moments(xp, lay, xa, ra.astype(ct, copy=False), ct)

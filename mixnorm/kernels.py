@@ -10,11 +10,29 @@ a GPU.  The twins are what runs on NumPy.  CuPy is imported lazily.  Matrix prod
 (distances, log-densities, moments) need no kernel of ours: they go to cuBLAS
 through ``@``.
 """
+import functools
+
 import numpy
 
+from mixnorm import _arrays
 from mixnorm._arrays import get_array_module, is_cupy as _is_cupy
 
 _kernels = {}
+
+
+def _dispatch(twin, launches=1):
+    """A kernel entry point: on a stand-in device (:mod:`mixnorm._arrays`) the twin
+    runs there as ``launches`` device operations; otherwise the entry point decides
+    between the CUDA kernel and its twin."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            device = _arrays.stand_in_for(args[0])
+            if device is not None:
+                return device.kernel(twin, launches, args, kwargs)
+            return fn(*args, **kwargs)
+        return call
+    return wrap
 
 
 def log_softmax_columns_xp(logp):
@@ -77,6 +95,7 @@ extern "C" __global__ void kpp_update(const T* dist, const double* pot, int tria
 '''
 
 
+@_dispatch(kpp_update_xp)
 def kpp_update(dist, pot, closest, labels, k):
     """One K-means++ round's update of the nearest-seed distances and labels (see
     :func:`kpp_update_xp`): one kernel on the GPU, updating ``closest`` and ``labels``
@@ -181,6 +200,7 @@ def _elem_strides(a):
     return tuple(numpy.int64(st // a.itemsize) for st in a.strides)
 
 
+@_dispatch(combine_xp)
 def combine(out, u, A, rT, v=None, B=None, Cm=None, beta=None):
     """``u * (A rT) + v * (B rT) + Cm rT + beta`` into ``out`` (see :func:`combine_xp`):
     the normalizing forward (``xc * (aP) nu^T + (aQ) nu^T + beta``) and the input
@@ -250,6 +270,7 @@ extern "C" __global__ void augment(const T* x, long long sx_i, long long sx_c,
 '''
 
 
+@_dispatch(augment_xp, launches=2)
 def augment(x, shift, inv, za):
     """``za = [z^2 | z | |z|^2 | 1]`` for ``z = (x - shift) * inv`` (see
     :func:`augment_xp`): on the GPU one kernel (``x`` may be a strided view of the
@@ -311,6 +332,7 @@ extern "C" __global__ void centre_coef(const T* za, const long long* rows, long 
 '''
 
 
+@_dispatch(centre_coef_xp)
 def centre_coef(za, rows):
     """Distance coefficients of the points ``za[rows]`` (see :func:`centre_coef_xp`):
     one kernel on the GPU instead of two gathers and a product."""
@@ -353,6 +375,7 @@ extern "C" __global__ void sample_candidates(const double* cum, const double* u,
 '''
 
 
+@_dispatch(sample_candidates_xp)
 def sample_candidates(cum, u):
     """K-means++ candidates by inverse-CDF sampling (see :func:`sample_candidates_xp`):
     one kernel on the GPU (a binary search per trial) instead of three operations."""
@@ -385,6 +408,7 @@ extern "C" __global__ void one_hot(const long long* labels, long long n, long lo
 '''
 
 
+@_dispatch(one_hot_xp)
 def one_hot(labels, n_components, dtype):
     """Hard responsibilities (K, n) of a partition (see :func:`one_hot_xp`): one kernel
     on the GPU instead of three operations."""
@@ -422,6 +446,7 @@ def _kernel(name, dtype):
     return _kernels[key]
 
 
+@_dispatch(log_softmax_columns_xp)
 def log_softmax_columns(logp):
     """Posteriors (K, n) and log-normalisers (n,) of the columns of ``logp`` (K, n): one
     fused pass on the GPU (a thread per point; coalesced over n),

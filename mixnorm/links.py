@@ -15,10 +15,10 @@ import numbers
 import numpy
 
 import chainer
-from chainer import backend
 from chainer import initializers
 from chainer import variable
 
+from mixnorm import _arrays
 from mixnorm import functions
 from mixnorm import gmm as _gmm
 
@@ -232,7 +232,7 @@ class MixtureNormalization(chainer.Link):
         self._check_input(x)
         if x.ndim == 2:
             return x
-        xp = backend.get_array_module(x)
+        xp = _arrays.get_array_module(x)
         return xp.ascontiguousarray(xp.moveaxis(x, 1, -1)).reshape(-1, self.size)
 
     def _label(self):
@@ -280,7 +280,7 @@ class MixtureNormalization(chainer.Link):
                 '%s has no statistics yet: run at least one training forward pass '
                 '(chainer.config.train = True) before inference, or load a trained '
                 'snapshot.' % self._label())
-        xp = backend.get_array_module(self.queue_weights)
+        xp = _arrays.get_array_module(self.queue_weights)
         T, K, C = self.queue_means.shape
         m = min(self.n_fits, T)
         # slots in chronological order, oldest first
@@ -302,7 +302,7 @@ class MixtureNormalization(chainer.Link):
 
     def _posteriors(self, x_arr):
         """(resp, gmm, fit index) of this batch; gmm is None for K = 1 (no fit)."""
-        xp = backend.get_array_module(x_arr)
+        xp = _arrays.get_array_module(x_arr)
         n = self._check_input(x_arr)
         if chainer.config.in_recomputing:
             index, resp = self._pending.pop() if self._pending else (self.n_fits - 1, None)
@@ -321,7 +321,7 @@ class MixtureNormalization(chainer.Link):
         return resp, g, self.n_fits
 
     def _forward_train(self, x, x_arr):
-        xp = backend.get_array_module(x_arr)
+        xp = _arrays.get_array_module(x_arr)
         resp, g, index = self._posteriors(x_arr)
         if resp is None:        # one component: nu = 1 everywhere; this is exactly BN
             resp = xp.ones((self._check_input(x_arr), 1), dtype=numpy.float32
@@ -349,7 +349,7 @@ class MixtureNormalization(chainer.Link):
         return y
 
     def _forward_test(self, x, points):
-        xp = backend.get_array_module(points)
+        xp = _arrays.get_array_module(points)
         g, lam = self.queue_mixture()
         dtype = numpy.float64 if points.dtype == numpy.float64 else numpy.float32
         means, variances = g.means.astype(dtype), g.variances.astype(dtype)

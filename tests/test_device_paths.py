@@ -1,28 +1,22 @@
-"""The GPU's code paths, run on the CPU through the array-module stand-in of
-``bench/_opcount.py``: same results as the NumPy path, and the device work they dispatch.
+"""The GPU's code paths, run on the CPU through the stand-in device of
+``mixnorm.testing.opcount``: same results as the NumPy path, and the device work they
+dispatch.
 
 Where mixnorm branches on the array module (NumPy or not), the stand-in takes the
 branch CuPy takes, so these tests check those branches' results without a GPU.  On
-the GPU an MN layer is launch-bound, so its speed targets (issue 3: MN/BN <= 4x per
-layer) depend on how many device operations and host syncs each step needs; the
+the GPU an MN layer is launch-bound, so its speed target (MN/BN <= 4x per layer)
+depends on how many device operations and host syncs each step needs; the
 budget tests count them (the numbers ``bench/bench_ops.py`` reports) and fail if a
 change adds many: a loop over points or channels, per-component kernels in the fit,
 or a host sync in an inner loop.
 """
-import os
-import sys
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'bench'))
-
-import _opcount  # noqa: E402
-import bench_ops  # noqa: E402
-import chainer  # noqa: E402
-import mixnorm  # noqa: E402
-from mixnorm import gmm as G  # noqa: E402
+import mixnorm  # noqa: F401  (NumPy-2 shim before chainer)
+import chainer
+from mixnorm import gmm as G
+from mixnorm.testing import opcount as _opcount
 
 
 def _host(a):
@@ -61,11 +55,7 @@ def test_layer_on_the_device_path_equals_the_numpy_path(K):
         return [_host(a) for a in (y.array, v.grad, link.gamma.grad, link.beta.grad,
                                    t.array)]
     ref = step(mixnorm.MixtureNormalization(6, K, seed=3), x, gy)
-    link = mixnorm.MixtureNormalization(6, K, seed=3)
-    for name in ('queue_weights', 'queue_means', 'queue_vars'):
-        setattr(link, name, _opcount.to_device(getattr(link, name)))
-    for p in link.params():
-        p.array = _opcount.to_device(p.array)
+    link = _opcount.layer_on_device(mixnorm.MixtureNormalization(6, K, seed=3))
     with _opcount.counting():
         got = step(link, _opcount.to_device(x), _opcount.to_device(gy))
     for a, b in zip(ref, got):
@@ -91,14 +81,14 @@ def test_counter_counts_launches_copies_and_syncs():
 
 @pytest.mark.parametrize('K,max_launches', [(1, 30), (3, 65), (5, 80)])
 def test_training_step_launch_budget(K, max_launches):
-    r = bench_ops.count((64, 32, 4, 4), K)
+    r = _opcount.count_layer((64, 32, 4, 4), K)
     assert r['train_launch'] <= max_launches, r
     # syncs: fitting frame, one per K-means/EM M-step, one per normalizing pass
     assert r['train_syncs'] <= (2 if K == 1 else 5), r
     # the fit's cost does not grow with the data: no per-point or per-channel loops
-    assert bench_ops.count((128, 64, 4, 4), K) == dict(r, shape='128x64x4x4')
+    assert _opcount.count_layer((128, 64, 4, 4), K) == dict(r, shape='128x64x4x4')
 
 
 def test_inference_launch_budget():
-    r = bench_ops.count((64, 32, 4, 4), 3)
+    r = _opcount.count_layer((64, 32, 4, 4), 3)
     assert r['test_launch'] <= 30 and r['test_copies'] <= 10, r

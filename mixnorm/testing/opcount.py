@@ -17,8 +17,13 @@ and every operation on them is tallied as
 
 Views (basic slicing, ``reshape`` of contiguous data, ``.T``), allocations without
 fill (``empty``) and host NumPy arithmetic on host arrays count nothing.  Each fused
-kernel of :mod:`mixnorm.kernels` counts as one launch, as on the GPU.
+kernel of :mod:`mixnorm.kernels` counts as the launches it costs on the GPU.
 This is an estimate of a GPU's work made without one, not a measurement of time.
+
+Nothing is patched: :func:`counting` installs the counter as mixnorm's stand-in
+device (:data:`mixnorm._arrays.stand_in`), which every array-module lookup and kernel
+dispatch of the package consults.  ``bench/bench_ops.py`` reports these counts and
+``tests/test_device_paths.py`` checks them.
 """
 import collections
 import contextlib
@@ -26,12 +31,7 @@ import types
 
 import numpy
 
-import mixnorm  # noqa: F401  (NumPy-2 shim before chainer)
 from mixnorm import _arrays
-from mixnorm import functions as _functions
-from mixnorm import gmm as _gmm
-from mixnorm import kernels as _kernels
-from mixnorm import links as _links
 
 counts = collections.Counter()
 
@@ -205,58 +205,25 @@ def _matmul(a, b, out=None, **kwargs):
 XP = _XP('countingxp')
 
 
-def _get_array_module(*arrays):
-    return XP if any(isinstance(a, Dev) or isinstance(getattr(a, 'array', None), Dev)
-                     for a in arrays) else numpy
+class _CountingDevice:
+    """The stand-in device handed to :mod:`mixnorm._arrays`: it owns the
+    :class:`Dev` arrays, answers ``xp`` for them, counts the copies to the host and
+    runs each kernel of :mod:`mixnorm.kernels` as its twin, counted as the launches
+    the kernel costs on the GPU."""
+    xp = XP
 
+    @staticmethod
+    def owns(a):
+        return isinstance(a, Dev) or isinstance(getattr(a, 'array', None), Dev)
 
-def _to_host(a):
-    if isinstance(a, Dev):
+    @staticmethod
+    def to_host(a):
         return a.get()
-    return numpy.asarray(a)
 
-
-def _log_softmax_columns(logp):
-    counts['launch'] += 1
-    resp, lse = _kernels.log_softmax_columns_xp(logp.view(numpy.ndarray))
-    return resp.view(Dev), lse.view(Dev)
-
-
-def _kpp_update(dist, pot, closest, labels, k):
-    counts['launch'] += 1
-    c, lab = _kernels.kpp_update_xp(*[a.view(numpy.ndarray) for a in
-                                      (dist, pot, closest, labels)], k)
-    return c.view(Dev), lab.view(Dev)
-
-
-def _combine(out, u, A, rT, v=None, B=None, Cm=None, beta=None):
-    counts['launch'] += 1
-    base = [None if a is None else a.view(numpy.ndarray) for a in (out, u, A, rT, v, B, Cm,
-                                                                     beta)]
-    _kernels.combine_xp(*base)
-    return out
-
-
-def _augment(x, shift, inv, za):
-    counts['launch'] += 2                   # the kernel and the row sum
-    _kernels.augment_xp(x.view(numpy.ndarray), shift.view(numpy.ndarray), inv,
-                        za.view(numpy.ndarray))
-    return za
-
-
-def _centre_coef(za, rows):
-    counts['launch'] += 1
-    return _kernels.centre_coef_xp(za.view(numpy.ndarray), rows.view(numpy.ndarray)).view(Dev)
-
-
-def _sample_candidates(cum, u):
-    counts['launch'] += 1
-    return _kernels.sample_candidates_xp(cum.view(numpy.ndarray), u.view(numpy.ndarray)).view(Dev)
-
-
-def _one_hot(labels, n_components, dtype):
-    counts['launch'] += 1
-    return _kernels.one_hot_xp(labels.view(numpy.ndarray), n_components, dtype).view(Dev)
+    @staticmethod
+    def kernel(twin, launches, args, kwargs):
+        counts['launch'] += launches
+        return _dev(twin(*_base(args), **_base(kwargs)))
 
 
 def to_device(a):
@@ -266,27 +233,12 @@ def to_device(a):
 
 @contextlib.contextmanager
 def counting():
-    """Route mixnorm's array-module lookups to the counting stand-in."""
-    backend_shim = types.SimpleNamespace(get_array_module=_get_array_module)
-    patches = [(_gmm, 'get_array_module', _get_array_module), (_arrays, 'to_host', _to_host),
-               (_functions, 'backend', backend_shim),
-               (_links, 'backend', backend_shim),
-               (_kernels, 'log_softmax_columns', _log_softmax_columns),
-               (_kernels, 'kpp_update', _kpp_update), (_kernels, 'combine', _combine),
-               (_kernels, 'augment', _augment), (_kernels, 'centre_coef', _centre_coef),
-               (_kernels, 'sample_candidates', _sample_candidates),
-               (_kernels, 'one_hot', _one_hot)]
-    saved = [(mod, name, getattr(mod, name, None)) for mod, name, _ in patches]
-    for mod, name, value in patches:
-        setattr(mod, name, value)
+    """Make the counting stand-in mixnorm's device (:data:`mixnorm._arrays.stand_in`)."""
+    saved, _arrays.stand_in = _arrays.stand_in, _CountingDevice()
     try:
         yield counts
     finally:
-        for mod, name, value in saved:
-            if value is None:
-                delattr(mod, name)
-            else:
-                setattr(mod, name, value)
+        _arrays.stand_in = saved
 
 
 def tally(fn):
@@ -294,3 +246,60 @@ def tally(fn):
     counts.clear()
     fn()
     return {k: counts.get(k, 0) for k in ('launch', 'h2d', 'd2h')}
+
+
+def layer_on_device(link):
+    """Move ``link``'s parameters and queue onto the stand-in device (in place)."""
+    for name in ('queue_weights', 'queue_means', 'queue_vars'):
+        if getattr(link, name) is not None:
+            setattr(link, name, to_device(getattr(link, name)))
+    for p in link.params():
+        if p.array is not None:
+            p.array = to_device(p.array)
+    return link
+
+
+def count_layer(shape, K, em_iters=2):
+    """Device operations of one MN layer at ``shape`` with K components: the fit, the
+    rest of a training forward, the backward and an inference forward (a dict)."""
+    import chainer
+    from mixnorm import gmm as _gmm
+    from mixnorm.links import MixtureNormalization
+    rng = numpy.random.default_rng(0)
+    x = to_device(numpy.maximum(rng.standard_normal(shape), 0).astype(numpy.float32))
+    gy = to_device(rng.standard_normal(shape).astype(numpy.float32))
+    mn = layer_on_device(MixtureNormalization(shape[1], n_components=K, em_iters=em_iters,
+                                              seed=0))
+    out = {'shape': 'x'.join(map(str, shape)), 'K': K}
+    with counting():
+        warm = mn(chainer.Variable(x))          # one-time work (cached constants) aside
+        warm.grad = gy
+        warm.backward()
+        if K > 1:
+            pts = mn._points(x)
+            fit = tally(lambda: _gmm.fit_gmm(
+                pts, K, mn.kmeans_iters, mn.gmm_em_iters, min_weight=mn.min_weight,
+                min_count=mn.min_count, eps=mn.eps, seed=0, return_responsibilities=True))
+        else:
+            fit = {'launch': 0, 'h2d': 0, 'd2h': 0}
+        state = {}
+
+        def forward():
+            state['y'] = mn(chainer.Variable(x))
+        fwd = tally(forward)
+
+        def backward():
+            state['y'].grad = gy
+            state['y'].backward()
+        bwd = tally(backward)
+        with chainer.using_config('train', False):
+            test = tally(lambda: mn(chainer.Variable(x)))
+    out.update(fit_launch=fit['launch'], fit_copies=fit['h2d'] + fit['d2h'],
+               fit_syncs=fit['d2h'],
+               fwd_launch=fwd['launch'] - fit['launch'],
+               bwd_launch=bwd['launch'],
+               train_launch=fwd['launch'] + bwd['launch'],
+               train_copies=fwd['h2d'] + fwd['d2h'] + bwd['h2d'] + bwd['d2h'],
+               train_syncs=fwd['d2h'] + bwd['d2h'],
+               test_launch=test['launch'], test_copies=test['h2d'] + test['d2h'])
+    return out
