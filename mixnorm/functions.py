@@ -446,14 +446,20 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
     The (C, n) passes (shift, squares, products with ``resp``, the output) run on the
     device of ``x``; the (C, K) arithmetic between them runs on the host in float64,
     fed by one device-to-host copy and answered by one copy back.
+
+    ``reducer`` (None: one process) makes the statistics those of the union of all
+    ranks' points: the (2C, K) moments of the forward and the (2C, K) sums of the
+    backward are combined across ranks on the host (:func:`_reduce_moments`,
+    :func:`_reduce_sums`), one collective each; ``resp`` is this rank's part.
     """
 
     def __init__(self, resp, mode, has_gamma, has_beta, eps=2e-5, lambda_scaling=True,
-                 relu=False):
+                 relu=False, reducer=None):
         self.resp = resp
         self.spec = _Spec(mode, bool(has_gamma), bool(has_beta), bool(relu), float(eps),
                           True)
         self.lambda_scaling = lambda_scaling
+        self.reducer = reducer
         self.stats = None
 
     def forward(self, inputs):
@@ -470,7 +476,12 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
         M, colsum, c = host[:3]
         if not numpy.isfinite(M).all():         # known on the host: no extra sync
             _raise_non_finite_moments(x, ct)
-        s, lam, muc, var_raw, var = _host_moments(M, colsum, lay.n, ct)
+        if self.reducer is None:
+            s, lam, muc, var_raw, var = _host_moments(M, colsum, lay.n, ct)
+        else:
+            M, colsum, n, c_all = _reduce_moments(self.reducer, M, colsum, c, lay.n)
+            s, lam, muc, var_raw, var = _host_moments(M, colsum, n, ct)
+            muc = muc + (c_all - c)[:, None]     # mu - c of this rank's shift c
         a = 1 / numpy.sqrt(lam) if self.lambda_scaling else numpy.ones_like(lam)
         gh, bh = _host_params(spec, host[3:])
         coef = _coefficients(spec, muc, var, a, c, gh, bh, s=s, var_pos=var_raw > 0,
@@ -482,8 +493,50 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
         return y,
 
     def backward(self, indexes, grad_outputs):
-        grads = MixtureNormalizationGrad(self.spec, *self._saved).apply(grad_outputs)
+        grads = MixtureNormalizationGrad(self.spec, *self._saved,
+                                         reducer=self.reducer).apply(grad_outputs)
         return tuple(grads[i] for i in indexes)
+
+
+def _reduce_moments(reducer, M, colsum, c, n):
+    """The moments of the union of all ranks' points, about rank 0's shift.
+
+    Each rank's ``M`` = [sum r xc; sum r xc^2] (2C, K) is taken about its own shift
+    ``c`` (C,); one all-gather brings every rank's ``(M, colsum, c, n)``, and each rank
+    re-centres them on rank 0's shift c0 (``x - c0 = xc + d``, ``d = c - c0``:
+    ``sum r (x - c0) = S1 + d s``, ``sum r (x - c0)^2 = S2 + 2 d S1 + d^2 s``) and adds
+    them up in rank order, so every rank gets the same float64 numbers.  Returns
+    ``(M0, colsum, n, c0)``.
+    """
+    C, K = c.shape[0], colsum.shape[0]
+    mine = numpy.concatenate([M.ravel(), colsum, c, [n]])
+    every = reducer.allgather(mine)
+    c0 = every[0, 2 * C * K + K:2 * C * K + K + C]
+    M0 = numpy.zeros((2 * C, K))
+    s0 = numpy.zeros(K)
+    n0 = 0
+    for row in every:
+        Mp = row[:2 * C * K].reshape(2 * C, K)
+        sp = row[2 * C * K:2 * C * K + K]
+        d = (row[2 * C * K + K:2 * C * K + K + C] - c0)[:, None]
+        M0[:C] += Mp[:C] + d * sp
+        M0[C:] += Mp[C:] + 2 * d * Mp[:C] + d * d * sp
+        s0 += sp
+        n0 += int(row[-1])
+    if not numpy.isfinite(M0).all():
+        raise ValueError('the input of another rank is not finite (or its moments '
+                         'overflow): the synchronized statistics cannot be computed')
+    return M0, s0, n0, c0
+
+
+def _reduce_sums(reducer, arrays):
+    """Host arrays summed over all ranks (the same numbers on every rank)."""
+    flat = reducer.sum(numpy.concatenate([numpy.ravel(a) for a in arrays]))
+    out, i = [], 0
+    for a in arrays:
+        out.append(flat[i:i + a.size].reshape(a.shape))
+        i += a.size
+    return out
 
 
 class FixedMixtureNormalizationFunction(function_node.FunctionNode):
@@ -539,9 +592,9 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
     batch (training).
     """
 
-    def __init__(self, spec, lay, coef, state, xc, r, dtypes):
+    def __init__(self, spec, lay, coef, state, xc, r, dtypes, reducer=None):
         self.spec, self.lay, self.coef, self.state = spec, lay, coef, state
-        self.xc, self.r, self.dtypes = xc, r, dtypes
+        self.xc, self.r, self.dtypes, self.reducer = xc, r, dtypes, reducer
 
     def forward(self, inputs):
         gy, = inputs
@@ -587,19 +640,27 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
             gbeta = H0.sum(axis=1) if channel_beta else None
 
         S, mc = coef.S, coef.mc
+        S3 = S * S * S
         D = H1 - mc * H0                            # sum_i h_k (xc - mc_k)
+        # the parameters' gradients are this process's (its loss depends on gamma and
+        # beta only through its own points); the input's go through the statistics,
+        # which depend on every process's points
         ggamma = None
+        if spec.mode == _CHANNEL:
+            if spec.has_gamma:
+                ggamma = (S * D).sum(axis=1)
+        else:
+            if spec.mode == _COMPONENT and spec.has_gamma:
+                ggamma = (-0.5 * D * coef.var * S3).T
+            if spec.mode == _COMPONENT and spec.has_beta:
+                gbeta = -(S * H0).T
+        if self.reducer is not None:                # sums over every process's points
+            H0, D = _reduce_sums(self.reducer, [H0, D])
         dS, dM = D, -(S * H0)
         if spec.mode == _CHANNEL and spec.has_gamma:
-            ggamma = (S * D).sum(axis=1)
             dS = D * coef.gc[:, None]
             dM = dM * coef.gc[:, None]
-        S3 = S * S * S
         if spec.mode == _COMPONENT:
-            if spec.has_gamma:
-                ggamma = (-0.5 * dS * coef.var * S3).T
-            if spec.has_beta:
-                gbeta = dM.T
             dvar = -0.5 * dS * coef.gk * S3
         else:
             dvar = -0.5 * dS * S3
@@ -649,17 +710,18 @@ def _prepare(x, gamma, beta, resp, fname, what='K'):
     return xa, ra, mode, params
 
 
-def _train(x, gamma, beta, resp, eps, lambda_scaling, relu, return_stats, fname):
+def _train(x, gamma, beta, resp, eps, lambda_scaling, relu, return_stats, fname,
+           reducer=None):
     _check_eps(eps)
     xa, ra, mode, params = _prepare(x, gamma, beta, resp, fname)
     node = MixtureNormalizationFunction(ra, mode, gamma is not None, beta is not None,
-                                        eps, lambda_scaling, relu=relu)
+                                        eps, lambda_scaling, relu=relu, reducer=reducer)
     y, = node.apply([x] + params)
     return (y, node.stats) if return_stats else y
 
 
 def mixture_normalization(x, gamma, beta, resp, eps=2e-5, lambda_scaling=True,
-                          return_stats=False):
+                          return_stats=False, reducer=None):
     """Mixture normalization, training form (Eq. 34-36, affine Eq. 37).
 
     Args:
@@ -674,6 +736,11 @@ def mixture_normalization(x, gamma, beta, resp, eps=2e-5, lambda_scaling=True,
         lambda_scaling: multiply component k by ``1 / sqrt(lambda_k)`` (Eq. 34);
             False drops that factor.
         return_stats: also return the :class:`BatchStats` used.
+        reducer: None, or the collectives of a group of processes
+            (:class:`mixnorm.distributed.Reducer`): the statistics are then those
+            of all processes' points together, ``x`` and ``resp`` being this
+            process's part (synchronized MN); the gradients are exact for the
+            union as well.
 
     Returns:
         Variable of x's shape and dtype; with ``return_stats`` a tuple
@@ -687,7 +754,7 @@ def mixture_normalization(x, gamma, beta, resp, eps=2e-5, lambda_scaling=True,
     or finite input whose squares overflow the compute dtype), saying which.
     """
     return _train(x, gamma, beta, resp, eps, lambda_scaling, False, return_stats,
-                  'mixture_normalization')
+                  'mixture_normalization', reducer)
 
 
 def mixture_normalization_relu(x, gamma, beta, resp, eps=2e-5, lambda_scaling=True,
