@@ -13,6 +13,19 @@ With ``nu_hat = nu / colsum(nu)`` (Eq. 36) and ``lambda_k = mean_i nu_ik``::
     xhat^k_i = (x_i - mu_k) / sqrt(var_k + eps)                  (Eq. 35)
     xhat_i   = sum_k nu_ik / sqrt(lambda_k) * xhat^k_i           (Eq. 34)
 
+Interface
+---------
+:func:`mixture_normalization` (training: statistics from the batch, returned as
+:class:`BatchStats` with ``return_stats``) and :func:`fixed_mixture_normalization`
+(inference: constant statistics) are two function nodes,
+:class:`MixtureNormalizationFunction` and :class:`FixedMixtureNormalizationFunction`,
+as Chainer splits ``batch_normalization`` from ``fixed_batch_normalization``; both
+hand their backward to :class:`MixtureNormalizationGrad` with explicit arguments (the
+host coefficients and device arrays of the forward).  :func:`mixture_normalization_relu`
+is Eq. 40 and :func:`mixture_moments` the statistics alone.  With a ``reducer`` the
+training node synchronizes its statistics over processes (see
+:mod:`mixnorm.distributed`).
+
 Implementation notes
 --------------------
 * Everything is a handful of ``(C, n) x (n, K)`` / ``(C, K) x (K, n)`` matrix
