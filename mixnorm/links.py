@@ -140,6 +140,7 @@ class MixtureNormalization(chainer.Link):
         self.effective_components = None
         self.last_gmm = None
         self._pending = []          # (fit index, posteriors) for recomputed forwards
+        self._reducer = None        # collectives of a process group (distributed.py)
 
         self.queue_weights = None
         self.queue_means = None
@@ -250,10 +251,13 @@ class MixtureNormalization(chainer.Link):
                 points, self.n_components, self.kmeans_iters, self.gmm_em_iters,
                 fit_fraction=self.fit_fraction, min_weight=self.min_weight,
                 min_count=self.min_count, eps=self.eps, seed=self._fit_seed(index),
-                return_responsibilities=True)
+                return_responsibilities=True, **self._fit_options())
         except ValueError as e:
             raise ValueError('%s, input with %d points in R^%d: %s'
                              % (self._label(), points.shape[0], points.shape[1], e)) from e
+
+    def _fit_options(self):
+        return {} if self._reducer is None else {'reducer': self._reducer}
 
     def _push(self, weights, means, variances):
         """Enqueue the statistics of this batch (K' <= K components; the rest weight 0)."""
@@ -333,7 +337,8 @@ class MixtureNormalization(chainer.Link):
             beta = beta[:k] if beta is not None else None
         try:
             y, stats = functions.mixture_normalization(
-                x, gamma, beta, resp, self.eps, self.lambda_scaling, return_stats=True)
+                x, gamma, beta, resp, self.eps, self.lambda_scaling, return_stats=True,
+                reducer=self._reducer)
         except ValueError as e:
             raise ValueError('%s, input %s: %s' % (self._label(), tuple(x_arr.shape), e)) \
                 from e

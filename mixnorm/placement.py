@@ -90,15 +90,18 @@ def _replace_child(parent, name, new):
             setattr(parent, name, new)
 
 
-def replace_batch_normalization(model, names, **mn_kwargs):
+def replace_batch_normalization(model, names, comm=None, **mn_kwargs):
     """Swap the named ``BatchNormalization`` links of ``model`` for MN links in place.
 
     Each new :class:`MixtureNormalization` takes the BN's configuration: its size (or
     lazy size, ``size=None``), ``eps``, parameter dtype, device, and whether it has
     gamma and beta (``use_gamma``/``use_beta``); with the default per-channel affine
     also the BN's current gamma and beta.  ``mn_kwargs`` (``n_components``,
-    ``em_iters``, ...) are passed on and win over what is taken from the BN.  Returns
-    the replaced BN paths.  Unknown names raise ``ValueError`` listing the valid ones.
+    ``em_iters``, ...) are passed on and win over what is taken from the BN.  With a
+    ChainerMN communicator ``comm`` the new links are
+    :class:`mixnorm.distributed.MultiNodeMixtureNormalization` (the mixture of all
+    processes' points); without it nothing distributed is imported.  Returns the
+    replaced BN paths.  Unknown names raise ``ValueError`` listing the valid ones.
     """
     paths = expand_names(model, names)
     links = dict((p.lstrip('/'), link) for p, link in model.namedlinks(skipself=True))
@@ -106,7 +109,12 @@ def replace_batch_normalization(model, names, **mn_kwargs):
         bn = links[path]
         if not isinstance(bn, L.BatchNormalization):
             raise ValueError('%r is a %s, not a BatchNormalization' % (path, type(bn).__name__))
-        mn = MixtureNormalization(**_configuration(bn, mn_kwargs))
+        kwargs = _configuration(bn, mn_kwargs)
+        if comm is None:
+            mn = MixtureNormalization(**kwargs)
+        else:
+            from mixnorm.distributed import MultiNodeMixtureNormalization
+            mn = MultiNodeMixtureNormalization(kwargs.pop('size'), comm, **kwargs)
         if mn.affine == 'channel' and bn.avg_mean is not None:
             for name in ('gamma', 'beta'):
                 src, dst = getattr(bn, name, None), getattr(mn, name, None)
