@@ -484,7 +484,8 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
         r = self.resp.astype(ct, copy=False)
         params = [p for p in (gamma, beta) if p is not None]
 
-        xc, spare, small = _device_moments(xp, lay, x, r, ct)
+        with numpy.errstate(over='ignore', invalid='ignore'):  # overflow: raised below
+            xc, spare, small = _device_moments(xp, lay, x, r, ct)
         host = _arrays.fetch(xp, small + params, ct)
         M, colsum, c = host[:3]
         if not numpy.isfinite(M).all():         # known on the host: no extra sync

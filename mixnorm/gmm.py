@@ -8,9 +8,12 @@ One xp-generic code path (NumPy or CuPy, chosen by the input's array module):
 3. the mixture is initialised from the K-means partition (:func:`_m_step` of the moments
    of the one-hot responsibilities) and refined by ``em_iters`` EM iterations of a
    diagonal-covariance GMM (:func:`_e_step`, :func:`_m_step`);
-4. components whose weight falls below ``min_weight`` (paper Sec. 5.3: 0.01) are
-   dropped and the remaining weights renormalised, so their points are merged into the
-   components that remain (the returned GMM has K' <= K components, heaviest first).
+4. components whose weight falls below ``min_weight`` (paper Sec. 5.3: 0.01) or whose
+   effective count (weight * n, the sum of the component's posteriors) falls below
+   ``min_count`` are dropped; the points they held are merged into the components that
+   remain by one more E-step and M-step over those, and the check repeats until every
+   component passes (:func:`_enforce_counts`), so the returned GMM has K' <= K
+   components, heaviest first, with K' = 1 (BN's statistics) as the limit.
 
 The paper's "EM iter." value E maps to ``kmeans_iters = em_iters = E / 2``
 (:func:`split_em_iters`).
@@ -38,13 +41,22 @@ GPU make the same choices for the same seed.
 float16 input is fitted in float32, float64 in float64.  Degenerate data never yields
 NaN: duplicate seeds (all-identical points, fewer distinct points than K, n < K) leave
 components empty, which get weight 0 and are pruned, so such data simply yield fewer
-components (at least one).  ``eps`` is an absolute variance floor added to every
-variance (as scikit-learn's ``reg_covar``).  Parameters are returned in the dtype the fit
-ran in, so float32 input must have variances representable in float32 (|x| up to about
-1e18).  NaN/Inf input is detected from the first moments (no extra pass) and raises
-``ValueError``.
+components (at least one); fewer than ``2 * min_count`` points are fitted with one
+component.  ``eps`` is an absolute variance floor added to every variance (as
+scikit-learn's ``reg_covar``).
+
+Never silently wrong.  Arguments are validated up front (errors name the argument).
+NaN/Inf input is detected from the moments the fit fetches anyway (no extra pass) and
+raises ``ValueError`` with the counts (:func:`check_finite`).  Parameters are returned
+in the dtype the fit ran in: float32 input whose variances do not fit in float32 (|x|
+beyond about 1e19) raises ``ValueError`` naming max |x| and the fix (fit float64 data or
+rescale), so inf/NaN parameters are never returned.  :func:`responsibilities` and
+:func:`log_likelihood` raise on NaN/Inf input and on mixtures with non-finite or
+non-positive parameters.
 """
+import copy
 import math
+import numbers
 from typing import NamedTuple
 
 import numpy
@@ -57,7 +69,8 @@ from mixnorm._arrays import get_array_module
 _FRAME_ROWS = 512
 #: ``fit_fraction`` never subsamples below this many points per component.
 MIN_POINTS_PER_COMPONENT = 32
-#: Default minimum effective count (points) of a returned component.
+#: Default ``min_count`` of :func:`fit_gmm`: the smallest effective count (points) a
+#: returned component may have (see :func:`fit_gmm` for the choice).
 MIN_COUNT = 16
 
 
@@ -91,6 +104,53 @@ def default_local_trials(n_components):
 
 # --------------------------------------------------------------------------- validation
 
+class _InvalidParameter(ValueError, TypeError):
+    """A bad argument (as scikit-learn's ``InvalidParameterError``: both a ``ValueError``
+    and a ``TypeError``)."""
+
+
+def _invalid(func, name, allowed, value):
+    return _InvalidParameter('The %r parameter of %s must be %s. Got %r instead.'
+                             % (name, func, allowed, value))
+
+
+def _check_int(func, name, value, low, allow_none=False):
+    """``value`` as an int >= ``low`` (``None`` passes through with ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise _invalid(func, name, '%san int in the range [%d, inf)'
+                       % ('None or ' if allow_none else '', low), value)
+    return int(value)
+
+
+def _check_real(func, name, value, low, high, closed):
+    """``value`` as a float in the interval from ``low`` to ``high`` (``closed`` one of
+    'both', 'left', 'right', 'neither'); NaN and bools are rejected."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and not math.isnan(value)
+    if ok:
+        ok = (value >= low if closed in ('both', 'left') else value > low) and \
+            (value <= high if closed in ('both', 'right') else value < high)
+    if not ok:
+        interval = '%s%s, %s%s' % ('[' if closed in ('both', 'left') else '(', low, high,
+                                   ']' if closed in ('both', 'right') else ')')
+        raise _invalid(func, name, 'a float in the range ' + interval, value)
+    return float(value)
+
+
+def _check_seed(func, seed):
+    """A ``numpy.random.Generator`` for ``seed``: None (fresh entropy), an int >= 0, or a
+    ``Generator`` (used, and advanced, as given)."""
+    if isinstance(seed, numpy.random.Generator):
+        return seed
+    if seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
+                        and seed >= 0):
+        return numpy.random.default_rng(None if seed is None else int(seed))
+    raise _invalid(func, 'seed', 'None, an int in the range [0, inf) or a '
+                   'numpy.random.Generator', seed)
+
+
 def _check_points(x, name='x'):
     """Validate an (n, d) real array; return (xp, work dtype)."""
     xp = get_array_module(x)
@@ -109,22 +169,46 @@ def _check_points(x, name='x'):
 
 
 def check_finite(x, name='x'):
-    """Raise ``ValueError`` with the NaN/Inf counts if ``x`` has any."""
+    """Raise ``ValueError`` if the array ``x`` holds NaN or Inf values; return None.
+
+    The message gives the counts of NaN and of Inf values (only those present) and, for
+    an (n, d) array, in how many of the n points (rows) they occur.  One pass over ``x``
+    and one device-to-host copy; integer and boolean arrays pass at once.
+    """
+    if not hasattr(x, 'dtype'):
+        x = numpy.asarray(x)
     xp = get_array_module(x)
-    if not bool(xp.isfinite(x).all()):
-        _raise_not_finite(x, name)
+    if x.dtype.kind not in 'fc':
+        return None
+    bad = ~xp.isfinite(x)
+    parts = [xp.isnan(x).sum(), bad.sum()]
+    if x.ndim == 2:
+        parts.append(bad.any(axis=1).sum())
+    counts = _arrays.to_host(xp.stack(parts)).astype(numpy.int64)
+    n_nan, n_bad = int(counts[0]), int(counts[1])
+    if n_bad == 0:
+        return None
+    found = ' and '.join('%d %s' % (c, what) for c, what in
+                         ((n_nan, 'NaN'), (n_bad - n_nan, 'Inf')) if c)
+    where = (' (in %d of %d points)' % (int(counts[2]), x.shape[0]) if x.ndim == 2
+             else ' (of %d values)' % x.size)
+    raise ValueError('%s contains %s value%s%s: statistics of non-finite data are '
+                     'undefined; check the input (learning rate too high? a division by '
+                     'zero upstream?)' % (name, found, 's' if n_bad > 1 else '', where))
 
 
 def _raise_not_finite(x, name='x'):
+    """Raise for ``x`` known to have produced non-finite statistics: the NaN/Inf counts
+    (:func:`check_finite`), or, for finite ``x``, that its magnitude overflowed.  For
+    :mod:`mixnorm.links`; new code calls :func:`check_finite`."""
+    check_finite(x, name)
     xp = get_array_module(x)
-    bad = ~xp.isfinite(x)
-    n_nan = int(xp.isnan(x).sum())
-    n_inf = int(bad.sum()) - n_nan
-    rows = int(bad.any(axis=1).sum())
-    raise ValueError('%s contains %d NaN and %d Inf values (in %d of %d points); '
-                     'a Gaussian mixture cannot be fitted to non-finite data: check the '
-                     'layer input (learning rate too high? a division by zero upstream?)'
-                     % (name, n_nan, n_inf, rows, x.shape[0]))
+    raise ValueError('%s is finite but its statistics overflow %s (max |x| = %g): cast it '
+                     'to float64 or rescale it' % (name, x.dtype, float(xp.abs(x).max())))
+
+
+def _max_abs(x):
+    return float(get_array_module(x).abs(x).max())
 
 
 # ------------------------------------------------------------------------ fitting frame
@@ -308,21 +392,23 @@ def kmeans_plusplus(x, n_components, n_local_trials=None, seed=None):
 
     Each new centre is the best (lowest potential) of ``n_local_trials`` candidates
     drawn with probability proportional to the squared distance to the nearest chosen
-    centre (default ``2 + int(log K)``).
+    centre (default ``2 + int(log K)``).  ``seed``: None, an int >= 0 or a
+    ``numpy.random.Generator``.  Raises ``ValueError`` for NaN/Inf input.
     """
+    f = 'kmeans_plusplus'
     _, work = _check_points(x)
-    n_local_trials = _check_trials(n_components, n_local_trials)
+    n_components = _check_int(f, 'n_components', n_components, 1)
+    n_local_trials = _check_trials(
+        n_components, _check_int(f, 'n_local_trials', n_local_trials, 1, allow_none=True))
+    rs = _check_seed(f, seed)
+    check_finite(x)
     frame = _frame_for(x, 1e-5, work)
-    return _kmeans_plusplus(frame, n_components, n_local_trials,
-                            numpy.random.default_rng(seed), want_indices=True)[1]
+    return _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=True)[1]
 
 
 def _check_trials(n_components, n_local_trials):
-    if n_local_trials is None:
-        return default_local_trials(n_components)
-    if int(n_local_trials) != n_local_trials or n_local_trials < 1:
-        raise ValueError('n_local_trials must be a positive integer, got %r' % (n_local_trials,))
-    return int(n_local_trials)
+    """The validated ``n_local_trials`` (an int >= 1 or None: the paper's default)."""
+    return default_local_trials(n_components) if n_local_trials is None else n_local_trials
 
 
 # ------------------------------------------------------------------------ Lloyd, EM
@@ -338,26 +424,57 @@ def _one_hot(labels, n_components, dtype):
     return kernels.one_hot(labels, n_components, dtype)
 
 
+def _finite(moments):
+    return bool(numpy.isfinite(moments).all())
+
+
 def _fit_in_frame(frame, n_components, kmeans_iters, em_iters, n_local_trials, eps,
-                  rs):
-    """K-means++, Lloyd and EM in the frame; returns the host float64 GMM (frame units)."""
+                  min_weight, min_count, rs):
+    """K-means++, Lloyd, EM and the count rule in the frame; returns the host float64 GMM
+    (frame units, heaviest first), or None if a pass's moments are not finite."""
     n = frame.za.shape[0]
     dtype = frame.za.dtype
     eps_z = eps / frame.scale ** 2
     tiny = 10 * numpy.finfo(dtype).eps
-    with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf: checked below
+
+    def m_step(moments):
+        return _m_step(moments, n, eps_z, tiny) if _finite(moments) else None
+
+    with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf: see fit_gmm
         labels, _ = _kmeans_plusplus(frame, n_components, n_local_trials, rs)
-        moments = _moments(frame, _one_hot(labels, n_components, dtype))
-    if not numpy.isfinite(moments).all():
-        return None                                      # see fit_gmm
-    gmm = _m_step(moments, n, eps_z, tiny)
-    for _ in range(1, kmeans_iters):
-        labels = _lloyd_labels(frame, _device_coef(frame, _dist_coef(gmm.means)))
-        gmm = _m_step(_moments(frame, _one_hot(labels, n_components, dtype)), n, eps_z, tiny)
-    for _ in range(em_iters):
-        resp, _ = _e_step(frame, gmm)
-        gmm = _m_step(_moments(frame, resp), n, eps_z, tiny)
-    return gmm
+        gmm = m_step(_moments(frame, _one_hot(labels, n_components, dtype)))
+        for _ in range(1, kmeans_iters):
+            if gmm is None:
+                return None
+            labels = _lloyd_labels(frame, _device_coef(frame, _dist_coef(gmm.means)))
+            gmm = m_step(_moments(frame, _one_hot(labels, n_components, dtype)))
+        for _ in range(em_iters):
+            if gmm is None:
+                return None
+            gmm = m_step(_moments(frame, _e_step(frame, gmm)[0]))
+        return None if gmm is None else _enforce_counts(frame, gmm, n, min_weight,
+                                                        min_count, m_step)
+
+
+def _enforce_counts(frame, gmm, n, min_weight, min_count, m_step):
+    """Prune components with weight < ``min_weight`` or effective count
+    ``weight * n`` < ``min_count`` (the counts are the last M-step's, on the host: no
+    extra pass unless a component fails).  The points of pruned components merge into
+    the kept ones by an E-step over the kept components (weights renormalised) and an
+    M-step; the check repeats until every component passes or one is left (BN's
+    statistics).  Returns the GMM heaviest first, or None on non-finite moments."""
+    while gmm.n_components > 1:
+        keep = (gmm.weights >= min_weight) & (gmm.weights * n >= min_count)
+        if keep.all():
+            break
+        if not keep.any():
+            keep[numpy.argmax(gmm.weights)] = True
+        w = gmm.weights[keep]
+        kept = GMM(w / w.sum(), gmm.means[keep], gmm.variances[keep])
+        gmm = m_step(_moments(frame, _e_step(frame, kept)[0]))
+        if gmm is None:
+            return None
+    return _prune(gmm, 0.0)
 
 
 def _prune(gmm, min_weight):
@@ -372,9 +489,48 @@ def _prune(gmm, min_weight):
 def prune(gmm, min_weight):
     """Drop components with weight < ``min_weight`` and renormalise (paper Sec. 5.3);
     the rest are sorted by decreasing weight and the heaviest is always kept.  Returns
-    arrays on the device and in the dtype of ``gmm``."""
+    arrays on the device and in the dtype of ``gmm``.  (Without the data the points of
+    the dropped components cannot be refitted: :func:`fit_gmm` does that.)"""
     xp = get_array_module(gmm.weights)
     return _on_device(_prune(_on_host(gmm), min_weight), xp, gmm.weights.dtype)
+
+
+def _check_fit_args(n_components, kmeans_iters, em_iters, n_local_trials, fit_fraction,
+                    min_weight, min_count, eps, seed, return_responsibilities):
+    """Validate the arguments of :func:`fit_gmm` (scikit-learn style: each error names
+    the argument and its valid range); returns them converted, and the random
+    generator."""
+    f = 'fit_gmm'
+    n_components = _check_int(f, 'n_components', n_components, 1)
+    kmeans_iters = _check_int(f, 'kmeans_iters', kmeans_iters, 0)
+    em_iters = _check_int(f, 'em_iters', em_iters, 0)
+    n_local_trials = _check_int(f, 'n_local_trials', n_local_trials, 1, allow_none=True)
+    fit_fraction = _check_real(f, 'fit_fraction', fit_fraction, 0.0, 1.0, 'right')
+    min_weight = _check_real(f, 'min_weight', min_weight, 0.0, 1.0, 'left')
+    min_count = _check_real(f, 'min_count', min_count, 0.0, math.inf, 'left')
+    eps = _check_real(f, 'eps', eps, 0.0, math.inf, 'neither')
+    if not isinstance(return_responsibilities, (bool, numpy.bool_)):
+        raise _invalid(f, 'return_responsibilities', 'a bool', return_responsibilities)
+    rs = _check_seed(f, seed)
+    return (n_components, kmeans_iters, em_iters, _check_trials(n_components, n_local_trials),
+            fit_fraction, min_weight, min_count, eps, rs)
+
+
+def _check_representable(gmm, work, x):
+    """Raise unless the host float64 GMM (data units) is finite in the dtype ``work`` it
+    is returned in (float32 variances overflow for |x| beyond about 1e19)."""
+    limit = float(numpy.finfo(work).max)
+    big = max(float(numpy.abs(a).max()) for a in gmm)
+    if math.isfinite(big) and big <= limit:
+        return
+    if work == numpy.float64:
+        raise ValueError('the mixture fitted to x is not finite in float64 (max |x| %g): '
+                         'rescale x' % _max_abs(x))
+    top = _max_abs(x)
+    raise ValueError('the magnitude of x overflows %s variances: max |x| is %g, so the '
+                     'variances reach %g, beyond the largest %s (%g); cast x to float64 '
+                     '(x.astype(numpy.float64)) or rescale it (e.g. x / %g)'
+                     % (work, top, big, work, limit, top))
 
 
 def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
@@ -384,55 +540,65 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
 
     K-means++ seeding (``n_local_trials``, default ``2 + int(log K)``), ``kmeans_iters``
     Lloyd iterations (at least one: it gives the partition that initialises EM), then
-    ``em_iters`` EM iterations; components lighter than ``min_weight`` are pruned and
-    the rest returned heaviest first.  ``fit_fraction`` < 1 fits a random subset of that
+    ``em_iters`` EM iterations.  ``fit_fraction`` < 1 fits a random subset of that
     fraction of the points (never fewer than ``MIN_POINTS_PER_COMPONENT * K`` or all of
-    them).  Returns a :class:`GMM` in float64 for float64 input, else float32, on the
-    device of ``x``.  Raises ``ValueError`` for NaN/Inf input, bad shapes or bad
-    arguments.
+    them).  ``seed``: None, an int >= 0 or a ``numpy.random.Generator``.
+
+    Pruning.  Every returned component has weight >= ``min_weight`` (paper Sec. 5.3)
+    and an effective count ``weight * n`` >= ``min_count`` (n the fitted points);
+    components below either are dropped, their points merged into the rest by an
+    E-step and M-step over the kept components, until all pass (K' = 1, BN's
+    statistics, is the limit); fewer than ``2 * min_count`` points give K' = 1 at once.
+    The default ``min_count = 16``: a variance estimated from m points has a relative
+    standard error of sqrt(2 / (m - 1)), 0.37 at m = 16, so 1/sigma is known to about
+    18%; with fewer points a component's variance is mostly noise and (a single point:
+    variance ``eps``) its output explodes or dies.  It is half the
+    ``MIN_POINTS_PER_COMPONENT`` that ``fit_fraction`` keeps per component, and in a
+    convolutional batch (n = N*H*W in the thousands) ``min_weight`` is the stricter
+    rule, so it changes only small, fully connected batches.  ``min_count=0`` turns it
+    off.
+
+    Returns a :class:`GMM`, heaviest component first, in float64 for float64 input,
+    else float32, on the device of ``x``.  Raises ``ValueError`` for bad shapes or
+    arguments (naming the argument), for NaN/Inf input (with the counts), and for
+    float32 input whose variances overflow float32 (naming max |x|; cast to float64 or
+    rescale): the parameters returned are always finite.
 
     With ``return_responsibilities`` it returns ``(gmm, nu)``, ``nu`` (n, K') the
     posteriors of all n points under the returned mixture, as :func:`responsibilities`
-    gives them, reusing the fit's frame when every point was fitted.
+    gives them, reusing the fit's frame when every point was fitted (then unchecked:
+    finite whenever the fit's moments are).
     """
     xp, work = _check_points(x)
-    if int(n_components) != n_components or n_components < 1:
-        raise ValueError('n_components must be a positive integer, got %r' % (n_components,))
-    n_components = int(n_components)
-    for name, v in (('kmeans_iters', kmeans_iters), ('em_iters', em_iters)):
-        if int(v) != v or v < 0:
-            raise ValueError('%s must be a non-negative integer, got %r' % (name, v))
-    if not 0.0 < fit_fraction <= 1.0:
-        raise ValueError('fit_fraction must be in (0, 1], got %r' % (fit_fraction,))
-    if not 0.0 <= min_weight < 1.0:
-        raise ValueError('min_weight must be in [0, 1), got %r' % (min_weight,))
-    if not eps > 0:
-        raise ValueError('eps must be positive, got %r' % (eps,))
-    n_local_trials = _check_trials(n_components, n_local_trials)
-    rs = numpy.random.default_rng(seed)
-
+    (n_components, kmeans_iters, em_iters, n_local_trials, fit_fraction, min_weight,
+     min_count, eps, rs) = _check_fit_args(n_components, kmeans_iters, em_iters,
+                                           n_local_trials, fit_fraction, min_weight,
+                                           min_count, eps, seed, return_responsibilities)
     n = x.shape[0]
     points = x
     if fit_fraction < 1.0:
         m = min(n, max(int(math.ceil(fit_fraction * n)), MIN_POINTS_PER_COMPONENT * n_components))
         if m < n:
             points = x[xp.asarray(rs.permutation(n)[:m])]
+    if points.shape[0] < 2 * min_count:
+        n_components = 1                    # no two components can both have min_count
+    replay = copy.deepcopy(rs)              # the same draws for a float64 refit
+    fit_args = (n_components, kmeans_iters, em_iters, n_local_trials, eps, min_weight,
+                min_count)
     frame = _frame_for(points, eps, work)
-    gmm_z = _fit_in_frame(frame, n_components, int(kmeans_iters), int(em_iters),
-                          n_local_trials, eps, rs)
+    gmm_z = _fit_in_frame(frame, *fit_args, rs)
     if gmm_z is None:
-        # non-finite first moments: NaN/Inf input, or (finite input) a far outlier
-        # missed by the subsample overflows z**2 in float32: refit in float64.
-        if not bool(xp.isfinite(points).all()):
-            _raise_not_finite(points)
+        # non-finite moments: NaN/Inf input, or (finite input) a far outlier missed by
+        # the frame's subsample overflows z**2 in float32: refit in float64.
+        check_finite(x)
         frame = _frame_for(points, eps, numpy.dtype(numpy.float64))
-        gmm_z = _fit_in_frame(frame, n_components, int(kmeans_iters), int(em_iters),
-                              n_local_trials, eps, numpy.random.default_rng(seed))
+        gmm_z = _fit_in_frame(frame, *fit_args, replay)
         if gmm_z is None:
-            raise ValueError('the data overflow float64 in the fitting frame (max |x| %g)'
-                             % float(abs(points).max()))
-    gmm_z = _prune(gmm_z, min_weight)
-    gmm = _on_device(_from_frame(gmm_z, frame), xp, work)
+            raise ValueError('the data overflow float64 in the fitting frame (max |x| %g): '
+                             'rescale x' % _max_abs(points))
+    gmm = _from_frame(gmm_z, frame)
+    _check_representable(gmm, work, points)
+    gmm = _on_device(gmm, xp, work)
     if not return_responsibilities:
         return gmm
     if points is not x:                     # fitted on a subset: score every point
@@ -453,31 +619,76 @@ def _check_gmm(x, gmm):
     return xp, work
 
 
+def _check_mixture(host):
+    """Raise unless a host GMM can score data: finite parameters, variances > 0,
+    weights >= 0 with a positive sum."""
+    for name, a in zip(GMM._fields, host):
+        bad = int((~numpy.isfinite(a)).sum())
+        if bad:
+            raise ValueError('gmm.%s holds %d non-finite values: a mixture with NaN/Inf '
+                             'parameters cannot score data' % (name, bad))
+    if (host.variances <= 0).any():
+        raise ValueError('gmm.variances must be positive (min %g)' % host.variances.min())
+    if (host.weights < 0).any() or not host.weights.sum() > 0:
+        raise ValueError('gmm.weights must be non-negative with a positive sum, got %s'
+                         % (host.weights,))
+
+
 def _score_frame(x, gmm):
     """Frame centred on the mixture's mean and scaled by its widest spread, and the GMM
     (host float64) expressed in it, so that float32 scoring neither overflows nor
     cancels."""
     xp, work = _check_gmm(x, gmm)
     host = _on_host(gmm)
-    shift = (host.weights[:, None] * host.means).sum(axis=0)
-    scale = math.sqrt(float((host.variances + (host.means - shift) ** 2).max()))
+    _check_mixture(host)
+    shift = (host.weights[:, None] * host.means).sum(axis=0) / host.weights.sum()
+    with numpy.errstate(over='ignore'):
+        scale = math.sqrt(float((host.variances + (host.means - shift) ** 2).max()))
     scale = scale if scale > 0 and math.isfinite(scale) else 1.0
     frame = _Frame(_augment(x, shift, scale, work), shift, scale)
     return frame, _to_frame(host, frame)
 
 
+def _score(x, gmm):
+    """The scoring frame, the GMM in it, and the E-step's posteriors (K, n) and
+    per-point log-likelihoods (n,) (NaN/Inf are reported by :func:`_scored`)."""
+    with numpy.errstate(invalid='ignore', over='ignore'):
+        frame, g = _score_frame(x, gmm)
+        return (frame, g) + _e_step(frame, g)
+
+
+def _scored(x, frame, total):
+    """``total`` (a host float: a sum or mean of per-point log-likelihoods), checked:
+    non-finite means NaN/Inf input (:func:`check_finite` says so) or, for finite input,
+    log-densities that overflow the scoring dtype."""
+    if math.isfinite(total):
+        return total
+    check_finite(x)
+    raise ValueError('x is finite but its log-densities under the mixture overflow %s '
+                     '(max |x| = %g, mixture spread %g): score float64 data '
+                     '(x.astype(numpy.float64)) or rescale x and the mixture'
+                     % (frame.za.dtype, _max_abs(x), frame.scale))
+
+
 def responsibilities(x, gmm):
     """Posterior probabilities nu (n, K) of the components given each row of ``x``
-    (Eq. 31), computed in log-space with log-sum-exp; rows sum to 1."""
-    frame, g = _score_frame(x, gmm)
-    return _e_step(frame, g)[0].T
+    (Eq. 31), computed in log-space with log-sum-exp; rows sum to 1.  Raises
+    ``ValueError`` for NaN/Inf in ``x`` or in ``gmm`` (found from the log-likelihoods:
+    one scalar copy, no extra pass over ``x``)."""
+    frame, _, resp, lse = _score(x, gmm)
+    xp = get_array_module(lse)
+    _scored(x, frame, float(lse.sum(dtype=xp.float64)))
+    return resp.T
 
 
 def log_likelihood(x, gmm):
-    """Mean per-point log-likelihood of ``x`` under ``gmm`` (a Python float)."""
-    frame, g = _score_frame(x, gmm)
+    """Mean per-point log-likelihood of ``x`` under ``gmm`` (a Python float).  Raises
+    ``ValueError`` for NaN/Inf in ``x`` or in ``gmm``."""
+    frame, _, _, lse = _score(x, gmm)
+    xp = get_array_module(lse)
     # the density of z = (x - shift) / scale carries the Jacobian scale**d
-    return float(_e_step(frame, g)[1].mean()) - x.shape[1] * math.log(frame.scale)
+    return _scored(x, frame, float(lse.mean(dtype=xp.float64))) \
+        - x.shape[1] * math.log(frame.scale)
 
 
 def em_step(x, gmm, eps=1e-5):
@@ -488,8 +699,10 @@ def em_step(x, gmm, eps=1e-5):
     the GMM on the device of ``x`` in the dtype of the computation.
     """
     xp = get_array_module(x)
-    frame, g = _score_frame(x, gmm)
-    resp, _ = _e_step(frame, g)
-    out = _m_step(_moments(frame, resp), x.shape[0], eps / frame.scale ** 2,
+    eps = _check_real('em_step', 'eps', eps, 0.0, math.inf, 'neither')
+    frame, _, resp, _ = _score(x, gmm)
+    moments = _moments(frame, resp)
+    _scored(x, frame, float(moments.sum()))
+    out = _m_step(moments, x.shape[0], eps / frame.scale ** 2,
                   10 * numpy.finfo(frame.za.dtype).eps)
     return _on_device(_from_frame(out, frame), xp, frame.za.dtype)

@@ -114,8 +114,9 @@ class MixtureNormalization(chainer.Link):
             raise ValueError('fit_fraction must be in (0, 1], got %r' % (fit_fraction,))
         if not isinstance(min_weight, numbers.Real) or not 0.0 <= min_weight < 1.0:
             raise ValueError('min_weight must be in [0, 1), got %r' % (min_weight,))
-        if not _is_int(min_count) or min_count < 1:
-            raise ValueError('min_count must be a positive integer, got %r' % (min_count,))
+        if not isinstance(min_count, numbers.Real) or not min_count >= 0:
+            raise ValueError('min_count must be a number >= 0 (0 turns the rule off), got %r'
+                             % (min_count,))
         if seed is not None and (not _is_int(seed) or seed < 0):
             raise ValueError('seed must be None or a non-negative integer, got %r'
                              % (seed,))
@@ -132,7 +133,7 @@ class MixtureNormalization(chainer.Link):
         self.queue_length = int(queue_length)
         self.fit_fraction = fit_fraction
         self.min_weight = min_weight
-        self.min_count = int(min_count)
+        self.min_count = min_count
         self.affine = affine
         self.lambda_scaling = lambda_scaling
         self.inference = inference

@@ -151,8 +151,11 @@ def test_small_components_are_pruned_and_merged():
     assert (g.weights >= 0.01).all()
     assert g.n_components < 3
     assert g.weights.sum() == pytest.approx(1.0)
-    kept = G.fit_gmm(x, 3, 1, 1, seed=0, min_weight=0.0)
+    kept = G.fit_gmm(x, 3, 1, 1, seed=0, min_weight=0.0, min_count=0)
     assert kept.n_components == 3 and kept.weights.min() < 0.01
+    # the 10 far points are one component unless min_count (default 16) prunes it
+    assert G.fit_gmm(x, 3, 1, 1, seed=0, min_weight=0.0, min_count=10).n_components == 3
+    assert G.fit_gmm(x, 3, 1, 1, seed=0, min_weight=0.0).n_components < 3
 
 
 def _assert_finite(g):
@@ -198,9 +201,16 @@ def test_magnitudes_and_dtypes(scale, offset, dtype):
 
 def test_outlier_beyond_subsample_is_handled():
     x = np.random.default_rng(9).standard_normal((10000, 2)).astype(np.float32)
-    x[5001, 0] = 3e37                                  # x**2 overflows float32
+    x[5001, 0] = 1e20               # z**2 overflows float32: refit in float64
     g = G.fit_gmm(x, 2, 1, 1, seed=0)
     _assert_finite(g)
+    # its component of one point is pruned and the outlier merges into the rest
+    assert g.n_components == 1
+    np.testing.assert_allclose(g.variances[0, 0], 1e40 / 10000, rtol=1e-3)
+    x[5001, 0] = 3e37               # the merged variance overflows float32 itself
+    with pytest.raises(ValueError, match=r'overflows float32 variances: max \|x\| is 3e\+37'
+                       r'.*float64'):
+        G.fit_gmm(x, 2, 1, 1, seed=0)
 
 
 @pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])

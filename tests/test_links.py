@@ -135,7 +135,7 @@ def test_lambda_scaling_applies_at_inference_too():
 def test_queue_weights_follow_eq39():
     rng = np.random.default_rng(6)
     mn = MixtureNormalization(3, n_components=2, queue_length=4, decay=0.9, seed=0)
-    batches = [clustered(rng, (8, 3, 2, 2), K=2).astype(np.float32) for _ in range(6)]
+    batches = [clustered(rng, (16, 3, 2, 2), K=2).astype(np.float32) for _ in range(6)]
     mn(batches[0])
     g, lam = mn.queue_mixture()
     assert g.weights.shape == (2,)
