@@ -53,6 +53,14 @@ beyond about 1e19) raises ``ValueError`` naming max |x| and the fix (fit float64
 rescale), so inf/NaN parameters are never returned.  :func:`responsibilities` and
 :func:`log_likelihood` raise on NaN/Inf input and on mixtures with non-finite or
 non-positive parameters.
+
+Several processes.  ``fit_gmm(..., reducer=r)`` fits one mixture to the union of the
+points of all ranks of ``r`` (``size``, ``rank`` and a deterministic host ``sum`` over
+ranks: :class:`LocalReducer`, :class:`mixnorm._collectives.MPIReducer`).  The points
+never leave their rank: each pass reduces the same small matrices that the
+single-process fit fetches to the host (the frame's statistics, the K-means++ seeds and
+potentials, the (K, 2d+2) moments), and every rank returns the same mixture, bitwise
+(see :func:`fit_gmm` for the design and its cost).
 """
 import copy
 import math
@@ -216,14 +224,27 @@ def _max_abs(x):
 class _Frame(NamedTuple):
     """Points in the fitting frame as ``za = [z**2 | z | |z|^2 | 1]`` (n, 2d+2) of the work
     dtype, and the transform ``z = (x - shift) / scale`` (host float64 ``shift`` (d,) and
-    float ``scale``)."""
+    float ``scale``).  A union frame (the points of all ranks of a ``reducer``) also
+    holds the reducer and ``counts`` (P,), the points of each rank; ``za`` holds this
+    rank's."""
     za: object
     shift: object
     scale: float
+    counts: object = None
+    reducer: object = None
 
     @property
     def d(self):
         return (self.za.shape[1] - 2) // 2
+
+    @property
+    def n(self):
+        """The number of points fitted (on all ranks for a union frame)."""
+        return self.za.shape[0] if self.counts is None else int(self.counts.sum())
+
+    def reduce(self, a):
+        """``a`` (host float64) summed over the ranks of a union frame; ``a`` otherwise."""
+        return a if self.reducer is None else self.reducer.sum(a)
 
 
 def _augment(x, shift, scale, work):
@@ -236,18 +257,41 @@ def _augment(x, shift, scale, work):
     return kernels.augment(x, xp.asarray(shift, dtype=work), work.type(1.0 / scale), za)
 
 
-def _frame_for(x, eps, work):
+def _frame_for(x, eps, work, reducer=None):
     """The fitting frame of ``x``: shift and scale from a strided row subsample (one
-    small device-to-host copy), then ``za``."""
+    small device-to-host copy), then ``za``.  With a ``reducer`` the frame of the union
+    of all ranks' points: one reduction of each rank's row ``[n, n_sub, mean, M2]``
+    (zeros in the other ranks' rows), pooled as Chan et al. (:func:`_pooled`)."""
     xp = get_array_module(x)
     n, d = x.shape
     sub = x[::max(1, n // _FRAME_ROWS)]
     with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf are reported later
         shift = sub.mean(axis=0, dtype=xp.float64)
-        spread = xp.square(sub - shift).mean()
-        stats = _arrays.to_host(xp.concatenate([shift, spread[None]]))
-        scale = max(math.sqrt(stats[d]) if numpy.isfinite(stats[d]) else 1.0, math.sqrt(eps))
-        return _Frame(_augment(x, stats[:d], scale, work), stats[:d], scale)
+        m2 = xp.square(sub - shift).sum()
+        stats = _arrays.to_host(xp.concatenate([shift, m2[None]]))
+        rows = numpy.concatenate([[n, sub.shape[0]], stats])[None]
+        counts = None
+        if reducer is not None:
+            table = numpy.zeros((reducer.size, d + 3))
+            table[reducer.rank] = rows[0]
+            rows = reducer.sum(table)
+            counts = rows[:, 0]
+        shift, spread = _pooled(rows)
+        scale = max(math.sqrt(spread) if numpy.isfinite(spread) else 1.0, math.sqrt(eps))
+        return _Frame(_augment(x, shift, scale, work), shift, scale, counts, reducer)
+
+
+def _pooled(rows):
+    """Mean (d,) and mean squared deviation (over points and features) of the union of
+    row subsamples given per rank as ``[n, n_sub, mean (d), M2]`` (P, d+3), by Chan et
+    al.'s pairwise formula (no cancellation for data far from the origin; exact for
+    P = 1)."""
+    d = rows.shape[1] - 3
+    n_sub, means, m2 = rows[:, 1], rows[:, 2:2 + d], rows[:, 2 + d]
+    total = n_sub.sum()
+    mean = ((n_sub / total)[:, None] * means).sum(axis=0)
+    m2 = m2.sum() + (n_sub * ((means - mean) ** 2).sum(axis=1)).sum()
+    return mean, float(m2 / (total * d))
 
 
 def _to_frame(gmm, frame):
@@ -301,14 +345,29 @@ def _centre_coef(frame, rows):
     return kernels.centre_coef(frame.za, rows)
 
 
-def _dist_coef(centres):
-    """Distance coefficients ``[0 | -2c | 1 | |c|^2]`` of host centres (m, d)."""
+def _dist_coef(centres, sqnorms=None):
+    """Distance coefficients ``[0 | -2c | 1 | |c|^2]`` of host centres (m, d)
+    (``sqnorms`` (m,): the squared norms as the frame holds them, else computed)."""
     m, d = centres.shape
     coef = numpy.zeros((m, 2 * d + 2))
     coef[:, d:2 * d] = -2.0 * centres
     coef[:, 2 * d] = 1.0
-    coef[:, 2 * d + 1] = (centres * centres).sum(axis=1)
+    coef[:, 2 * d + 1] = (centres * centres).sum(axis=1) if sqnorms is None else sqnorms
     return coef
+
+
+def _point_rows(frame, rows):
+    """``[z | |z|^2]`` (m, d+1), host float64, of this rank's points ``za[rows]``
+    (``rows`` a device int64 array): what the rank owning a seed contributes."""
+    d = frame.d
+    return _arrays.to_host(frame.za[rows, d:2 * d + 1]).astype(numpy.float64)
+
+
+def _rows_coef(frame, rows):
+    """Device distance coefficients of points given as host ``[z | |z|^2]`` rows: the
+    values :func:`_centre_coef` gives for them on their own rank."""
+    d = frame.d
+    return _device_coef(frame, _dist_coef(rows[:, :d], rows[:, d]))
 
 
 def _logprob_coef(gmm):
@@ -342,8 +401,9 @@ def _e_step(frame, gmm):
 
 
 def _moments(frame, resp):
-    """``resp @ za`` (K, 2d+2) on the host, float64: sums of r z^2, r z, r |z|^2, r."""
-    return _arrays.to_host(resp @ frame.za).astype(numpy.float64)
+    """``resp @ za`` (K, 2d+2) on the host, float64: sums of r z^2, r z, r |z|^2, r
+    (over all ranks' points for a union frame: one reduction)."""
+    return frame.reduce(_arrays.to_host(resp @ frame.za).astype(numpy.float64))
 
 
 def _m_step(moments, n, eps_z, tiny):
@@ -385,6 +445,77 @@ def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False
             indices.append(xp.reshape(cand[xp.argmin(pot)], (1,)))    # device index
         closest, labels = kernels.kpp_update(dist, pot, closest, labels, k)
     return labels, (xp.concatenate(indices) if want_indices else None)
+
+
+def _kmeans_plusplus_union(frame, n_components, n_local_trials, rs):
+    """Greedy K-means++ over the union of all ranks' points (a union frame); returns
+    this rank's nearest-seed labels (n,).
+
+    Every rank holds the same host generator ``rs`` and so makes the same draws.  The
+    first seed is drawn uniformly over the union: global index -> (owner rank, local
+    index); the owner contributes the point's ``[z | |z|^2]`` (one reduction), each
+    rank then computes its potential (sum of squared distances to the nearest seed),
+    and one reduction of a (P,) one-hot-by-rank buffer tells every rank all ranks'
+    potentials.  Each later round maps its draws to (owner rank, position within the
+    owner's potential) (:func:`_owned_draws`), the owners sample their candidates with
+    the single-process kernel and contribute their coordinates (a (trials, d+1) buffer,
+    zeros elsewhere: one reduction), each rank computes the potential of every candidate
+    over its own points, and a reduction of the (P, trials) one-hot-by-rank buffer gives
+    the global potentials (the best candidate is the same on every rank) and the next
+    round's per-rank potentials.  2 + 2 (K - 1) reductions of O(P * trials + trials * d)
+    numbers; with one rank the choices are exactly those of :func:`_kmeans_plusplus`.
+    """
+    xp = get_array_module(frame.za)
+    reducer, me = frame.reducer, frame.reducer.rank
+    n, d = frame.za.shape[0], frame.d
+    labels = xp.zeros((n,), dtype=xp.int64)
+    if n_components == 1:
+        return labels
+    offsets = numpy.concatenate([[0], numpy.cumsum(frame.counts)]).astype(numpy.int64)
+    first = int(rs.integers(0, offsets[-1]))
+    rows = numpy.zeros((1, d + 1))
+    if offsets[me] <= first < offsets[me + 1]:
+        rows[:] = _point_rows(frame, xp.asarray(numpy.array([first - offsets[me]],
+                                                            dtype=numpy.int64)))
+    closest = _distances(frame, _rows_coef(frame, reducer.sum(rows)))[0]
+    cum = xp.cumsum(closest, dtype=xp.float64)
+    pots = numpy.zeros(reducer.size)
+    pots[me] = _arrays.to_host(cum[-1:])[0]
+    pots = reducer.sum(pots)
+    draws = rs.random((n_components - 1, n_local_trials))
+    for k in range(1, n_components):
+        mine, u = _owned_draws(draws[k - 1], pots, me)
+        rows = numpy.zeros((n_local_trials, d + 1))
+        if mine.any():
+            rows[mine] = _point_rows(frame, kernels.sample_candidates(cum, xp.asarray(u)))
+        dist = _distance_product(frame, _rows_coef(frame, reducer.sum(rows)))
+        table = numpy.zeros((reducer.size, n_local_trials))
+        table[me] = _arrays.to_host(
+            xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64))
+        table = reducer.sum(table)
+        pot = table.sum(axis=0)                       # the same on every rank
+        closest, labels = kernels.kpp_update(dist, xp.asarray(pot), closest, labels, k)
+        pots = table[:, numpy.argmin(pot)]
+        if k + 1 < n_components:
+            cum = xp.cumsum(closest, dtype=xp.float64)
+    return labels
+
+
+def _owned_draws(u, pots, rank):
+    """For uniform draws ``u`` (trials,) over the global potential, split over the ranks
+    in rank order by their potentials ``pots`` (P,): the mask of draws that fall in
+    ``rank``'s share and their positions in [0, 1) within it (with one rank, ``u``
+    itself: ``0 / G`` and ``G / G`` are exact)."""
+    prefix = numpy.concatenate([[0.0], numpy.cumsum(pots)])
+    total = prefix[-1]
+    owner = numpy.minimum(numpy.searchsorted(prefix[1:], u * total, side='right'),
+                          pots.size - 1)
+    mine = owner == rank
+    if pots[rank] > 0:
+        local = (u[mine] - prefix[rank] / total) * (total / pots[rank])
+    else:                                 # no potential left: any point (a duplicate)
+        local = numpy.zeros(int(mine.sum()))
+    return mine, local
 
 
 def kmeans_plusplus(x, n_components, n_local_trials=None, seed=None):
@@ -432,7 +563,7 @@ def _fit_in_frame(frame, n_components, kmeans_iters, em_iters, n_local_trials, e
                   min_weight, min_count, rs):
     """K-means++, Lloyd, EM and the count rule in the frame; returns the host float64 GMM
     (frame units, heaviest first), or None if a pass's moments are not finite."""
-    n = frame.za.shape[0]
+    n = frame.n
     dtype = frame.za.dtype
     eps_z = eps / frame.scale ** 2
     tiny = 10 * numpy.finfo(dtype).eps
@@ -441,7 +572,10 @@ def _fit_in_frame(frame, n_components, kmeans_iters, em_iters, n_local_trials, e
         return _m_step(moments, n, eps_z, tiny) if _finite(moments) else None
 
     with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf: see fit_gmm
-        labels, _ = _kmeans_plusplus(frame, n_components, n_local_trials, rs)
+        if frame.reducer is None:
+            labels, _ = _kmeans_plusplus(frame, n_components, n_local_trials, rs)
+        else:
+            labels = _kmeans_plusplus_union(frame, n_components, n_local_trials, rs)
         gmm = m_step(_moments(frame, _one_hot(labels, n_components, dtype)))
         for _ in range(1, kmeans_iters):
             if gmm is None:
@@ -535,7 +669,7 @@ def _check_representable(gmm, work, x):
 
 def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
             fit_fraction=1.0, min_weight=0.01, min_count=MIN_COUNT, eps=1e-5, seed=None,
-            return_responsibilities=False):
+            return_responsibilities=False, reducer=None):
     """Fit a diagonal-covariance GMM to the rows of ``x`` (n, d) (paper Sec. 3.2).
 
     K-means++ seeding (``n_local_trials``, default ``2 + int(log K)``), ``kmeans_iters``
@@ -568,30 +702,44 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
     posteriors of all n points under the returned mixture, as :func:`responsibilities`
     gives them, reusing the fit's frame when every point was fitted (then unchecked:
     finite whenever the fit's moments are).
+
+    Several processes.  With a ``reducer`` (see :class:`LocalReducer`; every rank passes
+    its own points ``x`` and the same other arguments, ``seed`` included) the mixture is
+    fitted to the union of all ranks' points, which never leave their rank: only
+    host-side sums of small buffers do, and every rank returns the same mixture,
+    bitwise.  The frame's shift and scale come from the pooled per-rank subsamples (one
+    reduction, which also tells every rank how many points each holds); K-means++ draws
+    from a host generator that is the same on every rank, proportionally to the global
+    potential (2 reductions for the first seed, 2 per further seed:
+    :func:`_kmeans_plusplus_union`); each Lloyd or EM pass, and each round of the count
+    rule, reduces its (K, 2d+2) moments matrix once, and pruning uses the global counts.
+    That is ``3 + 2 (K - 1) + kmeans_iters + em_iters`` reductions, 9 for K = 3 and the
+    paper's "EM iter." 2, each of O(K d + P (d + trials)) numbers, never O(n d); the
+    device work per rank is that of a single-process fit of its points plus one
+    device-to-host copy per reduction.  ``fit_fraction`` subsamples each rank's points.
+    With one rank the result equals the fit without a reducer.  A rank whose own input
+    is invalid (shape, dtype) raises before the first reduction, leaving the others
+    waiting: check such input before fitting; NaN/Inf input is reported on every rank.
     """
     xp, work = _check_points(x)
     (n_components, kmeans_iters, em_iters, n_local_trials, fit_fraction, min_weight,
      min_count, eps, rs) = _check_fit_args(n_components, kmeans_iters, em_iters,
                                            n_local_trials, fit_fraction, min_weight,
                                            min_count, eps, seed, return_responsibilities)
-    n = x.shape[0]
-    points = x
-    if fit_fraction < 1.0:
-        m = min(n, max(int(math.ceil(fit_fraction * n)), MIN_POINTS_PER_COMPONENT * n_components))
-        if m < n:
-            points = x[xp.asarray(rs.permutation(n)[:m])]
-    if points.shape[0] < 2 * min_count:
-        n_components = 1                    # no two components can both have min_count
+    reducer = _check_reducer(reducer, seed)
+    points = _fitted_points(x, n_components, fit_fraction, rs, reducer)
     replay = copy.deepcopy(rs)              # the same draws for a float64 refit
+    frame = _frame_for(points, eps, work, reducer)
+    if frame.n < 2 * min_count:
+        n_components = 1                    # no two components can both have min_count
     fit_args = (n_components, kmeans_iters, em_iters, n_local_trials, eps, min_weight,
                 min_count)
-    frame = _frame_for(points, eps, work)
     gmm_z = _fit_in_frame(frame, *fit_args, rs)
     if gmm_z is None:
         # non-finite moments: NaN/Inf input, or (finite input) a far outlier missed by
         # the frame's subsample overflows z**2 in float32: refit in float64.
-        check_finite(x)
-        frame = _frame_for(points, eps, numpy.dtype(numpy.float64))
+        _check_finite_everywhere(x, reducer)
+        frame = _frame_for(points, eps, numpy.dtype(numpy.float64), reducer)
         gmm_z = _fit_in_frame(frame, *fit_args, replay)
         if gmm_z is None:
             raise ValueError('the data overflow float64 in the fitting frame (max |x| %g): '
@@ -604,6 +752,77 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
     if points is not x:                     # fitted on a subset: score every point
         return gmm, responsibilities(x, gmm)
     return gmm, _e_step(frame, gmm_z)[0].T
+
+
+def _fitted_points(x, n_components, fit_fraction, rs, reducer):
+    """``x``, or for ``fit_fraction`` < 1 a random subset of its rows (at least
+    ``MIN_POINTS_PER_COMPONENT * K`` of them, per rank with a reducer).  Several ranks
+    draw their subsets from a generator seeded by ``rs`` and the rank, so ``rs`` stays
+    the same on all of them."""
+    n = x.shape[0]
+    m = min(n, max(int(math.ceil(fit_fraction * n)), MIN_POINTS_PER_COMPONENT * n_components))
+    if m == n:
+        return x
+    if reducer is not None and reducer.size > 1:
+        rs = numpy.random.default_rng([int(rs.integers(2 ** 63)), reducer.rank])
+    xp = get_array_module(x)
+    return x[xp.asarray(rs.permutation(n)[:m])]
+
+
+def _check_finite_everywhere(x, reducer):
+    """:func:`check_finite` on every rank: ranks with NaN/Inf raise with their counts,
+    the others name those ranks (one reduction, on the failure path only), so that no
+    rank is left waiting in a collective."""
+    if reducer is None:
+        return check_finite(x)
+    flags = numpy.zeros(reducer.size)
+    try:
+        check_finite(x)
+        error = None
+    except ValueError as e:
+        error = e
+        flags[reducer.rank] = 1
+    flags = reducer.sum(flags)
+    if error is not None:
+        raise error
+    if flags.any():
+        raise ValueError('the points of rank(s) %s contain NaN/Inf values, so the mixture '
+                         'of the union cannot be fitted' % numpy.flatnonzero(flags).tolist())
+    return None
+
+
+class LocalReducer:
+    """The reducer of a single process (``size`` 1, ``rank`` 0): ``sum`` returns a copy.
+
+    A reducer lets :func:`fit_gmm` fit the union of the points of several processes
+    (ranks).  Its interface: ``size`` (the number of ranks), ``rank`` (this one's, in
+    ``range(size)``) and ``sum(a)``: the float64 NumPy array ``a`` summed elementwise
+    over the ranks, bitwise identical on every rank (e.g. gathered, then added in rank
+    order: :class:`mixnorm._collectives.MPIReducer`).  Every rank calls ``fit_gmm`` with
+    the same arguments and seed; ``fit_gmm(x, K, reducer=LocalReducer())`` equals
+    ``fit_gmm(x, K)``.
+    """
+    size = 1
+    rank = 0
+
+    def sum(self, a):
+        return numpy.array(a, dtype=numpy.float64)
+
+
+def _check_reducer(reducer, seed):
+    if reducer is None:
+        return None
+    size, rank = getattr(reducer, 'size', None), getattr(reducer, 'rank', None)
+    if not (callable(getattr(reducer, 'sum', None)) and isinstance(size, numbers.Integral)
+            and isinstance(rank, numbers.Integral) and 0 <= rank < size):
+        raise _invalid('fit_gmm', 'reducer', 'None or an object with int size >= 1, int '
+                       'rank in range(size) and a method sum(array) (see LocalReducer)',
+                       reducer)
+    if size > 1 and seed is None:
+        raise _invalid('fit_gmm', 'seed', 'an int in the range [0, inf) or a '
+                       'numpy.random.Generator, the same on all ranks, when fitting with a '
+                       'reducer of %d ranks' % size, seed)
+    return reducer
 
 
 # ------------------------------------------------------------------ scoring a mixture

@@ -1,5 +1,6 @@
 """The GMM estimator against scikit-learn's GaussianMixture and on degenerate input."""
 import itertools
+import threading
 import warnings
 
 import numpy as np
@@ -305,3 +306,152 @@ def test_returned_responsibilities_equal_scoring(fraction):
     g2 = G.fit_gmm(x, 4, 1, 1, seed=0, fit_fraction=fraction)
     for a, b in zip(g, g2):
         np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------ several processes
+
+class _Ranks:
+    """P in-process ranks (threads) whose reducers sum in rank order, as MPIReducer."""
+
+    def __init__(self, size):
+        self.size = size
+        self.slots = [None] * size
+        self.barrier = threading.Barrier(size, timeout=30)
+        self.calls = [0] * size
+
+    def reducer(self, rank):
+        group = self
+
+        class Reducer:
+            size = group.size
+
+            def sum(self, a):
+                group.calls[rank] += 1
+                group.slots[rank] = np.array(a, dtype=np.float64)
+                group.barrier.wait()
+                total = group.slots[0].copy()
+                for part in group.slots[1:]:
+                    total += part
+                group.barrier.wait()
+                return total
+        r = Reducer()
+        r.rank = rank
+        return r
+
+    def fit(self, parts, *args, **kwargs):
+        out, errors = [None] * self.size, [None] * self.size
+
+        def run(rank):
+            try:
+                out[rank] = G.fit_gmm(parts[rank], *args, reducer=self.reducer(rank), **kwargs)
+            except Exception as e:          # noqa: BLE001 (reported per rank; a rank
+                errors[rank] = e            # left waiting breaks the barrier's timeout)
+        threads = [threading.Thread(target=run, args=(r,)) for r in range(self.size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out, errors
+
+
+def _assert_same(a, b):
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize('dtype,K,iters,fraction', [
+    (np.float64, 3, (1, 1), 1.0), (np.float32, 5, (2, 2), 1.0), (np.float32, 4, (1, 1), 0.3),
+    (np.float32, 8, (1, 1), 1.0),
+])
+def test_local_reducer_equals_no_reducer(dtype, K, iters, fraction):
+    rng = np.random.default_rng(16)
+    x = rectified_data(rng, n=3000, d=6).astype(dtype)
+    ref, nu_ref = G.fit_gmm(x, K, *iters, seed=4, fit_fraction=fraction,
+                            return_responsibilities=True)
+    got, nu = G.fit_gmm(x, K, *iters, seed=4, fit_fraction=fraction,
+                        return_responsibilities=True, reducer=G.LocalReducer())
+    _assert_same(got, ref)
+    np.testing.assert_array_equal(nu, nu_ref)
+
+
+def _three_clusters(rng):
+    centres = np.array([[0.0, 0, 0], [15.0, 0, 0], [0.0, 15.0, 0]])
+    return [c + rng.standard_normal((m, 3)) for c, m in zip(centres, (500, 300, 200))]
+
+
+def test_ranks_fit_the_union_of_their_points():
+    a, b, c = _three_clusters(np.random.default_rng(17))
+    parts = [a[:350], np.concatenate([a[350:], b[:100], c[:20]]),
+             np.concatenate([b[100:], c[20:]])]                    # rank 0: one cluster
+    ranks = _Ranks(3)
+    out, errors = ranks.fit(parts, 3, 1, 1, seed=2)
+    assert errors == [None] * 3
+    for g in out[1:]:
+        _assert_same(g, out[0])
+    ref = G.fit_gmm(np.concatenate(parts), 3, 1, 1, seed=2)
+    for u, v in zip(out[0], ref):
+        np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out[0].weights, [0.5, 0.3, 0.2], atol=1e-6)
+    assert ranks.calls == [3 + 2 * (3 - 1) + 1 + 1] * 3
+    assert not np.allclose(G.fit_gmm(parts[0], 3, 1, 1, seed=2).means, ref.means, atol=0.5)
+
+
+def test_ranks_prune_by_global_counts():
+    """A cluster of 12 points on each of two ranks has 24 >= min_count points in all."""
+    rng = np.random.default_rng(18)
+    a, b, _ = _three_clusters(rng)
+    far = rng.standard_normal((24, 3)) * 0.3 + 40.0
+    parts = [np.concatenate([a[:250], far[:12]]), np.concatenate([a[250:], b, far[12:]])]
+    out, errors = _Ranks(2).fit(parts, 3, 2, 2, seed=0, min_weight=0.0)
+    assert errors == [None, None]
+    _assert_same(out[0], out[1])
+    assert out[0].n_components == 3
+    assert out[0].weights.min() * 824 == pytest.approx(24, abs=1e-6)
+    # alone, each rank would prune its 12 far points
+    assert G.fit_gmm(parts[0], 3, 2, 2, seed=0, min_weight=0.0).weights.min() * 262 > 16
+
+
+def test_ranks_subsample_their_own_points():
+    a, b, c = _three_clusters(np.random.default_rng(19))
+    parts = [np.concatenate([a, b[:50]]), np.concatenate([b[50:], c])]
+    out, errors = _Ranks(2).fit(parts, 3, 1, 1, seed=5, fit_fraction=0.5)
+    assert errors == [None, None]
+    _assert_same(out[0], out[1])
+    np.testing.assert_allclose(np.sort(out[0].weights), [0.2, 0.3, 0.5], atol=0.05)
+
+
+def test_a_nan_on_one_rank_is_reported_on_all():
+    a, b, c = _three_clusters(np.random.default_rng(20))
+    parts = [a, np.concatenate([b, c])]
+    parts[1][7, 1] = np.inf
+    out, errors = _Ranks(2).fit(parts, 3, 1, 1, seed=1)
+    assert 'rank(s) [1] contain NaN/Inf' in str(errors[0])
+    assert 'x contains 1 Inf value (in 1 of 500 points)' in str(errors[1])
+
+
+def test_reducer_arguments_are_checked():
+    x = np.random.default_rng(21).standard_normal((100, 2))
+    with pytest.raises(ValueError, match="'reducer' parameter of fit_gmm"):
+        G.fit_gmm(x, 2, seed=0, reducer=object())
+    two = _Ranks(2).reducer(0)
+    with pytest.raises(ValueError, match="'seed' parameter of fit_gmm must be an int.*the "
+                                         "same on all ranks"):
+        G.fit_gmm(x, 2, reducer=two)
+    G.fit_gmm(x, 2, reducer=G.LocalReducer())          # one rank needs no shared seed
+
+
+def test_union_fit_on_the_device_path_equals_the_numpy_path():
+    """The reducer path's device branches (gathers of seed rows, device draws), run
+    through the CuPy stand-in of bench/_opcount.py."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__))), 'bench'))
+    import _opcount
+    x = rectified_data(np.random.default_rng(22), n=2000, d=8).astype(np.float32)
+    ref = G.fit_gmm(x, 4, 2, 2, seed=6)
+    with _opcount.counting():
+        got = G.fit_gmm(_opcount.to_device(x), 4, 2, 2, seed=6, reducer=G.LocalReducer())
+    assert isinstance(got.means, _opcount.Dev)
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(np.asarray(b.view(np.ndarray)), a, rtol=2e-5, atol=2e-5)

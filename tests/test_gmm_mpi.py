@@ -1,0 +1,107 @@
+"""fit_gmm over MPI ranks (mixnorm._collectives.MPIReducer), run with mpiexec.
+
+Runs ``tests/mpi_workers/gmm_worker.py`` under ``mpiexec -n 2`` and ``-n 3`` (the
+``mpiexec`` of this interpreter's environment, as ``pip install mpi4py mpich`` puts it)
+and checks what the ranks wrote: the same mixture bitwise on every rank, equal to the
+single-process fit of the concatenated points, different from a fit of a rank's own
+points, in at most 9 small reductions at K = 3, "EM iter." 2.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mixnorm import gmm as G
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, 'mpi_workers', 'gmm_worker.py')
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
+
+
+def _worker_module():
+    spec = importlib.util.spec_from_file_location('gmm_worker', WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _skip_reason():
+    if importlib.util.find_spec('mpi4py') is None:
+        return 'mpi4py is not installed (pip install mpi4py mpich)'
+    if not os.access(MPIEXEC, os.X_OK):
+        return 'no mpiexec next to %s (pip install mpich)' % sys.executable
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+def _run(size, out_dir):
+    env = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1')
+    proc = subprocess.run([MPIEXEC, '-n', str(size), sys.executable, WORKER, str(out_dir)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [dict(np.load(os.path.join(out_dir, 'rank%d.npz' % r))) for r in range(size)]
+
+
+@needs_mpi
+@pytest.mark.parametrize('size', [2, 3])
+def test_ranks_fit_the_union_to_one_mixture(size, tmp_path):
+    worker = _worker_module()
+    ranks = _run(size, tmp_path)
+    parts = worker.split(worker.make_data(), size)
+    assert [int(r['n_points']) for r in ranks] == [len(p) for p in parts]
+
+    # every rank holds the same mixture, bitwise
+    for r in ranks[1:]:
+        for name in ('weights', 'means', 'variances'):
+            np.testing.assert_array_equal(r[name], ranks[0][name])
+
+    # ... that of one process fitting the concatenated points with the same seed
+    ref, nu_ref = G.fit_gmm(np.concatenate(parts), worker.K, worker.KMEANS_ITERS,
+                            worker.EM_ITERS, seed=worker.SEED, return_responsibilities=True)
+    assert ref.n_components == 3
+    np.testing.assert_allclose(ranks[0]['weights'], ref.weights, rtol=1e-12)
+    np.testing.assert_allclose(ranks[0]['means'], ref.means, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ranks[0]['variances'], ref.variances, rtol=1e-10)
+    np.testing.assert_allclose(np.concatenate([r['nu'] for r in ranks]), nu_ref, atol=1e-10)
+    # the true cluster sizes 400, 250, 150
+    np.testing.assert_allclose(ranks[0]['weights'], [0.5, 0.3125, 0.1875], atol=1e-6)
+
+    # a rank fitting only its own points gets another mixture (rank 0: one cluster)
+    assert not np.allclose(ranks[0]['local_means'], ref.means, atol=0.5)
+
+    # the cost: 3 + 2 (K - 1) + kmeans_iters + em_iters reductions of small buffers:
+    # the frame (P, d+3), the first seed (d+1) and the potentials (P), per further seed
+    # the candidates (trials, d+1) and their potentials (P, trials), per pass the
+    # moments (K, 2d+2); none grows with the number of points
+    K, d, P, trials = worker.K, 4, size, G.default_local_trials(worker.K)
+    numbers = (P * (d + 3) + (d + 1) + P + (K - 1) * (trials * (d + 1) + P * trials)
+               + (worker.KMEANS_ITERS + worker.EM_ITERS) * K * (2 * d + 2))
+    for r in ranks:
+        assert int(r['reductions']) == 9
+        assert int(r['numbers']) == numbers
+
+    # NaN on rank 1 is reported on every rank (none is left waiting)
+    assert 'x contains 1 NaN value' in str(ranks[1]['nan_error'])
+    for rank, r in enumerate(ranks):
+        if rank != 1:
+            assert 'rank(s) [1] contain NaN/Inf' in str(r['nan_error'])
+
+
+def test_reducer_without_mpi4py_names_the_install_command(monkeypatch):
+    import builtins
+    from mixnorm import _collectives
+    real_import = builtins.__import__
+
+    def no_mpi4py(name, *args, **kwargs):
+        if name.startswith('mpi4py'):
+            raise ImportError('No module named %r' % name)
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, '__import__', no_mpi4py)
+    with pytest.raises(ImportError, match=r'pip install mixnorm\[distributed\].*'
+                                          r'pip install mpi4py mpich'):
+        _collectives.MPIReducer()
