@@ -6,6 +6,8 @@ Batch-normalized Models".  Public API:
 * :class:`MixtureNormalization` -- the link, a drop-in for
   ``chainer.links.BatchNormalization`` (``mixnorm.links``);
 * :func:`replace_batch_normalization` -- swap named BN links of a model for MN;
+* :class:`MultiNodeMixtureNormalization` -- MN synchronized over the processes of a
+  ChainerMN communicator (``mixnorm.distributed``; needs mpi4py only when built);
 * ``mixnorm.functions`` -- the differentiable transform (Eq. 34-40) given posteriors;
 * :func:`fit_gmm`, :func:`responsibilities`, :func:`log_likelihood`, :class:`GMM` --
   the per-batch diagonal Gaussian mixture (``mixnorm.gmm``).
@@ -17,3 +19,11 @@ __version__ = '0.1.0'
 from mixnorm import functions  # noqa: F401,E402
 from mixnorm.links import MixtureNormalization  # noqa: F401,E402
 from mixnorm.placement import expand_names, replace_batch_normalization  # noqa: F401,E402
+
+
+def __getattr__(name):
+    # the synchronized link is imported on first use only
+    if name == 'MultiNodeMixtureNormalization':
+        from mixnorm.distributed import MultiNodeMixtureNormalization
+        return MultiNodeMixtureNormalization
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))

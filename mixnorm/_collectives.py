@@ -1,9 +1,16 @@
-"""Reducers over MPI ranks for fitting one mixture to the points of several processes.
+"""Reducers: the collectives of synchronized MN over a group of processes (ranks).
 
-:func:`mixnorm.gmm.fit_gmm` takes a ``reducer``: ``size``, ``rank`` and ``sum(a)``, the
-float64 array ``a`` summed over the ranks with the same bits on every rank.
-:class:`MPIReducer` implements it with mpi4py.  mpi4py is imported only when a reducer
-is built, so ``import mixnorm`` works without it.
+:func:`mixnorm.gmm.fit_gmm` and :func:`mixnorm.functions.mixture_normalization` take a
+``reducer``: an object with ``size`` (the number of ranks), ``rank`` (this one's),
+``allgather(a)`` (every rank's float64 array ``a`` stacked in rank order, (P, *shape))
+and ``sum(a)`` (``a`` summed over the ranks).  Both give **bitwise the same numbers on
+every rank**: ``sum`` gathers and adds in rank order, since an MPI all-reduce may add
+in an order that depends on the rank.  Each collective is counted (``calls``, and the
+``bytes_sent``/``bytes_received`` of this rank).
+
+:class:`LocalReducer` is the group of one process; :class:`MPIReducer` wraps an
+mpi4py communicator.  mpi4py is imported only when an :class:`MPIReducer` is built,
+so ``import mixnorm`` works without it.
 """
 import numpy
 
@@ -16,34 +23,61 @@ def _mpi():
     try:
         from mpi4py import MPI
     except ImportError as e:
-        raise ImportError('MPIReducer needs mpi4py and an MPI library: %s' % INSTALL_HINT) \
-            from e
+        raise ImportError('the synchronized MixtureNormalization needs mpi4py and an MPI '
+                          'library: %s' % INSTALL_HINT) from e
     return MPI
 
 
-class MPIReducer:
-    """``sum`` over the ranks of an MPI communicator, bitwise identical on every rank.
+class _Reducer:
+    """Counting and ``sum`` on top of ``allgather``."""
+    size = 1
+    rank = 0
 
-    ``comm``: an ``mpi4py.MPI.Comm``, a ChainerMN communicator (its ``mpi_comm`` is
-    used), or None for ``MPI.COMM_WORLD``.  ``sum(a)`` gathers every rank's ``a``
-    (``Allgather`` of float64 buffers) and adds them in rank order, so every rank
-    computes the same floating-point sum (an ``Allreduce`` may add in an order that
-    depends on the rank).  Costs one collective of P * a.size numbers; the fit's buffers
-    are O(K d) numbers.
-    """
+    def __init__(self):
+        self.reset_counts()
+
+    def reset_counts(self):
+        self.calls = self.bytes_sent = self.bytes_received = 0
+
+    def allgather(self, a):
+        a = numpy.ascontiguousarray(a, dtype=numpy.float64)
+        out = self._allgather(a)
+        self.calls += 1
+        self.bytes_sent += a.nbytes
+        self.bytes_received += out.nbytes
+        return out
+
+    def sum(self, a):
+        """``a`` summed over the ranks in rank order (the same bits on every rank)."""
+        parts = self.allgather(a)
+        total = parts[0].copy()
+        for part in parts[1:]:
+            total += part
+        return total
+
+
+class LocalReducer(_Reducer):
+    """The reducer of a single process (``size`` 1, ``rank`` 0): ``fit_gmm(x, K,
+    reducer=LocalReducer())`` equals ``fit_gmm(x, K)``."""
+
+    def _allgather(self, a):
+        return a[None].copy()
+
+
+class MPIReducer(_Reducer):
+    """Collectives over an MPI communicator: ``comm`` an ``mpi4py.MPI.Comm``, a
+    ChainerMN communicator (its ``mpi_comm``), or None for ``MPI.COMM_WORLD``.  One
+    ``Allgather`` of float64 buffers per collective (P * a.size numbers received)."""
 
     def __init__(self, comm=None):
         MPI = _mpi()
+        super().__init__()
         comm = getattr(comm, 'mpi_comm', comm)
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.size = self.comm.Get_size()
         self.rank = self.comm.Get_rank()
 
-    def sum(self, a):
-        a = numpy.ascontiguousarray(a, dtype=numpy.float64)
-        parts = numpy.empty((self.size,) + a.shape, dtype=numpy.float64)
-        self.comm.Allgather(a, parts)
-        total = parts[0].copy()
-        for part in parts[1:]:
-            total += part
-        return total
+    def _allgather(self, a):
+        out = numpy.empty((self.size,) + a.shape, dtype=numpy.float64)
+        self.comm.Allgather(a, out)
+        return out

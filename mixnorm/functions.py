@@ -492,16 +492,18 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
             _raise_non_finite_moments(x, ct)
         if self.reducer is None:
             s, lam, muc, var_raw, var = _host_moments(M, colsum, lay.n, ct)
+            mu = muc + c[:, None]
         else:
-            M, colsum, n, c_all = _reduce_moments(self.reducer, M, colsum, c, lay.n)
-            s, lam, muc, var_raw, var = _host_moments(M, colsum, n, ct)
-            muc = muc + (c_all - c)[:, None]     # mu - c of this rank's shift c
+            M, colsum, n, c0 = _reduce_moments(self.reducer, M, colsum, c, lay.n)
+            s, lam, muc0, var_raw, var = _host_moments(M, colsum, n, ct)
+            mu = muc0 + c0[:, None]              # the same on every rank
+            muc = muc0 + (c0 - c)[:, None]       # mu - c of this rank's shift c
         a = 1 / numpy.sqrt(lam) if self.lambda_scaling else numpy.ones_like(lam)
         gh, bh = _host_params(spec, host[3:])
         coef = _coefficients(spec, muc, var, a, c, gh, bh, s=s, var_pos=var_raw > 0,
                              check=spec.mode == _COMPONENT)
         y, state, stats, _ = _normalize(xp, spec, lay, x, xc, spare, coef, r, beta, bh,
-                                        ct, extra=[lam, (muc + c[:, None]).T, var.T])
+                                        ct, extra=[lam, mu.T, var.T])
         self.stats = BatchStats(*stats)
         self._saved = (lay, coef, state, xc, r, tuple(a.dtype for a in inputs))
         return y,

@@ -70,6 +70,7 @@ from typing import NamedTuple
 import numpy
 
 from mixnorm import _arrays
+from mixnorm._collectives import LocalReducer  # noqa: F401  (public here too)
 from mixnorm import kernels
 from mixnorm._arrays import get_array_module
 
@@ -789,24 +790,6 @@ def _check_finite_everywhere(x, reducer):
         raise ValueError('the points of rank(s) %s contain NaN/Inf values, so the mixture '
                          'of the union cannot be fitted' % numpy.flatnonzero(flags).tolist())
     return None
-
-
-class LocalReducer:
-    """The reducer of a single process (``size`` 1, ``rank`` 0): ``sum`` returns a copy.
-
-    A reducer lets :func:`fit_gmm` fit the union of the points of several processes
-    (ranks).  Its interface: ``size`` (the number of ranks), ``rank`` (this one's, in
-    ``range(size)``) and ``sum(a)``: the float64 NumPy array ``a`` summed elementwise
-    over the ranks, bitwise identical on every rank (e.g. gathered, then added in rank
-    order: :class:`mixnorm._collectives.MPIReducer`).  Every rank calls ``fit_gmm`` with
-    the same arguments and seed; ``fit_gmm(x, K, reducer=LocalReducer())`` equals
-    ``fit_gmm(x, K)``.
-    """
-    size = 1
-    rank = 0
-
-    def sum(self, a):
-        return numpy.array(a, dtype=numpy.float64)
 
 
 def _check_reducer(reducer, seed):

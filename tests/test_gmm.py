@@ -442,12 +442,8 @@ def test_reducer_arguments_are_checked():
 
 def test_union_fit_on_the_device_path_equals_the_numpy_path():
     """The reducer path's device branches (gathers of seed rows, device draws), run
-    through the CuPy stand-in of bench/_opcount.py."""
-    import os
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__))), 'bench'))
-    import _opcount
+    through the stand-in device of mixnorm.testing.opcount."""
+    from mixnorm.testing import opcount as _opcount
     x = rectified_data(np.random.default_rng(22), n=2000, d=8).astype(np.float32)
     ref = G.fit_gmm(x, 4, 2, 2, seed=6)
     with _opcount.counting():

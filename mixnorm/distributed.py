@@ -1,0 +1,64 @@
+"""``MultiNodeMixtureNormalization``: Mixture Normalization synchronized over the
+processes of a ChainerMN communicator (data-parallel training).
+
+The link normalizes every process's part of the batch with the mixture of the
+**global** batch, the union of all processes' points, as
+``chainermn.links.MultiNodeBatchNormalization`` does for BN:
+
+* one GMM is fitted to the union (:func:`mixnorm.gmm.fit_gmm` with a reducer):
+  K-means++ draws its seeds from the global potential, and every K-means and EM pass
+  combines the (K, 2d+2) moments of all processes; the points themselves are never
+  gathered;
+* Eq. 34-36 and their gradients use the global moments: the (2C, K) moments of the
+  forward and the (2C, K) sums of the backward are combined in one collective each
+  (:func:`mixnorm.functions.mixture_normalization` with a reducer);
+* every collective all-gathers small host arrays and adds them up in rank order, so
+  all processes end every step with bitwise-identical mixtures and queues; inference
+  needs no communication;
+* it is exact for unequal local batch sizes (sums, not means of means), and with
+  ``n_components=1`` it is ``L.BatchNormalization`` of the concatenated batch.
+
+The collectives run through the communicator's MPI communicator (``comm.mpi_comm``)
+on host arrays, whatever the communicator (``naive`` on CPUs, ``pure_nccl`` on
+GPUs): the moments come to the host for the (K, C) arithmetic anyway.  Only this
+module and :mod:`mixnorm._collectives` need mpi4py, imported when a link is built.
+"""
+from mixnorm import _compat  # noqa: F401
+
+from mixnorm import _collectives
+from mixnorm.links import MixtureNormalization
+
+COMMUNICATION_BACKENDS = ('auto', 'mpi')
+
+
+class MultiNodeMixtureNormalization(MixtureNormalization):
+    """Mixture Normalization over all processes of ``comm`` (a ChainerMN communicator).
+
+    Arguments as :class:`mixnorm.MixtureNormalization` (``size``, ``n_components``,
+    ``em_iters`` and every keyword), named and ordered as
+    ``chainermn.links.MultiNodeBatchNormalization(size, comm, ...)``.  Every process
+    must call the link the same number of times per step (as for ChainerMN's BN).
+    The seed of the fits is rank 0's, so that all processes draw alike.
+
+    ``communication_backend``: ``'auto'`` or ``'mpi'`` (the collectives are small host
+    arrays through MPI); ``'nccl'`` is refused.
+    """
+
+    def __init__(self, size, comm, n_components=3, em_iters=2, *,
+                 communication_backend='auto', **kwargs):
+        if communication_backend not in COMMUNICATION_BACKENDS:
+            raise ValueError(
+                "communication_backend=%r: the synchronized MN all-gathers small host "
+                "arrays through MPI; use 'auto' or 'mpi'" % (communication_backend,))
+        if not hasattr(comm, 'mpi_comm'):
+            raise TypeError('comm must be a ChainerMN communicator '
+                            '(chainermn.create_communicator(...)), got %s'
+                            % type(comm).__name__)
+        super().__init__(size, n_components, em_iters, **kwargs)
+        self.comm = comm
+        self._reducer = _collectives.MPIReducer(comm.mpi_comm)
+        self.seed = int(comm.mpi_comm.bcast(self.seed, root=0))
+
+    def _label(self):
+        return 'MultiNodeMixtureNormalization %r (rank %d of %d)' % (
+            self.name or '(unnamed)', self._reducer.rank, self._reducer.size)

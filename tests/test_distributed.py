@@ -1,0 +1,136 @@
+"""Synchronized MN under MPI (``mpiexec -n 2`` and ``-n 3``), against one process on
+the concatenated batch: K = 1 against ``L.BatchNormalization``, K = 3 on an unevenly
+split batch whose mixture is unambiguous (rank 0 holds a single cluster); all ranks
+end with bitwise-identical mixtures and queues; an unsynchronized MN on the same
+split gives another result.  Skipped when mpi4py or mpiexec is missing."""
+import mixnorm._compat  # noqa: F401
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import chainer
+import chainer.links as L
+
+import mixnorm
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, 'mpi_workers', 'mn_worker.py')
+sys.path.insert(0, os.path.join(HERE, 'mpi_workers'))
+import mn_worker  # noqa: E402
+
+
+def mpiexec():
+    local = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
+    return local if os.path.exists(local) else shutil.which('mpiexec')
+
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec('mpi4py') is None or mpiexec() is None,
+    reason='needs mpi4py and mpiexec (pip install mpi4py mpich)')
+
+
+def run_worker(tmp_path, P, K):
+    out = str(tmp_path / ('P%d_K%d.npz' % (P, K)))
+    r = subprocess.run([mpiexec(), '-n', str(P), sys.executable, WORKER, out, str(K)],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with np.load(out) as f:
+        data = dict(f)
+    return [{k[len('r%d_' % r):]: v for k, v in data.items() if k.startswith('r%d_' % r)}
+            for r in range(P)]
+
+
+def reference(K, link=None):
+    """One process on the whole batch, two steps, the same settings as the worker."""
+    if link is None:
+        link = mixnorm.MixtureNormalization(4, K, em_iters=2, dtype=np.float64, seed=1234)
+    link.gamma.array[...] = [1.5, 0.5, 1.0, 2.0]
+    link.beta.array[...] = [0.1, -0.2, 0.0, 0.3]
+    res = {}
+    for step in range(2):
+        x, gy = mn_worker.global_batch(step)
+        link.cleargrads()
+        xv = chainer.Variable(x)
+        y = link(xv)
+        y.grad = gy
+        y.backward()
+        res.update({'y%d' % step: y.array, 'gx%d' % step: xv.grad,
+                    'ggamma%d' % step: link.gamma.grad.copy(),
+                    'gbeta%d' % step: link.beta.grad.copy()})
+    return res, link
+
+
+def check_against(ranks, ref, P, atol):
+    parts = mn_worker.slices(P)
+    for step in range(2):
+        for key in ('y', 'gx'):
+            got = np.concatenate([ranks[r]['%s%d' % (key, step)] for r in range(P)])
+            np.testing.assert_allclose(got, ref['%s%d' % (key, step)], atol=atol,
+                                       err_msg='%s step %d' % (key, step))
+        for key in ('ggamma', 'gbeta'):     # each rank holds its part of the gradient
+            got = sum(ranks[r]['%s%d' % (key, step)] for r in range(P))
+            np.testing.assert_allclose(got, ref['%s%d' % (key, step)], atol=atol)
+    assert len(set(p.stop - p.start for p in parts)) == P     # unequal local sizes
+
+
+def check_identical(ranks):
+    for r in ranks[1:]:
+        for key in ('queue_weights', 'queue_means', 'queue_vars', 'inference', 'seed',
+                    'n_fits', 'effective_components'):
+            np.testing.assert_array_equal(r[key], ranks[0][key], err_msg=key)
+
+
+@pytest.mark.parametrize('P', [2, 3])
+def test_k1_equals_batch_normalization_of_the_concatenated_batch(tmp_path, P):
+    ranks = run_worker(tmp_path, P, 1)
+    bn = L.BatchNormalization(4, dtype=np.float64)
+    ref, _ = reference(1, bn)
+    check_against(ranks, ref, P, atol=1e-9)
+    check_identical(ranks)
+
+
+@pytest.mark.parametrize('P', [2, 3])
+def test_k3_equals_one_process_on_the_concatenated_batch(tmp_path, P):
+    ranks = run_worker(tmp_path, P, 3)
+    ref, link = reference(3)
+    assert int(ranks[0]['effective_components']) == link.effective_components == 3
+    check_against(ranks, ref, P, atol=1e-6)
+    check_identical(ranks)
+    np.testing.assert_allclose(ranks[0]['queue_means'], link.queue_means, atol=1e-6)
+    with chainer.using_config('train', False):
+        inf = link(np.random.RandomState(7).randn(30, 4) * 6).array
+    np.testing.assert_allclose(ranks[0]['inference'], inf, atol=1e-6)
+    # collectives per step: O(K C) numbers each, never O(n C)
+    assert int(ranks[0]['calls']) <= 2 * 12
+
+
+def test_an_unsynchronized_mn_on_the_same_split_differs(tmp_path):
+    ranks = run_worker(tmp_path, 2, 3)
+    x, gy = mn_worker.global_batch(0)
+    part = mn_worker.slices(2)[0]
+    local = mixnorm.MixtureNormalization(4, 3, em_iters=2, dtype=np.float64, seed=1234)
+    local.gamma.array[...] = [1.5, 0.5, 1.0, 2.0]
+    local.beta.array[...] = [0.1, -0.2, 0.0, 0.3]
+    y = local(x[part]).array
+    assert local.effective_components == 1          # rank 0 alone sees one cluster
+    assert np.abs(y - ranks[0]['y0']).max() > 0.1
+
+
+def test_import_mixnorm_needs_no_mpi4py():
+    code = ('import sys; sys.modules["mpi4py"] = None\n'
+            'import mixnorm\n'
+            'class Comm: mpi_comm = object()\n'
+            'try:\n'
+            '    mixnorm.MultiNodeMixtureNormalization(4, Comm())\n'
+            'except ImportError as e:\n'
+            '    print(e)\n')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert 'pip install' in r.stdout and 'mpi4py' in r.stdout
