@@ -13,7 +13,8 @@ Batch-normalized Models".  Public API:
   the per-batch diagonal Gaussian mixture (``mixnorm.gmm``).
 """
 from mixnorm import _compat  # noqa: F401  (must precede every chainer import)
-from mixnorm.gmm import GMM, fit_gmm, log_likelihood, responsibilities, split_em_iters  # noqa: F401
+from mixnorm.gmm import (GMM, check_finite, fit_gmm, log_likelihood, responsibilities,  # noqa: F401
+                         split_em_iters)
 
 __version__ = '0.1.0'
 from mixnorm import functions  # noqa: F401,E402

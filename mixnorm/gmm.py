@@ -206,16 +206,6 @@ def check_finite(x, name='x'):
                      'zero upstream?)' % (name, found, 's' if n_bad > 1 else '', where))
 
 
-def _raise_not_finite(x, name='x'):
-    """Raise for ``x`` known to have produced non-finite statistics: the NaN/Inf counts
-    (:func:`check_finite`), or, for finite ``x``, that its magnitude overflowed.  For
-    :mod:`mixnorm.links`; new code calls :func:`check_finite`."""
-    check_finite(x, name)
-    xp = get_array_module(x)
-    raise ValueError('%s is finite but its statistics overflow %s (max |x| = %g): cast it '
-                     'to float64 or rescale it' % (name, x.dtype, float(xp.abs(x).max())))
-
-
 def _max_abs(x):
     return float(get_array_module(x).abs(x).max())
 
