@@ -257,6 +257,8 @@ def test_figures_of_given_runs_are_written_and_labelled(runs, tmp_path):
     (other / 'config.yaml').write_text(yaml.safe_dump({'experiment': 'table2'}))
     with pytest.raises(ValueError, match='is a run of table2, not of dcgan'):
         figures.draw('fig6', str(tmp_path), str(tmp_path), bn_runs=bn, mn_runs=str(other))
+    with pytest.raises(ValueError, match='given as DCGAN-BN runs, but not of that row'):
+        figures.draw('fig6', str(tmp_path), str(tmp_path), bn_runs=mn, mn_runs=mn)
     with pytest.raises(FileNotFoundError, match='not a run directory'):
         figures.draw('fig7', str(tmp_path), str(tmp_path), bn_run=str(tmp_path), mn_run=mn)
     with pytest.raises(SystemExit, match='scripts/figures.py fig6'):

@@ -2,7 +2,7 @@
 
 * Figure 6 (:func:`fig6`): FID against generator updates, the mean over the runs of each
   row, shaded +-1 std within 3 adjacent evaluations; BN's lowest FID dotted; the paper's
-  numbers in the corner.
+  numbers under the plot.
 * Figure 7 (:func:`fig7`): the sample grids of DCGAN-BN (a) and DCGAN-MN (b) at their
   lowest evaluated FID (the last grid when a run has no FID).
 
@@ -44,6 +44,10 @@ def dcgan_runs(runs_root=records.RUNS_ROOT, given=None):
         paths = (given or {}).get(row)
         if paths:
             out[row] = selection.read_runs(paths, 'dcgan')
+            wrong = [r.path for r in out[row] if r.config.get('row') != row]
+            if wrong:
+                raise ValueError('given as %s runs, but not of that row: %s'
+                                 % (row, ', '.join(wrong)))
             continue
         if found is None:
             found = selection.collect_runs(runs_root, 'dcgan')
