@@ -4,7 +4,9 @@
         [--device 0] [--resume auto|PATH] [--out DIR] [--inception-weights NPZ] [--no-fid]
         [--fid-cache DIR] [--data-dir DIR] [--download] [--seed K] [--set key=value ...]
     python -m experiments.gan compare BN_RUN_DIR MN_RUN_DIR
-    python -m experiments.gan figures BN_RUN_DIR[,...] MN_RUN_DIR[,...] [--out DIR]
+
+Figures 6-7 are drawn from these runs by :mod:`experiments.figures.dcgan`
+(``python scripts/figures.py fig6|fig7``).
 
 Setting (the paper's, which are exactly Chainer-GAN-lib's ``train.py`` defaults for its
 DCGAN; models in :mod:`experiments.models.dcgan`):
@@ -42,7 +44,6 @@ every record, comparison and figure then says "RANDOM-WEIGHTS ... NOT FID".
 from mixnorm import _compat  # noqa: F401
 
 import argparse
-import glob
 import math
 import os
 import sys
@@ -59,7 +60,6 @@ from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import environment
 from experiments import fid as fid_lib
-from experiments import figures
 from experiments import paper
 from experiments import records
 from experiments import train as train_lib
@@ -68,7 +68,6 @@ from experiments.models import dcgan
 SNAPSHOT_PREFIX = 'snapshot_iter_'
 SNAPSHOTS_KEPT = 3
 SAMPLES_DIR = 'samples'
-FIGURES_DIR = figures.FIGURES_DIR
 GAN_SMOKE_PRESET = 'gan_smoke'
 FID_KEY = 'fid'
 NOT_FID = 'RANDOM-WEIGHTS'
@@ -543,114 +542,6 @@ def _fmt(v):
     return '%d' % v
 
 
-# ------------------------------------------------------------------------ figures
-
-def _as_list(runs):
-    if isinstance(runs, str):
-        return [p for p in runs.split(',') if p]
-    return list(runs)
-
-
-def _mean_curve(runs):
-    curves = [dict(fid_curve(r.log)) for r in runs]
-    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    return steps, [float(numpy.mean([c[s] for c in curves])) for s in steps]
-
-
-def _figure_note(runs):
-    notes = sorted({n for r in runs for n in _run_status(r)})
-    return ('  [%s: NOT comparable to the paper]' % ', '.join(notes)) if notes else ''
-
-
-@figures.style()
-def figure6(bn_runs, mn_runs, out_dir=None, name='fig6_dcgan_fid'):
-    """FID against generator updates for DCGAN-BN and DCGAN-MN (mean over the runs
-    given), shaded +-1 std within 3 adjacent evaluations; BN's lowest FID dashed.
-    Writes ``<name>.png/.pdf/.json`` under ``out_dir`` (default results/figures)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    out_dir = out_dir or FIGURES_DIR
-    bn = [_read_run(p) for p in _as_list(bn_runs)]
-    mn = [_read_run(p) for p in _as_list(mn_runs)]
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    info = {}
-    all_steps = [s for r in bn + mn for s, _ in fid_curve(r.log)]
-    unit = 1000.0 if all_steps and max(all_steps) >= 1000 else 1.0
-    suffix = 'K' if unit == 1000.0 else ''
-    for label, runs, color, style in (('DCGAN-BN', bn, '#1f77b4', '--'),
-                                      ('DCGAN-MN', mn, '#d62728', '-')):
-        steps, values = _mean_curve(runs)
-        info[label] = {'runs': [r.path for r in runs], 'steps': steps, 'fid': values}
-        if not steps:
-            continue
-        k = numpy.asarray(steps) / unit
-        std = figures.windowed_std(values, 3)   # 3 adjacent FID evaluations
-        ax.plot(k, values, style, color=color, marker='o', markersize=2.5,
-                label='%s (lowest %.2f @ %g%s)'
-                % (label, min(values), steps[int(numpy.argmin(values))] / unit, suffix))
-        ax.fill_between(k, numpy.asarray(values) - std, numpy.asarray(values) + std,
-                        color=color, alpha=0.2, linewidth=0)
-    if info['DCGAN-BN']['fid']:
-        ax.axhline(min(info['DCGAN-BN']['fid']), color='gray', linewidth=0.8, linestyle=':')
-    labels = sorted({(r.summary or {}).get('fid_label') or '' for r in bn + mn} - {''})
-    random_w = any(NOT_FID in lbl for lbl in labels)
-    ax.set_xlabel('generator updates%s' % (' (K)' if suffix else ''))
-    ax.set_ylabel('random-weights "FID" (NOT FID)' if random_w else 'FID')
-    ax.set_title('Figure 6: DCGAN on CIFAR-10, ours\n%s' % _figure_note(bn + mn).strip(),
-                 fontsize=8)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    ref = paper.rows('sections', 'cifar10')['dcgan']
-    ax.text(0.99, 0.98, 'paper: BN %.2f @ %dK; MN %.2f; MN reaches %.2f @ %dK'
-            % (ref['bn_lowest_fid'], ref['bn_steps_to_lowest_fid'] // 1000,
-               ref['mn_lowest_fid'], ref['bn_lowest_fid'],
-               ref['mn_steps_to_reach_bn_lowest_fid'] // 1000),
-            transform=ax.transAxes, ha='right', va='top', fontsize=6.5, color='gray')
-    if labels:
-        fig.text(0.01, -0.03, 'FID network: ' + '; '.join(labels), fontsize=6, va='top')
-    paths = figures.save(fig, out_dir, name, {'figure': 'Figure 6 (ours)', 'curves': info,
-                                       'fid_labels': labels, 'band': 'std of 3 adjacent '
-                                       'evaluations (centred, clipped at the ends)'})
-    return paths
-
-
-@figures.style()
-def figure7(bn_run, mn_run, out_dir=None, name='fig7_dcgan_samples'):
-    """Sample grids of DCGAN-BN (a) and DCGAN-MN (b) at their lowest evaluated FID (the
-    last grid when a run has no FID).  Writes ``<name>.png/.pdf/.json``."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    from PIL import Image
-    out_dir = out_dir or FIGURES_DIR
-    runs = [_read_run(bn_run), _read_run(mn_run)]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
-    info = {}
-    for ax, run, tag in zip(axes, runs, ('(a) DCGAN-BN', '(b) DCGAN-MN')):
-        curve = fid_curve(run.log)
-        grids = sorted(glob.glob(os.path.join(run.path, SAMPLES_DIR, 'step_*.png')))
-        if curve:
-            step, value = min(curve, key=lambda sv: sv[1])
-            path = sample_path(run.path, step)
-            what = '%s %.2f at %d updates' % (
-                'random-weights "FID"' if 'RANDOM' in str((run.summary or {}).get(
-                    'fid_label')) else 'FID', value, step)
-        elif grids:
-            path, what = grids[-1], 'no FID; last samples'
-        else:
-            path, what = None, 'no samples'
-        info[tag] = {'run': run.path, 'image': path, 'what': what}
-        if path and os.path.exists(path):
-            ax.imshow(numpy.asarray(Image.open(path)))
-        ax.set_title('%s\n%s' % (tag, what), fontsize=8)
-        ax.axis('off')
-    fig.suptitle('Figure 7: samples at the lowest evaluated FID, ours\n%s'
-                 % _figure_note(runs).strip(), fontsize=8)
-    paths = figures.save(fig, out_dir, name, {'figure': 'Figure 7 (ours)', 'panels': info})
-    return paths
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def _compare_main(argv):
@@ -668,26 +559,15 @@ def _compare_main(argv):
         records.write_json(args.json, result)
 
 
-def _figures_main(argv):
-    p = argparse.ArgumentParser(prog='python -m experiments.gan figures',
-                                description='Figures 6 and 7 from our DCGAN runs.')
-    p.add_argument('bn_runs', help='BN run directory (comma-separated for several seeds)')
-    p.add_argument('mn_runs', help='MN run directory (comma-separated for several seeds)')
-    p.add_argument('--out', help='output folder (default results/figures)')
-    args = p.parse_args(argv)
-    paths = figure6(args.bn_runs, args.mn_runs, args.out)
-    paths += figure7(_as_list(args.bn_runs)[0], _as_list(args.mn_runs)[0], args.out)
-    print('\n'.join(paths))
-
-
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == 'compare':
         return _compare_main(argv[1:])
     if argv and argv[0] == 'figures':
-        return _figures_main(argv[1:])
+        sys.exit('error: Figures 6-7 are drawn by scripts/figures.py: python '
+                 'scripts/figures.py fig6 --bn BN_RUN --mn MN_RUN (and fig7)')
     p = argparse.ArgumentParser(description='Train DCGAN-BN or DCGAN-MN (paper Sec. 4.5). '
-                                'Also: "compare BN_RUN MN_RUN", "figures BN_RUN MN_RUN".')
+                                'Also: "compare BN_RUN MN_RUN".')
     p.add_argument('config', help='configs/dcgan/cifar10/{bn,mn}.yaml')
     p.add_argument('--out', help='run directory (default results/runs/...)')
     p.add_argument('--resume', help="'auto' or a snapshot path")

@@ -8,8 +8,8 @@ the TensorFlow 2015-12-05 Inception graph of TTUR's FID, ported to PyTorch.  Its
 state-dict names (``Mixed_5b.branch5x5_2.conv.weight``, ``....bn.running_var``) map to npz
 keys (``Mixed_5b/branch5x5_2/conv/W``, ``.../bn/avg_var``) by
 ``experiments.fid.torch_to_chainer``; ``fc.*`` and ``num_batches_tracked`` are dropped.
-The result is checked against the network (every array present, shapes right) before it
-is written.  A source whose SHA-256 does not start with 6726825d is converted with a
+The result is checked against the network (``experiments.models.fid_inception``: every
+array present, shapes right) before it is written.  A source whose SHA-256 does not start with 6726825d is converted with a
 warning: FIDs computed with it are not comparable to published ones.
 Default OUT: ``experiments.fid.default_weights_path()``, where runs look for it.
 """

@@ -30,3 +30,20 @@ def check_files(result, stem, out, min_png_bytes=0):
     img = matplotlib.image.imread(png)
     assert img.shape[:2] == (h, w) and img.std() > 0.01        # not a blank page
     return json.load(open(os.path.join(str(out), stem + '.json')))
+
+
+def capture_figures(monkeypatch):
+    """Record every figure the figures package saves: returns a list that receives, per
+    saved figure, ``{'name', 'axes': [{'xlabel', 'ylabel', 'title'}]}`` (of the visible
+    axes) before the figure is written and closed."""
+    from experiments.figures import output
+    seen, save = [], output.save
+
+    def spy(fig, out_dir, name, sources=None):
+        seen.append({'name': name, 'axes': [
+            {'xlabel': ax.get_xlabel(), 'ylabel': ax.get_ylabel(), 'title': ax.get_title()}
+            for ax in fig.axes if ax.get_visible()]})
+        return save(fig, out_dir, name, sources)
+
+    monkeypatch.setattr(output, 'save', spy)
+    return seen

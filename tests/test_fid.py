@@ -1,5 +1,5 @@
-"""experiments/fid.py: the Fréchet distance, the FID Inception-V3 in Chainer, its weights
-files (validation, clear errors, the PyTorch converter's name mapping), the real-image
+"""experiments/fid.py and experiments/models/fid_inception.py: the Fréchet distance, the
+FID Inception-V3 in Chainer, its weights files (validation, clear errors, the PyTorch converter's name mapping), the real-image
 statistics cache.  CPU, random-weights networks at 75 px: no download, no torch."""
 import os
 import sys
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import fid
+from experiments.models import fid_inception
 
 
 # ------------------------------------------------------------------ Fréchet distance
@@ -183,7 +184,7 @@ def test_layout_is_the_fid_inception():
 # ------------------------------------------------------------- weights and converter
 
 def _network_arrays(seed=0):
-    net = fid.FIDInceptionV3(3)
+    net = fid_inception.FIDInceptionV3(3)
     fid.randomize(net, seed)
     out = {p.lstrip('/'): v.array for p, v in net.namedparams()}
     for p, link in net.namedlinks():

@@ -1,29 +1,35 @@
-"""Figures 1-3 (experiments/figures.py, scripts/figures.py) from tiny synthetic runs:
+"""Figures 1-3 (experiments/figures/, scripts/figures.py) from tiny synthetic runs:
 files are valid PNG/PDF, missing runs are listed with the commands that make them,
-the windowed std and seed means are right, and bad inputs fail clearly."""
+the windowed std and seed means are right, bad inputs fail clearly, and no training
+module imports the figures (or matplotlib)."""
 import mixnorm._compat  # noqa: F401  (NumPy-2 shim before any chainer import)
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import yaml
 
-from experiments import config as C, figures, records, train
+import mixnorm
+from experiments import config as C, environment, figures, records, train
+from experiments.figures import activations, curves, selection
 from scripts import figures as cli
-from figure_checks import check_files, png_size
+from figure_checks import capture_figures, check_files, png_size
 
 T2 = os.path.join(C.CONFIG_ROOT, 'table2')
 TINY = ['data.dataset=synthetic', 'data.subset=[16, 8]', 'data.batch_size=8',
-        'train.epochs=2', 'train.snapshot_every=2']
+        'train.epochs=2', 'train.snapshot_every=1']
 
 
 @pytest.fixture(scope='module')
 def tiny_runs(tmp_path_factory):
-    """BN-2 and MN-2 of the CIFAR-100 table (synthetic data, 2 epochs), plus a copy of
-    BN-2 as seed 1 with a shifted log (to check the mean over seeds)."""
+    """BN-2 and MN-2 of the CIFAR-100 table (synthetic data, 2 epochs, a snapshot after
+    each), plus a copy of BN-2 as seed 1 with a shifted log (to check the mean over
+    seeds)."""
     root = str(tmp_path_factory.mktemp('runs'))
     paths = {}
     for row in ('BN-2', 'MN-2'):
@@ -50,32 +56,32 @@ def tiny_runs(tmp_path_factory):
 def test_windowed_std_matches_direct_computation(window):
     y = np.random.RandomState(window).randn(37).cumsum()
     y[[5, 20]] = np.nan
-    got = figures.windowed_std(y, window)
+    got = curves.windowed_std(y, window)
     for i in range(len(y)):
         lo, hi = max(0, i - window // 2), min(len(y), i - window // 2 + window)
         w = [v for v in y[lo:hi] if np.isfinite(v)]
         assert got[i] == pytest.approx(np.std(w) if len(w) > 1 else 0.0, abs=1e-12), i
-    assert figures.windowed_std([3.0] * 12, 10) == pytest.approx(np.zeros(12))
+    assert curves.windowed_std([3.0] * 12, 10) == pytest.approx(np.zeros(12))
     with pytest.raises(ValueError):
-        figures.windowed_std(y, 0)
+        curves.windowed_std(y, 0)
 
 
 def test_error_curve_means_over_seeds():
     a = [{'epoch': 1, 'validation/main/accuracy': 0.5},
          {'epoch': 2, 'validation/main/accuracy': 0.6}, {'epoch': 3}]
     b = [{'epoch': 1, 'validation/main/accuracy': 0.7}]
-    epochs, err, n = figures.error_curve([a, b])
+    epochs, err, n = curves.error_curve([a, b])
     assert epochs.tolist() == [1, 2] and n.tolist() == [2, 1]
     assert err == pytest.approx([40.0, 40.0])
-    grid, full = figures.on_epoch_grid(np.array([1, 3]), np.array([1.0, 2.0]))
+    grid, full = curves.on_epoch_grid(np.array([1, 3]), np.array([1.0, 2.0]))
     assert grid.tolist() == [1, 2, 3] and np.isnan(full[1]) and full[2] == 2.0
 
 
 def test_component_marginals_integrate_to_mixture():
-    gmm = figures.mixnorm.GMM(np.array([0.3, 0.7]), np.array([[0.0, 1.0], [3.0, -1.0]]),
+    gmm = mixnorm.GMM(np.array([0.3, 0.7]), np.array([[0.0, 1.0], [3.0, -1.0]]),
                               np.array([[1.0, 0.5], [0.25, 2.0]]))
     x = np.linspace(-10, 15, 20001)
-    comps = figures.component_marginals(gmm, 1, x)
+    comps = activations.component_marginals(gmm, 1, x)
     assert np.trapezoid(comps, x, axis=1) == pytest.approx([0.3, 0.7], abs=1e-6)
     assert comps[1].argmax() == np.abs(x + 1.0).argmin()
 
@@ -97,15 +103,17 @@ def _fake_run(root, name, dataset, seed, smoke, subset, source_ds='cifar100'):
 def test_runs_of_different_kinds_are_not_averaged(tmp_path):
     synth = [_fake_run(tmp_path, 's%d' % i, 'synthetic', i, True, [16, 8]) for i in range(3)]
     real = _fake_run(tmp_path, 'real', 'cifar100', 0, True, [512, 256])
-    assert figures.pick_runs(synth + [real]) == [real]      # real data before synthetic
+    assert selection.pick_runs(synth + [real]) == [real]      # real data before synthetic
     full = _fake_run(tmp_path, 'full', 'cifar100', 4, False, None)
-    assert figures.pick_runs(synth + [real, full]) == [full]
-    assert figures.pick_runs(synth) == synth
-    assert figures.paper_dataset(synth[0]) == 'cifar100'   # from the config's sources
-    assert figures.paper_dataset(_fake_run(tmp_path, 'c10', 'synthetic', 0, True, None,
-                                           source_ds='cifar10')) == 'cifar10'
-    assert figures.warning_for([full.config]) is None
-    assert figures.warning_for([real.config]) == \
+    assert selection.pick_runs(synth + [real, full]) == [full]
+    assert selection.pick_runs(synth) == synth
+    assert selection.paper_dataset(synth[0]) == 'cifar100'   # from the config's sources
+    assert selection.paper_dataset(_fake_run(tmp_path, 'c10', 'synthetic', 0, True, None,
+                                             source_ds='cifar10')) == 'cifar10'
+    assert selection.comparability(full) == (True, [])
+    assert selection.comparability(real) == (False, ['smoke preset', 'subset 512/256 images'])
+    assert selection.warning_for([full]) is None
+    assert selection.warning_for([real]) == \
         'SMOKE RUN - not comparable to the paper (smoke preset; subset 512/256 images)'
 
 
@@ -123,9 +131,9 @@ def test_all_lists_missing_figures_with_commands(tmp_path, capsys):
                  '--rows BN-1,MN-1,BN-2,MN-2,BN-3,MN-3,BN-4,MN-4',
                  'python scripts/reproduce.py table2 --dataset cifar100 '
                  '--rows BN-2,MN-2,MN-5,MN-6,MN-7,MN-8',
-                 'python scripts/figures.py fig1 --snapshot'):
+                 'python scripts/figures.py fig1 --runs-root %s' % (tmp_path / 'none')):
         assert line in text, line
-    assert figures.reproduce_command('cifar100', ['MN-5', 'MN-6']) == \
+    assert selection.reproduce_command('cifar100', ['MN-5', 'MN-6']) == \
         'python scripts/reproduce.py table2 --dataset cifar100 --rows MN-5,MN-6'
     with pytest.raises(SystemExit):                      # a single figure without runs
         cli.main(['fig3', '--runs-root', str(tmp_path / 'none'), '--out', str(out)])
@@ -167,16 +175,37 @@ def test_all_renders_existing_figures(tiny_runs, tmp_path, capsys):
     assert meta['shape'] == [4, 128, 16, 16] and meta['warning'].startswith('SMOKE RUN')
 
 
+# ------------------------------------------------------------------ import direction
+
+def test_training_modules_import_neither_figures_nor_matplotlib():
+    """configs -> train -> runs -> figures: importing a trainer pulls in no figure code
+    and no matplotlib backend."""
+    code = ('import sys, experiments.gan, experiments.train; '
+            'bad = sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib" '
+            'or m.startswith("experiments.figures")); '
+            'assert not bad, bad')
+    done = subprocess.run([sys.executable, '-c', code], cwd=environment.REPO_ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_every_figure_is_in_the_registry():
+    assert sorted(figures.FIGURES) == ['fig%d' % i for i in range(1, 10)]
+    assert sorted(figures.ALL_ORDER) == sorted(figures.FIGURES)
+    with pytest.raises(ValueError, match='unknown figure'):
+        figures.draw('fig10')
+
+
 # --------------------------------------------------------------------------- Figure 1
 
 def test_fig1_from_snapshot(tiny_runs, tmp_path, capsys):
     _, paths = tiny_runs
     snap = os.path.join(paths['MN-2'], 'snapshot_epoch_2')     # MN link loads too
-    acts, info = figures.conv2_activations(snap, n_images=8, seed=3)
+    acts, info = activations.conv2_activations(snap, n_images=8, seed=3)
     assert acts.shape == (8, 128, 16, 16) and acts.dtype == np.float32
     assert np.isfinite(acts).all() and acts.std() > 0
     assert info['row'] == 'MN-2' and info['epoch'] == 2 and info['dataset'] == 'synthetic'
-    again, _ = figures.conv2_activations(snap, n_images=8, seed=3)
+    again, _ = activations.conv2_activations(snap, n_images=8, seed=3)
     np.testing.assert_array_equal(acts, again)
     cli.main(['fig1', '--snapshot', snap, '--out', str(tmp_path), '--n-images', '4',
               '--channels', '3', '--em-iters', '2'])
@@ -186,6 +215,25 @@ def test_fig1_from_snapshot(tiny_runs, tmp_path, capsys):
     assert meta['warning'].startswith('SMOKE RUN')
     png_size(os.path.join(str(tmp_path), 'fig1.png'))
     assert 'fig1: wrote' in capsys.readouterr().out
+
+
+def test_fig1_draws_the_last_snapshot_with_labelled_x_axes(tiny_runs, tmp_path,
+                                                         monkeypatch):
+    root, paths = tiny_runs
+    snaps = sorted(p for p in os.listdir(paths['BN-2']) if p.startswith('snapshot_epoch_'))
+    assert snaps == ['snapshot_epoch_1', 'snapshot_epoch_2']
+    assert activations.find_snapshot(root) == os.path.join(paths['BN-2'], 'snapshot_epoch_2')
+    seen = capture_figures(monkeypatch)
+    result = cli.main(['fig1', '--runs-root', root, '--out', str(tmp_path), '--n-images',
+                       '4', '--em-iters', '2'])                 # no --snapshot: found
+    meta = check_files(result, 'fig1', tmp_path)
+    assert meta['source']['epoch'] == 2 and 'epoch 2 of 2' in meta['what']
+    assert meta['source']['snapshot'] == os.path.join(paths['BN-2'], 'snapshot_epoch_2')
+    axes = seen[-1]['axes']
+    assert seen[-1]['name'] == 'fig1' and len(axes) == 2 * 3 * 4   # (BN, MN:2, MN:3) x 4
+    assert [a['xlabel'] for a in axes[:8]] == [activations.BEFORE_XLABEL] * 4 + \
+        [activations.AFTER_XLABEL] * 4                               # row by row
+    assert all(a['xlabel'] for a in axes)
 
 
 def test_fig1_from_saved_activations(tmp_path):
@@ -208,7 +256,7 @@ def test_fig1_from_saved_activations(tmp_path):
 def test_fig1_missing_inputs_fail_clearly(tiny_runs, tmp_path, monkeypatch, capsys):
     missing = str(tmp_path / 'run' / 'snapshot_epoch_7')
     with pytest.raises(FileNotFoundError, match='snapshot not found: .*snapshot_epoch_7'):
-        figures.conv2_activations(missing)
+        activations.conv2_activations(missing)
     with pytest.raises(SystemExit) as e:
         cli.main(['fig1', '--snapshot', missing])
     assert 'snapshot not found' in str(e.value)
@@ -222,7 +270,7 @@ def test_fig1_missing_inputs_fail_clearly(tiny_runs, tmp_path, monkeypatch, caps
     lone.mkdir()
     shutil.copy(os.path.join(paths['BN-2'], 'snapshot_epoch_2'), str(lone))
     with pytest.raises(FileNotFoundError, match='--run-dir'):
-        figures.conv2_activations(str(lone / 'snapshot_epoch_2'))
+        activations.conv2_activations(str(lone / 'snapshot_epoch_2'))
     with open(os.path.join(paths['BN-2'], 'config.yaml')) as f:
         cfg = yaml.safe_load(f)
     cfg['data'].update(dataset='cifar100', subset=None, data_dir=str(tmp_path / 'nodata'))
@@ -230,4 +278,4 @@ def test_fig1_missing_inputs_fail_clearly(tiny_runs, tmp_path, monkeypatch, caps
     import chainer
     monkeypatch.setattr(chainer.dataset, 'get_dataset_root', lambda: str(tmp_path / 'cache'))
     with pytest.raises(FileNotFoundError, match='(?s)test images of cifar100.*--data-dir'):
-        figures.conv2_activations(str(lone / 'snapshot_epoch_2'))
+        activations.conv2_activations(str(lone / 'snapshot_epoch_2'))

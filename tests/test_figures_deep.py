@@ -1,4 +1,4 @@
-"""Figures 4, 5, 8 and 9 (experiments/figures.py, scripts/figures.py) from SYNTHETIC
+"""Figures 4, 5, 8 and 9 (experiments/figures/, scripts/figures.py) from SYNTHETIC
 FIXTURE run directories: nothing here trains a deep model.  The fixtures are written
 by hand -- config.yaml from the real row configs (``load_config`` + ``dump``, with
 ``data.dataset=synthetic`` so that every figure drawn from them is marked not
@@ -6,7 +6,8 @@ comparable), a made-up log.json with the keys LogReport writes, summary.json fro
 ``records.summarize`` and, for the MN-4 run, made-up mixtures/*.npz in the format of
 ``train.SaveMixtures`` -- so the figures' numbers can be checked against them.  The
 Table 4 MN-4 configs are checked to save the mixtures of an MN layer (model built, not
-trained)."""
+trained).  Every figure's not-comparable notice comes from the one
+``selection.comparability``."""
 import mixnorm._compat  # noqa: F401  (NumPy-2 shim before any chainer import)
 
 import math
@@ -17,6 +18,8 @@ import pytest
 
 import mixnorm
 from experiments import config as C, figures, models, records, train
+from experiments.figures import inception, selection, style
+from experiments.figures.curves import WINDOW, windowed_mean, windowed_std
 from scripts import figures as cli
 from figure_checks import check_files
 
@@ -146,7 +149,7 @@ def test_table4_mn4_saves_the_mixtures_of_an_mn_layer(dataset, n_classes, tmp_pa
              if isinstance(link, mixnorm.MixtureNormalization)]
     assert LAYER in links and LAYER in replaced
     assert sorted(links) == sorted(MN4_PATHS) and len(links) == 10     # Figure 9's 10
-    assert all(l.startswith(figures.FIG9_PREFIXES) for l in links)
+    assert all(l.startswith(inception.FIG9_PREFIXES) for l in links)
     ext = train.SaveMixtures(model, cfg['train']['save_mixtures'], 1000, str(tmp_path))
     assert [p for p, _ in ext.links] == [LAYER] and ext.at == [200, 400, 600, 800, 1000]
 
@@ -157,7 +160,7 @@ def test_table4_mn4_saves_the_mixtures_of_an_mn_layer(dataset, n_classes, tmp_pa
 def test_windowed_mean_matches_direct_computation(window):
     y = np.random.RandomState(window).randn(23).cumsum()
     y[[4, 11]] = np.nan
-    got = figures.windowed_mean(y, window)
+    got = windowed_mean(y, window)
     for i in range(len(y)):
         lo, hi = max(0, i - window // 2), min(len(y), i - window // 2 + window)
         w = [v for v in y[lo:hi] if np.isfinite(v)]
@@ -166,7 +169,7 @@ def test_windowed_mean_matches_direct_computation(window):
         else:                                       # window 1 on a missing epoch
             assert np.isnan(got[i]), i
     with pytest.raises(ValueError):
-        figures.windowed_mean(y, 0)
+        windowed_mean(y, 0)
 
 
 # ----------------------------------------------------------------------- Figure 4
@@ -193,7 +196,7 @@ def test_fig4_inception_test_error(fake_runs, tmp_path, capsys):
     want = [100 * (1 - (x + y) / 2) for x, y in zip(a, b)]
     assert mn4['seeds'] == [0, 1] and mn4['test_error'] == pytest.approx(want, abs=1e-3)
     assert mn4['windowed_std'] == pytest.approx(
-        figures.windowed_std(want, figures.WINDOW), abs=1e-3)
+        windowed_std(want, WINDOW), abs=1e-3)
     assert mn4['label'].startswith('MN-4 (inc2/0+inc3/0, K 5, EM 2) [2 seeds')
     mn5 = curves['table4', 'cifar100', 'MN-5']
     assert mn5['epochs'] == list(range(1, 9)) and '8/12 ep' in mn5['label']
@@ -215,7 +218,7 @@ def test_fig4_inception_test_error(fake_runs, tmp_path, capsys):
 
 def test_fig5_densenet_four_panels(fake_runs, tmp_path):
     root, runs, _ = fake_runs
-    result = figures.fig5(root, str(tmp_path))
+    result = figures.draw('fig5', root, str(tmp_path))
     meta = check_files(result, 'fig5', tmp_path)
     assert meta['window'] == 3 and 'synthetic data' in meta['warning']
     got = {(c['metric'], c['row']): c for c in meta['curves']}
@@ -230,7 +233,7 @@ def test_fig5_densenet_four_panels(fake_runs, tmp_path):
             c = got[metric, row]
             want = [f(v) for v in logged(run, key)]
             assert c[metric] == pytest.approx(want, abs=1e-3), (metric, row)
-            assert c['windowed_std'] == pytest.approx(figures.windowed_std(want, 3), abs=1e-3)
+            assert c['windowed_std'] == pytest.approx(windowed_std(want, 3), abs=1e-3)
     assert sorted(result.missing) == [('cifar100', 'BN-L100'), ('cifar100', 'MN-L100')]
     assert result.commands == [
         'python -m experiments.train configs/densenet/cifar100/%s.yaml --out %s' % (
@@ -259,27 +262,27 @@ def test_fig8_mixture_components(fake_runs, tmp_path):
         assert np.allclose(r['variances'], var[:, channels], rtol=1e-5)
     assert [len(r['weights']) for r in meta['rows']] == [5, 5, 4, 5, 5]
     # a mixture file is read back sorted by weight, heaviest first
-    mix = figures.load_mixture(figures.mixture_files(runs['c100 MN-4'])[0][1])
+    mix = inception.load_mixture(inception.mixture_files(runs['c100 MN-4'])[0][1])
     assert (np.diff(mix['weights']) <= 0).all() and mix['means'].shape == (5, 192)
-    assert figures.rank_colors(5) == list(figures.COMPONENT_COLORS)
+    assert inception.rank_colors(5) == list(style.COMPONENT_COLORS)
 
 
 def test_fig8_without_mixtures_fails_clearly(fake_runs, tmp_path):
     root, runs, _ = fake_runs
     with pytest.raises(FileNotFoundError, match='save_mixtures'):
-        figures.fig8(root, str(tmp_path), run_dir=runs['c10 MN-4'])
+        figures.draw('fig8', root, str(tmp_path), run_dir=runs['c10 MN-4'])
     with pytest.raises(SystemExit, match='no saved mixtures of inc2/0/2/4/bn'):
         cli.main(['fig8', '--run-dir', runs['c10 MN-4'], '--out', str(tmp_path)])
     # an MN-4 run of CIFAR-100 without mixtures (made before save_mixtures): a note
     other = str(tmp_path / 'runs')
     write_run(other, 'table4', 'cifar100', 'MN-4', fake_log(0, 0.2, MN4_PATHS))
-    result = figures.fig8(other, str(tmp_path / 'out'))
+    result = figures.draw('fig8', other, str(tmp_path / 'out'))
     assert not result.rendered and result.missing == [('cifar100', 'MN-4')]
     assert 'without saved mixtures' in result.notes[0]
     bad = tmp_path / 'bad.npz'
     np.savez(str(bad), weights=np.ones(2), means=np.zeros((3, 4)), variances=np.ones((3, 4)))
     with pytest.raises(ValueError, match='expected weights'):
-        figures.load_mixture(str(bad))
+        inception.load_mixture(str(bad))
 
 
 # ----------------------------------------------------------------------- Figure 9
@@ -297,8 +300,8 @@ def test_fig9_effective_components(fake_runs, tmp_path):
         c = by['cifar100', p]                              # one seed: the logged values
         want = logged(runs['c100 MN-4'], key)
         assert c['key'] == key and c['components'] == pytest.approx(want, abs=1e-9)
-        assert c['smoothed'] == pytest.approx(figures.windowed_mean(want, 3), abs=1e-9)
-        assert c['windowed_std'] == pytest.approx(figures.windowed_std(want, 3), abs=1e-9)
+        assert c['smoothed'] == pytest.approx(windowed_mean(want, 3), abs=1e-9)
+        assert c['windowed_std'] == pytest.approx(windowed_std(want, 3), abs=1e-9)
         c = by['cifar10', p]                               # two seeds: their mean
         a, b = logged(runs['c10 MN-4'], key), logged(runs['c10 MN-4 s1'], key)
         assert c['components'] == pytest.approx([(x + y) / 2 for x, y in zip(a, b)])
@@ -310,7 +313,7 @@ def test_fig9_falls_back_to_every_mn_module(fake_runs, tmp_path):
     and says so; the dataset without a run is listed with its command."""
     root = str(tmp_path / 'runs')
     write_run(root, 'table4', 'cifar10', 'MN-1', fake_log(0, 0.0, MN1_PATHS, k=3))
-    result = figures.fig9(root, str(tmp_path), row='MN-1')
+    result = figures.draw('fig9', root, str(tmp_path), row='MN-1')
     meta = check_files(result, 'fig9', tmp_path)
     assert sorted(c['module'] for c in meta['curves']) == sorted(MN1_PATHS)
     assert any('no MN module under inc2/0 or inc3/0' in n for n in result.notes)
@@ -343,7 +346,7 @@ def test_all_lists_missing_deep_figures_with_commands(tmp_path, capsys):
                  'python scripts/reproduce.py table4 --dataset cifar10 --rows MN-4 '
                  '--runs-root %s' % none):
         assert line in text, line
-    assert figures.train_command('densenet', 'cifar100', 'MN-L40') == \
+    assert selection.train_command('densenet', 'cifar100', 'MN-L40') == \
         'python -m experiments.train configs/densenet/cifar100/MN-L40.yaml'
     for fig in ('fig4', 'fig5', 'fig8', 'fig9'):                # single figures fail
         with pytest.raises(SystemExit):
@@ -361,3 +364,20 @@ def test_all_draws_the_deep_figures_of_existing_runs(fake_runs, tmp_path, capsys
         assert '%s: wrote' % f in text
     assert 'incomplete, missing runs: cifar100 BN-L100, cifar100 MN-L100' in text
     assert text.count('not comparable to the paper (synthetic data)') >= 4
+
+
+def test_every_notice_comes_from_comparability(fake_runs, tmp_path, monkeypatch):
+    """The figures decide comparability in one place: what ``selection.comparability``
+    answers is what every figure's title says."""
+    root, _, _ = fake_runs
+    monkeypatch.setattr(selection, 'comparability', lambda run: (True, []))
+    results = {r.name: r for r in figures.all_figures(root, str(tmp_path / 'a'),
+                                                      log=lambda text: None)}
+    drawn = [n for n in ('fig4', 'fig5', 'fig8', 'fig9') if results[n].rendered]
+    assert drawn == ['fig4', 'fig5', 'fig8', 'fig9']
+    assert all(results[n].warning is None for n in drawn)      # synthetic, yet "comparable"
+    monkeypatch.setattr(selection, 'comparability', lambda run: (False, ['stand-in reason']))
+    for r in figures.all_figures(root, str(tmp_path / 'b'), log=lambda text: None):
+        if r.rendered:
+            assert r.warning == ('NOT A PAPER-SETTING RUN - not comparable to the paper '
+                                 '(stand-in reason)'), r.name

@@ -1,6 +1,7 @@
 """experiments/gan.py + experiments/models/dcgan.py: models, MN placement, configs, smoke
 runs on tiny generated data with a labelled random-weights "FID", bit-for-bit resume,
-comparison with the paper, figures, missing FID weights."""
+comparison with the paper, Figures 6-7 (experiments/figures/dcgan.py), missing FID
+weights."""
 import json
 import os
 import shutil
@@ -13,7 +14,10 @@ import mixnorm
 from experiments import config as C
 from experiments import data as data_lib
 from experiments import fid, figures, gan
+from experiments.figures import selection
+from experiments.figures.curves import windowed_std
 from experiments.models import dcgan
+from scripts import figures as figures_cli
 
 DCGAN = os.path.join(C.CONFIG_ROOT, 'dcgan', 'cifar10')
 
@@ -221,35 +225,85 @@ def test_steps_to_fid_helpers():
     assert gan.steps_to_fid(curve, 10) is None and gan.interpolated_steps_to_fid(curve, 10) \
         is None
     assert gan.interpolated_steps_to_fid(curve, 70) == 10000
-    np.testing.assert_allclose(figures.windowed_std([1, 2, 4, 8], 3),
+    np.testing.assert_allclose(windowed_std([1, 2, 4, 8], 3),       # Figure 6's band
                                [np.std([1, 2]), np.std([1, 2, 4]), np.std([2, 4, 8]),
                                 np.std([4, 8])])
 
 
-def test_figures_are_written_and_labelled(runs, tmp_path):
+def test_figures_of_given_runs_are_written_and_labelled(runs, tmp_path):
     _, r = runs
-    paths = gan.figure6(r['DCGAN-BN'][1], r['DCGAN-MN'][1], out_dir=str(tmp_path))
-    paths += gan.figure7(r['DCGAN-BN'][1], r['DCGAN-MN'][1], out_dir=str(tmp_path))
-    names = sorted(os.path.basename(p) for p in paths)
-    assert names == ['fig6_dcgan_fid.json', 'fig6_dcgan_fid.pdf', 'fig6_dcgan_fid.png',
-                     'fig7_dcgan_samples.json', 'fig7_dcgan_samples.pdf',
-                     'fig7_dcgan_samples.png']
-    assert all(os.path.getsize(p) > 0 for p in paths)
-    info = json.load(open(os.path.join(str(tmp_path), 'fig6_dcgan_fid.json')))
+    bn, mn = r['DCGAN-BN'][1], r['DCGAN-MN'][1]
+    fig6 = figures.draw('fig6', str(tmp_path / 'none'), str(tmp_path), bn_runs=bn,
+                        mn_runs=[mn])
+    fig7 = figures.draw('fig7', str(tmp_path / 'none'), str(tmp_path), bn_run=bn, mn_run=mn)
+    names = sorted(os.path.basename(p) for p in fig6.files + fig7.files)
+    assert names == ['fig6.json', 'fig6.pdf', 'fig6.png', 'fig7.json', 'fig7.pdf', 'fig7.png']
+    assert all(os.path.getsize(p) > 0 for p in fig6.files + fig7.files)
+    info = json.load(open(os.path.join(str(tmp_path), 'fig6.json')))
     assert all('RANDOM-WEIGHTS' in label for label in info['fid_labels'])
     assert info['curves']['DCGAN-MN']['steps'] == [4, 8]
-    panels = json.load(open(os.path.join(str(tmp_path), 'fig7_dcgan_samples.json')))['panels']
+    assert info['curves']['DCGAN-BN']['runs'] == [bn]
+    fids = [e['fid'] for e in json.load(open(os.path.join(bn, 'log.json'))) if 'fid' in e]
+    assert info['curves']['DCGAN-BN']['fid'] == pytest.approx(fids)
+    for result in (fig6, fig7):        # notices from the one comparability function
+        assert result.warning.startswith('SMOKE RUN - not comparable to the paper')
+        assert 'random-weights "FID"' in result.warning and 'synthetic data' in result.warning
+    panels = json.load(open(os.path.join(str(tmp_path), 'fig7.json')))['panels']
     assert 'random-weights' in panels['(b) DCGAN-MN']['what']
+    assert panels['(a) DCGAN-BN']['image'] == gan.sample_path(bn, min(
+        (v, s) for s, v in gan.fid_curve(json.load(open(os.path.join(bn, 'log.json')))))[1])
+    other = tmp_path / 'table2_run'
+    other.mkdir()
+    (other / 'config.yaml').write_text(yaml.safe_dump({'experiment': 'table2'}))
+    with pytest.raises(ValueError, match='is a run of table2, not of dcgan'):
+        figures.draw('fig6', str(tmp_path), str(tmp_path), bn_runs=bn, mn_runs=str(other))
+    with pytest.raises(ValueError, match='given as DCGAN-BN runs, but not of that row'):
+        figures.draw('fig6', str(tmp_path), str(tmp_path), bn_runs=mn, mn_runs=mn)
+    with pytest.raises(FileNotFoundError, match='not a run directory'):
+        figures.draw('fig7', str(tmp_path), str(tmp_path), bn_run=str(tmp_path), mn_run=mn)
+    with pytest.raises(SystemExit, match='scripts/figures.py fig6'):
+        gan.main(['figures', bn, mn])
 
 
-def test_figures_all_draws_figures_6_and_7(runs, tmp_path):
+def test_gan_runs_are_comparable_only_with_the_standard_fid(runs):
+    _, r = runs
+    run = selection.read_runs(r['DCGAN-MN'][1], 'dcgan')[0]
+    assert selection.comparability(run) == (False, [
+        'smoke preset', 'synthetic data', 'subset 64/16 images', 'random-weights "FID"'])
+    run.config = dict(run.config, smoke=False, data=dict(run.config['data'], dataset='cifar10',
+                                                         subset=None))
+    run.summary = dict(run.summary, smoke=False, comparable_to_paper=False)
+    for fid_info, reason in (({'enabled': False}, 'no FID'),
+                             ({'enabled': True, 'standard': False}, 'non-standard FID network')):
+        run.summary['fid'] = fid_info
+        assert selection.comparability(run) == (False, [reason])
+    run.summary.update(fid={'enabled': True, 'standard': True}, comparable_to_paper=True)
+    assert selection.comparability(run) == (True, [])
+
+
+def test_figures_6_and_7_by_name(runs, tmp_path, capsys):
     root, _ = runs
-    res = {r.name: r for r in figures.dcgan_figures(str(root), str(tmp_path))}
+    for name in ('fig6', 'fig7'):
+        result = figures_cli.main([name, '--runs-root', str(root), '--out', str(tmp_path)])
+        assert result.rendered and os.path.exists(os.path.join(str(tmp_path), name + '.png'))
+        assert '%s: wrote' % name in capsys.readouterr().out
+    bn, mn = runs[1]['DCGAN-BN'][1], runs[1]['DCGAN-MN'][1]
+    for name in ('fig6', 'fig7'):                      # runs given by directory
+        result = figures_cli.main([name, '--bn', bn, '--mn', mn, '--runs-root',
+                                   str(tmp_path / 'none'), '--out', str(tmp_path / 'given')])
+        assert result.rendered
+    assert json.load(open(str(tmp_path / 'given' / 'fig7.json')))['panels'][
+        '(b) DCGAN-MN']['run'] == mn
+    res = {r.name: r for r in figures.all_figures(str(root), str(tmp_path / 'all'))}
     assert res['fig6'].rendered and res['fig7'].rendered
-    assert os.path.exists(os.path.join(str(tmp_path), 'fig6.png'))
-    missing = figures.dcgan_figures(str(tmp_path / 'none'), str(tmp_path))
-    assert not any(r.rendered for r in missing)
-    assert 'reproduce.py dcgan' in missing[0].commands[0]
+    for name in ('fig6', 'fig7'):
+        with pytest.raises(SystemExit):
+            figures_cli.main([name, '--runs-root', str(tmp_path / 'none'), '--out',
+                              str(tmp_path)])
+        text = capsys.readouterr().out
+        assert '%s: MISSING - no runs of cifar10 DCGAN-BN, cifar10 DCGAN-MN' % name in text
+        assert 'python scripts/reproduce.py dcgan --inception-weights fid.npz --runs-root' \
+            in text
 
 
 # ------------------------------------------------------------- FID weights handling

@@ -3,6 +3,10 @@
 ``build_model(name, n_classes, **kwargs)``; ``MODELS`` lists the names.  Every model
 names its normalization sites with the paper's layer names (``normalization_sites()``),
 which ``mixnorm.replace_batch_normalization`` and the configs' ``mn.layers`` use.
+The registry holds the classifiers a config names in ``model.name``; the networks that
+are not classifiers are built by their own modules: ``dcgan.build_dcgan`` (generator and
+discriminator, Sec. 4.5) and ``fid_inception.FIDInceptionV3`` (the FID feature network,
+loaded with its weights by ``experiments.fid.load_extractor``).
 """
 import importlib
 
