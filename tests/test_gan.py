@@ -274,3 +274,37 @@ def test_missing_fid_weights_stop_before_training(runs, tmp_path):
     s = gan.run(cfg, out=str(tmp_path / 'nofid'), progress=False)
     assert s['finished'] and s['lowest_fid'] is None and s['fid_label'] == 'FID disabled'
     assert os.path.isfile(gan.sample_path(str(tmp_path / 'nofid'), 2))
+
+
+def test_reproduce_dcgan_without_weights_does_not_suggest_synthetic(tmp_path):
+    """--synthetic was given: the missing weights, not the data, are the problem."""
+    from scripts import reproduce
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(['dcgan', '--synthetic', '--preset', 'smoke', '--runs-root',
+                        str(tmp_path), '--inception-weights', str(tmp_path / 'none.npz'),
+                        '--set', 'gan.fid.random_weights=false', '--no-progress'])
+    msg = str(e.value.code)
+    assert msg.startswith('error: FID Inception weights not found: %s' % (tmp_path / 'none.npz'))
+    assert '--synthetic' not in msg and '--no-fid' in msg
+
+
+def test_a_weights_file_of_another_kind_says_what_it_should_be(tmp_path):
+    import pickle
+    path = tmp_path / 'weights.npz'
+    path.write_bytes(pickle.dumps({'not': 'weights'}))
+    with pytest.raises(fid.FIDWeightsError) as e:
+        fid.load_extractor(str(path), image_size=75)
+    msg = str(e.value)
+    assert 'allow_pickle' not in msg
+    assert 'npz archive of arrays that scripts/convert_fid_weights.py writes' in msg
+
+
+def test_rerunning_a_finished_gan_run_keeps_it(runs, capsys):
+    cfg, path = runs[1]['DCGAN-MN']
+    before = open(os.path.join(path, 'summary.json')).read()
+    gan.run(cfg, out=path, progress=False)
+    assert 'finished run in %s' % path in capsys.readouterr().out
+    assert open(os.path.join(path, 'summary.json')).read() == before
+    bn_cfg = tiny_cfg('bn', cfg['gan']['fid']['cache_dir'])
+    with pytest.raises(C.ConfigError, match=r'holds a finished run of another config: mn'):
+        gan.run(bn_cfg, out=path, progress=False)
