@@ -3,7 +3,7 @@
 
 Where mixnorm branches on the array module (NumPy or not), the stand-in takes the
 branch CuPy takes, so these tests check those branches' results without a GPU.  On
-the GPU an MN layer is launch-bound, so its speed targets (issue 3: MN/BN <= 4x per
+the GPU an MN layer is launch-bound, so its speed targets (MN/BN <= 4x per
 layer) depend on how many device operations and host syncs each step needs; the
 budget tests count them (the numbers ``bench/bench_ops.py`` reports) and fail if a
 change adds many: a loop over points or channels, per-component kernels in the fit,
