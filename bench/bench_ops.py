@@ -16,7 +16,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
 
 from _common import OUT_DIR, environment, write_record  # noqa: E402
 from mixnorm.testing import opcount  # noqa: E402

@@ -9,8 +9,10 @@ Two kinds of table, recognised from the paper data (new tables need data, not co
   percent against the BN row, and each row's maximum accuracy.  Their runs come from
   the experiment named by ``settings_from`` (Table 3 <- table2 runs).
 
-Runs of one row with several seeds are aggregated (mean, std, n).  Runs that are smoke
-runs, on synthetic data or on a subset are kept apart and marked not comparable.
+Runs of one row with several seeds are aggregated (mean, std, n; no std for one seed).
+Whether runs are comparable to the paper, and why not, is
+:func:`experiments.records.assess`'s verdict: comparable runs and the others are kept
+apart, and the others are marked NOT COMPARABLE with the reasons.
 """
 import csv
 import io
@@ -20,12 +22,13 @@ from experiments import paper, records
 
 
 def _mean_std(values):
+    """(mean, sample std or None for fewer than two values, n)."""
     values = [v for v in values if v is not None]
     if not values:
         return None, None, 0
     m = sum(values) / len(values)
     s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 \
-        else 0.0
+        else None
     return m, s, len(values)
 
 
@@ -39,38 +42,49 @@ def table_kind(doc):
                      % doc.get('source'))
 
 
-def run_paper_dataset(run):
-    """The paper dataset a run's row stands for (its config folder), whatever data it
-    was trained on."""
-    return (run.summary or {}).get('config_dataset', run.config['data']['dataset'])
+def table_kind_or_none(table):
+    """:func:`table_kind` of a stored paper table, None if it is not a table of runs
+    (Table 7's timings are measured by bench/; ``sections`` holds quoted numbers)."""
+    if not table.startswith('table') or table not in paper.available():
+        return None
+    try:
+        return table_kind(paper.load(table))
+    except ValueError:
+        return None
+
+
+def run_tables():
+    """The paper's tables that our runs are compared with: table2 ... table6."""
+    return [t for t in paper.available() if table_kind_or_none(t)]
 
 
 def group_runs(runs, paper_dataset=None):
-    """{(paper dataset, row, comparable): [Run]}, only ``paper_dataset``'s if given."""
+    """{(paper dataset, row, comparable): [Run]} of the runs that have a summary
+    (:func:`experiments.records.assess`), only ``paper_dataset``'s if given."""
     groups = {}
     for r in runs:
         if r.summary is None:
             continue
-        if paper_dataset and run_paper_dataset(r) != paper_dataset:
+        verdict = records.assess(r)
+        if verdict.dataset is None or (paper_dataset and verdict.dataset != paper_dataset):
             continue
-        key = (run_paper_dataset(r), r.config['row'],
-               bool(r.summary.get('comparable_to_paper')))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault((verdict.dataset, r.config['row'], verdict.comparable),
+                          []).append(r)
     return groups
 
 
-def _status(comparable, runs):
-    if comparable:
-        return 'ok' if all(r.summary.get('finished') for r in runs) else 'partial'
-    reasons = set()
-    for r in runs:
-        if r.summary.get('smoke'):
-            reasons.add('smoke')
-        if r.config['data']['dataset'] == 'synthetic':
-            reasons.add('synthetic data')
-        if r.config['data'].get('subset'):
-            reasons.add('subset')
-    return 'NOT COMPARABLE (%s)' % ', '.join(sorted(reasons) or ['?'])
+def group_status(runs):
+    """The status cell of a group of runs of one row: ``ok`` (comparable, all finished),
+    ``partial`` (comparable, some unfinished) or ``NOT COMPARABLE (reasons)``."""
+    verdicts = [records.assess(r) for r in runs]
+    if not verdicts:
+        return 'no run'
+    reasons = []
+    for v in verdicts:
+        reasons += [x for x in v.reasons if x not in reasons]
+    if reasons:
+        return 'NOT COMPARABLE (%s)' % '; '.join(reasons)
+    return 'ok' if all(v.status == records.FINISHED for v in verdicts) else 'partial'
 
 
 def compare_checkpoints(table, runs, paper_dataset=None):
@@ -85,7 +99,7 @@ def compare_checkpoints(table, runs, paper_dataset=None):
             out.append({'table': table, 'dataset': dataset, 'row': row,
                         'metric': 'max acc @%s%%' % pct, 'ours': m, 'std': s, 'n': n,
                         'paper': ref, 'diff': (m - ref) if m is not None and ref is not None
-                        else None, 'status': _status(comparable, group)})
+                        else None, 'status': group_status(group)})
     return out
 
 
@@ -126,7 +140,7 @@ def compare_steps(table, runs, paper_dataset=None):
                 m_steps, s_steps, _ = _mean_std(reached)
                 m_acc, s_acc, n = _mean_std([r.summary['best_test_accuracy'] for r in group])
                 base = {'table': table, 'dataset': dataset, 'row': row, 'n': n,
-                        'status': _status(comparable, group)}
+                        'status': group_status(group)}
                 p_steps = prow.get('steps_to_target')
                 p_ref = prows.get(ref_of(row), {}).get('steps_to_target')
                 steps_recs.append(dict(
@@ -165,6 +179,27 @@ def compare(table, runs=None, paper_dataset=None):
     kind = table_kind(doc)
     return compare_checkpoints(table, runs, paper_dataset) if kind == 'checkpoints' \
         else compare_steps(table, runs, paper_dataset)
+
+
+def compare_densenet(runs, depth, paper_dataset='cifar100'):
+    """Best test error (%) of our BN-L<depth> / MN-L<depth> DenseNet runs beside the
+    paper's (Sec. 4.4; ``results/paper/sections.json``)."""
+    prow = paper.value('sections', paper_dataset, 'densenet_L%d' % depth)
+    runs = [r for r in runs if r.config.get('experiment') == 'densenet']
+    groups = group_runs(runs, paper_dataset)
+    out = []
+    for model, key in (('BN', 'bn_best_test_error'), ('MN', 'mn_best_test_error')):
+        row = '%s-L%d' % (model, depth)
+        found = [k for k in groups if k[1] == row] or [(paper_dataset, row, None)]
+        for k in sorted(found, key=lambda k: (k[2] is not True, str(k))):
+            group = groups.get(k, [])
+            m, s, n = _mean_std([100.0 - r.summary['best_test_accuracy'] for r in group
+                                 if r.summary.get('best_test_accuracy') is not None])
+            out.append({'table': 'densenet', 'dataset': paper_dataset, 'row': row,
+                        'metric': 'best test error (%)', 'ours': m, 'std': s, 'n': n,
+                        'paper': prow[key], 'diff': m - prow[key] if m is not None else None,
+                        'status': group_status(group)})
+    return out
 
 
 # --------------------------------------------------------------------------- output

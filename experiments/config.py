@@ -1,30 +1,57 @@
 """Experiment configs: load, merge presets, validate.
 
 A row of a paper table is ``configs/<table>/<dataset>/<row>.yaml``.  Loading it merges,
-in order, every ``base.yaml`` from ``configs/<table>/`` down to the row's folder, then
-the row file, then the presets asked for (``configs/presets/<name>.yaml``), then
-``--set key.path=value`` overrides.  The result is validated against :data:`SCHEMA`:
-an unknown key, a wrong type or a bad value raises :class:`ConfigError` naming the key
-and the file(s) it came from.
+in order, the ``base.yaml`` of the folder above the row's folder (the table's), the
+``base.yaml`` of the row's own folder (the dataset's), the row file, the presets asked
+for (``configs/presets/<name>.yaml``) and ``--set key.path=value`` overrides.  The
+``base.yaml`` files are found next to the config wherever it lies, so a copy of a table's
+folder works outside ``configs/`` too.
+
+The result is validated against :data:`SCHEMA`, the one place that checks settings and
+supplies their defaults: an unknown key, a wrong type or a bad value raises
+:class:`ConfigError` naming the key and the file(s) it came from.  Builders
+(``experiments.optimizers``, ``experiments.train``) take the validated sections as they
+are.  Numbers may be written in scientific notation (``1e-3``), in files and in ``--set``.
 """
 import copy
 import difflib
+import math
 import os
+import re
 
 import yaml
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_ROOT = os.path.join(REPO_ROOT, 'configs')
 PRESET_DIR = os.path.join(CONFIG_ROOT, 'presets')
+BASE_NAME = 'base.yaml'
 
 
 class ConfigError(ValueError):
     """A config problem; the message names the key and the file."""
 
 
+# ----------------------------------------------------------------------------- YAML
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` as a number (YAML 1.2) rather than as the
+    string YAML 1.1 makes of an exponent without a dot."""
+
+
+_Loader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$'),
+    list('-+0123456789'))
+
+
+def yaml_load(stream):
+    """YAML text or stream -> Python objects (safe; ``1e-3`` is a float)."""
+    return yaml.load(stream, Loader=_Loader)
+
+
 # --------------------------------------------------------------------------- schema
 # A leaf is (types, default, check) where check(value) returns an error string or None.
-# A dict is a nested section.  ``OPTIONAL_SECTION`` sections may be null.
+# A dict is a nested section.  ``OPTIONAL_SECTIONS`` sections may be null.
 
 def _positive(v):
     return None if v > 0 else 'must be > 0'
@@ -36,6 +63,16 @@ def _non_negative(v):
 
 def _fraction(v):
     return None if 0 < v <= 1 else 'must be in (0, 1]'
+
+
+def _decay(v):
+    return None if 0 <= v < 1 else 'must be in [0, 1)'
+
+
+def _at_least(low, why):
+    def check(v):
+        return None if v >= low else 'must be >= %d (%s)' % (low, why)
+    return check
 
 
 def _choice(*options):
@@ -53,9 +90,10 @@ def _subset(v):
 
 
 def _fractions(v):
-    if isinstance(v, list) and all(isinstance(f, (int, float)) and 0 < f <= 1 for f in v):
+    if isinstance(v, list) and v and all(isinstance(f, (int, float)) and not
+                                         isinstance(f, bool) and 0 < f <= 1 for f in v):
         return None
-    return 'must be a list of fractions in (0, 1]'
+    return 'must be a non-empty list of fractions in (0, 1]'
 
 
 def _layers(v):
@@ -84,26 +122,29 @@ SCHEMA = {
         'data_dir': (OPT_STR, None, None),
         'download': (bool, False, None),
         'batch_size': (int, REQUIRED, _positive),
-        'test_batch_size': (OPT_INT, None, None),
+        'test_batch_size': (OPT_INT, None, _positive),
         'augment': (bool, True, None),
         'subset': ((int, list, type(None)), None, _subset),
     },
+    # which keys apply to which optimizer: OPTIMIZER_KEYS
     'optimizer': {
         'name': (str, REQUIRED, _choice('rmsprop_momentum', 'nesterov', 'momentum_sgd', 'adam')),
-        'lr': (NUM, REQUIRED, _positive),
-        'momentum': (NUM, 0.9, _non_negative),
+        'lr': (NUM, REQUIRED, _positive),       # Adam's alpha
         'weight_decay': (NUM, 0.0, _non_negative),
-        'rho': (NUM, 0.9, _fraction),
-        'eps': (OPT_NUM, None, None),
-        'beta1': (NUM, 0.9, _non_negative),
-        'beta2': (NUM, 0.999, _fraction),
+        'momentum': (NUM, 0.9, _decay),
+        'rho': (NUM, 0.9, _decay),              # RMSprop's decay of the mean square
+        'eps': (NUM, 1e-8, _non_negative),
+        'ms_init': (NUM, 1.0, _non_negative),   # RMSprop's initial mean square (TF1: 1)
+        'beta1': (NUM, 0.9, _decay),
+        'beta2': (NUM, 0.999, _decay),
     },
+    # which keys apply to which schedule type: SCHEDULE_KEYS
     'schedule': {
         'type': (str, 'constant', _choice('constant', 'staircase', 'multistep')),
-        'rate': (OPT_NUM, None, _positive),
-        'every_epochs': (OPT_NUM, None, _positive),
-        'factor': (OPT_NUM, None, _positive),
-        'at': ((list, type(None)), None, _fractions),
+        'rate': (NUM, REQUIRED, _positive),
+        'every_epochs': (NUM, REQUIRED, _positive),
+        'factor': (NUM, REQUIRED, _positive),
+        'at': (list, REQUIRED, _fractions),
     },
     'mn': {
         'layers': (list, REQUIRED, _layers),
@@ -122,7 +163,7 @@ SCHEMA = {
         'snapshot_every': (int, 10, _positive),
         'target_accuracy': (OPT_NUM, None, None),
         'checkpoints': (list, [0.25, 0.5, 0.75, 1.0], _fractions),
-        'max_iterations': (OPT_INT, None, None),
+        'max_iterations': (OPT_INT, None, _positive),
         # MN layers (BN paths) whose fitted mixture is saved at 20/40/60/80/100 % of
         # training (paper Sec. 5.2, Figure 8)
         'save_mixtures': (list, [], None),
@@ -144,13 +185,33 @@ SCHEMA = {
             'weights': (OPT_STR, None, None),
             'random_weights': (bool, False, None),
             'dims': (int, 2048, _choice(64, 192, 768, 2048)),
-            'image_size': (int, 299, _positive),
+            'image_size': (int, 299, _at_least(75, 'the smallest input of Inception-V3')),
             'batch_size': (int, 100, _positive),
             'cache_dir': (OPT_STR, None, None),
         },
     },
 }
 OPTIONAL_SECTIONS = ('mn', 'gan')
+
+#: The keys each optimizer uses (besides name, lr, weight_decay); giving a key of another
+#: optimizer is an error, and in the validated section such keys are null.
+OPTIMIZER_KEYS = {
+    'rmsprop_momentum': ('momentum', 'rho', 'eps', 'ms_init'),
+    'nesterov': ('momentum',),
+    'momentum_sgd': ('momentum',),
+    'adam': ('beta1', 'beta2', 'eps'),
+}
+#: The keys each schedule type uses (all required; the others are null).
+SCHEDULE_KEYS = {
+    'constant': (),
+    'staircase': ('rate', 'every_epochs'),
+    'multistep': ('factor', 'at'),
+}
+#: section -> (the key that selects the variant, {variant: keys it uses}, keys always used)
+VARIANTS = {
+    'optimizer': ('name', OPTIMIZER_KEYS, ('name', 'lr', 'weight_decay')),
+    'schedule': ('type', SCHEDULE_KEYS, ('type',)),
+}
 
 
 # ---------------------------------------------------------------------------- merge
@@ -167,12 +228,31 @@ def deep_merge(base, over):
     return out
 
 
+def _rows_below(folder):
+    """Row configs in ``folder`` and one level below it, for messages."""
+    rows = []
+    for sub in [''] + sorted(d for d in os.listdir(folder)
+                             if os.path.isdir(os.path.join(folder, d))):
+        here = os.path.join(folder, sub)
+        rows += [os.path.join(folder, sub, f) for f in sorted(os.listdir(here))
+                 if f.endswith('.yaml') and f != BASE_NAME]
+    return rows
+
+
 def _read_yaml(path):
+    if os.path.isdir(path):
+        rows = _rows_below(path)
+        raise ConfigError('%s is a folder, not a config file: pass one row config%s' % (
+            relative_source(path), ', e.g. %s (%d in this folder)' % (
+                relative_source(rows[0]), len(rows)) if rows
+            else ' (configs/<table>/<dataset>/<row>.yaml)'))
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml_load(f)
     except FileNotFoundError:
         raise ConfigError('config file not found: %s' % path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError('%s: cannot read the config (%s)' % (path, e)) from None
     except yaml.YAMLError as e:
         raise ConfigError('%s: not valid YAML: %s' % (path, e)) from None
     if data is None:
@@ -183,37 +263,40 @@ def _read_yaml(path):
     return data
 
 
-def _base_chain(path):
-    """``base.yaml`` files from the table folder down to ``path``'s folder."""
+def base_chain(path):
+    """The ``base.yaml`` files a row config inherits, outermost first: the one in the
+    folder above the row's folder (``configs/<table>/``) and the one in the row's own
+    folder (``configs/<table>/<dataset>/``), where they exist.  Resolved from the row
+    file's own location, so a copied table folder keeps its inheritance."""
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
-    root = os.path.abspath(CONFIG_ROOT)
-    chain = []
-    while True:
-        candidate = os.path.join(folder, 'base.yaml')
-        if os.path.isfile(candidate) and candidate != path:
-            chain.append(candidate)
-        if folder == root or os.path.dirname(folder) == folder or \
-                not os.path.abspath(folder).startswith(root):
-            break
-        folder = os.path.dirname(folder)
-    return list(reversed(chain))
+    chain = [os.path.join(d, BASE_NAME) for d in (os.path.dirname(folder), folder)]
+    return [c for c in chain if os.path.isfile(c) and c != path]
 
 
 def parse_override(text):
-    """``'train.epochs=3'`` -> (['train', 'epochs'], 3) (value parsed as YAML)."""
+    """``'train.epochs=3'`` -> (['train', 'epochs'], 3) (value parsed as YAML, so
+    ``1e-2`` is a number and ``[64, 32]`` a list)."""
     if '=' not in text:
         raise ConfigError('override %r must look like key.path=value' % text)
     key, value = text.split('=', 1)
-    return key.strip().split('.'), yaml.safe_load(value)
+    keys = key.strip().split('.')
+    if not all(keys):
+        raise ConfigError('override %r: empty key in %r' % (text, key))
+    try:
+        return keys, yaml_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError('override %r: the value is not valid YAML (%s)'
+                          % (text, str(e).splitlines()[0])) from None
 
 
 def load_config(path, presets=(), overrides=()):
     """Load, merge and validate a row config; returns a plain dict.
 
-    ``config['_sources']`` lists the files merged (for error messages and records).
+    ``config['_sources']`` lists the files merged and the overrides (for error messages
+    and records).
     """
-    sources = _base_chain(path) + [os.path.abspath(path)]
+    sources = base_chain(path) + [os.path.abspath(path)]
     for name in presets:
         p = os.path.join(PRESET_DIR, name + '.yaml')
         if not os.path.isfile(p):
@@ -234,16 +317,73 @@ def load_config(path, presets=(), overrides=()):
         node[keys[-1]] = value
         sources.append('--set %s' % text)
     cfg = validate(cfg, sources)
-    cfg['_sources'] = [os.path.relpath(s, REPO_ROOT) if os.path.isabs(s) else s
-                       for s in sources]
+    cfg['_sources'] = [relative_source(s) for s in sources]
     return cfg
+
+
+def relative_source(source):
+    """A source as records name it: files relative to the repository root."""
+    if os.path.isabs(source) and (source + os.sep).startswith(REPO_ROOT + os.sep):
+        return os.path.relpath(source, REPO_ROOT)
+    return source
 
 
 # ------------------------------------------------------------------------- validate
 
 def _where(sources):
-    return ', '.join(os.path.relpath(s, REPO_ROOT) if os.path.isabs(s) else s
-                     for s in sources)
+    return ', '.join(relative_source(s) for s in sources)
+
+
+def _missing_key_message(name, sources):
+    msg = '%s: missing required key %r' % (_where(sources), name)
+    files = [s for s in sources if not s.startswith('--set')
+             and os.path.dirname(os.path.abspath(s)) != os.path.abspath(PRESET_DIR)]
+    # 'experiment' is set by every table's base.yaml and by no row: a row without it
+    # has lost its inheritance
+    if name == 'experiment' and files and not any(os.path.basename(s) == BASE_NAME
+                                                  for s in files):
+        folder = os.path.dirname(os.path.abspath(files[-1]))
+        msg += (' (no %s in %s or %s: a row file holds only what makes it that row and '
+                'inherits the rest from its table\'s %s; copy the whole configs/<table>/ '
+                'folder rather than the row file alone, or write %r into it)'
+                % (BASE_NAME, folder, os.path.dirname(folder), BASE_NAME, name))
+    return msg
+
+
+def _check_leaf(name, value, spec, sources):
+    types, _, check = spec
+    tuple_types = types if isinstance(types, tuple) else (types,)
+    if (isinstance(value, bool) and bool not in tuple_types) or \
+            not isinstance(value, types):
+        hint = ''
+        if isinstance(value, str) and float in tuple_types:
+            hint = ' (a number written as a string?)'
+        raise ConfigError('%s: %r must be %s, got %r%s' % (_where(sources), name,
+                                                          _type_name(types), value, hint))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError('%s: %r must be a finite number, got %r' % (_where(sources), name,
+                                                                     value))
+    if check is not None and value is not None:
+        err = check(value)
+        if err:
+            raise ConfigError('%s: %r %s, got %r' % (_where(sources), name, err, value))
+    return value
+
+
+def _used_keys(section, cfg, schema, prefix, sources):
+    """The keys of a section with variants (:data:`VARIANTS`) that its chosen variant
+    uses; a key of another variant given a value is an error."""
+    selector, variants, common = VARIANTS[section]
+    choice = cfg.get(selector, schema[selector][1])
+    if choice not in variants:          # the selector's own check names the choices
+        _check_leaf(prefix + selector, choice, schema[selector], sources)
+    used = set(common) | set(variants[choice])
+    for key in cfg:
+        if key in schema and key not in used and cfg[key] is not None:
+            raise ConfigError('%s: %r does not apply to %s %r (its keys: %s)' % (
+                _where(sources), prefix + key, selector, choice,
+                ', '.join(sorted(used - {selector}))))
+    return used
 
 
 def _check_section(cfg, schema, prefix, sources):
@@ -257,8 +397,14 @@ def _check_section(cfg, schema, prefix, sources):
                 _where(sources), prefix + key,
                 " (did you mean '%s'?)" % (prefix + hint[0]) if hint else '',
                 ', '.join(sorted(schema))))
+    section = prefix.rstrip('.')
+    used = _used_keys(section, cfg, schema, prefix, sources) if section in VARIANTS \
+        else set(schema)
     for key, spec in schema.items():
         name = prefix + key
+        if key not in used:
+            out[key] = None                 # a key of another variant: not used
+            continue
         if isinstance(spec, dict):
             value = cfg.get(key, {} if key not in OPTIONAL_SECTIONS else None)
             if value is None and key in OPTIONAL_SECTIONS:
@@ -269,25 +415,12 @@ def _check_section(cfg, schema, prefix, sources):
                                                                        value))
             out[key] = _check_section(value, spec, name + '.', sources)
             continue
-        types, default, check = spec
         if key not in cfg:
-            if default is REQUIRED:
-                raise ConfigError('%s: missing required key %r' % (_where(sources), name))
-            out[key] = copy.deepcopy(default)
+            if spec[1] is REQUIRED:
+                raise ConfigError(_missing_key_message(name, sources))
+            out[key] = copy.deepcopy(spec[1])
             continue
-        value = cfg[key]
-        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple)
-                                                    else (types,)):
-            raise ConfigError('%s: %r must be %s, got %r' % (_where(sources), name,
-                                                            _type_name(types), value))
-        if not isinstance(value, types):
-            raise ConfigError('%s: %r must be %s, got %r' % (_where(sources), name,
-                                                            _type_name(types), value))
-        if check is not None and value is not None:
-            err = check(value)
-            if err:
-                raise ConfigError('%s: %r %s, got %r' % (_where(sources), name, err, value))
-        out[key] = value
+        out[key] = _check_leaf(name, cfg[key], spec, sources)
     return out
 
 
@@ -298,14 +431,46 @@ def _type_name(types):
     return ' or '.join(names.get(t, t.__name__) for t in types)
 
 
+def _check_across(cfg, sources):
+    """Checks that involve several keys."""
+    data = cfg['data']
+    subset = data['subset']
+    n_train = subset[0] if isinstance(subset, list) else subset
+    if n_train is not None:
+        check_batch_size(cfg, n_train, sources)
+    if cfg['gan'] is not None and cfg['model']['name'] != 'dcgan':
+        raise ConfigError("%s: a config with a gan section trains a DCGAN: 'model.name' must "
+                          "be 'dcgan', got %r" % (_where(sources), cfg['model']['name']))
+
+
+def check_batch_size(cfg, n_train, sources=None):
+    """``data.batch_size`` must not exceed the ``n_train`` training images: a larger batch
+    would wrap around the set, counting several epochs per update."""
+    batch = cfg['data']['batch_size']
+    if batch > n_train:
+        raise ConfigError(
+            "%s: 'data.batch_size' is %d but there are only %d training images%s: lower "
+            'data.batch_size or use more images' % (
+                _where(sources or cfg.get('_sources', ['<config>'])), batch, n_train,
+                ' (data.subset)' if cfg['data']['subset'] is not None else ''))
+
+
 def validate(cfg, sources=('<dict>',)):
     """Check ``cfg`` against :data:`SCHEMA`; returns it with defaults filled in."""
     out = _check_section(cfg, SCHEMA, '', sources)
-    sched = out['schedule']
-    if sched['type'] == 'multistep' and not sched['at']:
-        raise ConfigError("%s: 'schedule.at' must list the drop points (fractions of the "
-                          "epochs) for a multistep schedule" % _where(sources))
+    _check_across(out, sources)
     return out
+
+
+def validate_section(name, values, sources=('<dict>',)):
+    """One top-level section (e.g. ``'optimizer'``) checked and completed as in a full
+    config: what :func:`experiments.optimizers.make_optimizer` and friends take."""
+    if not isinstance(SCHEMA.get(name), dict):
+        raise KeyError('no config section %r; sections: %s'
+                       % (name, ', '.join(k for k, v in SCHEMA.items() if isinstance(v, dict))))
+    if not isinstance(values, dict):
+        raise ConfigError('%s: %r must be a mapping, got %r' % (_where(sources), name, values))
+    return _check_section(values, SCHEMA[name], name + '.', sources)
 
 
 def check_layers(cfg, model, sources=None):
@@ -318,6 +483,31 @@ def check_layers(cfg, model, sources=None):
     except ValueError as e:
         raise ConfigError('%s: mn.layers: %s' % (_where(sources or cfg.get('_sources', [])),
                                                  e)) from None
+
+
+def differences(a, b, ignore=()):
+    """Dotted keys whose values differ between two validated configs, with both values:
+    ``[(key, value in a, value in b)]`` (private ``_`` keys and ``ignore`` skipped)."""
+    out = []
+
+    def walk(x, y, prefix):
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y), key=str):
+                if str(k).startswith('_') or prefix + str(k) in ignore:
+                    continue
+                walk(x.get(k, _ABSENT), y.get(k, _ABSENT), prefix + str(k) + '.')
+        elif x != y:
+            out.append((prefix.rstrip('.'), x, y))
+    walk(a, b, '')
+    return out
+
+
+class _Absent:
+    def __repr__(self):
+        return '(absent)'
+
+
+_ABSENT = _Absent()
 
 
 def dump(cfg):

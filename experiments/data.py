@@ -19,7 +19,8 @@ Where the data come from (:func:`load_dataset`), in this order:
 3. only with ``allow_download=True``: ``chainer.datasets.get_cifar10/100`` (downloads).
 
 Nothing found raises :class:`FileNotFoundError` listing every path looked at; unreadable
-files raise :class:`CorruptDataError` naming the file.  There is never a fallback to other
+files raise :class:`CorruptDataError` naming the file; data that cannot serve the run
+(a subset larger than the set) :class:`DataError`.  There is never a fallback to other
 data: ``'synthetic'`` is used only when asked for by name.  The python batches are pickles
 (as in the official archives): only load files you trust.
 """
@@ -52,7 +53,11 @@ URLS = {name: 'https://www.cs.toronto.edu/~kriz/%s-python.tar.gz' % spec[0]
         for name, spec in _CIFAR.items()}
 
 
-class CorruptDataError(ValueError):
+class DataError(ValueError):
+    """The data cannot serve the run asked for (the message says why)."""
+
+
+class CorruptDataError(DataError):
     """A data file exists but cannot be read (truncated, corrupted or wrong format)."""
 
 
@@ -135,8 +140,8 @@ def load_dataset(name, data_dir=None, *, subset=None, seed=0, allow_download=Fal
         picks = []
         for n, y, split in ((n_sub[0], train_y, 'train'), (n_sub[1], test_y, 'test')):
             if n is not None and n > len(y):
-                raise ValueError('subset of %d %s images requested but %s has only %d'
-                                 % (n, split, source, len(y)))
+                raise DataError('data.subset asks for %d %s images but %s has only %d'
+                                % (n, split, source, len(y)))
             picks.append(rs.permutation(len(y))[:n])
         train_x, train_y = train_x[picks[0]], train_y[picks[0]]
         test_x, test_y = test_x[picks[1]], test_y[picks[1]]
@@ -160,12 +165,12 @@ def channel_stats(x):
     for c in range(3):
         hist = numpy.bincount(x[:, c].reshape(-1), minlength=256)
         if hist.sum() == 0:
-            raise ValueError('no training images to compute statistics from')
+            raise DataError('no training images to compute statistics from')
         p = hist / hist.sum()
         mean[c] = p @ levels
         std[c] = numpy.sqrt(p @ (levels - mean[c]) ** 2)
     if (std == 0).any():
-        raise ValueError('a channel is constant over the training set: cannot normalise')
+        raise DataError('a channel is constant over the training set: cannot normalise')
     return mean, std
 
 
@@ -236,19 +241,20 @@ def _find_cifar(name, data_dir, allow_download):
 
 def _not_found_message(name, looked, allow_download, error):
     chainer_name, folder = _CIFAR[name][:2]
-    lines = ['%s not found. Looked in:' % name.upper()]
+    how = ('download %s elsewhere, then pass --data-dir DIR (with make: `make reproduce '
+           'DATA_DIR=DIR`), where DIR holds %s-python.tar.gz or its extracted folder %s/'
+           % (URLS[name], chainer_name, folder))
+    lines = ['%s not found%s; %s.' % (
+        name.upper(), ' and its download failed' if allow_download else '', how)]
+    lines.append('Looked in:')
     lines += ['  - ' + p for p in looked]
     if allow_download:
-        lines.append('Download through chainer.datasets.get_%s failed: %s'
-                     % (name, error))
+        lines.append('Download through chainer.datasets.get_%s failed: %s' % (name, error))
     else:
-        lines.append('Download not attempted (allow_download=False).')
-    lines += ['To provide the data: download %s, then pass --data-dir DIR where DIR holds'
-              % URLS[name],
-              '%s-python.tar.gz or its extracted folder %s/ (or point DIR at that folder);'
-              % (chainer_name, folder),
-              'or run with --download on a machine with network access (Chainer caches it'
-              ' under %s).' % chainer.dataset.get_dataset_root()]
+        lines.append('Not downloaded: pass --download to let Chainer fetch it (it caches it '
+                     'under %s).' % chainer.dataset.get_dataset_root())
+    lines.append('Without the data, --synthetic (`make reproduce DATA=synthetic`) runs the '
+                 'same pipeline on generated images, marked NOT COMPARABLE.')
     return '\n'.join(lines)
 
 

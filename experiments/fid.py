@@ -313,11 +313,12 @@ def read_weights(path):
                 raise ValueError('a single array, not an npz archive')
             arrays = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, KeyError,
-            RuntimeError) as e:
+            RuntimeError):
         raise FIDWeightsError(
-            '%s: cannot read the FID weights npz (%s: %s); the file is truncated or not '
-            'an npz written by scripts/convert_fid_weights.py: convert %s again'
-            % (path, type(e).__name__, e, STANDARD_WEIGHTS_NAME)) from None
+            '%s: cannot read the FID weights npz: it should be the npz archive of arrays '
+            'that scripts/convert_fid_weights.py writes from %s, and this file is truncated '
+            'or another kind of file; convert the weights again'
+            % (path, STANDARD_WEIGHTS_NAME)) from None
     meta = {k[len(META_PREFIX):]: str(arrays.pop(k)) for k in list(arrays)
             if k.startswith(META_PREFIX)}
     if meta.get('format', WEIGHTS_FORMAT) != WEIGHTS_FORMAT:

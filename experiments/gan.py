@@ -56,6 +56,7 @@ import chainer.functions as F
 from chainer import training
 from chainer.training import extensions
 
+from experiments import cli
 from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import environment
@@ -88,17 +89,12 @@ def load_config(path, presets=(), overrides=()):
 
 
 def check_config(cfg):
+    """A config this entry point can train: one with a ``gan`` section (the schema checks
+    its values), and, for a smoke run, the ``gan_smoke`` preset."""
     where = ', '.join(cfg.get('_sources', [])) or '<config>'
     if not cfg.get('gan'):
         raise config_lib.ConfigError('%s: not a GAN config (no gan section); train '
                                      'classifiers with experiments.train' % where)
-    if cfg['model']['name'] != 'dcgan':
-        raise config_lib.ConfigError("%s: model.name must be 'dcgan' for a GAN run, got %r"
-                                     % (where, cfg['model']['name']))
-    fid_cfg = cfg['gan']['fid']
-    if fid_cfg['image_size'] < fid_lib.MIN_IMAGE_SIZE:
-        raise config_lib.ConfigError('%s: gan.fid.image_size must be >= %d, got %r'
-                                     % (where, fid_lib.MIN_IMAGE_SIZE, fid_cfg['image_size']))
     sources = cfg.get('_sources')
     if cfg.get('smoke') and sources and not any(
             s.endswith(GAN_SMOKE_PRESET + '.yaml') for s in sources):
@@ -319,9 +315,9 @@ def build_trainer(cfg, gen, dis, images, out, device, extractor=None, real_stats
                                        n_retains=SNAPSHOTS_KEPT),
                    trigger=(gcfg['snapshot_every'], 'iteration'))
     if progress:
-        trainer.extend(extensions.PrintReport(
-            ['epoch', 'iteration', 'gen/loss', 'dis/loss', FID_KEY, 'elapsed_time']))
-        trainer.extend(extensions.ProgressBar(update_interval=10))
+        train_lib.progress_extensions(
+            trainer, ['epoch', 'iteration', 'gen/loss', 'dis/loss', FID_KEY, 'elapsed_time'],
+            bar_interval=10)
     return trainer, evaluation
 
 
@@ -356,24 +352,27 @@ def interpolated_steps_to_fid(curve, target):
 
 
 def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, env,
-              fid_info=None):
-    """The ``summary.json`` of a GAN run."""
+              fid_info=None, dataset_size=None, finished=None, updates_done=None):
+    """The ``summary.json`` of a GAN run (``finished`` / ``updates_done``: the trainer's
+    own state; default: read off the log)."""
     curve = fid_curve(log)
     low = min(curve, key=lambda sv: sv[1]) if curve else (None, None)
     target = cfg['gan']['target_fid']
     paper_bn = paper.rows('sections', 'cifar10')['dcgan']['bn_lowest_fid']
-    done = int(log[-1]['iteration']) if log else 0
+    done = updates_done if updates_done is not None else \
+        (int(log[-1]['iteration']) if log else 0)
+    if finished is None:
+        finished = done >= cfg['gan']['updates']
     fid_info = fid_info or {'enabled': False, 'label': 'FID disabled'}
     random_weights = bool(fid_info.get('random_weights'))
-    return {
+    summary = {
         'experiment': cfg['experiment'],
         'row': cfg['row'],
         'dataset': cfg['data']['dataset'],
+        'paper_dataset': records.stands_for(cfg, cfg.get('_sources', ())),
         'dataset_source': dataset_source,
+        'dataset_size': dataset_size,
         'smoke': bool(cfg.get('smoke')),
-        'comparable_to_paper': (not cfg.get('smoke') and cfg['data']['dataset'] == 'cifar10'
-                                and cfg['data'].get('subset') is None
-                                and bool(fid_info.get('standard'))),
         'fid_label': fid_info.get('label'),
         'fid_random_weights': random_weights,
         'fid': fid_info,
@@ -381,7 +380,7 @@ def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, en
         'mn_layers': cfg['mn']['layers'] if cfg.get('mn') else None,
         'updates_planned': cfg['gan']['updates'],
         'updates_done': done,
-        'finished': done >= cfg['gan']['updates'],
+        'finished': bool(finished),
         'fid_curve': [{'step': s, 'fid': v} for s, v in curve],
         'lowest_fid': low[1],
         'lowest_fid_step': low[0],
@@ -400,35 +399,39 @@ def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, en
         'wall_time_s': wall_time_s,
         'environment': env,
     }
+    return records.judged(cfg, log, summary)
 
 
 # ----------------------------------------------------------------------------- run
 
-def run(cfg, out=None, device='cpu', resume=None, progress=True, dataset=None):
+def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
+        force=False, log=print, start=None):
     """Train the GAN of ``cfg`` (validated; see :func:`load_config`); returns the
-    summary.  ``resume``: None, ``'auto'`` or a snapshot path; ``dataset``: a loaded
-    :class:`experiments.data.Dataset` (tests)."""
+    summary.  ``resume``: ``'auto'`` (skip a finished run, resume an interrupted one) or a
+    snapshot path; ``force``: start over; ``start``: that decision already taken by
+    :func:`experiments.records.prepare_run`;
+    ``dataset``: a loaded :class:`experiments.data.Dataset` (tests)."""
     check_config(cfg)
     out = out or records.run_dir(cfg)
+    start = start or records.prepare_run(cfg, out, resume, force)
+    if start.action == 'skip':
+        log(start.message)
+        return start.summary
     device = train_lib.resolve_device(device) \
         if not isinstance(device, chainer.backend.Device) else device
     seed = cfg['train']['seed']
-    numpy.random.seed(seed)
-    if device.xp is not numpy:
-        device.xp.random.seed(seed)
-    device.use()
+    train_lib.seed_everything(device, seed)
     gen, dis = build_models(cfg)          # first: initial weights from the seeded RNG
     fcfg = cfg['gan']['fid']
     extractor = build_extractor(fcfg, device)   # fails fast on missing/bad weights
     if dataset is None:
-        dataset = data_lib.load_dataset(cfg['data']['dataset'], cfg['data']['data_dir'],
-                                        subset=cfg['data']['subset'], seed=seed,
-                                        allow_download=cfg['data']['download'])
-    records.write_config(out, cfg)
+        dataset = train_lib.load_data(cfg)
+    config_lib.check_batch_size(cfg, dataset.n_train)
     images = training_images(dataset)
     if gen.image_size != images.shape[-1]:
         raise config_lib.ConfigError('the generator makes %d px images but the data are %d px'
                                      % (gen.image_size, images.shape[-1]))
+    records.begin(out, cfg, start, log)
     real_stats, fid_info = None, {'enabled': False, 'label': 'FID disabled'}
     if extractor is not None:
         real = real_images_for_fid(images, fcfg['n_real'])
@@ -442,20 +445,30 @@ def run(cfg, out=None, device='cpu', resume=None, progress=True, dataset=None):
     dis.to_device(device)
     trainer, _ = build_trainer(cfg, gen, dis, images, out, device, extractor, real_stats,
                                progress=progress)
-    resume = train_lib.resume_trainer(trainer, out, resume, prefix=SNAPSHOT_PREFIX)
-    start = time.time()
-    trainer.run()
-    log_path = os.path.join(out, 'log.json')
-    log = records.read_json(log_path) if os.path.exists(log_path) else []
-    summary = summarize(cfg, log, dataset_source=dataset.source,
-                        backend='cupy' if device.xp is not numpy else 'numpy',
-                        device_name=train_lib.device_name(device),
-                        wall_time_s=trainer.elapsed_time, env=environment.describe(),
-                        fid_info=fid_info)
-    summary['session_wall_time_s'] = time.time() - start
-    summary['resumed_from'] = os.path.relpath(resume, out) if resume else None
-    records.write_json(os.path.join(out, 'summary.json'), summary)
-    return summary
+    resumed = records.load_snapshot(trainer, start, log=log)
+    if resumed:
+        log('resumed from %s (update %d)' % (resumed, trainer.updater.iteration))
+    session_start = time.time()
+    env = environment.describe()
+
+    def write_summary(finished):
+        log_path = os.path.join(out, 'log.json')
+        entries = records.read_json(log_path) if os.path.exists(log_path) else []
+        summary = summarize(cfg, entries, dataset_source=dataset.source,
+                            dataset_size={'train': dataset.n_train, 'test': dataset.n_test},
+                            backend='cupy' if device.xp is not numpy else 'numpy',
+                            device_name=train_lib.device_name(device),
+                            wall_time_s=train_lib.elapsed_time(trainer), env=env,
+                            fid_info=fid_info,
+                            finished=finished, updates_done=trainer.updater.iteration)
+        summary['session_wall_time_s'] = time.time() - session_start
+        summary['resumed_from'] = os.path.relpath(resumed, out) if resumed else None
+        records.write_json(os.path.join(out, 'summary.json'), summary)
+        return summary
+
+    write_summary(finished=False)
+    train_lib.train_loop(trainer, out, write_summary, unit='update')
+    return write_summary(finished=True)
 
 
 # ------------------------------------------------------------------- comparison
@@ -463,27 +476,9 @@ def run(cfg, out=None, device='cpu', resume=None, progress=True, dataset=None):
 def _read_run(path):
     run = records.Run(path)
     if run.config.get('experiment') != 'dcgan' and not run.config.get('gan'):
-        raise ValueError('%s is not a GAN run' % path)
+        raise records.RunError('%s is not a GAN run (its experiment is %r)'
+                               % (path, run.config.get('experiment')))
     return run
-
-
-def _run_status(run):
-    s = run.summary or {}
-    notes = []
-    if s.get('fid_random_weights') or 'RANDOM' in str(s.get('fid_label', '')):
-        notes.append('random-weights "FID"')
-    if s.get('smoke') or run.config.get('smoke'):
-        notes.append('smoke')
-    if run.config['data']['dataset'] != 'cifar10':
-        notes.append(run.config['data']['dataset'] + ' data')
-    if run.config['data'].get('subset') is not None:
-        notes.append('subset')
-    if s and not s.get('finished', True):
-        notes.append('unfinished')
-    if s and not (s.get('fid') or {}).get('standard', False) and 'random-weights "FID"' \
-            not in notes:
-        notes.append('non-standard FID network')
-    return notes
 
 
 def compare_dcgan(bn_run_dir, mn_run_dir, show=True):
@@ -515,8 +510,13 @@ def compare_dcgan(bn_run_dir, mn_run_dir, show=True):
         ('step reduction (%) (interpolated)', reduction_interp,
          ref['steps_reduction_percent']),
     ]
-    notes = sorted(set(_run_status(bn)) | set(_run_status(mn)))
-    status = 'NOT COMPARABLE (%s)' % ', '.join(notes) if notes else 'comparable'
+    verdicts = [records.assess(r) for r in (bn, mn)]
+    notes = sorted({reason for v in verdicts for reason in v.reasons})
+    unfinished = [r.config['row'] for r, v in zip((bn, mn), verdicts)
+                  if v.status != records.FINISHED]
+    status = 'NOT COMPARABLE (%s)' % '; '.join(notes) if notes else 'comparable'
+    if unfinished:
+        status += '; not finished: %s' % ', '.join(unfinished)
     labels = {(r.summary or {}).get('fid_label') for r in (bn, mn)} - {None}
     lines = ['DCGAN on CIFAR-10 (paper Sec. 4.5): ours vs the paper  [%s]' % status,
              'runs: BN %s | MN %s' % (bn.path, mn.path)]
@@ -551,14 +551,12 @@ def _compare_main(argv):
     p.add_argument('mn_run')
     p.add_argument('--json', help='also write the comparison as JSON here')
     args = p.parse_args(argv)
-    try:
-        result = compare_dcgan(args.bn_run, args.mn_run)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit('error: %s' % e)
+    result = compare_dcgan(args.bn_run, args.mn_run)
     if args.json:
         records.write_json(args.json, result)
 
 
+@cli.entry_point
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == 'compare':
@@ -570,7 +568,9 @@ def main(argv=None):
                                 'Also: "compare BN_RUN MN_RUN".')
     p.add_argument('config', help='configs/dcgan/cifar10/{bn,mn}.yaml')
     p.add_argument('--out', help='run directory (default results/runs/...)')
-    p.add_argument('--resume', help="'auto' or a snapshot path")
+    p.add_argument('--resume', default='auto',
+                   help="'auto' (default: resume an interrupted run, keep a finished one) "
+                        'or a snapshot path')
     p.add_argument('--inception-weights', metavar='NPZ',
                    help='FID Inception weights (scripts/convert_fid_weights.py output); '
                    'default %s' % fid_lib.default_weights_path())
@@ -586,21 +586,25 @@ def main(argv=None):
         sets.append('gan.fid.enabled=false')
     if args.fid_cache:
         sets.append('gan.fid.cache_dir=%s' % os.path.abspath(args.fid_cache))
-    try:
-        cfg = load_config(args.config, args.preset, sets)
-        summary = run(cfg, out=args.out, device=args.device, resume=args.resume,
-                      progress=not args.no_progress)
-    except (config_lib.ConfigError, FileNotFoundError, fid_lib.FIDWeightsError) as e:
-        sys.exit('error: %s' % e)
+    cfg = load_config(args.config, args.preset, sets)
     out = args.out or records.run_dir(cfg)
+    summary = run(cfg, out=out, device=args.device, resume=args.resume,
+                  progress=not args.no_progress, force=args.force)
+    print(describe_result(summary, out))
+
+
+def describe_result(summary, out):
+    """The closing line of a GAN run."""
+    verdict = records.assess(records.Run(out))
     if summary['lowest_fid'] is None:
-        print('done: %d updates, no FID (%s), %.0f s; record: %s'
-              % (summary['updates_done'], summary['fid_label'], summary['wall_time_s'], out))
+        what = 'no FID (%s)' % summary['fid_label']
     else:
-        print('done: %d updates; lowest %s %.2f at step %d, %.0f s; record: %s'
-              % (summary['updates_done'], 'FID' if not summary['fid_random_weights']
-                 else 'random-weights "FID" (NOT FID)', summary['lowest_fid'],
-                 summary['lowest_fid_step'], summary['wall_time_s'], out))
+        what = 'lowest %s %.2f at step %d' % (
+            'FID' if not summary['fid_random_weights'] else 'random-weights "FID" (NOT FID)',
+            summary['lowest_fid'], summary['lowest_fid_step'])
+    return '%s: %d updates, %s, %.0f s; record: %s [%s]' % (
+        verdict.status, summary['updates_done'], what, summary['wall_time_s'] or 0.0, out,
+        verdict.label())
 
 
 if __name__ == '__main__':

@@ -17,10 +17,17 @@ Public API
 ``RMSpropMomentum(lr=0.01, rho=0.9, momentum=0.9, eps=1e-8, ms_init=1.0)``
     TensorFlow-1-style RMSprop with momentum (see :class:`RMSpropMomentum`).
 ``make_optimizer(config)`` / ``setup_optimizer(config, link)``
-    Optimizer from a plain dict; the latter also calls ``setup`` and adds
-    ``chainer.optimizer_hooks.WeightDecay`` when ``weight_decay > 0``.
+    Optimizer from a validated ``optimizer`` config section; the latter also calls
+    ``setup`` and adds ``chainer.optimizer_hooks.WeightDecay`` when
+    ``weight_decay > 0``.
 ``make_schedule(config, base_lr, total_epochs)``
-    A stateless callable ``schedule(epoch_detail) -> value``.
+    A stateless callable ``schedule(epoch_detail) -> value`` from a validated
+    ``schedule`` section.
+
+The sections are checked and completed by the schema of :mod:`experiments.config`
+(the only place that validates settings or supplies defaults;
+``experiments.config.validate_section('optimizer', {...})`` makes one from a plain
+dict).
 ``LearningRateSchedule(schedule, attr=None, optimizer=None)``
     Trainer extension that sets ``optimizer.<attr> = schedule(epoch_detail)``
     (``attr=None`` picks ``'alpha'`` for Adam and ``'lr'`` otherwise).
@@ -101,11 +108,8 @@ harmless because the value is recomputed on resume.
   200 epochs, ``at=[0.5, 0.75]``, ``factor=0.1``: 1x for epochs 0-99, 0.1x for
   100-149, 0.01x from 150.
 
-Config values must be real numbers: note that YAML 1.1 (PyYAML) reads
-``1e-3`` as a *string*; write ``1.0e-3``.
 """
 import math
-import numbers
 
 import mixnorm._compat  # noqa: F401  (NumPy-2 shim before any chainer import)
 
@@ -274,105 +278,33 @@ class RMSpropMomentum(optimizer_module.GradientMethod):
 
 
 # ---------------------------------------------------------------------------
-# Optimizers from a config dict
+# Optimizers from a validated config section
 # ---------------------------------------------------------------------------
 
-_COMMON_KEYS = ('name', 'lr', 'weight_decay')
-_EXTRA_KEYS = {
-    'rmsprop_momentum': ('momentum', 'rho', 'eps', 'ms_init'),
-    'nesterov': ('momentum',),
-    'momentum_sgd': ('momentum',),
-    'adam': ('beta1', 'beta2', 'eps'),
-}
-OPTIMIZER_NAMES = tuple(sorted(_EXTRA_KEYS))
-
-
-def _number(config, key, default=None, low=None, high=None,
-            low_open=False, high_open=True, where='config'):
-    """``config[key]`` as a float, checked; ValueError naming ``key``."""
-    if key not in config:
-        if default is None:
-            raise ValueError('{}: missing required key {!r}'.format(where, key))
-        return float(default)
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        hint = ''
-        if isinstance(value, str):
-            hint = (' (YAML 1.1 reads e.g. 1e-3 as a string; write 1.0e-3)')
-        raise ValueError('{}[{!r}] must be a real number, got {!r}{}'.format(
-            where, key, value, hint))
-    value = float(value)
-    bad = not math.isfinite(value)
-    if low is not None:
-        bad = bad or (value <= low if low_open else value < low)
-    if high is not None:
-        bad = bad or (value >= high if high_open else value > high)
-    if bad:
-        lo = '' if low is None else ('{} {} '.format(low, '<' if low_open else '<='))
-        hi = '' if high is None else (' {} {}'.format('<' if high_open else '<=', high))
-        raise ValueError('{}[{!r}] = {!r} out of range: need {}{}{}'.format(
-            where, key, value, lo, key, hi))
-    return value
-
-
-def _check_keys(config, allowed, where):
-    if not hasattr(config, 'keys'):
-        raise ValueError('{} must be a dict, got {!r}'.format(where, config))
-    unknown = sorted(str(k) for k in config if k not in allowed)
-    if unknown:
-        raise ValueError('{}: unknown key(s) {} (allowed: {})'.format(
-            where, ', '.join(repr(k) for k in unknown),
-            ', '.join(repr(k) for k in allowed)))
-
-
-def _optimizer_name(config):
-    if not hasattr(config, 'keys'):
-        raise ValueError('optimizer config must be a dict, got {!r}'.format(
-            config))
-    if 'name' not in config:
-        raise ValueError("optimizer config: missing required key 'name' "
-                         '(one of {})'.format(', '.join(OPTIMIZER_NAMES)))
-    name = config['name']
-    if name not in _EXTRA_KEYS:
-        raise ValueError("optimizer config['name'] = {!r} unknown; one of {}"
-                         .format(name, ', '.join(OPTIMIZER_NAMES)))
-    return name
+OPTIMIZER_NAMES = ('adam', 'momentum_sgd', 'nesterov', 'rmsprop_momentum')
 
 
 def make_optimizer(config):
-    """Chainer optimizer (not set up) from a plain dict.
+    """Chainer optimizer (not set up) from a validated ``optimizer`` section.
 
-    Keys: ``name`` (``'rmsprop_momentum'``, ``'nesterov'``,
-    ``'momentum_sgd'``, ``'adam'``), ``lr`` (required; Adam's ``alpha``),
-    ``weight_decay`` (default 0; used by :func:`setup_optimizer`), and per
-    name: ``momentum`` (default 0.9; not for Adam), ``rho`` (0.9), ``eps``
-    (1e-8), ``ms_init`` (1.0) for rmsprop_momentum; ``beta1`` (0.9),
-    ``beta2`` (0.999), ``eps`` (1e-8) for adam.  A key not valid for the
-    chosen name, a missing ``name``/``lr`` or a bad value raises ValueError
-    naming the key.
+    ``config`` is what :func:`experiments.config.validate_section` (or a loaded config's
+    ``['optimizer']``) returns: every key of the chosen ``name`` is present and checked,
+    so nothing is defaulted or checked here.  ``lr`` is Adam's ``alpha``.
     """
-    name = _optimizer_name(config)
-    _check_keys(config, _COMMON_KEYS + _EXTRA_KEYS[name],
-                'optimizer config (name={!r})'.format(name))
-    w = 'optimizer config'
-    lr = _number(config, 'lr', low=0.0, low_open=True, where=w)
-    _number(config, 'weight_decay', default=0.0, low=0.0, where=w)
+    name = config['name']
     if name == 'adam':
-        return chainer.optimizers.Adam(
-            alpha=lr,
-            beta1=_number(config, 'beta1', 0.9, 0.0, 1.0, where=w),
-            beta2=_number(config, 'beta2', 0.999, 0.0, 1.0, where=w),
-            eps=_number(config, 'eps', 1e-8, 0.0, where=w))
-    momentum = _number(config, 'momentum', 0.9, 0.0, 1.0, where=w)
+        return chainer.optimizers.Adam(alpha=config['lr'], beta1=config['beta1'],
+                                       beta2=config['beta2'], eps=config['eps'])
     if name == 'rmsprop_momentum':
-        return RMSpropMomentum(
-            lr=lr, momentum=momentum,
-            rho=_number(config, 'rho', 0.9, 0.0, 1.0, where=w),
-            eps=_number(config, 'eps', 1e-8, 0.0, where=w),
-            ms_init=_number(config, 'ms_init', 1.0, 0.0, where=w))
+        return RMSpropMomentum(lr=config['lr'], momentum=config['momentum'],
+                               rho=config['rho'], eps=config['eps'],
+                               ms_init=config['ms_init'])
     if name == 'nesterov':
-        return chainer.optimizers.NesterovAG(lr=lr, momentum=momentum)
-    return chainer.optimizers.MomentumSGD(lr=lr, momentum=momentum)
+        return chainer.optimizers.NesterovAG(lr=config['lr'], momentum=config['momentum'])
+    if name == 'momentum_sgd':
+        return chainer.optimizers.MomentumSGD(lr=config['lr'], momentum=config['momentum'])
+    raise ValueError('optimizer %r: one of %s (validate the config with '
+                     'experiments.config first)' % (name, ', '.join(OPTIMIZER_NAMES)))
 
 
 def setup_optimizer(config, link):
@@ -385,10 +317,8 @@ def setup_optimizer(config, link):
     """
     opt = make_optimizer(config)
     opt.setup(link)
-    weight_decay = _number(config, 'weight_decay', default=0.0, low=0.0,
-                           where='optimizer config')
-    if weight_decay > 0:
-        opt.add_hook(chainer.optimizer_hooks.WeightDecay(weight_decay))
+    if config['weight_decay'] > 0:
+        opt.add_hook(chainer.optimizer_hooks.WeightDecay(config['weight_decay']))
     return opt
 
 
@@ -448,62 +378,23 @@ class MultiStepSchedule(object):
             .format(self.base_lr, self.factor, self.milestones)
 
 
-_SCHEDULE_KEYS = {
-    'constant': ('type',),
-    'staircase': ('type', 'rate', 'every_epochs'),
-    'multistep': ('type', 'factor', 'at'),
-}
-
-
 def make_schedule(config, base_lr, total_epochs=None):
-    """Schedule callable ``epoch_detail -> value`` from a plain dict.
-
-    See the module docstring for the forms.  ``total_epochs`` is needed by
-    ``multistep`` only.  Unknown type or keys, missing keys or bad values ->
-    ValueError naming them.
-    """
-    where = 'schedule config'
-    if not hasattr(config, 'keys'):
-        raise ValueError('{} must be a dict, got {!r}'.format(where, config))
-    if 'type' not in config:
-        raise ValueError("{}: missing required key 'type' (one of {})".format(
-            where, ', '.join(sorted(_SCHEDULE_KEYS))))
+    """Schedule callable ``epoch_detail -> value`` from a validated ``schedule``
+    section (see the module docstring for the forms).  ``total_epochs`` is needed by
+    ``multistep`` only (its ``at`` are fractions of it)."""
     kind = config['type']
-    if kind not in _SCHEDULE_KEYS:
-        raise ValueError("{}['type'] = {!r} unknown; one of {}".format(
-            where, kind, ', '.join(sorted(_SCHEDULE_KEYS))))
-    _check_keys(config, _SCHEDULE_KEYS[kind],
-                '{} (type={!r})'.format(where, kind))
-    base_lr = _number({'base_lr': base_lr}, 'base_lr', low=0.0, low_open=True,
-                      where='make_schedule')
     if kind == 'constant':
         return ConstantSchedule(base_lr)
     if kind == 'staircase':
-        rate = _number(config, 'rate', low=0.0, low_open=True, where=where)
-        every = _number(config, 'every_epochs', low=0.0, low_open=True,
-                        where=where)
-        return StaircaseSchedule(base_lr, rate, every)
-    # multistep
-    factor = _number(config, 'factor', low=0.0, low_open=True, where=where)
-    if 'at' not in config:
-        raise ValueError("{}: missing required key 'at'".format(where))
-    at = config['at']
-    if isinstance(at, (str, bytes)) or not hasattr(at, '__iter__'):
-        raise ValueError("{}['at'] must be a list of fractions, got {!r}"
-                         .format(where, at))
-    at = list(at)
-    if not at:
-        raise ValueError("{}['at'] must not be empty".format(where))
-    for i, a in enumerate(at):
-        _number({'at': a}, 'at', low=0.0, high=1.0, low_open=True,
-                high_open=False, where='{} item {} of'.format(where, i))
-    if total_epochs is None:
-        raise ValueError("make_schedule: 'total_epochs' is required for a "
-                         "multistep schedule (its 'at' are fractions of it)")
-    total = _number({'total_epochs': total_epochs}, 'total_epochs', low=0.0,
-                    low_open=True, where='make_schedule')
-    milestones = [int(math.floor(float(a) * total + 0.5)) for a in at]
-    return MultiStepSchedule(base_lr, factor, milestones)
+        return StaircaseSchedule(base_lr, config['rate'], config['every_epochs'])
+    if kind == 'multistep':
+        if total_epochs is None:
+            raise ValueError("make_schedule: 'total_epochs' is required for a "
+                             "multistep schedule (its 'at' are fractions of it)")
+        milestones = [int(math.floor(float(a) * total_epochs + 0.5)) for a in config['at']]
+        return MultiStepSchedule(base_lr, config['factor'], milestones)
+    raise ValueError('schedule type %r: one of constant, staircase, multistep (validate '
+                     'the config with experiments.config first)' % (kind,))
 
 
 def lr_attr(optimizer):

@@ -53,3 +53,28 @@ def value(table, dataset, row, *keys):
         node = node[k]
         path.append(str(k))
     return node
+
+
+#: The standard CIFAR split the paper uses for both datasets (Sec. 4.1: "50K images are
+#: used for training and 10K for test").
+DATA_SPLIT = {'train': 50000, 'test': 10000}
+PAPER_DATASETS = ('cifar10', 'cifar100')
+
+
+def training_length(experiment):
+    """How long the paper trains ``experiment``: ``('epochs', n)`` for the classifier
+    tables and DenseNet, ``('updates', n)`` for DCGAN (generator updates), from the
+    stored settings (``training.epochs`` of the table, or of the table it takes its
+    settings from; ``sections.json`` for DenseNet and DCGAN).  None if unknown."""
+    if experiment == 'densenet':
+        return 'epochs', load('sections')['densenet_setting']['epochs']
+    if experiment == 'dcgan':
+        setting = rows('sections', 'cifar10')['dcgan']['setting']
+        return 'updates', setting['total_updates']
+    if experiment not in available():
+        return None
+    doc = load(experiment)
+    if 'settings_from' in doc:
+        return training_length(doc['settings_from'])
+    epochs = doc.get('training', {}).get('epochs')
+    return ('epochs', epochs) if epochs else None

@@ -1,34 +1,84 @@
-"""Run records: where a run writes, what ``summary.json`` holds, and reading runs back.
+"""Run records: where a run writes, what ``summary.json`` holds, reading runs back, and
+the one place that judges a run.
 
 A run directory (``results/runs/<experiment>/<dataset>/<row>/seed<k>/``; smoke runs
-under ``results/runs/smoke/...``) holds ``config.yaml`` (the resolved config),
-``log.json`` (Chainer's LogReport: one entry per epoch), ``summary.json`` and the
-trainer snapshots ``snapshot_epoch_<e>``.
+under ``results/runs/smoke/...``) holds ``config.yaml`` (the resolved config and the
+files and overrides it was merged from), ``log.json`` (Chainer's LogReport),
+``summary.json`` and the trainer snapshots ``snapshot_epoch_<e>`` (GAN runs:
+``snapshot_iter_<k>``).
+
+:func:`assess` decides, from a run's record alone, its status (finished, interrupted,
+not started), the paper dataset it stands for, and whether it is comparable to the
+paper, with the reasons when it is not.  Tables, figures, reports and
+``summary.json`` all use it.  :func:`prepare_run` decides what training into a run
+directory should do (train, resume, or skip a finished run), for every entry point.
 """
+import dataclasses
 import glob
 import json
 import math
 import os
-
-import yaml
+import re
+import shutil
 
 from experiments import environment
+from experiments import paper
 
 RUNS_ROOT = os.path.join(environment.REPO_ROOT, 'results', 'runs')
 
 TEST_ACC = 'validation/main/accuracy'
 TEST_LOSS = 'validation/main/loss'
 
+FINISHED = 'finished'
+INTERRUPTED = 'interrupted'
+NOT_STARTED = 'not started'
 
-def config_dataset(cfg):
-    """The dataset folder of the row config (``configs/<table>/<dataset>/<row>.yaml``),
-    i.e. the paper dataset the row stands for, even when the run used other data."""
-    for src in reversed(cfg.get('_sources', [])):
+SNAPSHOT_RE = re.compile(r'snapshot_(?:epoch|iter)_(\d+)$')
+#: What a run writes into its directory (removed when it starts over).
+RUN_FILES = ('log.json', 'summary.json', 'generator_best.npz')
+RUN_FOLDERS = ('mixtures', 'samples')
+#: Keys that may differ between a run's config.yaml and the config resuming it: where
+#: the data or the FID weights are found does not change the run.
+RESUME_IGNORED = ('description', 'data.data_dir', 'data.download', 'gan.fid.weights',
+                  'gan.fid.cache_dir')
+#: ``--set`` keys that do not change what a run measures (paths, seeds, bookkeeping);
+#: any other override makes a run not the paper's row.  The dataset, its size, the
+#: length of training and the FID network are judged by themselves (COVERED).
+NEUTRAL_OVERRIDES = ('description', 'data.data_dir', 'data.download', 'data.test_batch_size',
+                     'train.seed', 'train.snapshot_every', 'train.save_mixtures',
+                     'train.target_accuracy', 'train.checkpoints', 'gan.snapshot_every',
+                     'gan.log_every', 'gan.grid', 'gan.target_fid', 'gan.fid.weights',
+                     'gan.fid.cache_dir', 'gan.fid.batch_size')
+COVERED_OVERRIDES = ('smoke', 'data.dataset', 'data.subset', 'train.epochs',
+                     'train.max_iterations', 'gan.updates', 'gan.fid.enabled',
+                     'gan.fid.random_weights')
+
+
+class RunError(RuntimeError):
+    """A run directory cannot be used as asked (unreadable snapshot, another model)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C; the message says where and how to resume."""
+
+
+# ------------------------------------------------------------------ where runs live
+
+def stands_for(config, sources=()):
+    """The paper dataset a run stands for: the CIFAR it trained on, or, for synthetic
+    data, the dataset folder of the row config it was made from
+    (``configs/<table>/<dataset>/<row>.yaml``, wherever that tree lies); None if
+    neither tells."""
+    name = config['data']['dataset']
+    if name in paper.PAPER_DATASETS:
+        return name
+    for src in reversed(list(sources)):
+        if src.startswith('--set'):
+            continue
         parts = src.replace(os.sep, '/').split('/')
-        if len(parts) >= 3 and parts[0] == 'configs' and parts[-1] != 'base.yaml' \
-                and parts[1] != 'presets':
+        if len(parts) >= 2 and parts[-2] in paper.PAPER_DATASETS:
             return parts[-2]
-    return cfg['data']['dataset']
+    return None
 
 
 def run_dir(cfg, root=RUNS_ROOT):
@@ -37,19 +87,23 @@ def run_dir(cfg, root=RUNS_ROOT):
     parts = ['smoke'] if cfg.get('smoke') else []
     data = cfg['data']['dataset']
     if data == 'synthetic':
-        data = 'synthetic-%s' % config_dataset(cfg)
+        data = 'synthetic-%s' % (stands_for(cfg, cfg.get('_sources', ())) or 'unknown')
     parts += [cfg['experiment'], data, cfg['row'], 'seed%d' % cfg['train']['seed']]
     return os.path.join(root, *parts)
 
 
 def write_config(out, cfg):
-    """Create the run directory ``out`` and write the resolved ``config.yaml`` (its first
-    line names the files and overrides it was merged from)."""
+    """Create the run directory ``out`` and write the resolved ``config.yaml``: a first
+    comment line naming the files and overrides it was merged from, the config, and
+    the same list as ``_sources`` (which validation ignores)."""
     from experiments import config as config_lib
+    import yaml
     os.makedirs(out, exist_ok=True)
+    sources = list(cfg.get('_sources', []))
     with open(os.path.join(out, 'config.yaml'), 'w') as f:
-        f.write('# resolved from: %s\n' % ', '.join(cfg.get('_sources', [])))
+        f.write('# resolved from: %s\n' % ', '.join(sources))
         f.write(config_lib.dump(cfg))
+        f.write(yaml.safe_dump({'_sources': sources}, sort_keys=False))
 
 
 def read_json(path):
@@ -76,11 +130,28 @@ def _jsonable(o):
     raise TypeError('not JSON serializable: %r' % (o,))
 
 
+def snapshots(out):
+    """The trainer snapshots in ``out``, oldest first (by the number in the name)."""
+    if not os.path.isdir(out):
+        return []
+    found = [(int(m.group(1)), os.path.join(out, f)) for f in os.listdir(out)
+             for m in [SNAPSHOT_RE.match(f)] if m]
+    return [p for _, p in sorted(found)]
+
+
+# --------------------------------------------------------------------- summaries
+
+def checkpoint_epoch(fraction, epochs):
+    """The epoch that closes ``fraction`` of ``epochs``: the first one at or after it
+    (25 % of 2 epochs is epoch 1, of 100 epochs epoch 25), at least 1."""
+    return max(1, int(math.ceil(fraction * epochs - 1e-9)))
+
+
 def max_accuracy_at(log, fractions, epochs):
-    """{percent: max test accuracy (%) over the epochs <= round(f * epochs)}."""
+    """{percent: max test accuracy (%) over the epochs <= :func:`checkpoint_epoch`}."""
     out = {}
     for f in fractions:
-        limit = int(round(f * epochs))
+        limit = checkpoint_epoch(f, epochs)
         accs = [e[TEST_ACC] for e in log if TEST_ACC in e and e['epoch'] <= limit]
         out[str(int(round(100 * f)))] = 100.0 * max(accs) if accs else None
     return out
@@ -95,26 +166,34 @@ def steps_to_accuracy(log, target_percent):
     return None
 
 
-def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, env):
-    """The ``summary.json`` of a run from its config and LogReport entries."""
+def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, env,
+              dataset_size=None, finished=None, iterations=None, epochs_done=None):
+    """The ``summary.json`` of a classifier run from its config and LogReport entries.
+
+    ``dataset_size``: ``{'train': n, 'test': m}`` of the data it trained on;
+    ``finished`` / ``iterations`` / ``epochs_done``: the trainer's own state (default:
+    read off the log).
+    """
     epochs = cfg['train']['epochs']
     accs = [e[TEST_ACC] for e in log if TEST_ACC in e]
     target = cfg['train'].get('target_accuracy')
-    done_epochs = log[-1]['epoch'] if log else 0
-    return {
+    done_epochs = epochs_done if epochs_done is not None else (log[-1]['epoch'] if log else 0)
+    if finished is None:
+        finished = bool(log) and done_epochs >= math.floor(epochs)
+    summary = {
         'experiment': cfg['experiment'],
         'row': cfg['row'],
         'dataset': cfg['data']['dataset'],
-        'config_dataset': config_dataset(cfg),
+        'paper_dataset': stands_for(cfg, cfg.get('_sources', ())),
         'dataset_source': dataset_source,
+        'dataset_size': dataset_size,
         'smoke': bool(cfg.get('smoke')),
-        'comparable_to_paper': not cfg.get('smoke') and cfg['data']['dataset'] != 'synthetic'
-                               and cfg['data'].get('subset') is None,
         'seed': cfg['train']['seed'],
         'epochs_planned': epochs,
         'epochs_done': done_epochs,
-        'iterations': log[-1]['iteration'] if log else 0,
-        'finished': bool(log) and done_epochs >= math.floor(epochs),
+        'iterations': iterations if iterations is not None else
+        (log[-1]['iteration'] if log else 0),
+        'finished': bool(finished),
         'max_test_accuracy': max_accuracy_at(log, cfg['train']['checkpoints'], epochs),
         'best_test_accuracy': 100.0 * max(accs) if accs else None,
         'final_test_accuracy': 100.0 * accs[-1] if accs else None,
@@ -127,30 +206,73 @@ def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, en
         'wall_time_s': wall_time_s,
         'environment': env,
     }
+    return judged(cfg, log, summary)
 
+
+def judged(cfg, log, summary):
+    """``summary`` with the verdict of :func:`assess` on the record it belongs to
+    (``comparable_to_paper``, ``not_comparable_reasons``), for readers of the JSON."""
+    verdict = assess(Run.from_record(cfg, log, summary))
+    summary['comparable_to_paper'] = verdict.comparable
+    summary['not_comparable_reasons'] = list(verdict.reasons)
+    return summary
+
+
+# ------------------------------------------------------------------ reading back
 
 class Run:
     """A finished or partial run read back from its directory."""
 
     def __init__(self, path):
+        from experiments import config as config_lib
         self.path = path
-        self.config = yaml.safe_load(open(os.path.join(path, 'config.yaml')))
+        config_path = os.path.join(path, 'config.yaml')
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError('no run in %s (it has no config.yaml)' % path)
+        with open(config_path) as f:
+            text = f.read()
+        self.config = config_lib.yaml_load(text) or {}
+        self.sources = list(self.config.pop('_sources', None) or _header_sources(text))
         log_path = os.path.join(path, 'log.json')
         self.log = read_json(log_path) if os.path.exists(log_path) else []
         sum_path = os.path.join(path, 'summary.json')
         self.summary = read_json(sum_path) if os.path.exists(sum_path) else None
 
+    @classmethod
+    def from_record(cls, config, log, summary, path=None):
+        """A run from its parts in memory (a record being written)."""
+        run = cls.__new__(cls)
+        run.path = path
+        run.config = {k: v for k, v in config.items() if not k.startswith('_')}
+        run.sources = list(config.get('_sources', ()))
+        run.log = log
+        run.summary = summary
+        return run
+
     @property
     def key(self):
         return (self.config['experiment'], self.config['data']['dataset'], self.config['row'])
+
+    @property
+    def snapshots(self):
+        return snapshots(self.path) if self.path else []
 
     def __repr__(self):
         return 'Run(%r)' % self.path
 
 
-def find_runs(root=RUNS_ROOT, experiment=None, dataset=None, config_dataset=None):
+def _header_sources(text):
+    """The sources named on the ``# resolved from:`` line of an older config.yaml."""
+    first = text.split('\n', 1)[0]
+    if not first.startswith('# resolved from:'):
+        return []
+    return [s.strip() for s in first[len('# resolved from:'):].split(', ') if s.strip()]
+
+
+def find_runs(root=RUNS_ROOT, experiment=None, dataset=None, paper_dataset=None):
     """Every run directory (one holding config.yaml) below ``root``, optionally only
-    those of an experiment, trained on ``dataset``, or of rows of ``config_dataset``."""
+    those of an experiment, trained on ``dataset``, or standing for ``paper_dataset``
+    (:func:`stands_for`)."""
     runs = []
     for cfg in sorted(glob.glob(os.path.join(root, '**', 'config.yaml'), recursive=True)):
         run = Run(os.path.dirname(cfg))
@@ -158,9 +280,283 @@ def find_runs(root=RUNS_ROOT, experiment=None, dataset=None, config_dataset=None
             continue
         if dataset and run.config['data']['dataset'] != dataset:
             continue
-        if config_dataset and (run.summary or {}).get('config_dataset',
-                                                      run.config['data']['dataset']) \
-                != config_dataset:
+        if paper_dataset and stands_for(run.config, run.sources) != paper_dataset:
             continue
         runs.append(run)
     return runs
+
+
+# ------------------------------------------------------------------------ verdict
+
+@dataclasses.dataclass(frozen=True)
+class Assessment:
+    """What :func:`assess` says of a run.
+
+    ``status``: :data:`FINISHED`, :data:`INTERRUPTED` or :data:`NOT_STARTED`;
+    ``dataset``: the paper dataset it stands for (or None); ``comparable``: whether its
+    numbers may be set beside the paper's; ``reasons``: why not (empty if comparable).
+    """
+    status: str
+    dataset: object
+    comparable: bool
+    reasons: tuple
+
+    def label(self):
+        """``'comparable'`` or ``'NOT COMPARABLE (reason; reason)'``."""
+        return 'comparable' if self.comparable else \
+            'NOT COMPARABLE (%s)' % '; '.join(self.reasons)
+
+
+def run_status(summary, log, snapshot_paths):
+    """Finished (the trainer reached its end), interrupted (it began), or not started."""
+    if summary and summary.get('finished'):
+        return FINISHED
+    if summary or log or snapshot_paths:
+        return INTERRUPTED
+    return NOT_STARTED
+
+
+def assess(run):
+    """The verdict on a run (a :class:`Run` or its directory): an :class:`Assessment`.
+
+    A run is comparable to the paper when it trained the paper's row as configured in
+    ``configs/`` (no smoke preset, no ``--set`` that changes the setting) on real CIFAR
+    of the paper's size (50,000 training / 10,000 test images, Sec. 4.1) for the paper's
+    epochs (DCGAN: generator updates), and, for DCGAN, measured FID with the standard
+    FID network.  Every way it falls short is a reason.  Whether it has finished is its
+    status, judged apart.
+    """
+    if isinstance(run, str):
+        run = Run(run)
+    cfg, summary = run.config, run.summary or {}
+    dataset = stands_for(cfg, run.sources)
+    reasons = (_data_reasons(cfg, summary, dataset) + _length_reasons(cfg)
+               + _setting_reasons(cfg, run.sources) + _fid_reasons(cfg, summary))
+    return Assessment(run_status(run.summary, run.log, run.snapshots), dataset,
+                      not reasons, tuple(reasons))
+
+
+def _n(v):
+    return '{:,}'.format(v) if isinstance(v, int) else '%g' % v
+
+
+def _data_reasons(cfg, summary, dataset):
+    data, gan = cfg['data'], bool(cfg.get('gan'))
+    reasons = ['smoke preset'] if cfg.get('smoke') else []
+    if data['dataset'] == 'synthetic':
+        reasons.append('synthetic data, not CIFAR')
+    if dataset is None:
+        reasons.append('stands for no paper dataset (its config is not under a '
+                       '<table>/cifar10|cifar100/ folder)')
+    subset = data.get('subset')
+    if subset is not None:
+        reasons.append('a subset of %s images' % ('%s training / %s test' % (
+            _n(subset[0]), _n(subset[1])) if isinstance(subset, list) else _n(subset)))
+    elif data['dataset'] in paper.PAPER_DATASETS:
+        size = summary.get('dataset_size')
+        if not size:
+            reasons.append('dataset size not recorded')
+        else:
+            for split in ('train', 'test')[:1 if gan else 2]:
+                if size.get(split) != paper.DATA_SPLIT[split]:
+                    reasons.append('%s %s images (the paper: %s)' % (
+                        _n(size.get(split)), 'training' if split == 'train' else 'test',
+                        _n(paper.DATA_SPLIT[split])))
+    return reasons
+
+
+def _length_reasons(cfg):
+    length = paper.training_length(cfg.get('experiment'))
+    if length is None:
+        return ['no paper setting for experiment %r' % cfg.get('experiment')]
+    unit, n = length
+    planned = cfg['gan']['updates'] if unit == 'updates' else cfg['train']['epochs']
+    reasons = []
+    if planned != n:
+        reasons.append('%s %s (the paper: %s)' % (
+            _n(planned), unit[:-1] if planned == 1 else unit, _n(n)))
+    if unit == 'epochs' and cfg['train'].get('max_iterations'):
+        reasons.append('stops at train.max_iterations=%d' % cfg['train']['max_iterations'])
+    return reasons
+
+
+def _setting_reasons(cfg, sources):
+    """Overrides and presets that change the row's setting, and configs that are not
+    rows of ``configs/``."""
+    reasons = []
+    for src in sources:
+        if src.startswith('--set '):
+            key = src[len('--set '):].split('=', 1)[0].strip()
+            if key not in NEUTRAL_OVERRIDES and key not in COVERED_OVERRIDES:
+                reasons.append('%s (not the row\'s setting)' % src)
+        elif '/presets/' in src.replace(os.sep, '/') and not cfg.get('smoke'):
+            reasons.append('preset %s' % os.path.splitext(os.path.basename(src))[0])
+    rows = [s for s in sources if not s.startswith('--set')
+            and os.path.basename(s) != 'base.yaml' and '/presets/' not in s]
+    if sources and not any(s.replace(os.sep, '/').startswith('configs/%s/'
+                                                             % cfg.get('experiment'))
+                           for s in rows):
+        reasons.append('config not from configs/%s/' % cfg.get('experiment'))
+    return reasons
+
+
+def _fid_reasons(cfg, summary):
+    if not cfg.get('gan'):
+        return []
+    fid = summary.get('fid') or {}
+    fcfg = cfg['gan']['fid']
+    if not fid.get('enabled', fcfg.get('enabled', True)):
+        return ['no FID (gan.fid.enabled: false)']
+    if fid.get('random_weights', fcfg.get('random_weights')):
+        return ['random-weights "FID", not an FID']
+    if not fid:
+        return ['FID network not recorded']
+    if not fid.get('standard'):
+        return ['non-standard FID network']
+    return []
+
+
+# --------------------------------------------------------------- starting a run
+
+@dataclasses.dataclass
+class Start:
+    """What :func:`prepare_run` decided: ``action`` is ``'train'`` (from scratch),
+    ``'resume'`` (from the first readable of ``snapshots``, newest first) or ``'skip'``
+    (a finished run; ``summary`` is its summary).  ``message``: one line for the user
+    (or None)."""
+    action: str
+    snapshots: list
+    message: object = None
+    summary: object = None
+    explicit: bool = False
+    clear: bool = False
+
+
+def stored_config(out):
+    """The validated config of the run in ``out`` (None if it has no config.yaml)."""
+    from experiments import config as config_lib
+    path = os.path.join(out, 'config.yaml')
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        raw = config_lib.yaml_load(f) or {}
+    try:
+        return config_lib.validate(raw, [path])
+    except config_lib.ConfigError as e:
+        raise config_lib.ConfigError(
+            '%s holds a run whose config.yaml no longer validates (%s): pass --force to '
+            'start that run over with this config, or --out another directory'
+            % (out, e)) from None
+
+
+def _short(v, width=40):
+    text = repr(v)
+    return text if len(text) <= width else text[:width - 3] + '...'
+
+
+def describe_differences(diffs, limit=6):
+    """``'optimizer.lr (run: 0.01, now: 0.02), ...'``."""
+    parts = ['%s (run: %s, now: %s)' % (k, _short(a), _short(b)) for k, a, b in diffs[:limit]]
+    if len(diffs) > limit:
+        parts.append('and %d more' % (len(diffs) - limit))
+    return ', '.join(parts)
+
+
+def prepare_run(cfg, out, resume='auto', force=False):
+    """Decide what training ``cfg`` into ``out`` does, the same for every entry point.
+
+    * ``force``: start over, removing what an earlier run wrote there.
+    * ``resume`` a snapshot path: resume from it (the run's config must match).
+    * ``resume`` ``'auto'`` (or None): a finished run is skipped; an interrupted one
+      resumes from its latest readable snapshot; otherwise training starts from scratch.
+
+    Resuming or skipping needs the config of ``out`` (its config.yaml) to match
+    ``cfg`` up to :data:`RESUME_IGNORED`; otherwise a
+    :class:`~experiments.config.ConfigError` names the differing keys.
+    """
+    from experiments import config as config_lib
+    snaps = snapshots(out)
+    summary_path = os.path.join(out, 'summary.json')
+    summary = read_json(summary_path) if os.path.isfile(summary_path) else None
+    has_log = os.path.isfile(os.path.join(out, 'log.json'))
+    status = run_status(summary, has_log, snaps)
+    if force:
+        if status != NOT_STARTED:
+            return Start('train', [], '--force: the earlier records and snapshots in %s are '
+                         'removed; training from scratch' % out, clear=True)
+        return Start('train', [])
+    explicit = resume not in (None, 'auto')
+    if explicit and not os.path.isfile(resume):
+        raise RunError('--resume: no snapshot at %s' % resume)
+    if status == NOT_STARTED and not explicit:
+        return Start('train', [])
+    stored = stored_config(out)
+    diffs = config_lib.differences(stored, cfg, RESUME_IGNORED) if stored else []
+    if diffs:
+        if status == FINISHED:
+            keep = 'pass --force to discard it and train this config from scratch'
+        else:
+            keep = ('resume it with its own config (%s), or pass --force to discard it and '
+                    'train this config from scratch' % os.path.join(out, 'config.yaml'))
+        raise config_lib.ConfigError(
+            '%s holds %s run of another config: %s; %s, or use --out another directory'
+            % (out, 'a finished' if status == FINISHED else 'an interrupted',
+               describe_differences(diffs), keep))
+    if explicit:
+        return Start('resume', [resume], explicit=True)
+    if status == FINISHED:
+        return Start('skip', [], 'finished run in %s (--force to retrain)' % out,
+                     summary=summary)
+    if snaps:
+        return Start('resume', list(reversed(snaps)))
+    return Start('train', [], 'no snapshot to resume in %s: training from scratch' % out,
+                 clear=True)
+
+
+def begin(out, cfg, start, log=print):
+    """Act on ``start`` once a run is known to be able to start: clear what an earlier
+    run left in ``out`` if it starts over, say so, and write ``config.yaml``."""
+    if start.clear:
+        clear_run(out)
+    if start.message:
+        log(start.message)
+    write_config(out, cfg)
+
+
+def clear_run(out):
+    """Remove what a run wrote into ``out`` (:data:`RUN_FILES`, :data:`RUN_FOLDERS`,
+    snapshots); config.yaml is rewritten by the next run."""
+    for path in snapshots(out) + [os.path.join(out, f) for f in RUN_FILES]:
+        if os.path.isfile(path):
+            os.remove(path)
+    for folder in RUN_FOLDERS:
+        if os.path.isdir(os.path.join(out, folder)):
+            shutil.rmtree(os.path.join(out, folder))
+
+
+def load_snapshot(trainer, start, log=print):
+    """Load the first readable snapshot of ``start.snapshots`` into ``trainer``, saying
+    so when an unreadable (truncated, corrupted) one is passed over; returns its path.
+    A snapshot that does not fit the trainer (another model) raises :class:`RunError`."""
+    import chainer
+    for i, path in enumerate(start.snapshots):
+        try:
+            chainer.serializers.load_npz(path, trainer)
+        except KeyError as e:
+            raise RunError('%s does not fit this run\'s model or trainer (it has no %s): '
+                           'it was written by another config or version of the code; '
+                           '--force starts the run over' % (path, e)) from None
+        except Exception as e:      # truncated or corrupted npz: zip, zlib, numpy errors
+            why = '%s: %s' % (type(e).__name__, e)
+            if start.explicit:
+                raise RunError('%s cannot be read (%s): the snapshot is truncated or '
+                               'corrupted' % (path, why)) from None
+            if i + 1 == len(start.snapshots):
+                raise RunError('no readable snapshot in %s (the oldest, %s: %s); --force '
+                               'starts the run over' % (os.path.dirname(path),
+                                                        os.path.basename(path), why)) from None
+            log('warning: %s cannot be read (%s); resuming from the previous snapshot, %s'
+                % (path, why, os.path.basename(start.snapshots[i + 1])))
+            continue
+        return path
+    return None

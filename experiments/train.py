@@ -1,20 +1,26 @@
 """Config -> Chainer Trainer -> run directory.
 
     python -m experiments.train configs/table2/cifar10/MN-2.yaml [--preset smoke]
-        [--device 0] [--data-dir DIR] [--download] [--out DIR] [--resume auto|PATH]
-        [--set train.epochs=3 ...]
+        [--synthetic] [--device 0] [--data-dir DIR] [--download] [--out DIR]
+        [--resume auto|PATH] [--force] [--set train.epochs=3 ...]
 
-Construction is split into :func:`build_model`, :func:`build_optimizer`,
-:func:`build_iterators` and :func:`build_trainer` so that a data-parallel variant
-(ChainerMN: a communicator wrapping the optimizer and scattering the dataset) can reuse
-them.  Resuming (``--resume``) continues bit-for-bit on the CPU: the data order is a
-function of the serialized iterator state (``EpochOrderSampler``), the augmentation RNG
-is serialized with the updater, and the MN fits are seeded from persistent counters.
+Rerunning a command continues its run: a finished run is not trained again (``--force``
+starts it over), an interrupted one resumes from its latest readable snapshot, and a
+run directory holding a run of another config is left alone with the differing keys
+named (:func:`experiments.records.prepare_run`).  Ctrl-C stops with one line saying
+where the run stopped; the same command resumes it.
+
+:func:`build` assembles a run (:func:`build_model`, :func:`build_optimizer`,
+:func:`build_iterators`, :func:`build_trainer`) in one place, so that a data-parallel
+variant (ChainerMN: a communicator wrapping the optimizer and scattering the dataset)
+changes only that function.  Resuming continues bit-for-bit on the CPU: the data order
+is a function of the serialized iterator state (``EpochOrderSampler``), the
+augmentation RNG is serialized with the updater, and the MN fits are seeded from
+persistent counters.
 """
 from mixnorm import _compat  # noqa: F401
 
 import argparse
-import glob
 import math
 import os
 import re
@@ -29,6 +35,7 @@ from chainer import training
 from chainer.training import extensions
 
 import mixnorm
+from experiments import cli
 from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import environment
@@ -75,15 +82,9 @@ def build_model(cfg, n_classes):
     return L.Classifier(model)
 
 
-def build_optimizer(cfg, classifier):
-    opt_cfg = {k: v for k, v in cfg['optimizer'].items() if v is not None}
-    name = opt_cfg['name']
-    keep = {'rmsprop_momentum': ('name', 'lr', 'momentum', 'weight_decay', 'rho', 'eps'),
-            'nesterov': ('name', 'lr', 'momentum', 'weight_decay'),
-            'momentum_sgd': ('name', 'lr', 'momentum', 'weight_decay'),
-            'adam': ('name', 'lr', 'weight_decay', 'beta1', 'beta2', 'eps')}[name]
-    return optimizers.setup_optimizer({k: v for k, v in opt_cfg.items() if k in keep},
-                                      classifier)
+def build_optimizer(cfg, link):
+    """The optimizer of ``cfg['optimizer']`` set up on ``link`` (with weight decay)."""
+    return optimizers.setup_optimizer(cfg['optimizer'], link)
 
 
 def build_iterators(cfg, dataset):
@@ -170,6 +171,31 @@ class SaveMixtures(training.Extension):
                         iteration=it, layer=path)
 
 
+class PlainStream:
+    """``stream`` without the cursor-control codes Chainer's reporters write (PrintReport
+    erases the progress bar before each line): for logs that are not a terminal."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        if not text.startswith('\033['):
+            self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+def progress_extensions(trainer, entries, bar_interval):
+    """A line per log entry (PrintReport), and a progress bar only on a terminal: in a
+    piped log the bar and its escape codes would be noise."""
+    if sys.stdout.isatty():
+        trainer.extend(extensions.PrintReport(entries))
+        trainer.extend(extensions.ProgressBar(update_interval=bar_interval))
+    else:
+        trainer.extend(extensions.PrintReport(entries, out=PlainStream(sys.stdout)))
+
+
 def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device,
                   progress=True):
     updater = AugmentingUpdater(train_iter, optimizer, device, cfg['train']['seed'] + 17,
@@ -178,10 +204,8 @@ def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device
     stop = (cfg['train']['max_iterations'], 'iteration') if cfg['train']['max_iterations'] \
         else (epochs, 'epoch')
     trainer = training.Trainer(updater, stop, out=out)
-    base_lr = cfg['optimizer']['lr']
-    attr = 'alpha' if cfg['optimizer']['name'] == 'adam' else 'lr'
-    schedule = optimizers.make_schedule(
-        {k: v for k, v in cfg['schedule'].items() if v is not None}, base_lr, epochs)
+    attr = optimizers.lr_attr(optimizer)
+    schedule = optimizers.make_schedule(cfg['schedule'], cfg['optimizer']['lr'], epochs)
     trainer.extend(optimizers.LearningRateSchedule(schedule, attr=attr))
     trainer.extend(extensions.Evaluator(test_iter, classifier, device=device),
                    trigger=(1, 'epoch'))
@@ -199,11 +223,23 @@ def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device
     trainer.extend(extensions.snapshot(filename='snapshot_epoch_{.updater.epoch}'),
                    trigger=(cfg['train']['snapshot_every'], 'epoch'))
     if progress:
-        trainer.extend(extensions.PrintReport(
-            ['epoch', 'iteration', 'main/loss', 'main/accuracy', 'validation/main/loss',
-             'validation/main/accuracy', 'lr', 'elapsed_time']))
-        trainer.extend(extensions.ProgressBar(update_interval=1))
+        progress_extensions(trainer, ['epoch', 'iteration', 'main/loss', 'main/accuracy',
+                                      'validation/main/loss', 'validation/main/accuracy',
+                                      'lr', 'elapsed_time'], bar_interval=1)
     return trainer
+
+
+def build(cfg, dataset, out, device, progress=True):
+    """Everything a run of ``cfg`` on ``dataset`` needs, assembled in one place: the
+    classifier (on ``device``), its optimizer, the iterators and the trainer writing
+    into ``out``.  Returns ``(classifier, trainer)``."""
+    classifier = build_model(cfg, dataset.n_classes)    # validates mn.layers
+    classifier.to_device(device)
+    optimizer = build_optimizer(cfg, classifier)
+    train_iter, test_iter = build_iterators(cfg, dataset)
+    trainer = build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device,
+                            progress=progress)
+    return classifier, trainer
 
 
 # ----------------------------------------------------------------------------- run
@@ -220,32 +256,11 @@ def resolve_device(spec):
     try:
         return chainer.get_device(spec)
     except Exception as e:
-        raise SystemExit('cannot use device %r: %s (is CuPy installed with a GPU? see '
-                         'README "GPU")' % (spec, e))
-
-
-def latest_snapshot(out, prefix='snapshot_epoch_'):
-    """The snapshot ``<prefix><n>`` in ``out`` with the largest n, or None."""
-    snaps = [p for p in glob.glob(os.path.join(out, prefix + '*'))
-             if p.rsplit('_', 1)[1].isdigit()]
-    if not snaps:
-        return None
-    return max(snaps, key=lambda p: int(p.rsplit('_', 1)[1]))
-
-
-def resume_trainer(trainer, out, resume, prefix='snapshot_epoch_'):
-    """Load ``resume`` (a path, ``'auto'`` = the latest snapshot in ``out`` if any, or
-    None) into ``trainer``; returns the path loaded or None."""
-    if resume == 'auto':
-        resume = latest_snapshot(out, prefix)
-    if not resume:
-        return None
-    if not os.path.exists(resume):
-        raise FileNotFoundError('--resume: no snapshot at %s' % resume)
-    chainer.serializers.load_npz(resume, trainer)
-    print('resumed from %s (epoch %d, iteration %d)'
-          % (resume, trainer.updater.epoch, trainer.updater.iteration))
-    return resume
+        why = ' '.join(str(e).split())          # Chainer's message runs lines together
+        why = why.replace(').No module', '). No module')
+        raise config_lib.ConfigError(
+            'cannot use device %r: %s. Is CuPy installed for a GPU of this machine? See '
+            'the README, "GPU"; --device cpu trains on the CPU' % (spec, why)) from None
 
 
 def device_name(device):
@@ -255,53 +270,116 @@ def device_name(device):
     return gpu['name'] if gpu else str(device)
 
 
-def run(cfg, out=None, device='cpu', resume=None, progress=True, dataset=None):
-    """Train ``cfg`` (a validated config dict); returns the summary dict.
-
-    ``resume``: None, ``'auto'`` (latest snapshot in ``out`` if any) or a path.
-    ``dataset``: an already loaded :class:`experiments.data.Dataset` (tests).
-    """
-    out = out or records.run_dir(cfg)
-    device = resolve_device(device) if not isinstance(device, chainer.backend.Device) \
-        else device
-    seed = cfg['train']['seed']
+def seed_everything(device, seed):
+    """Seed NumPy (and CuPy on a GPU) and make ``device`` current."""
     numpy.random.seed(seed)
     if device.xp is not numpy:
         device.xp.random.seed(seed)
     device.use()
 
-    if dataset is None:
-        dataset = data_lib.load_dataset(cfg['data']['dataset'], cfg['data']['data_dir'],
-                                        subset=cfg['data']['subset'], seed=seed,
-                                        allow_download=cfg['data']['download'])
-    classifier = build_model(cfg, dataset.n_classes)    # validates mn.layers
-    # the run directory appears only once device, data and model are known to be good
-    records.write_config(out, cfg)
-    classifier.to_device(device)
-    optimizer = build_optimizer(cfg, classifier)
-    train_iter, test_iter = build_iterators(cfg, dataset)
-    trainer = build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device,
-                            progress=progress)
-    resume = resume_trainer(trainer, out, resume)
-    start = time.time()
-    trainer.run()
-    env = environment.describe()
-    log = records.read_json(os.path.join(out, 'log.json')) \
-        if os.path.exists(os.path.join(out, 'log.json')) else []
-    summary = records.summarize(
-        cfg, log, dataset_source=dataset.source,
-        backend='cupy' if device.xp is not numpy else 'numpy',
-        device_name=device_name(device), wall_time_s=trainer.elapsed_time, env=env)
-    summary['session_wall_time_s'] = time.time() - start
-    summary['resumed_from'] = os.path.relpath(resume, out) if resume else None
-    records.write_json(os.path.join(out, 'summary.json'), summary)
-    return summary
 
+def load_data(cfg):
+    """The dataset of ``cfg['data']``."""
+    d = cfg['data']
+    return data_lib.load_dataset(d['dataset'], d['data_dir'], subset=d['subset'],
+                                 seed=cfg['train']['seed'], allow_download=d['download'])
+
+
+def elapsed_time(trainer):
+    """Training time so far (including earlier sessions of a resumed run), also before
+    ``trainer.run`` has started."""
+    try:
+        return trainer.elapsed_time
+    except RuntimeError:                    # not started: what the snapshot carried
+        return float(getattr(trainer, '_snapshot_elapsed_time', 0.0))
+
+
+def interrupted_message(out, trainer, unit='epoch'):
+    """Where an interrupted run stopped and how to go on."""
+    u = trainer.updater
+    at = 'epoch %.2f, iteration %d' % (u.epoch_detail, u.iteration) if unit == 'epoch' \
+        else 'update %d' % u.iteration
+    snaps = records.snapshots(out)
+    then = ('run the same command again to resume from %s' % os.path.basename(snaps[-1])
+            if snaps else 'no snapshot yet, so the same command starts it again from '
+            'scratch')
+    return 'interrupted at %s; the run is in %s: %s' % (at, out, then)
+
+
+def train_loop(trainer, out, write_summary, unit='epoch'):
+    """``trainer.run()``; on Ctrl-C write the summary of the run so far and raise
+    :class:`experiments.records.RunInterrupted` saying where it stopped."""
+    try:
+        trainer.run(show_loop_exception_msg=False)
+    except KeyboardInterrupt:
+        write_summary(finished=False)
+        raise records.RunInterrupted(interrupted_message(out, trainer, unit)) from None
+
+
+def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
+        force=False, log=print, start=None):
+    """Train ``cfg`` (a validated config dict); returns the summary dict.
+
+    ``resume``: ``'auto'`` (skip a finished run, resume an interrupted one), or a
+    snapshot path; ``force``: start over; ``start``: that decision already taken by
+    :func:`experiments.records.prepare_run`.  ``dataset``: an already loaded
+    :class:`experiments.data.Dataset` (tests).
+    """
+    if cfg.get('gan'):
+        raise config_lib.ConfigError('%s: a GAN config; train it with python -m '
+                                     'experiments.gan' % ', '.join(cfg.get('_sources', [])))
+    out = out or records.run_dir(cfg)
+    start = start or records.prepare_run(cfg, out, resume, force)
+    if start.action == 'skip':
+        log(start.message)
+        return start.summary
+    device = resolve_device(device) if not isinstance(device, chainer.backend.Device) \
+        else device
+    seed_everything(device, cfg['train']['seed'])
+    if dataset is None:
+        dataset = load_data(cfg)
+    config_lib.check_batch_size(cfg, dataset.n_train)
+    classifier, trainer = build(cfg, dataset, out, device, progress)
+    # the run directory appears (or is cleared) only once device, data and model are
+    # known to be good
+    records.begin(out, cfg, start, log)
+    resumed = records.load_snapshot(trainer, start, log=log)
+    if resumed:
+        log('resumed from %s (epoch %d, iteration %d)'
+            % (resumed, trainer.updater.epoch, trainer.updater.iteration))
+    session_start = time.time()
+    env = environment.describe()
+
+    def write_summary(finished):
+        log_path = os.path.join(out, 'log.json')
+        entries = records.read_json(log_path) if os.path.exists(log_path) else []
+        summary = records.summarize(
+            cfg, entries, dataset_source=dataset.source,
+            dataset_size={'train': dataset.n_train, 'test': dataset.n_test},
+            backend='cupy' if device.xp is not numpy else 'numpy',
+            device_name=device_name(device), wall_time_s=elapsed_time(trainer), env=env,
+            finished=finished, iterations=trainer.updater.iteration,
+            epochs_done=trainer.updater.epoch)
+        summary['session_wall_time_s'] = time.time() - session_start
+        summary['resumed_from'] = os.path.relpath(resumed, out) if resumed else None
+        records.write_json(os.path.join(out, 'summary.json'), summary)
+        return summary
+
+    write_summary(finished=False)
+    train_loop(trainer, out, write_summary)
+    return write_summary(finished=True)
+
+
+# ----------------------------------------------------------------------------- CLI
 
 def add_run_arguments(p):
-    """Arguments shared by ``experiments.train`` and ``scripts/reproduce.py``."""
+    """Arguments shared by ``experiments.train``, ``experiments.gan`` and
+    ``scripts/reproduce.py``."""
     p.add_argument('--preset', action='append', default=[],
                    help='merge configs/presets/<name>.yaml (e.g. smoke)')
+    p.add_argument('--synthetic', action='store_true',
+                   help='train on generated images instead of CIFAR (no data needed; '
+                        'records and tables mark such runs NOT COMPARABLE)')
     p.add_argument('--set', dest='overrides', action='append', default=[],
                    metavar='KEY=VALUE', help='override a config value, e.g. train.epochs=3')
     p.add_argument('--device', default='cpu', help="'cpu' (default) or a GPU id, e.g. 0")
@@ -309,13 +387,19 @@ def add_run_arguments(p):
     p.add_argument('--download', action='store_true',
                    help='allow Chainer to download CIFAR when it is not found locally')
     p.add_argument('--seed', type=int, help='override train.seed')
+    p.add_argument('--force', action='store_true',
+                   help='start over: discard what an earlier run wrote into the run '
+                        'directory (a finished run is otherwise kept, an interrupted '
+                        'one resumed)')
     p.add_argument('--no-progress', action='store_true')
     return p
 
 
 def config_overrides(args):
-    """--data-dir / --download / --seed as config overrides."""
+    """--synthetic / --data-dir / --download / --seed as config overrides."""
     sets = list(args.overrides)
+    if args.synthetic:
+        sets.append('data.dataset=synthetic')
     if args.data_dir:
         sets.append('data.data_dir=%s' % os.path.abspath(args.data_dir))
     if args.download:
@@ -325,23 +409,31 @@ def config_overrides(args):
     return sets
 
 
+def describe_result(summary, out):
+    """The closing line of a classifier run."""
+    best, final = summary.get('best_test_accuracy'), summary.get('final_test_accuracy')
+    acc = ('best test accuracy %.2f%% (final %.2f%%)' % (best, final) if best is not None
+           else 'no test evaluation yet')
+    verdict = records.assess(records.Run(out))
+    return '%s, %s in %.0f s; record: %s [%s]' % (
+        verdict.status, acc, summary.get('wall_time_s') or 0.0, out, verdict.label())
+
+
+@cli.entry_point
 def main(argv=None):
     p = argparse.ArgumentParser(description='Train one config (one row of a paper table).')
     p.add_argument('config', help='configs/<table>/<dataset>/<row>.yaml')
     p.add_argument('--out', help='run directory (default results/runs/...)')
-    p.add_argument('--resume', help="'auto' or a snapshot path")
+    p.add_argument('--resume', default='auto',
+                   help="'auto' (default: resume an interrupted run, keep a finished one) "
+                        'or a snapshot path')
     add_run_arguments(p)
     args = p.parse_args(argv)
-    try:
-        cfg = config_lib.load_config(args.config, args.preset, config_overrides(args))
-        summary = run(cfg, out=args.out, device=args.device, resume=args.resume,
-                      progress=not args.no_progress)
-    except (config_lib.ConfigError, FileNotFoundError) as e:
-        sys.exit('error: %s' % e)
-    print('best test accuracy %.2f%% (final %.2f%%) in %.0f s; record: %s' % (
-        summary['best_test_accuracy'] or float('nan'),
-        summary['final_test_accuracy'] or float('nan'), summary['wall_time_s'],
-        args.out or records.run_dir(cfg)))
+    cfg = config_lib.load_config(args.config, args.preset, config_overrides(args))
+    out = args.out or records.run_dir(cfg)
+    summary = run(cfg, out=out, device=args.device, resume=args.resume,
+                  progress=not args.no_progress, force=args.force)
+    print(describe_result(summary, out))
 
 
 if __name__ == '__main__':

@@ -307,7 +307,6 @@ class MixtureNormalization(chainer.Link):
 
     def _posteriors(self, x_arr):
         """(resp, gmm, fit index) of this batch; gmm is None for K = 1 (no fit)."""
-        xp = _arrays.get_array_module(x_arr)
         n = self._check_input(x_arr)
         if chainer.config.in_recomputing:
             index, resp = self._pending.pop() if self._pending else (self.n_fits - 1, None)

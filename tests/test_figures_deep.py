@@ -363,7 +363,7 @@ def test_all_draws_the_deep_figures_of_existing_runs(fake_runs, tmp_path, capsys
     for f in ('fig4', 'fig5', 'fig8', 'fig9'):
         assert '%s: wrote' % f in text
     assert 'incomplete, missing runs: cifar100 BN-L100, cifar100 MN-L100' in text
-    assert text.count('not comparable to the paper (synthetic data)') >= 4
+    assert text.count('not comparable to the paper (synthetic data, not CIFAR') >= 4
 
 
 def test_every_notice_comes_from_comparability(fake_runs, tmp_path, monkeypatch):

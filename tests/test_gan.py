@@ -266,19 +266,23 @@ def test_figures_of_given_runs_are_written_and_labelled(runs, tmp_path):
 
 
 def test_gan_runs_are_comparable_only_with_the_standard_fid(runs):
+    """The figures ask records.assess; its FID reasons follow the network a run used."""
     _, r = runs
     run = selection.read_runs(r['DCGAN-MN'][1], 'dcgan')[0]
-    assert selection.comparability(run) == (False, [
-        'smoke preset', 'synthetic data', 'subset 64/16 images', 'random-weights "FID"'])
-    run.config = dict(run.config, smoke=False, data=dict(run.config['data'], dataset='cifar10',
-                                                         subset=None))
-    run.summary = dict(run.summary, smoke=False, comparable_to_paper=False)
-    for fid_info, reason in (({'enabled': False}, 'no FID'),
-                             ({'enabled': True, 'standard': False}, 'non-standard FID network')):
-        run.summary['fid'] = fid_info
-        assert selection.comparability(run) == (False, [reason])
-    run.summary.update(fid={'enabled': True, 'standard': True}, comparable_to_paper=True)
-    assert selection.comparability(run) == (True, [])
+    comparable, reasons = selection.comparability(run)
+    assert not comparable and reasons[0] == 'smoke preset'
+    assert 'random-weights "FID", not an FID' in reasons
+    gan_cfg = dict(run.config['gan'], fid=dict(run.config['gan']['fid'], random_weights=False))
+    run.config = dict(run.config, gan=gan_cfg)
+    fid_reasons = {'no FID (gan.fid.enabled: false)', 'non-standard FID network',
+                   'random-weights "FID", not an FID', 'FID network not recorded'}
+    for fid_info, reason in (({'enabled': False}, 'no FID (gan.fid.enabled: false)'),
+                             ({'enabled': True, 'standard': False},
+                              'non-standard FID network')):
+        run.summary = dict(run.summary, fid=fid_info)
+        assert fid_reasons & set(selection.comparability(run)[1]) == {reason}
+    run.summary = dict(run.summary, fid={'enabled': True, 'standard': True})
+    assert not fid_reasons & set(selection.comparability(run)[1])
 
 
 def test_figures_6_and_7_by_name(runs, tmp_path, capsys):
@@ -328,3 +332,37 @@ def test_missing_fid_weights_stop_before_training(runs, tmp_path):
     s = gan.run(cfg, out=str(tmp_path / 'nofid'), progress=False)
     assert s['finished'] and s['lowest_fid'] is None and s['fid_label'] == 'FID disabled'
     assert os.path.isfile(gan.sample_path(str(tmp_path / 'nofid'), 2))
+
+
+def test_reproduce_dcgan_without_weights_does_not_suggest_synthetic(tmp_path):
+    """--synthetic was given: the missing weights, not the data, are the problem."""
+    from scripts import reproduce
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(['dcgan', '--synthetic', '--preset', 'smoke', '--runs-root',
+                        str(tmp_path), '--inception-weights', str(tmp_path / 'none.npz'),
+                        '--set', 'gan.fid.random_weights=false', '--no-progress'])
+    msg = str(e.value.code)
+    assert msg.startswith('error: FID Inception weights not found: %s' % (tmp_path / 'none.npz'))
+    assert '--synthetic' not in msg and '--no-fid' in msg
+
+
+def test_a_weights_file_of_another_kind_says_what_it_should_be(tmp_path):
+    import pickle
+    path = tmp_path / 'weights.npz'
+    path.write_bytes(pickle.dumps({'not': 'weights'}))
+    with pytest.raises(fid.FIDWeightsError) as e:
+        fid.load_extractor(str(path), image_size=75)
+    msg = str(e.value)
+    assert 'allow_pickle' not in msg
+    assert 'npz archive of arrays that scripts/convert_fid_weights.py writes' in msg
+
+
+def test_rerunning_a_finished_gan_run_keeps_it(runs, capsys):
+    cfg, path = runs[1]['DCGAN-MN']
+    before = open(os.path.join(path, 'summary.json')).read()
+    gan.run(cfg, out=path, progress=False)
+    assert 'finished run in %s' % path in capsys.readouterr().out
+    assert open(os.path.join(path, 'summary.json')).read() == before
+    bn_cfg = tiny_cfg('bn', cfg['gan']['fid']['cache_dir'])
+    with pytest.raises(C.ConfigError, match=r'holds a finished run of another config: mn'):
+        gan.run(bn_cfg, out=path, progress=False)

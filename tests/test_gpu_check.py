@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(REPO, 'scripts'))
 import gpu_check  # noqa: E402
 import reproduce  # noqa: E402
 from experiments import environment  # noqa: E402
+from experiments import reproduce as flow  # noqa: E402
 
 # on a GPU machine gpu_check itself is the check; these cover its CPU behaviour
 cpu_only = pytest.mark.skipif(environment.gpu_description() is not None,
@@ -29,10 +30,10 @@ def test_smoke_commands_are_valid_reproduce_command_lines(monkeypatch):
     """Each smoke step's arguments parse and reach the training entry point with
     device 0 and generated data (training itself is stubbed here)."""
     seen = []
-    monkeypatch.setattr(reproduce, 'dcgan', lambda args: seen.append(args) or 0)
-    monkeypatch.setattr(reproduce, 'run_rows', lambda args, experiment: seen.append(args))
-    monkeypatch.setattr(reproduce, 'densenet_report', lambda args: 0)
-    monkeypatch.setattr(reproduce.records, 'find_runs', lambda *a, **k: [])
+    monkeypatch.setattr(flow, 'dcgan', lambda args: seen.append(args) or 0)
+    monkeypatch.setattr(flow, 'run_rows', lambda args, experiment: seen.append(args))
+    monkeypatch.setattr(flow, 'densenet_report', lambda args: 0)
+    monkeypatch.setattr(flow.records, 'find_runs', lambda *a, **k: [])
     for name, action, _ in gpu_check.STEPS:
         if not name.startswith('smoke_'):
             continue

@@ -1,4 +1,5 @@
-"""experiments/optimizers.py: RMSpropMomentum, optimizer configs, lr schedules."""
+"""experiments/optimizers.py: RMSpropMomentum, optimizers and lr schedules built from
+config sections (which experiments/config.py's schema checks and completes)."""
 import mixnorm._compat  # noqa: F401  (NumPy-2 shim before any chainer import)
 
 import os
@@ -12,10 +13,25 @@ import chainer.links as L
 from chainer import training
 from chainer.training import extensions
 
+from experiments import config as config_lib
 from experiments import optimizers as opt_mod
 from experiments.optimizers import (
     LearningRateSchedule, MultiStepSchedule, RMSpropMomentum,
-    StaircaseSchedule, make_optimizer, make_schedule, setup_optimizer)
+    StaircaseSchedule)
+
+
+def make_optimizer(config):
+    """The builder on a section completed by the schema, as train.py calls it."""
+    return opt_mod.make_optimizer(config_lib.validate_section('optimizer', config))
+
+
+def setup_optimizer(config, link):
+    return opt_mod.setup_optimizer(config_lib.validate_section('optimizer', config), link)
+
+
+def make_schedule(config, base_lr, total_epochs=None):
+    return opt_mod.make_schedule(config_lib.validate_section('schedule', config), base_lr,
+                                 total_epochs)
 
 
 class _Holder(chainer.Link):
@@ -314,6 +330,7 @@ def test_make_optimizer_builds_the_right_class(config, cls, expected):
 
 
 def test_make_optimizer_defaults():
+    """The defaults come from the schema; the class's own defaults agree with them."""
     adam = make_optimizer({'name': 'adam', 'lr': 1e-3})
     assert (adam.alpha, adam.beta1, adam.beta2, adam.eps) == (
         1e-3, 0.9, 0.999, 1e-8)
@@ -366,12 +383,37 @@ def test_setup_optimizer_weight_decay_enters_the_gradient():
     ({'name': 'nesterov', 'lr': 0.1, 'momentum': 1.5}, 'momentum'),
     ({'name': 'nesterov', 'lr': 0.1, 'weight_decay': -1e-4}, 'weight_decay'),
     ({'name': 'adam', 'lr': 1e-3, 'beta2': 1.0}, 'beta2'),
+    ({'name': 'rmsprop_momentum', 'lr': 0.1, 'rho': 1.0}, 'rho'),
+    ({'name': 'rmsprop_momentum', 'lr': 0.1, 'ms_init': -1}, 'ms_init'),
+    ({'name': 'adam', 'lr': float('inf')}, 'lr'),
 ])
-def test_bad_optimizer_config_raises_naming_the_key(config, key):
-    with pytest.raises(ValueError, match=key):
-        make_optimizer(config)
-    with pytest.raises(ValueError, match=key):
-        setup_optimizer(config, _Holder([1.0]))
+def test_bad_optimizer_config_is_a_config_error_naming_the_key(config, key):
+    with pytest.raises(config_lib.ConfigError, match=key):
+        config_lib.validate_section('optimizer', config)
+
+
+def test_ms_init_reaches_the_optimizer_from_a_config():
+    """ms_init is a schema key and build_optimizer passes it on (it was dropped)."""
+    from experiments import train
+    cfg = config_lib.load_config(
+        os.path.join(config_lib.CONFIG_ROOT, 'table2', 'cifar10', 'BN-2.yaml'),
+        overrides=['optimizer.ms_init=0', 'optimizer.eps=1e-6'])
+    opt = train.build_optimizer(cfg, _Holder([1.0]))
+    assert isinstance(opt, RMSpropMomentum)
+    assert (opt.ms_init, opt.eps, opt.lr, opt.rho) == (0.0, 1e-6, 0.01, 0.9)
+
+
+def test_builders_use_the_section_as_validated():
+    """No second set of defaults: every value comes from the section."""
+    section = config_lib.validate_section('optimizer', {'name': 'rmsprop_momentum',
+                                                        'lr': 0.1})
+    assert section == {'name': 'rmsprop_momentum', 'lr': 0.1, 'weight_decay': 0.0,
+                       'momentum': 0.9, 'rho': 0.9, 'eps': 1e-8, 'ms_init': 1.0,
+                       'beta1': None, 'beta2': None}
+    section['rho'] = 0.5
+    assert opt_mod.make_optimizer(section).rho == 0.5
+    with pytest.raises(KeyError):
+        opt_mod.make_optimizer({'name': 'nesterov', 'lr': 0.1})   # not a validated section
 
 
 # ---------------------------------------------------------------------------
@@ -430,24 +472,26 @@ def test_constant_schedule():
     assert [s(e) for e in (0, 1.5, 9.9, 100)] == [0.3] * 4
 
 
-@pytest.mark.parametrize('config,total,key', [
-    ({'rate': 0.9}, 10, 'type'),
-    ({'type': 'cosine'}, 10, 'cosine'),
-    ({'type': 'staircase', 'rate': 0.93}, 10, 'every_epochs'),
-    ({'type': 'staircase', 'rate': 0.93, 'every_epochs': 2, 'factor': 0.1},
-     10, 'factor'),
-    ({'type': 'staircase', 'rate': 0.93, 'every_epochs': 0}, 10,
-     'every_epochs'),
-    ({'type': 'multistep', 'factor': 0.1}, 10, 'at'),
-    ({'type': 'multistep', 'factor': 0.1, 'at': [0.5, 1.5]}, 10, 'at'),
-    ({'type': 'multistep', 'factor': 0.1, 'at': 0.5}, 10, 'at'),
-    ({'type': 'multistep', 'factor': 0.1, 'at': [0.5]}, None, 'total_epochs'),
-    ({'type': 'multistep', 'at': [0.5]}, 10, 'factor'),
-    ({'type': 'constant', 'rate': 0.5}, 10, 'rate'),
+@pytest.mark.parametrize('config,key', [
+    ({'type': 'cosine'}, 'cosine'),
+    ({'type': 'staircase', 'rate': 0.93}, 'every_epochs'),
+    ({'type': 'staircase', 'rate': 0.93, 'every_epochs': 2, 'factor': 0.1}, 'factor'),
+    ({'type': 'staircase', 'rate': 0.93, 'every_epochs': 0}, 'every_epochs'),
+    ({'type': 'multistep', 'factor': 0.1}, 'at'),
+    ({'type': 'multistep', 'factor': 0.1, 'at': [0.5, 1.5]}, 'at'),
+    ({'type': 'multistep', 'factor': 0.1, 'at': 0.5}, 'at'),
+    ({'type': 'multistep', 'at': [0.5]}, 'factor'),
+    ({'type': 'constant', 'rate': 0.5}, 'rate'),
+    ({'rate': 0.9}, 'rate'),                     # type defaults to constant
 ])
-def test_bad_schedule_config_raises_naming_the_key(config, total, key):
-    with pytest.raises(ValueError, match=key):
-        make_schedule(config, base_lr=0.1, total_epochs=total)
+def test_bad_schedule_config_is_a_config_error_naming_the_key(config, key):
+    with pytest.raises(config_lib.ConfigError, match=key):
+        config_lib.validate_section('schedule', config)
+
+
+def test_multistep_schedule_needs_the_total_epochs():
+    with pytest.raises(ValueError, match='total_epochs'):
+        make_schedule({'type': 'multistep', 'factor': 0.1, 'at': [0.5]}, base_lr=0.1)
 
 
 # ---------------------------------------------------------------------------

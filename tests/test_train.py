@@ -1,7 +1,10 @@
 """End-to-end: BN-2 and MN-2 train on tiny generated data, write valid records, resume
-bit-for-bit; reproduce.py prints the comparison; missing data fails clearly."""
+bit-for-bit (also past a truncated snapshot); rerunning keeps finished runs, resumes
+interrupted ones and refuses a run directory of another config; reproduce.py prints the
+comparison and the time of each row; missing data fails clearly."""
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -34,7 +37,7 @@ def test_records_are_complete(bn_mn_runs):
     for row, (cfg, path) in runs.items():
         assert path.startswith(os.path.join(str(root), 'smoke', 'table2', 'synthetic-cifar10',
                                             row))
-        assert json.load(open(os.path.join(path, 'summary.json')))['config_dataset'] == 'cifar10'
+        assert json.load(open(os.path.join(path, 'summary.json')))['paper_dataset'] == 'cifar10'
         log = json.load(open(os.path.join(path, 'log.json')))
         assert [e['epoch'] for e in log] == [1, 2]
         for e in log:
@@ -45,6 +48,9 @@ def test_records_are_complete(bn_mn_runs):
         assert ('mn/conv3/bn/components' in log[0]) == (row == 'MN-2')
         s = json.load(open(os.path.join(path, 'summary.json')))
         assert s['smoke'] is True and s['comparable_to_paper'] is False
+        assert s['not_comparable_reasons'][:3] == ['smoke preset', 'synthetic data, not CIFAR',
+                                                   'a subset of 64 training / 32 test images']
+        assert s['dataset_size'] == {'train': 64, 'test': 32}
         assert s['dataset'] == 'synthetic' and 'synthetic' in s['dataset_source']
         assert s['finished'] and s['epochs_done'] == 2 and s['iterations'] == 8
         assert s['backend'] == 'numpy' and s['seed'] == 0 and s['wall_time_s'] > 0
@@ -109,6 +115,16 @@ def test_reproduce_script_prints_table(bn_mn_runs, capsys):
     assert '(87.95)' in out and 'NOT COMPARABLE' in out
 
 
+def test_reproduce_prints_the_time_each_row_took(tmp_path, capsys):
+    from scripts import reproduce
+    reproduce.main(['table2', '--dataset', 'cifar10', '--rows', 'BN-2', '--synthetic',
+                    '--preset', 'smoke', '--runs-root', str(tmp_path), '--no-progress']
+                   + sum([['--set', s] for s in TINY + ['train.epochs=1',
+                                                         'data.subset=[32, 16]']], []))
+    out = capsys.readouterr().out
+    assert re.search(r'== table2 cifar10 BN-2 seed 0: finished in \d+ s', out), out
+
+
 def test_missing_cifar_fails_with_instructions(tmp_path, monkeypatch):
     import chainer
     monkeypatch.setattr(chainer.dataset, 'get_dataset_root', lambda: str(tmp_path / 'cache'))
@@ -153,3 +169,143 @@ def test_save_mixtures_for_figure8(tmp_path):
     with pytest.raises(ValueError, match='not MN layers'):
         train.run(tiny_cfg('MN-2', ['train.save_mixtures=[conv2/bn]']),
                   out=str(tmp_path / 'bad'), progress=False)
+
+
+# -------------------------------------------------------------- rerunning a run dir
+
+def _copy_run(path, tmp_path):
+    dst = str(tmp_path / 'run')
+    shutil.copytree(path, dst)
+    return dst
+
+
+def test_rerunning_a_finished_run_keeps_it(bn_mn_runs, tmp_path, capsys):
+    cfg, path = bn_mn_runs[1]['BN-2']
+    run = _copy_run(path, tmp_path)
+    before = open(os.path.join(run, 'summary.json')).read()
+    argv = [os.path.join(T2, 'BN-2.yaml'), '--preset', 'smoke', '--out', run,
+            '--no-progress'] + sum([['--set', s] for s in TINY], [])
+    train.main(argv)
+    out = capsys.readouterr().out
+    assert 'finished run in %s (--force to retrain)' % run in out
+    assert open(os.path.join(run, 'summary.json')).read() == before
+
+
+def test_rerunning_an_interrupted_run_resumes_it(bn_mn_runs, tmp_path, capsys):
+    cfg, path = bn_mn_runs[1]['MN-2']
+    run = _copy_run(path, tmp_path)
+    for f in ('summary.json', 'snapshot_epoch_2'):
+        os.remove(os.path.join(run, f))                # stopped after epoch 1's snapshot
+    train.run(cfg, out=run, progress=False)
+    assert 'resumed from %s' % os.path.join(run, 'snapshot_epoch_1') in capsys.readouterr().out
+    a = json.load(open(os.path.join(path, 'log.json')))
+    b = json.load(open(os.path.join(run, 'log.json')))
+    assert a[1]['validation/main/loss'] == b[1]['validation/main/loss']
+
+
+def test_a_truncated_snapshot_falls_back_to_the_previous_one(bn_mn_runs, tmp_path, capsys):
+    cfg, path = bn_mn_runs[1]['BN-2']
+    run = _copy_run(path, tmp_path)
+    os.remove(os.path.join(run, 'summary.json'))
+    snap = os.path.join(run, 'snapshot_epoch_2')
+    data = open(snap, 'rb').read()
+    open(snap, 'wb').write(data[:len(data) // 2])
+    train.run(cfg, out=run, resume='auto', progress=False)
+    out = capsys.readouterr().out
+    assert 'warning: %s cannot be read' % snap in out
+    assert 'resuming from the previous snapshot, snapshot_epoch_1' in out
+    a = json.load(open(os.path.join(path, 'log.json')))
+    b = json.load(open(os.path.join(run, 'log.json')))
+    assert a[1]['validation/main/loss'] == b[1]['validation/main/loss']
+    # asked for by name, a truncated snapshot is an error, not a fallback
+    open(snap, 'wb').write(data[:len(data) // 2])
+    with pytest.raises(records.RunError, match='truncated or corrupted'):
+        train.run(cfg, out=run, resume=snap, progress=False)
+
+
+def test_resuming_with_another_config_names_the_keys(bn_mn_runs, tmp_path):
+    cfg, path = bn_mn_runs[1]['MN-2']
+    run = _copy_run(path, tmp_path)
+    os.remove(os.path.join(run, 'summary.json'))        # interrupted
+    bn = tiny_cfg('BN-2')
+    with pytest.raises(C.ConfigError, match=r'holds an interrupted run of another config: '
+                                            r'mn \(run: .*, now: None\), row'):
+        train.run(bn, out=run, resume='auto', progress=False)
+    lr = tiny_cfg('MN-2', ['optimizer.lr=0.02'])
+    with pytest.raises(C.ConfigError, match=r'optimizer\.lr \(run: 0\.01, now: 0\.02\)'):
+        train.run(lr, out=run, resume='auto', progress=False)
+    # through the command line: one error line, config.yaml untouched
+    before = open(os.path.join(run, 'config.yaml')).read()
+    with pytest.raises(SystemExit) as e:
+        train.main([os.path.join(T2, 'BN-2.yaml'), '--preset', 'smoke', '--out', run,
+                    '--resume', 'auto', '--no-progress']
+                   + sum([['--set', s] for s in TINY], []))
+    assert str(e.value.code).startswith('error: %s holds an interrupted run' % run)
+    assert '--force' in str(e.value.code) and '\n' not in str(e.value.code)
+    assert open(os.path.join(run, 'config.yaml')).read() == before
+
+
+def test_force_starts_over_with_the_new_config(bn_mn_runs, tmp_path, capsys):
+    cfg, path = bn_mn_runs[1]['BN-2']
+    run = _copy_run(path, tmp_path)
+    new = tiny_cfg('BN-2', ['optimizer.lr=0.02', 'train.epochs=1'])
+    s = train.run(new, out=run, force=True, progress=False)
+    assert 'removed; training from scratch' in capsys.readouterr().out
+    assert s['epochs_done'] == 1 and s['resumed_from'] is None
+    assert sorted(f for f in os.listdir(run) if f.startswith('snapshot')) == \
+        ['snapshot_epoch_1']
+    assert len(json.load(open(os.path.join(run, 'log.json')))) == 1
+    assert C.differences(records.stored_config(run), new) == []
+
+
+def test_no_nan_accuracy_before_the_first_evaluation(tmp_path):
+    cfg = tiny_cfg('BN-2', ['train.max_iterations=1'])
+    out = str(tmp_path / 'run')
+    s = train.run(cfg, out=out, progress=False)
+    assert s['finished'] and s['iterations'] == 1 and s['best_test_accuracy'] is None
+    line = train.describe_result(s, out)
+    assert 'nan%' not in line and 'no test evaluation yet' in line
+    assert 'stops at train.max_iterations=1' in line
+
+
+def test_a_batch_larger_than_the_data_is_a_config_error(tmp_path):
+    from experiments import data as data_lib
+    cfg = tiny_cfg('BN-2', ['data.batch_size=32', 'data.subset=null'])
+    small = data_lib.load_dataset('synthetic', subset=[16, 8])
+    with pytest.raises(C.ConfigError, match=r"'data.batch_size' is 32 but there are only 16"):
+        train.run(cfg, out=str(tmp_path / 'run'), progress=False, dataset=small)
+    assert not (tmp_path / 'run').exists()
+
+
+def test_piped_progress_has_no_escape_codes(tmp_path, capsys):
+    cfg = tiny_cfg('BN-2', ['train.epochs=1', 'data.subset=[32, 16]'])
+    train.run(cfg, out=str(tmp_path / 'run'), progress=True)
+    out = capsys.readouterr().out
+    assert '\x1b' not in out and '\033' not in out
+    lines = [l for l in out.splitlines() if l.strip()]
+    assert lines[0].split()[:2] == ['epoch', 'iteration'] and lines[1].split()[0] == '1'
+
+
+def test_train_accepts_synthetic_as_the_readme_says(tmp_path, capsys):
+    out = str(tmp_path / 'run')
+    train.main([os.path.join(T2, 'BN-2.yaml'), '--preset', 'smoke', '--synthetic', '--out',
+                out, '--no-progress'] + sum([['--set', s] for s in TINY[1:] +
+                                             ['train.epochs=1', 'data.subset=[32, 16]']], []))
+    s = json.load(open(os.path.join(out, 'summary.json')))
+    assert s['dataset'] == 'synthetic' and s['finished']
+    assert 'NOT COMPARABLE (smoke preset; synthetic data' in capsys.readouterr().out
+
+
+def test_a_gan_config_is_refused_by_the_classifier_trainer(tmp_path):
+    cfg = C.load_config(os.path.join(C.CONFIG_ROOT, 'dcgan', 'cifar10', 'bn.yaml'))
+    with pytest.raises(C.ConfigError, match='experiments.gan'):
+        train.run(cfg, out=str(tmp_path / 'run'), progress=False)
+
+
+def test_compare_shows_no_spread_for_a_single_seed(bn_mn_runs):
+    root, _ = bn_mn_runs
+    recs = compare.compare('table2', records.find_runs(str(root)), paper_dataset='cifar10')
+    assert recs and all(r['n'] == 1 and r['std'] is None for r in recs)
+    lines = compare.to_markdown(recs).splitlines()
+    col = [c.strip() for c in lines[0].split('|')].index('±')
+    assert {[c.strip() for c in line.split('|')][col] for line in lines[2:]} == {'—'}

@@ -266,7 +266,8 @@ def find_snapshot(runs_root=records.RUNS_ROOT):
     for run in records.find_runs(runs_root):
         if run.config['model']['name'] != 'cifar_cnn':
             continue
-        snapshot = train_lib.latest_snapshot(run.path)
+        found = records.snapshots(run.path)
+        snapshot = found[-1] if found else None
         if snapshot is None:
             continue
         row = run.config['row']

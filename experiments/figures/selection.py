@@ -8,14 +8,13 @@ dataset a run stands for, reading the runs of a figure, and the commands that ma
 runs a figure misses.
 """
 import os
-import re
 
 from experiments import records
 
 REPRODUCE = 'python scripts/reproduce.py'
 TRAIN_COMMAND_EXPERIMENTS = ('densenet',)   # no reproduce.py rows: one train command/row
 SMOKE = 'smoke preset'
-SYNTHETIC = 'synthetic data'
+SYNTHETIC = 'synthetic data, not CIFAR'
 NO_RECORD = 'provenance not recorded (saved tensor)'
 
 
@@ -23,37 +22,15 @@ NO_RECORD = 'provenance not recorded (saved tensor)'
 
 def comparability(run):
     """``(comparable, reasons)``: whether ``run`` (a :class:`experiments.records.Run`)
-    is comparable to the paper, and the reasons when it is not.  ``None`` stands for
-    data without a run record (a saved tensor), which cannot be shown comparable.
-
-    What the run records decides: its config (the smoke preset, synthetic data, a subset
-    of the images) and, once it has a ``summary.json``, the FID network of a DCGAN run
-    (only the standard one gives FIDs) and the ``comparable_to_paper`` flag training
-    wrote.  Every figure asks this function; none decides by itself.
+    is comparable to the paper, and the reasons when it is not, as
+    :func:`experiments.records.assess` decides for every table and figure.  ``None``
+    stands for data without a run record (a saved tensor), which cannot be shown
+    comparable.
     """
     if run is None:
         return False, [NO_RECORD]
-    cfg, summary = run.config, run.summary or {}
-    reasons = []
-    if cfg.get('smoke') or summary.get('smoke'):
-        reasons.append(SMOKE)
-    if cfg['data']['dataset'] == 'synthetic':
-        reasons.append(SYNTHETIC)
-    subset = cfg['data'].get('subset')
-    if subset is not None:
-        reasons.append('subset %s images' % ('/'.join(map(str, subset))
-                                             if isinstance(subset, list) else subset))
-    fid = summary.get('fid')
-    if fid is not None:
-        if not fid.get('enabled', True):
-            reasons.append('no FID')
-        elif fid.get('random_weights'):
-            reasons.append('random-weights "FID"')
-        elif not fid.get('standard'):
-            reasons.append('non-standard FID network')
-    if summary.get('comparable_to_paper') is False and not reasons:
-        reasons.append('recorded as not comparable (summary.json)')
-    return not reasons, reasons
+    verdict = records.assess(run)
+    return verdict.comparable, list(verdict.reasons)
 
 
 def _rank(reasons):
@@ -84,19 +61,8 @@ def warning_for(runs):
 # ------------------------------------------------------------------------- runs
 
 def paper_dataset(run):
-    """The paper dataset a run stands for: ``data.dataset`` for CIFAR runs; for
-    synthetic-data runs the dataset folder of the row config it was made from (read from
-    the ``# resolved from:`` line of its config.yaml); None if that cannot be told."""
-    ds = run.config['data']['dataset']
-    if ds != 'synthetic':
-        return ds
-    try:
-        with open(os.path.join(run.path, 'config.yaml')) as f:
-            first = f.readline()
-    except OSError:
-        return None
-    found = re.findall(r'configs/[^/\s,]+/(cifar10|cifar100)/', first)
-    return found[-1] if found else None
+    """The paper dataset a run stands for (:func:`experiments.records.stands_for`)."""
+    return records.stands_for(run.config, run.sources)
 
 
 def collect_runs(root, experiment='table2'):
