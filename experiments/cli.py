@@ -10,6 +10,15 @@ import functools
 import sys
 
 
+#: This process's rank when a run has several (only rank 0 prints errors).
+RANK = 0
+
+
+def set_rank(rank):
+    global RANK
+    RANK = rank
+
+
 class UsageError(Exception):
     """A command asked for something that does not exist (a step, a table)."""
 
@@ -36,10 +45,11 @@ def entry_point(main):
         try:
             return main(argv)
         except KeyboardInterrupt as e:
-            print(str(e) or 'interrupted', file=sys.stderr)
+            if RANK == 0:
+                print(str(e) or 'interrupted', file=sys.stderr)
             raise SystemExit(130) from None
         except Exception as e:
             if not isinstance(e, user_errors()):
                 raise
-            raise SystemExit('error: %s' % e) from None
+            raise SystemExit('error: %s' % e if RANK == 0 else 1) from None
     return wrapped

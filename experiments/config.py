@@ -113,6 +113,11 @@ SCHEMA = {
     'row': (str, REQUIRED, None),
     'description': (str, '', None),
     'smoke': (bool, False, None),
+    # written by the run (experiments/parallel.py): how many processes trained it, with
+    # which ChainerMN communicator, and each one's part of data.batch_size
+    'world_size': (int, 1, _positive),
+    'communicator': (OPT_STR, None, None),
+    'per_rank_batch_size': (OPT_INT, None, _positive),
     'model': {
         'name': (str, REQUIRED, None),
         'kwargs': (dict, {}, None),
@@ -156,6 +161,8 @@ SCHEMA = {
         'decay': (NUM, 0.9, _fraction),
         'affine': (OPT_STR, 'channel', _choice('channel', 'component', None)),
         'lambda_scaling': (bool, True, None),
+        'min_count': (NUM, 16, _non_negative),
+        'inference': (str, 'consistent', _choice('consistent', 'paper')),
     },
     'train': {
         'epochs': (NUM, REQUIRED, _positive),
@@ -167,6 +174,9 @@ SCHEMA = {
         # MN layers (BN paths) whose fitted mixture is saved at 20/40/60/80/100 % of
         # training (paper Sec. 5.2, Figure 8)
         'save_mixtures': (list, [], None),
+        # with several processes: BN and MN normalize over the global batch (the
+        # paper's); false normalizes each process's part alone (not the paper's setting)
+        'sync_normalization': (bool, True, None),
     },
     # GAN runs (experiments/gan.py, paper Sec. 4.5); null for classifiers.  A GAN run
     # lasts gan.updates generator updates; train.epochs / snapshot_every / checkpoints

@@ -477,15 +477,19 @@ class EpochOrderSampler(chainer.iterators.OrderSampler):
         return numpy.random.RandomState(numpy.random.MT19937(seq)).permutation(len(order))
 
 
-def iterators(dataset, batch_size, seed, test_batch_size=None):
+def iterators(dataset, batch_size, seed, test_batch_size=None, shard=None):
     """(train_iter, test_iter): repeating, reproducibly shuffled train iterator
     (:class:`EpochOrderSampler`) and a single-pass, unshuffled test iterator.
 
     Batches are lists of (image, label) tuples (``chainer.dataset.concat_examples``);
-    augmentation (:func:`random_crop_flip`) is left to the training step.
+    augmentation (:func:`random_crop_flip`) is left to the training step.  ``shard``
+    (``shard(dataset, equal)``: :meth:`experiments.parallel.Parallel.shard`) cuts each
+    set to this process's part.
     """
     train = chainer.datasets.TupleDataset(dataset.train_x, dataset.train_y)
     test = chainer.datasets.TupleDataset(dataset.test_x, dataset.test_y)
+    if shard is not None:
+        train, test = shard(train, equal=True), shard(test, equal=False)
     train_iter = chainer.iterators.SerialIterator(train, batch_size, repeat=True,
                                                   order_sampler=EpochOrderSampler(seed))
     test_iter = chainer.iterators.SerialIterator(test, test_batch_size or batch_size,

@@ -62,6 +62,7 @@ from experiments import data as data_lib
 from experiments import environment
 from experiments import fid as fid_lib
 from experiments import paper
+from experiments import parallel as parallel_lib
 from experiments import records
 from experiments import train as train_lib
 from experiments.models import dcgan
@@ -404,6 +405,12 @@ def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, en
 
 # ----------------------------------------------------------------------------- run
 
+#: Why --communicator stops a GAN run.
+NOT_PARALLEL = ('DCGAN training and its FID run in one process: the data-parallel path '
+                '(--communicator) covers the classifier tables (2-6, DenseNet), not the '
+                'GAN of Sec. 4.5; run it without --communicator (on one GPU: --device 0)')
+
+
 def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
         force=False, log=print, start=None):
     """Train the GAN of ``cfg`` (validated; see :func:`load_config`); returns the
@@ -412,6 +419,7 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
     :func:`experiments.records.prepare_run`;
     ``dataset``: a loaded :class:`experiments.data.Dataset` (tests)."""
     check_config(cfg)
+    cfg = parallel_lib.create(None).record(cfg)     # one process (see NOT_PARALLEL)
     out = out or records.run_dir(cfg)
     start = start or records.prepare_run(cfg, out, resume, force)
     if start.action == 'skip':
@@ -579,6 +587,8 @@ def main(argv=None):
                    'statistics (default %s)' % fid_lib.default_cache_dir())
     train_lib.add_run_arguments(p)
     args = p.parse_args(argv)
+    if args.communicator:
+        raise config_lib.ConfigError(NOT_PARALLEL)
     sets = train_lib.config_overrides(args)
     if args.inception_weights:
         sets.append('gan.fid.weights=%s' % os.path.abspath(args.inception_weights))

@@ -51,7 +51,7 @@ NEUTRAL_OVERRIDES = ('description', 'data.data_dir', 'data.download', 'data.test
                      'gan.fid.cache_dir', 'gan.fid.batch_size')
 COVERED_OVERRIDES = ('smoke', 'data.dataset', 'data.subset', 'train.epochs',
                      'train.max_iterations', 'gan.updates', 'gan.fid.enabled',
-                     'gan.fid.random_weights')
+                     'gan.fid.random_weights', 'train.sync_normalization')
 
 
 class RunError(RuntimeError):
@@ -188,6 +188,9 @@ def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, en
         'dataset_source': dataset_source,
         'dataset_size': dataset_size,
         'smoke': bool(cfg.get('smoke')),
+        'world_size': cfg.get('world_size', 1),
+        'communicator': cfg.get('communicator'),
+        'per_rank_batch_size': cfg.get('per_rank_batch_size') or cfg['data']['batch_size'],
         'seed': cfg['train']['seed'],
         'epochs_planned': epochs,
         'epochs_done': done_epochs,
@@ -382,8 +385,14 @@ def _length_reasons(cfg):
 
 def _setting_reasons(cfg, sources):
     """Overrides and presets that change the row's setting, and configs that are not
-    rows of ``configs/``."""
+    rows of ``configs/``, and data-parallel runs that normalize each process's part of the
+    batch alone."""
     reasons = []
+    if cfg.get('world_size', 1) > 1 and not cfg['train'].get('sync_normalization', True):
+        reasons.append('normalization not synchronized: each of the %d processes '
+                       'normalizes over its %s images, not the batch of %d'
+                       % (cfg['world_size'], cfg.get('per_rank_batch_size'),
+                          cfg['data']['batch_size']))
     for src in sources:
         if src.startswith('--set '):
             key = src[len('--set '):].split('=', 1)[0].strip()
@@ -526,12 +535,28 @@ def begin(out, cfg, start, log=print):
 def clear_run(out):
     """Remove what a run wrote into ``out`` (:data:`RUN_FILES`, :data:`RUN_FOLDERS`,
     snapshots); config.yaml is rewritten by the next run."""
-    for path in snapshots(out) + [os.path.join(out, f) for f in RUN_FILES]:
+    others = glob.glob(os.path.join(glob.escape(out), 'snapshot_*.rank*'))  # other ranks'
+    for path in snapshots(out) + others + [os.path.join(out, f) for f in RUN_FILES]:
         if os.path.isfile(path):
             os.remove(path)
     for folder in RUN_FOLDERS:
         if os.path.isdir(os.path.join(out, folder)):
             shutil.rmtree(os.path.join(out, folder))
+
+
+def load_own_snapshot(trainer, path):
+    """Load the snapshot file of a process other than rank 0 (``snapshot_*.rank<r>``),
+    whose epoch rank 0 chose."""
+    import chainer
+    if not os.path.isfile(path):
+        raise RunError('%s is missing: the run was made with another number of processes '
+                       '(resume it with the same mpiexec -n), or --force starts it over'
+                       % path)
+    try:
+        chainer.serializers.load_npz(path, trainer)
+    except Exception as e:
+        raise RunError('%s cannot be read (%s: %s); --force starts the run over'
+                       % (path, type(e).__name__, e)) from None
 
 
 def load_snapshot(trainer, start, log=print):

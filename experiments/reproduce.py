@@ -13,6 +13,7 @@ exists (a finished run is kept, an interrupted one resumed, another config refus
 :func:`experiments.records.prepare_run`'s decision, the same as for
 ``python -m experiments.train``.  Each row prints the time it took.
 """
+import contextlib
 import os
 import time
 
@@ -20,6 +21,7 @@ from experiments import cli
 from experiments import compare
 from experiments import config as config_lib
 from experiments import paper
+from experiments import parallel
 from experiments import records
 from experiments import train
 
@@ -60,14 +62,17 @@ def train_row(run, cfg, out, args, label):
     """Train one (row, seed) with ``run`` (:func:`experiments.train.run` or
     :func:`experiments.gan.run`) unless :func:`~experiments.records.prepare_run` keeps
     it; prints what it did and how long it took."""
-    start = records.prepare_run(cfg, out, 'auto', args.force)
+    par = args.parallel
+    cfg = par.record(cfg)
+    start = par.decide(lambda: records.prepare_run(cfg, out, 'auto', args.force))
     if start.action == 'skip':
         print('== %s: %s' % (label, start.message), flush=True)
         return start.summary
     print('== %s -> %s' % (label, out), flush=True)
     t0 = time.time()
+    kwargs = {'par': par} if run is train.run else {}
     summary = run(cfg, out=out, device=args.device, progress=not args.no_progress,
-                  start=start)
+                  start=start, **kwargs)
     print('== %s: %s in %s' % (label, records.assess(records.Run(out)).status,
                                format_duration(time.time() - t0)), flush=True)
     return summary
@@ -132,6 +137,8 @@ def densenet(args):
 def dcgan(args):
     """Train DCGAN-BN and DCGAN-MN (Sec. 4.5) and print FIDs beside the paper's."""
     from experiments import gan
+    if args.parallel.size > 1 or args.communicator:
+        raise config_lib.ConfigError(gan.NOT_PARALLEL)
     sets = run_overrides(args)
     if args.inception_weights:
         sets.append('gan.fid.weights=%s' % os.path.abspath(args.inception_weights))
@@ -178,9 +185,14 @@ def table(args):
 
 
 def reproduce(args):
-    """Dispatch on ``args.table``: a table, ``densenet`` or ``dcgan``."""
-    if args.table == 'dcgan':
-        return dcgan(args)
-    if args.table == 'densenet':
-        return densenet(args)
-    return table(args)
+    """Dispatch on ``args.table``: a table, ``densenet`` or ``dcgan``.  With
+    ``--communicator`` under ``mpiexec`` every process runs the same rows and rank 0
+    prints and writes (:mod:`experiments.parallel`)."""
+    args.parallel = parallel.create(args.communicator)
+    quiet = open(os.devnull, 'w') if not args.parallel.writer else None
+    with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+        if args.table == 'dcgan':
+            return dcgan(args)
+        if args.table == 'densenet':
+            return densenet(args)
+        return table(args)

@@ -41,21 +41,24 @@ from experiments import data as data_lib
 from experiments import environment
 from experiments import models
 from experiments import optimizers
+from experiments import parallel as parallel_lib
 from experiments import records
 
 
 # ------------------------------------------------------------------------- pieces
 
-def place_mn(cfg, model):
+def place_mn(cfg, model, comm=None):
     """Replace the BNs named by ``cfg['mn']['layers']`` in ``model`` with MN links
-    (no-op without an ``mn`` section); returns the replaced BN paths."""
+    (no-op without an ``mn`` section), synchronized over ``comm`` when given; returns
+    the replaced BN paths."""
     mn = cfg.get('mn')
     if not mn:
         return []
     config_lib.check_layers(cfg, model)
     kwargs = {k: mn[k] for k in ('n_components', 'em_iters', 'fit_fraction', 'min_weight',
-                                 'queue_length', 'decay', 'affine', 'lambda_scaling')}
-    paths = mixnorm.replace_batch_normalization(model, mn['layers'], **kwargs)
+                                 'min_count', 'queue_length', 'decay', 'affine',
+                                 'lambda_scaling', 'inference')}
+    paths = mixnorm.replace_batch_normalization(model, mn['layers'], comm=comm, **kwargs)
     # distinct, reproducible GMM seeds per layer (persistent, so resumable)
     links = dict(model.namedlinks(skipself=True))
     for i, p in enumerate(paths):
@@ -75,21 +78,32 @@ def serialize_random_state(serializer, rng, prefix='rng'):
                        int(has_gauss), float(cached)))
 
 
-def build_model(cfg, n_classes):
-    """The classifier for ``cfg``: the registry's model, MN placed at ``mn.layers``."""
+def build_model(cfg, n_classes, par=None):
+    """The classifier for ``cfg``: the registry's model, MN placed at ``mn.layers``;
+    with several processes (``par``) the normalization is synchronized."""
+    par = par or parallel_lib.create(None)
     model = models.build_model(cfg['model']['name'], n_classes, **cfg['model']['kwargs'])
-    place_mn(cfg, model)
-    return L.Classifier(model)
+    place_mn(cfg, model, par.mn_comm(cfg))
+    return L.Classifier(par.normalization(model, cfg))
 
 
-def build_optimizer(cfg, link):
-    """The optimizer of ``cfg['optimizer']`` set up on ``link`` (with weight decay)."""
-    return optimizers.setup_optimizer(cfg['optimizer'], link)
+def build_optimizer(cfg, link, par=None):
+    """The optimizer of ``cfg['optimizer']`` set up on ``link`` (with weight decay),
+    ChainerMN's multi-node optimizer with several processes."""
+    par = par or parallel_lib.create(None)
+    return par.optimizer(optimizers.setup_optimizer(cfg['optimizer'], link))
 
 
-def build_iterators(cfg, dataset):
-    return data_lib.iterators(dataset, cfg['data']['batch_size'], cfg['train']['seed'],
-                              test_batch_size=cfg['data']['test_batch_size'])
+def build_iterators(cfg, dataset, par=None):
+    """This process's iterators: its shard of the data, its part of the batch."""
+    par = par or parallel_lib.create(None)
+    seed = cfg['train']['seed']
+
+    def shard(ds, equal):           # the same cut on every process
+        return par.shard(ds, seed + (0 if equal else 1), equal)
+    return data_lib.iterators(dataset, par.per_rank_batch_size(cfg),
+                              seed + parallel_lib.RANK_SEED * par.rank,
+                              test_batch_size=cfg['data']['test_batch_size'], shard=shard)
 
 
 class AugmentingUpdater(training.updaters.StandardUpdater):
@@ -197,8 +211,10 @@ def progress_extensions(trainer, entries, bar_interval):
 
 
 def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device,
-                  progress=True):
-    updater = AugmentingUpdater(train_iter, optimizer, device, cfg['train']['seed'] + 17,
+                  progress=True, par=None):
+    par = par or parallel_lib.create(None)
+    updater = AugmentingUpdater(train_iter, optimizer, device, cfg['train']['seed'] + 17
+                                + parallel_lib.RANK_SEED * par.rank,
                                 augment=cfg['data']['augment'])
     epochs = cfg['train']['epochs']
     stop = (cfg['train']['max_iterations'], 'iteration') if cfg['train']['max_iterations'] \
@@ -207,38 +223,42 @@ def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device
     attr = optimizers.lr_attr(optimizer)
     schedule = optimizers.make_schedule(cfg['schedule'], cfg['optimizer']['lr'], epochs)
     trainer.extend(optimizers.LearningRateSchedule(schedule, attr=attr))
-    trainer.extend(extensions.Evaluator(test_iter, classifier, device=device),
+    trainer.extend(par.evaluator(extensions.Evaluator(test_iter, classifier, device=device)),
                    trigger=(1, 'epoch'))
     trainer.extend(extensions.observe_value(
         'lr', lambda t: getattr(t.updater.get_optimizer('main'), attr)),
         trigger=(1, 'iteration'))
     if mn_links(classifier.predictor):
         trainer.extend(ReportMixtureComponents(classifier.predictor))
-    if cfg['train']['save_mixtures']:
+    if cfg['train']['save_mixtures'] and par.writer:
         total = cfg['train']['max_iterations'] or int(
-            epochs * math.ceil(len(train_iter.dataset) / cfg['data']['batch_size']))
+            epochs * math.ceil(len(train_iter.dataset) / train_iter.batch_size))
         trainer.extend(SaveMixtures(classifier.predictor, cfg['train']['save_mixtures'],
                                     total, out))
-    trainer.extend(extensions.LogReport(trigger=(1, 'epoch'), filename='log.json'))
-    trainer.extend(extensions.snapshot(filename='snapshot_epoch_{.updater.epoch}'),
+    if par.writer:
+        trainer.extend(extensions.LogReport(trigger=(1, 'epoch'), filename='log.json'))
+    # every process keeps its own snapshot (its shard's iterator and RNG state)
+    trainer.extend(extensions.snapshot(filename='snapshot_epoch_{.updater.epoch}'
+                                       + par.snapshot_suffix()),
                    trigger=(cfg['train']['snapshot_every'], 'epoch'))
-    if progress:
+    if progress and par.writer:
         progress_extensions(trainer, ['epoch', 'iteration', 'main/loss', 'main/accuracy',
                                       'validation/main/loss', 'validation/main/accuracy',
                                       'lr', 'elapsed_time'], bar_interval=1)
     return trainer
 
 
-def build(cfg, dataset, out, device, progress=True):
+def build(cfg, dataset, out, device, progress=True, par=None):
     """Everything a run of ``cfg`` on ``dataset`` needs, assembled in one place: the
     classifier (on ``device``), its optimizer, the iterators and the trainer writing
-    into ``out``.  Returns ``(classifier, trainer)``."""
-    classifier = build_model(cfg, dataset.n_classes)    # validates mn.layers
+    into ``out``, for one process or for this one of several (``par``,
+    :mod:`experiments.parallel`).  Returns ``(classifier, trainer)``."""
+    classifier = build_model(cfg, dataset.n_classes, par)    # validates mn.layers
     classifier.to_device(device)
-    optimizer = build_optimizer(cfg, classifier)
-    train_iter, test_iter = build_iterators(cfg, dataset)
+    optimizer = build_optimizer(cfg, classifier, par)
+    train_iter, test_iter = build_iterators(cfg, dataset, par)
     trainer = build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device,
-                            progress=progress)
+                            progress=progress, par=par)
     return classifier, trainer
 
 
@@ -317,33 +337,43 @@ def train_loop(trainer, out, write_summary, unit='epoch'):
 
 
 def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
-        force=False, log=print, start=None):
+        force=False, log=print, start=None, communicator=None, par=None):
     """Train ``cfg`` (a validated config dict); returns the summary dict.
 
     ``resume``: ``'auto'`` (skip a finished run, resume an interrupted one), or a
     snapshot path; ``force``: start over; ``start``: that decision already taken by
     :func:`experiments.records.prepare_run`.  ``dataset``: an already loaded
-    :class:`experiments.data.Dataset` (tests).
+    :class:`experiments.data.Dataset` (tests).  ``communicator``: a ChainerMN
+    communicator name to train data-parallel under ``mpiexec`` (or ``par``, an
+    :class:`experiments.parallel.Parallel`); rank 0 writes the run directory.
     """
     if cfg.get('gan'):
         raise config_lib.ConfigError('%s: a GAN config; train it with python -m '
                                      'experiments.gan' % ', '.join(cfg.get('_sources', [])))
+    par = par or parallel_lib.create(communicator)
+    cfg = par.record(cfg)
+    if not par.writer:
+        log = _quiet
     out = out or records.run_dir(cfg)
-    start = start or records.prepare_run(cfg, out, resume, force)
+    start = start or par.decide(lambda: records.prepare_run(cfg, out, resume, force))
     if start.action == 'skip':
         log(start.message)
         return start.summary
-    device = resolve_device(device) if not isinstance(device, chainer.backend.Device) \
-        else device
+    if not isinstance(device, chainer.backend.Device):
+        device = resolve_device(par.device(device))
     seed_everything(device, cfg['train']['seed'])
     if dataset is None:
         dataset = load_data(cfg)
     config_lib.check_batch_size(cfg, dataset.n_train)
-    classifier, trainer = build(cfg, dataset, out, device, progress)
+    classifier, trainer = build(cfg, dataset, out, device, progress, par)
     # the run directory appears (or is cleared) only once device, data and model are
     # known to be good
-    records.begin(out, cfg, start, log)
-    resumed = records.load_snapshot(trainer, start, log=log)
+    par.decide(lambda: records.begin(out, cfg, start, log))
+    resumed = par.decide(lambda: records.load_snapshot(trainer, start, log=log))
+    if resumed:
+        if not par.writer:
+            records.load_own_snapshot(trainer, par.own_snapshot(resumed))
+        par.resumed(trainer)
     if resumed:
         log('resumed from %s (epoch %d, iteration %d)'
             % (resumed, trainer.updater.epoch, trainer.updater.iteration))
@@ -351,6 +381,8 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
     env = environment.describe()
 
     def write_summary(finished):
+        if not par.writer:
+            return None
         log_path = os.path.join(out, 'log.json')
         entries = records.read_json(log_path) if os.path.exists(log_path) else []
         summary = records.summarize(
@@ -367,7 +399,11 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
 
     write_summary(finished=False)
     train_loop(trainer, out, write_summary)
-    return write_summary(finished=True)
+    return par.decide(lambda: write_summary(finished=True))
+
+
+def _quiet(*args, **kwargs):
+    """The log of the processes other than rank 0."""
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -392,6 +428,10 @@ def add_run_arguments(p):
                         'directory (a finished run is otherwise kept, an interrupted '
                         'one resumed)')
     p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--communicator', metavar='NAME',
+                   help='train data-parallel under mpiexec with this ChainerMN communicator '
+                        '(naive on CPUs, pure_nccl on GPUs); the config\'s batch size is '
+                        'the global batch')
     return p
 
 
@@ -429,11 +469,13 @@ def main(argv=None):
                         'or a snapshot path')
     add_run_arguments(p)
     args = p.parse_args(argv)
+    par = parallel_lib.create(args.communicator)
     cfg = config_lib.load_config(args.config, args.preset, config_overrides(args))
     out = args.out or records.run_dir(cfg)
     summary = run(cfg, out=out, device=args.device, resume=args.resume,
-                  progress=not args.no_progress, force=args.force)
-    print(describe_result(summary, out))
+                  progress=not args.no_progress, force=args.force, par=par)
+    if par.writer:
+        print(describe_result(summary, out))
 
 
 if __name__ == '__main__':

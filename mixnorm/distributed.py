@@ -25,6 +25,8 @@ module and :mod:`mixnorm._collectives` need mpi4py, imported when a link is buil
 """
 from mixnorm import _compat  # noqa: F401
 
+import copy
+
 from mixnorm import _collectives
 from mixnorm.links import MixtureNormalization
 
@@ -58,6 +60,16 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
         self.comm = comm
         self._reducer = _collectives.MPIReducer(comm.mpi_comm)
         self.seed = int(comm.mpi_comm.bcast(self.seed, root=0))
+
+    def __deepcopy__(self, memo):
+        # a copy (e.g. chainermn.links.create_mnbn_model's) shares the communicator
+        memo[id(self.comm)] = self.comm
+        memo[id(self._reducer)] = self._reducer
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
 
     def _label(self):
         return 'MultiNodeMixtureNormalization %r (rank %d of %d)' % (

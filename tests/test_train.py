@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments import compare, config as C, records, train
+from experiments import compare, config as C, parallel, records, train
 
 T2 = os.path.join(C.CONFIG_ROOT, 'table2', 'cifar10')
 TINY = ['data.dataset=synthetic', 'data.subset=[64, 32]', 'data.batch_size=16',
@@ -255,7 +255,9 @@ def test_force_starts_over_with_the_new_config(bn_mn_runs, tmp_path, capsys):
     assert sorted(f for f in os.listdir(run) if f.startswith('snapshot')) == \
         ['snapshot_epoch_1']
     assert len(json.load(open(os.path.join(run, 'log.json')))) == 1
-    assert C.differences(records.stored_config(run), new) == []
+    recorded = parallel.create(None).record(new)         # + world_size, communicator, ...
+    assert C.differences(records.stored_config(run), recorded) == []
+    assert records.stored_config(run)['world_size'] == 1 and s['world_size'] == 1
 
 
 def test_no_nan_accuracy_before_the_first_evaluation(tmp_path):

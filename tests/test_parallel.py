@@ -1,0 +1,136 @@
+"""Data-parallel training (``--communicator``, experiments/parallel.py): the single
+process is the P = 1 case of the same code; under ``mpiexec -n 2`` rank 0 writes the
+run, every process keeps its own snapshot, a killed run resumes where it stopped, and
+user mistakes are one error line.  The MPI tests skip without mpi4py/mpiexec."""
+import mixnorm._compat  # noqa: F401
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments import config as C
+from experiments import parallel
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROW = os.path.join(REPO, 'configs', 'table2', 'cifar10', 'MN-2.yaml')
+TINY = ['--preset', 'smoke', '--synthetic', '--no-progress',
+        '--set', 'data.subset=[128, 32]', '--set', 'data.batch_size=32',
+        '--set', 'train.snapshot_every=1']
+
+
+def mpiexec():
+    local = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
+    return local if os.path.exists(local) else shutil.which('mpiexec')
+
+
+needs_mpi = pytest.mark.skipif(
+    importlib.util.find_spec('mpi4py') is None or mpiexec() is None,
+    reason='needs mpi4py and mpiexec (pip install mpi4py mpich)')
+
+
+def train_cmd(P, out, *extra):
+    cmd = [sys.executable, '-m', 'experiments.train', ROW, '--out', out] + TINY + list(extra)
+    if P > 1:
+        cmd = [mpiexec(), '-n', str(P)] + cmd + ['--communicator', 'naive']
+    return cmd
+
+
+def run(cmd, timeout=240, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          **kw)
+
+
+def summary(out):
+    with open(os.path.join(out, 'summary.json')) as f:
+        return json.load(f)
+
+
+def test_one_process_is_the_p1_case():
+    par = parallel.create(None)
+    cfg = C.load_config(ROW, ['smoke'], ['data.dataset=synthetic'])
+    rec = par.record(cfg)
+    assert (rec['world_size'], rec['communicator'], rec['per_rank_batch_size']) == \
+        (1, None, cfg['data']['batch_size'])
+    ds = list(range(10))
+    assert par.shard(ds, 0) is ds and par.decide(lambda: 42) == 42
+    assert par.own_snapshot('snapshot_epoch_3') == 'snapshot_epoch_3'
+
+
+def test_a_communicator_without_mpi4py_names_the_install_command():
+    code = ('import sys; sys.modules["mpi4py"] = None\n'
+            'from experiments import parallel\n'
+            'try:\n    parallel.create("naive")\n'
+            'except Exception as e:\n    print(type(e).__name__, e)\n')
+    r = run([sys.executable, '-c', code], timeout=60)
+    assert 'ConfigError' in r.stdout and "pip install -e '.[distributed]'" in r.stdout
+
+
+def test_gan_says_it_is_not_data_parallel():
+    r = run([sys.executable, '-m', 'experiments.gan',
+             os.path.join(REPO, 'configs', 'dcgan', 'cifar10', 'mn.yaml'),
+             '--communicator', 'naive', '--synthetic'], timeout=60)
+    assert r.returncode == 1 and r.stderr.strip().startswith('error: DCGAN training')
+    assert 'Traceback' not in r.stderr
+
+
+@needs_mpi
+def test_two_processes_rank0_writes_and_records_the_world(tmp_path):
+    out = str(tmp_path / 'run')
+    r = run(train_cmd(2, out, '--set', 'train.epochs=1'))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count('finished, best test accuracy') == 1       # rank 0 speaks
+    s = summary(out)
+    assert (s['world_size'], s['communicator'], s['per_rank_batch_size']) == (2, 'naive', 16)
+    assert sorted(os.listdir(out)) == ['config.yaml', 'log.json', 'snapshot_epoch_1',
+                                       'snapshot_epoch_1.rank1', 'summary.json']
+    assert 'world_size: 2' in open(os.path.join(out, 'config.yaml')).read()
+    # 128 images, 32 a step: every epoch has 4 steps, as for one process
+    assert json.load(open(os.path.join(out, 'log.json')))[-1]['iteration'] == 4
+
+
+@needs_mpi
+def test_a_killed_two_process_run_resumes_where_it_stopped(tmp_path):
+    ref, out = str(tmp_path / 'ref'), str(tmp_path / 'killed')
+    epochs = ['--set', 'train.epochs=4']
+    r = run(train_cmd(2, ref, *epochs))
+    assert r.returncode == 0, r.stdout + r.stderr
+    p = subprocess.Popen(train_cmd(2, out, *epochs), cwd=REPO, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 200
+    while not os.path.exists(os.path.join(out, 'snapshot_epoch_1.rank1')):
+        assert p.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)                          # let the files be complete
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not summary(out)['finished']
+    r = run(train_cmd(2, out, *epochs))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'resumed from' in r.stdout and r.stdout.count('resumed from') == 1
+    got, want = summary(out), summary(ref)
+    assert got['finished'] and got['resumed_from'].startswith('snapshot_epoch_')
+    log_got = json.load(open(os.path.join(out, 'log.json')))
+    log_ref = json.load(open(os.path.join(ref, 'log.json')))
+    keys = ('main/loss', 'validation/main/loss', 'validation/main/accuracy')
+    assert [[e[k] for k in keys] for e in log_got] == [[e[k] for k in keys] for e in log_ref]
+
+
+@needs_mpi
+def test_mistakes_under_mpi_are_one_line(tmp_path):
+    out = str(tmp_path / 'run')
+    r = run(train_cmd(3, out, '--set', 'train.epochs=1'))      # 32 among 3 processes
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith('error:')]
+    assert len(lines) == 1 and 'does not divide among 3 processes' in lines[0], r.stderr
+    assert 'Traceback' not in r.stderr
+    r = run(train_cmd(2, out, '--set', 'train.epochs=1'))
+    assert r.returncode == 0, r.stderr
+    r = run(train_cmd(1, out, '--set', 'train.epochs=2'))       # one process, other length
+    assert r.returncode == 1 and 'world_size (run: 2, now: 1)' in r.stderr
