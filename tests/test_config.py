@@ -163,6 +163,27 @@ def test_a_gan_section_needs_the_dcgan_model(tmp_path):
         C.load_config(_write(tmp_path, BASE + 'gan: {updates: 10}\n'))
 
 
+
+def _row_configs():
+    for folder, _, files in sorted(os.walk(C.CONFIG_ROOT)):
+        if os.path.basename(folder) != 'presets':
+            yield from (os.path.join(folder, f) for f in sorted(files)
+                        if f.endswith('.yaml') and f != 'base.yaml')
+
+
+def test_smoke_preset_keeps_every_architecture():
+    """Smoke shrinks data and iterations only: each row keeps the model and MN sites it
+    names, and its training subset holds at least one batch."""
+    paths = list(_row_configs())
+    assert len(paths) > 40
+    for path in paths:
+        full = C.load_config(path)
+        presets = ['smoke', 'gan_smoke'] if full['experiment'] == 'dcgan' else ['smoke']
+        smoke = C.load_config(path, presets)
+        assert smoke['smoke'] and not full['smoke'], path
+        assert (smoke['model'], smoke['mn']) == (full['model'], full['mn']), path
+        assert smoke['data']['subset'][0] >= smoke['data']['batch_size'], path
+
 def _write(tmp_path, text, name='row.yaml'):
     p = tmp_path / name
     p.write_text(text)

@@ -97,7 +97,7 @@ def test_smoke_preset_for_gan_configs():
     assert cfg['smoke'] and cfg['_sources'][-1].endswith('gan_smoke.yaml')
     f = cfg['gan']['fid']
     assert f['random_weights'] and cfg['gan']['updates'] <= 50 and f['n_samples'] <= 1000
-    assert cfg['model']['kwargs']['ch'] == 64 and cfg['model']['kwargs']['z_dim'] == 128
+    assert cfg['model']['kwargs']['ch'] == 512 and cfg['model']['kwargs']['z_dim'] == 128
     plain = C.load_config(os.path.join(DCGAN, 'mn.yaml'), ['smoke'])
     with pytest.raises(C.ConfigError, match='gan_smoke'):
         gan.check_config(plain)
