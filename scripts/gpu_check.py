@@ -17,7 +17,7 @@ wheels for its Python into ``.whl`` (ignored by git) and carry that folder::
     .venv/bin/pip wheel --no-deps --no-build-isolation -w .whl chainer==7.8.1
     .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 \\
         --platform manylinux2014_x86_64 -d .whl pyyaml matplotlib contourpy cycler \\
-        fonttools kiwisolver pillow pyparsing python-dateutil packaging
+        fonttools kiwisolver pillow pyparsing python-dateutil packaging mpi4py mpich
 
 (``--no-deps`` keeps the machine's own NumPy, which its CuPy was built for; about 30 MB,
 under the 64 MiB a run may carry)
@@ -47,6 +47,8 @@ from experiments import cli, environment  # noqa: E402
 
 PY = sys.executable
 REPRO = [PY, 'scripts/reproduce.py']
+MPIEXEC = os.path.join(os.path.dirname(PY), 'mpiexec') \
+    if os.path.exists(os.path.join(os.path.dirname(PY), 'mpiexec')) else 'mpiexec'
 
 
 def _smoke(table, *extra):
@@ -67,6 +69,10 @@ STEPS = [
     ('smoke_table4', _smoke('table4', '--dataset', 'cifar10', '--rows', 'MN-1'), 600),
     ('smoke_densenet', _smoke('densenet', '--depth', '40'), 600),
     ('smoke_dcgan', _smoke('dcgan', '--no-fid'), 600),
+    # the data-parallel path on one GPU with ChainerMN's NCCL communicator (needs mpi4py,
+    # an MPI and CuPy's NCCL; see the wheels above)
+    ('nccl_table2', [MPIEXEC, '-n', '1'] + _smoke('table2', '--dataset', 'cifar10', '--rows',
+                                                 'MN-2', '--communicator', 'pure_nccl'), 600),
 ]
 
 

@@ -65,3 +65,12 @@ def test_records_each_step_and_keeps_going(tmp_path):
     assert steps['chainer_on_cupy']['rc'] == 1       # no CuPy here: recorded, not fatal
     assert 'FAILED' in open(tmp_path / 'chainer_on_cupy.log').read()
     assert r.returncode == 1 and 'failed: environment, chainer_on_cupy' in r.stdout
+
+
+def test_the_nccl_step_is_a_valid_data_parallel_command_line(monkeypatch):
+    """The pure_nccl step runs reproduce.py under mpiexec with --communicator."""
+    name, action, _ = next(s for s in gpu_check.STEPS if s[0] == 'nccl_table2')
+    assert os.path.basename(action[0]).startswith('mpiexec') and action[1:3] == ['-n', '1']
+    argv = [a.format(out='/tmp/x', device='0') for a in action[5:]]
+    args = reproduce.parser().parse_args(argv)
+    assert args.communicator == 'pure_nccl' and args.device == '0' and args.synthetic

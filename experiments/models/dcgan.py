@@ -35,7 +35,7 @@ gamma (Chainer-GAN-lib):
     l4    linear 4*4*512 -> 1 (the logit)
 
 All weights are initialised N(0, 0.02^2) (``wscale``), biases 0.  ``ch`` may be reduced
-(smoke runs and tests use 64); ``ch`` must be a multiple of 8.
+(the tests narrow it to 16; smoke runs keep 512); ``ch`` must be a multiple of 8.
 """
 from mixnorm import _compat  # noqa: F401
 
