@@ -263,7 +263,13 @@ def main(argv=None):
                    "tests only)")
     p.add_argument('--out', default=OUT_DIR, help='folder of the record (default %(default)s)')
     p.add_argument('--no-write', action='store_true', help='print only')
+    p.add_argument('--list', action='store_true',
+                   help='print the rows --rows selects (key, layers per block) and stop')
     args = p.parse_args(argv)
+    if args.list:
+        for key, row in select_rows(args.rows or DEFAULTS[args.device]['rows']):
+            print(key, row['layers_per_block'])
+        return []
     env = environment.describe()
     if args.device == 'gpu' and env['gpu'] is None:
         sys.exit('table7: --device gpu needs CuPy and a CUDA device')

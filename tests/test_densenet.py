@@ -1,6 +1,5 @@
 """DenseNet (paper Sec. 4.4, Table 7): architecture, MN placement names, the Sec. 4.4
 configs, a smoke training run, and the Table 7 benchmark script (tiny, --no-write)."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -197,24 +196,22 @@ def test_smoke_run_mn_l40_writes_records(tmp_path):
 
 # -------------------------------------------------------------------------- benchmark
 
-def _table7():
-    spec = importlib.util.spec_from_file_location('bench_table7',
-                                                  os.path.join(REPO, 'bench', 'table7.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _table7(*args, timeout=300):
+    """bench/table7.py run as a user runs it (tests do not import bench/)."""
+    res = subprocess.run([sys.executable, os.path.join('bench', 'table7.py')] + list(args),
+                         cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return res
 
 
 def test_table7_row_selection():
-    t7 = _table7()
-    keys = [k for k, _ in t7.select_rows('dim196')]
-    assert keys == ['L20-bs64-BN'] + ['L20-bs64-MN-K%d' % k for k in range(2, 6)]
-    rows = dict(t7.select_rows('L40-bs128-MN-K5'))
+    listed = _table7('--list', '--rows', 'dim196').stdout.split()
+    assert listed[::2] == ['L20-bs64-BN'] + ['L20-bs64-MN-K%d' % k for k in range(2, 6)]
+    rows = dict(zip(*[iter(_table7('--list', '--rows', 'L40-bs128-MN-K5').stdout.split())] * 2))
     assert list(rows) == ['L40-bs128-BN', 'L40-bs128-MN-K5']     # BN added for the ratio
-    assert rows['L40-bs128-MN-K5']['layers_per_block'] == 12
-    assert len(t7.select_rows('all')) == 15
-    with pytest.raises(SystemExit, match='L20-bs64-BN'):
-        t7.select_rows('L30-*')
+    assert rows['L40-bs128-MN-K5'] == '12'
+    assert len(_table7('--list', '--rows', 'all').stdout.splitlines()) == 15
+    res = _table7('--list', '--rows', 'L30-*')
+    assert res.returncode != 0 and 'L20-bs64-BN' in res.stderr
 
 
 def test_table7_cli_prints_ratios_without_writing():
@@ -233,14 +230,15 @@ def test_table7_cli_prints_ratios_without_writing():
     assert (os.path.getmtime(record) if os.path.exists(record) else None) == before
 
 
-def test_table7_writes_record_to_out(tmp_path, capsys):
-    t7 = _table7()
-    rows = t7.main(['--iters', '1', '--warmup', '0', '--rows', 'L20-bs64-MN-K2', '--batch', '2',
-                    '--out', str(tmp_path)])
+def test_table7_writes_record_to_out(tmp_path):
+    res = _table7('--iters', '1', '--warmup', '0', '--rows', 'L20-bs64-MN-K2', '--batch', '2',
+                  '--out', str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    rec = json.load(open(str(tmp_path / 'table7_cpu.json')))
+    rows = rec['rows']
     assert [r['row'] for r in rows] == ['L20-bs64-BN', 'L20-bs64-MN-K2']
     assert rows[0]['ours_ratio'] == 1.0 and rows[1]['ours_ratio'] > 0
     assert rows[1]['paper_ratio'] == pytest.approx(14.46 / 16.40)
-    rec = json.load(open(str(tmp_path / 'table7_cpu.json')))
     assert rec['benchmark'] == 'table7_cpu' and rec['environment']['cpu']
     assert rec['batch_override'] == 2 and rec['iters'] == 1
     md = open(str(tmp_path / 'table7_cpu.md')).read()
@@ -249,7 +247,8 @@ def test_table7_writes_record_to_out(tmp_path, capsys):
 
 @pytest.mark.gpu
 def test_table7_gpu_tiny(tmp_path):
-    t7 = _table7()
-    rows = t7.main(['--device', 'gpu', '--iters', '2', '--warmup', '1', '--rows',
-                    'L20-bs64-MN-K3', '--batch', '8', '--out', str(tmp_path)])
+    res = _table7('--device', 'gpu', '--iters', '2', '--warmup', '1', '--rows',
+                  'L20-bs64-MN-K3', '--batch', '8', '--out', str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    rows = json.load(open(str(tmp_path / 'table7_gpu.json')))['rows']
     assert all(np.isfinite(r['ours_it_per_s']) for r in rows)
