@@ -1,11 +1,18 @@
 # One environment, two commands (see README.md):
 #   make reproduce   set up .venv and run the main job
 #   make test        set up .venv and run the test suite
-# Chainer 7.8.1 is an sdist whose setup.py needs pkg_resources: it builds only
-# with setuptools<70 and --no-build-isolation, which the venv target handles.
+#   make test PYTHON=python3.12 VENV=.venv-3.12   the same under another interpreter
+# Chainer 7.8.1 is an sdist whose setup.py imports pkg_resources, and so does every
+# `import chainer`: it needs a setuptools that still ships pkg_resources (< 82) in the
+# venv, and --no-build-isolation (an isolated build gets the newest setuptools, which
+# has none).  Tried on Python 3.10-3.13: the Chainer sdist builds with setuptools
+# 69.5-81.0 and fails with 82.0+ on every version.  The pin stays at setuptools<70
+# for our own editable install: its start-up-hook copy (setup.py) is what it is tested
+# with, and with setuptools 81 pip's `setup.py develop` path fails in it; and from
+# setuptools 80 on, pkg_resources adds a UserWarning to every `import chainer`.
 
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mixnorm-installed
 PYTEST_ARGS ?=
@@ -31,7 +38,7 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools<70" wheel
 	$(PY) -m pip install -q --no-build-isolation chainer==7.8.1
-	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev,distributed]'
 	touch $(STAMP)
 
 test: venv

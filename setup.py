@@ -60,5 +60,7 @@ setup(
     extras_require={
         'gpu': ['cupy'],
         'dev': ['pytest', 'scikit-learn', 'scipy'],
+        # ChainerMN's communicators; the MPICH wheel brings libmpi and bin/mpiexec.
+        'distributed': ['mpi4py', 'mpich'],
     },
 )
