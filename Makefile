@@ -3,13 +3,14 @@
 #   make test        set up .venv and run the test suite
 #   make test PYTHON=python3.12 VENV=.venv-3.12   the same under another interpreter
 # Chainer 7.8.1 is an sdist whose setup.py imports pkg_resources, and so does every
-# `import chainer`: it needs a setuptools that still ships pkg_resources (< 82) in the
-# venv, and --no-build-isolation (an isolated build gets the newest setuptools, which
-# has none).  Tried on Python 3.10-3.13: the Chainer sdist builds with setuptools
-# 69.5-81.0 and fails with 82.0+ on every version.  The pin stays at setuptools<70
-# for our own editable install: its start-up-hook copy (setup.py) is what it is tested
-# with, and with setuptools 81 pip's `setup.py develop` path fails in it; and from
-# setuptools 80 on, pkg_resources adds a UserWarning to every `import chainer`.
+# `import chainer`: the venv needs a setuptools that still ships pkg_resources, and the
+# build --no-build-isolation (an isolated build gets the newest setuptools, which has
+# none).  Tried on each of Python 3.10-3.13: the sdist builds with setuptools 69.5.1
+# and 81.0.0 (also 70.0, 75.3, 80.10 on 3.12) and fails from 82.0 on, which removed
+# pkg_resources; so setuptools<70 is not what Chainer needs, <82 is.  The pin stays at
+# <70 for our own editable install, which copies the start-up hook (setup.py): it is
+# tested with <70, and with setuptools 81 pip's `setup.py develop` path fails in it.
+# Also, from setuptools 80 on, pkg_resources adds a UserWarning to every import chainer.
 
 PYTHON ?= python3
 VENV   ?= .venv
