@@ -9,7 +9,12 @@ step of each side by side.  The synchronized MN moves O(K C) numbers per collect
 never O(n C).  Rank 0 writes ``results/bench/comm_cpu.{json,md}`` with the hardware
 named (``--no-write`` to skip).
 
-    mpiexec -n 2 python bench/bench_comm.py [--shape 64,448,8,8] [--repeats 3]
+    OMP_NUM_THREADS=1 mpiexec -n 2 python bench/bench_comm.py [--shape 64,448,8,8]
+
+Give each process its share of the cores (``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``
+= cores / P): P processes that each start a BLAS thread per core oversubscribe the
+machine, and the MN step, which has more matrix products and collectives than BN's,
+slows down by an order of magnitude.  The record notes the setting used.
 """
 import argparse
 import os
@@ -121,7 +126,10 @@ def main(argv=None):
                      'ChainerMN BN: calls of comm._multi_node_mean (float32 all-reduce, in '
                      'place); MN: the all-gathers of its reducer (float64). EM iter. 2. '
                      'Times are medians over %d steps on this CPU with the naive '
-                     'communicator, all processes on one machine.' % args.repeats,
+                     'communicator, all processes on one machine, BLAS threads per '
+                     'process: %s.' % (args.repeats, os.environ.get(
+                         'OPENBLAS_NUM_THREADS', os.environ.get('OMP_NUM_THREADS',
+                                                                'unset (one per core)'))),
                      out_dir=args.out)
     return rows
 

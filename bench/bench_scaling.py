@@ -33,7 +33,10 @@ def train_once(row, P, out, n_train, batch, epochs):
         mpiexec = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
         cmd = [mpiexec if os.path.exists(mpiexec) else 'mpiexec', '-n', str(P)] + cmd + \
             ['--communicator', 'naive']
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    # each of the P processes gets its share of the cores (no BLAS oversubscription)
+    threads = str(max(1, (os.cpu_count() or 1) // P))
+    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     if r.returncode:
         raise SystemExit('P=%d failed:\n%s' % (P, r.stderr[-3000:]))
     with open(os.path.join(out, 'log.json')) as f:
@@ -41,6 +44,7 @@ def train_once(row, P, out, n_train, batch, epochs):
     dt = log[-1]['elapsed_time'] - log[0]['elapsed_time']
     return {'processes': P, 'row': row, 'images_per_epoch': n_train, 'global_batch': batch,
             'per_rank_batch': batch // P, 'epochs_timed': len(log) - 1,
+            'blas_threads_per_process': int(threads),
             'seconds': dt, 'images_per_s': n_train * (len(log) - 1) / dt}
 
 
@@ -73,11 +77,12 @@ def main(argv=None):
                      [('row', 'row', '%s'), ('processes', 'processes', '%d'),
                       ('global batch', 'global_batch', '%d'),
                       ('per process', 'per_rank_batch', '%d'),
+                      ('BLAS threads per process', 'blas_threads_per_process', '%d'),
                       ('images/s', 'images_per_s', '%.1f'), ('vs P=1', 'speedup', '%.2f')],
                      'Synthetic images, the smoke preset with %d training images, batch %d, '
                      'epochs 2-%d timed from the log (evaluation and snapshots included). All '
                      'processes on this one machine with the naive communicator, so P '
-                     'processes share its cores.' % (args.images, args.batch, args.epochs),
+                     'processes share its cores (each gets cores / P BLAS threads).' % (args.images, args.batch, args.epochs),
                      out_dir=args.out)
     return rows
 

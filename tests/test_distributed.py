@@ -5,9 +5,7 @@ end with bitwise-identical mixtures and queues; an unsynchronized MN on the same
 split gives another result.  Skipped when mpi4py or mpiexec is missing."""
 import mixnorm._compat  # noqa: F401
 
-import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 
@@ -23,22 +21,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, 'mpi_workers', 'mn_worker.py')
 sys.path.insert(0, os.path.join(HERE, 'mpi_workers'))
 import mn_worker  # noqa: E402
+import mpi_util  # noqa: E402
 
 
-def mpiexec():
-    local = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
-    return local if os.path.exists(local) else shutil.which('mpiexec')
-
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec('mpi4py') is None or mpiexec() is None,
-    reason='needs mpi4py and mpiexec (pip install mpi4py mpich)')
+pytestmark = mpi_util.needs_mpi
 
 
 def run_worker(tmp_path, P, K):
     out = str(tmp_path / ('P%d_K%d.npz' % (P, K)))
-    r = subprocess.run([mpiexec(), '-n', str(P), sys.executable, WORKER, out, str(K)],
-                       capture_output=True, text=True, timeout=90)
+    r = subprocess.run([mpi_util.mpiexec(), '-n', str(P), sys.executable, WORKER, out, str(K)],
+                       capture_output=True, text=True, timeout=90, env=mpi_util.env())
     assert r.returncode == 0, r.stdout + r.stderr
     with np.load(out) as f:
         data = dict(f)

@@ -14,11 +14,12 @@ import sys
 import numpy as np
 import pytest
 
+import mpi_util
 from mixnorm import gmm as G
+from mpi_util import needs_mpi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, 'mpi_workers', 'gmm_worker.py')
-MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
 
 
 def _worker_module():
@@ -28,21 +29,10 @@ def _worker_module():
     return module
 
 
-def _skip_reason():
-    if importlib.util.find_spec('mpi4py') is None:
-        return 'mpi4py is not installed (pip install mpi4py mpich)'
-    if not os.access(MPIEXEC, os.X_OK):
-        return 'no mpiexec next to %s (pip install mpich)' % sys.executable
-    return None
-
-
-needs_mpi = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
-
-
 def _run(size, out_dir):
-    env = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1')
-    proc = subprocess.run([MPIEXEC, '-n', str(size), sys.executable, WORKER, str(out_dir)],
-                          capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run([mpi_util.mpiexec(), '-n', str(size), sys.executable, WORKER,
+                           str(out_dir)], capture_output=True, text=True, timeout=60,
+                          env=mpi_util.env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return [dict(np.load(os.path.join(out_dir, 'rank%d.npz' % r))) for r in range(size)]
 

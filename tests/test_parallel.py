@@ -4,18 +4,16 @@ run, every process keeps its own snapshot, a killed run resumes where it stopped
 user mistakes are one error line.  The MPI tests skip without mpi4py/mpiexec."""
 import mixnorm._compat  # noqa: F401
 
-import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
-import pytest
-
+import mpi_util
 from experiments import config as C
+from mpi_util import needs_mpi
 from experiments import parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,26 +23,16 @@ TINY = ['--preset', 'smoke', '--synthetic', '--no-progress',
         '--set', 'train.snapshot_every=1']
 
 
-def mpiexec():
-    local = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
-    return local if os.path.exists(local) else shutil.which('mpiexec')
-
-
-needs_mpi = pytest.mark.skipif(
-    importlib.util.find_spec('mpi4py') is None or mpiexec() is None,
-    reason='needs mpi4py and mpiexec (pip install mpi4py mpich)')
-
-
 def train_cmd(P, out, *extra):
     cmd = [sys.executable, '-m', 'experiments.train', ROW, '--out', out] + TINY + list(extra)
     if P > 1:
-        cmd = [mpiexec(), '-n', str(P)] + cmd + ['--communicator', 'naive']
+        cmd = [mpi_util.mpiexec(), '-n', str(P)] + cmd + ['--communicator', 'naive']
     return cmd
 
 
 def run(cmd, timeout=240, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          **kw)
+                          env=mpi_util.env(), **kw)
 
 
 def summary(out):
@@ -101,7 +89,8 @@ def test_a_killed_two_process_run_resumes_where_it_stopped(tmp_path):
     epochs = ['--set', 'train.epochs=4']
     r = run(train_cmd(2, ref, *epochs))
     assert r.returncode == 0, r.stdout + r.stderr
-    p = subprocess.Popen(train_cmd(2, out, *epochs), cwd=REPO, stdout=subprocess.DEVNULL,
+    p = subprocess.Popen(train_cmd(2, out, *epochs), cwd=REPO, env=mpi_util.env(),
+                         stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 200
     while not os.path.exists(os.path.join(out, 'snapshot_epoch_1.rank1')):
@@ -116,6 +105,7 @@ def test_a_killed_two_process_run_resumes_where_it_stopped(tmp_path):
     assert 'resumed from' in r.stdout and r.stdout.count('resumed from') == 1
     got, want = summary(out), summary(ref)
     assert got['finished'] and got['resumed_from'].startswith('snapshot_epoch_')
+    assert got['best_test_accuracy'] == want['best_test_accuracy']
     log_got = json.load(open(os.path.join(out, 'log.json')))
     log_ref = json.load(open(os.path.join(ref, 'log.json')))
     keys = ('main/loss', 'validation/main/loss', 'validation/main/accuracy')
