@@ -450,7 +450,26 @@ def _term(xp, state, xc, k, out):
 # function nodes
 # --------------------------------------------------------------------------
 
-class MixtureNormalizationFunction(function_node.FunctionNode):
+class _MixtureNode(function_node.FunctionNode):
+    """What both mixture-normalization nodes share: reading their inputs and handing
+    the backward to :class:`MixtureNormalizationGrad` with what the forward saved."""
+    reducer = None
+
+    def _unpack(self, inputs):
+        """``x, gamma, beta``, the array module, the compute dtype, the layout of ``x``,
+        ``resp`` in the compute dtype and the parameters given."""
+        x, gamma, beta = _split(inputs, self.spec)
+        ct = _compute_dtype(x.dtype)
+        return (x, gamma, beta, _arrays.get_array_module(x), ct, _Layout(x.shape),
+                self.resp.astype(ct, copy=False), [p for p in (gamma, beta) if p is not None])
+
+    def backward(self, indexes, grad_outputs):
+        grads = MixtureNormalizationGrad(self.spec, *self._saved,
+                                         reducer=self.reducer).apply(grad_outputs)
+        return tuple(grads[i] for i in indexes)
+
+
+class MixtureNormalizationFunction(_MixtureNode):
     """Mixture normalization with the batch's statistics (training; Eq. 34-37, and
     Eq. 40 with ``relu``).
 
@@ -477,13 +496,7 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
 
     def forward(self, inputs):
         spec = self.spec
-        x, gamma, beta = _split(inputs, spec)
-        xp = _arrays.get_array_module(x)
-        ct = _compute_dtype(x.dtype)
-        lay = _Layout(x.shape)
-        r = self.resp.astype(ct, copy=False)
-        params = [p for p in (gamma, beta) if p is not None]
-
+        x, gamma, beta, xp, ct, lay, r, params = self._unpack(inputs)
         with numpy.errstate(over='ignore', invalid='ignore'):  # overflow: raised below
             xc, spare, small = _device_moments(xp, lay, x, r, ct)
         host = _arrays.fetch(xp, small + params, ct)
@@ -508,10 +521,6 @@ class MixtureNormalizationFunction(function_node.FunctionNode):
         self._saved = (lay, coef, state, xc, r, tuple(a.dtype for a in inputs))
         return y,
 
-    def backward(self, indexes, grad_outputs):
-        grads = MixtureNormalizationGrad(self.spec, *self._saved,
-                                         reducer=self.reducer).apply(grad_outputs)
-        return tuple(grads[i] for i in indexes)
 
 
 def _reduce_moments(reducer, M, colsum, c, n):
@@ -555,7 +564,7 @@ def _reduce_sums(reducer, arrays):
     return out
 
 
-class FixedMixtureNormalizationFunction(function_node.FunctionNode):
+class FixedMixtureNormalizationFunction(_MixtureNode):
     """Mixture normalization with constant component statistics (inference, Eq. 38).
 
     Inputs: ``x`` then ``gamma`` (if given) then ``beta`` (if given); ``resp``,
@@ -570,12 +579,7 @@ class FixedMixtureNormalizationFunction(function_node.FunctionNode):
 
     def forward(self, inputs):
         spec = self.spec
-        x, gamma, beta = _split(inputs, spec)
-        xp = _arrays.get_array_module(x)
-        ct = _compute_dtype(x.dtype)
-        lay = _Layout(x.shape)
-        r = self.resp.astype(ct, copy=False)
-        params = [p for p in (gamma, beta) if p is not None]
+        x, gamma, beta, xp, ct, lay, r, params = self._unpack(inputs)
         host = _arrays.fetch(xp, list(self.constants) + params, ct)
         means, variances, a = host[:3]
         c = means.mean(axis=0)
@@ -585,9 +589,6 @@ class FixedMixtureNormalizationFunction(function_node.FunctionNode):
         self._saved = (lay, coef, state, xc, r, tuple(a.dtype for a in inputs))
         return y,
 
-    def backward(self, indexes, grad_outputs):
-        grads = MixtureNormalizationGrad(self.spec, *self._saved).apply(grad_outputs)
-        return tuple(grads[i] for i in indexes)
 
 
 def _host_params(spec, host):
