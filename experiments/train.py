@@ -374,7 +374,6 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
         if not par.writer:
             records.load_own_snapshot(trainer, par.own_snapshot(resumed))
         par.resumed(trainer)
-    if resumed:
         log('resumed from %s (epoch %d, iteration %d)'
             % (resumed, trainer.updater.epoch, trainer.updater.iteration))
     session_start = time.time()
