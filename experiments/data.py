@@ -241,9 +241,9 @@ def _find_cifar(name, data_dir, allow_download):
 
 def _not_found_message(name, looked, allow_download, error):
     chainer_name, folder = _CIFAR[name][:2]
-    how = ('download %s elsewhere, then pass --data-dir DIR (with make: `make reproduce '
-           'DATA_DIR=DIR`), where DIR holds %s-python.tar.gz or its extracted folder %s/'
-           % (URLS[name], chainer_name, folder))
+    how = ('download %s (on any machine with network), then pass --data-dir DIR (with '
+           'make: `make reproduce DATA_DIR=DIR`), where DIR holds %s-python.tar.gz or its '
+           'extracted folder %s/' % (URLS[name], chainer_name, folder))
     lines = ['%s not found%s; %s.' % (
         name.upper(), ' and its download failed' if allow_download else '', how)]
     lines.append('Looked in:')

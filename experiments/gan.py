@@ -1,8 +1,9 @@
 """DCGAN on CIFAR-10 with BN or MN in the generator (paper Sec. 4.5, Figures 6-7).
 
     python -m experiments.gan configs/dcgan/cifar10/mn.yaml [--preset gan_smoke]
-        [--device 0] [--resume auto|PATH] [--out DIR] [--inception-weights NPZ] [--no-fid]
-        [--fid-cache DIR] [--data-dir DIR] [--download] [--seed K] [--set key=value ...]
+        [--synthetic] [--device 0] [--resume auto|PATH] [--force] [--out DIR]
+        [--inception-weights NPZ] [--no-fid] [--fid-cache DIR] [--data-dir DIR]
+        [--download] [--seed K] [--set key=value ...]
     python -m experiments.gan compare BN_RUN_DIR MN_RUN_DIR
 
 Figures 6-7 are drawn from these runs by :mod:`experiments.figures.dcgan`
@@ -29,9 +30,10 @@ DCGAN; models in :mod:`experiments.models.dcgan`):
   (:mod:`experiments.fid`), generator in inference mode (BN: population statistics; MN:
   its inference queue).  The generator of the lowest FID is kept
   (``generator_best.npz``).  Snapshots (``snapshot_iter_<k>``, the last
-  :data:`SNAPSHOTS_KEPT`) every ``gan.snapshot_every`` updates; ``--resume auto``
-  continues bit-for-bit on the CPU (data order from the serialized iterator, noise RNG
-  and MN seeds in the snapshot).
+  :data:`SNAPSHOTS_KEPT`) every ``gan.snapshot_every`` updates; rerunning the command
+  (``--resume auto``, the default) continues an interrupted run bit-for-bit on the CPU
+  (data order from the serialized iterator, noise RNG and MN seeds in the snapshot) and
+  keeps a finished one (:func:`experiments.records.prepare_run`).
 * Records: ``config.yaml``, ``log.json`` (every ``gan.log_every`` updates and at every
   evaluation: ``gen/loss``, ``dis/loss``, ``dis/loss_real``, ``dis/loss_fake``, ``fid``
   at evaluations, MN's K'), ``summary.json`` (:func:`summarize`).
