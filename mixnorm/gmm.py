@@ -55,8 +55,8 @@ rescale), so inf/NaN parameters are never returned.  :func:`responsibilities` an
 non-positive parameters.
 
 Several processes.  ``fit_gmm(..., reducer=r)`` fits one mixture to the union of the
-points of all ranks of ``r`` (``size``, ``rank`` and a deterministic host ``sum`` over
-ranks: :class:`LocalReducer`, :class:`mixnorm._collectives.MPIReducer`).  The points
+points of all ranks of ``r`` (``size``, ``rank`` and deterministic host ``allgather``
+and ``sum`` over ranks: :class:`LocalReducer`, :class:`mixnorm._collectives.MPIReducer`).  The points
 never leave their rank: each pass reduces the same small matrices that the
 single-process fit fetches to the host (the frame's statistics, the K-means++ seeds and
 potentials, the (K, 2d+2) moments), and every rank returns the same mixture, bitwise
@@ -251,8 +251,8 @@ def _augment(x, shift, scale, work):
 def _frame_for(x, eps, work, reducer=None):
     """The fitting frame of ``x``: shift and scale from a strided row subsample (one
     small device-to-host copy), then ``za``.  With a ``reducer`` the frame of the union
-    of all ranks' points: one reduction of each rank's row ``[n, n_sub, mean, M2]``
-    (zeros in the other ranks' rows), pooled as Chan et al. (:func:`_pooled`)."""
+    of all ranks' points: one all-gather of each rank's row ``[n, n_sub, mean, M2]``,
+    pooled as Chan et al. (:func:`_pooled`)."""
     xp = get_array_module(x)
     n, d = x.shape
     sub = x[::max(1, n // _FRAME_ROWS)]
@@ -263,9 +263,7 @@ def _frame_for(x, eps, work, reducer=None):
         rows = numpy.concatenate([[n, sub.shape[0]], stats])[None]
         counts = None
         if reducer is not None:
-            table = numpy.zeros((reducer.size, d + 3))
-            table[reducer.rank] = rows[0]
-            rows = reducer.sum(table)
+            rows = reducer.allgather(rows[0])
             counts = rows[:, 0]
         shift, spread = _pooled(rows)
         scale = max(math.sqrt(spread) if numpy.isfinite(spread) else 1.0, math.sqrt(eps))
@@ -446,15 +444,14 @@ def _kmeans_plusplus_union(frame, n_components, n_local_trials, rs):
     first seed is drawn uniformly over the union: global index -> (owner rank, local
     index); the owner contributes the point's ``[z | |z|^2]`` (one reduction), each
     rank then computes its potential (sum of squared distances to the nearest seed),
-    and one reduction of a (P,) one-hot-by-rank buffer tells every rank all ranks'
-    potentials.  Each later round maps its draws to (owner rank, position within the
+    and one all-gather of its total tells every rank all ranks' potentials.  Each later round maps its draws to (owner rank, position within the
     owner's potential) (:func:`_owned_draws`), the owners sample their candidates with
     the single-process kernel and contribute their coordinates (a (trials, d+1) buffer,
     zeros elsewhere: one reduction), each rank computes the potential of every candidate
-    over its own points, and a reduction of the (P, trials) one-hot-by-rank buffer gives
+    over its own points, and an all-gather of those (trials,) potentials gives
     the global potentials (the best candidate is the same on every rank) and the next
-    round's per-rank potentials.  2 + 2 (K - 1) reductions of O(P * trials + trials * d)
-    numbers; with one rank the choices are exactly those of :func:`_kmeans_plusplus`.
+    round's per-rank potentials.  2 + 2 (K - 1) collectives of O(trials * d) numbers
+    from each rank; with one rank the choices are exactly those of :func:`_kmeans_plusplus`.
     """
     xp = get_array_module(frame.za)
     reducer, me = frame.reducer, frame.reducer.rank
@@ -470,9 +467,7 @@ def _kmeans_plusplus_union(frame, n_components, n_local_trials, rs):
                                                             dtype=numpy.int64)))
     closest = _distances(frame, _rows_coef(frame, reducer.sum(rows)))[0]
     cum = xp.cumsum(closest, dtype=xp.float64)
-    pots = numpy.zeros(reducer.size)
-    pots[me] = _arrays.to_host(cum[-1:])[0]
-    pots = reducer.sum(pots)
+    pots = reducer.allgather(_arrays.to_host(cum[-1:]))[:, 0]
     draws = rs.random((n_components - 1, n_local_trials))
     for k in range(1, n_components):
         mine, u = _owned_draws(draws[k - 1], pots, me)
@@ -480,10 +475,8 @@ def _kmeans_plusplus_union(frame, n_components, n_local_trials, rs):
         if mine.any():
             rows[mine] = _point_rows(frame, kernels.sample_candidates(cum, xp.asarray(u)))
         dist = _distance_product(frame, _rows_coef(frame, reducer.sum(rows)))
-        table = numpy.zeros((reducer.size, n_local_trials))
-        table[me] = _arrays.to_host(
-            xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64))
-        table = reducer.sum(table)
+        table = reducer.allgather(_arrays.to_host(
+            xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64)))
         pot = table.sum(axis=0)                       # the same on every rank
         closest, labels = kernels.kpp_update(dist, xp.asarray(pot), closest, labels, k)
         pots = table[:, numpy.argmin(pot)]
@@ -766,14 +759,12 @@ def _check_finite_everywhere(x, reducer):
     rank is left waiting in a collective."""
     if reducer is None:
         return check_finite(x)
-    flags = numpy.zeros(reducer.size)
     try:
         check_finite(x)
         error = None
     except ValueError as e:
         error = e
-        flags[reducer.rank] = 1
-    flags = reducer.sum(flags)
+    flags = reducer.allgather([0.0 if error is None else 1.0])[:, 0]
     if error is not None:
         raise error
     if flags.any():
@@ -786,11 +777,13 @@ def _check_reducer(reducer, seed):
     if reducer is None:
         return None
     size, rank = getattr(reducer, 'size', None), getattr(reducer, 'rank', None)
-    if not (callable(getattr(reducer, 'sum', None)) and isinstance(size, numbers.Integral)
+    if not (callable(getattr(reducer, 'sum', None))
+            and callable(getattr(reducer, 'allgather', None))
+            and isinstance(size, numbers.Integral)
             and isinstance(rank, numbers.Integral) and 0 <= rank < size):
         raise _invalid('fit_gmm', 'reducer', 'None or an object with int size >= 1, int '
-                       'rank in range(size) and a method sum(array) (see LocalReducer)',
-                       reducer)
+                       'rank in range(size) and methods allgather(array) and sum(array) '
+                       '(see LocalReducer)', reducer)
     if size > 1 and seed is None:
         raise _invalid('fit_gmm', 'seed', 'an int in the range [0, inf) or a '
                        'numpy.random.Generator, the same on all ranks, when fitting with a '

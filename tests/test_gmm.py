@@ -311,7 +311,8 @@ def test_returned_responsibilities_equal_scoring(fraction):
 # ------------------------------------------------------------ several processes
 
 class _Ranks:
-    """P in-process ranks (threads) whose reducers sum in rank order, as MPIReducer."""
+    """P in-process ranks (threads) whose reducers gather, and sum in rank order, as
+    MPIReducer."""
 
     def __init__(self, size):
         self.size = size
@@ -325,14 +326,19 @@ class _Ranks:
         class Reducer:
             size = group.size
 
-            def sum(self, a):
+            def allgather(self, a):
                 group.calls[rank] += 1
                 group.slots[rank] = np.array(a, dtype=np.float64)
                 group.barrier.wait()
-                total = group.slots[0].copy()
-                for part in group.slots[1:]:
-                    total += part
+                every = np.stack(group.slots)
                 group.barrier.wait()
+                return every
+
+            def sum(self, a):
+                every = self.allgather(a)
+                total = every[0].copy()
+                for part in every[1:]:
+                    total += part
                 return total
         r = Reducer()
         r.rank = rank

@@ -64,12 +64,12 @@ def test_ranks_fit_the_union_to_one_mixture(size, tmp_path):
     # a rank fitting only its own points gets another mixture (rank 0: one cluster)
     assert not np.allclose(ranks[0]['local_means'], ref.means, atol=0.5)
 
-    # the cost: 3 + 2 (K - 1) + kmeans_iters + em_iters reductions of small buffers:
-    # the frame (P, d+3), the first seed (d+1) and the potentials (P), per further seed
-    # the candidates (trials, d+1) and their potentials (P, trials), per pass the
-    # moments (K, 2d+2); none grows with the number of points
-    K, d, P, trials = worker.K, 4, size, G.default_local_trials(worker.K)
-    numbers = (P * (d + 3) + (d + 1) + P + (K - 1) * (trials * (d + 1) + P * trials)
+    # the cost: 3 + 2 (K - 1) + kmeans_iters + em_iters collectives of small buffers,
+    # each rank contributing: to the frame (d+3), the first seed (d+1) and its potential
+    # (1), per further seed the candidates (trials, d+1) and their potentials (trials),
+    # per pass the moments (K, 2d+2); none grows with the number of points or ranks
+    K, d, trials = worker.K, 4, G.default_local_trials(worker.K)
+    numbers = ((d + 3) + (d + 1) + 1 + (K - 1) * (trials * (d + 1) + trials)
                + (worker.KMEANS_ITERS + worker.EM_ITERS) * K * (2 * d + 2))
     for r in ranks:
         assert int(r['reductions']) == 9
