@@ -31,7 +31,29 @@ REPRO_ARGS = table2 --dataset cifar10 --device $(DEVICE) \
 	$(if $(filter synthetic,$(DATA)),--synthetic,--download) \
 	$(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: venv test reproduce demo bench clean
+# `make gpu-wheels` writes into .whl/ the exact wheel set carried to an offline GPU machine
+# (Python 3.12 with NumPy, CuPy, NCCL and mpi4py of its own; scripts/gpu_check.py says how
+# it is installed and run there): Chainer 7.8.1 built here, a setuptools that still ships
+# pkg_resources (which every `import chainer` needs; gone from 82 on, and from 80 on it
+# warns at every import), mpi4py, PyYAML and pytest; and, in .whl/mpich/, the real MPICH
+# wheel with mpiexec and libmpi (PyPI's manylinux2014 tag gets only the empty
+# mpich-0.0.0 placeholder; the real one is tagged manylinux_2_28).  MPICH installs with
+# --prefix: a --target install drops its lib/.  --no-deps: the machine's own NumPy and
+# CuPy stay.  Fails if the set outgrows GPU_WHEELS_MAX_MB (a run may carry 64 MiB in all,
+# with the tree and the Fashion-MNIST files).
+# `make gpu-rehearsal` installs that set the way the GPU machine does (--target, used
+# through PYTHONPATH, Python 3.12 beside CuPy 14 with NVRTC) and runs every gpu_check
+# step that needs no device (tests/gpu_rehearsal.py).
+GPU_PYTHON_VERSION ?= 3.12
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux2014_x86_64 manylinux1_x86_64
+GPU_WHEELS := "setuptools<80" filelock typing_extensions six pyyaml mpi4py \
+	pytest iniconfig pluggy packaging pygments
+GPU_DOWNLOAD = $(PY) -m pip download -q --no-deps --only-binary=:all: \
+	--python-version $(GPU_PYTHON_VERSION) --implementation cp \
+	$(foreach p,$(GPU_PLATFORMS),--platform $(p))
+GPU_WHEELS_MAX_MB ?= 24
+
+.PHONY: venv test reproduce demo bench clean gpu-wheels gpu-rehearsal
 
 venv: $(STAMP)
 
@@ -56,5 +78,19 @@ bench: venv
 	$(PY) bench/bench_layer.py
 	$(PY) bench/bench_ops.py
 
+gpu-wheels: venv
+	rm -rf .whl && mkdir -p .whl/mpich
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w .whl chainer==7.8.1
+	$(GPU_DOWNLOAD) -d .whl $(GPU_WHEELS)
+	$(GPU_DOWNLOAD) -d .whl/mpich "mpich>=4"
+	@ls .whl/mpich/mpich-*-manylinux*.whl >/dev/null 2>&1 || \
+		{ echo "gpu-wheels: no real MPICH wheel (only the mpich-0.0.0 placeholder?)"; exit 1; }
+	@size=$$(du -sm .whl | cut -f1); ls -1R .whl; echo "gpu-wheels: $$size MB in .whl/"; \
+		[ $$size -le $(GPU_WHEELS_MAX_MB) ] || \
+		{ echo "gpu-wheels: over $(GPU_WHEELS_MAX_MB) MB"; exit 1; }
+
+gpu-rehearsal: gpu-wheels
+	$(PY) tests/gpu_rehearsal.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .whl .gpu-rehearsal

@@ -21,12 +21,13 @@ STUB_ORIGIN = 'stub from mixnorm_numpy_hook'
 def prepare_chainer():
     """Everything Chainer 7.8.1 needs before its first import; idempotent.
 
-    :func:`patch_numpy`, :func:`stub_numpy_distutils` and
-    :func:`quiet_cudnn_warning_without_cudnn`.
+    :func:`patch_numpy`, :func:`stub_numpy_distutils`,
+    :func:`quiet_cudnn_warning_without_cudnn` and :func:`quiet_nccl_warning`.
     """
     patch_numpy()
     stub_numpy_distutils()
     quiet_cudnn_warning_without_cudnn()
+    quiet_nccl_warning()
 
 
 def patch_numpy():
@@ -123,6 +124,22 @@ def quiet_cudnn_warning_without_cudnn():
         # Noise: every `import chainer` says it, and "reinstall CuPy" cannot bring cuDNN back.
         warnings.filterwarnings('ignore', message=CUDNN_WARNING, category=UserWarning,
                                 module=r'chainer\.backends\.cuda')
+
+
+NCCL_WARNING = r'\nnccl library could not be loaded\.'
+
+
+def quiet_nccl_warning():
+    """Ignore CuPy's multi-line "nccl library could not be loaded" warning; idempotent.
+
+    CuPy says it whenever ``cupy.cuda.nccl`` is imported without NCCL, and Chainer
+    imports that module with ``chainer.training`` (for a multi-GPU updater this kit does
+    not use), so every CPU run and every single-GPU run on such a machine said it.  The
+    one path that needs NCCL, a ``pure_nccl`` communicator, reports its absence as an
+    ``error:`` line (``experiments/parallel.py``).
+    """
+    warnings.filterwarnings('ignore', message=NCCL_WARNING, category=UserWarning,
+                            module=r'cupy\._environment')
 
 
 class _ChainerImportHook:

@@ -8,6 +8,8 @@ import platform
 import subprocess
 import sys
 
+import mixnorm_numpy_hook
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -63,6 +65,10 @@ def gpu_description():
 
 def _version(module):
     try:
+        if module == 'chainer':
+            # without the start-up hook (a --target install used through PYTHONPATH)
+            # nothing else has run the NumPy-2 shim yet
+            mixnorm_numpy_hook.prepare_chainer()
         return __import__(module).__version__
     except Exception:
         return None

@@ -43,8 +43,13 @@ def create(name):
     except ImportError as e:
         raise config_lib.ConfigError('--communicator %s needs mpi4py and an MPI: %s (%s)'
                                      % (name, INSTALL, e)) from None
+    if 'nccl' in name:
+        _require_nccl(name)
     try:
-        comm = chainermn.create_communicator(name)
+        # batched_copy=False: ChainerMN's batched gradient copy compiles two raw CUDA
+        # kernels that declare `half`, which CuPy 14's headers no longer provide (NVRTC
+        # fails on them); the per-parameter copy compiles (tests/test_gpu_kernels.py)
+        comm = chainermn.create_communicator(name, batched_copy=False)
     except Exception as e:
         raise config_lib.ConfigError('cannot create the ChainerMN communicator %r: %s '
                                      '(CPU processes use naive; GPUs pure_nccl)'
@@ -54,6 +59,21 @@ def create(name):
     from experiments import cli
     cli.set_rank(comm.rank)                     # rank 0 speaks for all
     return Parallel(name, comm)
+
+
+def _require_nccl(name):
+    """An NCCL communicator needs CuPy with NCCL (CuPy's own warning about it is
+    quieted: mixnorm_numpy_hook.quiet_nccl_warning)."""
+    try:
+        from cupy.cuda import nccl
+        available = nccl.available
+    except Exception:
+        available = False
+    if not available:
+        raise config_lib.ConfigError(
+            '--communicator %s needs CuPy with NCCL, which cannot be loaded here: pip '
+            'install nvidia-nccl-cu13 (CUDA 13) or nvidia-nccl-cu12 (CUDA 12); CPU '
+            'processes use naive' % name)
 
 
 class Parallel:

@@ -274,7 +274,15 @@ def resolve_device(spec):
     if re.fullmatch(r'\d+', spec):
         spec = '@cupy:' + spec
     try:
-        return chainer.get_device(spec)
+        device = chainer.get_device(spec)
+        if device.xp is not numpy:
+            # CuPy without a usable driver or device fails only at its first call (a
+            # CUDARuntimeError from cupy.random.seed): ask now
+            import cupy
+            count = cupy.cuda.runtime.getDeviceCount()
+            if device.device.id >= count:
+                raise RuntimeError('CuPy sees %d CUDA device(s)' % count)
+        return device
     except Exception as e:
         why = ' '.join(str(e).split())          # Chainer's message runs lines together
         why = why.replace(').No module', '). No module')

@@ -20,5 +20,6 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason='needs CuPy and a CUDA device')
     for item in items:
-        if 'gpu' in item.keywords:
+        if item.get_closest_marker('gpu') is not None:   # (not item.keywords: those
+            #                          hold the folder names too, e.g. of a checkout "gpu")
             item.add_marker(skip)

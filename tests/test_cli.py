@@ -24,6 +24,13 @@ def command(*args, timeout=120):
                           text=True, timeout=timeout)
 
 
+def own_env():
+    """The environment of a test that reads stderr: the caller's, less the variables
+    that change which warnings are printed."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ('PYTHONWARNINGS', 'PYTHONDEVMODE')}
+
+
 def assert_one_error_line(proc, *parts):
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     assert 'Traceback' not in proc.stderr + proc.stdout, proc.stderr
@@ -79,7 +86,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
     argv = ['-m', 'experiments.train', BN2, '--preset', 'smoke', '--synthetic', '--out', out,
             '--set', 'train.epochs=50', '--set', 'train.snapshot_every=1'] + TINY
     proc = subprocess.Popen([sys.executable] + argv, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=own_env())
     try:
         deadline = time.time() + 240
         while not os.path.exists(os.path.join(out, 'snapshot_epoch_1')):

@@ -37,8 +37,11 @@ def test_chainer_trains_a_tiny_model():
 
 
 def _run(code):
+    # the caller's environment less what changes the warning filters (PYTHONWARNINGS=
+    # ignore would hide the warnings that some of these tests count)
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONWARNINGS', 'PYTHONDEVMODE')}
     return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=env)
 
 
 def _numpy_ships_distutils():
@@ -211,3 +214,30 @@ def test_cudnn_warning_is_quiet_only_where_cupy_has_no_cudnn(tmp_path, with_cudn
     """.format(str(root)))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(shown), str(1 - shown)]
+
+
+def test_cupy_nccl_warning_is_quiet_and_other_warnings_are_not():
+    # CuPy's own call, as `import cupy.cuda.nccl` makes it without NCCL (Chainer imports
+    # that module with chainer.training); a warning of another text from the same module
+    # still shows
+    r = _run("""
+        import sys, types, warnings
+        import mixnorm_numpy_hook as h
+        h.prepare_chainer(); h.prepare_chainer()
+        env = types.ModuleType('cupy._environment')
+        exec(compile(
+            "import warnings\\n"
+            "def warn(text):\\n"
+            "    warnings.warn(text)\\n", 'cupy/_environment.py', 'exec'), env.__dict__)
+        env.__name__ = 'cupy._environment'
+        env.warn.__globals__['__name__'] = 'cupy._environment'
+        with warnings.catch_warnings(record=True) as caught:
+            env.warn('\\nnccl library could not be loaded.\\n\\nReason: ImportError '
+                     '(libnccl.so.2: cannot open shared object file)\\n')
+            env.warn('\\ncutensor library could not be loaded.\\n')
+        print(len(caught), 'cutensor' in str(caught[0].message) if caught else None)
+        print(sum(f[1] is not None and f[1].pattern == h.NCCL_WARNING
+                  for f in warnings.filters))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ['1', 'True', '1']
