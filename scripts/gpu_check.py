@@ -409,14 +409,13 @@ def run_step(step, ctx, limit_s):
     record = {'step': step.name, 'limit_s': limit_s, 'log': path}
     start = time.time()
     try:
-        notes, env = [], None
+        notes = []
         if isinstance(step.action, str):
             cmd = [PY, SCRIPT, '--run-check', step.action] + (
                 ['--allow-cpu'] if ctx.cpu else [])
         else:
             cmd, notes = ctx.command(step.action)
-        if 'mpiexec' in step.needs:
-            env = mpi_environment(ctx.mpiexec)
+        env = mpi_environment(ctx.mpiexec)   # (ChainerMN's modules load libmpi too)
         record['command'] = ' '.join(cmd)
         if notes:
             record['notes'] = notes

@@ -49,12 +49,15 @@ def compile_source(source):
     key = hashlib.sha1(source.encode()).hexdigest()
     if key not in _cache:
         folder = tempfile.mkdtemp(prefix='mixnorm-emu-')
-        cpp, lib = os.path.join(folder, 'k.cpp'), os.path.join(folder, 'k.so')
-        with open(cpp, 'w') as f:
-            f.write(SHIM + source)
-        subprocess.run(['g++', '-O1', '-std=c++14', '-shared', '-fPIC', '-o', lib, cpp],
-                       check=True, capture_output=True, text=True)
-        _cache[key] = ctypes.CDLL(lib)
+        try:
+            cpp, lib = os.path.join(folder, 'k.cpp'), os.path.join(folder, 'k.so')
+            with open(cpp, 'w') as f:
+                f.write(SHIM + source)
+            subprocess.run(['g++', '-O1', '-std=c++14', '-shared', '-fPIC', '-o', lib, cpp],
+                           check=True, capture_output=True, text=True)
+            _cache[key] = ctypes.CDLL(lib)
+        finally:                    # the loaded library stays mapped; nothing stays in /tmp
+            shutil.rmtree(folder, ignore_errors=True)
     return _cache[key]
 
 

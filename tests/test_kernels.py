@@ -1,5 +1,7 @@
 """CuPy kernels against their xp twins (GPU only), the twins on the CPU, and the
 kernels' CUDA sources through NVRTC where CuPy is installed (no GPU needed)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -40,16 +42,21 @@ def _nvrtc():
         return None
 
 
+@pytest.mark.cuda_compile
 @pytest.mark.skipif(_nvrtc() is None, reason='needs CuPy with NVRTC (a GPU is not needed)')
+@pytest.mark.parametrize('arch', ['compute_70', 'compute_90'])
 @pytest.mark.parametrize('name', sorted(kernels.SOURCES))
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
-def test_kernel_sources_compile(name, dtype):
+def test_kernel_sources_compile(name, dtype, arch):
+    """Each source on its own through NVRTC, for the oldest GPU we claim (Volta) and
+    the H200 (tests/test_gpu_kernels.py compiles them as CuPy does, with its headers)."""
     nvrtc = _nvrtc()
     prog = nvrtc.createProgram(kernels.kernel_source(name, dtype), name + '.cu', [], [])
     try:
-        nvrtc.compileProgram(prog, ['-arch=compute_70'])
+        nvrtc.compileProgram(prog, ['-arch=' + arch])
     except Exception as e:
-        raise AssertionError(nvrtc.getProgramLog(prog)) from e
+        raise AssertionError('%s (%s, %s): %s' % (name, np.dtype(dtype).name, arch,
+                                                  nvrtc.getProgramLog(prog))) from e
     assert b'.entry ' + name.encode() in nvrtc.getPTX(prog)
 
 
@@ -273,3 +280,19 @@ def test_sample_candidates_and_one_hot_kernels_match_twins():
     labels = cupy.asarray(rng.integers(0, 5, 100003))
     cupy.testing.assert_array_equal(kernels.one_hot(labels, 5, np.float32),
                                     kernels.one_hot_xp(labels, 5, np.float32))
+
+
+@needs_gxx
+def test_the_emulation_leaves_nothing_in_tmp(monkeypatch):
+    import tempfile
+    made = []
+    real = tempfile.mkdtemp
+    monkeypatch.setattr(cuda_emulation.tempfile, 'mkdtemp',
+                        lambda **kw: made.append(real(**kw)) or made[-1])
+    source = 'extern "C" __global__ void twice(double* x) { x[threadIdx.x] *= 2; } // %d' \
+        % os.getpid()
+    x = np.arange(4.0)
+    cuda_emulation.launch(source, 'twice', 1, 4, (x,))
+    np.testing.assert_array_equal(x, [0, 2, 4, 6])
+    assert len(made) == 1 and os.path.basename(made[0]).startswith('mixnorm-emu-')
+    assert not os.path.exists(made[0])
