@@ -423,20 +423,25 @@ def apply_crop_flip(x, oy, ox, flip, pad=4):
     """Crop sample b of zero-padded ``x`` at (oy[b], ox[b]), then mirror it if flip[b].
 
     One gather on ``x``'s device (NumPy or CuPy); returns a new array of ``x``'s shape.
+    The gather index is built on that device too, in int32 (int64 only past 2**31
+    elements): only the 3 B draws travel from the host.
     """
     xp = chainer.backend.get_array_module(x)
     b, c, h, w = x.shape
     if pad:
         x = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     hp, wp = h + 2 * pad, w + 2 * pad
-    rows = numpy.asarray(oy)[:, None] + numpy.arange(h)                       # (B, H)
-    cols = numpy.asarray(ox)[:, None] + numpy.where(
-        numpy.asarray(flip)[:, None], numpy.arange(w)[::-1], numpy.arange(w))  # (B, W)
+    it = numpy.int32 if b * c * hp * wp < 2 ** 31 else numpy.int64
+    oy, ox = (xp.asarray(numpy.asarray(a, it)) for a in (oy, ox))
+    flip = xp.asarray(numpy.asarray(flip, bool))
+    ar_w = xp.arange(w, dtype=it)
+    rows = oy[:, None] + xp.arange(h, dtype=it)                                 # (B, H)
+    cols = ox[:, None] + xp.where(flip[:, None], ar_w[::-1], ar_w)              # (B, W)
     # flat index of out[b, c, i, j] in the contiguous padded array
-    base = (numpy.arange(b)[:, None] * c + numpy.arange(c)) * (hp * wp)        # (B, C)
+    base = (xp.arange(b, dtype=it)[:, None] * c + xp.arange(c, dtype=it)) * (hp * wp)
     idx = (base[:, :, None, None] + (rows * wp)[:, None, :, None]
            + cols[:, None, None, :])
-    return xp.take(xp.ascontiguousarray(x).reshape(-1), xp.asarray(idx))
+    return xp.take(xp.ascontiguousarray(x).reshape(-1), idx)
 
 
 def random_crop_flip(x, rng, pad=4, flip=True):
