@@ -58,7 +58,9 @@ setup(
     cmdclass={'develop': DevelopWithPth, 'editable_wheel': EditableWheelWithPth},
     install_requires=['chainer==7.8.1', 'numpy', 'matplotlib', 'pyyaml'],
     extras_require={
-        'gpu': ['cupy'],
+        # CuPy with its CUDA libraries as wheels (cuBLAS, NVRTC, headers): CUDA 12 or 13
+        'gpu': ['cupy-cuda12x[ctk]>=14'],
+        'gpu-cuda13': ['cupy-cuda13x[ctk]>=14'],
         'dev': ['pytest', 'scikit-learn', 'scipy'],
         # ChainerMN's communicators; the MPICH wheel brings libmpi and bin/mpiexec.
         'distributed': ['mpi4py', 'mpich'],

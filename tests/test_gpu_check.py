@@ -241,3 +241,18 @@ def test_the_docstring_recipe_is_make_gpu_wheels():
     assert 'gpu-wheels:' in make and 'tests/gpu_rehearsal.py' in make
     with open(os.path.join(REPO, '.ci', 'run')) as f:
         assert 'gpu-rehearsal' in f.read()
+
+
+def test_the_gpu_extras_install_cupy_with_its_cuda_libraries():
+    import ast
+    with open(os.path.join(REPO, 'setup.py')) as f:
+        tree = ast.parse(f.read())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                and getattr(n.func, 'id', None) == 'setup')
+    extras = ast.literal_eval(next(k.value for k in call.keywords
+                                   if k.arg == 'extras_require'))
+    assert extras['gpu'] == ['cupy-cuda12x[ctk]>=14']
+    assert extras['gpu-cuda13'] == ['cupy-cuda13x[ctk]>=14']
+    with open(os.path.join(REPO, 'README.md')) as f:
+        readme = f.read()
+    assert "cupy-cuda12x[ctk]" in readme and "cupy-cuda13x[ctk]" in readme
