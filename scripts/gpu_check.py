@@ -73,8 +73,8 @@ REPRO = [PY, 'scripts/reproduce.py']
 FMNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
                 't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
 FMNIST_DIRS = ('/usr/share/datasets/fashion-mnist', os.path.join(REPO, '.fmnist'))
-#: the test modules with GPU tests or CUDA compile checks (the pytest step's files)
-GPU_TEST_MARKERS = 'gpu or cuda_compile'
+#: the pytest step: the GPU tests, the CUDA compile checks and the stack checks
+GPU_TEST_MARKERS = 'gpu or cuda_compile or gpu_stack'
 
 
 def _smoke(table, *extra):
@@ -185,7 +185,7 @@ def gpu_test_files():
     for path in sorted(glob.glob(os.path.join(REPO, 'tests', 'test_*.py'))):
         with open(path) as f:
             text = f.read()
-        if 'mark.gpu' not in text and 'mark.cuda_compile' not in text:
+        if not any(m in text for m in ('mark.gpu', 'mark.cuda_compile')):
             continue
         rel = os.path.relpath(path, REPO)
         missing = _missing_imports(path)

@@ -14,6 +14,8 @@ from experiments import config as C, data, train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BN2 = os.path.join(C.CONFIG_ROOT, 'table2', 'cifar10', 'BN-2.yaml')
 
+pytestmark = pytest.mark.gpu_stack   # also in scripts/gpu_check.py's pytest step
+
 
 def _cupy_without_device():
     try:
