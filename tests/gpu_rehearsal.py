@@ -138,6 +138,12 @@ def main():
     problems += ['%s skipped (%s)' % (n, steps[n].get('reason')) for n in MUST_RUN
                  if steps.get(n, {}).get('status') == 'skipped']
     problems += ['%s missing' % n for n in MUST_RUN if n not in steps]
+    # the NVRTC compile checks must have run here, not skipped
+    if 'pytest' in steps:
+        with open(os.path.join(OUT, 'pytest.log')) as f:
+            log = f.read()
+        if 'needs CuPy with NVRTC' in log or 'test_gpu_kernels.py' not in log:
+            problems.append('pytest: the NVRTC compile checks did not run')
     for name in problems and [s['step'] for s in record['steps']
                               if s['status'] not in ('passed', 'skipped')]:
         print('---- %s.log (last 60 lines)' % name)

@@ -42,8 +42,6 @@ def _nvrtc():
         return None
 
 
-@pytest.mark.cuda_compile
-@pytest.mark.skipif(_nvrtc() is None, reason='needs CuPy with NVRTC (a GPU is not needed)')
 def _oldest_arch():
     """The oldest architecture this NVRTC compiles for: Volta up to CUDA 12, Turing
     from CUDA 13 (which dropped Volta)."""
@@ -51,6 +49,8 @@ def _oldest_arch():
     return 'compute_70' if nvrtc is None or nvrtc.getVersion()[0] < 13 else 'compute_75'
 
 
+@pytest.mark.cuda_compile
+@pytest.mark.skipif(_nvrtc() is None, reason='needs CuPy with NVRTC (a GPU is not needed)')
 @pytest.mark.parametrize('arch', [_oldest_arch(), 'compute_90'])
 @pytest.mark.parametrize('name', sorted(kernels.SOURCES))
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
