@@ -314,26 +314,63 @@ def elapsed_time(trainer):
         return float(getattr(trainer, '_snapshot_elapsed_time', 0.0))
 
 
-def interrupted_message(out, trainer, unit='epoch'):
-    """Where an interrupted run stopped and how to go on."""
+def interrupted_message(out, trainer, unit='epoch', size=1):
+    """Where an interrupted run stopped and how to go on (``size`` processes: the
+    newest snapshot all of them completed)."""
     u = trainer.updater
     at = 'epoch %.2f, iteration %d' % (u.epoch_detail, u.iteration) if unit == 'epoch' \
         else 'update %d' % u.iteration
-    snaps = records.snapshots(out)
-    then = ('run the same command again to resume from %s' % os.path.basename(snaps[-1])
-            if snaps else 'no snapshot yet, so the same command starts it again from '
-            'scratch')
+    snaps = records.complete_snapshots(out, size)
+    again = 'the same command' if size == 1 else 'the same mpiexec -n %d command' % size
+    then = ('run %s again to resume from %s' % (again, os.path.basename(snaps[-1]))
+            if snaps else 'no snapshot yet, so %s starts it again from scratch' % again)
     return 'interrupted at %s; the run is in %s: %s' % (at, out, then)
 
 
-def train_loop(trainer, out, write_summary, unit='epoch'):
+def train_loop(trainer, out, write_summary, unit='epoch', size=1):
     """``trainer.run()``; on Ctrl-C write the summary of the run so far and raise
     :class:`experiments.records.RunInterrupted` saying where it stopped."""
     try:
         trainer.run(show_loop_exception_msg=False)
     except KeyboardInterrupt:
         write_summary(finished=False)
-        raise records.RunInterrupted(interrupted_message(out, trainer, unit)) from None
+        raise records.RunInterrupted(interrupted_message(out, trainer, unit, size)) from None
+
+
+class WriteSummary(training.Extension):
+    """Rewrites ``summary.json`` right after each snapshot (``write(finished=False)``),
+    so that the record of a killed run is as current as its newest snapshot."""
+    priority = -101         # after the snapshot (-100) and LogReport
+
+    def __init__(self, write):
+        self.write = write
+
+    def __call__(self, trainer):
+        self.write(finished=False)
+
+
+def prepare_local(cfg, device, dataset, par):
+    """The steps every process takes alone before building: its device (seeded), its
+    dataset, the batch size checked against it; returns ``(device, dataset)``."""
+    if not isinstance(device, chainer.backend.Device):
+        device = resolve_device(par.device(device))
+    seed_everything(device, cfg['train']['seed'])
+    if dataset is None:
+        dataset = load_data(cfg)
+    config_lib.check_batch_size(cfg, dataset.n_train)
+    return device, dataset
+
+
+def resume_snapshot(trainer, start, par, log):
+    """Load the newest snapshot every process has complete (:func:`records.load_snapshot`);
+    its errors are the same on every process, printed by rank 0.  Returns its path or
+    None."""
+    try:
+        return records.load_snapshot(trainer, start, log=log, par=par)
+    except records.RunError as e:
+        if par.size > 1:
+            raise parallel_lib.mark_alike(e, speaks=par.writer) from None
+        raise
 
 
 def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
@@ -351,7 +388,7 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
         raise config_lib.ConfigError('%s: a GAN config; train it with python -m '
                                      'experiments.gan' % ', '.join(cfg.get('_sources', [])))
     par = par or parallel_lib.create(communicator)
-    cfg = par.record(cfg)
+    cfg = par.together(lambda: par.record(cfg))
     if not par.writer:
         log = _quiet
     out = out or records.run_dir(cfg)
@@ -359,21 +396,13 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
     if start.action == 'skip':
         log(start.message)
         return start.summary
-    if not isinstance(device, chainer.backend.Device):
-        device = resolve_device(par.device(device))
-    seed_everything(device, cfg['train']['seed'])
-    if dataset is None:
-        dataset = load_data(cfg)
-    config_lib.check_batch_size(cfg, dataset.n_train)
+    device, dataset = par.together(lambda: prepare_local(cfg, device, dataset, par))
     classifier, trainer = build(cfg, dataset, out, device, progress, par)
     # the run directory appears (or is cleared) only once device, data and model are
     # known to be good
     par.decide(lambda: records.begin(out, cfg, start, log))
-    resumed = par.decide(lambda: records.load_snapshot(trainer, start, log=log))
+    resumed = resume_snapshot(trainer, start, par, log)
     if resumed:
-        if not par.writer:
-            records.load_own_snapshot(trainer, par.own_snapshot(resumed))
-        par.resumed(trainer)
         log('resumed from %s (epoch %d, iteration %d)'
             % (resumed, trainer.updater.epoch, trainer.updater.iteration))
     session_start = time.time()
@@ -397,7 +426,10 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
         return summary
 
     write_summary(finished=False)
-    train_loop(trainer, out, write_summary)
+    if par.writer:
+        trainer.extend(WriteSummary(write_summary),
+                       trigger=(cfg['train']['snapshot_every'], 'epoch'))
+    train_loop(trainer, out, write_summary, size=par.size)
     return par.decide(lambda: write_summary(finished=True))
 
 
@@ -469,7 +501,8 @@ def main(argv=None):
     add_run_arguments(p)
     args = p.parse_args(argv)
     par = parallel_lib.create(args.communicator)
-    cfg = config_lib.load_config(args.config, args.preset, config_overrides(args))
+    cfg = par.together(lambda: config_lib.load_config(args.config, args.preset,
+                                                      config_overrides(args)))
     out = args.out or records.run_dir(cfg)
     summary = run(cfg, out=out, device=args.device, resume=args.resume,
                   progress=not args.no_progress, force=args.force, par=par)
