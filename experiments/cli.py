@@ -54,6 +54,18 @@ def is_user_error(e):
                                             and e.errno in USER_ERRNOS)
 
 
+def describe(e):
+    """The text of user error ``e``; a full or read-only disk says what to do."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ('%s: free some space (or train into --out on another disk) and run the '
+                'same command again: it resumes from the newest complete snapshot' % e)
+    if isinstance(e, OSError) and e.errno == errno.EROFS:
+        return ('%s: make the run directory writable (or train into --out elsewhere) and '
+                'run the same command again: it resumes from the newest complete snapshot'
+                % e)
+    return str(e)
+
+
 def with_rank(line, rank, size):
     """``line`` naming the process that prints it when there are several:
     ``error: rank 1: ...`` / ``rank 1: interrupted ...``."""
@@ -75,7 +87,7 @@ def entry_point(main):
         except KeyboardInterrupt as e:
             leave(e, str(e) or 'interrupted', 130)
         except Exception as e:
-            leave(e, 'error: %s' % e if is_user_error(e) else None, 1)
+            leave(e, 'error: %s' % describe(e) if is_user_error(e) else None, 1)
     return wrapped
 
 
