@@ -1,16 +1,15 @@
 """Data-parallel training (``--communicator``, experiments/parallel.py): the single
 process is the P = 1 case of the same code; under ``mpiexec -n 2`` rank 0 writes the
-run, every process keeps its own snapshot, a killed run resumes where it stopped, and
-user mistakes are one error line.  The MPI tests skip without mpi4py/mpiexec."""
+run, every process keeps its own snapshot, and user mistakes are one error line (faults
+and resuming after them: tests/test_faults.py).  The MPI tests skip without
+mpi4py/mpiexec."""
 import mixnorm._compat  # noqa: F401
 
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -83,35 +82,6 @@ def test_two_processes_rank0_writes_and_records_the_world(tmp_path):
     assert 'world_size: 2' in open(os.path.join(out, 'config.yaml')).read()
     # 128 images, 32 a step: every epoch has 4 steps, as for one process
     assert json.load(open(os.path.join(out, 'log.json')))[-1]['iteration'] == 4
-
-
-@needs_mpi
-def test_a_killed_two_process_run_resumes_where_it_stopped(tmp_path):
-    ref, out = str(tmp_path / 'ref'), str(tmp_path / 'killed')
-    epochs = ['--set', 'train.epochs=4']
-    r = run(train_cmd(2, ref, *epochs))
-    assert r.returncode == 0, r.stdout + r.stderr
-    p = subprocess.Popen(train_cmd(2, out, *epochs), cwd=REPO, env=mpi_util.env(),
-                         stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 200
-    while not os.path.exists(os.path.join(out, 'snapshot_epoch_1.rank1')):
-        assert p.poll() is None and time.time() < deadline
-        time.sleep(0.01)
-    time.sleep(0.2)                          # let the files be complete
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-    assert not summary(out)['finished']
-    r = run(train_cmd(2, out, *epochs))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert 'resumed from' in r.stdout and r.stdout.count('resumed from') == 1
-    got, want = summary(out), summary(ref)
-    assert got['finished'] and got['resumed_from'].startswith('snapshot_epoch_')
-    assert got['best_test_accuracy'] == want['best_test_accuracy']
-    log_got = json.load(open(os.path.join(out, 'log.json')))
-    log_ref = json.load(open(os.path.join(ref, 'log.json')))
-    keys = ('main/loss', 'validation/main/loss', 'validation/main/accuracy')
-    assert [[e[k] for k in keys] for e in log_got] == [[e[k] for k in keys] for e in log_ref]
 
 
 @needs_mpi
