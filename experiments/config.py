@@ -73,6 +73,7 @@ JUDGED = 'judged'
 RESUME_FREE = 'resume-free'
 _FREE = (NEUTRAL, RESUME_FREE)
 
+
 def _positive(v):
     return None if v > 0 else 'must be > 0'
 
@@ -123,7 +124,7 @@ REQUIRED = object()   # a leaf default meaning "must be given"
 #: hold, and where each comes from.
 MN_SETTINGS_SET_ELSEWHERE = {
     'eps': 'the eps of the BatchNormalization each MN layer replaces',
-    'seed': 'train.seed: layer i of a model fits with seed train.seed * 1009 + i',
+    'seed': 'derived for each layer from train.seed',
 }
 NUM = (int, float)
 OPT_NUM = (int, float, type(None))
@@ -484,8 +485,10 @@ def _check_section(cfg, schema, prefix, sources):
             continue
         if key not in schema:
             hint = difflib.get_close_matches(key, list(schema), n=1)
+            elsewhere = MN_SETTINGS_SET_ELSEWHERE.get(key) if prefix == 'mn.' else None
             raise ConfigError('%s: unknown key %r%s; valid keys here: %s' % (
                 _where(sources, prefix + key), prefix + key,
+                ' (MN\'s %s is %s)' % (key, elsewhere) if elsewhere else
                 " (did you mean '%s'?)" % (prefix + hint[0]) if hint else '',
                 ', '.join(sorted(schema))))
     section = prefix.rstrip('.')

@@ -70,7 +70,8 @@ def test_an_out_of_range_setting_is_one_error_line_and_the_same_error_of_the_lin
     assert message.startswith('error: %s: ' % override), message    # the source that set it
     assert 'base.yaml' not in message and 'smoke.yaml' not in message   # not the whole chain
     if name in C.MN_SETTINGS_SET_ELSEWHERE:         # eps, seed: not a key of the mn section
-        assert "unknown key 'mn.%s'" % name in message
+        assert "unknown key 'mn.%s' (MN's %s is %s)" % (
+            name, name, C.MN_SETTINGS_SET_ELSEWHERE[name]) in message
     else:
         assert "'mn.%s' %s, got %r" % (name, setting.requirement(), value) in message
     with pytest.raises(ValueError) as e:
@@ -173,7 +174,7 @@ def test_every_mn_setting_is_a_key_of_the_mn_section_or_set_elsewhere():
     assert set(C.MN_SETTINGS_SET_ELSEWHERE) == {'eps', 'seed'}
 
 
-def test_place_mn_passes_every_mn_setting_of_the_config(tmp_path):
+def test_place_mn_passes_every_mn_setting_of_the_config():
     from experiments.models import build_model
     cfg = C.load_config(MN2, overrides=['mn.decay=0.5', 'mn.min_count=3', 'mn.affine=null',
                                         'mn.inference=paper', 'mn.queue_length=4'])
