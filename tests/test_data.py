@@ -348,7 +348,7 @@ def test_unknown_name_lists_datasets():
         data.load_dataset('imagenet')
     for name in data.DATASETS:
         assert name in str(info.value)
-    assert data.DATASETS == ('cifar10', 'cifar100', 'synthetic')
+    assert data.DATASETS == ('cifar10', 'cifar100', 'fashion-mnist', 'synthetic')
 
 
 # --------------------------------------------------------------------------- subset
