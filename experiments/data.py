@@ -103,6 +103,7 @@ class Dataset:
     source: str
     mean: numpy.ndarray  # (C,) training-set channel mean of the [0, 1]-scaled pixels
     std: numpy.ndarray   # (C,) training-set channel std (population) of the same
+    background: numpy.ndarray = None  # (C,) a raw 0 pixel after normalisation
 
     @property
     def n_train(self):
@@ -115,9 +116,11 @@ class Dataset:
     @property
     def crop_fill(self):
         """(C,) value random crops pad with, or None for 0 (the normalised mean)."""
-        if CROP_FILL[self.name] == 'background':
-            return (-self.mean / self.std).astype(numpy.float32)
-        return None
+        if CROP_FILL[self.name] != 'background':
+            return None
+        if self.background is not None:
+            return self.background
+        return (-self.mean / self.std).astype(numpy.float32)
 
     @property
     def n_test(self):
@@ -200,7 +203,9 @@ def load_dataset(name, data_dir=None, *, subset=None, seed=0, allow_download=Fal
                    test_x=normalize(test_x, mean, std),
                    test_y=numpy.asarray(test_y, numpy.int32), n_classes=n_classes,
                    source=source, mean=mean.astype(numpy.float32),
-                   std=std.astype(numpy.float32))
+                   std=std.astype(numpy.float32),
+                   background=normalize(numpy.zeros((1, len(mean), 1, 1), numpy.uint8),
+                                        mean, std).reshape(-1))
 
 
 def channel_stats(x):
@@ -476,6 +481,12 @@ def _split_arrays(images, labels, where):
     return images[:, None], labels.astype(numpy.int64)
 
 
+def _missing_idx(folder):
+    """The official IDX files (gzipped or not) that ``folder`` lacks."""
+    return [n for names in FMNIST_FILES.values() for n in names
+            if _idx_file(folder, n) is None]
+
+
 def _read_idx_dir(folder):
     """(train, test, source) from the four IDX files in ``folder``, or None if one of
     them is missing there (a missing folder or file is not an error here)."""
@@ -542,12 +553,15 @@ def _locate_fashion_mnist(data_dir, allow_download):
     looked = []
     if data_dir is not None:
         data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
+        if not os.path.isdir(data_dir):
+            looked.append(data_dir + ' (--data-dir: no such folder)')
         for folder in (data_dir, os.path.join(data_dir, 'fashion-mnist')):
+            if not os.path.isdir(folder):
+                continue
             got = _read_idx_dir(folder)
             if got:
                 return got
-            looked.append(folder + '/' + ('' if os.path.isdir(folder) else
-                                          ' (does not exist)'))
+            looked.append('%s/ (lacks %s)' % (folder, ', '.join(_missing_idx(folder))))
     npz, dl = fashion_mnist_cache_paths()
     for ok, read, where in (
             (lambda: os.path.isdir(DEBIAN_DIR), lambda: _read_idx_dir(DEBIAN_DIR),
@@ -564,8 +578,6 @@ def _locate_fashion_mnist(data_dir, allow_download):
                               % (data_dir, where))
             return got
         looked.append(where)
-    looked.append("%s/ (Chainer's download cache of %s*.gz)"
-                  % (os.path.dirname(next(iter(dl.values()))), FMNIST_URL))
     error = None
     if allow_download:
         try:
@@ -578,18 +590,18 @@ def _locate_fashion_mnist(data_dir, allow_download):
             raise
         except Exception as e:  # network, disk, anything: report it, never fall back
             error = '%s: %s' % (type(e).__name__, e)
-    lines = ['FASHION-MNIST not found%s; install the Debian package (as root: apt-get '
-             'install -y %s, which puts the four IDX files under %s/), or pass --data-dir '
-             'DIR where DIR holds %s (or their .gz), or --download to let Chainer fetch '
-             'it (it caches it under %s).' % (
-                 ' and its download failed' if allow_download else '', DEBIAN_PACKAGE,
-                 DEBIAN_DIR, ', '.join(n for ns in FMNIST_FILES.values() for n in ns),
-                 chainer.dataset.get_dataset_root()),
-             'Looked in:'] + ['  - ' + p for p in looked]
-    if allow_download:
-        lines.append('Download through chainer.datasets.get_fashion_mnist failed: %s'
-                     % error)
-    raise FileNotFoundError('\n'.join(lines))
+    raise FileNotFoundError(
+        'Fashion-MNIST not found (looked in: %s)%s; install the Debian package (as root: '
+        'apt-get install -y %s, which puts the four IDX files under %s/), or pass '
+        '--data-dir DIR where DIR holds %s (or their .gz), or %s' % (
+            '; '.join(looked),
+            '; the download through chainer.datasets.get_fashion_mnist failed: %s'
+            % error if allow_download else '', DEBIAN_PACKAGE, DEBIAN_DIR,
+            ', '.join(n for ns in FMNIST_FILES.values() for n in ns),
+            'on a machine with network, --download (Chainer caches it under %s)'
+            % chainer.dataset.get_dataset_root() if allow_download else
+            '--download to let Chainer fetch it (it caches it under %s)'
+            % chainer.dataset.get_dataset_root()))
 
 
 # --------------------------------------------------------------------------- synthetic
