@@ -283,7 +283,8 @@ BATCH_ACC = 'validation_batchstats/main/accuracy'
 
 def bn_row_of(row):
     """The BN row an MN row is measured against: ``'MN-2'`` -> ``'BN-2'``,
-    ``'MN-L40'`` -> ``'BN-L40'``; None for a row that is not an MN row."""
+    ``'MN-L40'`` -> ``'BN-L40'``; None for a row that is not an MN row.  (Where a
+    cohort holds one BN row only, as Table 4's BN-1, :func:`compare_pairs` uses it.)"""
     return 'BN-' + row[3:] if row.startswith('MN-') else None
 
 
@@ -360,6 +361,9 @@ def compare_pairs(runs, dataset=None, experiment=None):
             bn_row = bn_row_of(row)
             if bn_row is None:
                 continue
+            lone_bn = [r for r in rows if r.startswith('BN-')]
+            if bn_row not in rows and len(lone_bn) == 1:    # Table 4: BN-1 for every MN
+                bn_row = lone_bn[0]
             mn = rows[row]
             first = mn[0]
             base = {'dataset': records.assess(first).dataset, 'pair': '%s/%s' % (bn_row, row),

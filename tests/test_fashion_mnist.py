@@ -324,3 +324,42 @@ def test_smoke_row_on_the_real_files(tmp_path, capsys):
                            'seed0' / 'summary.json'))
         assert s['finished'] and data.DEBIAN_DIR in s['dataset_source']
         assert s['comparable_to_paper'] is False
+
+
+# ------------------------------------------------------------------------ figures
+
+def test_curve_figure_shows_both_accuracies_and_says_not_the_paper(fm_runs, tmp_path):
+    from experiments import figures
+    root, _ = fm_runs
+    result = figures.draw('fmnist', str(root), str(tmp_path))
+    assert result.rendered
+    assert "Fashion-MNIST, not the paper's data" in result.warning
+    sidecar = json.load(open(tmp_path / 'fig_fmnist.json'))
+    metrics = {(c['row'], 'test_error_batchstats' in c) for c in sidecar['curves']}
+    assert metrics == {('BN-2', False), ('MN-2', False), ('BN-2', True), ('MN-2', True)}
+    assert sidecar['missing'] == ['fashion-mnist BN-4', 'fashion-mnist MN-4']
+    assert (tmp_path / 'fig_fmnist.png').stat().st_size > 0
+
+
+def test_fig1_on_a_fashion_mnist_snapshot(fm_runs, tmp_path):
+    from experiments import figures
+    from experiments.figures import activations
+    _, runs = fm_runs
+    snap = os.path.join(runs['MN-2'], 'snapshot_epoch_2')
+    acts, info = activations.conv2_activations(snap, n_images=8, seed=1)
+    assert acts.shape == (8, 128, 16, 16) and np.isfinite(acts).all()
+    assert info['dataset'] == 'fashion-mnist'
+    assert any('Fashion-MNIST' in r for r in info['not_comparable'])
+    result = figures.draw('fig1', str(tmp_path), str(tmp_path), snapshot=snap, n_images=8,
+                          n_channels=2, ks=(2,), em_iters=2)
+    assert result.rendered and 'Fashion-MNIST' in result.warning
+
+
+def test_densenet_and_inception_rows_have_fashion_mnist_configs():
+    for experiment, rows in (('table4', ('BN-1', 'MN-1', 'MN-4')),
+                             ('densenet', ('BN-L40', 'MN-L100'))):
+        found = dict(reproduce.row_configs(experiment, 'fashion-mnist'))
+        for row in rows:
+            cfg = C.load_config(found[row])
+            assert cfg['data']['dataset'] == 'fashion-mnist'
+            assert data.channels_of(cfg['data']['dataset']) == 1
