@@ -68,6 +68,8 @@ def group_runs(runs, paper_dataset=None):
         verdict = records.assess(r)
         if verdict.dataset is None or (paper_dataset and verdict.dataset != paper_dataset):
             continue
+        if verdict.dataset in records.OWN_DATASETS:   # not the paper's: compare_pairs
+            continue
         groups.setdefault((verdict.dataset, r.config['row'], verdict.comparable),
                           []).append(r)
     return groups
@@ -219,12 +221,12 @@ def _fmt(v):
     return str(v)
 
 
-def _columns(recs):
-    return [(k, h) for k, h in COLUMNS if any(k in r for r in recs)]
+def _columns(recs, columns=None):
+    return [(k, h) for k, h in columns or COLUMNS if any(k in r for r in recs)]
 
 
-def to_text(recs):
-    cols = _columns(recs)
+def to_text(recs, columns=None):
+    cols = _columns(recs, columns)
     cells = [[h for _, h in cols]] + [[_fmt(r.get(k)) for k, _ in cols] for r in recs]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ['  '.join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
@@ -232,15 +234,15 @@ def to_text(recs):
     return '\n'.join(lines)
 
 
-def to_markdown(recs):
-    cols = _columns(recs)
+def to_markdown(recs, columns=None):
+    cols = _columns(recs, columns)
     lines = ['| ' + ' | '.join(h for _, h in cols) + ' |', '|' + '---|' * len(cols)]
     lines += ['| ' + ' | '.join(_fmt(r.get(k)) for k, _ in cols) + ' |' for r in recs]
     return '\n'.join(lines)
 
 
-def to_csv(recs):
-    cols = _columns(recs)
+def to_csv(recs, columns=None):
+    cols = _columns(recs, columns)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([k for k, _ in cols])
@@ -406,12 +408,7 @@ PAIR_COLUMNS = [('dataset', 'dataset'), ('pair', 'pair'), ('row', 'row'),
 def pairs_to_text(recs):
     """The BN-vs-MN records as a text table (the paper's column, ``vs the paper``, says
     NOT COMPARABLE where it is not)."""
-    cols = [(k, h) for k, h in PAIR_COLUMNS if any(k in r for r in recs)]
-    cells = [[h for _, h in cols]] + [[_fmt(r.get(k)) for k, _ in cols] for r in recs]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    lines = ['  '.join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    lines.insert(1, '  '.join('-' * w for w in widths))
-    return '\n'.join(lines)
+    return to_text(recs, PAIR_COLUMNS)
 
 
 def pairs_heading(dataset):

@@ -458,9 +458,10 @@ def add_run_arguments(p):
     p.add_argument('--set', dest='overrides', action='append', default=[],
                    metavar='KEY=VALUE', help='override a config value, e.g. train.epochs=3')
     p.add_argument('--device', default='cpu', help="'cpu' (default) or a GPU id, e.g. 0")
-    p.add_argument('--data-dir', help='folder with the CIFAR archives or extracted batches')
+    p.add_argument('--data-dir', help='folder with the CIFAR archives or extracted batches, '
+                   'or the Fashion-MNIST IDX files')
     p.add_argument('--download', action='store_true',
-                   help='allow Chainer to download CIFAR when it is not found locally')
+                   help='allow Chainer to download the data when it is not found locally')
     p.add_argument('--seed', type=int, help='override train.seed')
     p.add_argument('--force', action='store_true',
                    help='start over: discard what an earlier run wrote into the run '

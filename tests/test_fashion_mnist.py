@@ -362,3 +362,17 @@ def test_densenet_and_inception_rows_have_fashion_mnist_configs():
             cfg = C.load_config(found[row])
             assert cfg['data']['dataset'] == 'fashion-mnist'
             assert data.channels_of(cfg['data']['dataset']) == 1
+
+
+def test_compare_script_keeps_fashion_mnist_apart_from_the_paper(fm_runs, capsys):
+    import importlib.util
+    root, _ = fm_runs
+    spec = importlib.util.spec_from_file_location(
+        'compare_script', os.path.join(REPO, 'scripts', 'compare.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main([str(root)])
+    out = capsys.readouterr().out
+    assert 'BN vs MN on Fashion-MNIST' in out and 'NOT COMPARABLE' in out
+    assert "Table 2 (the paper's reported numbers" not in out   # no paper table for them
+    assert compare.compare('table2', records.find_runs(str(root))) == []
