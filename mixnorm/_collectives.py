@@ -56,6 +56,55 @@ class _Reducer:
         return total
 
 
+def _kind(error):
+    """The built-in class every rank raises for ``error``."""
+    for cls in (ValueError, TypeError, RuntimeError):
+        if isinstance(error, cls):
+            return cls.__name__
+    return 'RuntimeError'
+
+
+_KINDS = {'ValueError': ValueError, 'TypeError': TypeError, 'RuntimeError': RuntimeError}
+
+
+def joint_error(failures, size, what=None):
+    """The exception every rank raises when the ranks of ``failures`` (a list of
+    ``(rank, kind, message)``, rank order) failed: ``what`` (a phrase in which
+    ``{ranks}`` names the failed ranks) then each failed rank's own message, of the
+    class of the first one's error (``ValueError``, ``TypeError`` or
+    ``RuntimeError``)."""
+    ranks = [rank for rank, _, _ in failures]
+    head = (what or 'rank(s) {ranks} of %d failed' % size).format(ranks=ranks)
+    body = '; '.join('rank %d: %s' % (rank, message) for rank, _, message in failures)
+    return _KINDS.get(failures[0][1], RuntimeError)('%s: %s' % (head, body))
+
+
+def raise_together(reducer, error, what=None):
+    """Raise the same error on every rank if any rank has one (collective).
+
+    Every rank passes its own exception, or None.  The messages travel as float64 codes
+    through the reducer's ``allgather`` (so any reducer will do): one collective when
+    no rank failed (then it returns None), two when some did; then every rank raises
+    :func:`joint_error` of those ranks.  Meant for failure paths, where a rank that
+    raised alone would leave the others waiting in their next collective.
+    """
+    text = '' if error is None else '%s\n%s' % (_kind(error), error)
+    data = numpy.frombuffer(text.encode('utf-8'), dtype=numpy.uint8)
+    lengths = reducer.allgather([float(data.size)])[:, 0].astype(numpy.int64)
+    if not lengths.any():
+        return None
+    buf = numpy.zeros(int(lengths.max()))
+    buf[:data.size] = data
+    codes = reducer.allgather(buf)
+    failures = []
+    for rank, (row, m) in enumerate(zip(codes, lengths)):
+        if m:
+            kind, message = row[:m].astype(numpy.uint8).tobytes().decode(
+                'utf-8', 'replace').split('\n', 1)
+            failures.append((rank, kind, message))
+    raise joint_error(failures, reducer.size, what)
+
+
 class LocalReducer(_Reducer):
     """The reducer of a single process (``size`` 1, ``rank`` 0): ``fit_gmm(x, K,
     reducer=LocalReducer())`` equals ``fit_gmm(x, K)``."""
