@@ -8,6 +8,13 @@ every rank**: ``sum`` gathers and adds in rank order, since an MPI all-reduce ma
 in an order that depends on the rank.  Each collective is counted (``calls``, and the
 ``bytes_sent``/``bytes_received`` of this rank).
 
+Failing together.  A rank that raised alone would leave the others waiting in their
+next collective, so every check whose outcome may differ between ranks is decided
+collectively: :func:`raise_together` (on failure paths, with any reducer) and
+:class:`StepReducer` (whose first collective of a layer call also carries every rank's
+verdict on its input) make every rank raise the same error, naming the ranks that
+failed (:func:`joint_error`).
+
 :class:`LocalReducer` is the group of one process; :class:`MPIReducer` wraps an
 mpi4py communicator.  mpi4py is imported only when an :class:`MPIReducer` is built,
 so ``import mixnorm`` works without it.
@@ -47,13 +54,25 @@ class _Reducer:
         self.bytes_received += out.nbytes
         return out
 
+    def allgather_objects(self, obj, nbytes=0):
+        """Every rank's picklable ``obj`` in rank order (a list; one collective whatever
+        the sizes), counted as ``nbytes`` sent by each rank."""
+        out = self._allgather_objects(obj)
+        self.calls += 1
+        self.bytes_sent += nbytes
+        self.bytes_received += nbytes * len(out)
+        return out
+
     def sum(self, a):
         """``a`` summed over the ranks in rank order (the same bits on every rank)."""
-        parts = self.allgather(a)
-        total = parts[0].copy()
-        for part in parts[1:]:
-            total += part
-        return total
+        return _rank_order_sum(self.allgather(a))
+
+
+def _rank_order_sum(parts):
+    total = parts[0].copy()
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 def _kind(error):
@@ -112,6 +131,9 @@ class LocalReducer(_Reducer):
     def _allgather(self, a):
         return a[None].copy()
 
+    def _allgather_objects(self, obj):
+        return [obj]
+
 
 class MPIReducer(_Reducer):
     """Collectives over an MPI communicator: ``comm`` an ``mpi4py.MPI.Comm``, a
@@ -130,3 +152,65 @@ class MPIReducer(_Reducer):
         out = numpy.empty((self.size,) + a.shape, dtype=numpy.float64)
         self.comm.Allgather(a, out)
         return out
+
+    def _allgather_objects(self, obj):
+        return self.comm.allgather(obj)
+
+
+class StepReducer:
+    """The collectives of one call of a synchronized layer, whose first collective also
+    settles, on every rank at once, whether every rank's input passed its checks.
+
+    ``reducer``: the layer's reducer; ``error``: this rank's verdict on its input (an
+    exception, or None); ``channels``: its channel count, which must be the same on
+    every rank.  The first :meth:`allgather` (wherever the layer's math makes it)
+    exchanges every rank's verdict with its payload in one all-gather of objects, so
+    that a rank that failed, and contributes no payload, takes part in the same
+    collective; if any rank failed, every rank raises the same error
+    (:func:`joint_error`), naming the ranks.  Later collectives pass through.  A rank
+    with no collective of its own to make (its input failed, or the call needs none,
+    as inference) calls :meth:`settle` instead.  Counts go to ``reducer``.
+    """
+
+    def __init__(self, reducer, error=None, channels=None):
+        self.reducer, self.error, self.channels = reducer, error, channels
+        self.size, self.rank = reducer.size, reducer.rank
+        self.pending = True
+
+    def allgather(self, a):
+        if not self.pending:
+            return self.reducer.allgather(a)
+        a = numpy.ascontiguousarray(a, dtype=numpy.float64)
+        rows = self._exchange(a)
+        return numpy.stack([payload for _, _, payload in rows])
+
+    def sum(self, a):
+        return _rank_order_sum(self.allgather(a))
+
+    def settle(self, error=None):
+        """Take part in the first collective if it is still to come, with ``error`` (this
+        rank's failure, or None) added to the verdict; raises as :meth:`allgather`."""
+        if error is not None and self.error is None:
+            self.error = error
+        if self.pending:
+            self._exchange(None)
+
+    def _exchange(self, payload):
+        self.pending = False
+        verdict = None if self.error is None else (_kind(self.error), str(self.error))
+        rows = self.reducer.allgather_objects(
+            (verdict, self.channels, payload),
+            nbytes=0 if payload is None else payload.nbytes)
+        failures = [(rank,) + tuple(verdict) for rank, (verdict, _, _) in enumerate(rows)
+                    if verdict is not None]
+        if failures:
+            raise joint_error(failures, self.size,
+                              'the input of rank(s) {ranks} of %d fails the checks of '
+                              'the synchronized layer' % self.size)
+        channels = [c for _, c, _ in rows]
+        if len(set(channels)) > 1:
+            raise ValueError(
+                'the ranks of a synchronized layer got inputs with different channel '
+                'counts (%s): every rank must pass the same number of channels'
+                % ', '.join('rank %d: %s' % (rank, c) for rank, c in enumerate(channels)))
+        return rows

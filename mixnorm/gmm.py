@@ -70,6 +70,7 @@ from typing import NamedTuple
 import numpy
 
 from mixnorm import _arrays
+from mixnorm import _collectives
 from mixnorm._collectives import LocalReducer  # noqa: F401  (public here too)
 from mixnorm import kernels
 from mixnorm._arrays import get_array_module
@@ -667,21 +668,27 @@ def _check_fit_args(n_components, kmeans_iters, em_iters, n_local_trials, fit_fr
             fit_fraction, min_weight, min_count, eps, rs)
 
 
-def _check_representable(gmm, work, x):
+def _check_representable(gmm, work, x, reducer=None):
     """Raise unless the host float64 GMM (data units) is finite in the dtype ``work`` it
-    is returned in (float32 variances overflow for |x| beyond about 1e19)."""
+    is returned in (float32 variances overflow for |x| beyond about 1e19).  The GMM is
+    the same on every rank, and so is the outcome; the message quotes the largest |x|
+    of all ranks, and the rank that holds it (one reduction, on the failure path)."""
     limit = float(numpy.finfo(work).max)
     big = max(float(numpy.abs(a).max()) for a in gmm)
     if math.isfinite(big) and big <= limit:
         return
+    top, where = _max_abs(x), ''
+    if reducer is not None and reducer.size > 1:
+        tops = reducer.allgather([top])[:, 0]
+        rank = int(numpy.argmax(tops))
+        top, where = float(tops[rank]), ' (on rank %d of %d)' % (rank, reducer.size)
     if work == numpy.float64:
-        raise ValueError('the mixture fitted to x is not finite in float64 (max |x| %g): '
-                         'rescale x' % _max_abs(x))
-    top = _max_abs(x)
-    raise ValueError('the magnitude of x overflows %s variances: max |x| is %g, so the '
+        raise ValueError('the mixture fitted to x is not finite in float64 (max |x| %g%s): '
+                         'rescale x' % (top, where))
+    raise ValueError('the magnitude of x overflows %s variances: max |x| is %g%s, so the '
                      'variances reach %g, beyond the largest %s (%g); cast x to float64 '
                      '(x.astype(numpy.float64)) or rescale it (e.g. x / %g)'
-                     % (work, top, big, work, limit, top))
+                     % (work, top, where, big, work, limit, top))
 
 
 def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
@@ -734,9 +741,11 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
     paper's "EM iter." 2, each of O(K d + P (d + trials)) numbers, never O(n d); the
     device work per rank is that of a single-process fit of its points plus one
     device-to-host copy per reduction.  ``fit_fraction`` subsamples each rank's points.
-    With one rank the result equals the fit without a reducer.  A rank whose own input
-    is invalid (shape, dtype) raises before the first reduction, leaving the others
-    waiting: check such input before fitting; NaN/Inf input is reported on every rank.
+    With one rank the result equals the fit without a reducer.  NaN/Inf input (also in a
+    point a ``fit_fraction`` fit did not see) and a float32 overflow are reported on
+    every rank, naming the rank(s).  A rank whose own input is invalid (shape, dtype)
+    raises before the first reduction, leaving the others waiting: check such input
+    before fitting (``MultiNodeMixtureNormalization`` does, collectively).
     """
     xp, work = _check_points(x)
     (n_components, kmeans_iters, em_iters, n_local_trials, fit_fraction, min_weight,
@@ -762,12 +771,12 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
             raise ValueError('the data overflow float64 in the fitting frame (max |x| %g): '
                              'rescale x' % _max_abs(points))
     gmm = _from_frame(gmm_z, frame)
-    _check_representable(gmm, work, points)
+    _check_representable(gmm, work, points, reducer)
     gmm = _on_device(gmm, xp, work)
     if not return_responsibilities:
         return gmm
     if points is not x:                     # fitted on a subset: score every point
-        return gmm, responsibilities(x, gmm)
+        return gmm, _responsibilities_everywhere(x, gmm, reducer)
     return gmm, _e_step(frame, gmm_z)[0].T
 
 
@@ -787,9 +796,10 @@ def _fitted_points(x, n_components, fit_fraction, rs, reducer):
 
 
 def _check_finite_everywhere(x, reducer):
-    """:func:`check_finite` on every rank: ranks with NaN/Inf raise with their counts,
-    the others name those ranks (one reduction, on the failure path only), so that no
-    rank is left waiting in a collective."""
+    """:func:`check_finite` on every rank: if any rank's points hold NaN/Inf, every rank
+    raises the same error, naming those ranks and quoting their counts (one reduction
+    when no rank has any, on the failure path only), so that no rank is left waiting in
+    a collective."""
     if reducer is None:
         return check_finite(x)
     try:
@@ -797,13 +807,24 @@ def _check_finite_everywhere(x, reducer):
         error = None
     except ValueError as e:
         error = e
-    flags = reducer.allgather([0.0 if error is None else 1.0])[:, 0]
-    if error is not None:
-        raise error
-    if flags.any():
-        raise ValueError('the points of rank(s) %s contain NaN/Inf values, so the mixture '
-                         'of the union cannot be fitted' % numpy.flatnonzero(flags).tolist())
-    return None
+    return _collectives.raise_together(
+        reducer, error, 'the points of rank(s) {ranks} contain NaN/Inf values, so the '
+        'mixture of the union cannot be fitted')
+
+
+def _responsibilities_everywhere(x, gmm, reducer):
+    """:func:`responsibilities` of this rank's points; with a reducer the ranks agree
+    first on whether every rank could score its points (one reduction), and all raise
+    together if one could not (NaN/Inf in a point the fit did not see)."""
+    if reducer is None:
+        return responsibilities(x, gmm)
+    try:
+        resp, error = responsibilities(x, gmm), None
+    except ValueError as e:
+        resp, error = None, e
+    _collectives.raise_together(reducer, error, 'the points of rank(s) {ranks} cannot be '
+                                'scored under the mixture of the union')
+    return resp
 
 
 def _check_reducer(reducer, seed):
