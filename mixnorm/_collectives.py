@@ -168,8 +168,8 @@ class StepReducer:
     that a rank that failed, and contributes no payload, takes part in the same
     collective; if any rank failed, every rank raises the same error
     (:func:`joint_error`), naming the ranks.  Later collectives pass through.  A rank
-    with no collective of its own to make (its input failed, or the call needs none,
-    as inference) calls :meth:`settle` instead.  Counts go to ``reducer``.
+    with no collective of its own to make (its input failed before it got to one)
+    calls :meth:`settle` instead.  Counts go to ``reducer``.
     """
 
     def __init__(self, reducer, error=None, channels=None):

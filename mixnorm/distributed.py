@@ -18,16 +18,18 @@ The link normalizes every process's part of the batch with the mixture of the
 * it is exact for unequal local batch sizes (sums, not means of means), and with
   ``n_components=1`` it is ``L.BatchNormalization`` of the concatenated batch.
 
-The ranks fail together.  Every check on a rank's input (shape, channel count, dtype,
-an empty batch, NaN/Inf, a float32 overflow, the channel count that ``size=None``
-takes from the first input) is decided collectively before any rank can go its own
-way: a bad input on one rank raises the same error on every rank, naming the rank(s),
-whether or not ChainerMN's crash hook is installed.  The checks of the input itself
-ride on the first collective of each call (:class:`mixnorm._collectives.StepReducer`),
-so they cost no extra collective in training; an inference call, which otherwise
-communicates nothing, makes one small all-gather.  The rule users must keep:
-**every rank calls the link the same number of times**, in training and in inference
-(as with ChainerMN's ``MultiNodeBatchNormalization`` in training).
+The ranks fail together.  In training, every check on a rank's input (shape, channel
+count, dtype, an empty batch, NaN/Inf, a float32 overflow, the channel count that
+``size=None`` takes from the first input) is decided collectively before any rank can
+go its own way: a bad input on one rank raises the same error on every rank, naming
+the rank(s), whether or not ChainerMN's crash hook is installed.  The checks of the
+input itself ride on the first collective of each call
+(:class:`mixnorm._collectives.StepReducer`), so they cost no extra collective.  The
+rule users must keep: **every rank calls the link the same number of times in
+training** (as with ChainerMN's ``MultiNodeBatchNormalization``).  Inference
+communicates nothing, so ranks may run it on batches of different counts (a test set
+split unevenly), and a bad input there raises on its own rank only, leaving no rank
+waiting in the link.
 
 The collectives run through the communicator's MPI communicator (``comm.mpi_comm``)
 on host arrays, whatever the communicator (``naive`` on CPUs, ``pure_nccl`` on
@@ -52,10 +54,10 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
     Arguments as :class:`mixnorm.MixtureNormalization` (``size``, ``n_components``,
     ``em_iters`` and every keyword), named and ordered as
     ``chainermn.links.MultiNodeBatchNormalization(size, comm, ...)``.  Every process
-    must call the link the same number of times, in training and in inference: its
-    calls are collectives, and a bad input on any rank raises the same error on every
-    rank (see the module docstring).  The seed of the fits is rank 0's, so that all
-    processes draw alike.
+    must call the link the same number of times in training: those calls are
+    collectives, and a bad input on any rank raises the same error on every rank (see
+    the module docstring); inference communicates nothing.  The seed of the fits is
+    rank 0's, so that all processes draw alike.
 
     ``communication_backend``: ``'auto'`` or ``'mpi'`` (the collectives are small host
     arrays through MPI); ``'nccl'`` is refused.
@@ -78,6 +80,8 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
         self._step = None
 
     def forward(self, x):
+        if not chainer.config.train:
+            return super().forward(x)       # no collective: its checks stay local
         x_arr = x.array if isinstance(x, chainer.Variable) else x
         step = _collectives.StepReducer(self._reducer, self._input_error(x_arr),
                                         x_arr.shape[1] if x_arr.ndim >= 2 else None)
@@ -94,7 +98,6 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
             raise
         finally:
             self._step = None
-        self._settle(step)          # inference: its only collective; training: done
         return y
 
     def _settle(self, step, error=None):

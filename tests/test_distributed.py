@@ -155,8 +155,6 @@ FAULTS = {
                     'float32 (max |x| = 1e+30)'),
     'overflow_k3': ('the magnitude of x overflows float32 variances',
                     'max |x| is 1e+30 (on rank 1 of 2)'),
-    'inference_nan': ('the input of rank(s) [1] of 2 fails the checks',
-                      'at inference'),
 }
 
 
@@ -191,6 +189,22 @@ def test_a_bad_input_on_one_rank_ends_the_job_through_the_crash_hook(tmp_path, c
     assert 'Uncaught exception on rank' in r.stderr
     assert head in r.stderr and detail in r.stderr, r.stderr
     assert not any((tmp_path / ('rank%d.txt' % rank)).exists() for rank in range(2))
+    assert seconds < FAULT_TIMEOUT
+
+
+@pytest.mark.parametrize('hook', ['nohook', 'hook'])
+def test_a_bad_input_at_inference_raises_on_its_rank_and_leaves_none_waiting(tmp_path,
+                                                                            hook):
+    """Inference communicates nothing (ranks may run it a different number of times),
+    so the bad rank raises alone and the others finish."""
+    r, seconds = run_fault(tmp_path, 'inference_nan', hook)
+    assert r.returncode != 0, r.stdout + r.stderr
+    says = "(rank 1 of 2) at inference, input (400, 4): x contains 1 NaN value"
+    if hook == 'nohook':
+        assert (tmp_path / 'rank0.txt').read_text() == 'ok'
+        assert says in (tmp_path / 'rank1.txt').read_text()
+    else:
+        assert 'Uncaught exception on rank 1' in r.stderr and says in r.stderr
     assert seconds < FAULT_TIMEOUT
 
 
