@@ -172,36 +172,36 @@ class _Layout(object):
         self.src3(out)[...] = self.as3(a)
         return out
 
-    def expand(self, xp, w, r, out=None):
-        """(C, K') coefficients -> (C, n) array ``sum_k w[c, k] r[i, k]``.
+    def expand(self, xp, coef, resp, out=None):
+        """(C, K') coefficients -> (C, n) array ``sum_k coef[c, k] resp[i, k]``.
 
         ``out``: optional (C, n) block of :meth:`empty` to write into.
         """
-        if r.shape[1] == 1:     # an outer product: BLAS with k = 1 is ~10x slower
+        if resp.shape[1] == 1:     # an outer product: BLAS with k = 1 is ~10x slower
             if out is None:
-                return w * r.T if not self.rows else (r * w.T).T
+                return coef * resp.T if not self.rows else (resp * coef.T).T
             if self.rows:
-                xp.multiply(r, w.T, out=out.T)
+                xp.multiply(resp, coef.T, out=out.T)
             else:
-                xp.multiply(w, r.T, out=out)
+                xp.multiply(coef, resp.T, out=out)
             return out
         if self.rows:
             if out is None:
-                return xp.matmul(r, w.T).T
+                return xp.matmul(resp, coef.T).T
             if out.T.flags.c_contiguous:
-                xp.matmul(r, w.T, out=out.T)
+                xp.matmul(resp, coef.T, out=out.T)
             else:                                  # a block of a stacked buffer
-                out[...] = xp.matmul(r, w.T).T
+                out[...] = xp.matmul(resp, coef.T).T
             return out
-        return xp.matmul(w, r.T, out=out)
+        return xp.matmul(coef, resp.T, out=out)
 
 
-def _with_ones_column(xp, r):
-    n, k = r.shape
-    r1 = xp.empty((n, k + 1), r.dtype)
-    r1[:, :k] = r
-    r1[:, k] = 1
-    return r1
+def _with_ones_column(xp, resp):
+    n, k = resp.shape
+    with_ones = xp.empty((n, k + 1), resp.dtype)
+    with_ones[:, :k] = resp
+    with_ones[:, k] = 1
+    return with_ones
 
 
 def _affine_mode(gamma, beta, C, K, what='K'):
@@ -258,31 +258,32 @@ def _check_eps(eps):
 # moments: two (C, n) passes on the device, the arithmetic on the host
 # --------------------------------------------------------------------------
 
-def _shift_estimate(xp, lay, x, ct):
+def _shift_estimate(xp, layout, x, dtype):
     """Per-channel mean of a strided subsample of about 1000 points.
 
     Only used as a shift before taking moments (the transform is shift
     invariant), so it needs to be close to the batch mean, not equal to it.
     """
-    src = lay.src3(x)
-    if lay.rows:
-        return src[:, ::max(1, lay.N // 1024)].mean(axis=1, dtype=ct)
-    sub = src[:, ::max(1, lay.N // 32), ::max(1, lay.L // 32)]
-    return sub.mean(axis=(1, 2), dtype=ct)
+    src = layout.src3(x)
+    if layout.rows:
+        return src[:, ::max(1, layout.N // 1024)].mean(axis=1, dtype=dtype)
+    sub = src[:, ::max(1, layout.N // 32), ::max(1, layout.L // 32)]
+    return sub.mean(axis=(1, 2), dtype=dtype)
 
 
-def _device_moments(xp, lay, x, r, ct):
+def _device_moments(xp, layout, x, resp, dtype):
     """``xc`` = x minus a per-channel shift ``c`` close to the batch mean, as the
     first (C, n) block of a stacked (2C, n) buffer whose second block is free,
-    and the small device arrays ``[[xc; xc^2]^T r (2C, K), colsum(r) (K,), c (C,)]``.
+    and the small device arrays ``[[xc; xc^2]^T resp (2C, K), colsum(resp) (K,),
+    shift (C,)]``.
     Moments are taken of ``xc`` so that ``E[x^2] - mu^2`` does not cancel."""
-    C = lay.C
-    work = lay.empty(xp, ct, 2)
+    C = layout.C
+    work = layout.empty(xp, dtype, 2)
     xc, spare = work[:C], work[C:]
-    c = _shift_estimate(xp, lay, x, ct)
-    lay.to_cn(xp, x, ct, shift=c, out=xc)
+    shift = _shift_estimate(xp, layout, x, dtype)
+    layout.to_cn(xp, x, dtype, shift=shift, out=xc)
     xp.multiply(xc, xc, out=spare)
-    return xc, spare, [xp.matmul(work, r), r.sum(axis=0), c]
+    return xc, spare, [xp.matmul(work, resp), resp.sum(axis=0), shift]
 
 
 class _Moments(NamedTuple):
@@ -296,11 +297,11 @@ class _Moments(NamedTuple):
     var: object
 
 
-def _host_moments(moments, colsum, n, ct):
+def _host_moments(moments, colsum, n, dtype):
     """:class:`_Moments` from the (2C, K) moments ``[xc; xc^2]^T r`` and the column sums
     of r of :func:`_device_moments` over ``n`` points (host, float64)."""
     C = moments.shape[0] // 2
-    tiny = numpy.finfo(ct).tiny
+    tiny = numpy.finfo(dtype).tiny
     colsum = numpy.maximum(colsum, tiny)
     weights = numpy.maximum(colsum / n, tiny)
     mean = moments[:C] / colsum
@@ -411,11 +412,11 @@ def _read_inputs(inputs, spec, resp):
     given = iter(params)
     gamma = next(given) if spec.has_gamma else None
     beta = next(given) if spec.has_beta else None
-    ct = _compute_dtype(x.dtype)
+    dtype = _compute_dtype(x.dtype)
     dtypes = _Dtypes(x.dtype, None if gamma is None else gamma.dtype,
                      None if beta is None else beta.dtype)
-    return _Inputs(x, gamma, beta, _arrays.get_array_module(x), ct, _Layout(x.shape),
-                   resp.astype(ct, copy=False), params, dtypes)
+    return _Inputs(x, gamma, beta, _arrays.get_array_module(x), dtype, _Layout(x.shape),
+                   resp.astype(dtype, copy=False), params, dtypes)
 
 
 def _host_params(spec, host):
@@ -450,7 +451,7 @@ def _coefficients(spec, mean, var, scale, shift, gamma, beta, colsum=None,
                          gamma_component, colsum, var_positive)
 
 
-def _non_finite_moments_error(x, ct):
+def _non_finite_moments_error(x, dtype):
     """The error for batch moments that are not finite: NaN/Inf in ``x`` (with the
     counts), or finite values whose squares overflow the compute dtype (with max |x|)."""
     try:
@@ -461,7 +462,7 @@ def _non_finite_moments_error(x, ct):
     return ValueError(
         'the input is finite but its second moments overflow {} (max |x| = {:g}): '
         'rescale the activations or compute in float64'.format(
-            numpy.dtype(ct).name, float(xp.abs(x).max())))
+            numpy.dtype(dtype).name, float(xp.abs(x).max())))
 
 
 # --------------------------------------------------------------------------
@@ -503,22 +504,22 @@ def _normalize(spec, ins, coef, xc=None, spare=None, extra=()):
 def _normalize_linear(ins, xc, spare, x_weight, offset_weight, channel_beta):
     """Eq. 34 with the affine: y = sum_k a_k r_k (xc S_k + offset_k) + beta
     = xc * (a S) r^T + (a offset) r^T + beta, one fused pass (:func:`kernels.combine`)."""
-    xp, lay, ct = ins.xp, ins.layout, ins.dtype
-    beta = ins.beta.astype(ct, copy=False) if channel_beta else None
+    xp, layout, dtype = ins.xp, ins.layout, ins.dtype
+    beta = ins.beta.astype(dtype, copy=False) if channel_beta else None
     resp_t = xp.ascontiguousarray(ins.resp.T)
-    y = kernels.combine(spare if spare is not None else lay.empty(xp, ct), xc,
+    y = kernels.combine(spare if spare is not None else layout.empty(xp, dtype), xc,
                         x_weight, resp_t, Cm=offset_weight, beta=beta)
-    return lay.output(xp, y, ins.x.dtype), _DeviceState(x_weight=x_weight, resp_t=resp_t)
+    return layout.output(xp, y, ins.x.dtype), _DeviceState(x_weight=x_weight, resp_t=resp_t)
 
 
 def _normalize_relu(ins, xc, spare, slope, offset, scale):
     """Eq. 40: y = sum_k a_k r_k ReLU(xc * slope_k + offset_k), one (C, n) pass set per k."""
-    xp, lay, ct = ins.xp, ins.layout, ins.dtype
+    xp, layout, dtype = ins.xp, ins.layout, ins.dtype
     K = ins.resp.shape[1]
     device = _DeviceState(slope=slope, offset=offset,
                           resp_t_scaled=xp.ascontiguousarray(ins.resp.T) * scale[:, None])
-    y = lay.empty(xp, ct)
-    work = spare if spare is not None else (lay.empty(xp, ct) if K > 1 else None)
+    y = layout.empty(xp, dtype)
+    work = spare if spare is not None else (layout.empty(xp, dtype) if K > 1 else None)
     for k in range(K):
         out = y if k == 0 else work
         _pre_activation(xp, device, xc, k, out)
@@ -526,7 +527,7 @@ def _normalize_relu(ins, xc, spare, slope, offset, scale):
         out *= device.resp_t_scaled[k][None, :]
         if k > 0:
             y += out
-    return lay.output(xp, y, ins.x.dtype, spare=work), device
+    return layout.output(xp, y, ins.x.dtype, spare=work), device
 
 
 def _pre_activation(xp, device, xc, k, out):
@@ -758,12 +759,12 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         gy, = inputs
         spec, saved = self.spec, self.saved
         xp = _arrays.get_array_module(gy)
-        ct, C = saved.xc.dtype, saved.layout.C
-        work = saved.layout.empty(xp, ct, 2)        # [gy; scratch] (2C, n)
-        saved.layout.to_cn(xp, gy, ct, out=work[:C])
+        dtype, C = saved.xc.dtype, saved.layout.C
+        work = saved.layout.empty(xp, dtype, 2)        # [gy; scratch] (2C, n)
+        saved.layout.to_cn(xp, gy, dtype, out=work[:C])
         sums = (_relu_sums if spec.relu else _linear_sums)(xp, spec, saved, work)
         host = _host_gradients(spec, saved.coef, sums, self.reducer)
-        grads = _send_gradients(xp, host, ct)
+        grads = _send_gradients(xp, host, dtype)
         gx_form = _relu_gx if spec.relu else _linear_gx
         gx, spare = gx_form(xp, saved, sums, grads, work[:C], work[C:])
         dtypes = saved.dtypes
@@ -797,11 +798,11 @@ def _relu_sums(xp, spec, saved, work):
     """:class:`_ComponentSums` of the ReLU form (Eq. 40): per k, h_k = gy a_k r_k where
     component k's pre-activation is positive, and the input gradient's part
     sum_k h_k slope_k.  ``work`` = [gy; scratch]."""
-    lay, device, xc = saved.layout, saved.device, saved.xc
-    C, K, ct = lay.C, saved.resp.shape[1], xc.dtype
+    layout, device, xc = saved.layout, saved.device, saved.xc
+    C, K, dtype = layout.C, saved.resp.shape[1], xc.dtype
     gy_cn, h_k = work[:C], work[C:]
-    sums = xp.empty((2 * C, K), ct)
-    gx, hx_k, mask = lay.empty(xp, ct), lay.empty(xp, ct), lay.empty(xp, numpy.bool_)
+    sums = xp.empty((2 * C, K), dtype)
+    gx, hx_k, mask = layout.empty(xp, dtype), layout.empty(xp, dtype), layout.empty(xp, numpy.bool_)
     for k in range(K):
         xp.greater(_pre_activation(xp, device, xc, k, h_k), 0, out=mask)
         xp.multiply(gy_cn, mask, out=h_k)
@@ -815,7 +816,7 @@ def _relu_sums(xp, spec, saved, work):
             h_k *= device.slope[:, k:k + 1]
             gx += h_k
     del mask, hx_k
-    sums, = _arrays.fetch(xp, [sums], ct)
+    sums, = _arrays.fetch(xp, [sums], dtype)
     h = sums[:C]
     beta = h.sum(axis=1) if spec.mode == _CHANNEL and spec.has_beta else None
     return _ComponentSums(h, sums[C:], beta, gx)
@@ -862,10 +863,10 @@ def _statistics_gradients(spec, coef, h, centred, inv_std3):
     return 2 * d_var / coef.colsum, d_mu / coef.colsum
 
 
-def _send_gradients(xp, host, ct):
+def _send_gradients(xp, host, dtype):
     """:class:`_HostGradients` on the device, the arrays present sent in one copy."""
     present = [name for name, value in zip(host._fields, host) if value is not None]
-    sent = _arrays.send(xp, [getattr(host, name) for name in present], ct)
+    sent = _arrays.send(xp, [getattr(host, name) for name in present], dtype)
     return _HostGradients(**dict(zip(present, sent)))
 
 
@@ -884,11 +885,11 @@ def _relu_gx(xp, saved, sums, grads, gy_cn, scratch):
     in training, the part through the statistics.  Returns it and a free buffer."""
     gx = sums.gx
     if grads.x_var is not None:
-        lay = saved.layout
-        scratch = lay.expand(xp, grads.x_var, saved.resp, out=scratch)
+        layout = saved.layout
+        scratch = layout.expand(xp, grads.x_var, saved.resp, out=scratch)
         scratch *= saved.xc
         gx += scratch
-        gx += lay.expand(xp, grads.x_mean, saved.resp, out=scratch)
+        gx += layout.expand(xp, grads.x_mean, saved.resp, out=scratch)
     return gx, scratch
 
 
@@ -897,19 +898,19 @@ def _relu_gx(xp, saved, sums, grads, gy_cn, scratch):
 # --------------------------------------------------------------------------
 
 def _prepare(x, gamma, beta, resp, fname, what='K'):
-    xa = _raw(x)
-    ra = _raw(resp)
-    _check_x_resp(xa, ra, fname)
-    mode = _affine_mode(_raw(gamma), _raw(beta), xa.shape[1], ra.shape[1], what)
+    x_array = _raw(x)
+    resp_array = _raw(resp)
+    _check_x_resp(x_array, resp_array, fname)
+    mode = _affine_mode(_raw(gamma), _raw(beta), x_array.shape[1], resp_array.shape[1], what)
     params = [p for p in (gamma, beta) if p is not None]
-    return xa, ra, mode, params
+    return x_array, resp_array, mode, params
 
 
 def _train(x, gamma, beta, resp, eps, lambda_scaling, relu, return_stats, fname,
            reducer=None):
     _check_eps(eps)
-    xa, ra, mode, params = _prepare(x, gamma, beta, resp, fname)
-    node = MixtureNormalizationFunction(ra, mode, gamma is not None, beta is not None,
+    x_array, resp_array, mode, params = _prepare(x, gamma, beta, resp, fname)
+    node = MixtureNormalizationFunction(resp_array, mode, gamma is not None, beta is not None,
                                         eps, lambda_scaling, relu=relu, reducer=reducer)
     y, = node.apply([x] + params)
     return (y, node.stats) if return_stats else y
@@ -994,8 +995,8 @@ def fixed_mixture_normalization(x, gamma, beta, resp, means, variances, scale,
     """
     _check_eps(eps)
     fname = 'fixed_mixture_normalization'
-    xa, ra, mode, params = _prepare(x, gamma, beta, resp, fname, 'M')
-    C, M = xa.shape[1], ra.shape[1]
+    x_array, resp_array, mode, params = _prepare(x, gamma, beta, resp, fname, 'M')
+    C, M = x_array.shape[1], resp_array.shape[1]
     means, variances, scale = _raw(means), _raw(variances), _raw(scale)
     for name, arr, shape in (('means', means, (M, C)), ('variances', variances, (M, C)),
                              ('scale', scale, (M,))):
@@ -1003,9 +1004,9 @@ def fixed_mixture_normalization(x, gamma, beta, resp, means, variances, scale,
             raise ValueError('{}: {} must have shape {} (M = resp.shape[1], C = '
                              'x.shape[1]), got {}'.format(fname, name, shape,
                                                          tuple(arr.shape)))
-        if _arrays.get_array_module(arr) is not _arrays.get_array_module(xa):
+        if _arrays.get_array_module(arr) is not _arrays.get_array_module(x_array):
             raise ValueError('{}: {} must live on the same device as x'.format(fname, name))
-    node = FixedMixtureNormalizationFunction(ra, means, variances, scale, mode,
+    node = FixedMixtureNormalizationFunction(resp_array, means, variances, scale, mode,
                                              gamma is not None, beta is not None, eps)
     y, = node.apply([x] + params)
     return y
@@ -1024,16 +1025,16 @@ def mixture_moments(x, resp):
         ``lam_k = mean_i resp_ik``, ``mu = nu_hat^T x``,
         ``var = max(nu_hat^T x^2 - mu^2, 0)``.
     """
-    xa = _raw(x)
-    ra = _raw(resp)
-    _check_x_resp(xa, ra, 'mixture_moments')
-    xp = _arrays.get_array_module(xa)
-    ct = _compute_dtype(xa.dtype)
-    lay = _Layout(xa.shape)
-    _, _, small = _device_moments(xp, lay, xa, ra.astype(ct, copy=False), ct)
-    moments, colsum, shift = _arrays.fetch(xp, small, ct)
+    x_array = _raw(x)
+    resp_array = _raw(resp)
+    _check_x_resp(x_array, resp_array, 'mixture_moments')
+    xp = _arrays.get_array_module(x_array)
+    dtype = _compute_dtype(x_array.dtype)
+    layout = _Layout(x_array.shape)
+    _, _, small = _device_moments(xp, layout, x_array, resp_array.astype(dtype, copy=False), dtype)
+    moments, colsum, shift = _arrays.fetch(xp, small, dtype)
     if not numpy.isfinite(moments).all():
-        raise _non_finite_moments_error(xa, ct)
-    stats = _host_moments(moments, colsum, lay.n, ct)
+        raise _non_finite_moments_error(x_array, dtype)
+    stats = _host_moments(moments, colsum, layout.n, dtype)
     return BatchStats(*_arrays.send(xp, [stats.weights, (stats.mean + shift[:, None]).T,
-                                         stats.var.T], ct))
+                                         stats.var.T], dtype))
