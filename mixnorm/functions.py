@@ -20,8 +20,10 @@ Interface
 (inference: constant statistics) are two function nodes,
 :class:`MixtureNormalizationFunction` and :class:`FixedMixtureNormalizationFunction`,
 as Chainer splits ``batch_normalization`` from ``fixed_batch_normalization``; both
-hand their backward to :class:`MixtureNormalizationGrad` with explicit arguments (the
-host coefficients and device arrays of the forward).  :func:`mixture_normalization_relu`
+check their input types as Chainer's nodes do and hand their backward to
+:class:`MixtureNormalizationGrad` with what the forward saved, a named
+:class:`_Saved` (the host :class:`_Coefficients`, the :class:`_DeviceState`, the
+shifted input and ``resp``); it builds each gradient by name.  :func:`mixture_normalization_relu`
 is Eq. 40 and :func:`mixture_moments` the statistics alone.  With a ``reducer`` the
 training node synchronizes its statistics over processes (see
 :mod:`mixnorm.distributed`).

@@ -418,8 +418,10 @@ def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False
     the same draws: the first seed uniformly over all points, then per round
     ``n_local_trials`` candidates drawn proportionally to the potential (squared
     distance to the nearest seed), of which the one lowering the total potential most
-    is kept.  One process is the P = 1 case of the same steps, whose exchanges are then
-    no-ops that leave the data on the device (no host synchronisation):
+    is kept.  One process (no reducer) is the P = 1 case of the same steps, whose
+    exchanges are then no-ops that leave the data on the device (no host
+    synchronisation); with a :class:`LocalReducer` they run, and choose the same seeds
+    bitwise:
 
     * a seed or candidate is held by one rank, which contributes its coordinates
       (:func:`_seed_coef`, one reduction);
