@@ -82,6 +82,7 @@ from mixnorm import _arrays
 from mixnorm import _collectives
 from mixnorm import gmm as _gmm
 from mixnorm import kernels
+from mixnorm import settings
 
 __all__ = [
     'BatchStats',
@@ -252,8 +253,8 @@ def _check_x_resp(x, resp, fname):
 
 
 def _check_eps(eps):
-    if not eps > 0:
-        raise ValueError('eps must be > 0, got {}'.format(eps))
+    """``eps`` as MN's ``eps`` setting allows (:data:`mixnorm.settings.SETTINGS`)."""
+    return settings.check('eps', eps, 'mixture normalization')
 
 
 # --------------------------------------------------------------------------
