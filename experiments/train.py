@@ -21,6 +21,7 @@ persistent counters.
 from mixnorm import _compat  # noqa: F401
 
 import argparse
+import copy
 import math
 import os
 import re
@@ -35,6 +36,7 @@ from chainer import training
 from chainer.training import extensions
 
 import mixnorm
+from mixnorm import settings as mn_settings
 from experiments import cli
 from experiments import config as config_lib
 from experiments import data as data_lib
@@ -55,9 +57,7 @@ def place_mn(cfg, model, comm=None):
     if not mn:
         return []
     config_lib.check_layers(cfg, model)
-    kwargs = {k: mn[k] for k in ('n_components', 'em_iters', 'fit_fraction', 'min_weight',
-                                 'min_count', 'queue_length', 'decay', 'affine',
-                                 'lambda_scaling', 'inference')}
+    kwargs = {k: v for k, v in mn.items() if k in mn_settings.SETTINGS}
     paths = mixnorm.replace_batch_normalization(model, mn['layers'], comm=comm, **kwargs)
     # distinct, reproducible GMM seeds per layer (persistent, so resumable)
     links = dict(model.namedlinks(skipself=True))
@@ -79,10 +79,13 @@ def serialize_random_state(serializer, rng, prefix='rng'):
 
 
 def build_model(cfg, n_classes, par=None):
-    """The classifier for ``cfg``: the registry's model, MN placed at ``mn.layers``;
-    with several processes (``par``) the normalization is synchronized."""
+    """The classifier for ``cfg``: the registry's model taking the dataset's channels,
+    MN placed at ``mn.layers``; with several processes (``par``) the normalization is
+    synchronized."""
     par = par or parallel_lib.create(None)
-    model = models.build_model(cfg['model']['name'], n_classes, **cfg['model']['kwargs'])
+    kwargs = dict({'in_channels': data_lib.channels_of(cfg['data']['dataset'])},
+                  **cfg['model']['kwargs'])
+    model = models.build_model(cfg['model']['name'], n_classes, **kwargs)
     place_mn(cfg, model, par.mn_comm(cfg))
     return L.Classifier(par.normalization(model, cfg))
 
@@ -108,11 +111,15 @@ def build_iterators(cfg, dataset, par=None):
 
 class AugmentingUpdater(training.updaters.StandardUpdater):
     """StandardUpdater that applies ``random_crop_flip`` to each training batch on the
-    device, drawing from a RandomState that is saved in snapshots (exact resume)."""
+    device, drawing from a RandomState that is saved in snapshots (exact resume).
+    ``pad``, ``flip``: the config's ``data.crop_pad`` / ``data.flip``; ``fill``: what the
+    crops pad with (:attr:`experiments.data.Dataset.crop_fill`)."""
 
-    def __init__(self, iterator, optimizer, device, seed, augment=True):
+    def __init__(self, iterator, optimizer, device, seed, augment=True, pad=4, flip=True,
+                 fill=None):
         super().__init__(iterator, optimizer, device=device)
         self.augment = augment
+        self.pad, self.flip, self.fill = pad, flip, fill
         self.rng = numpy.random.RandomState(seed)
 
     def update_core(self):
@@ -120,7 +127,8 @@ class AugmentingUpdater(training.updaters.StandardUpdater):
         batch = iterator.next()
         x, t = self.converter(batch, self.device)
         if self.augment:
-            x = data_lib.random_crop_flip(x, self.rng, pad=4)
+            x = data_lib.random_crop_flip(x, self.rng, pad=self.pad, flip=self.flip,
+                                          fill=self.fill)
         optimizer = self._optimizers['main']
         optimizer.update(optimizer.target, x, t)
         if self.auto_new_epoch and iterator.is_new_epoch:
@@ -129,6 +137,32 @@ class AugmentingUpdater(training.updaters.StandardUpdater):
     def serialize(self, serializer):
         super().serialize(serializer)
         serialize_random_state(serializer, self.rng)
+
+
+class BatchStatisticsEvaluator(extensions.Evaluator):
+    """The test set evaluated with each test batch normalized by its own statistics
+    (BN's and MN's training-mode forward), beside the usual evaluation with the
+    inference statistics (BN's running averages, MN's queue): reported as
+    ``validation_batchstats/main/accuracy`` (and ``.../loss``).
+
+    A gap between the two is a lag of the inference statistics, not a difference in
+    what the network has learned.  The evaluation runs on a copy of the classifier, so
+    that the running averages, the MN queue and fit counters of the trained model are
+    untouched (an exact resume stays exact).  The paper's metric stays the inference
+    one."""
+    default_name = 'validation_batchstats'
+
+    def __call__(self, trainer=None):
+        target = self._targets['main']
+        self._targets['main'] = copy.deepcopy(target)
+        try:
+            return super().__call__(trainer)
+        finally:
+            self._targets['main'] = target
+
+    def evaluate(self):
+        with chainer.using_config('train', True):
+            return super().evaluate()
 
 
 def mn_links(model):
@@ -211,11 +245,12 @@ def progress_extensions(trainer, entries, bar_interval):
 
 
 def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device,
-                  progress=True, par=None):
+                  progress=True, par=None, crop_fill=None):
     par = par or parallel_lib.create(None)
     updater = AugmentingUpdater(train_iter, optimizer, device, cfg['train']['seed'] + 17
                                 + parallel_lib.RANK_SEED * par.rank,
-                                augment=cfg['data']['augment'])
+                                augment=cfg['data']['augment'], pad=cfg['data']['crop_pad'],
+                                flip=cfg['data']['flip'], fill=crop_fill)
     epochs = cfg['train']['epochs']
     stop = (cfg['train']['max_iterations'], 'iteration') if cfg['train']['max_iterations'] \
         else (epochs, 'epoch')
@@ -225,6 +260,9 @@ def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device
     trainer.extend(optimizers.LearningRateSchedule(schedule, attr=attr))
     trainer.extend(par.evaluator(extensions.Evaluator(test_iter, classifier, device=device)),
                    trigger=(1, 'epoch'))
+    if par.size == 1:   # with several processes, ranks' test shards may differ in batches
+        trainer.extend(BatchStatisticsEvaluator(test_iter, classifier, device=device),
+                       trigger=(1, 'epoch'))
     trainer.extend(extensions.observe_value(
         'lr', lambda t: getattr(t.updater.get_optimizer('main'), attr)),
         trigger=(1, 'iteration'))
@@ -244,7 +282,8 @@ def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device
     if progress and par.writer:
         progress_extensions(trainer, ['epoch', 'iteration', 'main/loss', 'main/accuracy',
                                       'validation/main/loss', 'validation/main/accuracy',
-                                      'lr', 'elapsed_time'], bar_interval=1)
+                                      'validation_batchstats/main/accuracy', 'lr',
+                                      'elapsed_time'], bar_interval=1)
     return trainer
 
 
@@ -258,7 +297,7 @@ def build(cfg, dataset, out, device, progress=True, par=None):
     optimizer = build_optimizer(cfg, classifier, par)
     train_iter, test_iter = build_iterators(cfg, dataset, par)
     trainer = build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device,
-                            progress=progress, par=par)
+                            progress=progress, par=par, crop_fill=dataset.crop_fill)
     return classifier, trainer
 
 
@@ -322,26 +361,63 @@ def elapsed_time(trainer):
         return float(getattr(trainer, '_snapshot_elapsed_time', 0.0))
 
 
-def interrupted_message(out, trainer, unit='epoch'):
-    """Where an interrupted run stopped and how to go on."""
+def interrupted_message(out, trainer, unit='epoch', size=1):
+    """Where an interrupted run stopped and how to go on (``size`` processes: the
+    newest snapshot all of them completed)."""
     u = trainer.updater
     at = 'epoch %.2f, iteration %d' % (u.epoch_detail, u.iteration) if unit == 'epoch' \
         else 'update %d' % u.iteration
-    snaps = records.snapshots(out)
-    then = ('run the same command again to resume from %s' % os.path.basename(snaps[-1])
-            if snaps else 'no snapshot yet, so the same command starts it again from '
-            'scratch')
+    snaps = records.complete_snapshots(out, size)
+    again = 'the same command' if size == 1 else 'the same mpiexec -n %d command' % size
+    then = ('run %s again to resume from %s' % (again, os.path.basename(snaps[-1]))
+            if snaps else 'no snapshot yet, so %s starts it again from scratch' % again)
     return 'interrupted at %s; the run is in %s: %s' % (at, out, then)
 
 
-def train_loop(trainer, out, write_summary, unit='epoch'):
+def train_loop(trainer, out, write_summary, unit='epoch', size=1):
     """``trainer.run()``; on Ctrl-C write the summary of the run so far and raise
     :class:`experiments.records.RunInterrupted` saying where it stopped."""
     try:
         trainer.run(show_loop_exception_msg=False)
     except KeyboardInterrupt:
         write_summary(finished=False)
-        raise records.RunInterrupted(interrupted_message(out, trainer, unit)) from None
+        raise records.RunInterrupted(interrupted_message(out, trainer, unit, size)) from None
+
+
+class WriteSummary(training.Extension):
+    """Rewrites ``summary.json`` right after each snapshot (``write(finished=False)``),
+    so that the record of a killed run is as current as its newest snapshot."""
+    priority = -101         # after the snapshot (-100) and LogReport
+
+    def __init__(self, write):
+        self.write = write
+
+    def __call__(self, trainer):
+        self.write(finished=False)
+
+
+def prepare_local(cfg, device, dataset, par):
+    """The steps every process takes alone before building: its device (seeded), its
+    dataset, the batch size checked against it; returns ``(device, dataset)``."""
+    if not isinstance(device, chainer.backend.Device):
+        device = resolve_device(par.device(device))
+    seed_everything(device, cfg['train']['seed'])
+    if dataset is None:
+        dataset = load_data(cfg)
+    config_lib.check_batch_size(cfg, dataset.n_train)
+    return device, dataset
+
+
+def resume_snapshot(trainer, start, par, log):
+    """Load the newest snapshot every process has complete (:func:`records.load_snapshot`);
+    its errors are the same on every process, printed by rank 0.  Returns its path or
+    None."""
+    try:
+        return records.load_snapshot(trainer, start, log=log, par=par)
+    except records.RunError as e:
+        if par.size > 1:
+            raise parallel_lib.mark_alike(e, speaks=par.writer) from None
+        raise
 
 
 def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
@@ -359,7 +435,7 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
         raise config_lib.ConfigError('%s: a GAN config; train it with python -m '
                                      'experiments.gan' % ', '.join(cfg.get('_sources', [])))
     par = par or parallel_lib.create(communicator)
-    cfg = par.record(cfg)
+    cfg = par.together(lambda: par.record(cfg))
     if not par.writer:
         log = _quiet
     out = out or records.run_dir(cfg)
@@ -367,21 +443,13 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
     if start.action == 'skip':
         log(start.message)
         return start.summary
-    if not isinstance(device, chainer.backend.Device):
-        device = resolve_device(par.device(device))
-    seed_everything(device, cfg['train']['seed'])
-    if dataset is None:
-        dataset = load_data(cfg)
-    config_lib.check_batch_size(cfg, dataset.n_train)
+    device, dataset = par.together(lambda: prepare_local(cfg, device, dataset, par))
     classifier, trainer = build(cfg, dataset, out, device, progress, par)
     # the run directory appears (or is cleared) only once device, data and model are
     # known to be good
     par.decide(lambda: records.begin(out, cfg, start, log))
-    resumed = par.decide(lambda: records.load_snapshot(trainer, start, log=log))
+    resumed = resume_snapshot(trainer, start, par, log)
     if resumed:
-        if not par.writer:
-            records.load_own_snapshot(trainer, par.own_snapshot(resumed))
-        par.resumed(trainer)
         log('resumed from %s (epoch %d, iteration %d)'
             % (resumed, trainer.updater.epoch, trainer.updater.iteration))
     session_start = time.time()
@@ -405,7 +473,10 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
         return summary
 
     write_summary(finished=False)
-    train_loop(trainer, out, write_summary)
+    if par.writer:
+        trainer.extend(WriteSummary(write_summary),
+                       trigger=(cfg['train']['snapshot_every'], 'epoch'))
+    train_loop(trainer, out, write_summary, size=par.size)
     return par.decide(lambda: write_summary(finished=True))
 
 
@@ -426,9 +497,10 @@ def add_run_arguments(p):
     p.add_argument('--set', dest='overrides', action='append', default=[],
                    metavar='KEY=VALUE', help='override a config value, e.g. train.epochs=3')
     p.add_argument('--device', default='cpu', help="'cpu' (default) or a GPU id, e.g. 0")
-    p.add_argument('--data-dir', help='folder with the CIFAR archives or extracted batches')
+    p.add_argument('--data-dir', help='folder with the CIFAR archives or extracted batches, '
+                   'or the Fashion-MNIST IDX files')
     p.add_argument('--download', action='store_true',
-                   help='allow Chainer to download CIFAR when it is not found locally')
+                   help='allow Chainer to download the data when it is not found locally')
     p.add_argument('--seed', type=int, help='override train.seed')
     p.add_argument('--force', action='store_true',
                    help='start over: discard what an earlier run wrote into the run '
@@ -477,7 +549,8 @@ def main(argv=None):
     add_run_arguments(p)
     args = p.parse_args(argv)
     par = parallel_lib.create(args.communicator)
-    cfg = config_lib.load_config(args.config, args.preset, config_overrides(args))
+    cfg = par.together(lambda: config_lib.load_config(args.config, args.preset,
+                                                      config_overrides(args)))
     out = args.out or records.run_dir(cfg)
     summary = run(cfg, out=out, device=args.device, resume=args.resume,
                   progress=not args.no_progress, force=args.force, par=par)

@@ -112,6 +112,13 @@ def test_the_fmnist_step_trains_table2_on_fashion_mnist(tmp_path):
     assert cmd[cmd.index('--preset') + 1] == 'fmnist-gpu'
     assert cmd[cmd.index('--data-dir') + 1] == '/data/fm'
     assert os.path.exists(os.path.join(REPO, 'configs', 'presets', 'fmnist-gpu.yaml'))
+    args = reproduce.parser().parse_args(cmd[i:])
+    assert args.dataset == 'fashion-mnist' and args.device == '0'
+    assert 'train.epochs=3' in args.overrides and args.preset == ['fmnist-gpu']
+    from experiments import config as C
+    cfg = C.load_config(os.path.join(C.CONFIG_ROOT, 'table2', 'fashion-mnist', 'MN-2.yaml'),
+                        args.preset, args.overrides + ['data.data_dir=/data/fm'])
+    assert cfg['train']['epochs'] == 3 and cfg['data']['subset'] is None
 
 
 def test_absent_prerequisites_are_reasons(tmp_path):
