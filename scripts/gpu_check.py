@@ -9,7 +9,7 @@ command, the most informative steps first (``--list`` prints them):
 3. ``bench_layer``: MN beside BN on one layer (``bench/bench_layer.py --device gpu``);
 4. ``smoke_table2``: a smoke row (BN-2 and MN-2 of Table 2 on generated data);
 5. ``fmnist_table2``: BN-2 and MN-2 of Table 2 on all of Fashion-MNIST (preset
-   ``fmnist-gpu``; skipped when the IDX files are absent);
+   ``fmnist-gpu``; skipped when the IDX files are absent; on the CPU 256 images);
 6. ``nccl_table2``: the data-parallel path under ``mpiexec`` with ChainerMN's
    ``pure_nccl`` communicator;
 7. ``pytest``: the GPU tests, and the NVRTC compile of every CUDA kernel on our paths;
@@ -49,9 +49,9 @@ The one command to run there (``$OUT`` is the folder the device tool brings back
 data-parallel step finds ``libmpi`` beside the ``mpiexec`` on PATH.)
 
 ``--steps a,b`` runs some of the steps; ``--allow-cpu --device cpu`` runs without a GPU
-(the steps that need a device are then skipped; the smoke runs train on the CPU and the
-data-parallel step uses the ``naive`` communicator), which is how the rehearsal checks
-this script and the wheel set.
+(the steps that need a device are then skipped; the smoke runs train on the CPU, the
+Fashion-MNIST step on 256 of its images, and the data-parallel step uses the ``naive``
+communicator), which is how the rehearsal checks this script and the wheel set.
 """
 import argparse
 import ast
@@ -103,8 +103,8 @@ STEPS = [
                                    'BN-2,MN-2', '--preset', 'fmnist-gpu', '--set',
                                    'train.epochs=3', '--set', 'train.snapshot_every=1',
                                    '--data-dir', '{fmnist}', '--device', '{device}',
-                                   '--force', '--runs-root', '{out}/runs'],
-         150, needs=('device', 'fmnist')),
+                                   '--force', '--runs-root', '{out}/runs', '{cpu_subset}'],
+         150, needs=('fmnist',)),
     # the data-parallel path with ChainerMN's NCCL communicator on one GPU (naive on CPU)
     Step('nccl_table2', ['{mpiexec}', '-n', '1'] + _smoke(
         'table2', '--dataset', 'cifar10', '--rows', 'MN-2', '--communicator',
@@ -271,7 +271,10 @@ class Context:
                 'communicator': 'naive' if self.cpu else 'pure_nccl'}
         cmd, notes = [], []
         for a in action:
-            if a == '{gpu_tests}':
+            if a == '{cpu_subset}':          # on the CPU: the same path on 256 images
+                cmd += ['--set', 'data.subset=[256, 256]', '--set', 'train.epochs=1'] \
+                    if self.cpu else []
+            elif a == '{gpu_tests}':
                 files, left_out = gpu_test_files()
                 cmd += files
                 notes += ['%s left out: this Python has no %s' % (f, ', '.join(m))

@@ -111,6 +111,9 @@ def test_the_fmnist_step_trains_table2_on_fashion_mnist(tmp_path):
     assert cmd[cmd.index('--rows') + 1] == 'BN-2,MN-2'
     assert cmd[cmd.index('--preset') + 1] == 'fmnist-gpu'
     assert cmd[cmd.index('--data-dir') + 1] == '/data/fm'
+    assert 'data.subset=[256, 256]' not in cmd
+    ctx.cpu = True
+    assert 'data.subset=[256, 256]' in ctx.command(s.action)[0]
     assert os.path.exists(os.path.join(REPO, 'configs', 'presets', 'fmnist-gpu.yaml'))
     args = reproduce.parser().parse_args(cmd[i:])
     assert args.dataset == 'fashion-mnist' and args.device == '0'
