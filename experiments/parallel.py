@@ -119,8 +119,13 @@ def create(name):
     try:
         # batched_copy=False: ChainerMN's batched gradient copy compiles two raw CUDA
         # kernels that declare `half`, which CuPy 14's headers no longer provide (NVRTC
-        # fails on them); the per-parameter copy compiles (tests/test_gpu_kernels.py)
+        # fails on them); the per-parameter copy compiles (tests/test_gpu_kernels.py).
         comm = chainermn.create_communicator(name, batched_copy=False)
+        # ChainerMN 7.8.1's PureNcclCommunicator.set_config forwards batched_copy without
+        # its value (so it becomes True): set it through the base class
+        from chainermn.communicators import mpi_communicator_base as base
+        if isinstance(comm, base.MpiCommunicatorBase):
+            base.MpiCommunicatorBase.set_config(comm, 'batched_copy', False)
     except Exception as e:
         raise config_lib.ConfigError('cannot create the ChainerMN communicator %r: %s '
                                      '(CPU processes use naive; GPUs pure_nccl)'

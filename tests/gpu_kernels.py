@@ -19,6 +19,10 @@ How, without a device:
   CuPy's headers, options and NVRTC call.  Left out is only the module load (and the
   launch), which need a device.  Where a call's arrays are not C-contiguous the dimension
   count can differ from CuPy's (the generated code is otherwise the same).
+* ChainerMN's communicator is made by ``experiments.parallel.create('pure_nccl')`` (NCCL
+  and the device buffers are host stand-ins) and averages a model's gradients once.
+  That is how ChainerMN 7.8.1's ``PureNcclCommunicator.set_config`` was found to drop
+  ``batched_copy=False`` (parallel.create sets it through the base class).
 * CuPy without cuBLAS (the CPU rehearsal carries none: 444 MB) makes Chainer call CUDA
   unavailable at import; cuBLAS is stubbed then, as it plays no part in compiling kernels.
 
@@ -463,25 +467,67 @@ def paths(fake, dtype):
         hook.__call__(rule, p)
 
     def pure_nccl():
-        """ChainerMN's pure_nccl communicator exactly as experiments/parallel.py makes
-        it: the gradient copy per parameter (batched_copy=False), the mean kernel."""
+        """ChainerMN's pure_nccl communicator made by experiments/parallel.create, one
+        gradient mean (multi_node_mean_grad) through it: NCCL itself and the device
+        buffers are host stand-ins; its kernels are ChainerMN's."""
         from chainermn.communicators import _memory_utility as mu
         from chainermn.communicators import pure_nccl_communicator as pn
-        import inspect
         from experiments import parallel
-        src = inspect.getsource(parallel.create)
-        assert 'batched_copy=False' in src, 'parallel.create no longer sets batched_copy'
-        comm = pn.PureNcclCommunicator.__new__(pn.PureNcclCommunicator)
-        comm.batched_copy = False
+
+        class HostMemory:               # DeviceMemory on the host
+            def __init__(self):
+                self.memory, self.size = numpy.zeros(0, numpy.uint8), 0
+
+            def assign(self, size):
+                if size > self.size:
+                    self.memory, self.size = numpy.zeros(size, numpy.uint8), size
+
+            def ptr(self, offset=0):
+                return self.memory.ctypes.data + offset
+
+            def array(self, count, offset=0, dtype=numpy.float32):
+                return H(self.memory[offset:offset + count * numpy.dtype(dtype).itemsize]
+                         .view(dtype))
+
+            def from_device(self, src, size, offset=0, stream=None):
+                self.memory[offset:offset + size] = numpy.ascontiguousarray(src).reshape(-1).view(
+                    numpy.uint8)
+
+            def to_device(self, dst, size, offset=0, stream=None):
+                dst.reshape(-1).view(numpy.uint8)[...] = self.memory[offset:offset + size]
+
+        nccl = types.SimpleNamespace(
+            _available=True, get_build_version=lambda: 22700, get_version=lambda: 22700,
+            NCCL_SUM=0, NCCL_FLOAT32=7, NCCL_FLOAT64=8)
+        pn.nccl = nccl
+        pn._communication_utility.nccl = nccl
+        mu.DeviceMemory = HostMemory
+        parallel._require_nccl = lambda name: None
+        made = {}
+        import chainermn
+        real_create = chainermn.create_communicator
+
+        def create(name, **kw):
+            made.update(kw)
+            return real_create(name, **kw)
+        chainermn.create_communicator = create
+        try:
+            par = parallel.create('pure_nccl')
+        finally:
+            chainermn.create_communicator = real_create
+        comm = par.comm
+        assert made.get('batched_copy') is False and not comm.get_config('batched_copy'), (
+            made, comm.get_config('batched_copy'))
         comm.nccl_comm = types.SimpleNamespace(allReduce=lambda *a: None)
         comm._init_comms = lambda: None
-        pn._communication_utility._get_nccl_type_id = lambda dtype: 0   # (no NCCL here)
-        pn.nccl = types.SimpleNamespace(NCCL_SUM=0)
-        comm.mpi_comm = types.SimpleNamespace(size=2)
-        buf = types.SimpleNamespace(array=lambda n, dtype=None: H(numpy.zeros(n, dtype)),
-                                    ptr=lambda: 0)
-        pn.chainer.cuda.Stream = types.SimpleNamespace(null=types.SimpleNamespace(ptr=0))
-        comm._multi_node_mean_nccl(buf, buf, 10, numpy.dtype(dtype))
+        model = chainer.links.Linear(4, 3)
+        for p in model.params():
+            p.array = arr(*p.shape)
+            p.grad = arr(*p.shape)
+        pn.chainer.cuda.Stream = types.SimpleNamespace(
+            null=types.SimpleNamespace(ptr=0, synchronize=lambda: None))
+        with chainer.using_config('dtype', numpy.dtype(dtype)):
+            comm.multi_node_mean_grad(model)
 
     def chainermn_batched_copy():   # not on our path: compiled to show why it is off
         from chainermn.communicators import _memory_utility as mu
