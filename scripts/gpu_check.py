@@ -415,7 +415,7 @@ def run_step(step, ctx, limit_s):
     not be started: a missing program, a bad command)."""
     path = os.path.join(ctx.out, step.name + '.log')
     record = {'step': step.name, 'limit_s': limit_s, 'log': path}
-    start = time.time()
+    start, proc = time.time(), None
     try:
         notes = []
         if isinstance(step.action, str):
@@ -445,6 +445,8 @@ def run_step(step, ctx, limit_s):
     except BaseException as e:          # a missing program, a full disk, Ctrl-C: recorded
         record.update(rc=None, status='error', error=''.join(
             traceback.format_exception_only(type(e), e)).strip())
+        if proc is not None and proc.poll() is None:
+            _kill_group(proc)
         if isinstance(e, KeyboardInterrupt):
             record['interrupted'] = True
     record['wall_s'] = round(time.time() - start, 1)
@@ -476,11 +478,14 @@ def write_record(out, record):
 
 
 def describe_environment():
+    """experiments.environment.describe() of this stack, in its own process (a CUDA
+    call that hangs cannot hold up the checklist)."""
+    out = _probe('import json; from experiments import environment; '
+                 'print(json.dumps(environment.describe(), default=str))')
     try:
-        from experiments import environment
-        return environment.describe()
-    except BaseException as e:
-        return {'error': ''.join(traceback.format_exception_only(type(e), e)).strip()}
+        return json.loads(out)
+    except ValueError:
+        return {'error': out}
 
 
 def parser():
