@@ -499,6 +499,9 @@ def parser():
                    help="device of the smoke runs (default 0; 'cpu' to check the steps)")
     p.add_argument('--budget', type=float, default=400,
                    help='seconds for the whole checklist (default %(default)s)')
+    p.add_argument('--limit-factor', type=float, default=1.0,
+                   help='multiply every step\'s time limit (the CPU rehearsal: slower '
+                        'than a GPU, on a shared machine)')
     p.add_argument('--fmnist-dir', metavar='DIR',
                    help='folder of the Fashion-MNIST IDX files (default: %s)'
                         % ' or '.join(FMNIST_DIRS))
@@ -537,6 +540,7 @@ def main(argv=None):
     write_record(args.out, record)
     for step in (s for s in STEPS if s.name in wanted):
         left = args.budget - (time.time() - start)
+        limit = step.limit_s * args.limit_factor
         reason = ctx.missing(step)
         if reason is None and left < MIN_STEP_S:
             reason = 'no time left in the %d s budget' % args.budget
@@ -544,8 +548,8 @@ def main(argv=None):
             result = {'step': step.name, 'status': 'skipped', 'reason': reason}
             print('== %s: skipped (%s)' % (step.name, reason), flush=True)
         else:
-            print('== %s (limit %d s)' % (step.name, min(step.limit_s, left)), flush=True)
-            result = run_step(step, ctx, int(min(step.limit_s, left)))
+            print('== %s (limit %d s)' % (step.name, min(limit, left)), flush=True)
+            result = run_step(step, ctx, int(min(limit, left)))
             print('== %s: %s%s, %.0f s' % (step.name, result['status'],
                                           ' (%s)' % result['error'] if 'error' in result
                                           else '', result['wall_s']), flush=True)

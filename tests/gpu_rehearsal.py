@@ -11,7 +11,8 @@ step that needs no device through it:
   folder (``.gpu-rehearsal/machine``, kept between runs): NumPy 2.5, CuPy 14
   (``cupy-cuda13x``) with NVRTC and the CUDA headers, no NCCL, and a setuptools without
   ``pkg_resources`` (>= 82), which the carried ``setuptools<82`` must shadow;
-* ``gpu_check.py --allow-cpu --device cpu``: the stack, a smoke row, the data-parallel
+* ``gpu_check.py --allow-cpu --device cpu`` (each step's limit times 6: a shared 2-core
+  CPU, not a GPU): the stack, a smoke row, the data-parallel
   step under the carried MPICH's ``mpiexec`` (``naive`` communicator), the GPU test
   modules (their GPU tests skip; the NVRTC compile of every CUDA kernel on our paths for
   sm_90 runs), the other smoke runs; the steps that need a device are skipped (so is
@@ -130,7 +131,8 @@ def main():
     env = environment()
     setup_s = time.time() - start
     r = run([py, os.path.join(REPO, 'scripts', 'gpu_check.py'), '--allow-cpu', '--device',
-             'cpu', '--budget', '1500', '--out', OUT], cwd=REPO, env=env)
+             'cpu', '--budget', '1800', '--limit-factor', '6', '--out', OUT],
+            cwd=REPO, env=env)
     record = json.load(open(os.path.join(OUT, 'gpu_check.json')))
     steps = {s['step']: s for s in record['steps']}
     problems = ['%s %s' % (s['step'], s['status']) for s in record['steps']
