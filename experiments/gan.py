@@ -7,7 +7,8 @@
     python -m experiments.gan compare BN_RUN_DIR MN_RUN_DIR
 
 Figures 6-7 are drawn from these runs by :mod:`experiments.figures.dcgan`
-(``python scripts/figures.py fig6|fig7``).
+(``python scripts/figures.py fig6|fig7``); ``compare`` sets their numbers beside the
+paper's (:func:`experiments.compare.compare_dcgan`).
 
 Setting (the paper's, which are exactly Chainer-GAN-lib's ``train.py`` defaults for its
 DCGAN; models in :mod:`experiments.models.dcgan`):
@@ -36,7 +37,7 @@ DCGAN; models in :mod:`experiments.models.dcgan`):
   keeps a finished one (:func:`experiments.records.prepare_run`).
 * Records: ``config.yaml``, ``log.json`` (every ``gan.log_every`` updates and at every
   evaluation: ``gen/loss``, ``dis/loss``, ``dis/loss_real``, ``dis/loss_fake``, ``fid``
-  at evaluations, MN's K'), ``summary.json`` (:func:`summarize`).
+  at evaluations, MN's K'), ``summary.json`` (:func:`summary_fields`).
 
 Without the FID weights a run stops before training with instructions
 (:func:`experiments.fid.missing_weights_message`); ``--no-fid`` trains without FID.
@@ -46,7 +47,6 @@ every record, comparison and figure then says "RANDOM-WEIGHTS ... NOT FID".
 from mixnorm import _compat  # noqa: F401
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -59,6 +59,7 @@ from chainer import training
 from chainer.training import extensions
 
 from experiments import cli
+from experiments import compare
 from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import environment
@@ -73,7 +74,6 @@ SNAPSHOT_PREFIX = 'snapshot_iter_'
 SNAPSHOTS_KEPT = 3
 SAMPLES_DIR = 'samples'
 GAN_SMOKE_PRESET = 'gan_smoke'
-FID_KEY = 'fid'
 NOT_FID = 'RANDOM-WEIGHTS'
 
 
@@ -256,7 +256,7 @@ class GANEvaluation(training.Extension):
         z = gen.sample_z(numpy.random.RandomState(self.fid_z_seed), self.n_samples)
         value = fid_lib.fid_of_images(self.extractor, generate(gen, z, self.batch_size),
                                       self.real_mu, self.real_sigma)
-        chainer.report({FID_KEY: value, 'fid_time': time.time() - start})
+        chainer.report({records.FID_KEY: value, 'fid_time': time.time() - start})
         if self.log:
             self.log('step %d: %s %.4f (%.1f s)' % (step, 'FID' if not
                                                    self.extractor.random_weights else
@@ -319,46 +319,18 @@ def build_trainer(cfg, gen, dis, images, out, device, extractor=None, real_stats
                    trigger=(gcfg['snapshot_every'], 'iteration'))
     if progress:
         train_lib.progress_extensions(
-            trainer, ['epoch', 'iteration', 'gen/loss', 'dis/loss', FID_KEY, 'elapsed_time'],
-            bar_interval=10)
+            trainer, ['epoch', 'iteration', 'gen/loss', 'dis/loss', records.FID_KEY,
+                      'elapsed_time'], bar_interval=10)
     return trainer, evaluation
 
 
 # ------------------------------------------------------------------------ records
 
-def fid_curve(log):
-    """[(step, fid)] of the evaluations in a LogReport log."""
-    return [(int(e['iteration']), float(e[FID_KEY])) for e in log
-            if e.get(FID_KEY) is not None and math.isfinite(e[FID_KEY])]
-
-
-def steps_to_fid(curve, target):
-    """First evaluated step with FID <= target (None if never)."""
-    for step, value in curve:
-        if value <= target + 1e-12:
-            return step
-    return None
-
-
-def interpolated_steps_to_fid(curve, target):
-    """Step at which the piecewise-linear FID curve first reaches ``target`` (the paper's
-    "25K" lies between evaluations, read off its curve); None if never."""
-    prev = None
-    for step, value in curve:
-        if value <= target + 1e-12:
-            if prev is None or prev[1] == value:
-                return float(step)
-            s0, v0 = prev
-            return s0 + (v0 - target) / (v0 - value) * (step - s0)
-        prev = (step, value)
-    return None
-
-
-def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, env,
-              fid_info=None, dataset_size=None, finished=None, updates_done=None):
-    """The ``summary.json`` of a GAN run (``finished`` / ``updates_done``: the trainer's
-    own state; default: read off the log)."""
-    curve = fid_curve(log)
+def summary_fields(cfg, log, fid_info=None, finished=None, updates_done=None):
+    """What a GAN run measures, for :func:`experiments.records.summarize`: its FID
+    network, updates and FID curve (``finished`` / ``updates_done``: the trainer's own
+    state; default: read off the log)."""
+    curve = records.fid_curve(log)
     low = min(curve, key=lambda sv: sv[1]) if curve else (None, None)
     target = cfg['gan']['target_fid']
     paper_bn = paper.rows('sections', 'cifar10')['dcgan']['bn_lowest_fid']
@@ -367,19 +339,10 @@ def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, en
     if finished is None:
         finished = done >= cfg['gan']['updates']
     fid_info = fid_info or {'enabled': False, 'label': 'FID disabled'}
-    random_weights = bool(fid_info.get('random_weights'))
-    summary = {
-        'experiment': cfg['experiment'],
-        'row': cfg['row'],
-        'dataset': cfg['data']['dataset'],
-        'paper_dataset': records.stands_for(cfg, cfg.get('_sources', ())),
-        'dataset_source': dataset_source,
-        'dataset_size': dataset_size,
-        'smoke': bool(cfg.get('smoke')),
+    return {
         'fid_label': fid_info.get('label'),
-        'fid_random_weights': random_weights,
+        'fid_random_weights': bool(fid_info.get('random_weights')),
         'fid': fid_info,
-        'seed': cfg['train']['seed'],
         'mn_layers': cfg['mn']['layers'] if cfg.get('mn') else None,
         'updates_planned': cfg['gan']['updates'],
         'updates_done': done,
@@ -389,20 +352,15 @@ def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, en
         'lowest_fid_step': low[0],
         'final_fid': curve[-1][1] if curve else None,
         'target_fid': target,
-        'steps_to_target_fid': steps_to_fid(curve, target) if target is not None else None,
+        'steps_to_target_fid': (records.steps_to_fid(curve, target) if target is not None
+                                else None),
         'paper_bn_lowest_fid': paper_bn,
         # only meaningful with the standard FID network
-        'steps_to_paper_bn_lowest_fid': (steps_to_fid(curve, paper_bn)
+        'steps_to_paper_bn_lowest_fid': (records.steps_to_fid(curve, paper_bn)
                                          if fid_info.get('standard') else None),
         'final_gen_loss': next((e['gen/loss'] for e in reversed(log) if 'gen/loss' in e), None),
         'final_dis_loss': next((e['dis/loss'] for e in reversed(log) if 'dis/loss' in e), None),
-        'backend': backend,
-        'device': device_name,
-        'git_commit': env.get('git_commit'),
-        'wall_time_s': wall_time_s,
-        'environment': env,
     }
-    return records.judged(cfg, log, summary)
 
 
 # ----------------------------------------------------------------------------- run
@@ -464,13 +422,14 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
     def write_summary(finished):
         log_path = os.path.join(out, 'log.json')
         entries = records.read_json(log_path) if os.path.exists(log_path) else []
-        summary = summarize(cfg, entries, dataset_source=dataset.source,
-                            dataset_size={'train': dataset.n_train, 'test': dataset.n_test},
-                            backend='cupy' if device.xp is not numpy else 'numpy',
-                            device_name=train_lib.device_name(device),
-                            wall_time_s=train_lib.elapsed_time(trainer), env=env,
-                            fid_info=fid_info,
-                            finished=finished, updates_done=trainer.updater.iteration)
+        summary = records.summarize(
+            cfg, entries, summary_fields(cfg, entries, fid_info, finished=finished,
+                                         updates_done=trainer.updater.iteration),
+            dataset_source=dataset.source,
+            dataset_size={'train': dataset.n_train, 'test': dataset.n_test},
+            backend='cupy' if device.xp is not numpy else 'numpy',
+            device_name=train_lib.device_name(device),
+            wall_time_s=train_lib.elapsed_time(trainer), env=env)
         summary['session_wall_time_s'] = time.time() - session_start
         summary['resumed_from'] = os.path.relpath(resumed, out) if resumed else None
         records.write_json(os.path.join(out, 'summary.json'), summary)
@@ -479,77 +438,6 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
     write_summary(finished=False)
     train_lib.train_loop(trainer, out, write_summary, unit='update')
     return write_summary(finished=True)
-
-
-# ------------------------------------------------------------------- comparison
-
-def _read_run(path):
-    run = records.Run(path)
-    if run.config.get('experiment') != 'dcgan' and not run.config.get('gan'):
-        raise records.RunError('%s is not a GAN run (its experiment is %r)'
-                               % (path, run.config.get('experiment')))
-    return run
-
-
-def compare_dcgan(bn_run_dir, mn_run_dir, show=True):
-    """Our DCGAN-BN / DCGAN-MN numbers beside the paper's (Sec. 4.5): lowest FID, the
-    step it was reached, and the step at which MN first reaches BN's lowest FID (at an
-    evaluation, and linearly interpolated) with the reduction in percent.  Returns a dict
-    (``rows``, ``status``, ``text``); prints the text when ``show``."""
-    bn, mn = _read_run(bn_run_dir), _read_run(mn_run_dir)
-    ref = paper.rows('sections', 'cifar10')['dcgan']
-    cb, cm = fid_curve(bn.log), fid_curve(mn.log)
-    bn_low = min(cb, key=lambda sv: sv[1]) if cb else (None, None)
-    mn_low = min(cm, key=lambda sv: sv[1]) if cm else (None, None)
-    reach = steps_to_fid(cm, bn_low[1]) if cb else None
-    reach_interp = interpolated_steps_to_fid(cm, bn_low[1]) if cb else None
-    reduction = (100.0 * (1 - reach / bn_low[0]) if reach is not None and bn_low[0]
-                 else None)
-    reduction_interp = (100.0 * (1 - reach_interp / bn_low[0])
-                        if reach_interp is not None and bn_low[0] else None)
-    rows = [
-        ('DCGAN-BN lowest FID', bn_low[1], ref['bn_lowest_fid']),
-        ('DCGAN-BN step of lowest FID', bn_low[0], ref['bn_steps_to_lowest_fid']),
-        ('DCGAN-MN lowest FID', mn_low[1], ref['mn_lowest_fid']),
-        ('DCGAN-MN step of lowest FID', mn_low[0], None),
-        ('DCGAN-MN first evaluation with FID <= BN lowest', reach,
-         ref['mn_steps_to_reach_bn_lowest_fid']),
-        ('  same, linearly interpolated between evaluations', reach_interp,
-         ref['mn_steps_to_reach_bn_lowest_fid']),
-        ('step reduction (%) (evaluations)', reduction, ref['steps_reduction_percent']),
-        ('step reduction (%) (interpolated)', reduction_interp,
-         ref['steps_reduction_percent']),
-    ]
-    verdicts = [records.assess(r) for r in (bn, mn)]
-    notes = sorted({reason for v in verdicts for reason in v.reasons})
-    unfinished = [r.config['row'] for r, v in zip((bn, mn), verdicts)
-                  if v.status != records.FINISHED]
-    status = 'NOT COMPARABLE (%s)' % '; '.join(notes) if notes else 'comparable'
-    if unfinished:
-        status += '; not finished: %s' % ', '.join(unfinished)
-    labels = {(r.summary or {}).get('fid_label') for r in (bn, mn)} - {None}
-    lines = ['DCGAN on CIFAR-10 (paper Sec. 4.5): ours vs the paper  [%s]' % status,
-             'runs: BN %s | MN %s' % (bn.path, mn.path)]
-    lines += ['FID network: %s' % lbl for lbl in sorted(labels)]
-    width = max(len(r[0]) for r in rows)
-    lines.append('%-*s  %12s  %12s' % (width, 'metric', 'ours', 'paper'))
-    for name, ours, theirs in rows:
-        lines.append('%-*s  %12s  %12s' % (width, name, _fmt(ours), _fmt(theirs)))
-    lines.append('paper: "%s"' % ref['quote'])
-    text = '\n'.join(lines)
-    if show:
-        print(text)
-    return {'rows': [{'metric': n, 'ours': o, 'paper': p} for n, o, p in rows],
-            'status': status, 'text': text, 'bn_run': bn.path, 'mn_run': mn.path,
-            'fid_labels': sorted(labels)}
-
-
-def _fmt(v):
-    if v is None:
-        return '-'
-    if isinstance(v, float) and not v.is_integer():
-        return '%.2f' % v
-    return '%d' % v
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -561,7 +449,7 @@ def _compare_main(argv):
     p.add_argument('mn_run')
     p.add_argument('--json', help='also write the comparison as JSON here')
     args = p.parse_args(argv)
-    result = compare_dcgan(args.bn_run, args.mn_run)
+    result = compare.compare_dcgan(args.bn_run, args.mn_run)
     if args.json:
         records.write_json(args.json, result)
 

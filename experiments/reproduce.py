@@ -6,7 +6,7 @@
   (:mod:`experiments.compare`); a table computed from another table's runs (Table 3
   from Table 2's, ...) only prints;
 * ``densenet``: BN-L<depth> and MN-L<depth> on CIFAR-100, then the best test errors;
-* ``dcgan``: DCGAN-BN and DCGAN-MN, then the FIDs (:func:`experiments.gan.compare_dcgan`).
+* ``dcgan``: DCGAN-BN and DCGAN-MN, then the FIDs (:func:`experiments.compare.compare_dcgan`).
 
 Each (row, seed) trains into its own run directory; what happens to one that already
 exists (a finished run is kept, an interrupted one resumed, another config refused) is
@@ -151,7 +151,7 @@ def dcgan(args):
         dirs.append(out)
         if not args.no_train:
             train_row(gan.run, cfg, out, args, 'dcgan %s seed %d' % (name, args.seed0))
-    return gan.compare_dcgan(*dirs)
+    return compare.compare_dcgan(*dirs)
 
 
 def table(args):

@@ -385,12 +385,13 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
         log_path = os.path.join(out, 'log.json')
         entries = records.read_json(log_path) if os.path.exists(log_path) else []
         summary = records.summarize(
-            cfg, entries, dataset_source=dataset.source,
+            cfg, entries, records.classifier_fields(
+                cfg, entries, finished=finished, iterations=trainer.updater.iteration,
+                epochs_done=trainer.updater.epoch),
+            dataset_source=dataset.source,
             dataset_size={'train': dataset.n_train, 'test': dataset.n_test},
             backend='cupy' if device.xp is not numpy else 'numpy',
-            device_name=device_name(device), wall_time_s=elapsed_time(trainer), env=env,
-            finished=finished, iterations=trainer.updater.iteration,
-            epochs_done=trainer.updater.epoch)
+            device_name=device_name(device), wall_time_s=elapsed_time(trainer), env=env)
         summary['session_wall_time_s'] = time.time() - session_start
         summary['resumed_from'] = os.path.relpath(resumed, out) if resumed else None
         records.write_json(os.path.join(out, 'summary.json'), summary)

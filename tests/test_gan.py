@@ -13,7 +13,7 @@ import yaml
 import mixnorm
 from experiments import config as C
 from experiments import data as data_lib
-from experiments import fid, figures, gan
+from experiments import compare, fid, figures, gan, records
 from experiments.figures import selection
 from experiments.figures.curves import windowed_std
 from experiments.models import dcgan
@@ -195,7 +195,7 @@ def test_resume_continues_bit_for_bit(runs, tmp_path, row):
 
 def test_compare_dcgan_prints_the_papers_numbers(runs, capsys):
     _, r = runs
-    result = gan.compare_dcgan(r['DCGAN-BN'][1], r['DCGAN-MN'][1])
+    result = compare.compare_dcgan(r['DCGAN-BN'][1], r['DCGAN-MN'][1])
     out = capsys.readouterr().out
     for part in ('37.56', '33.35', '60000', '25000', '58', 'NOT COMPARABLE',
                  'random-weights', 'RANDOM-WEIGHTS'):
@@ -209,7 +209,7 @@ def test_compare_dcgan_prints_the_papers_numbers(runs, capsys):
     assert rows['DCGAN-MN lowest FID']['ours'] == mn['lowest_fid']
     reach = rows['DCGAN-MN first evaluation with FID <= BN lowest']
     assert reach['paper'] == 25000
-    assert reach['ours'] == gan.steps_to_fid(gan.fid_curve(
+    assert reach['ours'] == records.steps_to_fid(records.fid_curve(
         json.load(open(os.path.join(r['DCGAN-MN'][1], 'log.json')))), bn['lowest_fid'])
     if reach['ours'] is not None:
         assert rows['step reduction (%) (evaluations)']['ours'] == pytest.approx(
@@ -220,11 +220,11 @@ def test_compare_dcgan_prints_the_papers_numbers(runs, capsys):
 
 def test_steps_to_fid_helpers():
     curve = [(10000, 60.0), (20000, 45.0), (30000, 35.0), (40000, 30.0)]
-    assert gan.steps_to_fid(curve, 37.56) == 30000
-    assert gan.interpolated_steps_to_fid(curve, 37.56) == pytest.approx(27440)
-    assert gan.steps_to_fid(curve, 10) is None and gan.interpolated_steps_to_fid(curve, 10) \
+    assert records.steps_to_fid(curve, 37.56) == 30000
+    assert records.interpolated_steps_to_fid(curve, 37.56) == pytest.approx(27440)
+    assert records.steps_to_fid(curve, 10) is None and records.interpolated_steps_to_fid(curve, 10) \
         is None
-    assert gan.interpolated_steps_to_fid(curve, 70) == 10000
+    assert records.interpolated_steps_to_fid(curve, 70) == 10000
     np.testing.assert_allclose(windowed_std([1, 2, 4, 8], 3),       # Figure 6's band
                                [np.std([1, 2]), np.std([1, 2, 4]), np.std([2, 4, 8]),
                                 np.std([4, 8])])
@@ -251,7 +251,7 @@ def test_figures_of_given_runs_are_written_and_labelled(runs, tmp_path):
     panels = json.load(open(os.path.join(str(tmp_path), 'fig7.json')))['panels']
     assert 'random-weights' in panels['(b) DCGAN-MN']['what']
     assert panels['(a) DCGAN-BN']['image'] == gan.sample_path(bn, min(
-        (v, s) for s, v in gan.fid_curve(json.load(open(os.path.join(bn, 'log.json')))))[1])
+        (v, s) for s, v in records.fid_curve(json.load(open(os.path.join(bn, 'log.json')))))[1])
     other = tmp_path / 'table2_run'
     other.mkdir()
     (other / 'config.yaml').write_text(yaml.safe_dump({'experiment': 'table2'}))

@@ -27,10 +27,10 @@ def record(row='BN-2', presets=(), overrides=(), size=(50000, 10000), log=None,
     log = log if log is not None else [
         {'epoch': e, 'iteration': 196 * e, records.TEST_ACC: 0.5 + 0.004 * e}
         for e in range(1, int(epochs) + 1)]
-    summary = records.summarize(cfg, log, dataset_source='test', backend='numpy',
+    summary = records.summarize(cfg, log, records.classifier_fields(cfg, log, finished),
+                                dataset_source='test', backend='numpy',
                                 device_name='cpu', wall_time_s=1.0, env={},
-                                dataset_size={'train': size[0], 'test': size[1]},
-                                finished=finished)
+                                dataset_size={'train': size[0], 'test': size[1]})
     summary.update(summary_extra or {})
     return records.Run.from_record(cfg, log, summary)
 
