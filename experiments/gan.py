@@ -372,14 +372,18 @@ NOT_PARALLEL = ('DCGAN training and its FID run in one process: the data-paralle
 
 
 def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
-        force=False, log=print, start=None):
+        force=False, log=print, start=None, par=None):
     """Train the GAN of ``cfg`` (validated; see :func:`load_config`); returns the
     summary.  ``resume``: ``'auto'`` (skip a finished run, resume an interrupted one) or a
     snapshot path; ``force``: start over; ``start``: that decision already taken by
     :func:`experiments.records.prepare_run`;
-    ``dataset``: a loaded :class:`experiments.data.Dataset` (tests)."""
+    ``dataset``: a loaded :class:`experiments.data.Dataset` (tests); ``par``: the
+    processes (:mod:`experiments.parallel`), only one (see :data:`NOT_PARALLEL`)."""
     check_config(cfg)
-    cfg = parallel_lib.create(None).record(cfg)     # one process (see NOT_PARALLEL)
+    par = par or parallel_lib.create(None)
+    if par.size > 1:
+        raise config_lib.ConfigError(NOT_PARALLEL)
+    cfg = par.record(cfg)
     out = out or records.run_dir(cfg)
     start = start or records.prepare_run(cfg, out, resume, force)
     if start.action == 'skip':
@@ -454,6 +458,20 @@ def _compare_main(argv):
         records.write_json(args.json, result)
 
 
+def config_overrides(args):
+    """The shared run arguments' overrides (:func:`experiments.train.config_overrides`)
+    and the FID's: --inception-weights, --no-fid and --fid-cache (which
+    ``scripts/reproduce.py`` does not have)."""
+    sets = train_lib.config_overrides(args)
+    if args.inception_weights:
+        sets.append('gan.fid.weights=%s' % os.path.abspath(args.inception_weights))
+    if args.no_fid:
+        sets.append('gan.fid.enabled=false')
+    if getattr(args, 'fid_cache', None):
+        sets.append('gan.fid.cache_dir=%s' % os.path.abspath(args.fid_cache))
+    return sets
+
+
 @cli.entry_point
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -479,14 +497,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.communicator:
         raise config_lib.ConfigError(NOT_PARALLEL)
-    sets = train_lib.config_overrides(args)
-    if args.inception_weights:
-        sets.append('gan.fid.weights=%s' % os.path.abspath(args.inception_weights))
-    if args.no_fid:
-        sets.append('gan.fid.enabled=false')
-    if args.fid_cache:
-        sets.append('gan.fid.cache_dir=%s' % os.path.abspath(args.fid_cache))
-    cfg = load_config(args.config, args.preset, sets)
+    cfg = load_config(args.config, args.preset, config_overrides(args))
     out = args.out or records.run_dir(cfg)
     summary = run(cfg, out=out, device=args.device, resume=args.resume,
                   progress=not args.no_progress, force=args.force)
@@ -495,7 +506,7 @@ def main(argv=None):
 
 def describe_result(summary, out):
     """The closing line of a GAN run."""
-    verdict = records.assess(records.Run(out))
+    verdict = records.Assessment.recorded(summary)
     if summary['lowest_fid'] is None:
         what = 'no FID (%s)' % summary['fid_label']
     else:

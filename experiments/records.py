@@ -343,6 +343,14 @@ class Assessment:
     comparable: bool
     reasons: tuple
 
+    @classmethod
+    def recorded(cls, summary):
+        """The verdict a summary carries (:func:`judged` puts it there as the summary is
+        made): a run's own, without reading its record back from disk."""
+        return cls(run_status(summary, None, ()), summary.get('paper_dataset'),
+                   bool(summary['comparable_to_paper']),
+                   tuple(summary['not_comparable_reasons']))
+
     def label(self):
         """``'comparable'`` or ``'NOT COMPARABLE (reason; reason)'``."""
         return 'comparable' if self.comparable else \

@@ -454,7 +454,7 @@ def describe_result(summary, out):
     best, final = summary.get('best_test_accuracy'), summary.get('final_test_accuracy')
     acc = ('best test accuracy %.2f%% (final %.2f%%)' % (best, final) if best is not None
            else 'no test evaluation yet')
-    verdict = records.assess(records.Run(out))
+    verdict = records.Assessment.recorded(summary)
     return '%s, %s in %.0f s; record: %s [%s]' % (
         verdict.status, acc, summary.get('wall_time_s') or 0.0, out, verdict.label())
 

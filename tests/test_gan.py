@@ -159,6 +159,7 @@ def test_smoke_records_are_complete_and_labelled(runs):
             int(np.argmin(fids))]
         assert s['steps_to_paper_bn_lowest_fid'] is None     # meaningless without FID
         assert 'synthetic' in s['dataset_source'] and s['seed'] == 0
+        assert records.Assessment.recorded(s) == records.assess(path)
         assert s['backend'] == 'numpy' and s['wall_time_s'] > 0 and 'git_commit' in s
         for step in (4, 8):
             from PIL import Image

@@ -172,6 +172,7 @@ def test_a_short_run_on_a_small_archive_is_not_comparable_everywhere(small_cifar
     v = records.assess(out)
     assert (v.status, v.dataset, v.comparable, v.reasons) == (records.FINISHED, 'cifar10',
                                                               False, why)
+    assert records.Assessment.recorded(s) == v      # the verdict the summary carries
     # the comparison with the paper, as a table and through both scripts
     recs = compare.compare('table2', records.find_runs(runs), paper_dataset='cifar10')
     assert recs and all(r['status'] == 'NOT COMPARABLE (%s)' % '; '.join(why) for r in recs)
