@@ -62,10 +62,9 @@ from experiments import cli
 from experiments import compare
 from experiments import config as config_lib
 from experiments import data as data_lib
-from experiments import environment
 from experiments import fid as fid_lib
 from experiments import paper
-from experiments import parallel as parallel_lib
+from experiments import pipeline
 from experiments import records
 from experiments import train as train_lib
 from experiments.models import dcgan
@@ -371,77 +370,67 @@ NOT_PARALLEL = ('DCGAN training and its FID run in one process: the data-paralle
                 'GAN of Sec. 4.5; run it without --communicator (on one GPU: --device 0)')
 
 
+class GAN(pipeline.Kind):
+    """The GAN as a kind of run (:func:`experiments.pipeline.run`): generator,
+    discriminator, FID network and training images before the run directory begins;
+    the real images' FID statistics and the trainer (:func:`build_trainer`) after; its
+    summary fields are :func:`summary_fields`.  One process (:data:`NOT_PARALLEL`)."""
+    unit = 'update'
+
+    def check(self, cfg, par):
+        check_config(cfg)
+        if par.size > 1:
+            raise config_lib.ConfigError(NOT_PARALLEL)
+
+    def build(self, cfg, out, device, dataset, progress, par):
+        self.cfg, self.out, self.device, self.progress = cfg, out, device, progress
+        self.gen, self.dis = build_models(cfg)   # first: initial weights from the seeded RNG
+        self.extractor = build_extractor(cfg['gan']['fid'], device)  # fails fast on bad weights
+        if dataset is None:
+            dataset = pipeline.load_data(cfg)
+        config_lib.check_batch_size(cfg, dataset.n_train)
+        self.images = training_images(dataset)
+        if self.gen.image_size != self.images.shape[-1]:
+            raise config_lib.ConfigError('the generator makes %d px images but the data are '
+                                         '%d px' % (self.gen.image_size, self.images.shape[-1]))
+        return dataset
+
+    def trainer(self):
+        cfg, fcfg = self.cfg, self.cfg['gan']['fid']
+        real_stats, self.fid_info = None, {'enabled': False, 'label': 'FID disabled'}
+        if self.extractor is not None:
+            real = real_images_for_fid(self.images, fcfg['n_real'])
+            mu, sigma, cache = fid_lib.real_statistics(
+                self.extractor, real, cache_dir=fcfg['cache_dir'], tag=cfg['data']['dataset'],
+                log=print if self.progress else None)
+            real_stats = (mu, sigma)
+            self.fid_info = dict(self.extractor.describe(), enabled=True,
+                                 n_samples=fcfg['n_samples'], n_real=int(len(real)),
+                                 real_statistics=cache)
+        self.gen.to_device(self.device)
+        self.dis.to_device(self.device)
+        trainer, _ = build_trainer(cfg, self.gen, self.dis, self.images, self.out,
+                                   self.device, self.extractor, real_stats,
+                                   progress=self.progress)
+        return trainer
+
+    def summary_fields(self, cfg, log, trainer, finished):
+        return summary_fields(cfg, log, self.fid_info, finished=finished,
+                              updates_done=trainer.updater.iteration)
+
+
 def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
         force=False, log=print, start=None, par=None):
-    """Train the GAN of ``cfg`` (validated; see :func:`load_config`); returns the
-    summary.  ``resume``: ``'auto'`` (skip a finished run, resume an interrupted one) or a
-    snapshot path; ``force``: start over; ``start``: that decision already taken by
-    :func:`experiments.records.prepare_run`;
-    ``dataset``: a loaded :class:`experiments.data.Dataset` (tests); ``par``: the
-    processes (:mod:`experiments.parallel`), only one (see :data:`NOT_PARALLEL`)."""
-    check_config(cfg)
-    par = par or parallel_lib.create(None)
-    if par.size > 1:
-        raise config_lib.ConfigError(NOT_PARALLEL)
-    cfg = par.record(cfg)
-    out = out or records.run_dir(cfg)
-    start = start or records.prepare_run(cfg, out, resume, force)
-    if start.action == 'skip':
-        log(start.message)
-        return start.summary
-    device = train_lib.resolve_device(device) \
-        if not isinstance(device, chainer.backend.Device) else device
-    seed = cfg['train']['seed']
-    train_lib.seed_everything(device, seed)
-    gen, dis = build_models(cfg)          # first: initial weights from the seeded RNG
-    fcfg = cfg['gan']['fid']
-    extractor = build_extractor(fcfg, device)   # fails fast on missing/bad weights
-    if dataset is None:
-        dataset = train_lib.load_data(cfg)
-    config_lib.check_batch_size(cfg, dataset.n_train)
-    images = training_images(dataset)
-    if gen.image_size != images.shape[-1]:
-        raise config_lib.ConfigError('the generator makes %d px images but the data are %d px'
-                                     % (gen.image_size, images.shape[-1]))
-    records.begin(out, cfg, start, log)
-    real_stats, fid_info = None, {'enabled': False, 'label': 'FID disabled'}
-    if extractor is not None:
-        real = real_images_for_fid(images, fcfg['n_real'])
-        mu, sigma, cache = fid_lib.real_statistics(
-            extractor, real, cache_dir=fcfg['cache_dir'], tag=cfg['data']['dataset'],
-            log=print if progress else None)
-        real_stats = (mu, sigma)
-        fid_info = dict(extractor.describe(), enabled=True, n_samples=fcfg['n_samples'],
-                        n_real=int(len(real)), real_statistics=cache)
-    gen.to_device(device)
-    dis.to_device(device)
-    trainer, _ = build_trainer(cfg, gen, dis, images, out, device, extractor, real_stats,
-                               progress=progress)
-    resumed = records.load_snapshot(trainer, start, log=log)
-    if resumed:
-        log('resumed from %s (update %d)' % (resumed, trainer.updater.iteration))
-    session_start = time.time()
-    env = environment.describe()
-
-    def write_summary(finished):
-        log_path = os.path.join(out, 'log.json')
-        entries = records.read_json(log_path) if os.path.exists(log_path) else []
-        summary = records.summarize(
-            cfg, entries, summary_fields(cfg, entries, fid_info, finished=finished,
-                                         updates_done=trainer.updater.iteration),
-            dataset_source=dataset.source,
-            dataset_size={'train': dataset.n_train, 'test': dataset.n_test},
-            backend='cupy' if device.xp is not numpy else 'numpy',
-            device_name=train_lib.device_name(device),
-            wall_time_s=train_lib.elapsed_time(trainer), env=env)
-        summary['session_wall_time_s'] = time.time() - session_start
-        summary['resumed_from'] = os.path.relpath(resumed, out) if resumed else None
-        records.write_json(os.path.join(out, 'summary.json'), summary)
-        return summary
-
-    write_summary(finished=False)
-    train_lib.train_loop(trainer, out, write_summary, unit='update')
-    return write_summary(finished=True)
+    """Train the GAN of ``cfg`` (validated; see :func:`load_config`) through the run
+    pipeline (:func:`experiments.pipeline.run`); returns the summary.  ``resume``:
+    ``'auto'`` (skip a finished run, resume an interrupted one) or a snapshot path;
+    ``force``: start over; ``start``: that decision already taken by
+    :func:`experiments.records.prepare_run`; ``dataset``: a loaded
+    :class:`experiments.data.Dataset` (tests); ``par``: the processes
+    (:mod:`experiments.parallel`), only one (see :data:`NOT_PARALLEL`)."""
+    return pipeline.run(GAN(), cfg, out=out, device=device, resume=resume,
+                        progress=progress, dataset=dataset, force=force, log=log,
+                        start=start, par=par)
 
 
 # ----------------------------------------------------------------------------- CLI

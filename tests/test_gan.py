@@ -5,6 +5,7 @@ weights."""
 import json
 import os
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import yaml
 import mixnorm
 from experiments import config as C
 from experiments import data as data_lib
-from experiments import compare, fid, figures, gan, records
+from experiments import compare, fid, figures, gan, parallel, records
 from experiments.figures import selection
 from experiments.figures.curves import windowed_std
 from experiments.models import dcgan
@@ -177,12 +178,14 @@ def test_runs_are_reproducible_and_differ_between_bn_and_mn(runs):
 
 
 @pytest.mark.parametrize('row', ['DCGAN-BN', 'DCGAN-MN'])
-def test_resume_continues_bit_for_bit(runs, tmp_path, row):
+def test_resume_continues_bit_for_bit(runs, tmp_path, row, capsys):
     cfg, path = runs[1][row]
     resumed = str(tmp_path / 'resumed')
     os.makedirs(resumed)
     shutil.copy(os.path.join(path, 'snapshot_iter_4'), resumed)
     s = gan.run(cfg, out=resumed, resume='auto', progress=False)
+    assert 'resumed from %s (update 4)' % os.path.join(resumed, 'snapshot_iter_4') \
+        in capsys.readouterr().out
     a = json.load(open(os.path.join(path, 'log.json')))
     b = json.load(open(os.path.join(resumed, 'log.json')))
     assert [e['iteration'] for e in b] == [2, 4, 6, 8]
@@ -356,6 +359,14 @@ def test_a_weights_file_of_another_kind_says_what_it_should_be(tmp_path):
     msg = str(e.value)
     assert 'allow_pickle' not in msg
     assert 'npz archive of arrays that scripts/convert_fid_weights.py writes' in msg
+
+
+def test_the_gan_runs_in_one_process(runs, tmp_path):
+    cfg, _ = runs[1]['DCGAN-BN']
+    two = parallel.Parallel('naive', types.SimpleNamespace(size=2, rank=0))
+    with pytest.raises(C.ConfigError, match='DCGAN training and its FID run in one process'):
+        gan.run(cfg, out=str(tmp_path / 'run'), progress=False, par=two)
+    assert not (tmp_path / 'run').exists()
 
 
 def test_rerunning_a_finished_gan_run_keeps_it(runs, capsys):

@@ -1,0 +1,205 @@
+"""One run pipeline for every kind of run: prepare, build, begin, resume, loop, summary.
+
+As Chainer's Trainer runs any Updater with any Extensions, :func:`run` runs any
+:class:`Kind` of run.  The classifier (:class:`experiments.train.Classifier`) and the
+GAN (:class:`experiments.gan.GAN`) each give their model, updater and extensions
+(assembled into a trainer) and the fields of their summary; the steps around them are
+the same for every kind, with one process or several (:mod:`experiments.parallel`):
+
+1. prepare: whether to train, resume or keep a finished run
+   (:func:`experiments.records.prepare_run`, rank 0 decides for all);
+2. build: device, seeds, data, model (:meth:`Kind.build`), all known to be good before
+   the run directory appears or is cleared;
+3. begin: :func:`experiments.records.begin` (``config.yaml``), then the trainer
+   (:meth:`Kind.trainer`);
+4. resume: the newest readable snapshot (:func:`experiments.records.load_snapshot`);
+5. loop: ``trainer.run()`` (:func:`train_loop`); ``summary.json``
+   (:func:`experiments.records.summarize` around :meth:`Kind.summary_fields`) at the
+   start, on Ctrl-C and at the end, written by rank 0.
+"""
+from mixnorm import _compat  # noqa: F401
+
+import os
+import re
+import time
+
+import numpy
+
+import chainer
+
+from experiments import config as config_lib
+from experiments import data as data_lib
+from experiments import environment
+from experiments import parallel as parallel_lib
+from experiments import records
+
+
+class Kind:
+    """What a kind of run gives :func:`run` (one instance per run: :meth:`build` may keep
+    what :meth:`trainer` needs).  ``unit``: what its progress is told in (``'epoch'``:
+    epochs and iterations; ``'update'``: updates)."""
+    unit = 'epoch'
+
+    def check(self, cfg, par):
+        """Refuse a config (or a number of processes) this kind cannot train: a
+        :class:`~experiments.config.ConfigError` that names the right entry point."""
+
+    def build(self, cfg, out, device, dataset, progress, par):
+        """Load the data (unless ``dataset`` is given) and build what must be known to be
+        good before the run directory appears; returns the dataset."""
+        raise NotImplementedError
+
+    def trainer(self):
+        """The trainer (model, updater, extensions), once the run directory has begun."""
+        raise NotImplementedError
+
+    def summary_fields(self, cfg, log, trainer, finished):
+        """What this kind of run measures, for :func:`experiments.records.summarize`."""
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- run
+
+def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
+        force=False, log=print, start=None, par=None):
+    """Train ``cfg`` (a validated config dict) as a run of ``kind``; returns the summary
+    dict.
+
+    ``resume``: ``'auto'`` (skip a finished run, resume an interrupted one), or a
+    snapshot path; ``force``: start over; ``start``: that decision already taken by
+    :func:`experiments.records.prepare_run`.  ``dataset``: an already loaded
+    :class:`experiments.data.Dataset` (tests).  ``par``: the processes
+    (:class:`experiments.parallel.Parallel`; default one); rank 0 writes the run
+    directory.
+    """
+    par = par or parallel_lib.create(None)
+    kind.check(cfg, par)
+    cfg = par.record(cfg)
+    if not par.writer:
+        log = _quiet
+    out = out or records.run_dir(cfg)
+    start = start or par.decide(lambda: records.prepare_run(cfg, out, resume, force))
+    if start.action == 'skip':
+        log(start.message)
+        return start.summary
+    if not isinstance(device, chainer.backend.Device):
+        device = resolve_device(par.device(device))
+    seed_everything(device, cfg['train']['seed'])
+    dataset = kind.build(cfg, out, device, dataset, progress, par)
+    # the run directory appears (or is cleared) only once device, data and model are
+    # known to be good
+    par.decide(lambda: records.begin(out, cfg, start, log))
+    trainer = kind.trainer()
+    resumed = par.decide(lambda: records.load_snapshot(trainer, start, log=log))
+    if resumed:
+        if not par.writer:
+            records.load_own_snapshot(trainer, par.own_snapshot(resumed))
+        par.resumed(trainer)
+        log('resumed from %s (%s)' % (resumed, position(trainer, kind.unit)))
+    session_start = time.time()
+    env = environment.describe()
+
+    def write_summary(finished):
+        if not par.writer:
+            return None
+        log_path = os.path.join(out, 'log.json')
+        entries = records.read_json(log_path) if os.path.exists(log_path) else []
+        summary = records.summarize(
+            cfg, entries, kind.summary_fields(cfg, entries, trainer, finished),
+            dataset_source=dataset.source,
+            dataset_size={'train': dataset.n_train, 'test': dataset.n_test},
+            backend='cupy' if device.xp is not numpy else 'numpy',
+            device_name=device_name(device), wall_time_s=elapsed_time(trainer), env=env)
+        summary['session_wall_time_s'] = time.time() - session_start
+        summary['resumed_from'] = os.path.relpath(resumed, out) if resumed else None
+        records.write_json(os.path.join(out, 'summary.json'), summary)
+        return summary
+
+    write_summary(finished=False)
+    train_loop(trainer, out, write_summary, kind.unit)
+    return par.decide(lambda: write_summary(finished=True))
+
+
+def _quiet(*args, **kwargs):
+    """The log of the processes other than rank 0."""
+
+
+# ------------------------------------------------------------------------- pieces
+
+def resolve_device(spec):
+    """``'cpu'``/``-1``/``'@numpy'`` -> NumPy; ``0``/``'gpu'`` -> CuPy device 0."""
+    spec = str(spec)
+    if spec in ('cpu', '-1', '@numpy'):
+        return chainer.get_device('@numpy')
+    if spec == 'gpu':
+        spec = '0'
+    if re.fullmatch(r'\d+', spec):
+        spec = '@cupy:' + spec
+    try:
+        return chainer.get_device(spec)
+    except Exception as e:
+        why = ' '.join(str(e).split())          # Chainer's message runs lines together
+        why = why.replace(').No module', '). No module')
+        raise config_lib.ConfigError(
+            'cannot use device %r: %s. Is CuPy installed for a GPU of this machine? See '
+            'the README, "GPU"; --device cpu trains on the CPU' % (spec, why)) from None
+
+
+def device_name(device):
+    if device.xp is numpy:
+        return environment.cpu_name()
+    gpu = environment.gpu_description()
+    return gpu['name'] if gpu else str(device)
+
+
+def seed_everything(device, seed):
+    """Seed NumPy (and CuPy on a GPU) and make ``device`` current."""
+    numpy.random.seed(seed)
+    if device.xp is not numpy:
+        device.xp.random.seed(seed)
+    device.use()
+
+
+def load_data(cfg):
+    """The dataset of ``cfg['data']``."""
+    d = cfg['data']
+    return data_lib.load_dataset(d['dataset'], d['data_dir'], subset=d['subset'],
+                                 seed=cfg['train']['seed'], allow_download=d['download'])
+
+
+def elapsed_time(trainer):
+    """Training time so far (including earlier sessions of a resumed run), also before
+    ``trainer.run`` has started."""
+    try:
+        return trainer.elapsed_time
+    except RuntimeError:                    # not started: what the snapshot carried
+        return float(getattr(trainer, '_snapshot_elapsed_time', 0.0))
+
+
+def position(trainer, unit):
+    """Where a trainer stands: ``'epoch 3, iteration 588'`` or ``'update 40'``."""
+    u = trainer.updater
+    return 'epoch %d, iteration %d' % (u.epoch, u.iteration) if unit == 'epoch' \
+        else 'update %d' % u.iteration
+
+
+def interrupted_message(out, trainer, unit='epoch'):
+    """Where an interrupted run stopped and how to go on."""
+    u = trainer.updater
+    at = 'epoch %.2f, iteration %d' % (u.epoch_detail, u.iteration) if unit == 'epoch' \
+        else 'update %d' % u.iteration
+    snaps = records.snapshots(out)
+    then = ('run the same command again to resume from %s' % os.path.basename(snaps[-1])
+            if snaps else 'no snapshot yet, so the same command starts it again from '
+            'scratch')
+    return 'interrupted at %s; the run is in %s: %s' % (at, out, then)
+
+
+def train_loop(trainer, out, write_summary, unit='epoch'):
+    """``trainer.run()``; on Ctrl-C write the summary of the run so far and raise
+    :class:`experiments.records.RunInterrupted` saying where it stopped."""
+    try:
+        trainer.run(show_loop_exception_msg=False)
+    except KeyboardInterrupt:
+        write_summary(finished=False)
+        raise records.RunInterrupted(interrupted_message(out, trainer, unit)) from None
