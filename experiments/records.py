@@ -21,6 +21,9 @@ import os
 import re
 import shutil
 
+import yaml
+
+from experiments import config as config_lib
 from experiments import environment
 from experiments import paper
 
@@ -38,21 +41,15 @@ SNAPSHOT_RE = re.compile(r'snapshot_(?:epoch|iter)_(\d+)$')
 #: What a run writes into its directory (removed when it starts over).
 RUN_FILES = ('log.json', 'summary.json', 'generator_best.npz')
 RUN_FOLDERS = ('mixtures', 'samples')
-#: Keys that may differ between a run's config.yaml and the config resuming it: where
-#: the data or the FID weights are found does not change the run.
-RESUME_IGNORED = ('description', 'data.data_dir', 'data.download', 'gan.fid.weights',
-                  'gan.fid.cache_dir')
-#: ``--set`` keys that do not change what a run measures (paths, seeds, bookkeeping);
-#: any other override makes a run not the paper's row.  The dataset, its size, the
-#: length of training and the FID network are judged by themselves (COVERED).
-NEUTRAL_OVERRIDES = ('description', 'data.data_dir', 'data.download', 'data.test_batch_size',
-                     'train.seed', 'train.snapshot_every', 'train.save_mixtures',
-                     'train.target_accuracy', 'train.checkpoints', 'gan.snapshot_every',
-                     'gan.log_every', 'gan.grid', 'gan.target_fid', 'gan.fid.weights',
-                     'gan.fid.cache_dir', 'gan.fid.batch_size')
-COVERED_OVERRIDES = ('smoke', 'data.dataset', 'data.subset', 'train.epochs',
-                     'train.max_iterations', 'gan.updates', 'gan.fid.enabled',
-                     'gan.fid.random_weights', 'train.sync_normalization')
+#: Keys that may differ between a run's config.yaml and the config resuming it (the
+#: schema's leaves flagged RESUME_FREE: where the data or the FID weights are found).
+RESUME_IGNORED = config_lib.keys_flagged(config_lib.RESUME_FREE)
+#: ``--set`` keys that keep a run the paper's row: those that do not change what it
+#: measures (flagged NEUTRAL) and those judged by themselves (flagged JUDGED: the
+#: dataset, its size, the length of training, the FID network); any other override
+#: makes a run not the paper's row.
+ALLOWED_OVERRIDES = frozenset(config_lib.keys_flagged(config_lib.NEUTRAL)
+                              + config_lib.keys_flagged(config_lib.JUDGED))
 
 
 class RunError(RuntimeError):
@@ -97,8 +94,6 @@ def write_config(out, cfg):
     """Create the run directory ``out`` and write the resolved ``config.yaml``: a first
     comment line naming the files and overrides it was merged from, the config, and
     the same list as ``_sources`` (which validation ignores)."""
-    from experiments import config as config_lib
-    import yaml
     os.makedirs(out, exist_ok=True)
     sources = list(cfg.get('_sources', []))
     with open(os.path.join(out, 'config.yaml'), 'w') as f:
@@ -266,7 +261,6 @@ class Run:
     """A finished or partial run read back from its directory."""
 
     def __init__(self, path):
-        from experiments import config as config_lib
         self.path = path
         config_path = os.path.join(path, 'config.yaml')
         if not os.path.isfile(config_path):
@@ -443,7 +437,7 @@ def _setting_reasons(cfg, sources):
     for src in sources:
         if src.startswith('--set '):
             key = src[len('--set '):].split('=', 1)[0].strip()
-            if key not in NEUTRAL_OVERRIDES and key not in COVERED_OVERRIDES:
+            if key not in ALLOWED_OVERRIDES:
                 reasons.append('%s (not the row\'s setting)' % src)
         elif '/presets/' in src.replace(os.sep, '/') and not cfg.get('smoke'):
             reasons.append('preset %s' % os.path.splitext(os.path.basename(src))[0])
@@ -490,7 +484,6 @@ class Start:
 
 def stored_config(out):
     """The validated config of the run in ``out`` (None if it has no config.yaml)."""
-    from experiments import config as config_lib
     path = os.path.join(out, 'config.yaml')
     if not os.path.isfile(path):
         return None
@@ -530,7 +523,6 @@ def prepare_run(cfg, out, resume='auto', force=False):
     ``cfg`` up to :data:`RESUME_IGNORED`; otherwise a
     :class:`~experiments.config.ConfigError` names the differing keys.
     """
-    from experiments import config as config_lib
     snaps = snapshots(out)
     summary_path = os.path.join(out, 'summary.json')
     summary = read_json(summary_path) if os.path.isfile(summary_path) else None

@@ -37,6 +37,7 @@ from chainer import training
 from chainer.training import extensions
 
 import mixnorm
+from mixnorm import settings as mn_settings
 from experiments import cli
 from experiments import config as config_lib
 from experiments import data as data_lib
@@ -57,9 +58,7 @@ def place_mn(cfg, model, comm=None):
     if not mn:
         return []
     config_lib.check_layers(cfg, model)
-    kwargs = {k: mn[k] for k in ('n_components', 'em_iters', 'fit_fraction', 'min_weight',
-                                 'min_count', 'queue_length', 'decay', 'affine',
-                                 'lambda_scaling', 'inference')}
+    kwargs = {k: v for k, v in mn.items() if k in mn_settings.SETTINGS}
     paths = mixnorm.replace_batch_normalization(model, mn['layers'], comm=comm, **kwargs)
     # distinct, reproducible GMM seeds per layer (persistent, so resumable)
     links = dict(model.namedlinks(skipself=True))

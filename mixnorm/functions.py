@@ -78,6 +78,7 @@ from chainer import function_node
 from mixnorm import _arrays
 from mixnorm import gmm as _gmm
 from mixnorm import kernels
+from mixnorm import settings
 
 __all__ = [
     'BatchStats',
@@ -248,8 +249,8 @@ def _check_x_resp(x, resp, fname):
 
 
 def _check_eps(eps):
-    if not eps > 0:
-        raise ValueError('eps must be > 0, got {}'.format(eps))
+    """``eps`` as MN's ``eps`` setting allows (:data:`mixnorm.settings.SETTINGS`)."""
+    return settings.check('eps', eps, 'mixture normalization')
 
 
 # --------------------------------------------------------------------------

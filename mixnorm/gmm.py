@@ -72,6 +72,7 @@ import numpy
 from mixnorm import _arrays
 from mixnorm._collectives import LocalReducer  # noqa: F401  (public here too)
 from mixnorm import kernels
+from mixnorm import settings
 from mixnorm._arrays import get_array_module
 
 #: Rows used to estimate the shift and scale of the fitting frame.
@@ -80,7 +81,7 @@ _FRAME_ROWS = 512
 MIN_POINTS_PER_COMPONENT = 32
 #: Default ``min_count`` of :func:`fit_gmm`: the smallest effective count (points) a
 #: returned component may have (see :func:`fit_gmm` for the choice).
-MIN_COUNT = 16
+MIN_COUNT = settings.SETTINGS['min_count'].default
 
 
 class GMM(NamedTuple):
@@ -113,51 +114,33 @@ def default_local_trials(n_components):
 
 # --------------------------------------------------------------------------- validation
 
-class _InvalidParameter(ValueError, TypeError):
-    """A bad argument (as scikit-learn's ``InvalidParameterError``: both a ``ValueError``
-    and a ``TypeError``)."""
-
-
-def _invalid(func, name, allowed, value):
-    return _InvalidParameter('The %r parameter of %s must be %s. Got %r instead.'
-                             % (name, func, allowed, value))
+_InvalidParameter = settings.InvalidParameter
+_invalid = settings.invalid
 
 
 def _check_int(func, name, value, low, allow_none=False):
     """``value`` as an int >= ``low`` (``None`` passes through with ``allow_none``)."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise _invalid(func, name, '%san int in the range [%d, inf)'
-                       % ('None or ' if allow_none else '', low), value)
-    return int(value)
+    allowed = (settings.Interval(numbers.Integral, low, math.inf, 'left'),)
+    return settings.validate(func, name, value, (None,) + allowed if allow_none else allowed)
 
 
 def _check_real(func, name, value, low, high, closed):
     """``value`` as a float in the interval from ``low`` to ``high`` (``closed`` one of
     'both', 'left', 'right', 'neither'); NaN and bools are rejected."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) \
-        and not math.isnan(value)
-    if ok:
-        ok = (value >= low if closed in ('both', 'left') else value > low) and \
-            (value <= high if closed in ('both', 'right') else value < high)
-    if not ok:
-        interval = '%s%s, %s%s' % ('[' if closed in ('both', 'left') else '(', low, high,
-                                   ']' if closed in ('both', 'right') else ')')
-        raise _invalid(func, name, 'a float in the range ' + interval, value)
-    return float(value)
+    return settings.validate(func, name, value,
+                             (settings.Interval(numbers.Real, low, high, closed),))
+
+
+_GENERATOR = settings.InstanceOf(numpy.random.Generator, 'a numpy.random.Generator')
 
 
 def _check_seed(func, seed):
-    """A ``numpy.random.Generator`` for ``seed``: None (fresh entropy), an int >= 0, or a
-    ``Generator`` (used, and advanced, as given)."""
-    if isinstance(seed, numpy.random.Generator):
-        return seed
-    if seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
-                        and seed >= 0):
-        return numpy.random.default_rng(None if seed is None else int(seed))
-    raise _invalid(func, 'seed', 'None, an int in the range [0, inf) or a '
-                   'numpy.random.Generator', seed)
+    """A ``numpy.random.Generator`` for ``seed``: None (fresh entropy), an int >= 0 (as
+    MN's ``seed`` setting), or a ``Generator`` (used, and advanced, as given)."""
+    seed = settings.validate(func, 'seed', seed,
+                             settings.SETTINGS['seed'].constraints + (_GENERATOR,))
+    return seed if isinstance(seed, numpy.random.Generator) \
+        else numpy.random.default_rng(seed)
 
 
 def _check_points(x, name='x'):
@@ -619,16 +602,16 @@ def _check_fit_args(n_components, kmeans_iters, em_iters, n_local_trials, fit_fr
     the argument and its valid range); returns them converted, and the random
     generator."""
     f = 'fit_gmm'
-    n_components = _check_int(f, 'n_components', n_components, 1)
+    n_components = settings.check('n_components', n_components, f)
     kmeans_iters = _check_int(f, 'kmeans_iters', kmeans_iters, 0)
     em_iters = _check_int(f, 'em_iters', em_iters, 0)
     n_local_trials = _check_int(f, 'n_local_trials', n_local_trials, 1, allow_none=True)
-    fit_fraction = _check_real(f, 'fit_fraction', fit_fraction, 0.0, 1.0, 'right')
-    min_weight = _check_real(f, 'min_weight', min_weight, 0.0, 1.0, 'left')
-    min_count = _check_real(f, 'min_count', min_count, 0.0, math.inf, 'left')
-    eps = _check_real(f, 'eps', eps, 0.0, math.inf, 'neither')
-    if not isinstance(return_responsibilities, (bool, numpy.bool_)):
-        raise _invalid(f, 'return_responsibilities', 'a bool', return_responsibilities)
+    fit_fraction = settings.check('fit_fraction', fit_fraction, f)
+    min_weight = settings.check('min_weight', min_weight, f)
+    min_count = settings.check('min_count', min_count, f)
+    eps = settings.check('eps', eps, f)
+    settings.validate(f, 'return_responsibilities', return_responsibilities,
+                      (settings.Boolean(),))
     rs = _check_seed(f, seed)
     return (n_components, kmeans_iters, em_iters, _check_trials(n_components, n_local_trials),
             fit_fraction, min_weight, min_count, eps, rs)
@@ -884,7 +867,7 @@ def em_step(x, gmm, eps=1e-5):
     the GMM on the device of ``x`` in the dtype of the computation.
     """
     xp = get_array_module(x)
-    eps = _check_real('em_step', 'eps', eps, 0.0, math.inf, 'neither')
+    eps = settings.check('eps', eps, 'em_step')
     frame, _, resp, _ = _score(x, gmm)
     moments = _moments(frame, resp)
     _scored(x, frame, float(moments.sum()))

@@ -10,6 +10,7 @@ serialization) and calls the math through a small public interface:
 """
 from mixnorm import _compat  # noqa: F401
 
+import functools
 import numbers
 
 import numpy
@@ -21,9 +22,8 @@ from chainer import variable
 from mixnorm import _arrays
 from mixnorm import functions
 from mixnorm import gmm as _gmm
+from mixnorm import settings as _settings
 
-AFFINE_MODES = ('channel', 'component', None)
-INFERENCE_FORMS = ('consistent', 'paper')
 #: The recomputed forwards (``F.forget``) a link remembers the posteriors of.
 MAX_PENDING_RECOMPUTES = 16
 
@@ -83,60 +83,39 @@ class MixtureNormalization(chainer.Link):
 
     Readable state: ``effective_components`` (K' of the last fit), ``last_gmm``
     (the last :class:`mixnorm.GMM`, components sorted by weight), ``n_fits``.
+
+    MN's settings (every argument above but BN's) are defined, with their ranges and
+    defaults, in :data:`mixnorm.settings.SETTINGS`; a value out of range raises
+    ``ValueError`` naming the argument, its range and its meaning.
     """
 
     def __init__(self, size=None, n_components=3, em_iters=2, *, eps=2e-5, decay=0.9,
-                 queue_length=10, fit_fraction=1.0, min_weight=0.01,
-                 min_count=_gmm.MIN_COUNT, affine='channel', lambda_scaling=True,
-                 inference='consistent', dtype=None, seed=None, use_gamma=True,
+                 queue_length=10, fit_fraction=1.0, min_weight=0.01, min_count=16,
+                 affine='channel', lambda_scaling=True, inference='consistent',
+                 dtype=None, seed=None, use_gamma=True,
                  use_beta=True, initial_gamma=None, initial_beta=None, axis=None,
                  initial_avg_mean=None, initial_avg_var=None):
         super().__init__()
         size = _check_size(size)
-        if not _is_int(n_components) or n_components < 1:
-            raise ValueError('n_components must be a positive integer, got %r'
-                             % (n_components,))
-        if affine not in AFFINE_MODES:
-            raise ValueError("affine must be 'channel', 'component' or None, got %r"
-                             % (affine,))
-        if inference not in INFERENCE_FORMS:
-            raise ValueError("inference must be 'consistent' (1/sqrt(lambda) as in "
-                             "training) or 'paper' (Eq. 38 as printed), got %r"
-                             % (inference,))
-        if not isinstance(decay, numbers.Real) or not 0.0 < decay < 1.0:
-            raise ValueError('decay (zeta of Eq. 39) must be in (0, 1), got %r' % (decay,))
-        if not _is_int(queue_length) or queue_length < 1:
-            raise ValueError('queue_length must be a positive integer, got %r'
-                             % (queue_length,))
-        if not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError('eps must be positive, got %r' % (eps,))
-        if not isinstance(fit_fraction, numbers.Real) or not 0.0 < fit_fraction <= 1.0:
-            raise ValueError('fit_fraction must be in (0, 1], got %r' % (fit_fraction,))
-        if not isinstance(min_weight, numbers.Real) or not 0.0 <= min_weight < 1.0:
-            raise ValueError('min_weight must be in [0, 1), got %r' % (min_weight,))
-        if not isinstance(min_count, numbers.Real) or not min_count >= 0:
-            raise ValueError('min_count must be a number >= 0 (0 turns the rule off), got %r'
-                             % (min_count,))
-        if seed is not None and (not _is_int(seed) or seed < 0):
-            raise ValueError('seed must be None or a non-negative integer, got %r'
-                             % (seed,))
+        setting = functools.partial(_settings.check, caller=type(self).__name__)
+        self.n_components = setting('n_components', n_components)
+        self.em_iters = setting('em_iters', em_iters)
+        self.kmeans_iters, self.gmm_em_iters = _gmm.split_em_iters(self.em_iters)
+        self.eps = setting('eps', eps)
+        self.decay = setting('decay', decay)
+        self.queue_length = setting('queue_length', queue_length)
+        self.fit_fraction = setting('fit_fraction', fit_fraction)
+        self.min_weight = setting('min_weight', min_weight)
+        self.min_count = setting('min_count', min_count)
+        self.affine = setting('affine', affine)
+        self.lambda_scaling = setting('lambda_scaling', lambda_scaling)
+        self.inference = setting('inference', inference)
+        seed = setting('seed', seed)
         self.axis = _check_axis(axis)
         _check_bn_only_arguments(initial_avg_mean, initial_avg_var)
         if affine is None and (initial_gamma is not None or initial_beta is not None):
             raise ValueError('initial_gamma/initial_beta need an affine: affine=None has '
                              "no parameters (use affine='channel' or 'component')")
-        self.n_components = int(n_components)
-        self.em_iters = em_iters
-        self.kmeans_iters, self.gmm_em_iters = _gmm.split_em_iters(em_iters)
-        self.eps = eps
-        self.decay = decay
-        self.queue_length = int(queue_length)
-        self.fit_fraction = fit_fraction
-        self.min_weight = min_weight
-        self.min_count = min_count
-        self.affine = affine
-        self.lambda_scaling = lambda_scaling
-        self.inference = inference
         self._dtype = chainer.get_dtype(dtype, map_mixed16=numpy.float32)
         self.effective_components = None
         self.last_gmm = None
