@@ -372,8 +372,9 @@ NOT_PARALLEL = ('DCGAN training and its FID run in one process: the data-paralle
 
 class GAN(pipeline.Kind):
     """The GAN as a kind of run (:func:`experiments.pipeline.run`): generator,
-    discriminator, FID network and training images before the run directory begins;
-    the real images' FID statistics and the trainer (:func:`build_trainer`) after; its
+    discriminator, FID network and training images before the run directory begins
+    (the models first, so that their initial weights come from the seeded RNG); the
+    real images' FID statistics and the trainer (:func:`build_trainer`) after; its
     summary fields are :func:`summary_fields`.  One process (:data:`NOT_PARALLEL`)."""
     unit = 'update'
 
@@ -382,9 +383,8 @@ class GAN(pipeline.Kind):
         if par.size > 1:
             raise config_lib.ConfigError(NOT_PARALLEL)
 
-    def build(self, cfg, out, device, dataset, progress, par):
-        self.cfg, self.out, self.device, self.progress = cfg, out, device, progress
-        self.gen, self.dis = build_models(cfg)   # first: initial weights from the seeded RNG
+    def prepare(self, cfg, device, dataset, par):
+        self.gen, self.dis = build_models(cfg)
         self.extractor = build_extractor(cfg['gan']['fid'], device)  # fails fast on bad weights
         if dataset is None:
             dataset = pipeline.load_data(cfg)
@@ -395,23 +395,22 @@ class GAN(pipeline.Kind):
                                          '%d px' % (self.gen.image_size, self.images.shape[-1]))
         return dataset
 
-    def trainer(self):
-        cfg, fcfg = self.cfg, self.cfg['gan']['fid']
+    def trainer(self, cfg, out, device, progress):
+        fcfg = cfg['gan']['fid']
         real_stats, self.fid_info = None, {'enabled': False, 'label': 'FID disabled'}
         if self.extractor is not None:
             real = real_images_for_fid(self.images, fcfg['n_real'])
             mu, sigma, cache = fid_lib.real_statistics(
                 self.extractor, real, cache_dir=fcfg['cache_dir'], tag=cfg['data']['dataset'],
-                log=print if self.progress else None)
+                log=print if progress else None)
             real_stats = (mu, sigma)
             self.fid_info = dict(self.extractor.describe(), enabled=True,
                                  n_samples=fcfg['n_samples'], n_real=int(len(real)),
                                  real_statistics=cache)
-        self.gen.to_device(self.device)
-        self.dis.to_device(self.device)
-        trainer, _ = build_trainer(cfg, self.gen, self.dis, self.images, self.out,
-                                   self.device, self.extractor, real_stats,
-                                   progress=self.progress)
+        self.gen.to_device(device)
+        self.dis.to_device(device)
+        trainer, _ = build_trainer(cfg, self.gen, self.dis, self.images, out, device,
+                                   self.extractor, real_stats, progress=progress)
         return trainer
 
     def summary_fields(self, cfg, log, trainer, finished):

@@ -8,8 +8,9 @@ the same for every kind, with one process or several (:mod:`experiments.parallel
 
 1. prepare: whether to train, resume or keep a finished run
    (:func:`experiments.records.prepare_run`, rank 0 decides for all);
-2. build: device, seeds, data, model (:meth:`Kind.build`), all known to be good before
-   the run directory appears or is cleared;
+2. prepare and build: device, seeds, data (:meth:`Kind.prepare`), model
+   (:meth:`Kind.build`), all known to be good before the run directory appears or is
+   cleared;
 3. begin: :func:`experiments.records.begin` (``config.yaml``), then the trainer
    (:meth:`Kind.trainer`);
 4. resume: the newest readable snapshot (:func:`experiments.records.load_snapshot`);
@@ -35,7 +36,7 @@ from experiments import records
 
 
 class Kind:
-    """What a kind of run gives :func:`run` (one instance per run: :meth:`build` may keep
+    """What a kind of run gives :func:`run` (one instance per run: its steps may keep
     what :meth:`trainer` needs).  ``unit``: what its progress is told in (``'epoch'``:
     epochs and iterations; ``'update'``: updates)."""
     unit = 'epoch'
@@ -44,13 +45,18 @@ class Kind:
         """Refuse a config (or a number of processes) this kind cannot train: a
         :class:`~experiments.config.ConfigError` that names the right entry point."""
 
-    def build(self, cfg, out, device, dataset, progress, par):
-        """Load the data (unless ``dataset`` is given) and build what must be known to be
-        good before the run directory appears; returns the dataset."""
+    def prepare(self, cfg, device, dataset, par):
+        """What each process does alone before the run directory begins: load the data
+        (unless ``dataset`` is given) and check it against ``cfg``; returns the dataset."""
         raise NotImplementedError
 
-    def trainer(self):
-        """The trainer (model, updater, extensions), once the run directory has begun."""
+    def build(self, cfg, dataset, out, device, progress, par):
+        """What must be known to be good before the run directory begins and may need
+        every process (a synchronized model, a multi-node optimizer)."""
+
+    def trainer(self, cfg, out, device, progress):
+        """The trainer (model, updater, extensions) writing into ``out``, once the run
+        directory has begun."""
         raise NotImplementedError
 
     def summary_fields(self, cfg, log, trainer, finished):
@@ -85,11 +91,12 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
     if not isinstance(device, chainer.backend.Device):
         device = resolve_device(par.device(device))
     seed_everything(device, cfg['train']['seed'])
-    dataset = kind.build(cfg, out, device, dataset, progress, par)
+    dataset = kind.prepare(cfg, device, dataset, par)
+    kind.build(cfg, dataset, out, device, progress, par)
     # the run directory appears (or is cleared) only once device, data and model are
     # known to be good
     par.decide(lambda: records.begin(out, cfg, start, log))
-    trainer = kind.trainer()
+    trainer = kind.trainer(cfg, out, device, progress)
     resumed = par.decide(lambda: records.load_snapshot(trainer, start, log=log))
     if resumed:
         if not par.writer:

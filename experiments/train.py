@@ -267,8 +267,8 @@ def build(cfg, dataset, out, device, progress=True, par=None):
 
 class Classifier(pipeline.Kind):
     """The classifier as a kind of run (:func:`experiments.pipeline.run`): the data of
-    ``cfg``, then :func:`build`; its summary fields are
-    :func:`experiments.records.classifier_fields`."""
+    ``cfg``, then :func:`build` (model, optimizer, iterators, trainer); its summary
+    fields are :func:`experiments.records.classifier_fields`."""
 
     def check(self, cfg, par):
         if cfg.get('gan'):
@@ -276,14 +276,16 @@ class Classifier(pipeline.Kind):
                                          'experiments.gan'
                                          % ', '.join(cfg.get('_sources', [])))
 
-    def build(self, cfg, out, device, dataset, progress, par):
+    def prepare(self, cfg, device, dataset, par):
         if dataset is None:
             dataset = pipeline.load_data(cfg)
         config_lib.check_batch_size(cfg, dataset.n_train)
-        self.classifier, self._trainer = build(cfg, dataset, out, device, progress, par)
         return dataset
 
-    def trainer(self):
+    def build(self, cfg, dataset, out, device, progress, par):
+        self.classifier, self._trainer = build(cfg, dataset, out, device, progress, par)
+
+    def trainer(self, cfg, out, device, progress):
         return self._trainer
 
     def summary_fields(self, cfg, log, trainer, finished):
