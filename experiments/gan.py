@@ -287,6 +287,11 @@ def real_images_for_fid(images, n_real):
     return images[numpy.sort(numpy.random.RandomState(0).permutation(len(images))[:n_real])]
 
 
+def snapshot_trigger(cfg):
+    """Every ``gan.snapshot_every`` updates."""
+    return cfg['gan']['snapshot_every'], 'iteration'
+
+
 def build_trainer(cfg, gen, dis, images, out, device, extractor=None, real_stats=None,
                   progress=True):
     gcfg, fcfg = cfg['gan'], cfg['gan']['fid']
@@ -315,7 +320,7 @@ def build_trainer(cfg, gen, dis, images, out, device, extractor=None, real_stats
         filename='log.json'))
     trainer.extend(extensions.snapshot(filename=SNAPSHOT_PREFIX + '{.updater.iteration}',
                                        n_retains=SNAPSHOTS_KEPT),
-                   trigger=(gcfg['snapshot_every'], 'iteration'))
+                   trigger=snapshot_trigger(cfg))
     if progress:
         train_lib.progress_extensions(
             trainer, ['epoch', 'iteration', 'gen/loss', 'dis/loss', records.FID_KEY,
@@ -412,6 +417,9 @@ class GAN(pipeline.Kind):
         trainer, _ = build_trainer(cfg, self.gen, self.dis, self.images, out, device,
                                    self.extractor, real_stats, progress=progress)
         return trainer
+
+    def snapshot_trigger(self, cfg):
+        return snapshot_trigger(cfg)
 
     def summary_fields(self, cfg, log, trainer, finished):
         return summary_fields(cfg, log, self.fid_info, finished=finished,

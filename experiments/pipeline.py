@@ -8,15 +8,20 @@ the same for every kind, with one process or several (:mod:`experiments.parallel
 
 1. prepare: whether to train, resume or keep a finished run
    (:func:`experiments.records.prepare_run`, rank 0 decides for all);
-2. prepare and build: device, seeds, data (:meth:`Kind.prepare`), model
-   (:meth:`Kind.build`), all known to be good before the run directory appears or is
-   cleared;
+2. build: device, seeds and data (:meth:`Kind.prepare`, each process alone), model
+   and trainer pieces (:meth:`Kind.build`), all known to be good before the run
+   directory appears or is cleared;
 3. begin: :func:`experiments.records.begin` (``config.yaml``), then the trainer
    (:meth:`Kind.trainer`);
-4. resume: the newest readable snapshot (:func:`experiments.records.load_snapshot`);
+4. resume: the newest snapshot every process can read
+   (:func:`experiments.records.load_snapshot`);
 5. loop: ``trainer.run()`` (:func:`train_loop`); ``summary.json``
    (:func:`experiments.records.summarize` around :meth:`Kind.summary_fields`) at the
-   start, on Ctrl-C and at the end, written by rank 0.
+   start, after each snapshot, on Ctrl-C and at the end, written by rank 0.
+
+Every process takes the steps; what one process does alone and may fail at (its
+device, its data) is agreed collectively (``par.together``), what rank 0 decides for
+all (``par.decide``) is broadcast.
 """
 from mixnorm import _compat  # noqa: F401
 
@@ -27,6 +32,7 @@ import time
 import numpy
 
 import chainer
+from chainer import training
 
 from experiments import config as config_lib
 from experiments import data as data_lib
@@ -59,6 +65,10 @@ class Kind:
         directory has begun."""
         raise NotImplementedError
 
+    def snapshot_trigger(self, cfg):
+        """When its trainer takes a snapshot (``summary.json`` is rewritten after each)."""
+        raise NotImplementedError
+
     def summary_fields(self, cfg, log, trainer, finished):
         """What this kind of run measures, for :func:`experiments.records.summarize`."""
         raise NotImplementedError
@@ -80,7 +90,7 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
     """
     par = par or parallel_lib.create(None)
     kind.check(cfg, par)
-    cfg = par.record(cfg)
+    cfg = par.together(lambda: par.record(cfg))
     if not par.writer:
         log = _quiet
     out = out or records.run_dir(cfg)
@@ -88,20 +98,14 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
     if start.action == 'skip':
         log(start.message)
         return start.summary
-    if not isinstance(device, chainer.backend.Device):
-        device = resolve_device(par.device(device))
-    seed_everything(device, cfg['train']['seed'])
-    dataset = kind.prepare(cfg, device, dataset, par)
+    device, dataset = par.together(lambda: prepare_local(kind, cfg, device, dataset, par))
     kind.build(cfg, dataset, out, device, progress, par)
     # the run directory appears (or is cleared) only once device, data and model are
     # known to be good
     par.decide(lambda: records.begin(out, cfg, start, log))
     trainer = kind.trainer(cfg, out, device, progress)
-    resumed = par.decide(lambda: records.load_snapshot(trainer, start, log=log))
+    resumed = resume_snapshot(trainer, start, par, log)
     if resumed:
-        if not par.writer:
-            records.load_own_snapshot(trainer, par.own_snapshot(resumed))
-        par.resumed(trainer)
         log('resumed from %s (%s)' % (resumed, position(trainer, kind.unit)))
     session_start = time.time()
     env = environment.describe()
@@ -123,7 +127,9 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
         return summary
 
     write_summary(finished=False)
-    train_loop(trainer, out, write_summary, kind.unit)
+    if par.writer:
+        trainer.extend(WriteSummary(write_summary), trigger=kind.snapshot_trigger(cfg))
+    train_loop(trainer, out, write_summary, kind.unit, size=par.size)
     return par.decide(lambda: write_summary(finished=True))
 
 
@@ -190,23 +196,57 @@ def position(trainer, unit):
         else 'update %d' % u.iteration
 
 
-def interrupted_message(out, trainer, unit='epoch'):
-    """Where an interrupted run stopped and how to go on."""
+def interrupted_message(out, trainer, unit='epoch', size=1):
+    """Where an interrupted run stopped and how to go on (``size`` processes: the
+    newest snapshot all of them completed)."""
     u = trainer.updater
     at = 'epoch %.2f, iteration %d' % (u.epoch_detail, u.iteration) if unit == 'epoch' \
         else 'update %d' % u.iteration
-    snaps = records.snapshots(out)
-    then = ('run the same command again to resume from %s' % os.path.basename(snaps[-1])
-            if snaps else 'no snapshot yet, so the same command starts it again from '
-            'scratch')
+    snaps = records.complete_snapshots(out, size)
+    again = 'the same command' if size == 1 else 'the same mpiexec -n %d command' % size
+    then = ('run %s again to resume from %s' % (again, os.path.basename(snaps[-1]))
+            if snaps else 'no snapshot yet, so %s starts it again from scratch' % again)
     return 'interrupted at %s; the run is in %s: %s' % (at, out, then)
 
 
-def train_loop(trainer, out, write_summary, unit='epoch'):
+def train_loop(trainer, out, write_summary, unit='epoch', size=1):
     """``trainer.run()``; on Ctrl-C write the summary of the run so far and raise
     :class:`experiments.records.RunInterrupted` saying where it stopped."""
     try:
         trainer.run(show_loop_exception_msg=False)
     except KeyboardInterrupt:
         write_summary(finished=False)
-        raise records.RunInterrupted(interrupted_message(out, trainer, unit)) from None
+        raise records.RunInterrupted(interrupted_message(out, trainer, unit, size)) from None
+
+
+class WriteSummary(training.Extension):
+    """Rewrites ``summary.json`` right after each snapshot (``write(finished=False)``),
+    so that the record of a killed run is as current as its newest snapshot."""
+    priority = -101         # after the snapshot (-100) and LogReport
+
+    def __init__(self, write):
+        self.write = write
+
+    def __call__(self, trainer):
+        self.write(finished=False)
+
+
+def prepare_local(kind, cfg, device, dataset, par):
+    """The steps every process takes alone before building: its device (seeded), then
+    the kind's data (:meth:`Kind.prepare`); returns ``(device, dataset)``."""
+    if not isinstance(device, chainer.backend.Device):
+        device = resolve_device(par.device(device))
+    seed_everything(device, cfg['train']['seed'])
+    return device, kind.prepare(cfg, device, dataset, par)
+
+
+def resume_snapshot(trainer, start, par, log):
+    """Load the newest snapshot every process has complete (:func:`records.load_snapshot`);
+    its errors are the same on every process, printed by rank 0.  Returns its path or
+    None."""
+    try:
+        return records.load_snapshot(trainer, start, log=log, par=par)
+    except records.RunError as e:
+        if par.size > 1:
+            raise parallel_lib.mark_alike(e, speaks=par.writer) from None
+        raise

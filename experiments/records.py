@@ -5,12 +5,16 @@ A run directory (``results/runs/<experiment>/<dataset>/<row>/seed<k>/``; smoke r
 under ``results/runs/smoke/...``) holds ``config.yaml`` (the resolved config and the
 files and overrides it was merged from), ``log.json`` (Chainer's LogReport),
 ``summary.json`` and the trainer snapshots ``snapshot_epoch_<e>`` (GAN runs:
-``snapshot_iter_<k>``).
+``snapshot_iter_<k>``; the other processes of a data-parallel run
+``snapshot_epoch_<e>.rank<r>``).
 
 :func:`assess` decides, from a run's record alone, its status (finished, interrupted,
-not started), the paper dataset it stands for, and whether it is comparable to the
-paper, with the reasons when it is not.  Tables, figures, reports and
-``summary.json`` all use it.  :func:`prepare_run` decides what training into a run
+not started), the dataset it stands for, and the two kinds of comparability, kept
+apart: whether it is comparable to the *paper* (with the reasons when it is not), and
+which runs it is comparable *with* (its cohort: runs trained the same way on the same
+data, e.g. a BN row and an MN row on Fashion-MNIST, whose numbers may be set beside
+each other although neither may be set beside the paper's).  Tables, figures, reports
+and ``summary.json`` all use it.  :func:`prepare_run` decides what training into a run
 directory should do (train, resume, or skip a finished run), for every entry point.
 """
 import dataclasses
@@ -41,6 +45,9 @@ SNAPSHOT_RE = re.compile(r'snapshot_(?:epoch|iter)_(\d+)$')
 #: What a run writes into its directory (removed when it starts over).
 RUN_FILES = ('log.json', 'summary.json', 'generator_best.npz')
 RUN_FOLDERS = ('mixtures', 'samples')
+#: What a run killed while writing leaves: Chainer's temporary snapshot and log
+#: folders, the temporary file of :func:`write_json`.
+LEFTOVERS = ('tmpsnapshot_*', 'log.json?*', '*.tmp')
 #: Keys that may differ between a run's config.yaml and the config resuming it (the
 #: schema's leaves flagged RESUME_FREE: where the data or the FID weights are found).
 RESUME_IGNORED = config_lib.keys_flagged(config_lib.RESUME_FREE)
@@ -62,19 +69,27 @@ class RunInterrupted(KeyboardInterrupt):
 
 # ------------------------------------------------------------------ where runs live
 
+#: Real datasets of the kit that are not the paper's: their runs stand for themselves
+#: and are never comparable to the paper's numbers.
+OWN_DATASETS = ('fashion-mnist',)
+OWN_DATASET_NAMES = {'fashion-mnist': 'Fashion-MNIST'}
+
+
 def stands_for(config, sources=()):
-    """The paper dataset a run stands for: the CIFAR it trained on, or, for synthetic
-    data, the dataset folder of the row config it was made from
+    """The dataset a run stands for: the CIFAR it trained on (the paper's), the kit's
+    own real dataset (:data:`OWN_DATASETS`: Fashion-MNIST, not the paper's), or, for
+    synthetic data, the dataset folder of the row config it was made from
     (``configs/<table>/<dataset>/<row>.yaml``, wherever that tree lies); None if
     neither tells."""
+    known = paper.PAPER_DATASETS + OWN_DATASETS
     name = config['data']['dataset']
-    if name in paper.PAPER_DATASETS:
+    if name in known:
         return name
     for src in reversed(list(sources)):
         if src.startswith('--set'):
             continue
         parts = src.replace(os.sep, '/').split('/')
-        if len(parts) >= 2 and parts[-2] in paper.PAPER_DATASETS:
+        if len(parts) >= 2 and parts[-2] in known:
             return parts[-2]
     return None
 
@@ -329,13 +344,18 @@ class Assessment:
     """What :func:`assess` says of a run.
 
     ``status``: :data:`FINISHED`, :data:`INTERRUPTED` or :data:`NOT_STARTED`;
-    ``dataset``: the paper dataset it stands for (or None); ``comparable``: whether its
+    ``dataset``: the dataset it stands for (or None); ``comparable``: whether its
     numbers may be set beside the paper's; ``reasons``: why not (empty if comparable).
+    ``cohort``: how it was trained and on what, but for the row's own settings (its
+    optimizer's rate and decay, its MN layers) and the seed (:func:`cohort`): runs with
+    equal cohorts are comparable with each other (:meth:`comparable_with`), whether or
+    not they are comparable to the paper.
     """
     status: str
     dataset: object
     comparable: bool
     reasons: tuple
+    cohort: tuple = dataclasses.field(default=(), compare=False)
 
     @classmethod
     def recorded(cls, summary):
@@ -346,9 +366,21 @@ class Assessment:
                    tuple(summary['not_comparable_reasons']))
 
     def label(self):
-        """``'comparable'`` or ``'NOT COMPARABLE (reason; reason)'``."""
+        """``'comparable'`` or ``'NOT COMPARABLE (reason; reason)'`` (to the paper)."""
         return 'comparable' if self.comparable else \
             'NOT COMPARABLE (%s)' % '; '.join(self.reasons)
+
+    def comparable_with(self, other):
+        """Whether two runs (their assessments) were trained the same way on the same
+        data, so that their numbers may be set beside each other (a BN row beside an MN
+        row), independent of either's comparability to the paper."""
+        return bool(self.cohort) and self.cohort == other.cohort
+
+    def cohort_differences(self, other):
+        """The cohort keys in which two runs differ: ``[(key, mine, theirs)]``."""
+        a, b = dict(self.cohort), dict(other.cohort)
+        return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)]
 
 
 def run_status(summary, log, snapshot_paths):
@@ -377,7 +409,41 @@ def assess(run):
     reasons = (_data_reasons(cfg, summary, dataset) + _length_reasons(cfg)
                + _setting_reasons(cfg, run.sources) + _fid_reasons(cfg, summary))
     return Assessment(run_status(run.summary, run.log, run.snapshots), dataset,
-                      not reasons, tuple(reasons))
+                      not reasons, tuple(reasons), cohort(run))
+
+
+#: The row's own settings: what a BN row and its MN row may differ in and still be
+#: comparable with each other (with the seed and what does not change a run).
+ROW_KEYS = ('row', 'description', 'mn', 'optimizer.lr', 'optimizer.weight_decay',
+            'train.seed', 'train.target_accuracy', 'train.save_mixtures',
+            'train.snapshot_every', 'train.checkpoints', 'data.data_dir', 'data.download',
+            'data.test_batch_size', 'gan.fid.weights', 'gan.fid.cache_dir')
+
+
+def cohort(run):
+    """How ``run`` was trained and on what, but for :data:`ROW_KEYS`: a sorted tuple of
+    ``(key, value)`` (values as JSON text).  It holds the experiment, the dataset and
+    where it came from (the subset and sizes), the model, the batch, the augmentation,
+    the schedule and length of training, the optimizer's kind, the presets, and the
+    number of processes."""
+    flat = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = prefix + k
+            if any(key == r or key.startswith(r + '.') for r in ROW_KEYS):
+                continue
+            if isinstance(v, dict):
+                walk(v, key + '.')
+            else:
+                flat[key] = json.dumps(v, sort_keys=True)
+    walk({k: v for k, v in run.config.items() if not k.startswith('_')}, '')
+    summary = run.summary or {}
+    flat['dataset_size'] = json.dumps(summary.get('dataset_size'), sort_keys=True)
+    flat['presets'] = json.dumps(sorted(
+        os.path.splitext(os.path.basename(s))[0] for s in run.sources
+        if '/presets/' in s.replace(os.sep, '/')))
+    return tuple(sorted(flat.items()))
 
 
 def _n(v):
@@ -389,6 +455,9 @@ def _data_reasons(cfg, summary, dataset):
     reasons = ['smoke preset'] if cfg.get('smoke') else []
     if data['dataset'] == 'synthetic':
         reasons.append('synthetic data, not CIFAR')
+    elif data['dataset'] in OWN_DATASETS:
+        reasons.append("%s, not the paper's data (CIFAR)"
+                       % OWN_DATASET_NAMES[data['dataset']])
     if dataset is None:
         reasons.append('stands for no paper dataset (its config is not under a '
                        '<table>/cifar10|cifar100/ folder)')
@@ -544,8 +613,8 @@ def prepare_run(cfg, out, resume='auto', force=False):
         if status == FINISHED:
             keep = 'pass --force to discard it and train this config from scratch'
         else:
-            keep = ('resume it with its own config (%s), or pass --force to discard it and '
-                    'train this config from scratch' % os.path.join(out, 'config.yaml'))
+            keep = ('%s, or pass --force to discard it and train this config from scratch'
+                    % resume_advice(stored, out, diffs))
         raise config_lib.ConfigError(
             '%s holds %s run of another config: %s; %s, or use --out another directory'
             % (out, 'a finished' if status == FINISHED else 'an interrupted',
@@ -561,11 +630,29 @@ def prepare_run(cfg, out, resume='auto', force=False):
                  clear=True)
 
 
+def resume_advice(stored, out, diffs):
+    """How to resume the run of config ``stored`` in ``out``: as many processes as it
+    had (``mpiexec -n P``) when that differs, else its own config."""
+    keys = {k for k, _, _ in diffs}
+    if keys & {'world_size', 'communicator'}:
+        size, name = stored.get('world_size', 1), stored.get('communicator')
+        if size > 1 or name:
+            return ('resume it as it was run: mpiexec -n %d python -m experiments.train '
+                    '... --communicator %s' % (size, name or 'naive'))
+        return 'resume it as it was run: one process, without mpiexec or --communicator'
+    return 'resume it with its own config (%s)' % os.path.join(out, 'config.yaml')
+
+
 def begin(out, cfg, start, log=print):
     """Act on ``start`` once a run is known to be able to start: clear what an earlier
-    run left in ``out`` if it starts over, say so, and write ``config.yaml``."""
+    run left in ``out`` if it starts over (else only the leftovers of an interrupted
+    write), say so, and write ``config.yaml``."""
     if start.clear:
         clear_run(out)
+    else:
+        gone = clear_leftovers(out)
+        if gone:
+            log('removed what an interrupted write left in %s: %s' % (out, ', '.join(gone)))
     if start.message:
         log(start.message)
     write_config(out, cfg)
@@ -573,7 +660,7 @@ def begin(out, cfg, start, log=print):
 
 def clear_run(out):
     """Remove what a run wrote into ``out`` (:data:`RUN_FILES`, :data:`RUN_FOLDERS`,
-    snapshots); config.yaml is rewritten by the next run."""
+    snapshots, :data:`LEFTOVERS`); config.yaml is rewritten by the next run."""
     others = glob.glob(os.path.join(glob.escape(out), 'snapshot_*.rank*'))  # other ranks'
     for path in snapshots(out) + others + [os.path.join(out, f) for f in RUN_FILES]:
         if os.path.isfile(path):
@@ -581,46 +668,82 @@ def clear_run(out):
     for folder in RUN_FOLDERS:
         if os.path.isdir(os.path.join(out, folder)):
             shutil.rmtree(os.path.join(out, folder))
+    clear_leftovers(out)
 
 
-def load_own_snapshot(trainer, path):
-    """Load the snapshot file of a process other than rank 0 (``snapshot_*.rank<r>``),
-    whose epoch rank 0 chose."""
+def clear_leftovers(out):
+    """Remove the temporary files and folders a killed run left in ``out``
+    (:data:`LEFTOVERS`); returns their names."""
+    found = sorted({p for pattern in LEFTOVERS
+                    for p in glob.glob(os.path.join(glob.escape(out), pattern))})
+    for path in found:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
+    return [os.path.basename(p) for p in found]
+
+
+def _try_load(trainer, path):
+    """Load the snapshot file ``path`` into ``trainer``: None when it loaded, else
+    ``(kind, why)`` with kind ``'missing'``, ``'unreadable'`` or ``'unfit'`` (it does
+    not fit the trainer: another model, config or version of the code)."""
     import chainer
     if not os.path.isfile(path):
-        raise RunError('%s is missing: the run was made with another number of processes '
-                       '(resume it with the same mpiexec -n), or --force starts it over'
-                       % path)
+        return 'missing', 'is missing'
     try:
         chainer.serializers.load_npz(path, trainer)
-    except Exception as e:
-        raise RunError('%s cannot be read (%s: %s); --force starts the run over'
-                       % (path, type(e).__name__, e)) from None
-
-
-def load_snapshot(trainer, start, log=print):
-    """Load the first readable snapshot of ``start.snapshots`` into ``trainer``, saying
-    so when an unreadable (truncated, corrupted) one is passed over; returns its path.
-    A snapshot that does not fit the trainer (another model) raises :class:`RunError`."""
-    import chainer
-    for i, path in enumerate(start.snapshots):
-        try:
-            chainer.serializers.load_npz(path, trainer)
-        except KeyError as e:
-            raise RunError('%s does not fit this run\'s model or trainer (it has no %s): '
-                           'it was written by another config or version of the code; '
-                           '--force starts the run over' % (path, e)) from None
-        except Exception as e:      # truncated or corrupted npz: zip, zlib, numpy errors
-            why = '%s: %s' % (type(e).__name__, e)
-            if start.explicit:
-                raise RunError('%s cannot be read (%s): the snapshot is truncated or '
-                               'corrupted' % (path, why)) from None
-            if i + 1 == len(start.snapshots):
-                raise RunError('no readable snapshot in %s (the oldest, %s: %s); --force '
-                               'starts the run over' % (os.path.dirname(path),
-                                                        os.path.basename(path), why)) from None
-            log('warning: %s cannot be read (%s); resuming from the previous snapshot, %s'
-                % (path, why, os.path.basename(start.snapshots[i + 1])))
-            continue
-        return path
+    except KeyError as e:
+        return 'unfit', 'has no %s' % e
+    except Exception as e:      # truncated or corrupted npz: zip, zlib, numpy errors
+        return 'unreadable', 'cannot be read (%s: %s)' % (type(e).__name__, e)
     return None
+
+
+def load_snapshot(trainer, start, log=print, par=None):
+    """Load into ``trainer`` the newest of ``start.snapshots`` that every process can
+    load (``par``: a :class:`experiments.parallel.Parallel`; each process loads its own
+    file, ``snapshot_epoch_<e>.rank<r>`` on rank r), saying when it passes over one and
+    why (a file missing on one process, truncated or corrupted); returns its path (the
+    name rank 0 reads), or None when there is nothing to resume.  A snapshot that does
+    not fit the trainer (another model), an unreadable ``--resume`` snapshot, or no
+    snapshot complete on every process raises :class:`RunError` on every process."""
+    several = par is not None and par.size > 1
+    own = par.own_snapshot if several else (lambda p: p)
+    gather = par.allgather if several else (lambda x: [x])
+    passed = []
+    for path in start.snapshots:
+        troubles = [(r, t) for r, t in enumerate(gather(_try_load(trainer, own(path))))
+                    if t is not None]
+        if not troubles:
+            if passed:
+                log('warning: %s; resuming from the previous snapshot, %s'
+                    % ('; '.join(passed), os.path.basename(path)))
+            return path
+        why = ', '.join('%s %s' % (_rank_file(path, r) if not several else
+                                   os.path.basename(_rank_file(path, r)), t[1])
+                        for r, t in troubles)
+        if any(t[0] == 'unfit' for _, t in troubles):
+            raise RunError('%s does not fit this run\'s model or trainer (%s): it was '
+                           'written by another config or version of the code; --force '
+                           'starts the run over' % (path, why))
+        if start.explicit:
+            raise RunError('%s cannot be resumed (%s): the snapshot is missing on a '
+                           'process, truncated or corrupted' % (path, why))
+        passed.append('%s is not complete on every process (%s)'
+                      % (os.path.basename(path), why) if several else why)
+    if passed:
+        raise RunError('no snapshot in %s can be resumed: %s; --force starts the run over'
+                       % (os.path.dirname(start.snapshots[0]), '; '.join(passed)))
+    return None
+
+
+def _rank_file(path, rank):
+    return path if rank == 0 else '%s.rank%d' % (path, rank)
+
+
+def complete_snapshots(out, size=1):
+    """The snapshots in ``out`` (rank 0's names, oldest first) of which all ``size``
+    processes wrote their file."""
+    return [p for p in snapshots(out)
+            if all(os.path.isfile(_rank_file(p, r)) for r in range(1, size))]
