@@ -360,7 +360,8 @@ class Assessment:
     @classmethod
     def recorded(cls, summary):
         """The verdict a summary carries (:func:`judged` puts it there as the summary is
-        made): a run's own, without reading its record back from disk."""
+        made): a run's status and comparability to the paper, without reading its
+        record back from disk (its cohort is not recorded: :func:`assess` tells it)."""
         return cls(run_status(summary, None, ()), summary.get('paper_dataset'),
                    bool(summary['comparable_to_paper']),
                    tuple(summary['not_comparable_reasons']))
