@@ -173,6 +173,7 @@ def reference(tmp_path_factory):
     ('everywhere', 0, 1, 'error: rank 0: the same mistake on every process'),
     ('bug', 1, 1, 'ZeroDivisionError: a bug on rank 1'),
     ('sigint', 1, 130, 'rank 1: interrupted'),
+    ('early', 1, 15, 'rank 1: interrupted'),        # ends itself by SIGTERM: no MPI yet
 ])
 def test_a_failure_on_one_process_ends_all_and_is_printed_once(mode, rank, status, needle):
     rc, out, err = run([mpi_util.mpiexec(), '-n', '2', sys.executable, WORKER, mode,
