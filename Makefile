@@ -19,15 +19,20 @@ STAMP  := $(VENV)/.mixnorm-installed
 PYTEST_ARGS ?=
 # `make reproduce` trains BN-2 and MN-2 of Table 2 (CIFAR-10, smoke preset) and prints
 # them beside the paper's numbers.  CIFAR-10 comes from DATA_DIR, Chainer's cache, or a
-# download.  Offline: `make reproduce DATA=synthetic` (generated data, marked NOT
-# COMPARABLE).  Full runs: PRESET= DEVICE=0 (a GPU) ROWS= (all rows).
+# download.  Offline, on real images: `make reproduce DATA=fashion-mnist` (Fashion-MNIST
+# from DATA_DIR, the Debian package dataset-fashion-mnist, Chainer's cache or a
+# download; BN beside MN, marked NOT COMPARABLE to the paper); on generated images:
+# `make reproduce DATA=synthetic`.  Full runs: PRESET= DEVICE=0 (a GPU) ROWS= (all rows).
 DATA   ?= cifar10
-PRESET ?= smoke
+PRESET ?= $(if $(filter fashion-mnist,$(DATA)),fmnist-cpu,smoke)
 ROWS   ?= BN-2,MN-2
 DEVICE ?= cpu
 DATA_DIR ?=
-REPRO_ARGS = table2 --dataset cifar10 --device $(DEVICE) \
-	$(if $(PRESET),--preset $(PRESET)) $(if $(ROWS),--rows $(ROWS)) \
+ifeq ($(filter $(DATA),cifar10 fashion-mnist synthetic),)
+$(error DATA=$(DATA): choose DATA=cifar10, DATA=fashion-mnist or DATA=synthetic)
+endif
+REPRO_ARGS = table2 --dataset $(if $(filter fashion-mnist,$(DATA)),fashion-mnist,cifar10) \
+	--device $(DEVICE) $(if $(PRESET),--preset $(PRESET)) $(if $(ROWS),--rows $(ROWS)) \
 	$(if $(filter synthetic,$(DATA)),--synthetic,--download) \
 	$(if $(DATA_DIR),--data-dir $(DATA_DIR))
 

@@ -68,6 +68,8 @@ def group_runs(runs, paper_dataset=None):
         verdict = records.assess(r)
         if verdict.dataset is None or (paper_dataset and verdict.dataset != paper_dataset):
             continue
+        if verdict.dataset in records.OWN_DATASETS:   # not the paper's: compare_pairs
+            continue
         groups.setdefault((verdict.dataset, r.config['row'], verdict.comparable),
                           []).append(r)
     return groups
@@ -219,12 +221,12 @@ def _fmt(v):
     return str(v)
 
 
-def _columns(recs):
-    return [(k, h) for k, h in COLUMNS if any(k in r for r in recs)]
+def _columns(recs, columns=None):
+    return [(k, h) for k, h in columns or COLUMNS if any(k in r for r in recs)]
 
 
-def to_text(recs):
-    cols = _columns(recs)
+def to_text(recs, columns=None):
+    cols = _columns(recs, columns)
     cells = [[h for _, h in cols]] + [[_fmt(r.get(k)) for k, _ in cols] for r in recs]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ['  '.join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
@@ -232,15 +234,15 @@ def to_text(recs):
     return '\n'.join(lines)
 
 
-def to_markdown(recs):
-    cols = _columns(recs)
+def to_markdown(recs, columns=None):
+    cols = _columns(recs, columns)
     lines = ['| ' + ' | '.join(h for _, h in cols) + ' |', '|' + '---|' * len(cols)]
     lines += ['| ' + ' | '.join(_fmt(r.get(k)) for k, _ in cols) + ' |' for r in recs]
     return '\n'.join(lines)
 
 
-def to_csv(recs):
-    cols = _columns(recs)
+def to_csv(recs, columns=None):
+    cols = _columns(recs, columns)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([k for k, _ in cols])
@@ -273,3 +275,146 @@ def checkpoint_layout(recs):
     out = ['  '.join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
     out.insert(1, '  '.join('-' * w for w in widths))
     return '\n'.join(out)
+
+
+# ------------------------------------------------------------------- BN vs MN pairs
+
+#: The test accuracy with each test batch's own statistics (train.BatchStatisticsEvaluator)
+BATCH_ACC = 'validation_batchstats/main/accuracy'
+
+
+def bn_row_of(row):
+    """The BN row an MN row is measured against: ``'MN-2'`` -> ``'BN-2'``,
+    ``'MN-L40'`` -> ``'BN-L40'``; None for a row that is not an MN row.  (Where a
+    cohort holds one BN row only, as Table 4's BN-1, :func:`compare_pairs` uses it.)"""
+    return 'BN-' + row[3:] if row.startswith('MN-') else None
+
+
+def _best(log, key):
+    accs = [e[key] for e in log if key in e]
+    return 100.0 * max(accs) if accs else None
+
+
+def _final(log, key):
+    accs = [e[key] for e in log if key in e]
+    return 100.0 * accs[-1] if accs else None
+
+
+def _steps_to(log, key, target):
+    for e in log:
+        if key in e and 100.0 * e[key] >= target - 1e-9:
+            return int(e['iteration'])
+    return None
+
+
+def cohorts(runs, dataset=None):
+    """{cohort: {row: [Run]}} of the runs that have a summary, grouped by
+    :func:`experiments.records.cohort` (runs comparable with each other), only those
+    standing for ``dataset`` if given."""
+    out = {}
+    for r in runs:
+        if r.summary is None:
+            continue
+        verdict = records.assess(r)
+        if dataset and verdict.dataset != dataset:
+            continue
+        out.setdefault(verdict.cohort, {}).setdefault(r.config['row'], []).append(r)
+    return out
+
+
+def _pair_metrics(bn, mn, key):
+    """Best and final accuracy (``key``: the inference or the batch-statistics one) of
+    each row, and the acceleration metric: updates each row needs to reach the BN row's
+    best accuracy (mean over its seeds), and MN's reduction of them against BN."""
+    target, _, _ = _mean_std([_best(r.log, key) for r in bn])
+    recs = {}
+    for name, group in (('bn', bn), ('mn', mn)):
+        steps = [_steps_to(r.log, key, target) for r in group] if target is not None else []
+        reached = [s for s in steps if s is not None]
+        recs[name] = {
+            'best': _mean_std([_best(r.log, key) for r in group]),
+            'final': _mean_std([_final(r.log, key) for r in group]),
+            'steps': _mean_std(reached)[:2],
+            'reached': '%d/%d' % (len(reached), len(group)),
+        }
+    b, m = recs['bn']['steps'][0], recs['mn']['steps'][0]
+    reduction = 100 * (1 - m / b) if b and m is not None else None
+    return target, recs, reduction
+
+
+def compare_pairs(runs, dataset=None, experiment=None):
+    """Each MN row beside its BN row (:func:`bn_row_of`) among runs comparable with each
+    other (one cohort: trained the same way on the same data), with the paper's
+    acceleration metric, the updates to reach the BN row's best test accuracy, measured
+    on both test accuracies: with inference statistics (the paper's metric) and with
+    each test batch's own statistics (which tells a lag of the inference statistics
+    from a difference in training speed).
+
+    Returns records (one per row and accuracy) with ``status``: the verdict against the
+    paper (NOT COMPARABLE, with reasons, for Fashion-MNIST runs).  An MN row without a
+    BN row in its cohort gets a record saying so and how the closest BN runs differ.
+    """
+    if experiment:
+        runs = [r for r in runs if r.config.get('experiment') == experiment]
+    groups = cohorts(runs, dataset)
+    out = []
+    for cohort_key, rows in groups.items():
+        for row in sorted(rows):
+            bn_row = bn_row_of(row)
+            if bn_row is None:
+                continue
+            lone_bn = [r for r in rows if r.startswith('BN-')]
+            if bn_row not in rows and len(lone_bn) == 1:    # Table 4: BN-1 for every MN
+                bn_row = lone_bn[0]
+            mn = rows[row]
+            first = mn[0]
+            base = {'dataset': records.assess(first).dataset, 'pair': '%s/%s' % (bn_row, row),
+                    'n': '%d/%d' % (len(rows.get(bn_row, [])), len(mn)),
+                    'status': group_status(rows.get(bn_row, []) + mn)}
+            if bn_row not in rows:
+                others = [(records.assess(rs[0]).cohort_differences(records.assess(first)),
+                           rs) for c, rr in groups.items() for r2, rs in rr.items()
+                          if r2 == bn_row]
+                why = ('no %s run trained the same way' % bn_row) + (
+                    ' (closest differs in %s)' % ', '.join(
+                        k for k, _, _ in min(others, key=lambda o: len(o[0]))[0])
+                    if others else '')
+                out.append(dict(base, accuracy='—', metric=why))
+                continue
+            for label, key in (('inference statistics', records.TEST_ACC),
+                               ('batch statistics', BATCH_ACC)):
+                target, m, reduction = _pair_metrics(rows[bn_row], mn, key)
+                if target is None:
+                    continue
+                for name, r in (('BN', m['bn']), ('MN', m['mn'])):
+                    out.append(dict(
+                        base, row=bn_row if name == 'BN' else row, accuracy=label,
+                        best=r['best'][0], best_std=r['best'][1],
+                        final=r['final'][0], final_std=r['final'][1],
+                        target=target, steps=r['steps'][0], steps_std=r['steps'][1],
+                        reached=r['reached'],
+                        reduction=reduction if name == 'MN' else None))
+    return out
+
+
+PAIR_COLUMNS = [('dataset', 'dataset'), ('pair', 'pair'), ('row', 'row'),
+                ('accuracy', 'test accuracy with'), ('best', 'best %'), ('best_std', '±'),
+                ('final', 'final %'), ('final_std', '±'), ('target', 'BN best % (target)'),
+                ('steps', 'updates to target'), ('steps_std', '±'), ('reached', 'reached'),
+                ('reduction', 'MN reduction %'), ('n', 'seeds BN/MN'),
+                ('metric', 'note'), ('status', 'vs the paper')]
+
+
+def pairs_to_text(recs):
+    """The BN-vs-MN records as a text table (the paper's column, ``vs the paper``, says
+    NOT COMPARABLE where it is not)."""
+    return to_text(recs, PAIR_COLUMNS)
+
+
+def pairs_heading(dataset):
+    """What the BN-vs-MN table is, and is not, said above it."""
+    name = records.OWN_DATASET_NAMES.get(dataset, dataset)
+    return ('BN vs MN on %s: each pair was trained the same way on the same data and is '
+            'comparable with itself; NOT COMPARABLE to the paper\'s numbers (not its data). '
+            'Acceleration: updates to reach the BN row\'s best test accuracy (mean over '
+            'seeds); the paper\'s metric is the one with inference statistics.' % name)

@@ -146,12 +146,17 @@ SCHEMA = {
         'kwargs': (dict, {}, None),
     },
     'data': {
-        'dataset': (str, REQUIRED, _choice('cifar10', 'cifar100', 'synthetic'), (JUDGED,)),
+        'dataset': (str, REQUIRED, _choice('cifar10', 'cifar100', 'fashion-mnist',
+                                           'synthetic'), (JUDGED,)),
         'data_dir': (OPT_STR, None, None, _FREE),
         'download': (bool, False, None, _FREE),
         'batch_size': (int, REQUIRED, _positive),
         'test_batch_size': (OPT_INT, None, _positive, (NEUTRAL,)),
         'augment': (bool, True, None),
+        # the augmentation (with augment: true): random crops of the image padded by
+        # crop_pad pixels (0: none), and horizontal flips
+        'crop_pad': (int, 4, _non_negative),
+        'flip': (bool, True, None),
         'subset': ((int, list, type(None)), None, _subset, (JUDGED,)),
     },
     # which keys apply to which optimizer: OPTIMIZER_KEYS

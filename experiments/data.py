@@ -1,11 +1,22 @@
-"""CIFAR-10/100 (and a synthetic stand-in) for the experiments, preprocessed as paper Sec. 4.1.
+"""CIFAR-10/100, Fashion-MNIST (and a synthetic stand-in) for the experiments,
+preprocessed as paper Sec. 4.1.
 
 Preprocessing: pixels are scaled to [0, 1], then every channel is standardised with the
 mean and standard deviation of the *full training set* (computed before any subset is
 taken), applied to train and test alike.  Training augmentation is random cropping from a
-zero-padded image and horizontal flipping (:func:`random_crop_flip`), applied per batch.
+padded image and horizontal flipping (:func:`random_crop_flip`), applied per batch.
 
-Where the data come from (:func:`load_dataset`), in this order:
+Fashion-MNIST (not a dataset of the paper: 60,000 training / 10,000 test greyscale
+28x28 images, 10 classes) is padded with zeros, its background, to 1 x 32 x 32, so the
+paper's CIFAR architectures keep their geometry; its crops are padded with the
+background too (:attr:`Dataset.crop_fill`), not with the normalised mean.  Its IDX files
+(gzipped or not) are looked for in ``data_dir``, then :data:`DEBIAN_DIR` (the Debian
+package ``dataset-fashion-mnist``), then Chainer's cache (the npz files
+``chainer.datasets.get_fashion_mnist`` writes, ``<root>/pfnet/chainer/fashion-mnist/
+train.npz`` / ``test.npz``, or the IDX files it downloaded into ``<root>/_dl_cache/``),
+and only with ``allow_download=True`` downloaded through Chainer.
+
+Where CIFAR comes from (:func:`load_dataset`), in this order:
 
 1. ``data_dir``, if given: the extracted python batches (``cifar-10-batches-py/`` or
    ``cifar-100-python/``), the official archive (``cifar-10-python.tar.gz`` /
@@ -25,6 +36,7 @@ data: ``'synthetic'`` is used only when asked for by name.  The python batches a
 (as in the official archives): only load files you trust.
 """
 import dataclasses
+import gzip
 import hashlib
 import os
 import pickle
@@ -39,7 +51,7 @@ import mixnorm._compat  # noqa: F401  (NumPy-2 shim before any chainer import)
 import chainer  # noqa: E402
 import chainer.dataset.download  # noqa: E402
 
-DATASETS = ('cifar10', 'cifar100', 'synthetic')
+DATASETS = ('cifar10', 'cifar100', 'fashion-mnist', 'synthetic')
 SYNTHETIC_SOURCE = 'synthetic (generated, not CIFAR)'
 SYNTHETIC_SIZE = (512, 256)  # default (n_train, n_test) of the synthetic set
 
@@ -52,6 +64,23 @@ _CIFAR = {
 URLS = {name: 'https://www.cs.toronto.edu/~kriz/%s-python.tar.gz' % spec[0]
         for name, spec in _CIFAR.items()}
 
+#: Where the Debian package ``dataset-fashion-mnist`` installs the four IDX files.
+DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
+DEBIAN_PACKAGE = 'dataset-fashion-mnist'
+#: The official file names, (images, labels) per split (each also read as ``<name>.gz``).
+FMNIST_FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+                'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
+FMNIST_URL = 'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'
+FMNIST_SIZE = 28
+FMNIST_PAD = 2      # zeros on each side: 28 x 28 -> 32 x 32, the paper's input size
+
+#: Channels of each dataset's images (the models' input).
+CHANNELS = {'cifar10': 3, 'cifar100': 3, 'fashion-mnist': 1, 'synthetic': 3}
+#: What random crops pad with: 'mean' (0 after normalisation, as for CIFAR) or
+#: 'background' (raw pixel 0: Fashion-MNIST's black background).
+CROP_FILL = {'cifar10': 'mean', 'cifar100': 'mean', 'fashion-mnist': 'background',
+             'synthetic': 'mean'}
+
 
 class DataError(ValueError):
     """The data cannot serve the run asked for (the message says why)."""
@@ -63,7 +92,7 @@ class CorruptDataError(DataError):
 
 @dataclasses.dataclass(repr=False, eq=False)
 class Dataset:
-    """Normalised images (N, 3, 32, 32) float32, labels (N,) int32, and their provenance."""
+    """Normalised images (N, C, 32, 32) float32, labels (N,) int32, and their provenance."""
 
     name: str
     train_x: numpy.ndarray
@@ -72,12 +101,26 @@ class Dataset:
     test_y: numpy.ndarray
     n_classes: int
     source: str
-    mean: numpy.ndarray  # (3,) training-set channel mean of the [0, 1]-scaled pixels
-    std: numpy.ndarray   # (3,) training-set channel std (population) of the same
+    mean: numpy.ndarray  # (C,) training-set channel mean of the [0, 1]-scaled pixels
+    std: numpy.ndarray   # (C,) training-set channel std (population) of the same
+    background: numpy.ndarray = None  # (C,) a raw 0 pixel after normalisation
 
     @property
     def n_train(self):
         return len(self.train_y)
+
+    @property
+    def channels(self):
+        return self.train_x.shape[1]
+
+    @property
+    def crop_fill(self):
+        """(C,) value random crops pad with, or None for 0 (the normalised mean)."""
+        if CROP_FILL[self.name] != 'background':
+            return None
+        if self.background is not None:
+            return self.background
+        return (-self.mean / self.std).astype(numpy.float32)
 
     @property
     def n_test(self):
@@ -87,6 +130,7 @@ class Dataset:
         """JSON-able summary (no arrays) for run records."""
         return {'name': self.name, 'source': self.source, 'n_train': self.n_train,
                 'n_test': self.n_test, 'n_classes': self.n_classes,
+                'channels': self.channels, 'crop_fill': CROP_FILL[self.name],
                 'mean': [float(v) for v in self.mean], 'std': [float(v) for v in self.std]}
 
     def __repr__(self):
@@ -96,11 +140,18 @@ class Dataset:
 # --------------------------------------------------------------------------- loading
 
 def canonical_name(name):
-    """'CIFAR-10', 'cifar_10', 'cifar10' -> 'cifar10'; unknown names raise ValueError."""
+    """'CIFAR-10', 'cifar_10', 'cifar10' -> 'cifar10'; 'Fashion_MNIST', 'fmnist' ->
+    'fashion-mnist'; unknown names raise ValueError."""
     key = str(name).lower().replace('-', '').replace('_', '')
+    key = {'fashionmnist': 'fashion-mnist', 'fmnist': 'fashion-mnist'}.get(key, key)
     if key not in DATASETS:
         raise ValueError('unknown dataset %r; choose one of %s' % (name, ', '.join(DATASETS)))
     return key
+
+
+def channels_of(name):
+    """The image channels of dataset ``name`` (the classifiers' input channels)."""
+    return CHANNELS[canonical_name(name)]
 
 
 def chainer_cache_paths(name):
@@ -127,9 +178,9 @@ def load_dataset(name, data_dir=None, *, subset=None, seed=0, allow_download=Fal
         source, n_classes = SYNTHETIC_SOURCE, 10
         n_sub = (None, None)
     else:
-        (train_x, train_y), (test_x, test_y), source = _find_cifar(name, data_dir,
-                                                                   allow_download)
-        n_classes = _CIFAR[name][5]
+        find = _find_fashion_mnist if name == 'fashion-mnist' else _find_cifar
+        (train_x, train_y), (test_x, test_y), source = find(name, data_dir, allow_download)
+        n_classes = 10 if name == 'fashion-mnist' else _CIFAR[name][5]
         for y, split in ((train_y, 'train'), (test_y, 'test')):
             if y.size and (y.min() < 0 or y.max() >= n_classes):
                 raise CorruptDataError('%s: %s labels outside [0, %d)' % (source, split,
@@ -152,17 +203,19 @@ def load_dataset(name, data_dir=None, *, subset=None, seed=0, allow_download=Fal
                    test_x=normalize(test_x, mean, std),
                    test_y=numpy.asarray(test_y, numpy.int32), n_classes=n_classes,
                    source=source, mean=mean.astype(numpy.float32),
-                   std=std.astype(numpy.float32))
+                   std=std.astype(numpy.float32),
+                   background=normalize(numpy.zeros((1, len(mean), 1, 1), numpy.uint8),
+                                        mean, std).reshape(-1))
 
 
 def channel_stats(x):
-    """Per-channel mean and population std of uint8 images (N, 3, H, W) scaled to [0, 1].
+    """Per-channel mean and population std of uint8 images (N, C, H, W) scaled to [0, 1].
 
     Exact (from a 256-bin histogram per channel, float64), without a float copy of ``x``.
     """
     levels = numpy.arange(256) / 255.0
-    mean, std = numpy.empty(3), numpy.empty(3)
-    for c in range(3):
+    mean, std = numpy.empty(x.shape[1]), numpy.empty(x.shape[1])
+    for c in range(x.shape[1]):
         hist = numpy.bincount(x[:, c].reshape(-1), minlength=256)
         if hist.sum() == 0:
             raise DataError('no training images to compute statistics from')
@@ -175,9 +228,9 @@ def channel_stats(x):
 
 
 def normalize(x, mean, std):
-    """uint8 images (N, 3, H, W) -> float32 ``(x / 255 - mean) / std`` per channel."""
+    """uint8 images (N, C, H, W) -> float32 ``(x / 255 - mean) / std`` per channel."""
     out = numpy.empty(x.shape, numpy.float32)
-    for c in range(3):
+    for c in range(x.shape[1]):
         lut = ((numpy.arange(256) / 255.0 - mean[c]) / std[c]).astype(numpy.float32)
         out[:, c] = lut[x[:, c]]
     return out
@@ -253,8 +306,10 @@ def _not_found_message(name, looked, allow_download, error):
     else:
         lines.append('Not downloaded: pass --download to let Chainer fetch it (it caches it '
                      'under %s).' % chainer.dataset.get_dataset_root())
-    lines.append('Without the data, --synthetic (`make reproduce DATA=synthetic`) runs the '
-                 'same pipeline on generated images, marked NOT COMPARABLE.')
+    lines.append('Without CIFAR: --dataset fashion-mnist (`make reproduce DATA=fashion-mnist`) '
+                 'trains the same rows on real images (Fashion-MNIST, Debian package %s), '
+                 'or --synthetic (`make reproduce DATA=synthetic`) on generated ones; both '
+                 'are marked NOT COMPARABLE to the paper.' % DEBIAN_PACKAGE)
     return '\n'.join(lines)
 
 
@@ -369,6 +424,186 @@ def _download(name):
     return splits[0], splits[1], 'chainer.datasets.get_%s (downloaded)' % name
 
 
+# ---------------------------------------------------------------------- Fashion-MNIST
+
+_IDX_DTYPES = {0x08: numpy.uint8}
+
+
+def read_idx(path):
+    """The array in an IDX file (``path`` gzipped or not): uint8 data only, as the
+    (Fashion-)MNIST files are.  Anything else, or a short file, raises
+    :class:`CorruptDataError` naming ``path``."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(2)
+        opener = gzip.open if head == b'\x1f\x8b' else open
+        with opener(path, 'rb') as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise CorruptDataError('%s: cannot read (%s: %s); the file is truncated or '
+                               'corrupted, provide it again' % (path, type(e).__name__, e))
+    if len(raw) < 4 or raw[:2] != b'\x00\x00' or raw[2] not in _IDX_DTYPES:
+        raise CorruptDataError('%s: not an IDX file of unsigned bytes (header %s)'
+                               % (path, raw[:4].hex() or 'empty'))
+    ndim = raw[3]
+    if ndim < 1 or len(raw) < 4 + 4 * ndim:
+        raise CorruptDataError('%s: IDX header truncated or with %d dimensions'
+                               % (path, ndim))
+    shape = tuple(int(d) for d in numpy.frombuffer(raw, '>u4', ndim, 4))
+    size = int(numpy.prod(shape, dtype=numpy.int64))
+    body = len(raw) - 4 - 4 * ndim
+    if body != size:
+        raise CorruptDataError('%s: IDX header says %s (%d bytes) but the file holds %d; '
+                               'it is truncated or corrupted, provide it again'
+                               % (path, 'x'.join(map(str, shape)), size, body))
+    return numpy.frombuffer(raw, numpy.uint8, size, 4 + 4 * ndim).reshape(shape)
+
+
+def _idx_file(folder, name):
+    """``folder/name`` or ``folder/name.gz``, whichever exists (None if neither)."""
+    for f in (name, name + '.gz'):
+        path = os.path.join(folder, f)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _split_arrays(images, labels, where):
+    """Images (N, 28, 28) and labels (N,) of one split checked, as (N, 1, 28, 28)."""
+    if images.ndim != 3 or images.shape[1:] != (FMNIST_SIZE, FMNIST_SIZE):
+        raise CorruptDataError('%s: expected 28x28 images, found shape %s'
+                               % (where[0], images.shape))
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise CorruptDataError('%s: %s labels for %d images in %s'
+                               % (where[1], labels.shape, len(images), where[0]))
+    if labels.size and labels.max() >= 10:
+        raise CorruptDataError('%s: labels outside [0, 10)' % where[1])
+    return images[:, None], labels.astype(numpy.int64)
+
+
+def _missing_idx(folder):
+    """The official IDX files (gzipped or not) that ``folder`` lacks."""
+    return [n for names in FMNIST_FILES.values() for n in names
+            if _idx_file(folder, n) is None]
+
+
+def _read_idx_dir(folder):
+    """(train, test, source) from the four IDX files in ``folder``, or None if one of
+    them is missing there (a missing folder or file is not an error here)."""
+    paths = {split: [_idx_file(folder, n) for n in names]
+             for split, names in FMNIST_FILES.items()}
+    if not all(p for ps in paths.values() for p in ps):
+        return None
+    splits = [_split_arrays(read_idx(paths[s][0]), read_idx(paths[s][1]), paths[s])
+              for s in ('train', 'test')]
+    return splits[0], splits[1], folder
+
+
+def fashion_mnist_cache_paths():
+    """Chainer's npz cache (train, test) and its download cache of the four IDX files
+    ({file name: path}); may not exist."""
+    root = chainer.dataset.get_dataset_root()
+    folder = os.path.join(root, 'pfnet', 'chainer', 'fashion-mnist')
+    npz = tuple(os.path.join(folder, s + '.npz') for s in ('train', 'test'))
+    dl = {n: os.path.join(root, '_dl_cache',
+                          hashlib.md5((FMNIST_URL + n + '.gz').encode()).hexdigest())
+          for names in FMNIST_FILES.values() for n in names}
+    return npz, dl
+
+
+def _read_fashion_npz(paths):
+    splits = []
+    for path in paths:
+        try:
+            with numpy.load(path) as z:
+                x, y = z['x'], z['y']
+        except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError,
+                zlib.error) as e:
+            raise CorruptDataError("%s: cannot read Chainer's cached Fashion-MNIST npz "
+                                   '(%s: %s); delete it and provide the data again'
+                                   % (path, type(e).__name__, e))
+        if x.dtype != numpy.uint8 or x.size != len(y) * FMNIST_SIZE ** 2:
+            raise CorruptDataError('%s: x is %s %s for %d labels, expected uint8 (N, 784)'
+                                   % (path, x.dtype, x.shape, len(y)))
+        splits.append(_split_arrays(x.reshape(-1, FMNIST_SIZE, FMNIST_SIZE),
+                                    numpy.asarray(y).reshape(-1), (path, path)))
+    return splits[0], splits[1], ' + '.join(paths)
+
+
+def _read_dl_cache(dl):
+    splits = []
+    for split in ('train', 'test'):
+        im, lb = (dl[n] for n in FMNIST_FILES[split])
+        splits.append(_split_arrays(read_idx(im), read_idx(lb), (im, lb)))
+    return splits[0], splits[1], "Chainer's download cache (%s)" % os.path.dirname(
+        dl[FMNIST_FILES['train'][0]])
+
+
+def _find_fashion_mnist(name, data_dir, allow_download):
+    """((train_x, train_y), (test_x, test_y), source), images uint8 (N, 1, 32, 32)
+    padded with zeros (the background) from 28 x 28."""
+    found = _locate_fashion_mnist(data_dir, allow_download)
+    pad = ((0, 0), (0, 0), (FMNIST_PAD, FMNIST_PAD), (FMNIST_PAD, FMNIST_PAD))
+    (tr_x, tr_y), (te_x, te_y), source = found
+    return ((numpy.pad(tr_x, pad), tr_y), (numpy.pad(te_x, pad), te_y),
+            'Fashion-MNIST (not the paper\'s data) from %s' % source)
+
+
+def _locate_fashion_mnist(data_dir, allow_download):
+    looked = []
+    if data_dir is not None:
+        data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
+        if not os.path.isdir(data_dir):
+            looked.append(data_dir + ' (--data-dir: no such folder)')
+        for folder in (data_dir, os.path.join(data_dir, 'fashion-mnist')):
+            if not os.path.isdir(folder):
+                continue
+            got = _read_idx_dir(folder)
+            if got:
+                return got
+            looked.append('%s/ (lacks %s)' % (folder, ', '.join(_missing_idx(folder))))
+    npz, dl = fashion_mnist_cache_paths()
+    for ok, read, where in (
+            (lambda: os.path.isdir(DEBIAN_DIR), lambda: _read_idx_dir(DEBIAN_DIR),
+             '%s/ (the Debian package %s)' % (DEBIAN_DIR, DEBIAN_PACKAGE)),
+            (lambda: all(os.path.isfile(p) for p in npz), lambda: _read_fashion_npz(npz),
+             "%s (Chainer's dataset cache)" % ' + '.join(npz)),
+            (lambda: all(os.path.isfile(p) for p in dl.values()), lambda: _read_dl_cache(dl),
+             "%s/ (Chainer's download cache of %s*.gz)"
+             % (os.path.dirname(next(iter(dl.values()))), FMNIST_URL))):
+        got = read() if ok() else None
+        if got:
+            if data_dir is not None:
+                warnings.warn('no Fashion-MNIST IDX files in --data-dir %s; using %s'
+                              % (data_dir, where))
+            return got
+        looked.append(where)
+    error = None
+    if allow_download:
+        try:
+            chainer.datasets.get_fashion_mnist(withlabel=True, ndim=3, scale=1.0)
+            if all(os.path.isfile(p) for p in npz):
+                (tr, te, src) = _read_fashion_npz(npz)
+                return tr, te, src + ' (downloaded by chainer.datasets.get_fashion_mnist)'
+            error = 'it wrote no npz files under %s' % os.path.dirname(npz[0])
+        except CorruptDataError:
+            raise
+        except Exception as e:  # network, disk, anything: report it, never fall back
+            error = '%s: %s' % (type(e).__name__, e)
+    raise FileNotFoundError(
+        'Fashion-MNIST not found (looked in: %s)%s; install the Debian package (as root: '
+        'apt-get install -y %s, which puts the four IDX files under %s/), or pass '
+        '--data-dir DIR where DIR holds %s (or their .gz), or %s' % (
+            '; '.join(looked),
+            '; the download through chainer.datasets.get_fashion_mnist failed: %s'
+            % error if allow_download else '', DEBIAN_PACKAGE, DEBIAN_DIR,
+            ', '.join(n for ns in FMNIST_FILES.values() for n in ns),
+            'on a machine with network, --download (Chainer caches it under %s)'
+            % chainer.dataset.get_dataset_root() if allow_download else
+            '--download to let Chainer fetch it (it caches it under %s)'
+            % chainer.dataset.get_dataset_root()))
+
+
 # --------------------------------------------------------------------------- synthetic
 
 _SYNTH_PROTOTYPE_SEED = 20180417  # fixes the 10 classes; ``seed`` only draws the samples
@@ -439,12 +674,15 @@ def apply_crop_flip(x, oy, ox, flip, pad=4):
     return xp.take(xp.ascontiguousarray(x).reshape(-1), xp.asarray(idx))
 
 
-def random_crop_flip(x, rng, pad=4, flip=True):
-    """Training augmentation of a batch (B, 3, H, W): random crop of the image zero-padded by
-    ``pad`` (0 = the mean after normalisation) and a horizontal flip with p = 0.5.
+def random_crop_flip(x, rng, pad=4, flip=True, fill=None):
+    """Training augmentation of a batch (B, C, H, W): random crop of the image padded by
+    ``pad`` and a horizontal flip with p = 0.5.
 
-    All randomness comes from ``rng`` (a ``numpy.random.RandomState``, serialisable), drawn
-    on the host (:func:`draw_crop_flip`); the gather runs on ``x``'s device.
+    The padding is 0 (the mean after normalisation), or ``fill``, one value per channel
+    (:attr:`Dataset.crop_fill`: the normalised background of Fashion-MNIST, so that a
+    crop does not paint mean-grey bands onto a black background).  All randomness comes
+    from ``rng`` (a ``numpy.random.RandomState``, serialisable), drawn on the host
+    (:func:`draw_crop_flip`); the gather runs on ``x``'s device.
     """
     if x.ndim != 4:
         raise ValueError('expected a batch (B, C, H, W), got shape %s' % (x.shape,))
@@ -453,7 +691,16 @@ def random_crop_flip(x, rng, pad=4, flip=True):
     oy, ox, flips = draw_crop_flip(rng, x.shape[0], int(pad))
     if not flip:
         flips[:] = False
-    return apply_crop_flip(x, oy, ox, flips, int(pad))
+    if fill is None:
+        return apply_crop_flip(x, oy, ox, flips, int(pad))
+    xp = chainer.backend.get_array_module(x)
+    shift = xp.asarray(fill, dtype=x.dtype).reshape(1, -1, 1, 1)
+    if shift.shape[1] != x.shape[1]:
+        raise ValueError('fill has %d values for %d channels' % (shift.shape[1], x.shape[1]))
+    # padding x - fill with zeros pads x with fill
+    out = apply_crop_flip(x - shift, oy, ox, flips, int(pad))
+    out += shift
+    return out
 
 
 # --------------------------------------------------------------------------- iteration

@@ -9,9 +9,12 @@ files and overrides it was merged from), ``log.json`` (Chainer's LogReport),
 ``snapshot_epoch_<e>.rank<r>``).
 
 :func:`assess` decides, from a run's record alone, its status (finished, interrupted,
-not started), the paper dataset it stands for, and whether it is comparable to the
-paper, with the reasons when it is not.  Tables, figures, reports and
-``summary.json`` all use it.  :func:`prepare_run` decides what training into a run
+not started), the dataset it stands for, and the two kinds of comparability, kept
+apart: whether it is comparable to the *paper* (with the reasons when it is not), and
+which runs it is comparable *with* (its cohort: runs trained the same way on the same
+data, e.g. a BN row and an MN row on Fashion-MNIST, whose numbers may be set beside
+each other although neither may be set beside the paper's).  Tables, figures, reports
+and ``summary.json`` all use it.  :func:`prepare_run` decides what training into a run
 directory should do (train, resume, or skip a finished run), for every entry point.
 """
 import dataclasses
@@ -65,19 +68,27 @@ class RunInterrupted(KeyboardInterrupt):
 
 # ------------------------------------------------------------------ where runs live
 
+#: Real datasets of the kit that are not the paper's: their runs stand for themselves
+#: and are never comparable to the paper's numbers.
+OWN_DATASETS = ('fashion-mnist',)
+OWN_DATASET_NAMES = {'fashion-mnist': 'Fashion-MNIST'}
+
+
 def stands_for(config, sources=()):
-    """The paper dataset a run stands for: the CIFAR it trained on, or, for synthetic
-    data, the dataset folder of the row config it was made from
+    """The dataset a run stands for: the CIFAR it trained on (the paper's), the kit's
+    own real dataset (:data:`OWN_DATASETS`: Fashion-MNIST, not the paper's), or, for
+    synthetic data, the dataset folder of the row config it was made from
     (``configs/<table>/<dataset>/<row>.yaml``, wherever that tree lies); None if
     neither tells."""
+    known = paper.PAPER_DATASETS + OWN_DATASETS
     name = config['data']['dataset']
-    if name in paper.PAPER_DATASETS:
+    if name in known:
         return name
     for src in reversed(list(sources)):
         if src.startswith('--set'):
             continue
         parts = src.replace(os.sep, '/').split('/')
-        if len(parts) >= 2 and parts[-2] in paper.PAPER_DATASETS:
+        if len(parts) >= 2 and parts[-2] in known:
             return parts[-2]
     return None
 
@@ -294,18 +305,35 @@ class Assessment:
     """What :func:`assess` says of a run.
 
     ``status``: :data:`FINISHED`, :data:`INTERRUPTED` or :data:`NOT_STARTED`;
-    ``dataset``: the paper dataset it stands for (or None); ``comparable``: whether its
+    ``dataset``: the dataset it stands for (or None); ``comparable``: whether its
     numbers may be set beside the paper's; ``reasons``: why not (empty if comparable).
+    ``cohort``: how it was trained and on what, but for the row's own settings (its
+    optimizer's rate and decay, its MN layers) and the seed (:func:`cohort`): runs with
+    equal cohorts are comparable with each other (:meth:`comparable_with`), whether or
+    not they are comparable to the paper.
     """
     status: str
     dataset: object
     comparable: bool
     reasons: tuple
+    cohort: tuple = dataclasses.field(default=(), compare=False)
 
     def label(self):
-        """``'comparable'`` or ``'NOT COMPARABLE (reason; reason)'``."""
+        """``'comparable'`` or ``'NOT COMPARABLE (reason; reason)'`` (to the paper)."""
         return 'comparable' if self.comparable else \
             'NOT COMPARABLE (%s)' % '; '.join(self.reasons)
+
+    def comparable_with(self, other):
+        """Whether two runs (their assessments) were trained the same way on the same
+        data, so that their numbers may be set beside each other (a BN row beside an MN
+        row), independent of either's comparability to the paper."""
+        return bool(self.cohort) and self.cohort == other.cohort
+
+    def cohort_differences(self, other):
+        """The cohort keys in which two runs differ: ``[(key, mine, theirs)]``."""
+        a, b = dict(self.cohort), dict(other.cohort)
+        return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)]
 
 
 def run_status(summary, log, snapshot_paths):
@@ -334,7 +362,41 @@ def assess(run):
     reasons = (_data_reasons(cfg, summary, dataset) + _length_reasons(cfg)
                + _setting_reasons(cfg, run.sources) + _fid_reasons(cfg, summary))
     return Assessment(run_status(run.summary, run.log, run.snapshots), dataset,
-                      not reasons, tuple(reasons))
+                      not reasons, tuple(reasons), cohort(run))
+
+
+#: The row's own settings: what a BN row and its MN row may differ in and still be
+#: comparable with each other (with the seed and what does not change a run).
+ROW_KEYS = ('row', 'description', 'mn', 'optimizer.lr', 'optimizer.weight_decay',
+            'train.seed', 'train.target_accuracy', 'train.save_mixtures',
+            'train.snapshot_every', 'train.checkpoints', 'data.data_dir', 'data.download',
+            'data.test_batch_size', 'gan.fid.weights', 'gan.fid.cache_dir')
+
+
+def cohort(run):
+    """How ``run`` was trained and on what, but for :data:`ROW_KEYS`: a sorted tuple of
+    ``(key, value)`` (values as JSON text).  It holds the experiment, the dataset and
+    where it came from (the subset and sizes), the model, the batch, the augmentation,
+    the schedule and length of training, the optimizer's kind, the presets, and the
+    number of processes."""
+    flat = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = prefix + k
+            if any(key == r or key.startswith(r + '.') for r in ROW_KEYS):
+                continue
+            if isinstance(v, dict):
+                walk(v, key + '.')
+            else:
+                flat[key] = json.dumps(v, sort_keys=True)
+    walk({k: v for k, v in run.config.items() if not k.startswith('_')}, '')
+    summary = run.summary or {}
+    flat['dataset_size'] = json.dumps(summary.get('dataset_size'), sort_keys=True)
+    flat['presets'] = json.dumps(sorted(
+        os.path.splitext(os.path.basename(s))[0] for s in run.sources
+        if '/presets/' in s.replace(os.sep, '/')))
+    return tuple(sorted(flat.items()))
 
 
 def _n(v):
@@ -346,6 +408,9 @@ def _data_reasons(cfg, summary, dataset):
     reasons = ['smoke preset'] if cfg.get('smoke') else []
     if data['dataset'] == 'synthetic':
         reasons.append('synthetic data, not CIFAR')
+    elif data['dataset'] in OWN_DATASETS:
+        reasons.append("%s, not the paper's data (CIFAR)"
+                       % OWN_DATASET_NAMES[data['dataset']])
     if dataset is None:
         reasons.append('stands for no paper dataset (its config is not under a '
                        '<table>/cifar10|cifar100/ folder)')

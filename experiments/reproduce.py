@@ -116,8 +116,20 @@ def find_runs(args, experiment, dataset):
                              paper_dataset=dataset)
 
 
+def own_dataset_report(args, experiment):
+    """BN beside MN on a real dataset that is not the paper's (Fashion-MNIST): the
+    pairs comparable with each other, never with the paper."""
+    runs = find_runs(args, experiment, args.dataset)
+    recs = compare.compare_pairs(runs, args.dataset, experiment)
+    print('\n%s: %s' % (experiment, compare.pairs_heading(args.dataset)))
+    print(compare.pairs_to_text(recs) if recs else '(no finished pair of runs)')
+    return recs
+
+
 def densenet_report(args):
     """Best test error of BN-L<depth> and MN-L<depth> beside the paper's (Sec. 4.4)."""
+    if args.dataset in records.OWN_DATASETS:
+        return own_dataset_report(args, 'densenet')
     runs = find_runs(args, 'densenet', 'cifar100')
     recs = compare.compare_densenet(runs, args.depth)
     print('\nDenseNet-%d on CIFAR-100, best test error (%%): ours beside the paper\'s (%s)'
@@ -164,7 +176,8 @@ def table(args):
                                 ' (Table 7 is timed by bench/table7.py)'
                                 if name == 'table7' else ''))
     if not args.dataset:
-        raise cli.UsageError('--dataset cifar10|cifar100 is needed for %s' % name)
+        raise cli.UsageError('--dataset cifar10|cifar100|fashion-mnist is needed for %s'
+                             % name)
     experiment = derived_from(name)
     if not args.no_train and experiment == name:
         run_rows(args, experiment)
@@ -174,6 +187,8 @@ def table(args):
             'no runs of %s on %s under %s: run `scripts/reproduce.py %s --dataset %s%s` '
             'first' % (experiment, args.dataset, args.runs_root, experiment, args.dataset,
                        ' --synthetic' if args.synthetic else ''))
+    if args.dataset in records.OWN_DATASETS:     # real images, but not the paper's
+        return own_dataset_report(args, experiment)
     recs = compare.compare(name, runs, paper_dataset=args.dataset)
     print('\n%s on %s: ours beside the paper\'s (%s)' % (
         name, args.dataset, paper.load(name)['source']))

@@ -21,6 +21,7 @@ persistent counters.
 from mixnorm import _compat  # noqa: F401
 
 import argparse
+import copy
 import math
 import os
 import re
@@ -78,10 +79,13 @@ def serialize_random_state(serializer, rng, prefix='rng'):
 
 
 def build_model(cfg, n_classes, par=None):
-    """The classifier for ``cfg``: the registry's model, MN placed at ``mn.layers``;
-    with several processes (``par``) the normalization is synchronized."""
+    """The classifier for ``cfg``: the registry's model taking the dataset's channels,
+    MN placed at ``mn.layers``; with several processes (``par``) the normalization is
+    synchronized."""
     par = par or parallel_lib.create(None)
-    model = models.build_model(cfg['model']['name'], n_classes, **cfg['model']['kwargs'])
+    kwargs = dict({'in_channels': data_lib.channels_of(cfg['data']['dataset'])},
+                  **cfg['model']['kwargs'])
+    model = models.build_model(cfg['model']['name'], n_classes, **kwargs)
     place_mn(cfg, model, par.mn_comm(cfg))
     return L.Classifier(par.normalization(model, cfg))
 
@@ -107,11 +111,15 @@ def build_iterators(cfg, dataset, par=None):
 
 class AugmentingUpdater(training.updaters.StandardUpdater):
     """StandardUpdater that applies ``random_crop_flip`` to each training batch on the
-    device, drawing from a RandomState that is saved in snapshots (exact resume)."""
+    device, drawing from a RandomState that is saved in snapshots (exact resume).
+    ``pad``, ``flip``: the config's ``data.crop_pad`` / ``data.flip``; ``fill``: what the
+    crops pad with (:attr:`experiments.data.Dataset.crop_fill`)."""
 
-    def __init__(self, iterator, optimizer, device, seed, augment=True):
+    def __init__(self, iterator, optimizer, device, seed, augment=True, pad=4, flip=True,
+                 fill=None):
         super().__init__(iterator, optimizer, device=device)
         self.augment = augment
+        self.pad, self.flip, self.fill = pad, flip, fill
         self.rng = numpy.random.RandomState(seed)
 
     def update_core(self):
@@ -119,7 +127,8 @@ class AugmentingUpdater(training.updaters.StandardUpdater):
         batch = iterator.next()
         x, t = self.converter(batch, self.device)
         if self.augment:
-            x = data_lib.random_crop_flip(x, self.rng, pad=4)
+            x = data_lib.random_crop_flip(x, self.rng, pad=self.pad, flip=self.flip,
+                                          fill=self.fill)
         optimizer = self._optimizers['main']
         optimizer.update(optimizer.target, x, t)
         if self.auto_new_epoch and iterator.is_new_epoch:
@@ -128,6 +137,32 @@ class AugmentingUpdater(training.updaters.StandardUpdater):
     def serialize(self, serializer):
         super().serialize(serializer)
         serialize_random_state(serializer, self.rng)
+
+
+class BatchStatisticsEvaluator(extensions.Evaluator):
+    """The test set evaluated with each test batch normalized by its own statistics
+    (BN's and MN's training-mode forward), beside the usual evaluation with the
+    inference statistics (BN's running averages, MN's queue): reported as
+    ``validation_batchstats/main/accuracy`` (and ``.../loss``).
+
+    A gap between the two is a lag of the inference statistics, not a difference in
+    what the network has learned.  The evaluation runs on a copy of the classifier, so
+    that the running averages, the MN queue and fit counters of the trained model are
+    untouched (an exact resume stays exact).  The paper's metric stays the inference
+    one."""
+    default_name = 'validation_batchstats'
+
+    def __call__(self, trainer=None):
+        target = self._targets['main']
+        self._targets['main'] = copy.deepcopy(target)
+        try:
+            return super().__call__(trainer)
+        finally:
+            self._targets['main'] = target
+
+    def evaluate(self):
+        with chainer.using_config('train', True):
+            return super().evaluate()
 
 
 def mn_links(model):
@@ -210,11 +245,12 @@ def progress_extensions(trainer, entries, bar_interval):
 
 
 def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device,
-                  progress=True, par=None):
+                  progress=True, par=None, crop_fill=None):
     par = par or parallel_lib.create(None)
     updater = AugmentingUpdater(train_iter, optimizer, device, cfg['train']['seed'] + 17
                                 + parallel_lib.RANK_SEED * par.rank,
-                                augment=cfg['data']['augment'])
+                                augment=cfg['data']['augment'], pad=cfg['data']['crop_pad'],
+                                flip=cfg['data']['flip'], fill=crop_fill)
     epochs = cfg['train']['epochs']
     stop = (cfg['train']['max_iterations'], 'iteration') if cfg['train']['max_iterations'] \
         else (epochs, 'epoch')
@@ -224,6 +260,9 @@ def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device
     trainer.extend(optimizers.LearningRateSchedule(schedule, attr=attr))
     trainer.extend(par.evaluator(extensions.Evaluator(test_iter, classifier, device=device)),
                    trigger=(1, 'epoch'))
+    if par.size == 1:   # with several processes, ranks' test shards may differ in batches
+        trainer.extend(BatchStatisticsEvaluator(test_iter, classifier, device=device),
+                       trigger=(1, 'epoch'))
     trainer.extend(extensions.observe_value(
         'lr', lambda t: getattr(t.updater.get_optimizer('main'), attr)),
         trigger=(1, 'iteration'))
@@ -243,7 +282,8 @@ def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device
     if progress and par.writer:
         progress_extensions(trainer, ['epoch', 'iteration', 'main/loss', 'main/accuracy',
                                       'validation/main/loss', 'validation/main/accuracy',
-                                      'lr', 'elapsed_time'], bar_interval=1)
+                                      'validation_batchstats/main/accuracy', 'lr',
+                                      'elapsed_time'], bar_interval=1)
     return trainer
 
 
@@ -257,7 +297,7 @@ def build(cfg, dataset, out, device, progress=True, par=None):
     optimizer = build_optimizer(cfg, classifier, par)
     train_iter, test_iter = build_iterators(cfg, dataset, par)
     trainer = build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device,
-                            progress=progress, par=par)
+                            progress=progress, par=par, crop_fill=dataset.crop_fill)
     return classifier, trainer
 
 
@@ -449,9 +489,10 @@ def add_run_arguments(p):
     p.add_argument('--set', dest='overrides', action='append', default=[],
                    metavar='KEY=VALUE', help='override a config value, e.g. train.epochs=3')
     p.add_argument('--device', default='cpu', help="'cpu' (default) or a GPU id, e.g. 0")
-    p.add_argument('--data-dir', help='folder with the CIFAR archives or extracted batches')
+    p.add_argument('--data-dir', help='folder with the CIFAR archives or extracted batches, '
+                   'or the Fashion-MNIST IDX files')
     p.add_argument('--download', action='store_true',
-                   help='allow Chainer to download CIFAR when it is not found locally')
+                   help='allow Chainer to download the data when it is not found locally')
     p.add_argument('--seed', type=int, help='override train.seed')
     p.add_argument('--force', action='store_true',
                    help='start over: discard what an earlier run wrote into the run '

@@ -194,19 +194,36 @@ class MixtureNormalization(chainer.Link):
 
     # ------------------------------------------------------------------ helpers
     def _check_input(self, x):
-        """Validate the shape of ``x`` (N, C, *S); return the number of points n."""
+        """Validate ``x`` (N, C, *S), taking C from it when the link was built with
+        ``size=None``; return the number of points n.  Raises ``ValueError``."""
         if self.size is None and x.ndim >= 2:
             self._initialize(x.shape[1])
-        if x.ndim < 2 or x.shape[1] != self.size:
-            raise ValueError('%s expects input of shape (N, %s) or (N, %s, ...), got %s'
-                             % (self._label(), self.size, self.size, tuple(x.shape)))
-        if self.axis is not None and len(self.axis) != x.ndim - 1:
-            raise ValueError('%s was built with axis=%r but got %d-D input %s'
-                             % (self._label(), self.axis, x.ndim, tuple(x.shape)))
-        if x.dtype.kind != 'f':
-            raise ValueError('%s expects floating-point input, got %s'
-                             % (self._label(), x.dtype))
+        error = self._input_error(x)
+        if error is not None:
+            raise error
         return x.size // self.size
+
+    def _input_error(self, x):
+        """The ``ValueError`` for an ``x`` this link cannot normalize (shape, channel
+        count, axis, dtype, no points), or None.  Changes nothing."""
+        size = x.shape[1] if self.size is None and x.ndim >= 2 else self.size
+        if x.ndim < 2 or x.shape[1] != size:
+            return ValueError('%s expects input of shape (N, %s) or (N, %s, ...), got %s'
+                              % (self._label(), size, size, tuple(x.shape)))
+        if self.axis is not None and len(self.axis) != x.ndim - 1:
+            return ValueError('%s was built with axis=%r but got %d-D input %s'
+                              % (self._label(), self.axis, x.ndim, tuple(x.shape)))
+        if x.dtype.kind != 'f':
+            return ValueError('%s expects floating-point input, got %s'
+                              % (self._label(), x.dtype))
+        if x.size == 0:
+            return ValueError('%s got an empty batch: input of shape %s has no points'
+                              % (self._label(), tuple(x.shape)))
+        return None
+
+    def _collectives(self):
+        """The reducer of this call's collectives (None: one process)."""
+        return self._reducer
 
     def _points(self, x):
         """Activations (N, C, *S) as the (N*prod(S), C) points the mixture is fitted to."""
@@ -237,7 +254,8 @@ class MixtureNormalization(chainer.Link):
                              % (self._label(), points.shape[0], points.shape[1], e)) from e
 
     def _fit_options(self):
-        return {} if self._reducer is None else {'reducer': self._reducer}
+        reducer = self._collectives()
+        return {} if reducer is None else {'reducer': reducer}
 
     def _push(self, weights, means, variances):
         """Enqueue the statistics of this batch (K' <= K components; the rest weight 0)."""
@@ -317,7 +335,7 @@ class MixtureNormalization(chainer.Link):
         try:
             y, stats = functions.mixture_normalization(
                 x, gamma, beta, resp, self.eps, self.lambda_scaling, return_stats=True,
-                reducer=self._reducer)
+                reducer=self._collectives())
         except ValueError as e:
             raise ValueError('%s, input %s: %s' % (self._label(), tuple(x_arr.shape), e)) \
                 from e

@@ -8,6 +8,9 @@ mean ± std over seeds (— for one seed) and the number of seeds of our runs, t
 value and the difference; step tables (3, 5, 6) add the steps to the BN reference's
 maximum accuracy and the reduction in percent.  Runs that are not comparable to the
 paper (:func:`experiments.records.assess`) are marked NOT COMPARABLE with the reasons.
+Runs on Fashion-MNIST (real images, not the paper's) are never set beside the paper's
+numbers: each MN row is shown beside its BN row trained the same way
+(:func:`experiments.compare.compare_pairs`), with both test accuracies.
 """
 import argparse
 import os
@@ -24,9 +27,9 @@ def main(argv=None):
     p.add_argument('paths', nargs='*', default=[records.RUNS_ROOT],
                    help='run directories or folders holding them (default results/runs)')
     p.add_argument('--table', action='append', help='only these tables (repeatable)')
-    p.add_argument('--dataset', choices=['cifar10', 'cifar100'],
+    p.add_argument('--dataset', choices=['cifar10', 'cifar100', 'fashion-mnist'],
                    help='compare against this dataset of the paper (needed for smoke runs '
-                        'on synthetic data)')
+                        'on synthetic data); fashion-mnist: only its BN-vs-MN pairs')
     p.add_argument('--format', choices=['text', 'markdown', 'csv'], default='text')
     p.add_argument('--out', help='write to this file instead of stdout')
     args = p.parse_args(argv)
@@ -53,10 +56,20 @@ def main(argv=None):
         mine = [r for r in runs if r.config.get('experiment') == experiment]
         if not mine:
             continue
-        recs = compare.compare(table, mine, paper_dataset=args.dataset)
+        recs = compare.compare(table, mine, paper_dataset=args.dataset) \
+            if args.dataset not in records.OWN_DATASETS else []
         if recs:
             chunks.append('%s%s\n\n%s\n' % ('## ' if args.format == 'markdown' else '',
                                             doc['source'], render(recs)))
+    for experiment in dict.fromkeys(r.config.get('experiment') for r in runs):
+        for own in records.OWN_DATASETS:
+            if args.dataset and args.dataset != own:
+                continue
+            recs = compare.compare_pairs(runs, own, experiment)
+            if recs:
+                chunks.append('%s%s: %s\n\n%s\n' % (
+                    '## ' if args.format == 'markdown' else '', experiment,
+                    compare.pairs_heading(own), render(recs, compare.PAIR_COLUMNS)))
     text = '\n'.join(chunks) or 'no table of results/paper/ matches these runs\n'
     if args.out:
         with open(args.out, 'w') as f:

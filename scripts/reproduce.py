@@ -1,6 +1,7 @@
 """Rerun a table of the paper and print our numbers beside the paper's.
 
-    python scripts/reproduce.py table2 --dataset cifar10 [--rows BN-2,MN-2]
+    python scripts/reproduce.py table2 --dataset cifar10|cifar100|fashion-mnist
+        [--rows BN-2,MN-2]
         [--preset smoke] [--synthetic] [--device 0] [--seeds 3] [--data-dir DIR]
         [--download] [--force]
     python scripts/reproduce.py table3 --dataset cifar100   # from finished table2 runs
@@ -25,8 +26,9 @@ from experiments import cli, records, reproduce  # noqa: E402
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('table', help='table2 ... table6, densenet or dcgan')
-    p.add_argument('--dataset', choices=['cifar10', 'cifar100'],
-                   help='the dataset of the table (required for tables)')
+    p.add_argument('--dataset', choices=['cifar10', 'cifar100', 'fashion-mnist'],
+                   help='the dataset of the table (required for tables); fashion-mnist: '
+                        'real images that are not the paper\'s, compared BN vs MN only')
     p.add_argument('--depth', type=int, choices=[40, 100], default=40,
                    help='DenseNet depth (densenet only)')
     p.add_argument('--rows', help='comma-separated row names (default: all)')

@@ -1,8 +1,10 @@
-"""experiments/data.py: CIFAR readers on tiny files in the real formats, normalisation,
+"""experiments/data.py: CIFAR and Fashion-MNIST readers on tiny files in the real formats
+(pickled batches, archives, npz caches, IDX files gzipped or not), normalisation,
 missing/corrupt data, the synthetic set, augmentation and resumable epoch orders.
 
 Never touches the network: the ``no_network`` fixture fails any download attempt.
 """
+import gzip
 import io
 import os
 import pathlib
@@ -35,16 +37,19 @@ def no_network(monkeypatch):
     monkeypatch.setattr(chainer.dataset.download, 'cached_download', refuse)
     monkeypatch.setattr(chainer.datasets, 'get_cifar10', refuse)
     monkeypatch.setattr(chainer.datasets, 'get_cifar100', refuse)
+    monkeypatch.setattr(chainer.datasets, 'get_fashion_mnist', refuse)
     monkeypatch.setattr(urllib.request, 'urlretrieve', refuse)
     monkeypatch.setattr(urllib.request, 'urlopen', refuse)
 
 
 @pytest.fixture
 def chainer_root(tmp_path, monkeypatch, no_network):
-    """A temporary, empty Chainer dataset root (env var and Chainer's import-time copy)."""
+    """A temporary, empty Chainer dataset root (env var and Chainer's import-time copy),
+    and an empty folder where the Debian package would be."""
     root = tmp_path / 'chainer_root'
     monkeypatch.setenv('CHAINER_DATASET_ROOT', str(root))
     monkeypatch.setattr(chainer.dataset.download, '_dataset_root', str(root))
+    monkeypatch.setattr(data, 'DEBIAN_DIR', str(tmp_path / 'debian_share'))
     return root
 
 
@@ -348,7 +353,7 @@ def test_unknown_name_lists_datasets():
         data.load_dataset('imagenet')
     for name in data.DATASETS:
         assert name in str(info.value)
-    assert data.DATASETS == ('cifar10', 'cifar100', 'synthetic')
+    assert data.DATASETS == ('cifar10', 'cifar100', 'fashion-mnist', 'synthetic')
 
 
 # --------------------------------------------------------------------------- subset
@@ -522,3 +527,235 @@ def test_iterators():
     assert train_iter.epoch >= 1  # repeats
     other = data.iterators(ds, 8, seed=0)[0]
     numpy.testing.assert_array_equal(other.next()[0][0], x[0])
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+def idx_bytes(arr):
+    """``arr`` (uint8) in the IDX format of the (Fashion-)MNIST files."""
+    arr = numpy.ascontiguousarray(arr, numpy.uint8)
+    return (b'\x00\x00\x08' + bytes([arr.ndim]) + numpy.array(arr.shape, '>u4').tobytes()
+            + arr.tobytes())
+
+
+def raw_fashion(n_train=12, n_test=8, seed=0):
+    """uint8 (N, 28, 28) images and labels in [0, 10): train image 0 is black but for a
+    white pixel at (0, 0) and a grey one at (27, 27); test pixels are darker."""
+    rs = numpy.random.RandomState(seed)
+    train_x = rs.randint(0, 256, (n_train, 28, 28)).astype(numpy.uint8)
+    train_x[0] = 0
+    train_x[0, 0, 0], train_x[0, 27, 27] = 255, 128
+    test_x = rs.randint(0, 128, (n_test, 28, 28)).astype(numpy.uint8)
+    return (train_x, rs.randint(0, 10, n_train).astype(numpy.uint8), test_x,
+            rs.randint(0, 10, n_test).astype(numpy.uint8))
+
+
+def write_fashion(folder, raw, gz=True, skip=()):
+    """The four official IDX files of ``raw`` in ``folder`` (gzipped or not)."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = dict(zip([n for names in data.FMNIST_FILES.values() for n in names],
+                      [raw[0], raw[1], raw[2], raw[3]]))
+    paths = {}
+    for name, arr in arrays.items():
+        if name in skip:
+            continue
+        path = folder / (name + ('.gz' if gz else ''))
+        path.write_bytes(gzip.compress(idx_bytes(arr)) if gz else idx_bytes(arr))
+        paths[name] = path
+    return paths
+
+
+def check_fashion(ds, raw):
+    train_x, train_y, test_x, test_y = raw
+    assert ds.name == 'fashion-mnist' and ds.n_classes == 10 and ds.channels == 1
+    assert ds.train_x.shape == (len(train_y), 1, 32, 32) and ds.train_x.dtype == numpy.float32
+    assert ds.test_x.shape == (len(test_y), 1, 32, 32)
+    numpy.testing.assert_array_equal(ds.train_y, train_y)
+    numpy.testing.assert_array_equal(ds.test_y, test_y)
+    # padded with zeros (the background) to 32 x 32; statistics of the padded train set
+    padded = numpy.pad(train_x, ((0, 0), (2, 2), (2, 2))) / 255.0
+    assert numpy.isclose(ds.mean[0], padded.mean()) and numpy.isclose(ds.std[0], padded.std())
+    numpy.testing.assert_allclose(ds.train_x[:, 0] * ds.std[0] + ds.mean[0], padded,
+                                  atol=1e-6)
+    numpy.testing.assert_allclose(
+        ds.test_x[:, 0] * ds.std[0] + ds.mean[0],
+        numpy.pad(test_x, ((0, 0), (2, 2), (2, 2))) / 255.0, atol=1e-6)
+    assert ds.train_x[0, 0, 2, 2] == ds.train_x.max()          # the white pixel, moved
+    assert (ds.train_x[:, :, :2] == ds.crop_fill[0]).all()     # the border is background
+    assert "not the paper's data" in ds.source
+    info = ds.info()
+    assert info['channels'] == 1 and info['crop_fill'] == 'background'
+
+
+@pytest.mark.parametrize('gz', [True, False])
+def test_fashion_mnist_idx_files_in_data_dir(tmp_path, chainer_root, gz):
+    raw = raw_fashion()
+    write_fashion(tmp_path / 'fashion-mnist', raw, gz=gz)
+    ds = data.load_dataset('fashion-mnist', tmp_path / 'fashion-mnist')
+    check_fashion(ds, raw)
+    assert str(tmp_path / 'fashion-mnist') in ds.source
+    # a data_dir holding a fashion-mnist/ folder works too; the name's spellings
+    ds = data.load_dataset('Fashion_MNIST', tmp_path)
+    check_fashion(ds, raw)
+    assert data.canonical_name('fmnist') == 'fashion-mnist'
+    assert data.channels_of('fashion-mnist') == 1 and data.channels_of('cifar10') == 3
+
+
+def test_fashion_mnist_look_up_order(tmp_path, chainer_root):
+    """--data-dir, then the Debian path, then Chainer's npz cache, then its download
+    cache; each found only when the ones before it are absent."""
+    raws = [raw_fashion(seed=s) for s in range(4)]
+    npz, dl = data.fashion_mnist_cache_paths()
+    assert npz == tuple(str(chainer_root / 'pfnet' / 'chainer' / 'fashion-mnist' / f)
+                        for f in ('train.npz', 'test.npz'))
+    # what chainer.datasets.get_fashion_mnist leaves: x uint8 (N, 784), y uint8
+    os.makedirs(os.path.dirname(npz[0]))
+    numpy.savez_compressed(npz[0], x=raws[2][0].reshape(-1, 784), y=raws[2][1])
+    numpy.savez_compressed(npz[1], x=raws[2][2].reshape(-1, 784), y=raws[2][3])
+    os.makedirs(os.path.dirname(next(iter(dl.values()))))
+    for name, arr in zip([n for ns in data.FMNIST_FILES.values() for n in ns], raws[3]):
+        pathlib.Path(dl[name]).write_bytes(gzip.compress(idx_bytes(arr)))
+    write_fashion(data.DEBIAN_DIR, raws[1])
+    write_fashion(tmp_path / 'mine', raws[0], gz=False)
+    check_fashion(data.load_dataset('fashion-mnist', tmp_path / 'mine'), raws[0])
+    ds = data.load_dataset('fashion-mnist')
+    check_fashion(ds, raws[1])
+    assert data.DEBIAN_DIR in ds.source
+    with pytest.warns(UserWarning, match='Debian package'):
+        data.load_dataset('fashion-mnist', tmp_path / 'empty_but_asked')
+    for f in os.listdir(data.DEBIAN_DIR):
+        os.remove(os.path.join(data.DEBIAN_DIR, f))
+    ds = data.load_dataset('fashion-mnist')
+    check_fashion(ds, raws[2])
+    assert npz[0] in ds.source
+    # Chainer's own reader agrees with ours on its cache
+    train, _ = chainer.datasets.fashion_mnist._retrieve_fashion_mnist_training(), None
+    numpy.testing.assert_array_equal(train['x'].reshape(-1, 28, 28), raws[2][0])
+    for p in npz:
+        os.remove(p)
+    ds = data.load_dataset('fashion-mnist')
+    check_fashion(ds, raws[3])
+    assert '_dl_cache' in ds.source
+
+
+def test_fashion_mnist_missing_is_one_line_naming_places_package_and_download(
+        tmp_path, chainer_root):
+    with pytest.raises(FileNotFoundError) as info:
+        data.load_dataset('fashion-mnist', tmp_path / 'nowhere')
+    msg = str(info.value)
+    assert '\n' not in msg
+    for part in (str(tmp_path / 'nowhere'), data.DEBIAN_DIR, 'dataset-fashion-mnist',
+                 'apt-get install', '--download', '--data-dir',
+                 data.fashion_mnist_cache_paths()[0][0], '_dl_cache',
+                 't10k-labels-idx1-ubyte'):
+        assert part in msg, part
+    # a folder with some of the files names those it lacks
+    write_fashion(tmp_path / 'part', raw_fashion(), skip=('t10k-images-idx3-ubyte',))
+    with pytest.raises(FileNotFoundError, match=r'lacks t10k-images-idx3-ubyte\)'):
+        data.load_dataset('fashion-mnist', tmp_path / 'part')
+    assert not chainer_root.exists()
+    # the CLI turns it into one `error:` line
+    from experiments import cli
+
+    @cli.entry_point
+    def main(argv=None):
+        data.load_dataset('fashion-mnist')
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert str(exit_info.value).startswith('error: Fashion-MNIST not found')
+    assert '\n' not in str(exit_info.value)
+
+
+def test_fashion_mnist_download_through_chainer(tmp_path, chainer_root, monkeypatch):
+    def offline(**kwargs):
+        raise OSError('network is unreachable')
+    monkeypatch.setattr(chainer.datasets, 'get_fashion_mnist', offline)
+    with pytest.raises(FileNotFoundError, match='network is unreachable') as info:
+        data.load_dataset('fashion-mnist', allow_download=True)
+    assert 'download through chainer.datasets.get_fashion_mnist failed' in str(info.value)
+    raw = raw_fashion()
+
+    def fake_get(**kwargs):         # what a successful download leaves behind
+        npz = data.fashion_mnist_cache_paths()[0]
+        os.makedirs(os.path.dirname(npz[0]))
+        numpy.savez_compressed(npz[0], x=raw[0].reshape(-1, 784), y=raw[1])
+        numpy.savez_compressed(npz[1], x=raw[2].reshape(-1, 784), y=raw[3])
+    monkeypatch.setattr(chainer.datasets, 'get_fashion_mnist', fake_get)
+    ds = data.load_dataset('fashion-mnist', allow_download=True)
+    check_fashion(ds, raw)
+    assert 'downloaded' in ds.source
+
+
+@pytest.mark.parametrize('damage', ['truncated_gz', 'truncated_body', 'bad_magic',
+                                    'wrong_shape', 'label_count', 'label_range'])
+def test_damaged_fashion_mnist_file_is_named(tmp_path, chainer_root, damage):
+    raw = list(raw_fashion())
+    if damage == 'wrong_shape':
+        raw[2] = numpy.zeros((8, 27, 28), numpy.uint8)
+    if damage == 'label_count':
+        raw[3] = raw[3][:-1]
+    if damage == 'label_range':
+        raw[1] = raw[1].copy()
+        raw[1][3] = 10
+    paths = write_fashion(tmp_path / 'fm', raw)
+    bad = {'wrong_shape': 't10k-images-idx3-ubyte', 'label_count': 't10k-labels-idx1-ubyte',
+           'label_range': 'train-labels-idx1-ubyte'}.get(damage, 'train-images-idx3-ubyte')
+    path = paths[bad]
+    if damage == 'truncated_gz':
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    elif damage == 'truncated_body':
+        path.write_bytes(gzip.compress(idx_bytes(raw[0])[:-100]))
+    elif damage == 'bad_magic':
+        path.write_bytes(gzip.compress(b'\x00\x00\x0d\x03' + idx_bytes(raw[0])[4:]))
+    with pytest.raises(data.CorruptDataError) as info:
+        data.load_dataset('fashion-mnist', tmp_path / 'fm')
+    assert str(path) in str(info.value)
+    # the damaged file is not passed over for other data (the Debian copy here)
+    write_fashion(data.DEBIAN_DIR, raw_fashion(seed=1))
+    with pytest.raises(data.CorruptDataError):
+        data.load_dataset('fashion-mnist', tmp_path / 'fm')
+
+
+def test_read_idx_plain_and_gzipped(tmp_path):
+    arr = numpy.arange(24, dtype=numpy.uint8).reshape(2, 3, 4)
+    (tmp_path / 'a').write_bytes(idx_bytes(arr))
+    (tmp_path / 'b').write_bytes(gzip.compress(idx_bytes(arr)))
+    for f in ('a', 'b'):
+        numpy.testing.assert_array_equal(data.read_idx(str(tmp_path / f)), arr)
+    (tmp_path / 'c').write_bytes(b'')
+    with pytest.raises(data.CorruptDataError, match=str(tmp_path / 'c')):
+        data.read_idx(str(tmp_path / 'c'))
+
+
+def test_fashion_mnist_subset_keeps_full_statistics(tmp_path, chainer_root):
+    raw = raw_fashion(40, 20)
+    write_fashion(tmp_path, raw)
+    full = data.load_dataset('fashion-mnist', tmp_path)
+    sub = data.load_dataset('fashion-mnist', tmp_path, subset=[10, 5], seed=3)
+    assert (sub.n_train, sub.n_test) == (10, 5)
+    numpy.testing.assert_array_equal(sub.mean, full.mean)
+    assert 'subset' in sub.source and "not the paper's data" in sub.source
+    with pytest.raises(data.DataError, match='only 40'):
+        data.load_dataset('fashion-mnist', tmp_path, subset=[41, 5])
+
+
+def test_crops_pad_with_the_fill_value():
+    """Padding with ``fill`` equals padding the raw image with its background: shift by
+    the fill, crop with zeros, shift back."""
+    rs = numpy.random.RandomState(0)
+    raw = rs.randint(0, 256, (16, 1, 32, 32)).astype(numpy.float32)
+    mean, std = numpy.float32(90.0), numpy.float32(70.0)
+    x = (raw - mean) / std
+    fill = numpy.array([-mean / std], numpy.float32)
+    out = data.random_crop_flip(x, numpy.random.RandomState(4), pad=2, fill=fill)
+    oy, ox, flip = data.draw_crop_flip(numpy.random.RandomState(4), 16, 2)
+    expected = (_crop_flip_loop(raw, oy, ox, flip, 2) - mean) / std   # raw zeros padded
+    numpy.testing.assert_allclose(out, expected, atol=1e-5)
+    assert (oy != 2).any() and numpy.isclose(out.min(), fill[0])
+    # without fill, the pad is the normalised mean (0), as for CIFAR
+    plain = data.random_crop_flip(x, numpy.random.RandomState(4), pad=2)
+    numpy.testing.assert_allclose(plain, _crop_flip_loop(x, oy, ox, flip, 2), atol=1e-6)
+    with pytest.raises(ValueError, match='1 values for 3 channels'):
+        data.random_crop_flip(numpy.zeros((2, 3, 8, 8), numpy.float32),
+                              numpy.random.RandomState(0), fill=fill)

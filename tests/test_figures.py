@@ -196,7 +196,7 @@ def test_training_modules_import_neither_figures_nor_matplotlib():
 
 
 def test_every_figure_is_in_the_registry():
-    assert sorted(figures.FIGURES) == ['fig%d' % i for i in range(1, 10)]
+    assert sorted(figures.FIGURES) == ['fig%d' % i for i in range(1, 10)] + ['fmnist']
     assert sorted(figures.ALL_ORDER) == sorted(figures.FIGURES)
     with pytest.raises(ValueError, match='unknown figure'):
         figures.draw('fig10')

@@ -12,6 +12,8 @@ figure     what                                            module
 ``fig7``   DCGAN samples at the lowest FID                  :mod:`.dcgan`
 ``fig8``   mixture components of inc2/0/2/4 (Table 4 MN-4)  :mod:`.inception`
 ``fig9``   effective number of components (Table 4 MN-4)   :mod:`.inception`
+``fmnist`` Table 2 rows on Fashion-MNIST, inference and     :mod:`.fmnist`
+           batch-statistics test error (not the paper's)
 =========  ==============================================  ===========================
 
 Shared by all: :mod:`.style` (one look), :mod:`.output` (files and
@@ -31,7 +33,7 @@ training module imports this package.
 from mixnorm import _compat  # noqa: F401  (NumPy-2 shim before any chainer import)
 
 from experiments import records
-from experiments.figures import activations, cifar, dcgan, densenet, inception
+from experiments.figures import activations, cifar, dcgan, densenet, fmnist, inception
 from experiments.figures.output import FIGURES_DIR, FigureResult, report
 
 FIGURES = {
@@ -44,8 +46,9 @@ FIGURES = {
     'fig7': dcgan.fig7,
     'fig8': inception.fig8,
     'fig9': inception.fig9,
+    'fmnist': fmnist.fig_fmnist,
 }
-ALL_ORDER = ('fig2', 'fig3', 'fig1', 'fig4', 'fig5', 'fig8', 'fig9', 'fig6', 'fig7')
+ALL_ORDER = ('fig2', 'fig3', 'fig1', 'fig4', 'fig5', 'fig8', 'fig9', 'fig6', 'fig7', 'fmnist')
 
 __all__ = ['ALL_ORDER', 'FIGURES', 'FIGURES_DIR', 'FigureResult', 'all_figures', 'draw',
            'report']

@@ -54,6 +54,10 @@ def error_curve(logs):
 # What a curve panel can show: name -> (LogReport key, transform, axis label).
 METRICS = {
     'test_error': (records.TEST_ACC, _error_percent, 'test error (%)'),
+    # the same test set, each test batch normalized by its own statistics
+    # (experiments.train.BatchStatisticsEvaluator)
+    'test_error_batchstats': ('validation_batchstats/main/accuracy', _error_percent,
+                              'test error (%), batch statistics'),
     'test_loss': (records.TEST_LOSS, None, 'test cross-entropy'),
     'train_error': ('main/accuracy', _error_percent, 'training error (%)'),
     'train_loss': ('main/loss', None, 'training cross-entropy'),

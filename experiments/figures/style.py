@@ -5,7 +5,8 @@ import matplotlib
 matplotlib.use('Agg')            # files only; importing the figures never needs a display
 import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported for the figure modules)
 
-DATASET_TITLES = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
+DATASET_TITLES = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100',
+                  'fashion-mnist': 'Fashion-MNIST (not the paper\'s data)'}
 
 BN_STYLE = dict(linestyle='--', linewidth=1.3)
 MN_STYLE = dict(linestyle='-', linewidth=1.6)

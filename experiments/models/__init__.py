@@ -1,6 +1,8 @@
 """Model registry: name -> constructor (one architecture per file, imported on demand).
 
-``build_model(name, n_classes, **kwargs)``; ``MODELS`` lists the names.  Every model
+``build_model(name, n_classes, **kwargs)``; ``MODELS`` lists the names.  Every
+classifier takes ``in_channels`` (3; 1 for Fashion-MNIST), the only change the input
+of another dataset makes to the paper's architectures.  Every model
 names its normalization sites with the paper's layer names (``normalization_sites()``),
 which ``mixnorm.replace_batch_normalization`` and the configs' ``mn.layers`` use.
 The registry holds the classifiers a config names in ``model.name``; the networks that

@@ -1,6 +1,6 @@
 """The CIFAR CNN of the paper's Table 1 (Sec. 4.2).
 
-    input   3 x 32 x 32
+    input   3 x 32 x 32   (in_channels x 32 x 32: 1 for Fashion-MNIST)
     conv1   conv 5x5 (1, 2) + bn + relu   64 x 32 x 32
     pool1   max pool 3x3 (2, 0)           64 x 16 x 16
     conv2   conv 5x5 (1, 2) + bn + relu  128 x 16 x 16
@@ -41,11 +41,11 @@ class CifarCNN(chainer.Chain):
 
     LAYERS = ('conv1', 'conv2', 'conv3', 'conv4')
 
-    def __init__(self, n_classes=10):
+    def __init__(self, n_classes=10, in_channels=3):
         super().__init__()
         self.n_classes = n_classes
         with self.init_scope():
-            self.conv1 = ConvBNReLU(3, 64, 5, 2)
+            self.conv1 = ConvBNReLU(in_channels, 64, 5, 2)
             self.conv2 = ConvBNReLU(64, 128, 5, 2)
             self.conv3 = ConvBNReLU(128, 128, 5, 2)
             self.conv4 = ConvBNReLU(128, 256, 3, 1)

@@ -108,6 +108,7 @@ class DenseNet(chainer.Chain):
         depth: 3n + 4 with n dense layers per block (40, 100, ...); ignored when
             ``layers_per_block`` is given.
         growth: the growth rate k (maps added by each dense layer).
+        in_channels: channels of the input images (3; Fashion-MNIST: 1).
         layers_per_block: n, overriding ``(depth - 4) / 3`` (Table 7's "20 layers" is
             n = 5, which is 19 layers by the 3n + 4 count).
 
@@ -118,7 +119,8 @@ class DenseNet(chainer.Chain):
     BLOCKS = ('block1', 'block2', 'block3')
     TRANSITIONS = ('transition1', 'transition2')
 
-    def __init__(self, n_classes=100, depth=40, growth=12, layers_per_block=None):
+    def __init__(self, n_classes=100, depth=40, growth=12, layers_per_block=None,
+                 in_channels=3):
         super().__init__()
         if layers_per_block is None:
             if int(depth) != depth or depth < 7 or (depth - 4) % 3:
@@ -139,7 +141,7 @@ class DenseNet(chainer.Chain):
         c = INITIAL_CHANNELS
         channels = {}
         with self.init_scope():
-            self.conv1 = _conv(3, c, 3, 1)
+            self.conv1 = _conv(in_channels, c, 3, 1)
             self.block1 = DenseBlock(c, n, k)
             c = channels['transition1'] = self.block1.out_channels
             self.transition1 = Transition(c)

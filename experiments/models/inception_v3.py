@@ -246,7 +246,7 @@ class InceptionV3(chainer.Chain):
     BLOCKS = ('inc1', 'inc2', 'inc3')
     REDUCTIONS = ('red1', 'red2')
 
-    def __init__(self, n_classes=10, dropout_ratio=0.2, dropout_seed=None):
+    def __init__(self, n_classes=10, dropout_ratio=0.2, dropout_seed=None, in_channels=3):
         super().__init__()
         if not 0 <= dropout_ratio < 1:
             raise ValueError('dropout_ratio must be in [0, 1), got %r' % (dropout_ratio,))
@@ -261,7 +261,7 @@ class InceptionV3(chainer.Chain):
         self.register_persistent('dropout_calls')
         with self.init_scope():
             self.stem = chainer.ChainList(
-                ConvBN(3, 32, 3, 1, 1),       # stride 2 -> 1 (paper), pad 0 -> 1
+                ConvBN(in_channels, 32, 3, 1, 1),  # stride 2 -> 1 (paper), pad 0 -> 1
                 ConvBN(32, 32, 3, 1, 1),      # pad 0 -> 1
                 ConvBN(32, 64, 3, 1, 1),      # (first max-pool removed after this)
                 ConvBN(64, 80, 1),

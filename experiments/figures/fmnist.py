@@ -1,0 +1,45 @@
+"""Table 2's BN and MN rows on Fashion-MNIST (real images, not the paper's data): test
+error against epoch, measured twice on the same test images (:func:`fig_fmnist`):
+
+* with the inference statistics (BN's running averages, MN's queue of mixtures): the
+  paper's metric;
+* with each test batch's own statistics (the training-mode normalization), which is
+  what the network has learned without the lag of the inference statistics.
+
+Rows 2 (lr 0.01) and 4 (lr 0.05), BN dashed, MN solid, a panel per row and per kind of
+statistics.  The curve is the mean over the seeds found; the band is +-1 standard
+deviation within a sliding window of epochs (as in Figure 2).  The title says that the
+runs are not comparable to the paper; a BN and an MN curve of one panel are (the same
+data, preset and length: :func:`experiments.records.Assessment.comparable_with`).
+"""
+from experiments import records
+from experiments.figures.curves import Panel, curve_figure, row_label
+from experiments.figures.output import FIGURES_DIR
+from experiments.figures.style import BN_STYLE, MN_STYLE, PAIR_COLORS
+
+DATASET = 'fashion-mnist'
+WINDOW = 3
+
+
+def fig_fmnist(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW,
+               rows=(2, 4)):
+    """BN vs MN of Table 2 ``rows`` on Fashion-MNIST, with inference and with batch
+    statistics."""
+    panels = []
+    for metric, what in (('test_error', 'inference statistics (the paper\'s metric)'),
+                         ('test_error_batchstats', 'batch statistics')):
+        for i in rows:
+            curves = [('%s-%d' % (kind, i), row_label(DATASET, '%s-%d' % (kind, i), 'lr_wd'),
+                       PAIR_COLORS[0] if kind == 'BN' else PAIR_COLORS[1], line)
+                      for kind, line in (('BN', BN_STYLE), ('MN', MN_STYLE))]
+            panels.append(Panel('Fashion-MNIST, row %d: %s' % (i, what), DATASET, curves,
+                                metric=metric))
+    return curve_figure(
+        'fig_fmnist', 'Table 2 rows on Fashion-MNIST (real images, NOT the paper\'s '
+        'CIFAR): BN dashed, MN solid', panels, runs_root, out_dir, window, ncols=len(rows),
+        footer='Our runs only. Top: test error with the inference statistics (BN running '
+               'averages, MN queue); bottom: the same test images,\neach batch normalized '
+               'by its own statistics. Line: mean over seeds; band: +-1 std within a '
+               '%d-epoch window.\nBN and MN of a panel were trained the same way on the '
+               'same data and are comparable with each other.' % window,
+        panel_size=(5.2, 3.6))
