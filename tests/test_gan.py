@@ -226,8 +226,8 @@ def test_steps_to_fid_helpers():
     curve = [(10000, 60.0), (20000, 45.0), (30000, 35.0), (40000, 30.0)]
     assert records.steps_to_fid(curve, 37.56) == 30000
     assert records.interpolated_steps_to_fid(curve, 37.56) == pytest.approx(27440)
-    assert records.steps_to_fid(curve, 10) is None and records.interpolated_steps_to_fid(curve, 10) \
-        is None
+    assert records.steps_to_fid(curve, 10) is None
+    assert records.interpolated_steps_to_fid(curve, 10) is None
     assert records.interpolated_steps_to_fid(curve, 70) == 10000
     np.testing.assert_allclose(windowed_std([1, 2, 4, 8], 3),       # Figure 6's band
                                [np.std([1, 2]), np.std([1, 2, 4]), np.std([2, 4, 8]),
