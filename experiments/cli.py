@@ -25,6 +25,9 @@ import traceback
 #: Seconds a process other than rank 0 waits before it reports a failure of its own and
 #: aborts the job (rank 0, seeing the same failure, aborts the job first).
 GRACE_S = 1.0
+#: Seconds between printing a failure and aborting the job, for the launcher to forward
+#: the text (an abort can cut off what it has not yet read from the process).
+FORWARD_S = 0.2
 #: Errors of the operating system that are the user's to fix (disk full, read-only).
 USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -112,13 +115,18 @@ def leave(error, line, status):
     if rank != 0:
         time.sleep(GRACE_S)
     report(error, line, rank, size)
+    time.sleep(FORWARD_S)
     parallel.abort(status)
 
 
 def report(error, line, rank, size):
+    """Print ``line`` (None: the traceback of a bug) for this process, in one write, so
+    that the launcher forwards it whole before an abort."""
     if line is None:
-        print('rank %d of %d: a bug; the traceback follows' % (rank, size), file=sys.stderr)
-        traceback.print_exception(type(error), error, error.__traceback__)
+        text = 'rank %d of %d: a bug; the traceback follows\n%s' % (
+            rank, size, ''.join(traceback.format_exception(type(error), error,
+                                                           error.__traceback__)))
     else:
-        print(with_rank(line, rank, size), file=sys.stderr)
+        text = with_rank(line, rank, size) + '\n'
+    sys.stderr.write(text)
     sys.stderr.flush()

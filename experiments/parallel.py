@@ -23,14 +23,16 @@ which is the P = 1 case of the same code: every method is then the identity.  Un
 
 A failure on one process ends every process (:mod:`experiments.cli` prints it once and
 leaves together): a step that every process runs alone (loading the config and the
-data, building the model) is agreed on afterwards (:meth:`Parallel.together`), a step
+data, opening the device) is agreed on afterwards (:meth:`Parallel.together`), a step
 that rank 0 decides for all is broadcast with its error (:meth:`Parallel.decide`), and
 a failure inside training, where the others wait in a collective, calls ``MPI_Abort``
 (:func:`abort`).  Running under ``mpiexec -n P`` without ``--communicator`` is an error
 (:func:`launched_world` reads P from the launcher).
 """
 import os
+import signal
 import sys
+import time
 
 import numpy
 
@@ -64,13 +66,19 @@ def launched_world():
 
 
 def abort(status):
-    """End every process of the job now (``MPI_Abort``) with exit status ``status``; a
-    process that never initialized MPI just exits (it holds no one in a collective)."""
+    """End every process of the job now with exit status ``status``: ``MPI_Abort``.  A
+    process that ``mpiexec`` started but that has not initialized MPI yet (Ctrl-C in
+    its first second) ends itself by SIGTERM instead: the launcher then ends the others,
+    which a plain exit would leave waiting in ``MPI_Init``."""
     sys.stdout.flush()
     sys.stderr.flush()
     mpi = sys.modules.get('mpi4py.MPI')
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
         mpi.COMM_WORLD.Abort(status)
+    if launched_world()[1] > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
     raise SystemExit(status)
 
 

@@ -35,6 +35,7 @@ RUNS_ROOT = os.path.join(environment.REPO_ROOT, 'results', 'runs')
 
 TEST_ACC = 'validation/main/accuracy'
 TEST_LOSS = 'validation/main/loss'
+FID_KEY = 'fid'
 
 FINISHED = 'finished'
 INTERRUPTED = 'interrupted'
@@ -176,32 +177,20 @@ def steps_to_accuracy(log, target_percent):
     return None
 
 
-def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, env,
-              dataset_size=None, finished=None, iterations=None, epochs_done=None):
-    """The ``summary.json`` of a classifier run from its config and LogReport entries.
-
-    ``dataset_size``: ``{'train': n, 'test': m}`` of the data it trained on;
-    ``finished`` / ``iterations`` / ``epochs_done``: the trainer's own state (default:
-    read off the log).
-    """
+def classifier_fields(cfg, log, finished=None, iterations=None, epochs_done=None):
+    """What a classifier run measures, for :func:`summarize`: its processes, progress and
+    test accuracies (``finished`` / ``iterations`` / ``epochs_done``: the trainer's own
+    state; default: read off the log)."""
     epochs = cfg['train']['epochs']
     accs = [e[TEST_ACC] for e in log if TEST_ACC in e]
     target = cfg['train'].get('target_accuracy')
     done_epochs = epochs_done if epochs_done is not None else (log[-1]['epoch'] if log else 0)
     if finished is None:
         finished = bool(log) and done_epochs >= math.floor(epochs)
-    summary = {
-        'experiment': cfg['experiment'],
-        'row': cfg['row'],
-        'dataset': cfg['data']['dataset'],
-        'paper_dataset': stands_for(cfg, cfg.get('_sources', ())),
-        'dataset_source': dataset_source,
-        'dataset_size': dataset_size,
-        'smoke': bool(cfg.get('smoke')),
+    return {
         'world_size': cfg.get('world_size', 1),
         'communicator': cfg.get('communicator'),
         'per_rank_batch_size': cfg.get('per_rank_batch_size') or cfg['data']['batch_size'],
-        'seed': cfg['train']['seed'],
         'epochs_planned': epochs,
         'epochs_done': done_epochs,
         'iterations': iterations if iterations is not None else
@@ -213,6 +202,56 @@ def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, en
         'final_test_loss': next((e[TEST_LOSS] for e in reversed(log) if TEST_LOSS in e), None),
         'target_accuracy': target,
         'steps_to_target': steps_to_accuracy(log, target) if target is not None else None,
+    }
+
+
+def fid_curve(log):
+    """[(step, fid)] of the evaluations in a GAN run's LogReport log."""
+    return [(int(e['iteration']), float(e[FID_KEY])) for e in log
+            if e.get(FID_KEY) is not None and math.isfinite(e[FID_KEY])]
+
+
+def steps_to_fid(curve, target):
+    """First evaluated step with FID <= target (None if never)."""
+    for step, value in curve:
+        if value <= target + 1e-12:
+            return step
+    return None
+
+
+def interpolated_steps_to_fid(curve, target):
+    """Step at which the piecewise-linear FID curve first reaches ``target`` (the paper's
+    "25K" lies between evaluations, read off its curve); None if never."""
+    prev = None
+    for step, value in curve:
+        if value <= target + 1e-12:
+            if prev is None or prev[1] == value:
+                return float(step)
+            s0, v0 = prev
+            return s0 + (v0 - target) / (v0 - value) * (step - s0)
+        prev = (step, value)
+    return None
+
+
+def summarize(cfg, log, fields, *, dataset_source, backend, device_name, wall_time_s, env,
+              dataset_size=None):
+    """The ``summary.json`` of a run: what every run records (its row, data, seed,
+    hardware, commit, wall time) around ``fields``, what its kind of run measures
+    (:func:`classifier_fields`, :func:`experiments.gan.summary_fields`), with the verdict
+    of :func:`assess` (:func:`judged`).
+
+    ``dataset_size``: ``{'train': n, 'test': m}`` of the data it trained on.
+    """
+    summary = {
+        'experiment': cfg['experiment'],
+        'row': cfg['row'],
+        'dataset': cfg['data']['dataset'],
+        'paper_dataset': stands_for(cfg, cfg.get('_sources', ())),
+        'dataset_source': dataset_source,
+        'dataset_size': dataset_size,
+        'smoke': bool(cfg.get('smoke')),
+        'seed': cfg['train']['seed'],
+        **fields,
         'backend': backend,
         'device': device_name,
         'git_commit': env.get('git_commit'),
@@ -317,6 +356,15 @@ class Assessment:
     comparable: bool
     reasons: tuple
     cohort: tuple = dataclasses.field(default=(), compare=False)
+
+    @classmethod
+    def recorded(cls, summary):
+        """The verdict a summary carries (:func:`judged` puts it there as the summary is
+        made): a run's status and comparability to the paper, without reading its
+        record back from disk (its cohort is not recorded: :func:`assess` tells it)."""
+        return cls(run_status(summary, None, ()), summary.get('paper_dataset'),
+                   bool(summary['comparable_to_paper']),
+                   tuple(summary['not_comparable_reasons']))
 
     def label(self):
         """``'comparable'`` or ``'NOT COMPARABLE (reason; reason)'`` (to the paper)."""

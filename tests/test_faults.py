@@ -173,6 +173,7 @@ def reference(tmp_path_factory):
     ('everywhere', 0, 1, 'error: rank 0: the same mistake on every process'),
     ('bug', 1, 1, 'ZeroDivisionError: a bug on rank 1'),
     ('sigint', 1, 130, 'rank 1: interrupted'),
+    ('early', 1, 15, 'rank 1: interrupted'),        # ends itself by SIGTERM: no MPI yet
 ])
 def test_a_failure_on_one_process_ends_all_and_is_printed_once(mode, rank, status, needle):
     rc, out, err = run([mpi_util.mpiexec(), '-n', '2', sys.executable, WORKER, mode,
@@ -330,10 +331,18 @@ def mount_tmpfs(path, size):
 
 
 @pytest.fixture
-def tmpfs():
-    """A mounter of small tmpfs; unmounted after the test."""
-    mounted = []
+def mounted():
+    """The tmpfs mounted by a test, unmounted after it."""
+    paths = []
+    yield paths
+    for path in paths:
+        subprocess.run(['umount', '-l', path], capture_output=True, timeout=30)
+        shutil.rmtree(path, ignore_errors=True)
 
+
+@pytest.fixture
+def tmpfs(mounted):
+    """A mounter of small tmpfs (skips the test with the reason where it cannot mount)."""
     def mount(size):
         path = tempfile.mkdtemp(prefix='mixnorm-faults-')
         why = mount_tmpfs(path, size)
@@ -342,27 +351,41 @@ def tmpfs():
             pytest.skip(why)
         mounted.append(path)
         return path
-    yield mount
-    for path in mounted:
-        subprocess.run(['umount', '-l', path], capture_output=True, timeout=30)
-        shutil.rmtree(path, ignore_errors=True)
+    return mount
 
 
 def remount(path, options):
     subprocess.run(['mount', '-o', 'remount,' + options, path], check=True, timeout=30)
 
 
-def test_a_run_directory_made_read_only_mid_run(tmp_path, reference, tmpfs):
-    if os.geteuid() != 0:           # chmod binds everyone but root
-        disk, make_read_only, undo = str(tmp_path), None, None
+def read_only_switch(tmp_path, tmpfs):
+    """``(out, make_read_only, undo)`` by the first means that binds this process: chmod
+    (not root); a tmpfs remounted read-only, else the immutable flag (root)."""
+    if os.geteuid() != 0:
+        out = str(tmp_path / 'run')
+        return out, lambda: os.chmod(out, 0o555), lambda: os.chmod(out, 0o755)
+    disk = tempfile.mkdtemp(prefix='mixnorm-faults-')
+    why = mount_tmpfs(disk, '200m')
+    if why is None:
+        tmpfs.append(disk)
         out = os.path.join(disk, 'run')
-        make_read_only = lambda: os.chmod(out, 0o555)       # noqa: E731
-        undo = lambda: os.chmod(out, 0o755)                 # noqa: E731
-    else:                           # root writes anywhere but on a read-only mount
-        disk = tmpfs('200m')
-        out = os.path.join(disk, 'run')
-        make_read_only = lambda: remount(disk, 'ro')        # noqa: E731
-        undo = lambda: remount(disk, 'rw')                  # noqa: E731
+        return out, lambda: remount(disk, 'ro'), lambda: remount(disk, 'rw')
+    os.rmdir(disk)
+    out = str(tmp_path / 'run')
+    os.makedirs(out)
+    r = subprocess.run(['chattr', '+i', out], capture_output=True, text=True, timeout=30) \
+        if shutil.which('chattr') else None
+    if r is None or r.returncode != 0:
+        pytest.skip('as root, a directory is read-only only on a read-only mount (%s) or '
+                    'with the immutable flag (chattr: %s)'
+                    % (why, r.stderr.strip() if r else 'not installed'))
+    subprocess.run(['chattr', '-i', out], check=True, timeout=30)
+    return (out, lambda: subprocess.run(['chattr', '+i', out], check=True, timeout=30),
+            lambda: subprocess.run(['chattr', '-i', out], check=True, timeout=30))
+
+
+def test_a_run_directory_made_read_only_mid_run(tmp_path, reference, mounted):
+    out, make_read_only, undo = read_only_switch(tmp_path, mounted)
     p = launch(train_cmd(out))
     wait_for(p, out, 1)
     make_read_only()
@@ -371,7 +394,7 @@ def test_a_run_directory_made_read_only_mid_run(tmp_path, reference, tmpfs):
     assert rc == 1 and took < LIMIT_S, (rc, took, err)
     line = assert_one_error(err, 'error: rank ')
     assert ('Read-only file system' in line and 'make the run directory writable' in line
-            or 'Permission denied' in line)
+            or 'Permission denied' in line or 'Operation not permitted' in line), line
     resume_and_check(out, reference[0])
 
 

@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from experiments import config as C, data, train
+from experiments import config as C, data, pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BN2 = os.path.join(C.CONFIG_ROOT, 'table2', 'cifar10', 'BN-2.yaml')
@@ -37,9 +37,9 @@ def test_no_usable_device_is_a_config_error(monkeypatch):
         runtime=types.SimpleNamespace(getDeviceCount=no_driver)))
     fake_device = types.SimpleNamespace(xp=fake_cupy, device=types.SimpleNamespace(id=0))
     monkeypatch.setitem(sys.modules, 'cupy', fake_cupy)
-    monkeypatch.setattr(train.chainer, 'get_device', lambda spec: fake_device)
+    monkeypatch.setattr(pipeline.chainer, 'get_device', lambda spec: fake_device)
     with pytest.raises(C.ConfigError) as e:
-        train.resolve_device('0')
+        pipeline.resolve_device('0')
     assert 'cannot use device' in str(e.value) and 'insufficient' in str(e.value)
     assert '--device cpu' in str(e.value)
 
@@ -48,10 +48,10 @@ def test_a_device_id_past_the_count_is_a_config_error(monkeypatch):
     fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1)))
     monkeypatch.setitem(sys.modules, 'cupy', fake_cupy)
-    monkeypatch.setattr(train.chainer, 'get_device', lambda spec: types.SimpleNamespace(
+    monkeypatch.setattr(pipeline.chainer, 'get_device', lambda spec: types.SimpleNamespace(
         xp=fake_cupy, device=types.SimpleNamespace(id=3)))
     with pytest.raises(C.ConfigError, match='CuPy sees 1 CUDA device'):
-        train.resolve_device('3')
+        pipeline.resolve_device('3')
 
 
 @pytest.mark.skipif(not _cupy_without_device(),

@@ -27,10 +27,10 @@ def record(row='BN-2', presets=(), overrides=(), size=(50000, 10000), log=None,
     log = log if log is not None else [
         {'epoch': e, 'iteration': 196 * e, records.TEST_ACC: 0.5 + 0.004 * e}
         for e in range(1, int(epochs) + 1)]
-    summary = records.summarize(cfg, log, dataset_source='test', backend='numpy',
+    summary = records.summarize(cfg, log, records.classifier_fields(cfg, log, finished),
+                                dataset_source='test', backend='numpy',
                                 device_name='cpu', wall_time_s=1.0, env={},
-                                dataset_size={'train': size[0], 'test': size[1]},
-                                finished=finished)
+                                dataset_size={'train': size[0], 'test': size[1]})
     summary.update(summary_extra or {})
     return records.Run.from_record(cfg, log, summary)
 
@@ -172,6 +172,7 @@ def test_a_short_run_on_a_small_archive_is_not_comparable_everywhere(small_cifar
     v = records.assess(out)
     assert (v.status, v.dataset, v.comparable, v.reasons) == (records.FINISHED, 'cifar10',
                                                               False, why)
+    assert records.Assessment.recorded(s) == v      # the verdict the summary carries
     # the comparison with the paper, as a table and through both scripts
     recs = compare.compare('table2', records.find_runs(runs), paper_dataset='cifar10')
     assert recs and all(r['status'] == 'NOT COMPARABLE (%s)' % '; '.join(why) for r in recs)

@@ -7,7 +7,8 @@ MODE: ``user`` (a user's mistake inside training, where the others wait in a
 collective), ``bug`` (an exception that is no user error, there), ``local`` (a user's
 mistake in a step every process takes alone, agreed on afterwards), ``everywhere``
 (every process raises the same user error outside any agreement; RANK ignored),
-``sigint`` (Ctrl-C to that process alone).  It goes through
+``sigint`` (Ctrl-C to that process alone), ``early`` (Ctrl-C to that process before it
+initialized MPI, while the others wait for it in ``MPI_Init``).  It goes through
 :func:`experiments.cli.entry_point`, as every command of the kit does.
 """
 import os
@@ -23,6 +24,8 @@ from experiments import cli, parallel, records
 @cli.entry_point
 def main(argv=None):
     mode, rank = sys.argv[1], int(sys.argv[2])
+    if mode == 'early' and parallel.launched_world()[0] == rank:
+        raise KeyboardInterrupt
     par = parallel.create('naive')
     me = par.rank == rank
     if mode == 'local':

@@ -105,6 +105,10 @@ def main():
     comm = chainermn.create_communicator('naive')
     path = os.path.join(out_dir, 'rank%d.txt' % comm.rank)
     if hook == 'hook':
+        # the hook writes to sys.stderr, then aborts: a per-rank file keeps every byte
+        # written before the abort (the launcher may not forward the last of a pipe)
+        sys.stderr = open(os.path.join(out_dir, 'rank%d.err' % comm.rank), 'w',
+                          buffering=1)
         run(case, comm)                      # an error ends the job through the hook
         text, status = 'ok', 0
     else:
