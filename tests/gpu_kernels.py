@@ -110,14 +110,10 @@ def _numpy():
     return numpy
 
 
-class _HostArrayBase:
-    pass
-
-
 def make_host_array_class():
     numpy = _numpy()
 
-    class HostArray(numpy.ndarray, _HostArrayBase):
+    class HostArray(numpy.ndarray):
         """A NumPy array standing for a ``cupy.ndarray``."""
 
         def reduced_view(self):
@@ -221,13 +217,12 @@ def _reduce_dims(arrays, shape):
     if len(shape) <= 1:
         return len(shape)
     strides = [list(a.strides) if a.shape == tuple(shape) else None for a in arrays]
-    ndim, keep = len(shape), []
+    ndim = len(shape)
     axes = [i for i in range(ndim) if shape[i] != 1] or [ndim - 1]
     groups = 1
     for prev, cur in zip(axes, axes[1:]):
         contiguous = all(s is None or s[prev] == shape[cur] * s[cur] for s in strides)
         groups += not contiguous
-    del keep
     return groups
 
 
@@ -366,7 +361,6 @@ def paths(fake, dtype):
     numpy = _numpy()
     import chainer
     from chainer.utils import conv
-    import chainer.functions as F
     from chainer.functions.normalization import batch_normalization as bn
     from chainer.functions.pooling import max_pooling_nd, average_pooling_nd
     from chainer.functions.loss import softmax_cross_entropy as sce

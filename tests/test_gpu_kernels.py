@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import gpu_kernels  # tests/ is on sys.path under pytest
