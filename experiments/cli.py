@@ -1,22 +1,35 @@
 """What every command line of the kit does with errors: :func:`entry_point`.
 
 A user's mistake (a bad config or override, missing or damaged data, a run directory
-that cannot be resumed, missing FID weights, a table the paper does not have) ends the
-command with ``error: <what and how to fix it>`` on stderr and exit status 1, never a
-traceback; Ctrl-C ends it with one line saying where the run stopped (exit status 130).
-Anything else is a bug and keeps its traceback.
+that cannot be resumed or written, a full disk, missing FID weights, a table the paper
+does not have) ends the command with ``error: <what and how to fix it>`` on stderr and
+exit status 1, never a traceback; Ctrl-C ends it with one line saying where the run
+stopped (exit status 130).  Anything else is a bug and keeps its traceback.
+
+Under ``mpiexec -n P > 1`` a failure on any process ends every process at once: the
+error is printed once, by the process that saw it, as ``error: rank <r>: ...``.  An
+error that every process raised at the same step (agreed collectively, see
+:mod:`experiments.parallel`) ends them together with the same status; any other one,
+raised where the other processes may be waiting in a collective, ends the job with
+``MPI_Abort``.  Processes other than rank 0 wait :data:`GRACE_S` before printing and
+aborting, so that a failure seen by every process (Ctrl-C to ``mpiexec``, a full disk)
+is reported by rank 0 alone.
 """
+import errno
 import functools
+import signal
 import sys
+import time
+import traceback
 
-
-#: This process's rank when a run has several (only rank 0 prints errors).
-RANK = 0
-
-
-def set_rank(rank):
-    global RANK
-    RANK = rank
+#: Seconds a process other than rank 0 waits before it reports a failure of its own and
+#: aborts the job (rank 0, seeing the same failure, aborts the job first).
+GRACE_S = 1.0
+#: Seconds between printing a failure and aborting the job, for the launcher to forward
+#: the text (an abort can cut off what it has not yet read from the process).
+FORWARD_S = 0.2
+#: Errors of the operating system that are the user's to fix (disk full, read-only).
+USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class UsageError(Exception):
@@ -37,19 +50,83 @@ def user_errors():
     return tuple(errors)
 
 
+def is_user_error(e):
+    """Whether ``e`` is a user's mistake (:func:`user_errors`, or a full or read-only
+    disk) rather than a bug."""
+    return isinstance(e, user_errors()) or (isinstance(e, OSError)
+                                            and e.errno in USER_ERRNOS)
+
+
+def describe(e):
+    """The text of user error ``e``; a full or read-only disk says what to do."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ('%s: free some space (or train into --out on another disk) and run the '
+                'same command again: it resumes from the newest complete snapshot' % e)
+    if isinstance(e, OSError) and e.errno == errno.EROFS:
+        return ('%s: make the run directory writable (or train into --out elsewhere) and '
+                'run the same command again: it resumes from the newest complete snapshot'
+                % e)
+    return str(e)
+
+
+def with_rank(line, rank, size):
+    """``line`` naming the process that prints it when there are several:
+    ``error: rank 1: ...`` / ``rank 1: interrupted ...``."""
+    if size <= 1:
+        return line
+    if line.startswith('error: '):
+        return 'error: rank %d: %s' % (rank, line[len('error: '):])
+    return 'rank %d: %s' % (rank, line)
+
+
 def entry_point(main):
     """Decorate a command's ``main(argv=None)``: user errors become one ``error:`` line
-    and exit status 1 (:class:`SystemExit`), Ctrl-C one line and exit status 130."""
+    and exit status 1 (:class:`SystemExit`), Ctrl-C one line and exit status 130; under
+    ``mpiexec`` every process ends (:func:`leave`)."""
     @functools.wraps(main)
     def wrapped(argv=None):
         try:
             return main(argv)
         except KeyboardInterrupt as e:
-            if RANK == 0:
-                print(str(e) or 'interrupted', file=sys.stderr)
-            raise SystemExit(130) from None
+            leave(e, str(e) or 'interrupted', 130)
         except Exception as e:
-            if not isinstance(e, user_errors()):
-                raise
-            raise SystemExit('error: %s' % e if RANK == 0 else 1) from None
+            leave(e, 'error: %s' % describe(e) if is_user_error(e) else None, 1)
     return wrapped
+
+
+def leave(error, line, status):
+    """End this process after ``error`` (being handled): print ``line`` (None: the
+    traceback of a bug) once for the job and exit with ``status``; with several
+    processes, make every process end."""
+    from experiments import parallel
+    rank, size = parallel.launched_world()
+    if size <= 1:
+        if line is None:
+            raise error
+        if status == 1:
+            raise SystemExit(line) from None
+        print(line, file=sys.stderr)
+        raise SystemExit(status) from None
+    if getattr(error, 'raised_alike', False):       # every process leaves at this step
+        if error.speaks:
+            report(error, line, rank, size)
+        raise SystemExit(status) from None
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # a second Ctrl-C: abort all the same
+    if rank != 0:
+        time.sleep(GRACE_S)
+    report(error, line, rank, size)
+    time.sleep(FORWARD_S)
+    parallel.abort(status)
+
+
+def report(error, line, rank, size):
+    """Print ``line`` (None: the traceback of a bug) for this process, in one write, so
+    that the launcher forwards it whole before an abort."""
+    if line is None:
+        text = 'rank %d of %d: a bug; the traceback follows\n%s' % (
+            rank, size, ''.join(traceback.format_exception(type(error), error,
+                                                           error.__traceback__)))
+    else:
+        text = with_rank(line, rank, size) + '\n'
+    sys.stderr.write(text)
+    sys.stderr.flush()

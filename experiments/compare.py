@@ -13,6 +13,9 @@ Runs of one row with several seeds are aggregated (mean, std, n; no std for one 
 Whether runs are comparable to the paper, and why not, is
 :func:`experiments.records.assess`'s verdict: comparable runs and the others are kept
 apart, and the others are marked NOT COMPARABLE with the reasons.
+
+DenseNet (Sec. 4.4, :func:`compare_densenet`) and DCGAN (Sec. 4.5, :func:`compare_dcgan`)
+are set beside the numbers the paper gives in its text.
 """
 import csv
 import io
@@ -202,6 +205,75 @@ def compare_densenet(runs, depth, paper_dataset='cifar100'):
                         'paper': prow[key], 'diff': m - prow[key] if m is not None else None,
                         'status': group_status(group)})
     return out
+
+
+def _read_gan_run(path):
+    run = records.Run(path)
+    if run.config.get('experiment') != 'dcgan' and not run.config.get('gan'):
+        raise records.RunError('%s is not a GAN run (its experiment is %r)'
+                               % (path, run.config.get('experiment')))
+    return run
+
+
+def compare_dcgan(bn_run_dir, mn_run_dir, show=True):
+    """Our DCGAN-BN / DCGAN-MN numbers beside the paper's (Sec. 4.5): lowest FID, the
+    step it was reached, and the step at which MN first reaches BN's lowest FID (at an
+    evaluation, and linearly interpolated) with the reduction in percent.  Returns a dict
+    (``rows``, ``status``, ``text``); prints the text when ``show``."""
+    bn, mn = _read_gan_run(bn_run_dir), _read_gan_run(mn_run_dir)
+    ref = paper.rows('sections', 'cifar10')['dcgan']
+    cb, cm = records.fid_curve(bn.log), records.fid_curve(mn.log)
+    bn_low = min(cb, key=lambda sv: sv[1]) if cb else (None, None)
+    mn_low = min(cm, key=lambda sv: sv[1]) if cm else (None, None)
+    reach = records.steps_to_fid(cm, bn_low[1]) if cb else None
+    reach_interp = records.interpolated_steps_to_fid(cm, bn_low[1]) if cb else None
+    reduction = (100.0 * (1 - reach / bn_low[0]) if reach is not None and bn_low[0]
+                 else None)
+    reduction_interp = (100.0 * (1 - reach_interp / bn_low[0])
+                        if reach_interp is not None and bn_low[0] else None)
+    rows = [
+        ('DCGAN-BN lowest FID', bn_low[1], ref['bn_lowest_fid']),
+        ('DCGAN-BN step of lowest FID', bn_low[0], ref['bn_steps_to_lowest_fid']),
+        ('DCGAN-MN lowest FID', mn_low[1], ref['mn_lowest_fid']),
+        ('DCGAN-MN step of lowest FID', mn_low[0], None),
+        ('DCGAN-MN first evaluation with FID <= BN lowest', reach,
+         ref['mn_steps_to_reach_bn_lowest_fid']),
+        ('  same, linearly interpolated between evaluations', reach_interp,
+         ref['mn_steps_to_reach_bn_lowest_fid']),
+        ('step reduction (%) (evaluations)', reduction, ref['steps_reduction_percent']),
+        ('step reduction (%) (interpolated)', reduction_interp,
+         ref['steps_reduction_percent']),
+    ]
+    verdicts = [records.assess(r) for r in (bn, mn)]
+    notes = sorted({reason for v in verdicts for reason in v.reasons})
+    unfinished = [r.config['row'] for r, v in zip((bn, mn), verdicts)
+                  if v.status != records.FINISHED]
+    status = 'NOT COMPARABLE (%s)' % '; '.join(notes) if notes else 'comparable'
+    if unfinished:
+        status += '; not finished: %s' % ', '.join(unfinished)
+    labels = {(r.summary or {}).get('fid_label') for r in (bn, mn)} - {None}
+    lines = ['DCGAN on CIFAR-10 (paper Sec. 4.5): ours vs the paper  [%s]' % status,
+             'runs: BN %s | MN %s' % (bn.path, mn.path)]
+    lines += ['FID network: %s' % lbl for lbl in sorted(labels)]
+    width = max(len(r[0]) for r in rows)
+    lines.append('%-*s  %12s  %12s' % (width, 'metric', 'ours', 'paper'))
+    for name, ours, theirs in rows:
+        lines.append('%-*s  %12s  %12s' % (width, name, _fmt_dcgan(ours), _fmt_dcgan(theirs)))
+    lines.append('paper: "%s"' % ref['quote'])
+    text = '\n'.join(lines)
+    if show:
+        print(text)
+    return {'rows': [{'metric': n, 'ours': o, 'paper': p} for n, o, p in rows],
+            'status': status, 'text': text, 'bn_run': bn.path, 'mn_run': mn.path,
+            'fid_labels': sorted(labels)}
+
+
+def _fmt_dcgan(v):
+    if v is None:
+        return '-'
+    if isinstance(v, float) and not v.is_integer():
+        return '%.2f' % v
+    return '%d' % v
 
 
 # --------------------------------------------------------------------------- output

@@ -9,9 +9,13 @@ folder works outside ``configs/`` too.
 
 The result is validated against :data:`SCHEMA`, the one place that checks settings and
 supplies their defaults: an unknown key, a wrong type or a bad value raises
-:class:`ConfigError` naming the key and the file(s) it came from.  Builders
-(``experiments.optimizers``, ``experiments.train``) take the validated sections as they
-are.  Numbers may be written in scientific notation (``1e-3``), in files and in ``--set``.
+:class:`ConfigError` naming the key and the source that set it (a file or a ``--set``).
+The ``mn`` section takes MN's settings from :data:`mixnorm.settings.SETTINGS`, so the
+config and the link check them alike.  The schema's leaves also carry what a key means
+for the records (:data:`NEUTRAL`, :data:`JUDGED`, :data:`RESUME_FREE`;
+:func:`keys_flagged`).  Builders (``experiments.optimizers``, ``experiments.train``)
+take the validated sections as they are.  Numbers may be written in scientific notation
+(``1e-3``), in files and in ``--set``.
 """
 import copy
 import difflib
@@ -20,6 +24,9 @@ import os
 import re
 
 import yaml
+
+from mixnorm import placement
+from mixnorm import settings as mn_settings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_ROOT = os.path.join(REPO_ROOT, 'configs')
@@ -50,8 +57,22 @@ def yaml_load(stream):
 
 
 # --------------------------------------------------------------------------- schema
-# A leaf is (types, default, check) where check(value) returns an error string or None.
-# A dict is a nested section.  ``OPTIONAL_SECTIONS`` sections may be null.
+# A leaf is (types, default, check) or (types, default, check, flags), where
+# check(value) returns an error string or None, and types None leaves the type to the
+# check too.  A dict is a nested section.  ``OPTIONAL_SECTIONS`` sections may be null.
+# The flags tell the records (experiments/records.py) what the key means for a run:
+
+#: Overriding the key does not change what a run measures (paths, seeds, bookkeeping);
+#: an override of any other key makes a run not the paper's row, unless it is JUDGED.
+NEUTRAL = 'neutral'
+#: The key changes what a run measures and the records judge it by itself (the dataset,
+#: its size, the length of training, the FID network).
+JUDGED = 'judged'
+#: The key may differ between a run's config.yaml and the config resuming it: where the
+#: data or the FID weights are found does not change the run.
+RESUME_FREE = 'resume-free'
+_FREE = (NEUTRAL, RESUME_FREE)
+
 
 def _positive(v):
     return None if v > 0 else 'must be > 0'
@@ -59,10 +80,6 @@ def _positive(v):
 
 def _non_negative(v):
     return None if v >= 0 else 'must be >= 0'
-
-
-def _fraction(v):
-    return None if 0 < v <= 1 else 'must be in (0, 1]'
 
 
 def _decay(v):
@@ -103,6 +120,12 @@ def _layers(v):
 
 
 REQUIRED = object()   # a leaf default meaning "must be given"
+#: MN's settings (:data:`mixnorm.settings.SETTINGS`) that an ``mn`` section does not
+#: hold, and where each comes from.
+MN_SETTINGS_SET_ELSEWHERE = {
+    'eps': 'the eps of the BatchNormalization each MN layer replaces',
+    'seed': 'derived for each layer from train.seed',
+}
 NUM = (int, float)
 OPT_NUM = (int, float, type(None))
 OPT_STR = (str, type(None))
@@ -111,8 +134,8 @@ OPT_INT = (int, type(None))
 SCHEMA = {
     'experiment': (str, REQUIRED, None),
     'row': (str, REQUIRED, None),
-    'description': (str, '', None),
-    'smoke': (bool, False, None),
+    'description': (str, '', None, _FREE),
+    'smoke': (bool, False, None, (JUDGED,)),
     # written by the run (experiments/parallel.py): how many processes trained it, with
     # which ChainerMN communicator, and each one's part of data.batch_size
     'world_size': (int, 1, _positive),
@@ -124,17 +147,17 @@ SCHEMA = {
     },
     'data': {
         'dataset': (str, REQUIRED, _choice('cifar10', 'cifar100', 'fashion-mnist',
-                                           'synthetic')),
-        'data_dir': (OPT_STR, None, None),
-        'download': (bool, False, None),
+                                           'synthetic'), (JUDGED,)),
+        'data_dir': (OPT_STR, None, None, _FREE),
+        'download': (bool, False, None, _FREE),
         'batch_size': (int, REQUIRED, _positive),
-        'test_batch_size': (OPT_INT, None, _positive),
+        'test_batch_size': (OPT_INT, None, _positive, (NEUTRAL,)),
         'augment': (bool, True, None),
         # the augmentation (with augment: true): random crops of the image padded by
         # crop_pad pixels (0: none), and horizontal flips
         'crop_pad': (int, 4, _non_negative),
         'flip': (bool, True, None),
-        'subset': ((int, list, type(None)), None, _subset),
+        'subset': ((int, list, type(None)), None, _subset, (JUDGED,)),
     },
     # which keys apply to which optimizer: OPTIMIZER_KEYS
     'optimizer': {
@@ -156,53 +179,47 @@ SCHEMA = {
         'factor': (NUM, REQUIRED, _positive),
         'at': (list, REQUIRED, _fractions),
     },
+    # the layers, and MN's settings as mixnorm.settings defines them (type, range and
+    # default), but those of MN_SETTINGS_SET_ELSEWHERE
     'mn': {
         'layers': (list, REQUIRED, _layers),
-        'n_components': (int, 3, _positive),
-        'em_iters': (int, 2, _non_negative),
-        'fit_fraction': (NUM, 1.0, _fraction),
-        'min_weight': (NUM, 0.01, _non_negative),
-        'queue_length': (int, 10, _positive),
-        'decay': (NUM, 0.9, _fraction),
-        'affine': (OPT_STR, 'channel', _choice('channel', 'component', None)),
-        'lambda_scaling': (bool, True, None),
-        'min_count': (NUM, 16, _non_negative),
-        'inference': (str, 'consistent', _choice('consistent', 'paper')),
+        **{name: (None, s.default, s.problem) for name, s in mn_settings.SETTINGS.items()
+           if name not in MN_SETTINGS_SET_ELSEWHERE},
     },
     'train': {
-        'epochs': (NUM, REQUIRED, _positive),
-        'seed': (int, 0, _non_negative),
-        'snapshot_every': (int, 10, _positive),
-        'target_accuracy': (OPT_NUM, None, None),
-        'checkpoints': (list, [0.25, 0.5, 0.75, 1.0], _fractions),
-        'max_iterations': (OPT_INT, None, _positive),
+        'epochs': (NUM, REQUIRED, _positive, (JUDGED,)),
+        'seed': (int, 0, _non_negative, (NEUTRAL,)),
+        'snapshot_every': (int, 10, _positive, (NEUTRAL,)),
+        'target_accuracy': (OPT_NUM, None, None, (NEUTRAL,)),
+        'checkpoints': (list, [0.25, 0.5, 0.75, 1.0], _fractions, (NEUTRAL,)),
+        'max_iterations': (OPT_INT, None, _positive, (JUDGED,)),
         # MN layers (BN paths) whose fitted mixture is saved at 20/40/60/80/100 % of
         # training (paper Sec. 5.2, Figure 8)
-        'save_mixtures': (list, [], None),
+        'save_mixtures': (list, [], None, (NEUTRAL,)),
         # with several processes: BN and MN normalize over the global batch (the
         # paper's); false normalizes each process's part alone (not the paper's setting)
-        'sync_normalization': (bool, True, None),
+        'sync_normalization': (bool, True, None, (JUDGED,)),
     },
     # GAN runs (experiments/gan.py, paper Sec. 4.5); null for classifiers.  A GAN run
     # lasts gan.updates generator updates; train.epochs / snapshot_every / checkpoints
     # are not used by it.  gan.fid: see experiments/fid.py.
     'gan': {
-        'updates': (int, 100000, _positive),
-        'snapshot_every': (int, 10000, _positive),
-        'log_every': (int, 100, _positive),
-        'grid': (int, 10, _positive),
-        'target_fid': (OPT_NUM, None, _positive),
+        'updates': (int, 100000, _positive, (JUDGED,)),
+        'snapshot_every': (int, 10000, _positive, (NEUTRAL,)),
+        'log_every': (int, 100, _positive, (NEUTRAL,)),
+        'grid': (int, 10, _positive, (NEUTRAL,)),
+        'target_fid': (OPT_NUM, None, _positive, (NEUTRAL,)),
         'fid': {
-            'enabled': (bool, True, None),
+            'enabled': (bool, True, None, (JUDGED,)),
             'every': (int, 10000, _positive),
             'n_samples': (int, 10000, _positive),
             'n_real': (OPT_INT, None, _positive),
-            'weights': (OPT_STR, None, None),
-            'random_weights': (bool, False, None),
+            'weights': (OPT_STR, None, None, _FREE),
+            'random_weights': (bool, False, None, (JUDGED,)),
             'dims': (int, 2048, _choice(64, 192, 768, 2048)),
             'image_size': (int, 299, _at_least(75, 'the smallest input of Inception-V3')),
-            'batch_size': (int, 100, _positive),
-            'cache_dir': (OPT_STR, None, None),
+            'batch_size': (int, 100, _positive, (NEUTRAL,)),
+            'cache_dir': (OPT_STR, None, None, _FREE),
         },
     },
 }
@@ -227,6 +244,18 @@ VARIANTS = {
     'optimizer': ('name', OPTIMIZER_KEYS, ('name', 'lr', 'weight_decay')),
     'schedule': ('type', SCHEDULE_KEYS, ('type',)),
 }
+
+
+def keys_flagged(flag, schema=None, prefix=''):
+    """The dotted keys of the schema's leaves that carry ``flag`` (:data:`NEUTRAL`,
+    :data:`JUDGED` or :data:`RESUME_FREE`), in schema order."""
+    keys = []
+    for key, spec in (SCHEMA if schema is None else schema).items():
+        if isinstance(spec, dict):
+            keys += keys_flagged(flag, spec, prefix + key + '.')
+        elif flag in (spec[3] if len(spec) > 3 else ()):
+            keys.append(prefix + key)
+    return tuple(keys)
 
 
 # ---------------------------------------------------------------------------- merge
@@ -308,8 +337,9 @@ def parse_override(text):
 def load_config(path, presets=(), overrides=()):
     """Load, merge and validate a row config; returns a plain dict.
 
-    ``config['_sources']`` lists the files merged and the overrides (for error messages
-    and records).
+    ``config['_sources']`` lists the files merged and the overrides (for records), and
+    ``config['_origins']`` maps each dotted key to the one of them that set it last
+    (an error about a key names that source).
     """
     sources = base_chain(path) + [os.path.abspath(path)]
     for name in presets:
@@ -318,9 +348,11 @@ def load_config(path, presets=(), overrides=()):
             available = sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith('.yaml'))
             raise ConfigError('unknown preset %r; available: %s' % (name, ', '.join(available)))
         sources.append(p)
-    cfg = {}
+    cfg, origins = {}, {}
     for src in sources:
-        cfg = deep_merge(cfg, _read_yaml(src))
+        data = _read_yaml(src)
+        _note_origins(origins, data, '', src)
+        cfg = deep_merge(cfg, data)
     cfg.setdefault('row', os.path.splitext(os.path.basename(path))[0])
     for text in overrides:
         keys, value = parse_override(text)
@@ -331,9 +363,48 @@ def load_config(path, presets=(), overrides=()):
             node = node[k]
         node[keys[-1]] = value
         sources.append('--set %s' % text)
-    cfg = validate(cfg, sources)
+        _note_origins(origins, value, '.'.join(keys), sources[-1], replace=True)
+    cfg = validate(cfg, Sources(sources, origins))
     cfg['_sources'] = [relative_source(s) for s in sources]
+    cfg['_origins'] = {k: relative_source(v) for k, v in origins.items()}
     return cfg
+
+
+class Sources(list):
+    """The files and overrides a config was merged from, in order, with ``origins``:
+    dotted key -> the source that set it last."""
+
+    def __init__(self, sources, origins=None):
+        super().__init__(sources)
+        self.origins = dict(origins or {})
+
+    def of(self, key):
+        """The source that set ``key`` or the section holding it, or None."""
+        parts = key.split('.')
+        for n in range(len(parts), 0, -1):
+            found = self.origins.get('.'.join(parts[:n]))
+            if found is not None:
+                return found
+        return None
+
+
+def _note_origins(origins, value, key, source, replace=False):
+    """Record ``source`` as the origin of every leaf of ``value`` set at ``key``
+    (``''``: the top level).  A leaf, or with ``replace`` (an override) any value,
+    replaces what was recorded below ``key``; a mapping in a file merges into it."""
+    if replace or not isinstance(value, dict):
+        for old in [k for k in origins if k == key or k.startswith(key + '.')]:
+            del origins[old]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _note_origins(origins, v, '%s.%s' % (key, k) if key else str(k), source)
+    else:
+        origins[key] = source
+
+
+def _sources_of(cfg):
+    """The :class:`Sources` of a loaded config (``_sources`` and ``_origins``)."""
+    return Sources(cfg.get('_sources') or ['<config>'], cfg.get('_origins'))
 
 
 def relative_source(source):
@@ -345,8 +416,13 @@ def relative_source(source):
 
 # ------------------------------------------------------------------------- validate
 
-def _where(sources):
-    return ', '.join(relative_source(s) for s in sources)
+def _where(sources, *keys):
+    """Where ``keys`` were set: the source(s) that set them when known (a
+    :class:`Sources`), else every source."""
+    of = getattr(sources, 'of', None)
+    found = [of(k) for k in keys] if of else []
+    named = list(dict.fromkeys(f for f in found if f is not None))
+    return ', '.join(relative_source(s) for s in (named or sources))
 
 
 def _missing_key_message(name, sources):
@@ -366,23 +442,28 @@ def _missing_key_message(name, sources):
 
 
 def _check_leaf(name, value, spec, sources):
-    types, _, check = spec
+    types, _, check = spec[:3]
+    if types is not None:
+        _check_type(name, value, types, sources)
+    if check is not None and (value is not None or types is None):
+        err = check(value)
+        if err:
+            raise ConfigError('%s: %r %s, got %r' % (_where(sources, name), name, err, value))
+    return value
+
+
+def _check_type(name, value, types, sources):
     tuple_types = types if isinstance(types, tuple) else (types,)
     if (isinstance(value, bool) and bool not in tuple_types) or \
             not isinstance(value, types):
         hint = ''
         if isinstance(value, str) and float in tuple_types:
             hint = ' (a number written as a string?)'
-        raise ConfigError('%s: %r must be %s, got %r%s' % (_where(sources), name,
+        raise ConfigError('%s: %r must be %s, got %r%s' % (_where(sources, name), name,
                                                           _type_name(types), value, hint))
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError('%s: %r must be a finite number, got %r' % (_where(sources), name,
-                                                                     value))
-    if check is not None and value is not None:
-        err = check(value)
-        if err:
-            raise ConfigError('%s: %r %s, got %r' % (_where(sources), name, err, value))
-    return value
+        raise ConfigError('%s: %r must be a finite number, got %r'
+                          % (_where(sources, name), name, value))
 
 
 def _used_keys(section, cfg, schema, prefix, sources):
@@ -396,7 +477,8 @@ def _used_keys(section, cfg, schema, prefix, sources):
     for key in cfg:
         if key in schema and key not in used and cfg[key] is not None:
             raise ConfigError('%s: %r does not apply to %s %r (its keys: %s)' % (
-                _where(sources), prefix + key, selector, choice,
+                _where(sources, prefix + key, prefix + selector), prefix + key, selector,
+                choice,
                 ', '.join(sorted(used - {selector}))))
     return used
 
@@ -408,8 +490,10 @@ def _check_section(cfg, schema, prefix, sources):
             continue
         if key not in schema:
             hint = difflib.get_close_matches(key, list(schema), n=1)
+            elsewhere = MN_SETTINGS_SET_ELSEWHERE.get(key) if prefix == 'mn.' else None
             raise ConfigError('%s: unknown key %r%s; valid keys here: %s' % (
-                _where(sources), prefix + key,
+                _where(sources, prefix + key), prefix + key,
+                ' (MN\'s %s is %s)' % (key, elsewhere) if elsewhere else
                 " (did you mean '%s'?)" % (prefix + hint[0]) if hint else '',
                 ', '.join(sorted(schema))))
     section = prefix.rstrip('.')
@@ -426,8 +510,8 @@ def _check_section(cfg, schema, prefix, sources):
                 out[key] = None
                 continue
             if not isinstance(value, dict):
-                raise ConfigError('%s: %r must be a mapping, got %r' % (_where(sources), name,
-                                                                       value))
+                raise ConfigError('%s: %r must be a mapping, got %r'
+                                  % (_where(sources, name), name, value))
             out[key] = _check_section(value, spec, name + '.', sources)
             continue
         if key not in cfg:
@@ -455,19 +539,21 @@ def _check_across(cfg, sources):
         check_batch_size(cfg, n_train, sources)
     if cfg['gan'] is not None and cfg['model']['name'] != 'dcgan':
         raise ConfigError("%s: a config with a gan section trains a DCGAN: 'model.name' must "
-                          "be 'dcgan', got %r" % (_where(sources), cfg['model']['name']))
+                          "be 'dcgan', got %r" % (_where(sources, 'gan', 'model.name'),
+                                                  cfg['model']['name']))
 
 
 def check_batch_size(cfg, n_train, sources=None):
     """``data.batch_size`` must not exceed the ``n_train`` training images: a larger batch
     would wrap around the set, counting several epochs per update."""
-    batch = cfg['data']['batch_size']
+    batch, subset = cfg['data']['batch_size'], cfg['data']['subset']
     if batch > n_train:
+        keys = ('data.batch_size',) + (('data.subset',) if subset is not None else ())
         raise ConfigError(
             "%s: 'data.batch_size' is %d but there are only %d training images%s: lower "
             'data.batch_size or use more images' % (
-                _where(sources or cfg.get('_sources', ['<config>'])), batch, n_train,
-                ' (data.subset)' if cfg['data']['subset'] is not None else ''))
+                _where(sources or _sources_of(cfg), *keys), batch, n_train,
+                ' (data.subset)' if subset is not None else ''))
 
 
 def validate(cfg, sources=('<dict>',)):
@@ -492,12 +578,11 @@ def check_layers(cfg, model, sources=None):
     """Every ``mn.layers`` name must be a layer of ``model`` (error lists valid names)."""
     if not cfg.get('mn'):
         return []
-    from mixnorm.placement import expand_names
     try:
-        return expand_names(model, cfg['mn']['layers'])
+        return placement.expand_names(model, cfg['mn']['layers'])
     except ValueError as e:
-        raise ConfigError('%s: mn.layers: %s' % (_where(sources or cfg.get('_sources', [])),
-                                                 e)) from None
+        raise ConfigError('%s: mn.layers: %s' % (_where(sources or _sources_of(cfg),
+                                                        'mn.layers'), e)) from None
 
 
 def differences(a, b, ignore=()):

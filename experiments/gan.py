@@ -7,7 +7,8 @@
     python -m experiments.gan compare BN_RUN_DIR MN_RUN_DIR
 
 Figures 6-7 are drawn from these runs by :mod:`experiments.figures.dcgan`
-(``python scripts/figures.py fig6|fig7``).
+(``python scripts/figures.py fig6|fig7``); ``compare`` sets their numbers beside the
+paper's (:func:`experiments.compare.compare_dcgan`).
 
 Setting (the paper's, which are exactly Chainer-GAN-lib's ``train.py`` defaults for its
 DCGAN; models in :mod:`experiments.models.dcgan`):
@@ -36,7 +37,7 @@ DCGAN; models in :mod:`experiments.models.dcgan`):
   keeps a finished one (:func:`experiments.records.prepare_run`).
 * Records: ``config.yaml``, ``log.json`` (every ``gan.log_every`` updates and at every
   evaluation: ``gen/loss``, ``dis/loss``, ``dis/loss_real``, ``dis/loss_fake``, ``fid``
-  at evaluations, MN's K'), ``summary.json`` (:func:`summarize`).
+  at evaluations, MN's K'), ``summary.json`` (:func:`summary_fields`).
 
 Without the FID weights a run stops before training with instructions
 (:func:`experiments.fid.missing_weights_message`); ``--no-fid`` trains without FID.
@@ -46,7 +47,6 @@ every record, comparison and figure then says "RANDOM-WEIGHTS ... NOT FID".
 from mixnorm import _compat  # noqa: F401
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -59,12 +59,12 @@ from chainer import training
 from chainer.training import extensions
 
 from experiments import cli
+from experiments import compare
 from experiments import config as config_lib
 from experiments import data as data_lib
-from experiments import environment
 from experiments import fid as fid_lib
 from experiments import paper
-from experiments import parallel as parallel_lib
+from experiments import pipeline
 from experiments import records
 from experiments import train as train_lib
 from experiments.models import dcgan
@@ -73,7 +73,6 @@ SNAPSHOT_PREFIX = 'snapshot_iter_'
 SNAPSHOTS_KEPT = 3
 SAMPLES_DIR = 'samples'
 GAN_SMOKE_PRESET = 'gan_smoke'
-FID_KEY = 'fid'
 NOT_FID = 'RANDOM-WEIGHTS'
 
 
@@ -256,7 +255,7 @@ class GANEvaluation(training.Extension):
         z = gen.sample_z(numpy.random.RandomState(self.fid_z_seed), self.n_samples)
         value = fid_lib.fid_of_images(self.extractor, generate(gen, z, self.batch_size),
                                       self.real_mu, self.real_sigma)
-        chainer.report({FID_KEY: value, 'fid_time': time.time() - start})
+        chainer.report({records.FID_KEY: value, 'fid_time': time.time() - start})
         if self.log:
             self.log('step %d: %s %.4f (%.1f s)' % (step, 'FID' if not
                                                    self.extractor.random_weights else
@@ -288,6 +287,11 @@ def real_images_for_fid(images, n_real):
     return images[numpy.sort(numpy.random.RandomState(0).permutation(len(images))[:n_real])]
 
 
+def snapshot_trigger(cfg):
+    """Every ``gan.snapshot_every`` updates."""
+    return cfg['gan']['snapshot_every'], 'iteration'
+
+
 def build_trainer(cfg, gen, dis, images, out, device, extractor=None, real_stats=None,
                   progress=True):
     gcfg, fcfg = cfg['gan'], cfg['gan']['fid']
@@ -316,49 +320,21 @@ def build_trainer(cfg, gen, dis, images, out, device, extractor=None, real_stats
         filename='log.json'))
     trainer.extend(extensions.snapshot(filename=SNAPSHOT_PREFIX + '{.updater.iteration}',
                                        n_retains=SNAPSHOTS_KEPT),
-                   trigger=(gcfg['snapshot_every'], 'iteration'))
+                   trigger=snapshot_trigger(cfg))
     if progress:
         train_lib.progress_extensions(
-            trainer, ['epoch', 'iteration', 'gen/loss', 'dis/loss', FID_KEY, 'elapsed_time'],
-            bar_interval=10)
+            trainer, ['epoch', 'iteration', 'gen/loss', 'dis/loss', records.FID_KEY,
+                      'elapsed_time'], bar_interval=10)
     return trainer, evaluation
 
 
 # ------------------------------------------------------------------------ records
 
-def fid_curve(log):
-    """[(step, fid)] of the evaluations in a LogReport log."""
-    return [(int(e['iteration']), float(e[FID_KEY])) for e in log
-            if e.get(FID_KEY) is not None and math.isfinite(e[FID_KEY])]
-
-
-def steps_to_fid(curve, target):
-    """First evaluated step with FID <= target (None if never)."""
-    for step, value in curve:
-        if value <= target + 1e-12:
-            return step
-    return None
-
-
-def interpolated_steps_to_fid(curve, target):
-    """Step at which the piecewise-linear FID curve first reaches ``target`` (the paper's
-    "25K" lies between evaluations, read off its curve); None if never."""
-    prev = None
-    for step, value in curve:
-        if value <= target + 1e-12:
-            if prev is None or prev[1] == value:
-                return float(step)
-            s0, v0 = prev
-            return s0 + (v0 - target) / (v0 - value) * (step - s0)
-        prev = (step, value)
-    return None
-
-
-def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, env,
-              fid_info=None, dataset_size=None, finished=None, updates_done=None):
-    """The ``summary.json`` of a GAN run (``finished`` / ``updates_done``: the trainer's
-    own state; default: read off the log)."""
-    curve = fid_curve(log)
+def summary_fields(cfg, log, fid_info=None, finished=None, updates_done=None):
+    """What a GAN run measures, for :func:`experiments.records.summarize`: its FID
+    network, updates and FID curve (``finished`` / ``updates_done``: the trainer's own
+    state; default: read off the log)."""
+    curve = records.fid_curve(log)
     low = min(curve, key=lambda sv: sv[1]) if curve else (None, None)
     target = cfg['gan']['target_fid']
     paper_bn = paper.rows('sections', 'cifar10')['dcgan']['bn_lowest_fid']
@@ -367,19 +343,10 @@ def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, en
     if finished is None:
         finished = done >= cfg['gan']['updates']
     fid_info = fid_info or {'enabled': False, 'label': 'FID disabled'}
-    random_weights = bool(fid_info.get('random_weights'))
-    summary = {
-        'experiment': cfg['experiment'],
-        'row': cfg['row'],
-        'dataset': cfg['data']['dataset'],
-        'paper_dataset': records.stands_for(cfg, cfg.get('_sources', ())),
-        'dataset_source': dataset_source,
-        'dataset_size': dataset_size,
-        'smoke': bool(cfg.get('smoke')),
+    return {
         'fid_label': fid_info.get('label'),
-        'fid_random_weights': random_weights,
+        'fid_random_weights': bool(fid_info.get('random_weights')),
         'fid': fid_info,
-        'seed': cfg['train']['seed'],
         'mn_layers': cfg['mn']['layers'] if cfg.get('mn') else None,
         'updates_planned': cfg['gan']['updates'],
         'updates_done': done,
@@ -389,20 +356,15 @@ def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, en
         'lowest_fid_step': low[0],
         'final_fid': curve[-1][1] if curve else None,
         'target_fid': target,
-        'steps_to_target_fid': steps_to_fid(curve, target) if target is not None else None,
+        'steps_to_target_fid': (records.steps_to_fid(curve, target) if target is not None
+                                else None),
         'paper_bn_lowest_fid': paper_bn,
         # only meaningful with the standard FID network
-        'steps_to_paper_bn_lowest_fid': (steps_to_fid(curve, paper_bn)
+        'steps_to_paper_bn_lowest_fid': (records.steps_to_fid(curve, paper_bn)
                                          if fid_info.get('standard') else None),
         'final_gen_loss': next((e['gen/loss'] for e in reversed(log) if 'gen/loss' in e), None),
         'final_dis_loss': next((e['dis/loss'] for e in reversed(log) if 'dis/loss' in e), None),
-        'backend': backend,
-        'device': device_name,
-        'git_commit': env.get('git_commit'),
-        'wall_time_s': wall_time_s,
-        'environment': env,
     }
-    return records.judged(cfg, log, summary)
 
 
 # ----------------------------------------------------------------------------- run
@@ -413,143 +375,69 @@ NOT_PARALLEL = ('DCGAN training and its FID run in one process: the data-paralle
                 'GAN of Sec. 4.5; run it without --communicator (on one GPU: --device 0)')
 
 
+class GAN(pipeline.Kind):
+    """The GAN as a kind of run (:func:`experiments.pipeline.run`): generator,
+    discriminator, FID network and training images before the run directory begins
+    (the models first, so that their initial weights come from the seeded RNG); the
+    real images' FID statistics and the trainer (:func:`build_trainer`) after; its
+    summary fields are :func:`summary_fields`.  One process (:data:`NOT_PARALLEL`)."""
+    unit = 'update'
+
+    def check(self, cfg, par):
+        check_config(cfg)
+        if par.size > 1:
+            raise config_lib.ConfigError(NOT_PARALLEL)
+
+    def prepare(self, cfg, device, dataset, par):
+        self.gen, self.dis = build_models(cfg)
+        self.extractor = build_extractor(cfg['gan']['fid'], device)  # fails fast on bad weights
+        if dataset is None:
+            dataset = pipeline.load_data(cfg)
+        config_lib.check_batch_size(cfg, dataset.n_train)
+        self.images = training_images(dataset)
+        if self.gen.image_size != self.images.shape[-1]:
+            raise config_lib.ConfigError('the generator makes %d px images but the data are '
+                                         '%d px' % (self.gen.image_size, self.images.shape[-1]))
+        return dataset
+
+    def trainer(self, cfg, out, device, progress):
+        fcfg = cfg['gan']['fid']
+        real_stats, self.fid_info = None, {'enabled': False, 'label': 'FID disabled'}
+        if self.extractor is not None:
+            real = real_images_for_fid(self.images, fcfg['n_real'])
+            mu, sigma, cache = fid_lib.real_statistics(
+                self.extractor, real, cache_dir=fcfg['cache_dir'], tag=cfg['data']['dataset'],
+                log=print if progress else None)
+            real_stats = (mu, sigma)
+            self.fid_info = dict(self.extractor.describe(), enabled=True,
+                                 n_samples=fcfg['n_samples'], n_real=int(len(real)),
+                                 real_statistics=cache)
+        self.gen.to_device(device)
+        self.dis.to_device(device)
+        trainer, _ = build_trainer(cfg, self.gen, self.dis, self.images, out, device,
+                                   self.extractor, real_stats, progress=progress)
+        return trainer
+
+    def snapshot_trigger(self, cfg):
+        return snapshot_trigger(cfg)
+
+    def summary_fields(self, cfg, log, trainer, finished):
+        return summary_fields(cfg, log, self.fid_info, finished=finished,
+                              updates_done=trainer.updater.iteration)
+
+
 def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
-        force=False, log=print, start=None):
-    """Train the GAN of ``cfg`` (validated; see :func:`load_config`); returns the
-    summary.  ``resume``: ``'auto'`` (skip a finished run, resume an interrupted one) or a
-    snapshot path; ``force``: start over; ``start``: that decision already taken by
-    :func:`experiments.records.prepare_run`;
-    ``dataset``: a loaded :class:`experiments.data.Dataset` (tests)."""
-    check_config(cfg)
-    cfg = parallel_lib.create(None).record(cfg)     # one process (see NOT_PARALLEL)
-    out = out or records.run_dir(cfg)
-    start = start or records.prepare_run(cfg, out, resume, force)
-    if start.action == 'skip':
-        log(start.message)
-        return start.summary
-    device = train_lib.resolve_device(device) \
-        if not isinstance(device, chainer.backend.Device) else device
-    seed = cfg['train']['seed']
-    train_lib.seed_everything(device, seed)
-    gen, dis = build_models(cfg)          # first: initial weights from the seeded RNG
-    fcfg = cfg['gan']['fid']
-    extractor = build_extractor(fcfg, device)   # fails fast on missing/bad weights
-    if dataset is None:
-        dataset = train_lib.load_data(cfg)
-    config_lib.check_batch_size(cfg, dataset.n_train)
-    images = training_images(dataset)
-    if gen.image_size != images.shape[-1]:
-        raise config_lib.ConfigError('the generator makes %d px images but the data are %d px'
-                                     % (gen.image_size, images.shape[-1]))
-    records.begin(out, cfg, start, log)
-    real_stats, fid_info = None, {'enabled': False, 'label': 'FID disabled'}
-    if extractor is not None:
-        real = real_images_for_fid(images, fcfg['n_real'])
-        mu, sigma, cache = fid_lib.real_statistics(
-            extractor, real, cache_dir=fcfg['cache_dir'], tag=cfg['data']['dataset'],
-            log=print if progress else None)
-        real_stats = (mu, sigma)
-        fid_info = dict(extractor.describe(), enabled=True, n_samples=fcfg['n_samples'],
-                        n_real=int(len(real)), real_statistics=cache)
-    gen.to_device(device)
-    dis.to_device(device)
-    trainer, _ = build_trainer(cfg, gen, dis, images, out, device, extractor, real_stats,
-                               progress=progress)
-    resumed = records.load_snapshot(trainer, start, log=log)
-    if resumed:
-        log('resumed from %s (update %d)' % (resumed, trainer.updater.iteration))
-    session_start = time.time()
-    env = environment.describe()
-
-    def write_summary(finished):
-        log_path = os.path.join(out, 'log.json')
-        entries = records.read_json(log_path) if os.path.exists(log_path) else []
-        summary = summarize(cfg, entries, dataset_source=dataset.source,
-                            dataset_size={'train': dataset.n_train, 'test': dataset.n_test},
-                            backend='cupy' if device.xp is not numpy else 'numpy',
-                            device_name=train_lib.device_name(device),
-                            wall_time_s=train_lib.elapsed_time(trainer), env=env,
-                            fid_info=fid_info,
-                            finished=finished, updates_done=trainer.updater.iteration)
-        summary['session_wall_time_s'] = time.time() - session_start
-        summary['resumed_from'] = os.path.relpath(resumed, out) if resumed else None
-        records.write_json(os.path.join(out, 'summary.json'), summary)
-        return summary
-
-    write_summary(finished=False)
-    train_lib.train_loop(trainer, out, write_summary, unit='update')
-    return write_summary(finished=True)
-
-
-# ------------------------------------------------------------------- comparison
-
-def _read_run(path):
-    run = records.Run(path)
-    if run.config.get('experiment') != 'dcgan' and not run.config.get('gan'):
-        raise records.RunError('%s is not a GAN run (its experiment is %r)'
-                               % (path, run.config.get('experiment')))
-    return run
-
-
-def compare_dcgan(bn_run_dir, mn_run_dir, show=True):
-    """Our DCGAN-BN / DCGAN-MN numbers beside the paper's (Sec. 4.5): lowest FID, the
-    step it was reached, and the step at which MN first reaches BN's lowest FID (at an
-    evaluation, and linearly interpolated) with the reduction in percent.  Returns a dict
-    (``rows``, ``status``, ``text``); prints the text when ``show``."""
-    bn, mn = _read_run(bn_run_dir), _read_run(mn_run_dir)
-    ref = paper.rows('sections', 'cifar10')['dcgan']
-    cb, cm = fid_curve(bn.log), fid_curve(mn.log)
-    bn_low = min(cb, key=lambda sv: sv[1]) if cb else (None, None)
-    mn_low = min(cm, key=lambda sv: sv[1]) if cm else (None, None)
-    reach = steps_to_fid(cm, bn_low[1]) if cb else None
-    reach_interp = interpolated_steps_to_fid(cm, bn_low[1]) if cb else None
-    reduction = (100.0 * (1 - reach / bn_low[0]) if reach is not None and bn_low[0]
-                 else None)
-    reduction_interp = (100.0 * (1 - reach_interp / bn_low[0])
-                        if reach_interp is not None and bn_low[0] else None)
-    rows = [
-        ('DCGAN-BN lowest FID', bn_low[1], ref['bn_lowest_fid']),
-        ('DCGAN-BN step of lowest FID', bn_low[0], ref['bn_steps_to_lowest_fid']),
-        ('DCGAN-MN lowest FID', mn_low[1], ref['mn_lowest_fid']),
-        ('DCGAN-MN step of lowest FID', mn_low[0], None),
-        ('DCGAN-MN first evaluation with FID <= BN lowest', reach,
-         ref['mn_steps_to_reach_bn_lowest_fid']),
-        ('  same, linearly interpolated between evaluations', reach_interp,
-         ref['mn_steps_to_reach_bn_lowest_fid']),
-        ('step reduction (%) (evaluations)', reduction, ref['steps_reduction_percent']),
-        ('step reduction (%) (interpolated)', reduction_interp,
-         ref['steps_reduction_percent']),
-    ]
-    verdicts = [records.assess(r) for r in (bn, mn)]
-    notes = sorted({reason for v in verdicts for reason in v.reasons})
-    unfinished = [r.config['row'] for r, v in zip((bn, mn), verdicts)
-                  if v.status != records.FINISHED]
-    status = 'NOT COMPARABLE (%s)' % '; '.join(notes) if notes else 'comparable'
-    if unfinished:
-        status += '; not finished: %s' % ', '.join(unfinished)
-    labels = {(r.summary or {}).get('fid_label') for r in (bn, mn)} - {None}
-    lines = ['DCGAN on CIFAR-10 (paper Sec. 4.5): ours vs the paper  [%s]' % status,
-             'runs: BN %s | MN %s' % (bn.path, mn.path)]
-    lines += ['FID network: %s' % lbl for lbl in sorted(labels)]
-    width = max(len(r[0]) for r in rows)
-    lines.append('%-*s  %12s  %12s' % (width, 'metric', 'ours', 'paper'))
-    for name, ours, theirs in rows:
-        lines.append('%-*s  %12s  %12s' % (width, name, _fmt(ours), _fmt(theirs)))
-    lines.append('paper: "%s"' % ref['quote'])
-    text = '\n'.join(lines)
-    if show:
-        print(text)
-    return {'rows': [{'metric': n, 'ours': o, 'paper': p} for n, o, p in rows],
-            'status': status, 'text': text, 'bn_run': bn.path, 'mn_run': mn.path,
-            'fid_labels': sorted(labels)}
-
-
-def _fmt(v):
-    if v is None:
-        return '-'
-    if isinstance(v, float) and not v.is_integer():
-        return '%.2f' % v
-    return '%d' % v
+        force=False, log=print, start=None, par=None):
+    """Train the GAN of ``cfg`` (validated; see :func:`load_config`) through the run
+    pipeline (:func:`experiments.pipeline.run`); returns the summary.  ``resume``:
+    ``'auto'`` (skip a finished run, resume an interrupted one) or a snapshot path;
+    ``force``: start over; ``start``: that decision already taken by
+    :func:`experiments.records.prepare_run`; ``dataset``: a loaded
+    :class:`experiments.data.Dataset` (tests); ``par``: the processes
+    (:mod:`experiments.parallel`), only one (see :data:`NOT_PARALLEL`)."""
+    return pipeline.run(GAN(), cfg, out=out, device=device, resume=resume,
+                        progress=progress, dataset=dataset, force=force, log=log,
+                        start=start, par=par)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -561,9 +449,23 @@ def _compare_main(argv):
     p.add_argument('mn_run')
     p.add_argument('--json', help='also write the comparison as JSON here')
     args = p.parse_args(argv)
-    result = compare_dcgan(args.bn_run, args.mn_run)
+    result = compare.compare_dcgan(args.bn_run, args.mn_run)
     if args.json:
         records.write_json(args.json, result)
+
+
+def config_overrides(args):
+    """The shared run arguments' overrides (:func:`experiments.train.config_overrides`)
+    and the FID's: --inception-weights, --no-fid and --fid-cache (which
+    ``scripts/reproduce.py`` does not have)."""
+    sets = train_lib.config_overrides(args)
+    if args.inception_weights:
+        sets.append('gan.fid.weights=%s' % os.path.abspath(args.inception_weights))
+    if args.no_fid:
+        sets.append('gan.fid.enabled=false')
+    if getattr(args, 'fid_cache', None):
+        sets.append('gan.fid.cache_dir=%s' % os.path.abspath(args.fid_cache))
+    return sets
 
 
 @cli.entry_point
@@ -591,14 +493,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.communicator:
         raise config_lib.ConfigError(NOT_PARALLEL)
-    sets = train_lib.config_overrides(args)
-    if args.inception_weights:
-        sets.append('gan.fid.weights=%s' % os.path.abspath(args.inception_weights))
-    if args.no_fid:
-        sets.append('gan.fid.enabled=false')
-    if args.fid_cache:
-        sets.append('gan.fid.cache_dir=%s' % os.path.abspath(args.fid_cache))
-    cfg = load_config(args.config, args.preset, sets)
+    cfg = load_config(args.config, args.preset, config_overrides(args))
     out = args.out or records.run_dir(cfg)
     summary = run(cfg, out=out, device=args.device, resume=args.resume,
                   progress=not args.no_progress, force=args.force)
@@ -607,7 +502,7 @@ def main(argv=None):
 
 def describe_result(summary, out):
     """The closing line of a GAN run."""
-    verdict = records.assess(records.Run(out))
+    verdict = records.Assessment.recorded(summary)
     if summary['lowest_fid'] is None:
         what = 'no FID (%s)' % summary['fid_label']
     else:

@@ -20,8 +20,19 @@ which is the P = 1 case of the same code: every method is then the identity.  Un
   (``snapshot_epoch_<e>`` on rank 0, ``snapshot_epoch_<e>.rank<r>`` on the others:
   each holds its shard's iterator and augmentation state), so that a resumed run
   continues where it stopped.
+
+A failure on one process ends every process (:mod:`experiments.cli` prints it once and
+leaves together): a step that every process runs alone (loading the config and the
+data, opening the device) is agreed on afterwards (:meth:`Parallel.together`), a step
+that rank 0 decides for all is broadcast with its error (:meth:`Parallel.decide`), and
+a failure inside training, where the others wait in a collective, calls ``MPI_Abort``
+(:func:`abort`).  Running under ``mpiexec -n P`` without ``--communicator`` is an error
+(:func:`launched_world` reads P from the launcher).
 """
 import os
+import signal
+import sys
+import time
 
 import numpy
 
@@ -33,9 +44,77 @@ INSTALL = "pip install -e '.[distributed]' (mpi4py and the mpich wheel)"
 RANK_SEED = 7919
 
 
+#: The environment variables in which launchers pass (size, rank) to each process:
+#: MPICH/Hydra and Intel MPI, Open MPI, MVAPICH, PMIx.
+LAUNCHER_VARS = (('PMI_SIZE', 'PMI_RANK'), ('OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_RANK'),
+                 ('MV2_COMM_WORLD_SIZE', 'MV2_COMM_WORLD_RANK'), ('PMIX_SIZE', 'PMIX_RANK'))
+
+
+def launched_world():
+    """``(rank, size)`` of this process as started: from MPI itself once mpi4py has
+    initialized it, else from the launcher's environment (``mpiexec -n P`` sets
+    ``PMI_SIZE``, ``OMPI_COMM_WORLD_SIZE``, ...); ``(0, 1)`` for a plain process."""
+    mpi = sys.modules.get('mpi4py.MPI')
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        return mpi.COMM_WORLD.Get_rank(), mpi.COMM_WORLD.Get_size()
+    for size_var, rank_var in LAUNCHER_VARS:
+        try:
+            return int(os.environ.get(rank_var, 0)), int(os.environ[size_var])
+        except (KeyError, ValueError):
+            continue
+    return 0, 1
+
+
+def abort(status):
+    """End every process of the job now with exit status ``status``: ``MPI_Abort``.  A
+    process that ``mpiexec`` started but that has not initialized MPI yet (Ctrl-C in
+    its first second) ends itself by SIGTERM instead: the launcher then ends the others,
+    which a plain exit would leave waiting in ``MPI_Init``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    mpi = sys.modules.get('mpi4py.MPI')
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.COMM_WORLD.Abort(status)
+    if launched_world()[1] > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+    raise SystemExit(status)
+
+
+class RaisedAlike(Exception):
+    """What a process raises when a step failed on another one (rank ``ranks[0]``
+    prints the error; this one leaves quietly with it)."""
+
+    def __init__(self, ranks):
+        super().__init__('failed on rank %s' % ', '.join(map(str, ranks)))
+        self.ranks = ranks
+
+
+def mark_alike(error, speaks):
+    """Mark ``error`` as raised on every process at the same step, so that they all end
+    together without ``MPI_Abort``; only the processes with ``speaks`` print it."""
+    error.raised_alike = True
+    error.speaks = bool(speaks)
+    return error
+
+
+def not_launched_alone(name):
+    """A :class:`ConfigError` when ``mpiexec -n P > 1`` started this process without a
+    communicator: the P processes would each train the whole run into one directory."""
+    rank, size = launched_world()
+    if name is None and size > 1:
+        raise mark_alike(config_lib.ConfigError(
+            'this process is one of %d started by mpiexec, but without --communicator: '
+            'each would train the whole run alone into the same run directory; add '
+            '--communicator naive (CPU processes) or pure_nccl (GPUs), or run one '
+            'process without mpiexec' % size), speaks=rank == 0)
+
+
 def create(name):
     """The :class:`Parallel` of communicator ``name`` (None: one process)."""
     if name is None:
+        not_launched_alone(name)
         return Parallel(None, None)
     try:
         import mpi4py  # noqa: F401
@@ -50,9 +129,7 @@ def create(name):
                                      '(CPU processes use naive; GPUs pure_nccl)'
                                      % (name, ' '.join(str(e).split()))) from None
     import chainermn.global_except_hook
-    chainermn.global_except_hook.add_hook()     # a crash on one rank ends them all
-    from experiments import cli
-    cli.set_rank(comm.rank)                     # rank 0 speaks for all
+    chainermn.global_except_hook.add_hook()     # a crash outside the commands' error path
     return Parallel(name, comm)
 
 
@@ -72,13 +149,19 @@ class Parallel:
 
     # ------------------------------------------------------------------ config
     def per_rank_batch_size(self, cfg):
-        """``data.batch_size / P``; a :class:`ConfigError` when P does not divide it."""
+        """``data.batch_size / P``; a :class:`ConfigError` naming the ``mpiexec -n`` to
+        use when P does not divide it."""
         batch = cfg['data']['batch_size']
         if batch % self.size:
+            fits = [n for n in range(1, batch + 1) if batch % n == 0]
+            near = [n for n in (max([n for n in fits if n < self.size], default=None),
+                                min([n for n in fits if n > self.size], default=None))
+                    if n is not None]
             raise config_lib.ConfigError(
                 'data.batch_size=%d (the global batch) does not divide among %d processes: '
-                'run a number of processes that divides it, or --set data.batch_size=...'
-                % (batch, self.size))
+                'run %s, or --set data.batch_size=... to a multiple of %d'
+                % (batch, self.size, ' or '.join('mpiexec -n %d' % n for n in near),
+                   self.size))
         return batch // self.size
 
     def record(self, cfg):
@@ -130,19 +213,18 @@ class Parallel:
         return self.comm
 
     def optimizer(self, optimizer):
+        """ChainerMN's multi-node optimizer around ``optimizer``, its target's
+        parameters broadcast from rank 0 now: the multi-node optimizer would otherwise
+        spend its first update on that broadcast, leaving the first snapshot without
+        optimizer state (not resumable) and a resumed run a step apart from an
+        uninterrupted one."""
         if self.comm is None:
             return optimizer
         import chainermn
-        return chainermn.create_multi_node_optimizer(optimizer, self.comm)
-
-    def resumed(self, trainer):
-        """After every process loaded its snapshot: the parameters already agree, so
-        the multi-node optimizer must not spend the next update on broadcasting them
-        (it does so when it first sees its parameters), or a resumed run would lose a
-        step against an uninterrupted one."""
-        if self.comm is not None:
-            optimizer = trainer.updater.get_optimizer('main')
-            optimizer.is_changed(optimizer.target)
+        multi = chainermn.create_multi_node_optimizer(optimizer, self.comm)
+        if multi.is_changed(multi.target):      # records the parameters it has seen
+            self.comm.bcast_data(multi.target)
+        return multi
 
     def evaluator(self, evaluator):
         if self.comm is None:
@@ -152,7 +234,8 @@ class Parallel:
 
     # ------------------------------------------------------------------ agreement
     def decide(self, fn):
-        """``fn()`` on rank 0, its result (or its error) on every process."""
+        """``fn()`` on rank 0, its result (or its error, printed by rank 0 alone) on
+        every process."""
         if self.comm is None:
             return fn()
         result = error = None
@@ -163,8 +246,34 @@ class Parallel:
                 error = e
         result, error = self.comm.bcast_obj((result, error) if self.writer else None)
         if error is not None:
-            raise error
+            raise mark_alike(error, speaks=self.writer)
         return result
+
+    def together(self, fn):
+        """``fn()`` on every process (a step without collectives, such as loading the
+        data), then agree on how it went: when it raised on some, every process raises,
+        and each error is printed once, by the lowest rank that raised its text.  So a
+        failure on one process ends them all instead of leaving the others waiting."""
+        if self.comm is None:
+            return fn()
+        result = error = None
+        try:
+            result = fn()
+        except Exception as e:
+            error = e
+        texts = self.allgather(None if error is None else '%s: %s' % (type(error), error))
+        failed = [r for r, t in enumerate(texts) if t is not None]
+        if not failed:
+            return result
+        if error is None:
+            raise mark_alike(RaisedAlike(failed), speaks=False)
+        raise mark_alike(error, speaks=texts.index(texts[self.rank]) == self.rank)
+
+    def allgather(self, obj):
+        """[``obj`` of rank 0, ..., of rank P - 1] on every process."""
+        if self.comm is None:
+            return [obj]
+        return self.comm.mpi_comm.allgather(obj)
 
     def snapshot_suffix(self):
         return '' if self.rank == 0 else '.rank%d' % self.rank

@@ -5,7 +5,8 @@ A run directory (``results/runs/<experiment>/<dataset>/<row>/seed<k>/``; smoke r
 under ``results/runs/smoke/...``) holds ``config.yaml`` (the resolved config and the
 files and overrides it was merged from), ``log.json`` (Chainer's LogReport),
 ``summary.json`` and the trainer snapshots ``snapshot_epoch_<e>`` (GAN runs:
-``snapshot_iter_<k>``).
+``snapshot_iter_<k>``; the other processes of a data-parallel run
+``snapshot_epoch_<e>.rank<r>``).
 
 :func:`assess` decides, from a run's record alone, its status (finished, interrupted,
 not started), the dataset it stands for, and the two kinds of comparability, kept
@@ -24,6 +25,9 @@ import os
 import re
 import shutil
 
+import yaml
+
+from experiments import config as config_lib
 from experiments import environment
 from experiments import paper
 
@@ -31,6 +35,7 @@ RUNS_ROOT = os.path.join(environment.REPO_ROOT, 'results', 'runs')
 
 TEST_ACC = 'validation/main/accuracy'
 TEST_LOSS = 'validation/main/loss'
+FID_KEY = 'fid'
 
 FINISHED = 'finished'
 INTERRUPTED = 'interrupted'
@@ -40,21 +45,18 @@ SNAPSHOT_RE = re.compile(r'snapshot_(?:epoch|iter)_(\d+)$')
 #: What a run writes into its directory (removed when it starts over).
 RUN_FILES = ('log.json', 'summary.json', 'generator_best.npz')
 RUN_FOLDERS = ('mixtures', 'samples')
-#: Keys that may differ between a run's config.yaml and the config resuming it: where
-#: the data or the FID weights are found does not change the run.
-RESUME_IGNORED = ('description', 'data.data_dir', 'data.download', 'gan.fid.weights',
-                  'gan.fid.cache_dir')
-#: ``--set`` keys that do not change what a run measures (paths, seeds, bookkeeping);
-#: any other override makes a run not the paper's row.  The dataset, its size, the
-#: length of training and the FID network are judged by themselves (COVERED).
-NEUTRAL_OVERRIDES = ('description', 'data.data_dir', 'data.download', 'data.test_batch_size',
-                     'train.seed', 'train.snapshot_every', 'train.save_mixtures',
-                     'train.target_accuracy', 'train.checkpoints', 'gan.snapshot_every',
-                     'gan.log_every', 'gan.grid', 'gan.target_fid', 'gan.fid.weights',
-                     'gan.fid.cache_dir', 'gan.fid.batch_size')
-COVERED_OVERRIDES = ('smoke', 'data.dataset', 'data.subset', 'train.epochs',
-                     'train.max_iterations', 'gan.updates', 'gan.fid.enabled',
-                     'gan.fid.random_weights', 'train.sync_normalization')
+#: What a run killed while writing leaves: Chainer's temporary snapshot and log
+#: folders, the temporary file of :func:`write_json`.
+LEFTOVERS = ('tmpsnapshot_*', 'log.json?*', '*.tmp')
+#: Keys that may differ between a run's config.yaml and the config resuming it (the
+#: schema's leaves flagged RESUME_FREE: where the data or the FID weights are found).
+RESUME_IGNORED = config_lib.keys_flagged(config_lib.RESUME_FREE)
+#: ``--set`` keys that keep a run the paper's row: those that do not change what it
+#: measures (flagged NEUTRAL) and those judged by themselves (flagged JUDGED: the
+#: dataset, its size, the length of training, the FID network); any other override
+#: makes a run not the paper's row.
+ALLOWED_OVERRIDES = frozenset(config_lib.keys_flagged(config_lib.NEUTRAL)
+                              + config_lib.keys_flagged(config_lib.JUDGED))
 
 
 class RunError(RuntimeError):
@@ -107,8 +109,6 @@ def write_config(out, cfg):
     """Create the run directory ``out`` and write the resolved ``config.yaml``: a first
     comment line naming the files and overrides it was merged from, the config, and
     the same list as ``_sources`` (which validation ignores)."""
-    from experiments import config as config_lib
-    import yaml
     os.makedirs(out, exist_ok=True)
     sources = list(cfg.get('_sources', []))
     with open(os.path.join(out, 'config.yaml'), 'w') as f:
@@ -177,32 +177,20 @@ def steps_to_accuracy(log, target_percent):
     return None
 
 
-def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, env,
-              dataset_size=None, finished=None, iterations=None, epochs_done=None):
-    """The ``summary.json`` of a classifier run from its config and LogReport entries.
-
-    ``dataset_size``: ``{'train': n, 'test': m}`` of the data it trained on;
-    ``finished`` / ``iterations`` / ``epochs_done``: the trainer's own state (default:
-    read off the log).
-    """
+def classifier_fields(cfg, log, finished=None, iterations=None, epochs_done=None):
+    """What a classifier run measures, for :func:`summarize`: its processes, progress and
+    test accuracies (``finished`` / ``iterations`` / ``epochs_done``: the trainer's own
+    state; default: read off the log)."""
     epochs = cfg['train']['epochs']
     accs = [e[TEST_ACC] for e in log if TEST_ACC in e]
     target = cfg['train'].get('target_accuracy')
     done_epochs = epochs_done if epochs_done is not None else (log[-1]['epoch'] if log else 0)
     if finished is None:
         finished = bool(log) and done_epochs >= math.floor(epochs)
-    summary = {
-        'experiment': cfg['experiment'],
-        'row': cfg['row'],
-        'dataset': cfg['data']['dataset'],
-        'paper_dataset': stands_for(cfg, cfg.get('_sources', ())),
-        'dataset_source': dataset_source,
-        'dataset_size': dataset_size,
-        'smoke': bool(cfg.get('smoke')),
+    return {
         'world_size': cfg.get('world_size', 1),
         'communicator': cfg.get('communicator'),
         'per_rank_batch_size': cfg.get('per_rank_batch_size') or cfg['data']['batch_size'],
-        'seed': cfg['train']['seed'],
         'epochs_planned': epochs,
         'epochs_done': done_epochs,
         'iterations': iterations if iterations is not None else
@@ -214,6 +202,56 @@ def summarize(cfg, log, *, dataset_source, backend, device_name, wall_time_s, en
         'final_test_loss': next((e[TEST_LOSS] for e in reversed(log) if TEST_LOSS in e), None),
         'target_accuracy': target,
         'steps_to_target': steps_to_accuracy(log, target) if target is not None else None,
+    }
+
+
+def fid_curve(log):
+    """[(step, fid)] of the evaluations in a GAN run's LogReport log."""
+    return [(int(e['iteration']), float(e[FID_KEY])) for e in log
+            if e.get(FID_KEY) is not None and math.isfinite(e[FID_KEY])]
+
+
+def steps_to_fid(curve, target):
+    """First evaluated step with FID <= target (None if never)."""
+    for step, value in curve:
+        if value <= target + 1e-12:
+            return step
+    return None
+
+
+def interpolated_steps_to_fid(curve, target):
+    """Step at which the piecewise-linear FID curve first reaches ``target`` (the paper's
+    "25K" lies between evaluations, read off its curve); None if never."""
+    prev = None
+    for step, value in curve:
+        if value <= target + 1e-12:
+            if prev is None or prev[1] == value:
+                return float(step)
+            s0, v0 = prev
+            return s0 + (v0 - target) / (v0 - value) * (step - s0)
+        prev = (step, value)
+    return None
+
+
+def summarize(cfg, log, fields, *, dataset_source, backend, device_name, wall_time_s, env,
+              dataset_size=None):
+    """The ``summary.json`` of a run: what every run records (its row, data, seed,
+    hardware, commit, wall time) around ``fields``, what its kind of run measures
+    (:func:`classifier_fields`, :func:`experiments.gan.summary_fields`), with the verdict
+    of :func:`assess` (:func:`judged`).
+
+    ``dataset_size``: ``{'train': n, 'test': m}`` of the data it trained on.
+    """
+    summary = {
+        'experiment': cfg['experiment'],
+        'row': cfg['row'],
+        'dataset': cfg['data']['dataset'],
+        'paper_dataset': stands_for(cfg, cfg.get('_sources', ())),
+        'dataset_source': dataset_source,
+        'dataset_size': dataset_size,
+        'smoke': bool(cfg.get('smoke')),
+        'seed': cfg['train']['seed'],
+        **fields,
         'backend': backend,
         'device': device_name,
         'git_commit': env.get('git_commit'),
@@ -238,7 +276,6 @@ class Run:
     """A finished or partial run read back from its directory."""
 
     def __init__(self, path):
-        from experiments import config as config_lib
         self.path = path
         config_path = os.path.join(path, 'config.yaml')
         if not os.path.isfile(config_path):
@@ -319,6 +356,15 @@ class Assessment:
     comparable: bool
     reasons: tuple
     cohort: tuple = dataclasses.field(default=(), compare=False)
+
+    @classmethod
+    def recorded(cls, summary):
+        """The verdict a summary carries (:func:`judged` puts it there as the summary is
+        made): a run's status and comparability to the paper, without reading its
+        record back from disk (its cohort is not recorded: :func:`assess` tells it)."""
+        return cls(run_status(summary, None, ()), summary.get('paper_dataset'),
+                   bool(summary['comparable_to_paper']),
+                   tuple(summary['not_comparable_reasons']))
 
     def label(self):
         """``'comparable'`` or ``'NOT COMPARABLE (reason; reason)'`` (to the paper)."""
@@ -461,7 +507,7 @@ def _setting_reasons(cfg, sources):
     for src in sources:
         if src.startswith('--set '):
             key = src[len('--set '):].split('=', 1)[0].strip()
-            if key not in NEUTRAL_OVERRIDES and key not in COVERED_OVERRIDES:
+            if key not in ALLOWED_OVERRIDES:
                 reasons.append('%s (not the row\'s setting)' % src)
         elif '/presets/' in src.replace(os.sep, '/') and not cfg.get('smoke'):
             reasons.append('preset %s' % os.path.splitext(os.path.basename(src))[0])
@@ -508,7 +554,6 @@ class Start:
 
 def stored_config(out):
     """The validated config of the run in ``out`` (None if it has no config.yaml)."""
-    from experiments import config as config_lib
     path = os.path.join(out, 'config.yaml')
     if not os.path.isfile(path):
         return None
@@ -548,7 +593,6 @@ def prepare_run(cfg, out, resume='auto', force=False):
     ``cfg`` up to :data:`RESUME_IGNORED`; otherwise a
     :class:`~experiments.config.ConfigError` names the differing keys.
     """
-    from experiments import config as config_lib
     snaps = snapshots(out)
     summary_path = os.path.join(out, 'summary.json')
     summary = read_json(summary_path) if os.path.isfile(summary_path) else None
@@ -570,8 +614,8 @@ def prepare_run(cfg, out, resume='auto', force=False):
         if status == FINISHED:
             keep = 'pass --force to discard it and train this config from scratch'
         else:
-            keep = ('resume it with its own config (%s), or pass --force to discard it and '
-                    'train this config from scratch' % os.path.join(out, 'config.yaml'))
+            keep = ('%s, or pass --force to discard it and train this config from scratch'
+                    % resume_advice(stored, out, diffs))
         raise config_lib.ConfigError(
             '%s holds %s run of another config: %s; %s, or use --out another directory'
             % (out, 'a finished' if status == FINISHED else 'an interrupted',
@@ -587,11 +631,29 @@ def prepare_run(cfg, out, resume='auto', force=False):
                  clear=True)
 
 
+def resume_advice(stored, out, diffs):
+    """How to resume the run of config ``stored`` in ``out``: as many processes as it
+    had (``mpiexec -n P``) when that differs, else its own config."""
+    keys = {k for k, _, _ in diffs}
+    if keys & {'world_size', 'communicator'}:
+        size, name = stored.get('world_size', 1), stored.get('communicator')
+        if size > 1 or name:
+            return ('resume it as it was run: mpiexec -n %d python -m experiments.train '
+                    '... --communicator %s' % (size, name or 'naive'))
+        return 'resume it as it was run: one process, without mpiexec or --communicator'
+    return 'resume it with its own config (%s)' % os.path.join(out, 'config.yaml')
+
+
 def begin(out, cfg, start, log=print):
     """Act on ``start`` once a run is known to be able to start: clear what an earlier
-    run left in ``out`` if it starts over, say so, and write ``config.yaml``."""
+    run left in ``out`` if it starts over (else only the leftovers of an interrupted
+    write), say so, and write ``config.yaml``."""
     if start.clear:
         clear_run(out)
+    else:
+        gone = clear_leftovers(out)
+        if gone:
+            log('removed what an interrupted write left in %s: %s' % (out, ', '.join(gone)))
     if start.message:
         log(start.message)
     write_config(out, cfg)
@@ -599,7 +661,7 @@ def begin(out, cfg, start, log=print):
 
 def clear_run(out):
     """Remove what a run wrote into ``out`` (:data:`RUN_FILES`, :data:`RUN_FOLDERS`,
-    snapshots); config.yaml is rewritten by the next run."""
+    snapshots, :data:`LEFTOVERS`); config.yaml is rewritten by the next run."""
     others = glob.glob(os.path.join(glob.escape(out), 'snapshot_*.rank*'))  # other ranks'
     for path in snapshots(out) + others + [os.path.join(out, f) for f in RUN_FILES]:
         if os.path.isfile(path):
@@ -607,46 +669,82 @@ def clear_run(out):
     for folder in RUN_FOLDERS:
         if os.path.isdir(os.path.join(out, folder)):
             shutil.rmtree(os.path.join(out, folder))
+    clear_leftovers(out)
 
 
-def load_own_snapshot(trainer, path):
-    """Load the snapshot file of a process other than rank 0 (``snapshot_*.rank<r>``),
-    whose epoch rank 0 chose."""
+def clear_leftovers(out):
+    """Remove the temporary files and folders a killed run left in ``out``
+    (:data:`LEFTOVERS`); returns their names."""
+    found = sorted({p for pattern in LEFTOVERS
+                    for p in glob.glob(os.path.join(glob.escape(out), pattern))})
+    for path in found:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
+    return [os.path.basename(p) for p in found]
+
+
+def _try_load(trainer, path):
+    """Load the snapshot file ``path`` into ``trainer``: None when it loaded, else
+    ``(kind, why)`` with kind ``'missing'``, ``'unreadable'`` or ``'unfit'`` (it does
+    not fit the trainer: another model, config or version of the code)."""
     import chainer
     if not os.path.isfile(path):
-        raise RunError('%s is missing: the run was made with another number of processes '
-                       '(resume it with the same mpiexec -n), or --force starts it over'
-                       % path)
+        return 'missing', 'is missing'
     try:
         chainer.serializers.load_npz(path, trainer)
-    except Exception as e:
-        raise RunError('%s cannot be read (%s: %s); --force starts the run over'
-                       % (path, type(e).__name__, e)) from None
-
-
-def load_snapshot(trainer, start, log=print):
-    """Load the first readable snapshot of ``start.snapshots`` into ``trainer``, saying
-    so when an unreadable (truncated, corrupted) one is passed over; returns its path.
-    A snapshot that does not fit the trainer (another model) raises :class:`RunError`."""
-    import chainer
-    for i, path in enumerate(start.snapshots):
-        try:
-            chainer.serializers.load_npz(path, trainer)
-        except KeyError as e:
-            raise RunError('%s does not fit this run\'s model or trainer (it has no %s): '
-                           'it was written by another config or version of the code; '
-                           '--force starts the run over' % (path, e)) from None
-        except Exception as e:      # truncated or corrupted npz: zip, zlib, numpy errors
-            why = '%s: %s' % (type(e).__name__, e)
-            if start.explicit:
-                raise RunError('%s cannot be read (%s): the snapshot is truncated or '
-                               'corrupted' % (path, why)) from None
-            if i + 1 == len(start.snapshots):
-                raise RunError('no readable snapshot in %s (the oldest, %s: %s); --force '
-                               'starts the run over' % (os.path.dirname(path),
-                                                        os.path.basename(path), why)) from None
-            log('warning: %s cannot be read (%s); resuming from the previous snapshot, %s'
-                % (path, why, os.path.basename(start.snapshots[i + 1])))
-            continue
-        return path
+    except KeyError as e:
+        return 'unfit', 'has no %s' % e
+    except Exception as e:      # truncated or corrupted npz: zip, zlib, numpy errors
+        return 'unreadable', 'cannot be read (%s: %s)' % (type(e).__name__, e)
     return None
+
+
+def load_snapshot(trainer, start, log=print, par=None):
+    """Load into ``trainer`` the newest of ``start.snapshots`` that every process can
+    load (``par``: a :class:`experiments.parallel.Parallel`; each process loads its own
+    file, ``snapshot_epoch_<e>.rank<r>`` on rank r), saying when it passes over one and
+    why (a file missing on one process, truncated or corrupted); returns its path (the
+    name rank 0 reads), or None when there is nothing to resume.  A snapshot that does
+    not fit the trainer (another model), an unreadable ``--resume`` snapshot, or no
+    snapshot complete on every process raises :class:`RunError` on every process."""
+    several = par is not None and par.size > 1
+    own = par.own_snapshot if several else (lambda p: p)
+    gather = par.allgather if several else (lambda x: [x])
+    passed = []
+    for path in start.snapshots:
+        troubles = [(r, t) for r, t in enumerate(gather(_try_load(trainer, own(path))))
+                    if t is not None]
+        if not troubles:
+            if passed:
+                log('warning: %s; resuming from the previous snapshot, %s'
+                    % ('; '.join(passed), os.path.basename(path)))
+            return path
+        why = ', '.join('%s %s' % (_rank_file(path, r) if not several else
+                                   os.path.basename(_rank_file(path, r)), t[1])
+                        for r, t in troubles)
+        if any(t[0] == 'unfit' for _, t in troubles):
+            raise RunError('%s does not fit this run\'s model or trainer (%s): it was '
+                           'written by another config or version of the code; --force '
+                           'starts the run over' % (path, why))
+        if start.explicit:
+            raise RunError('%s cannot be resumed (%s): the snapshot is missing on a '
+                           'process, truncated or corrupted' % (path, why))
+        passed.append('%s is not complete on every process (%s)'
+                      % (os.path.basename(path), why) if several else why)
+    if passed:
+        raise RunError('no snapshot in %s can be resumed: %s; --force starts the run over'
+                       % (os.path.dirname(start.snapshots[0]), '; '.join(passed)))
+    return None
+
+
+def _rank_file(path, rank):
+    return path if rank == 0 else '%s.rank%d' % (path, rank)
+
+
+def complete_snapshots(out, size=1):
+    """The snapshots in ``out`` (rank 0's names, oldest first) of which all ``size``
+    processes wrote their file."""
+    return [p for p in snapshots(out)
+            if all(os.path.isfile(_rank_file(p, r)) for r in range(1, size))]

@@ -6,7 +6,7 @@
   (:mod:`experiments.compare`); a table computed from another table's runs (Table 3
   from Table 2's, ...) only prints;
 * ``densenet``: BN-L<depth> and MN-L<depth> on CIFAR-100, then the best test errors;
-* ``dcgan``: DCGAN-BN and DCGAN-MN, then the FIDs (:func:`experiments.gan.compare_dcgan`).
+* ``dcgan``: DCGAN-BN and DCGAN-MN, then the FIDs (:func:`experiments.compare.compare_dcgan`).
 
 Each (row, seed) trains into its own run directory; what happens to one that already
 exists (a finished run is kept, an interrupted one resumed, another config refused) is
@@ -70,10 +70,9 @@ def train_row(run, cfg, out, args, label):
         return start.summary
     print('== %s -> %s' % (label, out), flush=True)
     t0 = time.time()
-    kwargs = {'par': par} if run is train.run else {}
     summary = run(cfg, out=out, device=args.device, progress=not args.no_progress,
-                  start=start, **kwargs)
-    print('== %s: %s in %s' % (label, records.assess(records.Run(out)).status,
+                  start=start, par=par)
+    print('== %s: %s in %s' % (label, records.Assessment.recorded(summary).status,
                                format_duration(time.time() - t0)), flush=True)
     return summary
 
@@ -88,11 +87,6 @@ def format_duration(seconds):
     return '%d h %02d min' % (seconds // 3600, seconds % 3600 // 60)
 
 
-def run_overrides(args):
-    """The ``--set`` overrides of the shared run arguments."""
-    return train.config_overrides(args)
-
-
 def run_rows(args, experiment):
     """Train the rows of ``experiment`` on ``args.dataset`` for ``args.seeds`` seeds."""
     rows = select_rows(row_configs(experiment, args.dataset), args.rows,
@@ -100,7 +94,7 @@ def run_rows(args, experiment):
     summaries = []
     for row, path in rows:
         for seed in range(args.seed0, args.seed0 + args.seeds):
-            cfg = config_lib.load_config(path, args.preset, run_overrides(args) +
+            cfg = config_lib.load_config(path, args.preset, train.config_overrides(args) +
                                          ['train.seed=%d' % seed])
             out = records.run_dir(cfg, root=args.runs_root)
             summaries.append(train_row(train.run, cfg, out, args, '%s %s %s seed %d' % (
@@ -151,11 +145,7 @@ def dcgan(args):
     from experiments import gan
     if args.parallel.size > 1 or args.communicator:
         raise config_lib.ConfigError(gan.NOT_PARALLEL)
-    sets = run_overrides(args)
-    if args.inception_weights:
-        sets.append('gan.fid.weights=%s' % os.path.abspath(args.inception_weights))
-    if args.no_fid:
-        sets.append('gan.fid.enabled=false')
+    sets = gan.config_overrides(args)
     dirs = []
     for name, path in row_configs('dcgan', 'cifar10'):
         cfg = gan.load_config(path, args.preset, sets + ['train.seed=%d' % args.seed0])
@@ -163,7 +153,7 @@ def dcgan(args):
         dirs.append(out)
         if not args.no_train:
             train_row(gan.run, cfg, out, args, 'dcgan %s seed %d' % (name, args.seed0))
-    return gan.compare_dcgan(*dirs)
+    return compare.compare_dcgan(*dirs)
 
 
 def table(args):

@@ -17,6 +17,10 @@ changes only that function.  Resuming continues bit-for-bit on the CPU: the data
 is a function of the serialized iterator state (``EpochOrderSampler``), the
 augmentation RNG is serialized with the updater, and the MN fits are seeded from
 persistent counters.
+
+The steps of a run (prepare, build, begin, resume, loop, summary) are
+:mod:`experiments.pipeline`'s, the same for the GAN; :class:`Classifier` gives it the
+classifier's data, trainer and summary fields.
 """
 from mixnorm import _compat  # noqa: F401
 
@@ -24,9 +28,7 @@ import argparse
 import copy
 import math
 import os
-import re
 import sys
-import time
 
 import numpy
 
@@ -36,13 +38,14 @@ from chainer import training
 from chainer.training import extensions
 
 import mixnorm
+from mixnorm import settings as mn_settings
 from experiments import cli
 from experiments import config as config_lib
 from experiments import data as data_lib
-from experiments import environment
 from experiments import models
 from experiments import optimizers
 from experiments import parallel as parallel_lib
+from experiments import pipeline
 from experiments import records
 
 
@@ -56,9 +59,7 @@ def place_mn(cfg, model, comm=None):
     if not mn:
         return []
     config_lib.check_layers(cfg, model)
-    kwargs = {k: mn[k] for k in ('n_components', 'em_iters', 'fit_fraction', 'min_weight',
-                                 'min_count', 'queue_length', 'decay', 'affine',
-                                 'lambda_scaling', 'inference')}
+    kwargs = {k: v for k, v in mn.items() if k in mn_settings.SETTINGS}
     paths = mixnorm.replace_batch_normalization(model, mn['layers'], comm=comm, **kwargs)
     # distinct, reproducible GMM seeds per layer (persistent, so resumable)
     links = dict(model.namedlinks(skipself=True))
@@ -245,6 +246,11 @@ def progress_extensions(trainer, entries, bar_interval):
         trainer.extend(extensions.PrintReport(entries, out=PlainStream(sys.stdout)))
 
 
+def snapshot_trigger(cfg):
+    """Every ``train.snapshot_every`` epochs."""
+    return cfg['train']['snapshot_every'], 'epoch'
+
+
 def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device,
                   progress=True, par=None, crop_fill=None):
     par = par or parallel_lib.create(None)
@@ -279,7 +285,7 @@ def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device
     # every process keeps its own snapshot (its shard's iterator and RNG state)
     trainer.extend(extensions.snapshot(filename='snapshot_epoch_{.updater.epoch}'
                                        + par.snapshot_suffix()),
-                   trigger=(cfg['train']['snapshot_every'], 'epoch'))
+                   trigger=snapshot_trigger(cfg))
     if progress and par.writer:
         progress_extensions(trainer, ['epoch', 'iteration', 'main/loss', 'main/accuracy',
                                       'validation/main/loss', 'validation/main/accuracy',
@@ -304,81 +310,42 @@ def build(cfg, dataset, out, device, progress=True, par=None):
 
 # ----------------------------------------------------------------------------- run
 
-def resolve_device(spec):
-    """``'cpu'``/``-1``/``'@numpy'`` -> NumPy; ``0``/``'gpu'`` -> CuPy device 0."""
-    spec = str(spec)
-    if spec in ('cpu', '-1', '@numpy'):
-        return chainer.get_device('@numpy')
-    if spec == 'gpu':
-        spec = '0'
-    if re.fullmatch(r'\d+', spec):
-        spec = '@cupy:' + spec
-    try:
-        return chainer.get_device(spec)
-    except Exception as e:
-        why = ' '.join(str(e).split())          # Chainer's message runs lines together
-        why = why.replace(').No module', '). No module')
-        raise config_lib.ConfigError(
-            'cannot use device %r: %s. Is CuPy installed for a GPU of this machine? See '
-            'the README, "GPU"; --device cpu trains on the CPU' % (spec, why)) from None
+class Classifier(pipeline.Kind):
+    """The classifier as a kind of run (:func:`experiments.pipeline.run`): the data of
+    ``cfg``, then :func:`build` (model, optimizer, iterators, trainer); its summary
+    fields are :func:`experiments.records.classifier_fields`."""
 
+    def check(self, cfg, par):
+        if cfg.get('gan'):
+            raise config_lib.ConfigError('%s: a GAN config; train it with python -m '
+                                         'experiments.gan'
+                                         % ', '.join(cfg.get('_sources', [])))
 
-def device_name(device):
-    if device.xp is numpy:
-        return environment.cpu_name()
-    gpu = environment.gpu_description()
-    return gpu['name'] if gpu else str(device)
+    def prepare(self, cfg, device, dataset, par):
+        if dataset is None:
+            dataset = pipeline.load_data(cfg)
+        config_lib.check_batch_size(cfg, dataset.n_train)
+        return dataset
 
+    def build(self, cfg, dataset, out, device, progress, par):
+        self.classifier, self._trainer = build(cfg, dataset, out, device, progress, par)
 
-def seed_everything(device, seed):
-    """Seed NumPy (and CuPy on a GPU) and make ``device`` current."""
-    numpy.random.seed(seed)
-    if device.xp is not numpy:
-        device.xp.random.seed(seed)
-    device.use()
+    def trainer(self, cfg, out, device, progress):
+        return self._trainer
 
+    def snapshot_trigger(self, cfg):
+        return snapshot_trigger(cfg)
 
-def load_data(cfg):
-    """The dataset of ``cfg['data']``."""
-    d = cfg['data']
-    return data_lib.load_dataset(d['dataset'], d['data_dir'], subset=d['subset'],
-                                 seed=cfg['train']['seed'], allow_download=d['download'])
-
-
-def elapsed_time(trainer):
-    """Training time so far (including earlier sessions of a resumed run), also before
-    ``trainer.run`` has started."""
-    try:
-        return trainer.elapsed_time
-    except RuntimeError:                    # not started: what the snapshot carried
-        return float(getattr(trainer, '_snapshot_elapsed_time', 0.0))
-
-
-def interrupted_message(out, trainer, unit='epoch'):
-    """Where an interrupted run stopped and how to go on."""
-    u = trainer.updater
-    at = 'epoch %.2f, iteration %d' % (u.epoch_detail, u.iteration) if unit == 'epoch' \
-        else 'update %d' % u.iteration
-    snaps = records.snapshots(out)
-    then = ('run the same command again to resume from %s' % os.path.basename(snaps[-1])
-            if snaps else 'no snapshot yet, so the same command starts it again from '
-            'scratch')
-    return 'interrupted at %s; the run is in %s: %s' % (at, out, then)
-
-
-def train_loop(trainer, out, write_summary, unit='epoch'):
-    """``trainer.run()``; on Ctrl-C write the summary of the run so far and raise
-    :class:`experiments.records.RunInterrupted` saying where it stopped."""
-    try:
-        trainer.run(show_loop_exception_msg=False)
-    except KeyboardInterrupt:
-        write_summary(finished=False)
-        raise records.RunInterrupted(interrupted_message(out, trainer, unit)) from None
+    def summary_fields(self, cfg, log, trainer, finished):
+        return records.classifier_fields(cfg, log, finished=finished,
+                                         iterations=trainer.updater.iteration,
+                                         epochs_done=trainer.updater.epoch)
 
 
 def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
         force=False, log=print, start=None, communicator=None, par=None):
-    """Train ``cfg`` (a validated config dict); returns the summary dict.
+    """Train ``cfg`` (a validated config dict) through the run pipeline
+    (:func:`experiments.pipeline.run`); returns the summary dict.
 
     ``resume``: ``'auto'`` (skip a finished run, resume an interrupted one), or a
     snapshot path; ``force``: start over; ``start``: that decision already taken by
@@ -387,62 +354,9 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
     communicator name to train data-parallel under ``mpiexec`` (or ``par``, an
     :class:`experiments.parallel.Parallel`); rank 0 writes the run directory.
     """
-    if cfg.get('gan'):
-        raise config_lib.ConfigError('%s: a GAN config; train it with python -m '
-                                     'experiments.gan' % ', '.join(cfg.get('_sources', [])))
-    par = par or parallel_lib.create(communicator)
-    cfg = par.record(cfg)
-    if not par.writer:
-        log = _quiet
-    out = out or records.run_dir(cfg)
-    start = start or par.decide(lambda: records.prepare_run(cfg, out, resume, force))
-    if start.action == 'skip':
-        log(start.message)
-        return start.summary
-    if not isinstance(device, chainer.backend.Device):
-        device = resolve_device(par.device(device))
-    seed_everything(device, cfg['train']['seed'])
-    if dataset is None:
-        dataset = load_data(cfg)
-    config_lib.check_batch_size(cfg, dataset.n_train)
-    classifier, trainer = build(cfg, dataset, out, device, progress, par)
-    # the run directory appears (or is cleared) only once device, data and model are
-    # known to be good
-    par.decide(lambda: records.begin(out, cfg, start, log))
-    resumed = par.decide(lambda: records.load_snapshot(trainer, start, log=log))
-    if resumed:
-        if not par.writer:
-            records.load_own_snapshot(trainer, par.own_snapshot(resumed))
-        par.resumed(trainer)
-        log('resumed from %s (epoch %d, iteration %d)'
-            % (resumed, trainer.updater.epoch, trainer.updater.iteration))
-    session_start = time.time()
-    env = environment.describe()
-
-    def write_summary(finished):
-        if not par.writer:
-            return None
-        log_path = os.path.join(out, 'log.json')
-        entries = records.read_json(log_path) if os.path.exists(log_path) else []
-        summary = records.summarize(
-            cfg, entries, dataset_source=dataset.source,
-            dataset_size={'train': dataset.n_train, 'test': dataset.n_test},
-            backend='cupy' if device.xp is not numpy else 'numpy',
-            device_name=device_name(device), wall_time_s=elapsed_time(trainer), env=env,
-            finished=finished, iterations=trainer.updater.iteration,
-            epochs_done=trainer.updater.epoch)
-        summary['session_wall_time_s'] = time.time() - session_start
-        summary['resumed_from'] = os.path.relpath(resumed, out) if resumed else None
-        records.write_json(os.path.join(out, 'summary.json'), summary)
-        return summary
-
-    write_summary(finished=False)
-    train_loop(trainer, out, write_summary)
-    return par.decide(lambda: write_summary(finished=True))
-
-
-def _quiet(*args, **kwargs):
-    """The log of the processes other than rank 0."""
+    return pipeline.run(Classifier(), cfg, out=out, device=device, resume=resume,
+                        progress=progress, dataset=dataset, force=force, log=log,
+                        start=start, par=par or parallel_lib.create(communicator))
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -494,7 +408,7 @@ def describe_result(summary, out):
     best, final = summary.get('best_test_accuracy'), summary.get('final_test_accuracy')
     acc = ('best test accuracy %.2f%% (final %.2f%%)' % (best, final) if best is not None
            else 'no test evaluation yet')
-    verdict = records.assess(records.Run(out))
+    verdict = records.Assessment.recorded(summary)
     return '%s, %s in %.0f s; record: %s [%s]' % (
         verdict.status, acc, summary.get('wall_time_s') or 0.0, out, verdict.label())
 
@@ -510,7 +424,8 @@ def main(argv=None):
     add_run_arguments(p)
     args = p.parse_args(argv)
     par = parallel_lib.create(args.communicator)
-    cfg = config_lib.load_config(args.config, args.preset, config_overrides(args))
+    cfg = par.together(lambda: config_lib.load_config(args.config, args.preset,
+                                                      config_overrides(args)))
     out = args.out or records.run_dir(cfg)
     summary = run(cfg, out=out, device=args.device, resume=args.resume,
                   progress=not args.no_progress, force=args.force, par=par)

@@ -18,6 +18,19 @@ The link normalizes every process's part of the batch with the mixture of the
 * it is exact for unequal local batch sizes (sums, not means of means), and with
   ``n_components=1`` it is ``L.BatchNormalization`` of the concatenated batch.
 
+The ranks fail together.  In training, every check on a rank's input (shape, channel
+count, dtype, an empty batch, NaN/Inf, a float32 overflow, the channel count that
+``size=None`` takes from the first input) is decided collectively before any rank can
+go its own way: a bad input on one rank raises the same error on every rank, naming
+the rank(s), whether or not ChainerMN's crash hook is installed.  The checks of the
+input itself ride on the first collective of each call
+(:class:`mixnorm._collectives.StepReducer`), so they cost no extra collective.  The
+rule users must keep: **every rank calls the link the same number of times in
+training** (as with ChainerMN's ``MultiNodeBatchNormalization``).  Inference
+communicates nothing, so ranks may run it on batches of different counts (a test set
+split unevenly), and a bad input there raises on its own rank only, leaving no rank
+waiting in the link.
+
 The collectives run through the communicator's MPI communicator (``comm.mpi_comm``)
 on host arrays, whatever the communicator (``naive`` on CPUs, ``pure_nccl`` on
 GPUs): the moments come to the host for the (K, C) arithmetic anyway.  Only this
@@ -26,6 +39,8 @@ module and :mod:`mixnorm._collectives` need mpi4py, imported when a link is buil
 from mixnorm import _compat  # noqa: F401
 
 import copy
+
+import chainer
 
 from mixnorm import _collectives
 from mixnorm.links import MixtureNormalization
@@ -39,8 +54,10 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
     Arguments as :class:`mixnorm.MixtureNormalization` (``size``, ``n_components``,
     ``em_iters`` and every keyword), named and ordered as
     ``chainermn.links.MultiNodeBatchNormalization(size, comm, ...)``.  Every process
-    must call the link the same number of times per step (as for ChainerMN's BN).
-    The seed of the fits is rank 0's, so that all processes draw alike.
+    must call the link the same number of times in training: those calls are
+    collectives, and a bad input on any rank raises the same error on every rank (see
+    the module docstring); inference communicates nothing.  The seed of the fits is
+    rank 0's, so that all processes draw alike.
 
     ``communication_backend``: ``'auto'`` or ``'mpi'`` (the collectives are small host
     arrays through MPI); ``'nccl'`` is refused.
@@ -60,6 +77,37 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
         self.comm = comm
         self._reducer = _collectives.MPIReducer(comm.mpi_comm)
         self.seed = int(comm.mpi_comm.bcast(self.seed, root=0))
+        self._step = None
+
+    def forward(self, x):
+        if not chainer.config.train:
+            return super().forward(x)       # no collective: its checks stay local
+        x_arr = x.array if isinstance(x, chainer.Variable) else x
+        step = _collectives.StepReducer(self._reducer, self._input_error(x_arr),
+                                        x_arr.shape[1] if x_arr.ndim >= 2 else None)
+        if step.error is not None or self.size is None:
+            # a bad input, or the channel count size=None takes from it: settled by
+            # every rank before the layer is sized or any other collective is made
+            self._settle(step)
+        self._step = step
+        try:
+            y = super().forward(x)
+        except Exception as e:
+            if step.pending:        # failed before its first collective: tell the others
+                self._settle(step, e)
+            raise
+        finally:
+            self._step = None
+        return y
+
+    def _settle(self, step, error=None):
+        try:
+            step.settle(error)
+        except ValueError as e:
+            raise ValueError('%s: %s' % (self._label(), e)) from e
+
+    def _collectives(self):
+        return self._step
 
     def __deepcopy__(self, memo):
         # a copy (e.g. chainermn.links.create_mnbn_model's) shares the communicator

@@ -20,8 +20,10 @@ Interface
 (inference: constant statistics) are two function nodes,
 :class:`MixtureNormalizationFunction` and :class:`FixedMixtureNormalizationFunction`,
 as Chainer splits ``batch_normalization`` from ``fixed_batch_normalization``; both
-hand their backward to :class:`MixtureNormalizationGrad` with explicit arguments (the
-host coefficients and device arrays of the forward).  :func:`mixture_normalization_relu`
+check their input types as Chainer's nodes do and hand their backward to
+:class:`MixtureNormalizationGrad` with what the forward saved, a named
+:class:`_Saved` (the host :class:`_Coefficients`, the :class:`_DeviceState`, the
+shifted input and ``resp``); it builds each gradient by name.  :func:`mixture_normalization_relu`
 is Eq. 40 and :func:`mixture_moments` the statistics alone.  With a ``reducer`` the
 training node synchronizes its statistics over processes (see
 :mod:`mixnorm.distributed`).
@@ -74,10 +76,13 @@ import numpy
 
 import chainer
 from chainer import function_node
+from chainer.utils import type_check
 
 from mixnorm import _arrays
+from mixnorm import _collectives
 from mixnorm import gmm as _gmm
 from mixnorm import kernels
+from mixnorm import settings
 
 __all__ = [
     'BatchStats',
@@ -170,36 +175,36 @@ class _Layout(object):
         self.src3(out)[...] = self.as3(a)
         return out
 
-    def expand(self, xp, w, r, out=None):
-        """(C, K') coefficients -> (C, n) array ``sum_k w[c, k] r[i, k]``.
+    def expand(self, xp, coef, resp, out=None):
+        """(C, K') coefficients -> (C, n) array ``sum_k coef[c, k] resp[i, k]``.
 
         ``out``: optional (C, n) block of :meth:`empty` to write into.
         """
-        if r.shape[1] == 1:     # an outer product: BLAS with k = 1 is ~10x slower
+        if resp.shape[1] == 1:     # an outer product: BLAS with k = 1 is ~10x slower
             if out is None:
-                return w * r.T if not self.rows else (r * w.T).T
+                return coef * resp.T if not self.rows else (resp * coef.T).T
             if self.rows:
-                xp.multiply(r, w.T, out=out.T)
+                xp.multiply(resp, coef.T, out=out.T)
             else:
-                xp.multiply(w, r.T, out=out)
+                xp.multiply(coef, resp.T, out=out)
             return out
         if self.rows:
             if out is None:
-                return xp.matmul(r, w.T).T
+                return xp.matmul(resp, coef.T).T
             if out.T.flags.c_contiguous:
-                xp.matmul(r, w.T, out=out.T)
+                xp.matmul(resp, coef.T, out=out.T)
             else:                                  # a block of a stacked buffer
-                out[...] = xp.matmul(r, w.T).T
+                out[...] = xp.matmul(resp, coef.T).T
             return out
-        return xp.matmul(w, r.T, out=out)
+        return xp.matmul(coef, resp.T, out=out)
 
 
-def _with_ones_column(xp, r):
-    n, k = r.shape
-    r1 = xp.empty((n, k + 1), r.dtype)
-    r1[:, :k] = r
-    r1[:, k] = 1
-    return r1
+def _with_ones_column(xp, resp):
+    n, k = resp.shape
+    with_ones = xp.empty((n, k + 1), resp.dtype)
+    with_ones[:, :k] = resp
+    with_ones[:, k] = 1
+    return with_ones
 
 
 def _affine_mode(gamma, beta, C, K, what='K'):
@@ -248,56 +253,67 @@ def _check_x_resp(x, resp, fname):
 
 
 def _check_eps(eps):
-    if not eps > 0:
-        raise ValueError('eps must be > 0, got {}'.format(eps))
+    """``eps`` as MN's ``eps`` setting allows (:data:`mixnorm.settings.SETTINGS`)."""
+    return settings.check('eps', eps, 'mixture normalization')
 
 
 # --------------------------------------------------------------------------
 # moments: two (C, n) passes on the device, the arithmetic on the host
 # --------------------------------------------------------------------------
 
-def _shift_estimate(xp, lay, x, ct):
+def _shift_estimate(xp, layout, x, dtype):
     """Per-channel mean of a strided subsample of about 1000 points.
 
     Only used as a shift before taking moments (the transform is shift
     invariant), so it needs to be close to the batch mean, not equal to it.
     """
-    src = lay.src3(x)
-    if lay.rows:
-        return src[:, ::max(1, lay.N // 1024)].mean(axis=1, dtype=ct)
-    sub = src[:, ::max(1, lay.N // 32), ::max(1, lay.L // 32)]
-    return sub.mean(axis=(1, 2), dtype=ct)
+    src = layout.src3(x)
+    if layout.rows:
+        return src[:, ::max(1, layout.N // 1024)].mean(axis=1, dtype=dtype)
+    sub = src[:, ::max(1, layout.N // 32), ::max(1, layout.L // 32)]
+    return sub.mean(axis=(1, 2), dtype=dtype)
 
 
-def _device_moments(xp, lay, x, r, ct):
+def _device_moments(xp, layout, x, resp, dtype):
     """``xc`` = x minus a per-channel shift ``c`` close to the batch mean, as the
     first (C, n) block of a stacked (2C, n) buffer whose second block is free,
-    and the small device arrays ``[[xc; xc^2]^T r (2C, K), colsum(r) (K,), c (C,)]``.
+    and the small device arrays ``[[xc; xc^2]^T resp (2C, K), colsum(resp) (K,),
+    shift (C,)]``.
     Moments are taken of ``xc`` so that ``E[x^2] - mu^2`` does not cancel."""
-    C = lay.C
-    work = lay.empty(xp, ct, 2)
+    C = layout.C
+    work = layout.empty(xp, dtype, 2)
     xc, spare = work[:C], work[C:]
-    c = _shift_estimate(xp, lay, x, ct)
-    lay.to_cn(xp, x, ct, shift=c, out=xc)
+    shift = _shift_estimate(xp, layout, x, dtype)
+    layout.to_cn(xp, x, dtype, shift=shift, out=xc)
     xp.multiply(xc, xc, out=spare)
-    return xc, spare, [xp.matmul(work, r), r.sum(axis=0), c]
+    return xc, spare, [xp.matmul(work, resp), resp.sum(axis=0), shift]
 
 
-def _host_moments(M, s, n, ct):
-    """Eq. 35-36 from the moments of :func:`_device_moments` (host, float64):
-    ``s`` (K,) floored column sums, ``lam`` (K,), ``muc`` (C, K) = mu - c,
-    ``var_raw`` (C, K) and ``var`` = max(var_raw, 0)."""
-    C = M.shape[0] // 2
-    tiny = numpy.finfo(ct).tiny
-    s = numpy.maximum(s, tiny)
-    lam = numpy.maximum(s / n, tiny)
-    muc = M[:C] / s
-    var_raw = M[C:] / s - muc * muc
-    return s, lam, muc, var_raw, numpy.maximum(var_raw, 0)
+class _Moments(NamedTuple):
+    """Eq. 35-36 on the host (float64): ``colsum`` (K,) the floored column sums of resp,
+    ``weights`` lambda (K,), ``mean`` (C, K) mu - c about the shift c of the (C, n)
+    passes, ``var_raw`` (C, K) nu_hat^T xc^2 - (mu - c)^2 and ``var`` = max(var_raw, 0)."""
+    colsum: object
+    weights: object
+    mean: object
+    var_raw: object
+    var: object
+
+
+def _host_moments(moments, colsum, n, dtype):
+    """:class:`_Moments` from the (2C, K) moments ``[xc; xc^2]^T r`` and the column sums
+    of r of :func:`_device_moments` over ``n`` points (host, float64)."""
+    C = moments.shape[0] // 2
+    tiny = numpy.finfo(dtype).tiny
+    colsum = numpy.maximum(colsum, tiny)
+    weights = numpy.maximum(colsum / n, tiny)
+    mean = moments[:C] / colsum
+    var_raw = moments[C:] / colsum - mean * mean
+    return _Moments(colsum, weights, mean, var_raw, numpy.maximum(var_raw, 0))
 
 
 # --------------------------------------------------------------------------
-# the host coefficients of one forward: all that the backward needs
+# what a forward computes and what it hands its backward
 # --------------------------------------------------------------------------
 
 class BatchStats(NamedTuple):
@@ -323,126 +339,204 @@ class _Spec(NamedTuple):
 class _Coefficients(NamedTuple):
     """Host float64 coefficients of one forward (C channels, K components).
 
-    ``c`` (C,) is the shift the (C, n) passes subtract; ``muc = mu - c`` and
-    ``mc = muc`` (+ beta_k for the component affine) are (C, K); ``S`` (C, K) is
-    1 / sqrt(var (* gamma_k) + eps) (Eq. 35, 37); ``a`` (K,) the per-component factor
-    (1 / sqrt(lambda_k) of Eq. 34, or the given scale); ``gc`` (C,) the channel gamma
-    and ``gk`` (C, K) the component gamma, or None.  Training adds ``s`` (K,) the
-    floored column sums of resp and ``var_pos`` (C, K), where var_raw > 0.
+    ``shift`` c (C,) is what the (C, n) passes subtract from x; ``mean`` (C, K) is
+    mu_k - c, and ``centre`` the same plus beta_k under the component affine (Eq. 37);
+    ``inv_std`` S (C, K) is 1 / sqrt(var_k (* gamma_k) + eps) (Eq. 35, 37); ``scale``
+    a (K,) is the factor of component k (1 / sqrt(lambda_k) of Eq. 34, or the given
+    scale).  ``gamma_channel``/``beta_channel`` (C,) and ``gamma_component`` (C, K)
+    are the affine parameters in use, or None.  Training adds ``colsum`` (K,), the
+    floored column sums of resp, and ``var_positive`` (C, K), where var_raw > 0 (the
+    clamp at 0 passes the gradient there only).
     """
-    a: object
-    S: object
-    mc: object
-    muc: object
+    scale: object
+    inv_std: object
+    centre: object
+    mean: object
     var: object
-    c: object
-    gc: object = None
-    gk: object = None
-    s: object = None
-    var_pos: object = None
+    shift: object
+    gamma_channel: object = None
+    beta_channel: object = None
+    gamma_component: object = None
+    colsum: object = None
+    var_positive: object = None
 
 
 class _DeviceState(NamedTuple):
-    """Device arrays the backward reuses: the (C, K) weight of x in the output ``wp``
-    and ``rT`` = resp^T (K, n) for the fused pass; for Eq. 40 ``P``, ``Q`` (C, K) and
-    ``rTa`` = a_k resp^T (K, n)."""
-    wp: object = None
-    rT: object = None
-    P: object = None
-    Q: object = None
-    rTa: object = None
+    """Device arrays of a forward that its backward reuses.  Linear form: ``x_weight``
+    (C, K), the weight a_k S_k (* gamma) of xc in the output, and ``resp_t`` = resp^T
+    (K, n).  ReLU form (Eq. 40): component k's pre-activation is
+    ``xc * slope_k + offset_k`` (``slope``, ``offset`` (C, K)), weighted by
+    ``resp_t_scaled`` = a_k resp^T (K, n)."""
+    x_weight: object = None
+    resp_t: object = None
+    slope: object = None
+    offset: object = None
+    resp_t_scaled: object = None
 
 
-def _split(inputs, spec):
-    it = iter(inputs[1:])
-    gamma = next(it) if spec.has_gamma else None
-    beta = next(it) if spec.has_beta else None
-    return inputs[0], gamma, beta
+class _Dtypes(NamedTuple):
+    """The dtypes of a node's inputs, which their gradients take (None: no such input)."""
+    x: object
+    gamma: object = None
+    beta: object = None
 
 
-def _coefficients(spec, muc, var, a, c, gh, bh, s=None, var_pos=None, check=True):
-    """Eq. 35 and 37 on the host: the normalizer and centre of every component."""
+class _Inputs(NamedTuple):
+    """A node's inputs as its forward reads them: ``x``, ``gamma`` and ``beta`` (None
+    where absent), the array module ``xp``, the compute ``dtype``, the ``layout`` of x,
+    ``resp`` in the compute dtype, the ``params`` given and the input ``dtypes``."""
+    x: object
+    gamma: object
+    beta: object
+    xp: object
+    dtype: object
+    layout: object
+    resp: object
+    params: list
+    dtypes: _Dtypes
+
+
+class _Saved(NamedTuple):
+    """What a forward hands :class:`MixtureNormalizationGrad`: the ``layout`` of x, the
+    host :class:`_Coefficients`, the :class:`_DeviceState`, the shifted input ``xc``
+    (C, n) of the compute dtype, ``resp`` (n, K) and the input :class:`_Dtypes`."""
+    layout: object
+    coef: _Coefficients
+    device: _DeviceState
+    xc: object
+    resp: object
+    dtypes: _Dtypes
+
+
+def _read_inputs(inputs, spec, resp):
+    """:class:`_Inputs` of a node's ``inputs``: x, then gamma and beta if the node has them."""
+    x = inputs[0]
+    params = list(inputs[1:])
+    given = iter(params)
+    gamma = next(given) if spec.has_gamma else None
+    beta = next(given) if spec.has_beta else None
+    dtype = _compute_dtype(x.dtype)
+    dtypes = _Dtypes(x.dtype, None if gamma is None else gamma.dtype,
+                     None if beta is None else beta.dtype)
+    return _Inputs(x, gamma, beta, _arrays.get_array_module(x), dtype, _Layout(x.shape),
+                   resp.astype(dtype, copy=False), params, dtypes)
+
+
+def _host_params(spec, host):
+    """(gamma, beta) host float64 arrays (None where absent) from those fetched."""
+    given = iter(host)
+    gamma = next(given) if spec.has_gamma else None
+    beta = next(given) if spec.has_beta else None
+    return gamma, beta
+
+
+def _coefficients(spec, mean, var, scale, shift, gamma, beta, colsum=None,
+                  var_positive=None, check=True):
+    """Eq. 35 and 37 on the host: the normalizer and centre of every component
+    (``gamma``/``beta`` the host parameters, None where absent)."""
     if spec.mode == _COMPONENT:
-        gk = gh.T if gh is not None else numpy.ones_like(var)
-        denom = gk * var + spec.eps
-        mc = muc + bh.T if bh is not None else muc
+        gamma_component = gamma.T if gamma is not None else numpy.ones_like(var)
+        denom = gamma_component * var + spec.eps
+        centre = mean + beta.T if beta is not None else mean
     else:
-        gk = None
+        gamma_component = None
         denom = var + spec.eps
-        mc = muc
+        centre = mean
     if check and not bool((denom > 0).all()):
         raise ValueError(
             'non-positive normalizer: {} + eps must be > 0 for every component and '
             'channel (min {})'.format(
                 'gamma_k * var_k' if spec.mode == _COMPONENT else 'var',
                 float(numpy.min(denom))))
-    gc = gh if spec.mode == _CHANNEL else None
-    return _Coefficients(a, 1 / numpy.sqrt(denom), mc, muc, var, c, gc, gk, s, var_pos)
+    channel = spec.mode == _CHANNEL
+    return _Coefficients(scale, 1 / numpy.sqrt(denom), centre, mean, var, shift,
+                         gamma if channel else None, beta if channel else None,
+                         gamma_component, colsum, var_positive)
 
 
-def _raise_non_finite_moments(x, ct):
-    """The batch moments are not finite: NaN/Inf in ``x``, or finite values whose
-    squares overflow the compute dtype."""
+def _non_finite_moments_error(x, dtype):
+    """The error for batch moments that are not finite: NaN/Inf in ``x`` (with the
+    counts), or finite values whose squares overflow the compute dtype (with max |x|)."""
+    try:
+        _gmm.check_finite(x.reshape(x.shape[0], -1), name='the input')
+    except ValueError as e:
+        return e
     xp = _arrays.get_array_module(x)
-    _gmm.check_finite(x.reshape(x.shape[0], -1), name='the input')
-    raise ValueError(
+    return ValueError(
         'the input is finite but its second moments overflow {} (max |x| = {:g}): '
         'rescale the activations or compute in float64'.format(
-            numpy.dtype(ct).name, float(xp.abs(x).max())))
+            numpy.dtype(dtype).name, float(xp.abs(x).max())))
 
 
-def _normalize(xp, spec, lay, x, xc, spare, coef, r, beta, bh, ct, extra=()):
-    """The normalizing pass: y (x-shaped), the device state for the backward, the
-    device copies of ``extra`` host arrays (sent with the coefficients in one copy)
-    and ``xc`` (computed here from the sent shift when None).  ``beta``/``bh``: the
-    beta parameter on the device and on the host."""
-    S, mc, a = coef.S, coef.mc, coef.a
-    # term_k = xc * P_k + Q_k: the standardization of component k with the affine
-    # applied; the channel beta is added once (after the sum over k), except under
-    # the per-component rectifier (Eq. 40), where it enters Q_k
-    P = S * coef.gc[:, None] if coef.gc is not None else S
-    Q = -mc * P
-    bc = beta is not None and spec.mode == _CHANNEL
+# --------------------------------------------------------------------------
+# the normalizing pass: Eq. 34 (linear) or Eq. 40 (ReLU per component)
+# --------------------------------------------------------------------------
+
+def _normalize(spec, ins, coef, xc=None, spare=None, extra=()):
+    """The normalizing pass: ``(y, device, extra_device, xc)``, y x-shaped, the
+    :class:`_DeviceState` for the backward, the device copies of the host arrays
+    ``extra`` (sent with the coefficients in one copy) and ``xc`` (computed here from
+    the sent shift when None).  ``spare``: a free (C, n) buffer, or None."""
+    xp = ins.xp
+    # the pre-activation of component k is xc * slope_k + offset_k, the affine applied;
+    # the channel beta is added once after the sum over k, except under Eq. 40, where
+    # it enters every offset_k
+    slope = coef.inv_std * coef.gamma_channel[:, None] \
+        if coef.gamma_channel is not None else coef.inv_std
+    offset = -coef.centre * slope
     if spec.relu:
-        send = [P, Q + bh[:, None] if bc else Q, a]
+        if coef.beta_channel is not None:
+            offset = offset + coef.beta_channel[:, None]
+        send = [slope, offset, coef.scale]
     else:
-        send = [P * a, Q * a]
-    need_xc = xc is None
-    dev = _arrays.send(xp, send + ([coef.c] if need_xc else []) + list(extra), ct)
-    n_send = len(send)
-    if need_xc:
-        xc = lay.to_cn(xp, x, ct, shift=dev[n_send])
-        n_send += 1
-    extra_dev = dev[n_send:]
+        send = [slope * coef.scale, offset * coef.scale]
+    rest = _arrays.send(xp, send + ([coef.shift] if xc is None else []) + list(extra),
+                        ins.dtype)
+    coefs, rest = rest[:len(send)], rest[len(send):]
+    if xc is None:
+        xc = ins.layout.to_cn(xp, ins.x, ins.dtype, shift=rest[0])
+        rest = rest[1:]
+    if spec.relu:
+        y, device = _normalize_relu(ins, xc, spare, *coefs)
+    else:
+        y, device = _normalize_linear(ins, xc, spare, *coefs,
+                                      channel_beta=coef.beta_channel is not None)
+    return y, device, rest, xc
 
-    if not spec.relu:
-        # y = sum_k a_k r_k (xc P_k + Q_k) + beta = xc * (aP) r^T + (aQ) r^T + beta,
-        # one fused pass (kernels.combine)
-        rT = xp.ascontiguousarray(r.T)
-        y = kernels.combine(spare if spare is not None else lay.empty(xp, ct), xc,
-                            dev[0], rT, Cm=dev[1],
-                            beta=beta.astype(ct, copy=False) if bc else None)
-        return lay.output(xp, y, x.dtype), _DeviceState(wp=dev[0], rT=rT), extra_dev, xc
 
-    # Eq. 40: y = sum_k a_k r_k ReLU(term_k), one (C, n) pass set per k
-    state = _DeviceState(P=dev[0], Q=dev[1],
-                         rTa=xp.ascontiguousarray(r.T) * dev[2][:, None])
-    y = lay.empty(xp, ct)
-    t = spare if spare is not None else (lay.empty(xp, ct) if r.shape[1] > 1 else None)
-    for k in range(r.shape[1]):
-        buf = y if k == 0 else t
-        _term(xp, state, xc, k, buf)
-        xp.maximum(buf, 0, out=buf)
-        buf *= state.rTa[k][None, :]
+def _normalize_linear(ins, xc, spare, x_weight, offset_weight, channel_beta):
+    """Eq. 34 with the affine: y = sum_k a_k r_k (xc S_k + offset_k) + beta
+    = xc * (a S) r^T + (a offset) r^T + beta, one fused pass (:func:`kernels.combine`)."""
+    xp, layout, dtype = ins.xp, ins.layout, ins.dtype
+    beta = ins.beta.astype(dtype, copy=False) if channel_beta else None
+    resp_t = xp.ascontiguousarray(ins.resp.T)
+    y = kernels.combine(spare if spare is not None else layout.empty(xp, dtype), xc,
+                        x_weight, resp_t, Cm=offset_weight, beta=beta)
+    return layout.output(xp, y, ins.x.dtype), _DeviceState(x_weight=x_weight, resp_t=resp_t)
+
+
+def _normalize_relu(ins, xc, spare, slope, offset, scale):
+    """Eq. 40: y = sum_k a_k r_k ReLU(xc * slope_k + offset_k), one (C, n) pass set per k."""
+    xp, layout, dtype = ins.xp, ins.layout, ins.dtype
+    K = ins.resp.shape[1]
+    device = _DeviceState(slope=slope, offset=offset,
+                          resp_t_scaled=xp.ascontiguousarray(ins.resp.T) * scale[:, None])
+    y = layout.empty(xp, dtype)
+    work = spare if spare is not None else (layout.empty(xp, dtype) if K > 1 else None)
+    for k in range(K):
+        out = y if k == 0 else work
+        _pre_activation(xp, device, xc, k, out)
+        xp.maximum(out, 0, out=out)
+        out *= device.resp_t_scaled[k][None, :]
         if k > 0:
-            y += buf
-    return lay.output(xp, y, x.dtype, spare=t), state, extra_dev, xc
+            y += out
+    return layout.output(xp, y, ins.x.dtype, spare=work), device
 
 
-def _term(xp, state, xc, k, out):
+def _pre_activation(xp, device, xc, k, out):
     """(C, n) pre-activation of component k (affine applied) into ``out``."""
-    xp.multiply(xc, state.P[:, k:k + 1], out=out)
-    out += state.Q[:, k:k + 1]
+    xp.multiply(xc, device.slope[:, k:k + 1], out=out)
+    out += device.offset[:, k:k + 1]
     return out
 
 
@@ -451,20 +545,29 @@ def _term(xp, state, xc, k, out):
 # --------------------------------------------------------------------------
 
 class _MixtureNode(function_node.FunctionNode):
-    """What both mixture-normalization nodes share: reading their inputs and handing
-    the backward to :class:`MixtureNormalizationGrad` with what the forward saved."""
+    """What both mixture-normalization nodes share: the type check of their inputs
+    and the backward, handed to :class:`MixtureNormalizationGrad` with what the forward
+    saved (a :class:`_Saved`)."""
     reducer = None
 
-    def _unpack(self, inputs):
-        """``x, gamma, beta``, the array module, the compute dtype, the layout of ``x``,
-        ``resp`` in the compute dtype and the parameters given."""
-        x, gamma, beta = _split(inputs, self.spec)
-        ct = _compute_dtype(x.dtype)
-        return (x, gamma, beta, _arrays.get_array_module(x), ct, _Layout(x.shape),
-                self.resp.astype(ct, copy=False), [p for p in (gamma, beta) if p is not None])
+    def check_type_forward(self, in_types):
+        spec = self.spec
+        type_check._argname(in_types, ('x',) + ('gamma',) * spec.has_gamma
+                            + ('beta',) * spec.has_beta)
+        x_type = in_types[0]
+        type_check.expect(x_type.dtype.kind == 'f', x_type.ndim >= 2)
+        # resp (n, K) holds a row for each of the n = N * prod(spatial) points
+        type_check.expect(x_type.size == x_type.shape[1] * self.resp.shape[0])
+        for p_type in in_types[1:]:
+            type_check.expect(p_type.dtype.kind == 'f')
+            if spec.mode == _CHANNEL:
+                type_check.expect(p_type.ndim == 1, p_type.shape[0] == x_type.shape[1])
+            else:
+                type_check.expect(p_type.ndim == 2, p_type.shape[0] == self.resp.shape[1],
+                                  p_type.shape[1] == x_type.shape[1])
 
     def backward(self, indexes, grad_outputs):
-        grads = MixtureNormalizationGrad(self.spec, *self._saved,
+        grads = MixtureNormalizationGrad(self.spec, self._saved,
                                          reducer=self.reducer).apply(grad_outputs)
         return tuple(grads[i] for i in indexes)
 
@@ -496,62 +599,81 @@ class MixtureNormalizationFunction(_MixtureNode):
 
     def forward(self, inputs):
         spec = self.spec
-        x, gamma, beta, xp, ct, lay, r, params = self._unpack(inputs)
+        ins = _read_inputs(inputs, spec, self.resp)
         with numpy.errstate(over='ignore', invalid='ignore'):  # overflow: raised below
-            xc, spare, small = _device_moments(xp, lay, x, r, ct)
-        host = _arrays.fetch(xp, small + params, ct)
-        M, colsum, c = host[:3]
-        if not numpy.isfinite(M).all():         # known on the host: no extra sync
-            _raise_non_finite_moments(x, ct)
-        if self.reducer is None:
-            s, lam, muc, var_raw, var = _host_moments(M, colsum, lay.n, ct)
-            mu = muc + c[:, None]
-        else:
-            M, colsum, n, c0 = _reduce_moments(self.reducer, M, colsum, c, lay.n)
-            s, lam, muc0, var_raw, var = _host_moments(M, colsum, n, ct)
-            mu = muc0 + c0[:, None]              # the same on every rank
-            muc = muc0 + (c0 - c)[:, None]       # mu - c of this rank's shift c
-        a = 1 / numpy.sqrt(lam) if self.lambda_scaling else numpy.ones_like(lam)
-        gh, bh = _host_params(spec, host[3:])
-        coef = _coefficients(spec, muc, var, a, c, gh, bh, s=s, var_pos=var_raw > 0,
+            xc, spare, small = _device_moments(ins.xp, ins.layout, ins.x, ins.resp,
+                                               ins.dtype)
+        host = _arrays.fetch(ins.xp, small + ins.params, ins.dtype)
+        moments, colsum, shift = host[:3]
+        stats, mu = _batch_moments(self.reducer, ins, moments, colsum, shift)
+        scale = 1 / numpy.sqrt(stats.weights) if self.lambda_scaling \
+            else numpy.ones_like(stats.weights)
+        coef = _coefficients(spec, stats.mean, stats.var, scale, shift,
+                             *_host_params(spec, host[3:]), colsum=stats.colsum,
+                             var_positive=stats.var_raw > 0,
                              check=spec.mode == _COMPONENT)
-        y, state, stats, _ = _normalize(xp, spec, lay, x, xc, spare, coef, r, beta, bh,
-                                        ct, extra=[lam, mu.T, var.T])
-        self.stats = BatchStats(*stats)
-        self._saved = (lay, coef, state, xc, r, tuple(a.dtype for a in inputs))
+        y, device, batch_stats, _ = _normalize(spec, ins, coef, xc, spare,
+                                               extra=[stats.weights, mu.T, stats.var.T])
+        self.stats = BatchStats(*batch_stats)
+        self._saved = _Saved(ins.layout, coef, device, xc, ins.resp, ins.dtypes)
         return y,
 
 
+def _batch_moments(reducer, ins, moments, colsum, shift):
+    """The batch's :class:`_Moments` (``mean`` about this rank's ``shift``) and mu (C, K):
+    of this process's points, or with a ``reducer`` of all ranks' points (the same mu
+    and var on every rank).  Non-finite moments raise ``ValueError`` (on every rank)."""
+    if reducer is None:
+        if not numpy.isfinite(moments).all():       # known on the host: no extra sync
+            raise _non_finite_moments_error(ins.x, ins.dtype)
+        stats = _host_moments(moments, colsum, ins.layout.n, ins.dtype)
+        return stats, stats.mean + shift[:, None]
+    total, colsum, n, shift0 = _reduce_moments(reducer, ins, moments, colsum, shift)
+    stats = _host_moments(total, colsum, n, ins.dtype)
+    # the same mu on every rank; mean is mu - c about this rank's shift c
+    return stats._replace(mean=stats.mean + (shift0 - shift)[:, None]), \
+        stats.mean + shift0[:, None]
 
-def _reduce_moments(reducer, M, colsum, c, n):
+
+def _reduce_moments(reducer, ins, moments, colsum, shift):
     """The moments of the union of all ranks' points, about rank 0's shift.
 
-    Each rank's ``M`` = [sum r xc; sum r xc^2] (2C, K) is taken about its own shift
-    ``c`` (C,); one all-gather brings every rank's ``(M, colsum, c, n)``, and each rank
-    re-centres them on rank 0's shift c0 (``x - c0 = xc + d``, ``d = c - c0``:
+    Each rank's ``moments`` = [sum r xc; sum r xc^2] (2C, K) are taken about its own
+    ``shift`` c (C,); one all-gather brings every rank's ``(moments, colsum, c, n)``, and
+    each rank re-centres them on rank 0's shift c0 (``x - c0 = xc + d``, ``d = c - c0``:
     ``sum r (x - c0) = S1 + d s``, ``sum r (x - c0)^2 = S2 + 2 d S1 + d^2 s``) and adds
-    them up in rank order, so every rank gets the same float64 numbers.  Returns
-    ``(M0, colsum, n, c0)``.
+    them up in rank order, so every rank gets the same float64 numbers.  A rank whose
+    moments are not finite (NaN/Inf input, or an overflow) makes every rank raise the
+    same ``ValueError``, naming it and quoting its diagnosis.  Returns
+    ``(moments0, colsum, n, c0)``.
     """
-    C, K = c.shape[0], colsum.shape[0]
-    mine = numpy.concatenate([M.ravel(), colsum, c, [n]])
-    every = reducer.allgather(mine)
-    c0 = every[0, 2 * C * K + K:2 * C * K + K + C]
-    M0 = numpy.zeros((2 * C, K))
-    s0 = numpy.zeros(K)
+    C, K = shift.shape[0], colsum.shape[0]
+    size = 2 * C * K
+    every = reducer.allgather(numpy.concatenate([moments.ravel(), colsum, shift,
+                                                 [ins.layout.n]]))
+    finite = numpy.isfinite(every[:, :size]).all(axis=1)
+    if not finite.all():
+        _collectives.raise_together(
+            reducer, None if finite[reducer.rank] else
+            _non_finite_moments_error(ins.x, ins.dtype),
+            'the input of rank(s) {ranks} is not finite or its moments overflow, so '
+            'the synchronized statistics cannot be computed')
+    c0 = every[0, size + K:size + K + C]
+    total = numpy.zeros((2 * C, K))
+    colsum0 = numpy.zeros(K)
     n0 = 0
     for row in every:
-        Mp = row[:2 * C * K].reshape(2 * C, K)
-        sp = row[2 * C * K:2 * C * K + K]
-        d = (row[2 * C * K + K:2 * C * K + K + C] - c0)[:, None]
-        M0[:C] += Mp[:C] + d * sp
-        M0[C:] += Mp[C:] + 2 * d * Mp[:C] + d * d * sp
-        s0 += sp
+        mp = row[:size].reshape(2 * C, K)
+        sp = row[size:size + K]
+        d = (row[size + K:size + K + C] - c0)[:, None]
+        total[:C] += mp[:C] + d * sp
+        total[C:] += mp[C:] + 2 * d * mp[:C] + d * d * sp
+        colsum0 += sp
         n0 += int(row[-1])
-    if not numpy.isfinite(M0).all():
-        raise ValueError('the input of another rank is not finite (or its moments '
-                         'overflow): the synchronized statistics cannot be computed')
-    return M0, s0, n0, c0
+    if not numpy.isfinite(total).all():       # the same numbers on every rank
+        raise ValueError('the moments of the union of all ranks\' inputs overflow: '
+                         'rescale the activations or compute in float64')
+    return total, colsum0, n0, c0
 
 
 def _reduce_sums(reducer, arrays):
@@ -574,144 +696,204 @@ class FixedMixtureNormalizationFunction(_MixtureNode):
     def __init__(self, resp, means, variances, scale, mode, has_gamma, has_beta,
                  eps=2e-5):
         self.resp = resp
-        self.constants = (means, variances, scale)
+        self.means, self.variances, self.scale = means, variances, scale
         self.spec = _Spec(mode, bool(has_gamma), bool(has_beta), False, float(eps), False)
 
     def forward(self, inputs):
         spec = self.spec
-        x, gamma, beta, xp, ct, lay, r, params = self._unpack(inputs)
-        host = _arrays.fetch(xp, list(self.constants) + params, ct)
-        means, variances, a = host[:3]
-        c = means.mean(axis=0)
-        gh, bh = _host_params(spec, host[3:])
-        coef = _coefficients(spec, means.T - c[:, None], variances.T, a, c, gh, bh)
-        y, state, _, xc = _normalize(xp, spec, lay, x, None, None, coef, r, beta, bh, ct)
-        self._saved = (lay, coef, state, xc, r, tuple(a.dtype for a in inputs))
+        ins = _read_inputs(inputs, spec, self.resp)
+        host = _arrays.fetch(ins.xp, [self.means, self.variances, self.scale] + ins.params,
+                             ins.dtype)
+        means, variances, scale = host[:3]
+        shift = means.mean(axis=0)
+        coef = _coefficients(spec, means.T - shift[:, None], variances.T, scale, shift,
+                             *_host_params(spec, host[3:]))
+        y, device, _, xc = _normalize(spec, ins, coef)
+        self._saved = _Saved(ins.layout, coef, device, xc, ins.resp, ins.dtypes)
         return y,
 
 
+# --------------------------------------------------------------------------
+# the gradient node
+# --------------------------------------------------------------------------
 
-def _host_params(spec, host):
-    """(gamma, beta) host float64 arrays (None where absent) from those fetched."""
-    it = iter(host)
-    gh = next(it) if spec.has_gamma else None
-    bh = next(it) if spec.has_beta else None
-    return gh, bh
+class _ComponentSums(NamedTuple):
+    """Host (C, K) sums over this rank's points of h_k = gy * a_k r_k (under Eq. 40 also
+    times the ReLU's mask): ``h`` = sum_i h_ik and ``hx`` = sum_i h_ik xc_i;
+    ``beta`` (C,) the channel beta's gradient, or None; ``gx`` the ReLU form's part
+    sum_k h_k slope_k of the input gradient (device; None for the linear form)."""
+    h: object
+    hx: object
+    beta: object = None
+    gx: object = None
+
+
+class _HostGradients(NamedTuple):
+    """The chain rule's results on the host: the parameters' gradients (None where
+    absent) and, in training, the (C, K) coefficients through which x reaches the
+    statistics: ``x_var`` = 2 dL/dvar / s of xc r^T and ``x_mean`` = dL/dmu / s of r^T
+    in the input gradient (None for fixed statistics)."""
+    gamma: object = None
+    beta: object = None
+    x_var: object = None
+    x_mean: object = None
 
 
 class MixtureNormalizationGrad(function_node.FunctionNode):
     """Analytic first-order gradient of both mixture-normalization nodes.
 
-    Explicit arguments: the node's :class:`_Spec`, the layout of ``x``, the host
-    :class:`_Coefficients` and device :class:`_DeviceState` of its forward, the
-    shifted input ``xc`` (C, n) it kept, ``resp`` and the input dtypes.  Through
-    mu = nu_hat^T x and var = nu_hat^T x^2 - mu^2 when the statistics came from the
-    batch (training).
+    Arguments: the node's :class:`_Spec`, what its forward saved (:class:`_Saved`) and
+    its ``reducer``.  Input ``gy``; outputs the gradients of x, then of gamma and beta
+    where the node has them.  With batch statistics (training) x's gradient also flows
+    through mu = nu_hat^T x and var = nu_hat^T x^2 - mu^2, summed over every rank's
+    points with a reducer.
     """
 
-    def __init__(self, spec, lay, coef, state, xc, r, dtypes, reducer=None):
-        self.spec, self.lay, self.coef, self.state = spec, lay, coef, state
-        self.xc, self.r, self.dtypes, self.reducer = xc, r, dtypes, reducer
+    def __init__(self, spec, saved, reducer=None):
+        self.spec, self.saved, self.reducer = spec, saved, reducer
+
+    def check_type_forward(self, in_types):
+        type_check._argname(in_types, ('gy',))
+        gy_type, = in_types
+        type_check.expect(gy_type.dtype == self.saved.dtypes.x,
+                          gy_type.shape == self.saved.layout.shape)
 
     def forward(self, inputs):
         gy, = inputs
-        spec, lay, coef, st, xc, r = self.spec, self.lay, self.coef, self.state, \
-            self.xc, self.r
+        spec, saved = self.spec, self.saved
         xp = _arrays.get_array_module(gy)
-        ct = xc.dtype
-        C, K = lay.C, r.shape[1]
-        channel_beta = spec.mode == _CHANNEL and spec.has_beta
-        buf = lay.empty(xp, ct, 2)
-        g, t = buf[:C], buf[C:]
-        lay.to_cn(xp, gy, ct, out=g)
-
-        if not spec.relu:
-            # h_k = gy a_k r_k  =>  H0 = a (gy^T r), H1 = a ((gy xc)^T r): one product
-            # (with beta, a ones column of r gives gbeta = sum_i gy as well)
-            xp.multiply(g, xc, out=t)
-            G, = _arrays.fetch(xp, [xp.matmul(buf, _with_ones_column(xp, r)
-                                              if channel_beta else r)], ct)
-            H0, H1 = G[:C, :K] * coef.a, G[C:, :K] * coef.a
-            gbeta = G[:C, K] if channel_beta else None
-            gx = None                               # one fused pass below
-        else:
-            H = xp.empty((2 * C, K), ct)
-            gx = lay.empty(xp, ct)
-            u = lay.empty(xp, ct)
-            mask = lay.empty(xp, numpy.bool_)
-            for k in range(K):
-                xp.greater(_term(xp, st, xc, k, t), 0, out=mask)
-                xp.multiply(g, mask, out=t)
-                t *= st.rTa[k][None, :]              # h_k
-                H[:C, k] = t.sum(axis=1)
-                xp.multiply(t, xc, out=u)
-                H[C:, k] = u.sum(axis=1)
-                if k == 0:
-                    xp.multiply(t, st.P[:, k:k + 1], out=gx)
-                else:
-                    t *= st.P[:, k:k + 1]
-                    gx += t
-            del mask, u
-            H = _arrays.fetch(xp, [H], ct)[0]
-            H0, H1 = H[:C], H[C:]
-            gbeta = H0.sum(axis=1) if channel_beta else None
-
-        S, mc = coef.S, coef.mc
-        S3 = S * S * S
-        D = H1 - mc * H0                            # sum_i h_k (xc - mc_k)
-        # the parameters' gradients are this process's (its loss depends on gamma and
-        # beta only through its own points); the input's go through the statistics,
-        # which depend on every process's points
-        ggamma = None
-        if spec.mode == _CHANNEL:
-            if spec.has_gamma:
-                ggamma = (S * D).sum(axis=1)
-        else:
-            if spec.mode == _COMPONENT and spec.has_gamma:
-                ggamma = (-0.5 * D * coef.var * S3).T
-            if spec.mode == _COMPONENT and spec.has_beta:
-                gbeta = -(S * H0).T
-        if self.reducer is not None:                # sums over every process's points
-            H0, D = _reduce_sums(self.reducer, [H0, D])
-        dS, dM = D, -(S * H0)
-        if spec.mode == _CHANNEL and spec.has_gamma:
-            dS = D * coef.gc[:, None]
-            dM = dM * coef.gc[:, None]
-        if spec.mode == _COMPONENT:
-            dvar = -0.5 * dS * coef.gk * S3
-        else:
-            dvar = -0.5 * dS * S3
-
-        send = [g for g in (ggamma, gbeta) if g is not None]
-        if spec.train:
-            # through mu = nu_hat^T xc and var = nu_hat^T xc^2 - mu^2
-            dvar = dvar * coef.var_pos
-            dmu = dM - 2 * coef.muc * dvar
-            send += [2 * dvar / coef.s, dmu / coef.s]
-        dev = _arrays.send(xp, send, ct)
-        if not spec.relu:
-            # gx = gy * (a P) r^T [+ xc * (2 dvar / s) r^T + (dmu / s) r^T]
-            gx = kernels.combine(t, g, st.wp, st.rT, v=xc if spec.train else None,
-                                 B=dev[-2] if spec.train else None,
-                                 Cm=dev[-1] if spec.train else None)
-            spare = g
-        else:
-            if spec.train:
-                t = lay.expand(xp, dev[-2], r, out=t)
-                t *= xc
-                gx += t
-                gx += lay.expand(xp, dev[-1], r, out=t)
-            spare = t
-
-        dtypes = self.dtypes
-        outs = [lay.output(xp, gx, dtypes[0], spare=spare)]
-        for i, grad in enumerate(dev[:len(dtypes) - 1]):
-            outs.append(grad.astype(dtypes[i + 1], copy=False))
-        return tuple(outs)
+        dtype, C = saved.xc.dtype, saved.layout.C
+        work = saved.layout.empty(xp, dtype, 2)        # [gy; scratch] (2C, n)
+        saved.layout.to_cn(xp, gy, dtype, out=work[:C])
+        sums = (_relu_sums if spec.relu else _linear_sums)(xp, spec, saved, work)
+        host = _host_gradients(spec, saved.coef, sums, self.reducer)
+        grads = _send_gradients(xp, host, dtype)
+        gx_form = _relu_gx if spec.relu else _linear_gx
+        gx, spare = gx_form(xp, saved, sums, grads, work[:C], work[C:])
+        dtypes = saved.dtypes
+        outputs = [saved.layout.output(xp, gx, dtypes.x, spare=spare)]
+        if spec.has_gamma:
+            outputs.append(grads.gamma.astype(dtypes.gamma, copy=False))
+        if spec.has_beta:
+            outputs.append(grads.beta.astype(dtypes.beta, copy=False))
+        return tuple(outputs)
 
     def backward(self, indexes, grad_outputs):
         raise NotImplementedError(
             'double backward is not supported by mixture normalization')
+
+
+def _linear_sums(xp, spec, saved, work):
+    """:class:`_ComponentSums` of the linear form: h_k = gy a_k r_k, so sum h = a (gy^T r)
+    and sum h xc = a ((gy xc)^T r), one product of ``work`` = [gy; gy xc] (with the
+    channel beta a ones column of r gives its gradient sum_i gy as well)."""
+    C, K = saved.layout.C, saved.resp.shape[1]
+    channel_beta = spec.mode == _CHANNEL and spec.has_beta
+    xp.multiply(work[:C], saved.xc, out=work[C:])
+    resp = _with_ones_column(xp, saved.resp) if channel_beta else saved.resp
+    sums, = _arrays.fetch(xp, [xp.matmul(work, resp)], saved.xc.dtype)
+    scale = saved.coef.scale
+    return _ComponentSums(sums[:C, :K] * scale, sums[C:, :K] * scale,
+                          sums[:C, K] if channel_beta else None)
+
+
+def _relu_sums(xp, spec, saved, work):
+    """:class:`_ComponentSums` of the ReLU form (Eq. 40): per k, h_k = gy a_k r_k where
+    component k's pre-activation is positive, and the input gradient's part
+    sum_k h_k slope_k.  ``work`` = [gy; scratch]."""
+    layout, device, xc = saved.layout, saved.device, saved.xc
+    C, K, dtype = layout.C, saved.resp.shape[1], xc.dtype
+    gy_cn, h_k = work[:C], work[C:]
+    sums = xp.empty((2 * C, K), dtype)
+    gx, hx_k, mask = layout.empty(xp, dtype), layout.empty(xp, dtype), layout.empty(xp, numpy.bool_)
+    for k in range(K):
+        xp.greater(_pre_activation(xp, device, xc, k, h_k), 0, out=mask)
+        xp.multiply(gy_cn, mask, out=h_k)
+        h_k *= device.resp_t_scaled[k][None, :]
+        sums[:C, k] = h_k.sum(axis=1)
+        xp.multiply(h_k, xc, out=hx_k)
+        sums[C:, k] = hx_k.sum(axis=1)
+        if k == 0:
+            xp.multiply(h_k, device.slope[:, k:k + 1], out=gx)
+        else:
+            h_k *= device.slope[:, k:k + 1]
+            gx += h_k
+    del mask, hx_k
+    sums, = _arrays.fetch(xp, [sums], dtype)
+    h = sums[:C]
+    beta = h.sum(axis=1) if spec.mode == _CHANNEL and spec.has_beta else None
+    return _ComponentSums(h, sums[C:], beta, gx)
+
+
+def _host_gradients(spec, coef, sums, reducer):
+    """The chain rule on the host (float64), a :class:`_HostGradients`.  The parameters'
+    gradients are this rank's (its loss depends on gamma and beta only through its own
+    points); the input's go through the statistics, which depend on every rank's
+    points, so their sums are reduced first."""
+    inv_std = coef.inv_std
+    inv_std3 = inv_std * inv_std * inv_std
+    centred = sums.hx - coef.centre * sums.h          # sum_i h_k (xc - centre_k)
+    gamma, beta = None, sums.beta
+    if spec.mode == _CHANNEL and spec.has_gamma:
+        gamma = (inv_std * centred).sum(axis=1)
+    if spec.mode == _COMPONENT and spec.has_gamma:
+        gamma = (-0.5 * centred * coef.var * inv_std3).T
+    if spec.mode == _COMPONENT and spec.has_beta:
+        beta = -(inv_std * sums.h).T
+    if not spec.train:
+        return _HostGradients(gamma, beta)
+    h = sums.h
+    if reducer is not None:                           # sums over every rank's points
+        h, centred = _reduce_sums(reducer, [h, centred])
+    return _HostGradients(gamma, beta, *_statistics_gradients(spec, coef, h, centred,
+                                                              inv_std3))
+
+
+def _statistics_gradients(spec, coef, h, centred, inv_std3):
+    """Eq. 35-36 backwards: dL/dvar and dL/dmu from the sums ``h`` and ``centred``
+    (C, K), as the coefficients ``(2 dvar / s, dmu / s)`` of xc r^T and r^T in gx."""
+    d_std, d_mean = centred, -(coef.inv_std * h)
+    if coef.gamma_channel is not None:
+        d_std = centred * coef.gamma_channel[:, None]
+        d_mean = d_mean * coef.gamma_channel[:, None]
+    if spec.mode == _COMPONENT:
+        d_var = -0.5 * d_std * coef.gamma_component * inv_std3
+    else:
+        d_var = -0.5 * d_std * inv_std3
+    # through mu = nu_hat^T xc and var = nu_hat^T xc^2 - mu^2 (clamped at 0)
+    d_var = d_var * coef.var_positive
+    d_mu = d_mean - 2 * coef.mean * d_var
+    return 2 * d_var / coef.colsum, d_mu / coef.colsum
+
+
+def _send_gradients(xp, host, dtype):
+    """:class:`_HostGradients` on the device, the arrays present sent in one copy."""
+    present = [name for name, value in zip(host._fields, host) if value is not None]
+    sent = _arrays.send(xp, [getattr(host, name) for name in present], dtype)
+    return _HostGradients(**dict(zip(present, sent)))
+
+
+def _linear_gx(xp, saved, sums, grads, gy_cn, scratch):
+    """The input gradient of the linear form, one fused pass:
+    gx = gy * (a S) r^T [+ xc * (2 dvar / s) r^T + (dmu / s) r^T].  Returns it and
+    the (C, n) buffer left free."""
+    device, train = saved.device, grads.x_var is not None
+    gx = kernels.combine(scratch, gy_cn, device.x_weight, device.resp_t,
+                         v=saved.xc if train else None, B=grads.x_var, Cm=grads.x_mean)
+    return gx, gy_cn
+
+
+def _relu_gx(xp, saved, sums, grads, gy_cn, scratch):
+    """The input gradient of the ReLU form: its part from the per-component pass plus,
+    in training, the part through the statistics.  Returns it and a free buffer."""
+    gx = sums.gx
+    if grads.x_var is not None:
+        layout = saved.layout
+        scratch = layout.expand(xp, grads.x_var, saved.resp, out=scratch)
+        scratch *= saved.xc
+        gx += scratch
+        gx += layout.expand(xp, grads.x_mean, saved.resp, out=scratch)
+    return gx, scratch
 
 
 # --------------------------------------------------------------------------
@@ -719,19 +901,19 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
 # --------------------------------------------------------------------------
 
 def _prepare(x, gamma, beta, resp, fname, what='K'):
-    xa = _raw(x)
-    ra = _raw(resp)
-    _check_x_resp(xa, ra, fname)
-    mode = _affine_mode(_raw(gamma), _raw(beta), xa.shape[1], ra.shape[1], what)
+    x_array = _raw(x)
+    resp_array = _raw(resp)
+    _check_x_resp(x_array, resp_array, fname)
+    mode = _affine_mode(_raw(gamma), _raw(beta), x_array.shape[1], resp_array.shape[1], what)
     params = [p for p in (gamma, beta) if p is not None]
-    return xa, ra, mode, params
+    return x_array, resp_array, mode, params
 
 
 def _train(x, gamma, beta, resp, eps, lambda_scaling, relu, return_stats, fname,
            reducer=None):
     _check_eps(eps)
-    xa, ra, mode, params = _prepare(x, gamma, beta, resp, fname)
-    node = MixtureNormalizationFunction(ra, mode, gamma is not None, beta is not None,
+    x_array, resp_array, mode, params = _prepare(x, gamma, beta, resp, fname)
+    node = MixtureNormalizationFunction(resp_array, mode, gamma is not None, beta is not None,
                                         eps, lambda_scaling, relu=relu, reducer=reducer)
     y, = node.apply([x] + params)
     return (y, node.stats) if return_stats else y
@@ -816,8 +998,8 @@ def fixed_mixture_normalization(x, gamma, beta, resp, means, variances, scale,
     """
     _check_eps(eps)
     fname = 'fixed_mixture_normalization'
-    xa, ra, mode, params = _prepare(x, gamma, beta, resp, fname, 'M')
-    C, M = xa.shape[1], ra.shape[1]
+    x_array, resp_array, mode, params = _prepare(x, gamma, beta, resp, fname, 'M')
+    C, M = x_array.shape[1], resp_array.shape[1]
     means, variances, scale = _raw(means), _raw(variances), _raw(scale)
     for name, arr, shape in (('means', means, (M, C)), ('variances', variances, (M, C)),
                              ('scale', scale, (M,))):
@@ -825,9 +1007,9 @@ def fixed_mixture_normalization(x, gamma, beta, resp, means, variances, scale,
             raise ValueError('{}: {} must have shape {} (M = resp.shape[1], C = '
                              'x.shape[1]), got {}'.format(fname, name, shape,
                                                          tuple(arr.shape)))
-        if _arrays.get_array_module(arr) is not _arrays.get_array_module(xa):
+        if _arrays.get_array_module(arr) is not _arrays.get_array_module(x_array):
             raise ValueError('{}: {} must live on the same device as x'.format(fname, name))
-    node = FixedMixtureNormalizationFunction(ra, means, variances, scale, mode,
+    node = FixedMixtureNormalizationFunction(resp_array, means, variances, scale, mode,
                                              gamma is not None, beta is not None, eps)
     y, = node.apply([x] + params)
     return y
@@ -846,15 +1028,16 @@ def mixture_moments(x, resp):
         ``lam_k = mean_i resp_ik``, ``mu = nu_hat^T x``,
         ``var = max(nu_hat^T x^2 - mu^2, 0)``.
     """
-    xa = _raw(x)
-    ra = _raw(resp)
-    _check_x_resp(xa, ra, 'mixture_moments')
-    xp = _arrays.get_array_module(xa)
-    ct = _compute_dtype(xa.dtype)
-    lay = _Layout(xa.shape)
-    _, _, small = _device_moments(xp, lay, xa, ra.astype(ct, copy=False), ct)
-    M, s, c = _arrays.fetch(xp, small, ct)
-    if not numpy.isfinite(M).all():
-        _raise_non_finite_moments(xa, ct)
-    _, lam, muc, _, var = _host_moments(M, s, lay.n, ct)
-    return BatchStats(*_arrays.send(xp, [lam, (muc + c[:, None]).T, var.T], ct))
+    x_array = _raw(x)
+    resp_array = _raw(resp)
+    _check_x_resp(x_array, resp_array, 'mixture_moments')
+    xp = _arrays.get_array_module(x_array)
+    dtype = _compute_dtype(x_array.dtype)
+    layout = _Layout(x_array.shape)
+    _, _, small = _device_moments(xp, layout, x_array, resp_array.astype(dtype, copy=False), dtype)
+    moments, colsum, shift = _arrays.fetch(xp, small, dtype)
+    if not numpy.isfinite(moments).all():
+        raise _non_finite_moments_error(x_array, dtype)
+    stats = _host_moments(moments, colsum, layout.n, dtype)
+    return BatchStats(*_arrays.send(xp, [stats.weights, (stats.mean + shift[:, None]).T,
+                                         stats.var.T], dtype))

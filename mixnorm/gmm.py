@@ -70,8 +70,10 @@ from typing import NamedTuple
 import numpy
 
 from mixnorm import _arrays
+from mixnorm import _collectives
 from mixnorm._collectives import LocalReducer  # noqa: F401  (public here too)
 from mixnorm import kernels
+from mixnorm import settings
 from mixnorm._arrays import get_array_module
 
 #: Rows used to estimate the shift and scale of the fitting frame.
@@ -80,7 +82,7 @@ _FRAME_ROWS = 512
 MIN_POINTS_PER_COMPONENT = 32
 #: Default ``min_count`` of :func:`fit_gmm`: the smallest effective count (points) a
 #: returned component may have (see :func:`fit_gmm` for the choice).
-MIN_COUNT = 16
+MIN_COUNT = settings.SETTINGS['min_count'].default
 
 
 class GMM(NamedTuple):
@@ -113,51 +115,33 @@ def default_local_trials(n_components):
 
 # --------------------------------------------------------------------------- validation
 
-class _InvalidParameter(ValueError, TypeError):
-    """A bad argument (as scikit-learn's ``InvalidParameterError``: both a ``ValueError``
-    and a ``TypeError``)."""
-
-
-def _invalid(func, name, allowed, value):
-    return _InvalidParameter('The %r parameter of %s must be %s. Got %r instead.'
-                             % (name, func, allowed, value))
+_InvalidParameter = settings.InvalidParameter
+_invalid = settings.invalid
 
 
 def _check_int(func, name, value, low, allow_none=False):
     """``value`` as an int >= ``low`` (``None`` passes through with ``allow_none``)."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise _invalid(func, name, '%san int in the range [%d, inf)'
-                       % ('None or ' if allow_none else '', low), value)
-    return int(value)
+    allowed = (settings.Interval(numbers.Integral, low, math.inf, 'left'),)
+    return settings.validate(func, name, value, (None,) + allowed if allow_none else allowed)
 
 
 def _check_real(func, name, value, low, high, closed):
     """``value`` as a float in the interval from ``low`` to ``high`` (``closed`` one of
     'both', 'left', 'right', 'neither'); NaN and bools are rejected."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) \
-        and not math.isnan(value)
-    if ok:
-        ok = (value >= low if closed in ('both', 'left') else value > low) and \
-            (value <= high if closed in ('both', 'right') else value < high)
-    if not ok:
-        interval = '%s%s, %s%s' % ('[' if closed in ('both', 'left') else '(', low, high,
-                                   ']' if closed in ('both', 'right') else ')')
-        raise _invalid(func, name, 'a float in the range ' + interval, value)
-    return float(value)
+    return settings.validate(func, name, value,
+                             (settings.Interval(numbers.Real, low, high, closed),))
+
+
+_GENERATOR = settings.InstanceOf(numpy.random.Generator, 'a numpy.random.Generator')
 
 
 def _check_seed(func, seed):
-    """A ``numpy.random.Generator`` for ``seed``: None (fresh entropy), an int >= 0, or a
-    ``Generator`` (used, and advanced, as given)."""
-    if isinstance(seed, numpy.random.Generator):
-        return seed
-    if seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
-                        and seed >= 0):
-        return numpy.random.default_rng(None if seed is None else int(seed))
-    raise _invalid(func, 'seed', 'None, an int in the range [0, inf) or a '
-                   'numpy.random.Generator', seed)
+    """A ``numpy.random.Generator`` for ``seed``: None (fresh entropy), an int >= 0 (as
+    MN's ``seed`` setting), or a ``Generator`` (used, and advanced, as given)."""
+    seed = settings.validate(func, 'seed', seed,
+                             settings.SETTINGS['seed'].constraints + (_GENERATOR,))
+    return seed if isinstance(seed, numpy.random.Generator) \
+        else numpy.random.default_rng(seed)
 
 
 def _check_points(x, name='x'):
@@ -408,81 +392,119 @@ def _m_step(moments, n, eps_z, tiny):
 # ---------------------------------------------------------------------------- seeding
 
 def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False):
-    """Greedy K-means++ on the frame.
+    """Greedy K-means++ over the points of the frame (of all ranks, for a union frame).
 
-    Returns the nearest-seed labels (n,) of every point (ties go to the earlier seed, as
+    Returns this rank's nearest-seed labels (n,) (ties go to the earlier seed, as
     ``argmin``), tracked on the way so that the first Lloyd assignment costs no extra
-    pass over the data, and with ``want_indices`` also the indices (K,) of the chosen
-    points (the fit itself needs only the labels).  Host random draws (``rs``, a
-    ``numpy.random.Generator``), device arithmetic, no host synchronisation.
+    pass over the data, and with ``want_indices`` (one process) also the indices (K,)
+    of the chosen points.  Every rank holds the same host generator ``rs`` and makes
+    the same draws: the first seed uniformly over all points, then per round
+    ``n_local_trials`` candidates drawn proportionally to the potential (squared
+    distance to the nearest seed), of which the one lowering the total potential most
+    is kept.  One process (no reducer) is the P = 1 case of the same steps, whose
+    exchanges are then no-ops that leave the data on the device (no host
+    synchronisation); with a :class:`LocalReducer` they run, and choose the same seeds
+    bitwise:
+
+    * a seed or candidate is held by one rank, which contributes its coordinates
+      (:func:`_seed_coef`, one reduction);
+    * a round's draws fall in the ranks' shares of the global potential
+      (:func:`_draw_candidates`, with the per-rank potentials of one all-gather);
+    * each rank scores every candidate on its own points and one all-gather sums them
+      (:func:`_candidate_potentials`); the best candidate is the same on every rank.
+
+    That is 2 + 2 (K - 1) collectives of O(trials * d) numbers per rank for P ranks.
     """
     xp = get_array_module(frame.za)
-    n = frame.za.shape[0]
-    first = xp.asarray(numpy.array([rs.integers(0, n)], dtype=numpy.int64))
-    indices = [first] if want_indices else None
-    closest = _distances(frame, _centre_coef(frame, first))[0]
-    labels = xp.zeros((n,), dtype=xp.int64)
-    # all rounds' uniform draws in one copy (the same stream as one draw per round)
-    draws = xp.asarray(rs.random((n_components - 1, n_local_trials)))
+    labels = xp.zeros((frame.za.shape[0],), dtype=xp.int64)
+    if n_components == 1 and not want_indices:
+        return labels, None
+    rows, mine = _first_seed(frame, int(rs.integers(0, frame.n)))
+    indices = [rows] if want_indices else None
+    closest = _distances(frame, _seed_coef(frame, rows, mine))[0]
+    cum = xp.cumsum(closest, dtype=xp.float64)
+    rank_pots = _rank_potentials(frame, cum)
+    # all rounds' uniform draws at once (the same stream as one draw per round)
+    draws = _round_draws(frame, rs.random((n_components - 1, n_local_trials)))
     for k in range(1, n_components):
-        cum = xp.cumsum(closest, dtype=xp.float64)
-        cand = kernels.sample_candidates(cum, draws[k - 1])
+        cand, mine = _draw_candidates(frame, cum, draws[k - 1], rank_pots)
         # (trials, n) squared distances; kpp_update clips them at 0
-        dist = _distance_product(frame, _centre_coef(frame, cand))
-        pot = xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64)
+        dist = _distance_product(frame, _seed_coef(frame, cand, mine))
+        pot, rank_pots = _candidate_potentials(
+            frame, xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64))
         if want_indices:
             indices.append(xp.reshape(cand[xp.argmin(pot)], (1,)))    # device index
         closest, labels = kernels.kpp_update(dist, pot, closest, labels, k)
+        if k + 1 < n_components:
+            cum = xp.cumsum(closest, dtype=xp.float64)
     return labels, (xp.concatenate(indices) if want_indices else None)
 
 
-def _kmeans_plusplus_union(frame, n_components, n_local_trials, rs):
-    """Greedy K-means++ over the union of all ranks' points (a union frame); returns
-    this rank's nearest-seed labels (n,).
-
-    Every rank holds the same host generator ``rs`` and so makes the same draws.  The
-    first seed is drawn uniformly over the union: global index -> (owner rank, local
-    index); the owner contributes the point's ``[z | |z|^2]`` (one reduction), each
-    rank then computes its potential (sum of squared distances to the nearest seed),
-    and one all-gather of its total tells every rank all ranks' potentials.  Each later round maps its draws to (owner rank, position within the
-    owner's potential) (:func:`_owned_draws`), the owners sample their candidates with
-    the single-process kernel and contribute their coordinates (a (trials, d+1) buffer,
-    zeros elsewhere: one reduction), each rank computes the potential of every candidate
-    over its own points, and an all-gather of those (trials,) potentials gives
-    the global potentials (the best candidate is the same on every rank) and the next
-    round's per-rank potentials.  2 + 2 (K - 1) collectives of O(trials * d) numbers
-    from each rank; with one rank the choices are exactly those of :func:`_kmeans_plusplus`.
-    """
+def _first_seed(frame, first):
+    """The point of global index ``first`` (ranks in order): its local index as a
+    device int64 array (None where another rank holds it) and, for a union frame,
+    whether this rank holds it (a (1,) host mask; None for one process)."""
     xp = get_array_module(frame.za)
-    reducer, me = frame.reducer, frame.reducer.rank
-    n, d = frame.za.shape[0], frame.d
-    labels = xp.zeros((n,), dtype=xp.int64)
-    if n_components == 1:
-        return labels
+    if frame.reducer is None:
+        return xp.asarray(numpy.array([first], dtype=numpy.int64)), None
     offsets = numpy.concatenate([[0], numpy.cumsum(frame.counts)]).astype(numpy.int64)
-    first = int(rs.integers(0, offsets[-1]))
-    rows = numpy.zeros((1, d + 1))
-    if offsets[me] <= first < offsets[me + 1]:
-        rows[:] = _point_rows(frame, xp.asarray(numpy.array([first - offsets[me]],
-                                                            dtype=numpy.int64)))
-    closest = _distances(frame, _rows_coef(frame, reducer.sum(rows)))[0]
-    cum = xp.cumsum(closest, dtype=xp.float64)
-    pots = reducer.allgather(_arrays.to_host(cum[-1:]))[:, 0]
-    draws = rs.random((n_components - 1, n_local_trials))
-    for k in range(1, n_components):
-        mine, u = _owned_draws(draws[k - 1], pots, me)
-        rows = numpy.zeros((n_local_trials, d + 1))
-        if mine.any():
-            rows[mine] = _point_rows(frame, kernels.sample_candidates(cum, xp.asarray(u)))
-        dist = _distance_product(frame, _rows_coef(frame, reducer.sum(rows)))
-        table = reducer.allgather(_arrays.to_host(
-            xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64)))
-        pot = table.sum(axis=0)                       # the same on every rank
-        closest, labels = kernels.kpp_update(dist, xp.asarray(pot), closest, labels, k)
-        pots = table[:, numpy.argmin(pot)]
-        if k + 1 < n_components:
-            cum = xp.cumsum(closest, dtype=xp.float64)
-    return labels
+    me = frame.reducer.rank
+    mine = numpy.array([offsets[me] <= first < offsets[me + 1]])
+    rows = xp.asarray(numpy.array([first - offsets[me]], dtype=numpy.int64)) \
+        if mine[0] else None
+    return rows, mine
+
+
+def _seed_coef(frame, rows, mine):
+    """Device distance coefficients (m, 2d+2) of m points held by some rank: ``rows``
+    the device local indices of those this rank holds, ``mine`` (m,) which those are.
+    One process (``mine`` None) computes them on the device (:func:`_centre_coef`); in
+    a union frame each holder contributes its points' ``[z | |z|^2]``, zeros elsewhere,
+    in one reduction (:func:`_rows_coef` gives the values :func:`_centre_coef` would)."""
+    if mine is None:
+        return _centre_coef(frame, rows)
+    held = numpy.zeros((mine.size, frame.d + 1))
+    if mine.any():
+        held[mine] = _point_rows(frame, rows)
+    return _rows_coef(frame, frame.reducer.sum(held))
+
+
+def _rank_potentials(frame, cum):
+    """Each rank's total potential (P,) (host; one all-gather of ``cum[-1]``), or None
+    for one process (whose draws need no split)."""
+    if frame.reducer is None:
+        return None
+    return frame.reducer.allgather(_arrays.to_host(cum[-1:]))[:, 0]
+
+
+def _round_draws(frame, draws):
+    """The rounds' draws (K-1, trials) where :func:`_draw_candidates` reads them: on the
+    device for one process (one copy), on the host for a union frame."""
+    return get_array_module(frame.za).asarray(draws) if frame.reducer is None else draws
+
+
+def _draw_candidates(frame, cum, u, rank_pots):
+    """Candidates for the uniform draws ``u`` (trials,) over the global potential, ``cum``
+    the cumulative potential of this rank's points: ``(rows, mine)`` as
+    :func:`_seed_coef` takes them (this rank's candidates and which draws they are)."""
+    if rank_pots is None:
+        return kernels.sample_candidates(cum, u), None
+    mine, local = _owned_draws(u, rank_pots, frame.reducer.rank)
+    if not mine.any():
+        return None, mine
+    return kernels.sample_candidates(cum, get_array_module(cum).asarray(local)), mine
+
+
+def _candidate_potentials(frame, local):
+    """The candidates' potentials over all ranks from this rank's ``local`` (trials,)
+    (device): ``(pot, rank_pots)``, ``pot`` on the device and, for a union frame, each
+    rank's potential (P,) after the best candidate (one all-gather; None for one
+    process)."""
+    if frame.reducer is None:
+        return local, None
+    table = frame.reducer.allgather(_arrays.to_host(local))
+    pot = table.sum(axis=0)                       # the same on every rank
+    return get_array_module(local).asarray(pot), table[:, numpy.argmin(pot)]
 
 
 def _owned_draws(u, pots, rank):
@@ -556,10 +578,7 @@ def _fit_in_frame(frame, n_components, kmeans_iters, em_iters, n_local_trials, e
         return _m_step(moments, n, eps_z, tiny) if _finite(moments) else None
 
     with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf: see fit_gmm
-        if frame.reducer is None:
-            labels, _ = _kmeans_plusplus(frame, n_components, n_local_trials, rs)
-        else:
-            labels = _kmeans_plusplus_union(frame, n_components, n_local_trials, rs)
+        labels, _ = _kmeans_plusplus(frame, n_components, n_local_trials, rs)
         gmm = m_step(_moments(frame, _one_hot(labels, n_components, dtype)))
         for _ in range(1, kmeans_iters):
             if gmm is None:
@@ -619,36 +638,42 @@ def _check_fit_args(n_components, kmeans_iters, em_iters, n_local_trials, fit_fr
     the argument and its valid range); returns them converted, and the random
     generator."""
     f = 'fit_gmm'
-    n_components = _check_int(f, 'n_components', n_components, 1)
+    n_components = settings.check('n_components', n_components, f)
     kmeans_iters = _check_int(f, 'kmeans_iters', kmeans_iters, 0)
     em_iters = _check_int(f, 'em_iters', em_iters, 0)
     n_local_trials = _check_int(f, 'n_local_trials', n_local_trials, 1, allow_none=True)
-    fit_fraction = _check_real(f, 'fit_fraction', fit_fraction, 0.0, 1.0, 'right')
-    min_weight = _check_real(f, 'min_weight', min_weight, 0.0, 1.0, 'left')
-    min_count = _check_real(f, 'min_count', min_count, 0.0, math.inf, 'left')
-    eps = _check_real(f, 'eps', eps, 0.0, math.inf, 'neither')
-    if not isinstance(return_responsibilities, (bool, numpy.bool_)):
-        raise _invalid(f, 'return_responsibilities', 'a bool', return_responsibilities)
+    fit_fraction = settings.check('fit_fraction', fit_fraction, f)
+    min_weight = settings.check('min_weight', min_weight, f)
+    min_count = settings.check('min_count', min_count, f)
+    eps = settings.check('eps', eps, f)
+    settings.validate(f, 'return_responsibilities', return_responsibilities,
+                      (settings.Boolean(),))
     rs = _check_seed(f, seed)
     return (n_components, kmeans_iters, em_iters, _check_trials(n_components, n_local_trials),
             fit_fraction, min_weight, min_count, eps, rs)
 
 
-def _check_representable(gmm, work, x):
+def _check_representable(gmm, work, x, reducer=None):
     """Raise unless the host float64 GMM (data units) is finite in the dtype ``work`` it
-    is returned in (float32 variances overflow for |x| beyond about 1e19)."""
+    is returned in (float32 variances overflow for |x| beyond about 1e19).  The GMM is
+    the same on every rank, and so is the outcome; the message quotes the largest |x|
+    of all ranks, and the rank that holds it (one reduction, on the failure path)."""
     limit = float(numpy.finfo(work).max)
     big = max(float(numpy.abs(a).max()) for a in gmm)
     if math.isfinite(big) and big <= limit:
         return
+    top, where = _max_abs(x), ''
+    if reducer is not None and reducer.size > 1:
+        tops = reducer.allgather([top])[:, 0]
+        rank = int(numpy.argmax(tops))
+        top, where = float(tops[rank]), ' (on rank %d of %d)' % (rank, reducer.size)
     if work == numpy.float64:
-        raise ValueError('the mixture fitted to x is not finite in float64 (max |x| %g): '
-                         'rescale x' % _max_abs(x))
-    top = _max_abs(x)
-    raise ValueError('the magnitude of x overflows %s variances: max |x| is %g, so the '
+        raise ValueError('the mixture fitted to x is not finite in float64 (max |x| %g%s): '
+                         'rescale x' % (top, where))
+    raise ValueError('the magnitude of x overflows %s variances: max |x| is %g%s, so the '
                      'variances reach %g, beyond the largest %s (%g); cast x to float64 '
                      '(x.astype(numpy.float64)) or rescale it (e.g. x / %g)'
-                     % (work, top, big, work, limit, top))
+                     % (work, top, where, big, work, limit, top))
 
 
 def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
@@ -695,15 +720,17 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
     reduction, which also tells every rank how many points each holds); K-means++ draws
     from a host generator that is the same on every rank, proportionally to the global
     potential (2 reductions for the first seed, 2 per further seed:
-    :func:`_kmeans_plusplus_union`); each Lloyd or EM pass, and each round of the count
+    :func:`_kmeans_plusplus`); each Lloyd or EM pass, and each round of the count
     rule, reduces its (K, 2d+2) moments matrix once, and pruning uses the global counts.
     That is ``3 + 2 (K - 1) + kmeans_iters + em_iters`` reductions, 9 for K = 3 and the
     paper's "EM iter." 2, each of O(K d + P (d + trials)) numbers, never O(n d); the
     device work per rank is that of a single-process fit of its points plus one
     device-to-host copy per reduction.  ``fit_fraction`` subsamples each rank's points.
-    With one rank the result equals the fit without a reducer.  A rank whose own input
-    is invalid (shape, dtype) raises before the first reduction, leaving the others
-    waiting: check such input before fitting; NaN/Inf input is reported on every rank.
+    With one rank the result equals the fit without a reducer.  NaN/Inf input (also in a
+    point a ``fit_fraction`` fit did not see) and a float32 overflow are reported on
+    every rank, naming the rank(s).  A rank whose own input is invalid (shape, dtype)
+    raises before the first reduction, leaving the others waiting: check such input
+    before fitting (``MultiNodeMixtureNormalization`` does, collectively).
     """
     xp, work = _check_points(x)
     (n_components, kmeans_iters, em_iters, n_local_trials, fit_fraction, min_weight,
@@ -729,12 +756,12 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
             raise ValueError('the data overflow float64 in the fitting frame (max |x| %g): '
                              'rescale x' % _max_abs(points))
     gmm = _from_frame(gmm_z, frame)
-    _check_representable(gmm, work, points)
+    _check_representable(gmm, work, points, reducer)
     gmm = _on_device(gmm, xp, work)
     if not return_responsibilities:
         return gmm
     if points is not x:                     # fitted on a subset: score every point
-        return gmm, responsibilities(x, gmm)
+        return gmm, _responsibilities_everywhere(x, gmm, reducer)
     return gmm, _e_step(frame, gmm_z)[0].T
 
 
@@ -754,9 +781,10 @@ def _fitted_points(x, n_components, fit_fraction, rs, reducer):
 
 
 def _check_finite_everywhere(x, reducer):
-    """:func:`check_finite` on every rank: ranks with NaN/Inf raise with their counts,
-    the others name those ranks (one reduction, on the failure path only), so that no
-    rank is left waiting in a collective."""
+    """:func:`check_finite` on every rank: if any rank's points hold NaN/Inf, every rank
+    raises the same error, naming those ranks and quoting their counts (one reduction
+    when no rank has any, on the failure path only), so that no rank is left waiting in
+    a collective."""
     if reducer is None:
         return check_finite(x)
     try:
@@ -764,13 +792,24 @@ def _check_finite_everywhere(x, reducer):
         error = None
     except ValueError as e:
         error = e
-    flags = reducer.allgather([0.0 if error is None else 1.0])[:, 0]
-    if error is not None:
-        raise error
-    if flags.any():
-        raise ValueError('the points of rank(s) %s contain NaN/Inf values, so the mixture '
-                         'of the union cannot be fitted' % numpy.flatnonzero(flags).tolist())
-    return None
+    return _collectives.raise_together(
+        reducer, error, 'the points of rank(s) {ranks} contain NaN/Inf values, so the '
+        'mixture of the union cannot be fitted')
+
+
+def _responsibilities_everywhere(x, gmm, reducer):
+    """:func:`responsibilities` of this rank's points; with a reducer the ranks agree
+    first on whether every rank could score its points (one reduction), and all raise
+    together if one could not (NaN/Inf in a point the fit did not see)."""
+    if reducer is None:
+        return responsibilities(x, gmm)
+    try:
+        resp, error = responsibilities(x, gmm), None
+    except ValueError as e:
+        resp, error = None, e
+    _collectives.raise_together(reducer, error, 'the points of rank(s) {ranks} cannot be '
+                                'scored under the mixture of the union')
+    return resp
 
 
 def _check_reducer(reducer, seed):
@@ -884,7 +923,7 @@ def em_step(x, gmm, eps=1e-5):
     the GMM on the device of ``x`` in the dtype of the computation.
     """
     xp = get_array_module(x)
-    eps = _check_real('em_step', 'eps', eps, 0.0, math.inf, 'neither')
+    eps = settings.check('eps', eps, 'em_step')
     frame, _, resp, _ = _score(x, gmm)
     moments = _moments(frame, resp)
     _scored(x, frame, float(moments.sum()))

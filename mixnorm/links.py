@@ -10,6 +10,7 @@ serialization) and calls the math through a small public interface:
 """
 from mixnorm import _compat  # noqa: F401
 
+import functools
 import numbers
 
 import numpy
@@ -21,9 +22,8 @@ from chainer import variable
 from mixnorm import _arrays
 from mixnorm import functions
 from mixnorm import gmm as _gmm
+from mixnorm import settings as _settings
 
-AFFINE_MODES = ('channel', 'component', None)
-INFERENCE_FORMS = ('consistent', 'paper')
 #: The recomputed forwards (``F.forget``) a link remembers the posteriors of.
 MAX_PENDING_RECOMPUTES = 16
 
@@ -83,60 +83,39 @@ class MixtureNormalization(chainer.Link):
 
     Readable state: ``effective_components`` (K' of the last fit), ``last_gmm``
     (the last :class:`mixnorm.GMM`, components sorted by weight), ``n_fits``.
+
+    MN's settings (every argument above but BN's) are defined, with their ranges and
+    defaults, in :data:`mixnorm.settings.SETTINGS`; a value out of range raises
+    ``ValueError`` naming the argument, its range and its meaning.
     """
 
     def __init__(self, size=None, n_components=3, em_iters=2, *, eps=2e-5, decay=0.9,
-                 queue_length=10, fit_fraction=1.0, min_weight=0.01,
-                 min_count=_gmm.MIN_COUNT, affine='channel', lambda_scaling=True,
-                 inference='consistent', dtype=None, seed=None, use_gamma=True,
+                 queue_length=10, fit_fraction=1.0, min_weight=0.01, min_count=16,
+                 affine='channel', lambda_scaling=True, inference='consistent',
+                 dtype=None, seed=None, use_gamma=True,
                  use_beta=True, initial_gamma=None, initial_beta=None, axis=None,
                  initial_avg_mean=None, initial_avg_var=None):
         super().__init__()
         size = _check_size(size)
-        if not _is_int(n_components) or n_components < 1:
-            raise ValueError('n_components must be a positive integer, got %r'
-                             % (n_components,))
-        if affine not in AFFINE_MODES:
-            raise ValueError("affine must be 'channel', 'component' or None, got %r"
-                             % (affine,))
-        if inference not in INFERENCE_FORMS:
-            raise ValueError("inference must be 'consistent' (1/sqrt(lambda) as in "
-                             "training) or 'paper' (Eq. 38 as printed), got %r"
-                             % (inference,))
-        if not isinstance(decay, numbers.Real) or not 0.0 < decay < 1.0:
-            raise ValueError('decay (zeta of Eq. 39) must be in (0, 1), got %r' % (decay,))
-        if not _is_int(queue_length) or queue_length < 1:
-            raise ValueError('queue_length must be a positive integer, got %r'
-                             % (queue_length,))
-        if not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError('eps must be positive, got %r' % (eps,))
-        if not isinstance(fit_fraction, numbers.Real) or not 0.0 < fit_fraction <= 1.0:
-            raise ValueError('fit_fraction must be in (0, 1], got %r' % (fit_fraction,))
-        if not isinstance(min_weight, numbers.Real) or not 0.0 <= min_weight < 1.0:
-            raise ValueError('min_weight must be in [0, 1), got %r' % (min_weight,))
-        if not isinstance(min_count, numbers.Real) or not min_count >= 0:
-            raise ValueError('min_count must be a number >= 0 (0 turns the rule off), got %r'
-                             % (min_count,))
-        if seed is not None and (not _is_int(seed) or seed < 0):
-            raise ValueError('seed must be None or a non-negative integer, got %r'
-                             % (seed,))
+        setting = functools.partial(_settings.check, caller=type(self).__name__)
+        self.n_components = setting('n_components', n_components)
+        self.em_iters = setting('em_iters', em_iters)
+        self.kmeans_iters, self.gmm_em_iters = _gmm.split_em_iters(self.em_iters)
+        self.eps = setting('eps', eps)
+        self.decay = setting('decay', decay)
+        self.queue_length = setting('queue_length', queue_length)
+        self.fit_fraction = setting('fit_fraction', fit_fraction)
+        self.min_weight = setting('min_weight', min_weight)
+        self.min_count = setting('min_count', min_count)
+        self.affine = setting('affine', affine)
+        self.lambda_scaling = setting('lambda_scaling', lambda_scaling)
+        self.inference = setting('inference', inference)
+        seed = setting('seed', seed)
         self.axis = _check_axis(axis)
         _check_bn_only_arguments(initial_avg_mean, initial_avg_var)
         if affine is None and (initial_gamma is not None or initial_beta is not None):
             raise ValueError('initial_gamma/initial_beta need an affine: affine=None has '
                              "no parameters (use affine='channel' or 'component')")
-        self.n_components = int(n_components)
-        self.em_iters = em_iters
-        self.kmeans_iters, self.gmm_em_iters = _gmm.split_em_iters(em_iters)
-        self.eps = eps
-        self.decay = decay
-        self.queue_length = int(queue_length)
-        self.fit_fraction = fit_fraction
-        self.min_weight = min_weight
-        self.min_count = min_count
-        self.affine = affine
-        self.lambda_scaling = lambda_scaling
-        self.inference = inference
         self._dtype = chainer.get_dtype(dtype, map_mixed16=numpy.float32)
         self.effective_components = None
         self.last_gmm = None
@@ -215,19 +194,36 @@ class MixtureNormalization(chainer.Link):
 
     # ------------------------------------------------------------------ helpers
     def _check_input(self, x):
-        """Validate the shape of ``x`` (N, C, *S); return the number of points n."""
+        """Validate ``x`` (N, C, *S), taking C from it when the link was built with
+        ``size=None``; return the number of points n.  Raises ``ValueError``."""
         if self.size is None and x.ndim >= 2:
             self._initialize(x.shape[1])
-        if x.ndim < 2 or x.shape[1] != self.size:
-            raise ValueError('%s expects input of shape (N, %s) or (N, %s, ...), got %s'
-                             % (self._label(), self.size, self.size, tuple(x.shape)))
-        if self.axis is not None and len(self.axis) != x.ndim - 1:
-            raise ValueError('%s was built with axis=%r but got %d-D input %s'
-                             % (self._label(), self.axis, x.ndim, tuple(x.shape)))
-        if x.dtype.kind != 'f':
-            raise ValueError('%s expects floating-point input, got %s'
-                             % (self._label(), x.dtype))
+        error = self._input_error(x)
+        if error is not None:
+            raise error
         return x.size // self.size
+
+    def _input_error(self, x):
+        """The ``ValueError`` for an ``x`` this link cannot normalize (shape, channel
+        count, axis, dtype, no points), or None.  Changes nothing."""
+        size = x.shape[1] if self.size is None and x.ndim >= 2 else self.size
+        if x.ndim < 2 or x.shape[1] != size:
+            return ValueError('%s expects input of shape (N, %s) or (N, %s, ...), got %s'
+                              % (self._label(), size, size, tuple(x.shape)))
+        if self.axis is not None and len(self.axis) != x.ndim - 1:
+            return ValueError('%s was built with axis=%r but got %d-D input %s'
+                              % (self._label(), self.axis, x.ndim, tuple(x.shape)))
+        if x.dtype.kind != 'f':
+            return ValueError('%s expects floating-point input, got %s'
+                              % (self._label(), x.dtype))
+        if x.size == 0:
+            return ValueError('%s got an empty batch: input of shape %s has no points'
+                              % (self._label(), tuple(x.shape)))
+        return None
+
+    def _collectives(self):
+        """The reducer of this call's collectives (None: one process)."""
+        return self._reducer
 
     def _points(self, x):
         """Activations (N, C, *S) as the (N*prod(S), C) points the mixture is fitted to."""
@@ -258,7 +254,8 @@ class MixtureNormalization(chainer.Link):
                              % (self._label(), points.shape[0], points.shape[1], e)) from e
 
     def _fit_options(self):
-        return {} if self._reducer is None else {'reducer': self._reducer}
+        reducer = self._collectives()
+        return {} if reducer is None else {'reducer': reducer}
 
     def _push(self, weights, means, variances):
         """Enqueue the statistics of this batch (K' <= K components; the rest weight 0)."""
@@ -338,7 +335,7 @@ class MixtureNormalization(chainer.Link):
         try:
             y, stats = functions.mixture_normalization(
                 x, gamma, beta, resp, self.eps, self.lambda_scaling, return_stats=True,
-                reducer=self._reducer)
+                reducer=self._collectives())
         except ValueError as e:
             raise ValueError('%s, input %s: %s' % (self._label(), tuple(x_arr.shape), e)) \
                 from e

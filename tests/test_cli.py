@@ -12,7 +12,7 @@ import time
 import numpy
 import pytest
 
-from experiments import cli, config as C, records, train
+from experiments import cli, config as C, pipeline, records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BN2 = os.path.join(C.CONFIG_ROOT, 'table2', 'cifar10', 'BN-2.yaml')
@@ -112,9 +112,9 @@ def test_the_cuda_error_reads_as_sentences(monkeypatch):
     def no_cupy(spec):
         raise RuntimeError('CUDA environment is not correctly set up\n(see https://github.com/'
                            "chainer/chainer#installation).No module named 'cupy'")
-    monkeypatch.setattr(train.chainer, 'get_device', no_cupy)
+    monkeypatch.setattr(pipeline.chainer, 'get_device', no_cupy)
     with pytest.raises(C.ConfigError) as e:
-        train.resolve_device('0')
+        pipeline.resolve_device('0')
     msg = str(e.value)
     assert "#installation). No module named 'cupy'" in msg and '\n' not in msg
     assert '--device cpu' in msg

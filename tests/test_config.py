@@ -124,6 +124,29 @@ def test_a_batch_larger_than_the_training_set_is_a_config_error():
     C.check_batch_size(cfg, 256)
 
 
+def test_an_error_names_the_sources_that_set_the_keys_not_the_whole_chain(tmp_path):
+    with pytest.raises(C.ConfigError) as e:
+        C.load_config(os.path.join(T2, 'cifar10', 'MN-2.yaml'), presets=['smoke'],
+                      overrides=['mn.n_components=0', 'train.epochs=1'])
+    assert str(e.value).startswith("--set mn.n_components=0: 'mn.n_components' must be an "
+                                   "int in the range [1, inf)")
+    with pytest.raises(C.ConfigError) as e:     # batch_size from the table, subset from --set
+        C.load_config(os.path.join(T2, 'cifar10', 'BN-2.yaml'),
+                      overrides=['data.subset=[64, 32]', 'train.epochs=1'])
+    assert str(e.value).startswith("configs/table2/base.yaml, --set data.subset=[64, 32]: "
+                                   "'data.batch_size' is 256")
+    path = _write(tmp_path, BASE + 'mn: {layers: [conv3], n_component: 3}\n')
+    with pytest.raises(C.ConfigError) as e:      # an unknown key: the file that holds it
+        C.load_config(path, overrides=['mn.decay=0.5'])
+    assert str(e.value).startswith("%s: unknown key 'mn.n_component'" % path)
+    cfg = C.load_config(_write(tmp_path, BASE + 'mn: {layers: [conv9]}\n', 'ok.yaml'),
+                        overrides=['mn.decay=0.5'])
+    with pytest.raises(C.ConfigError) as e:      # checked after loading: the same rule
+        C.check_layers(cfg, build_model('cifar_cnn', 10))
+    assert str(e.value).startswith('%s: mn.layers: ' % (tmp_path / 'ok.yaml'))
+    assert cfg['_origins']['mn.decay'] == '--set mn.decay=0.5'
+
+
 def test_a_copied_table_folder_keeps_its_inheritance(tmp_path):
     import shutil
     shutil.copytree(T2, str(tmp_path / 'table2'))

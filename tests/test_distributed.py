@@ -8,6 +8,7 @@ import mixnorm._compat  # noqa: F401
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -126,3 +127,108 @@ def test_import_mixnorm_needs_no_mpi4py():
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert 'pip install' in r.stdout and 'mpi4py' in r.stdout
+
+
+# ---------------------------------------------------------------------------
+# one rank's bad input: every rank raises the same error, and none hangs
+# ---------------------------------------------------------------------------
+
+FAULT_WORKER = os.path.join(HERE, 'mpi_workers', 'link_fault_worker.py')
+#: a hang fails the case: far above the few seconds a case takes
+FAULT_TIMEOUT = 60
+
+#: case -> what every rank's error says, from where the joint message starts
+FAULTS = {
+    'nan_k1': ('the input of rank(s) [1] is not finite', 'rank 1: the input contains 1 NaN'),
+    'nan_k3': ('the points of rank(s) [1] contain NaN/Inf', 'rank 1: x contains 1 NaN'),
+    'nan_outside_fit': ('the points of rank(s) [1] cannot be scored',
+                        'rank 1: x contains 1 NaN'),
+    'channels': ('the input of rank(s) [1] of 2 fails the checks',
+                 "(rank 1 of 2) expects input of shape (N, 4) or (N, 4, ...), got (400, 3)"),
+    'int_dtype': ('the input of rank(s) [1] of 2 fails the checks',
+                  'expects floating-point input, got int32'),
+    'empty': ('the input of rank(s) [1] of 2 fails the checks', 'got an empty batch'),
+    'size_none': ('the ranks of a synchronized layer got inputs with different channel '
+                  'counts', 'rank 0: 4, rank 1: 3'),
+    'overflow_k1': ('the input of rank(s) [1] is not finite',
+                    'rank 1: the input is finite but its second moments overflow '
+                    'float32 (max |x| = 1e+30)'),
+    'overflow_k3': ('the magnitude of x overflows float32 variances',
+                    'max |x| is 1e+30 (on rank 1 of 2)'),
+}
+
+
+def run_fault(tmp_path, case, hook, P=2):
+    start = time.monotonic()
+    r = subprocess.run([mpi_util.mpiexec(), '-n', str(P), sys.executable, FAULT_WORKER,
+                        case, hook, str(tmp_path)], capture_output=True, text=True,
+                       timeout=FAULT_TIMEOUT, env=mpi_util.env())
+    return r, time.monotonic() - start
+
+
+@pytest.mark.parametrize('case', sorted(FAULTS))
+def test_a_bad_input_on_one_rank_raises_the_same_error_on_every_rank(tmp_path, case):
+    head, detail = FAULTS[case]
+    r, _ = run_fault(tmp_path, case, 'nohook')
+    assert r.returncode != 0, r.stdout + r.stderr
+    messages = [(tmp_path / ('rank%d.txt' % rank)).read_text() for rank in range(2)]
+    for rank, message in enumerate(messages):
+        assert message.startswith('ValueError: '), (rank, message)
+        assert head in message and detail in message, (rank, message)
+    # the same error on every rank, from the joint message on (each rank may prefix it
+    # with its own layer label)
+    cores = [m[m.index(head):] for m in messages]
+    assert cores[0] == cores[1], messages
+
+
+def hook_stderr(tmp_path, P=2):
+    """What each rank wrote to its stderr file in the worker's ``hook`` mode."""
+    paths = [tmp_path / ('rank%d.err' % rank) for rank in range(P)]
+    return [p.read_text() if p.exists() else '' for p in paths]
+
+
+@pytest.mark.parametrize('case', sorted(FAULTS))
+def test_a_bad_input_on_one_rank_ends_the_job_through_the_crash_hook(tmp_path, case):
+    head, detail = FAULTS[case]
+    r, seconds = run_fault(tmp_path, case, 'hook')
+    assert r.returncode != 0, r.stdout + r.stderr
+    # each rank's stderr is its own file (hook_stderr): the rank whose hook aborted the
+    # job wrote its whole report there before the abort
+    reports = hook_stderr(tmp_path)
+    aborted = [t for t in reports if 'Uncaught exception on rank' in t]
+    assert aborted, reports
+    assert all(head in t and detail in t for t in aborted), reports
+    assert not any((tmp_path / ('rank%d.txt' % rank)).exists() for rank in range(2))
+    assert seconds < FAULT_TIMEOUT
+
+
+@pytest.mark.parametrize('hook', ['nohook', 'hook'])
+def test_a_bad_input_at_inference_raises_on_its_rank_and_leaves_none_waiting(tmp_path,
+                                                                            hook):
+    """Inference communicates nothing (ranks may run it a different number of times),
+    so the bad rank raises alone and the others finish."""
+    r, seconds = run_fault(tmp_path, 'inference_nan', hook)
+    assert r.returncode != 0, r.stdout + r.stderr
+    says = "(rank 1 of 2) at inference, input (400, 4): x contains 1 NaN value"
+    if hook == 'nohook':
+        assert (tmp_path / 'rank0.txt').read_text() == 'ok'
+        assert says in (tmp_path / 'rank1.txt').read_text()
+    else:
+        report = hook_stderr(tmp_path)[1]
+        assert 'Uncaught exception on rank 1' in report and says in report
+    assert seconds < FAULT_TIMEOUT
+
+
+def test_good_inputs_run_through_every_case_layer(tmp_path):
+    """The worker's layers run when no rank's input is bad (the faults are the inputs)."""
+    r = subprocess.run([mpi_util.mpiexec(), '-n', '2', sys.executable, '-c',
+                        'import sys; sys.argv = ["w", "nan_k3", "nohook", %r]\n'
+                        'sys.path.insert(0, %r)\n'
+                        'import link_fault_worker as w\n'
+                        'w.bad_input = lambda case, link, x, rank, size: x\n'
+                        'w.main()' % (str(tmp_path), os.path.dirname(FAULT_WORKER))],
+                       capture_output=True, text=True, timeout=FAULT_TIMEOUT,
+                       env=mpi_util.env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [(tmp_path / ('rank%d.txt' % rank)).read_text() for rank in range(2)] == \
+        ['ok', 'ok']

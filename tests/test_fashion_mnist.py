@@ -16,7 +16,7 @@ import pytest
 
 import chainer
 
-from experiments import compare, config as C, data, models, records, reproduce, train
+from experiments import compare, config as C, data, models, pipeline, records, reproduce, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T2F = os.path.join(C.CONFIG_ROOT, 'table2', 'fashion-mnist')
@@ -122,7 +122,7 @@ def _state(link):
 @pytest.mark.parametrize('row', ['BN-2', 'MN-2'])
 def test_batch_statistics_evaluator_leaves_the_model_untouched(idx_dir, row):
     cfg = fm_cfg(row, idx_dir)
-    ds = train.load_data(cfg)
+    ds = pipeline.load_data(cfg)
     clf = train.build_model(cfg, 10)
     clf(ds.train_x[:16], ds.train_y[:16])      # a training forward: queue, averages
     before = _state(clf)
@@ -191,10 +191,10 @@ def _record(row, dataset, presets=(), sets=(), size=(50000, 10000), log=None):
     folder = {'cifar10': T2C, 'fashion-mnist': T2F}[dataset]
     cfg = C.load_config(os.path.join(folder, row + '.yaml'), list(presets), list(sets))
     log = log or [{'epoch': 1, 'iteration': 10, records.TEST_ACC: 0.5}]
-    summary = records.summarize(cfg, log, dataset_source='test', backend='numpy',
+    summary = records.summarize(cfg, log, records.classifier_fields(cfg, log, finished=True),
+                                dataset_source='test', backend='numpy',
                                 device_name='cpu', wall_time_s=1.0, env={},
-                                dataset_size={'train': size[0], 'test': size[1]},
-                                finished=True)
+                                dataset_size={'train': size[0], 'test': size[1]})
     return records.Run.from_record(cfg, log, summary)
 
 

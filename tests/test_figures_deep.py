@@ -74,7 +74,8 @@ def write_run(root, experiment, dataset, row, log, seed=0, presets=(), overrides
         f.write('# resolved from: %s\n' % ', '.join(cfg['_sources']))
         f.write(C.dump(cfg))
     records.write_json(os.path.join(out, 'log.json'), log)
-    summary = records.summarize(cfg, log, dataset_source=SYNTHETIC_NOTE, backend='numpy',
+    summary = records.summarize(cfg, log, records.classifier_fields(cfg, log),
+                                dataset_source=SYNTHETIC_NOTE, backend='numpy',
                                 device_name='none', wall_time_s=0.0, env={})
     records.write_json(os.path.join(out, 'summary.json'), summary)
     return out

@@ -165,3 +165,41 @@ def test_relu_form_synchronizes_too():
     got, _ = run_ranks(2, lambda r, red: relu_step(xs[r], rs[r], gys[r], red))
     np.testing.assert_allclose(np.concatenate([g[0] for g in got]), ref[0], atol=1e-10)
     np.testing.assert_allclose(np.concatenate([g[1] for g in got]), ref[1], atol=1e-9)
+
+
+def run_ranks_errors(size, fn):
+    """Run ``fn(rank, reducer)`` in ``size`` threads; return each rank's exception (or
+    None).  A rank left waiting in a collective would break the barrier's timeout."""
+    group = ThreadGroup(size)
+    group.barrier = threading.Barrier(size, timeout=20)
+    errors = [None] * size
+
+    def work(rank):
+        try:
+            fn(rank, group.reducer(rank))
+        except Exception as e:      # noqa: BLE001 (compared below)
+            errors[rank] = e
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+@pytest.mark.parametrize('value,says', [
+    (np.nan, 'rank 1: the input contains 1 NaN value'),
+    (1e30, 'rank 1: the input is finite but its second moments overflow float32 '
+           '(max |x| = 1e+30)')])
+def test_one_ranks_non_finite_moments_raise_the_same_error_on_every_rank(value, says):
+    """K = 1 checks the moments only after they are gathered, so every rank raises."""
+    x = np.random.RandomState(5).randn(9, 3, 2, 2).astype(np.float32)
+    xs, rs = split_points(np.ones((36, 1), np.float32), x, (4, 5))
+    xs[1] = xs[1].copy()
+    xs[1][2, 1, 0, 1] = value
+    errors = run_ranks_errors(2, lambda r, red: MF.mixture_normalization(
+        xs[r], None, None, rs[r], reducer=red))
+    head = 'the input of rank(s) [1] is not finite or its moments overflow'
+    for e in errors:
+        assert isinstance(e, ValueError) and str(e).startswith(head) and says in str(e), e
+    assert str(errors[0]) == str(errors[1])

@@ -5,6 +5,7 @@ weights."""
 import json
 import os
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import yaml
 import mixnorm
 from experiments import config as C
 from experiments import data as data_lib
-from experiments import fid, figures, gan
+from experiments import compare, fid, figures, gan, parallel, records
 from experiments.figures import selection
 from experiments.figures.curves import windowed_std
 from experiments.models import dcgan
@@ -159,6 +160,7 @@ def test_smoke_records_are_complete_and_labelled(runs):
             int(np.argmin(fids))]
         assert s['steps_to_paper_bn_lowest_fid'] is None     # meaningless without FID
         assert 'synthetic' in s['dataset_source'] and s['seed'] == 0
+        assert records.Assessment.recorded(s) == records.assess(path)
         assert s['backend'] == 'numpy' and s['wall_time_s'] > 0 and 'git_commit' in s
         for step in (4, 8):
             from PIL import Image
@@ -176,12 +178,14 @@ def test_runs_are_reproducible_and_differ_between_bn_and_mn(runs):
 
 
 @pytest.mark.parametrize('row', ['DCGAN-BN', 'DCGAN-MN'])
-def test_resume_continues_bit_for_bit(runs, tmp_path, row):
+def test_resume_continues_bit_for_bit(runs, tmp_path, row, capsys):
     cfg, path = runs[1][row]
     resumed = str(tmp_path / 'resumed')
     os.makedirs(resumed)
     shutil.copy(os.path.join(path, 'snapshot_iter_4'), resumed)
     s = gan.run(cfg, out=resumed, resume='auto', progress=False)
+    assert 'resumed from %s (update 4)' % os.path.join(resumed, 'snapshot_iter_4') \
+        in capsys.readouterr().out
     a = json.load(open(os.path.join(path, 'log.json')))
     b = json.load(open(os.path.join(resumed, 'log.json')))
     assert [e['iteration'] for e in b] == [2, 4, 6, 8]
@@ -195,7 +199,7 @@ def test_resume_continues_bit_for_bit(runs, tmp_path, row):
 
 def test_compare_dcgan_prints_the_papers_numbers(runs, capsys):
     _, r = runs
-    result = gan.compare_dcgan(r['DCGAN-BN'][1], r['DCGAN-MN'][1])
+    result = compare.compare_dcgan(r['DCGAN-BN'][1], r['DCGAN-MN'][1])
     out = capsys.readouterr().out
     for part in ('37.56', '33.35', '60000', '25000', '58', 'NOT COMPARABLE',
                  'random-weights', 'RANDOM-WEIGHTS'):
@@ -209,7 +213,7 @@ def test_compare_dcgan_prints_the_papers_numbers(runs, capsys):
     assert rows['DCGAN-MN lowest FID']['ours'] == mn['lowest_fid']
     reach = rows['DCGAN-MN first evaluation with FID <= BN lowest']
     assert reach['paper'] == 25000
-    assert reach['ours'] == gan.steps_to_fid(gan.fid_curve(
+    assert reach['ours'] == records.steps_to_fid(records.fid_curve(
         json.load(open(os.path.join(r['DCGAN-MN'][1], 'log.json')))), bn['lowest_fid'])
     if reach['ours'] is not None:
         assert rows['step reduction (%) (evaluations)']['ours'] == pytest.approx(
@@ -220,11 +224,11 @@ def test_compare_dcgan_prints_the_papers_numbers(runs, capsys):
 
 def test_steps_to_fid_helpers():
     curve = [(10000, 60.0), (20000, 45.0), (30000, 35.0), (40000, 30.0)]
-    assert gan.steps_to_fid(curve, 37.56) == 30000
-    assert gan.interpolated_steps_to_fid(curve, 37.56) == pytest.approx(27440)
-    assert gan.steps_to_fid(curve, 10) is None and gan.interpolated_steps_to_fid(curve, 10) \
-        is None
-    assert gan.interpolated_steps_to_fid(curve, 70) == 10000
+    assert records.steps_to_fid(curve, 37.56) == 30000
+    assert records.interpolated_steps_to_fid(curve, 37.56) == pytest.approx(27440)
+    assert records.steps_to_fid(curve, 10) is None
+    assert records.interpolated_steps_to_fid(curve, 10) is None
+    assert records.interpolated_steps_to_fid(curve, 70) == 10000
     np.testing.assert_allclose(windowed_std([1, 2, 4, 8], 3),       # Figure 6's band
                                [np.std([1, 2]), np.std([1, 2, 4]), np.std([2, 4, 8]),
                                 np.std([4, 8])])
@@ -251,7 +255,7 @@ def test_figures_of_given_runs_are_written_and_labelled(runs, tmp_path):
     panels = json.load(open(os.path.join(str(tmp_path), 'fig7.json')))['panels']
     assert 'random-weights' in panels['(b) DCGAN-MN']['what']
     assert panels['(a) DCGAN-BN']['image'] == gan.sample_path(bn, min(
-        (v, s) for s, v in gan.fid_curve(json.load(open(os.path.join(bn, 'log.json')))))[1])
+        (v, s) for s, v in records.fid_curve(json.load(open(os.path.join(bn, 'log.json')))))[1])
     other = tmp_path / 'table2_run'
     other.mkdir()
     (other / 'config.yaml').write_text(yaml.safe_dump({'experiment': 'table2'}))
@@ -355,6 +359,14 @@ def test_a_weights_file_of_another_kind_says_what_it_should_be(tmp_path):
     msg = str(e.value)
     assert 'allow_pickle' not in msg
     assert 'npz archive of arrays that scripts/convert_fid_weights.py writes' in msg
+
+
+def test_the_gan_runs_in_one_process(runs, tmp_path):
+    cfg, _ = runs[1]['DCGAN-BN']
+    two = parallel.Parallel('naive', types.SimpleNamespace(size=2, rank=0))
+    with pytest.raises(C.ConfigError, match='DCGAN training and its FID run in one process'):
+        gan.run(cfg, out=str(tmp_path / 'run'), progress=False, par=two)
+    assert not (tmp_path / 'run').exists()
 
 
 def test_rerunning_a_finished_gan_run_keeps_it(runs, capsys):

@@ -457,3 +457,36 @@ def test_union_fit_on_the_device_path_equals_the_numpy_path():
     assert isinstance(got.means, _opcount.Dev)
     for a, b in zip(ref, got):
         np.testing.assert_allclose(np.asarray(b.view(np.ndarray)), a, rtol=2e-5, atol=2e-5)
+
+
+def test_a_nan_outside_a_fit_fraction_fit_is_reported_on_all():
+    """The subsample leaves the NaN point out of the fit; scoring every point finds it,
+    and every rank raises."""
+    a, b, c = _three_clusters(np.random.default_rng(23))
+    parts = [np.concatenate([a, b[:50]]), np.concatenate([b[50:], c])]
+    clean, errors = _Ranks(2).fit(parts, 3, 1, 1, seed=5, fit_fraction=0.2,
+                                  return_responsibilities=True)
+    assert errors == [None, None]
+    # the rows rank 1 fits: its subsample, drawn as fit_gmm draws it
+    rows = G._fitted_points(np.arange(len(parts[1]))[:, None], 3, 0.2,
+                            np.random.default_rng(5), _Ranks(2).reducer(1))[:, 0]
+    outside = np.setdiff1d(np.arange(len(parts[1])), rows)[0]
+    parts[1] = parts[1].copy()
+    parts[1][outside, 2] = np.nan
+    _, errors = _Ranks(2).fit(parts, 3, 1, 1, seed=5, fit_fraction=0.2,
+                              return_responsibilities=True)
+    for e in errors:
+        assert 'the points of rank(s) [1] cannot be scored' in str(e), e
+        assert 'rank 1: x contains 1 NaN value (in 1 of %d points)' % len(parts[1]) in str(e)
+    assert str(errors[0]) == str(errors[1])
+
+
+def test_a_float32_overflow_names_the_rank_and_its_value():
+    a, b, c = _three_clusters(np.random.default_rng(24))
+    parts = [a.astype(np.float32), np.concatenate([b, c]).astype(np.float32)]
+    parts[1][3, 0] = 1e30
+    _, errors = _Ranks(2).fit(parts, 3, 1, 1, seed=1)
+    for e in errors:
+        assert 'max |x| is 1e+30 (on rank 1 of 2)' in str(e), e
+        assert 'x / 1e+30' in str(e)
+    assert str(errors[0]) == str(errors[1])

@@ -1,20 +1,21 @@
 """Data-parallel training (``--communicator``, experiments/parallel.py): the single
 process is the P = 1 case of the same code; under ``mpiexec -n 2`` rank 0 writes the
-run, every process keeps its own snapshot, a killed run resumes where it stopped, and
-user mistakes are one error line.  The MPI tests skip without mpi4py/mpiexec."""
+run, every process keeps its own snapshot, and user mistakes are one error line (faults
+and resuming after them: tests/test_faults.py).  The MPI tests skip without
+mpi4py/mpiexec."""
 import mixnorm._compat  # noqa: F401
 
+import errno
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
+
+import pytest
 
 import mpi_util
-from experiments import config as C
+from experiments import cli, config as C, parallel, records
 from mpi_util import needs_mpi
-from experiments import parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROW = os.path.join(REPO, 'configs', 'table2', 'cifar10', 'MN-2.yaml')
@@ -84,35 +85,6 @@ def test_two_processes_rank0_writes_and_records_the_world(tmp_path):
 
 
 @needs_mpi
-def test_a_killed_two_process_run_resumes_where_it_stopped(tmp_path):
-    ref, out = str(tmp_path / 'ref'), str(tmp_path / 'killed')
-    epochs = ['--set', 'train.epochs=4']
-    r = run(train_cmd(2, ref, *epochs))
-    assert r.returncode == 0, r.stdout + r.stderr
-    p = subprocess.Popen(train_cmd(2, out, *epochs), cwd=REPO, env=mpi_util.env(),
-                         stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 200
-    while not os.path.exists(os.path.join(out, 'snapshot_epoch_1.rank1')):
-        assert p.poll() is None and time.time() < deadline
-        time.sleep(0.01)
-    time.sleep(0.2)                          # let the files be complete
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-    assert not summary(out)['finished']
-    r = run(train_cmd(2, out, *epochs))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert 'resumed from' in r.stdout and r.stdout.count('resumed from') == 1
-    got, want = summary(out), summary(ref)
-    assert got['finished'] and got['resumed_from'].startswith('snapshot_epoch_')
-    assert got['best_test_accuracy'] == want['best_test_accuracy']
-    log_got = json.load(open(os.path.join(out, 'log.json')))
-    log_ref = json.load(open(os.path.join(ref, 'log.json')))
-    keys = ('main/loss', 'validation/main/loss', 'validation/main/accuracy')
-    assert [[e[k] for k in keys] for e in log_got] == [[e[k] for k in keys] for e in log_ref]
-
-
-@needs_mpi
 def test_mistakes_under_mpi_are_one_line(tmp_path):
     out = str(tmp_path / 'run')
     r = run(train_cmd(3, out, '--set', 'train.epochs=1'))      # 32 among 3 processes
@@ -124,3 +96,82 @@ def test_mistakes_under_mpi_are_one_line(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run(train_cmd(1, out, '--set', 'train.epochs=2'))       # one process, other length
     assert r.returncode == 1 and 'world_size (run: 2, now: 1)' in r.stderr
+
+
+class FakeComm:
+    """What Parallel reads of a communicator, for the checks that need no MPI."""
+
+    def __init__(self, size, rank=0):
+        self.size, self.rank, self.intra_rank = size, rank, rank
+
+
+def test_a_batch_that_does_not_divide_names_the_mpiexec_to_use():
+    cfg = C.load_config(ROW, [], ['data.batch_size=32'])
+    with pytest.raises(C.ConfigError) as e:
+        parallel.Parallel('naive', FakeComm(3)).per_rank_batch_size(cfg)
+    assert 'does not divide among 3 processes: run mpiexec -n 2 or mpiexec -n 4' in str(e.value)
+    assert parallel.Parallel('naive', FakeComm(4)).per_rank_batch_size(cfg) == 8
+
+
+@pytest.mark.parametrize('env,world', [
+    ({}, (0, 1)), ({'PMI_SIZE': '2', 'PMI_RANK': '1'}, (1, 2)),
+    ({'OMPI_COMM_WORLD_SIZE': '4', 'OMPI_COMM_WORLD_RANK': '3'}, (3, 4)),
+    ({'PMI_SIZE': '1', 'PMI_RANK': '0'}, (0, 1)),
+])
+def test_the_world_is_read_from_the_launcher(monkeypatch, env, world):
+    for size, rank in parallel.LAUNCHER_VARS:
+        monkeypatch.delenv(size, raising=False)
+        monkeypatch.delenv(rank, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delitem(sys.modules, 'mpi4py.MPI', raising=False)
+    assert parallel.launched_world() == world
+    if world[1] > 1:                # mpiexec -n P > 1 without --communicator
+        with pytest.raises(C.ConfigError, match='one of %d started by mpiexec, but without '
+                           '--communicator.*add --communicator naive' % world[1]) as e:
+            parallel.create(None)
+        assert e.value.raised_alike and e.value.speaks == (world[0] == 0)
+    else:
+        assert parallel.create(None).size == 1
+
+
+def test_an_error_raised_alike_is_printed_once_and_ends_every_process(monkeypatch, capsys):
+    @cli.entry_point
+    def alike(argv=None):
+        raise parallel.mark_alike(records.RunError('no snapshot'), speaks=argv == 'speak')
+
+    monkeypatch.setattr(parallel, 'launched_world', lambda: (1, 2))
+    for argv, printed in (('speak', 'error: rank 1: no snapshot\n'), ('quiet', '')):
+        with pytest.raises(SystemExit) as e:
+            alike(argv)
+        assert e.value.code == 1 and capsys.readouterr().err == printed
+
+
+def test_a_failure_of_one_process_aborts_the_job_after_rank_0_had_its_chance(monkeypatch,
+                                                                             capsys):
+    aborted, slept = [], []
+    monkeypatch.setattr(parallel, 'abort', lambda status: aborted.append(status))
+    monkeypatch.setattr(cli.time, 'sleep', slept.append)
+    monkeypatch.setattr(cli.signal, 'signal', lambda *a: None)
+
+    @cli.entry_point
+    def failing(argv=None):
+        if argv == 'disk':
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        if argv == 'ctrl-c':
+            raise records.RunInterrupted('interrupted at epoch 2.00')
+        raise ZeroDivisionError('a bug')
+
+    for rank in (0, 1):
+        monkeypatch.setattr(parallel, 'launched_world', lambda: (rank, 2))
+        failing('disk')
+        err = capsys.readouterr().err
+        assert err.startswith('error: rank %d: [Errno 28] No space left on device: free some '
+                              'space' % rank)
+        failing('ctrl-c')
+        assert capsys.readouterr().err == 'rank %d: interrupted at epoch 2.00\n' % rank
+        failing('bug')
+        err = capsys.readouterr().err
+        assert 'rank %d of 2: a bug' % rank in err and 'ZeroDivisionError: a bug' in err
+    assert aborted == [1, 130, 1] * 2
+    assert slept == [cli.FORWARD_S] * 3 + [cli.GRACE_S, cli.FORWARD_S] * 3

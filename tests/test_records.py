@@ -27,10 +27,10 @@ def record(row='BN-2', presets=(), overrides=(), size=(50000, 10000), log=None,
     log = log if log is not None else [
         {'epoch': e, 'iteration': 196 * e, records.TEST_ACC: 0.5 + 0.004 * e}
         for e in range(1, int(epochs) + 1)]
-    summary = records.summarize(cfg, log, dataset_source='test', backend='numpy',
+    summary = records.summarize(cfg, log, records.classifier_fields(cfg, log, finished),
+                                dataset_source='test', backend='numpy',
                                 device_name='cpu', wall_time_s=1.0, env={},
-                                dataset_size={'train': size[0], 'test': size[1]},
-                                finished=finished)
+                                dataset_size={'train': size[0], 'test': size[1]})
     summary.update(summary_extra or {})
     return records.Run.from_record(cfg, log, summary)
 
@@ -172,6 +172,7 @@ def test_a_short_run_on_a_small_archive_is_not_comparable_everywhere(small_cifar
     v = records.assess(out)
     assert (v.status, v.dataset, v.comparable, v.reasons) == (records.FINISHED, 'cifar10',
                                                               False, why)
+    assert records.Assessment.recorded(s) == v      # the verdict the summary carries
     # the comparison with the paper, as a table and through both scripts
     recs = compare.compare('table2', records.find_runs(runs), paper_dataset='cifar10')
     assert recs and all(r['status'] == 'NOT COMPARABLE (%s)' % '; '.join(why) for r in recs)
@@ -183,3 +184,35 @@ def test_a_short_run_on_a_small_archive_is_not_comparable_everywhere(small_cifar
     assert '1 epoch (the paper: 100)' in text and ' ok ' not in text
     # and the closing line of the run itself
     assert 'NOT COMPARABLE (5,000 training images' in train.describe_result(s, out)
+
+
+def test_force_and_resume_remove_what_an_interrupted_write_left(tmp_path):
+    out = str(tmp_path)
+    for d in ('tmpsnapshot_epoch_3abc', 'tmpsnapshot_epoch_3.rank1xyz', 'log.jsonq1w2'):
+        os.makedirs(os.path.join(out, d))
+        open(os.path.join(out, d, 'partial'), 'w').write('x')
+    for f in ('summary.json.tmp', 'snapshot_epoch_2', 'snapshot_epoch_2.rank1', 'log.json',
+              'config.yaml'):
+        open(os.path.join(out, f), 'w').write('x')
+    assert records.clear_leftovers(out) == ['log.jsonq1w2', 'summary.json.tmp',
+                                            'tmpsnapshot_epoch_3.rank1xyz',
+                                            'tmpsnapshot_epoch_3abc']
+    assert sorted(os.listdir(out)) == ['config.yaml', 'log.json', 'snapshot_epoch_2',
+                                       'snapshot_epoch_2.rank1']
+    os.makedirs(os.path.join(out, 'tmpsnapshot_epoch_4abc'))
+    records.clear_run(out)                          # --force
+    assert os.listdir(out) == ['config.yaml']
+
+
+def test_resuming_with_another_number_of_processes_names_the_mpiexec():
+    stored = C.load_config(os.path.join(T2, 'MN-2.yaml'), ['smoke'])
+    two = dict(stored, world_size=2, communicator='naive', per_rank_batch_size=2)
+    one = dict(stored, world_size=1, communicator=None, per_rank_batch_size=4)
+    diffs = C.differences(two, one, records.RESUME_IGNORED)
+    assert 'mpiexec -n 2 python -m experiments.train ... --communicator naive' in \
+        records.resume_advice(two, '/run', diffs)
+    diffs = C.differences(one, two, records.RESUME_IGNORED)
+    assert 'one process, without mpiexec' in records.resume_advice(one, '/run', diffs)
+    diffs = C.differences(one, dict(one, row='x'), records.RESUME_IGNORED)
+    assert records.resume_advice(one, '/run', diffs) == \
+        'resume it with its own config (/run/config.yaml)'

@@ -7,9 +7,9 @@
   lowest evaluated FID (the last grid when a run has no FID).
 
 The runs are given by directory or picked under ``runs_root``
-(:func:`experiments.figures.selection.pick_runs`).  The FID curves and sample grids are
-read with :mod:`experiments.gan`'s record helpers; with a random-weights network the
-axis says "NOT FID".
+(:func:`experiments.figures.selection.pick_runs`).  The FID curves are read with
+:func:`experiments.records.fid_curve`, the sample grids found with
+:mod:`experiments.gan`'s helpers; with a random-weights network the axis says "NOT FID".
 """
 import glob
 import os
@@ -65,7 +65,7 @@ def _missing(name, runs, runs_root):
 
 def mean_fid_curve(runs):
     """(steps, mean FID) over the evaluation steps every run of ``runs`` reached."""
-    curves = [dict(gan_lib.fid_curve(r.log)) for r in runs]
+    curves = [dict(records.fid_curve(r.log)) for r in runs]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     return steps, [float(numpy.mean([c[s] for c in curves])) for s in steps]
 
@@ -93,7 +93,7 @@ def fig6(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, bn_runs=None, mn_runs
     warning = selection.warning_for(every)
     labels = fid_labels(every)
     random_w = any(gan_lib.NOT_FID in label for label in labels)
-    unit, suffix = _kilo_steps([s for r in every for s, _ in gan_lib.fid_curve(r.log)])
+    unit, suffix = _kilo_steps([s for r in every for s, _ in records.fid_curve(r.log)])
     title = 'Figure 6: FID of DCGAN on CIFAR-10 (ours), BN dashed, MN solid'
     with style():
         fig, ax = plt.subplots(figsize=(5.6, 3.9))
@@ -145,7 +145,7 @@ def fig6(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, bn_runs=None, mn_runs
 def best_samples(run):
     """(path of the sample grid, what it shows) of ``run``: the grid at its lowest
     evaluated FID, else its last grid; (None, 'no samples') if it has none."""
-    curve = gan_lib.fid_curve(run.log)
+    curve = records.fid_curve(run.log)
     if curve:
         step, value = min(curve, key=lambda sv: sv[1])
         random_w = gan_lib.NOT_FID in str((run.summary or {}).get('fid_label'))
