@@ -36,7 +36,7 @@ def fig_fmnist(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW,
             panels.append(Panel('Fashion-MNIST, row %d: %s' % (i, what), DATASET, curves,
                                 metric=metric))
     return curve_figure(
-        'fig_fmnist', 'Table 2 rows on Fashion-MNIST (real images, NOT the paper\'s '
+        'fmnist', 'Table 2 rows on Fashion-MNIST (real images, NOT the paper\'s '
         'CIFAR): BN dashed, MN solid', panels, runs_root, out_dir, window, ncols=len(rows),
         footer='Our runs only. Top: test error with the inference statistics (BN running '
                'averages, MN queue); bottom: the same test images,\neach batch normalized '
