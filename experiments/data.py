@@ -577,6 +577,8 @@ def _locate_fashion_mnist(data_dir, allow_download):
                 warnings.warn('no Fashion-MNIST IDX files in --data-dir %s; using %s'
                               % (data_dir, where))
             return got
+        if where.startswith(DEBIAN_DIR) and os.path.isdir(DEBIAN_DIR):
+            where = where[:-1] + ', which lacks %s)' % ', '.join(_missing_idx(DEBIAN_DIR))
         looked.append(where)
     error = None
     if allow_download:

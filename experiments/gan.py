@@ -90,6 +90,10 @@ def load_config(path, presets=(), overrides=()):
     return cfg
 
 
+#: the datasets the DCGAN (3-channel generator) and its FID statistics are set up for
+GAN_DATASETS = ('cifar10', 'cifar100', 'synthetic')
+
+
 def check_config(cfg):
     """A config this entry point can train: one with a ``gan`` section (the schema checks
     its values), and, for a smoke run, the ``gan_smoke`` preset."""
@@ -97,6 +101,13 @@ def check_config(cfg):
     if not cfg.get('gan'):
         raise config_lib.ConfigError('%s: not a GAN config (no gan section); train '
                                      'classifiers with experiments.train' % where)
+    dataset = cfg.get('data', {}).get('dataset')
+    if dataset not in GAN_DATASETS:
+        set_by = (cfg.get('_origins') or {}).get('data.dataset', where)
+        raise config_lib.ConfigError(
+            '%s: the DCGAN generates 3-channel 32x32 images and is set up for %s, not %r; '
+            'Fashion-MNIST is a dataset of the classifiers (reproduce.py table2 --dataset '
+            'fashion-mnist)' % (set_by, ' or '.join(GAN_DATASETS), dataset))
     sources = cfg.get('_sources')
     if cfg.get('smoke') and sources and not any(
             s.endswith(GAN_SMOKE_PRESET + '.yaml') for s in sources):

@@ -414,11 +414,13 @@ def assess(run):
 
 
 #: The row's own settings: what a BN row and its MN row may differ in and still be
-#: comparable with each other (with the seed and what does not change a run).
-ROW_KEYS = ('row', 'description', 'mn', 'optimizer.lr', 'optimizer.weight_decay',
-            'train.seed', 'train.target_accuracy', 'train.save_mixtures',
-            'train.snapshot_every', 'train.checkpoints', 'data.data_dir', 'data.download',
-            'data.test_batch_size', 'gan.fid.weights', 'gan.fid.cache_dir')
+#: comparable with each other.
+ROW_SETTINGS = ('row', 'mn', 'optimizer.lr', 'optimizer.weight_decay')
+#: Keys left out of a run's cohort: the row's own settings, and what does not change
+#: what a run measures (the schema's leaves flagged NEUTRAL or RESUME_FREE: the seed,
+#: paths, bookkeeping).
+ROW_KEYS = tuple(dict.fromkeys(ROW_SETTINGS + config_lib.keys_flagged(config_lib.NEUTRAL)
+                               + config_lib.keys_flagged(config_lib.RESUME_FREE)))
 
 
 def cohort(run):

@@ -11,7 +11,7 @@
     python scripts/figures.py fig8 [--runs-root ...] [--run-dir RUN_DIR] [--layer inc2/0/2/4/bn]
                                    [--channels 6] [--seed 0] [--out ...]
     python scripts/figures.py fig9 [--runs-root ...] [--out ...] [--window 10] [--row MN-4]
-    python scripts/figures.py fmnist [--runs-root ...] [--out ...] [--window 3]  # Fashion-MNIST
+    python scripts/figures.py fmnist [--runs-root ...] [--out ...] [--window 1]  # Fashion-MNIST
     python scripts/figures.py fig1 [--runs-root ...] [--data-dir DIR] [--n-images 128]
     python scripts/figures.py fig1 --snapshot RUN_DIR/snapshot_epoch_100 [--run-dir RUN_DIR]
     python scripts/figures.py fig1 --activations conv2_input.npy      # (N, C, H, W)
@@ -95,7 +95,8 @@ def parser():
     _window(sp, curves.WINDOW, 'the running average and std band')
     sp.add_argument('--row', default='MN-4', help='Table 4 row (default MN-4)')
     _window(add('fmnist', "Table 2 rows 2 and 4 on Fashion-MNIST (not the paper's data): "
-                'test error with inference and with batch statistics'), 3)
+                'test error with inference and with batch statistics'), 1,
+            'the std window of the band; 1: no band')
     f1 = add('fig1', 'BN vs MN on conv2 activations')
     src = f1.add_mutually_exclusive_group()
     src.add_argument('--snapshot', help='trainer snapshot snapshot_epoch_<e> of a run '

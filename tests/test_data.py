@@ -654,6 +654,9 @@ def test_fashion_mnist_missing_is_one_line_naming_places_package_and_download(
     write_fashion(tmp_path / 'part', raw_fashion(), skip=('t10k-images-idx3-ubyte',))
     with pytest.raises(FileNotFoundError, match=r'lacks t10k-images-idx3-ubyte\)'):
         data.load_dataset('fashion-mnist', tmp_path / 'part')
+    write_fashion(data.DEBIAN_DIR, raw_fashion(), skip=('train-labels-idx1-ubyte',))
+    with pytest.raises(FileNotFoundError, match='dataset-fashion-mnist, which lacks train-labels'):
+        data.load_dataset('fashion-mnist')
     assert not chainer_root.exists()
     # the CLI turns it into one `error:` line
     from experiments import cli

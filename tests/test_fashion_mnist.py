@@ -333,11 +333,11 @@ def test_curve_figure_shows_both_accuracies_and_says_not_the_paper(fm_runs, tmp_
     result = figures.draw('fmnist', str(root), str(tmp_path))
     assert result.rendered
     assert "Fashion-MNIST, not the paper's data" in result.warning
-    sidecar = json.load(open(tmp_path / 'fig_fmnist.json'))
+    sidecar = json.load(open(tmp_path / 'fmnist.json'))
     metrics = {(c['row'], 'test_error_batchstats' in c) for c in sidecar['curves']}
     assert metrics == {('BN-2', False), ('MN-2', False), ('BN-2', True), ('MN-2', True)}
     assert sidecar['missing'] == ['fashion-mnist BN-4', 'fashion-mnist MN-4']
-    assert (tmp_path / 'fig_fmnist.png').stat().st_size > 0
+    assert (tmp_path / 'fmnist.png').stat().st_size > 0
 
 
 def test_fig1_on_a_fashion_mnist_snapshot(fm_runs, tmp_path):

@@ -129,7 +129,7 @@ def test_all_lists_missing_figures_with_commands(tmp_path, capsys):
     out = tmp_path / 'figs'
     results = cli.main(['all', '--runs-root', str(tmp_path / 'none'), '--out', str(out)])
     assert [r.name for r in results] == ['fig2', 'fig3', 'fig1', 'fig4', 'fig5', 'fig8', 'fig9',
-                                        'fig6', 'fig7']
+                                        'fig6', 'fig7', 'fmnist']
     assert not any(r.rendered for r in results) and not out.exists()
     text = capsys.readouterr().out
     for line in ('fig2: MISSING', 'fig3: MISSING', 'fig1: MISSING',

@@ -109,6 +109,12 @@ def test_smoke_preset_for_gan_configs():
         gan.load_config(os.path.join(DCGAN, 'mn.yaml'), overrides=['gan.fid.dims=100'])
 
 
+def test_a_dataset_the_gan_is_not_set_up_for_is_named_with_its_source():
+    with pytest.raises(C.ConfigError, match=r"^--set data.dataset=fashion-mnist: .*3-channel"):
+        gan.load_config(os.path.join(DCGAN, 'mn.yaml'), ['smoke'],
+                        overrides=['data.dataset=fashion-mnist'])
+
+
 def test_training_images_are_recovered_exactly():
     ds = data_lib.load_dataset('synthetic', subset=[40, 8], seed=3)
     (raw, _), _ = data_lib.synthetic_uint8(40, 8, 3)     # what load_dataset normalised
