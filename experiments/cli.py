@@ -27,7 +27,7 @@ import traceback
 GRACE_S = 1.0
 #: Seconds between printing a failure and aborting the job, for the launcher to forward
 #: the text (an abort can cut off what it has not yet read from the process).
-FORWARD_S = 0.2
+FORWARD_S = 0.5
 #: Errors of the operating system that are the user's to fix (disk full, read-only).
 USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
