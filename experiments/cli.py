@@ -17,10 +17,12 @@ is reported by rank 0 alone.
 """
 import errno
 import functools
+import os
 import signal
 import sys
 import time
 import traceback
+import warnings
 
 #: Seconds a process other than rank 0 waits before it reports a failure of its own and
 #: aborts the job (rank 0, seeing the same failure, aborts the job first).
@@ -85,6 +87,7 @@ def entry_point(main):
     ``mpiexec`` every process ends (:func:`leave`)."""
     @functools.wraps(main)
     def wrapped(argv=None):
+        warnings.formatwarning = format_warning
         try:
             return main(argv)
         except KeyboardInterrupt as e:
@@ -92,6 +95,18 @@ def entry_point(main):
         except Exception as e:
             leave(e, 'error: %s' % describe(e) if is_user_error(e) else None, 1)
     return wrapped
+
+
+_KIT_DIR = os.path.dirname(os.path.abspath(__file__))
+_format_warning = warnings.formatwarning
+
+
+def format_warning(message, category, filename, lineno, line=None):
+    """The kit's own warnings (a data source used instead of --data-dir, a snapshot
+    fallen back from) as one ``warning:`` line; other packages' keep Python's form."""
+    if os.path.abspath(filename).startswith(_KIT_DIR + os.sep):
+        return 'warning: %s\n' % message
+    return _format_warning(message, category, filename, lineno, line)
 
 
 def leave(error, line, status):

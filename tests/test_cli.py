@@ -148,3 +148,12 @@ def test_entry_point_keeps_tracebacks_for_bugs_and_exits_130_on_ctrl_c(capsys):
     with pytest.raises(SystemExit) as e:
         stopped()
     assert e.value.code == 130 and capsys.readouterr().err == 'interrupted at epoch 3\n'
+
+
+def test_the_kits_warnings_are_one_line_and_others_keep_their_form():
+    from experiments import data
+    kit = cli.format_warning('no data in --data-dir /x; using y', UserWarning,
+                             data.__file__, 577)
+    assert kit == 'warning: no data in --data-dir /x; using y\n'
+    other = cli.format_warning('deprecated', DeprecationWarning, numpy.__file__, 3)
+    assert other.startswith(numpy.__file__) and 'DeprecationWarning: deprecated' in other
