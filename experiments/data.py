@@ -656,8 +656,9 @@ def draw_crop_flip(rng, batch_size, pad=4):
     return oy, ox, flip
 
 
-def apply_crop_flip(x, oy, ox, flip, pad=4):
-    """Crop sample b of zero-padded ``x`` at (oy[b], ox[b]), then mirror it if flip[b].
+def apply_crop_flip(x, oy, ox, flip, pad=4, fill=None):
+    """Crop sample b of ``x`` padded by ``pad`` at (oy[b], ox[b]), then mirror it if
+    flip[b].  The padding is zeros, or ``fill``, one value per channel.
 
     One gather on ``x``'s device (NumPy or CuPy); returns a new array of ``x``'s shape.
     The gather index is built on that device too, in int32 (int64 only past 2**31
@@ -665,8 +666,15 @@ def apply_crop_flip(x, oy, ox, flip, pad=4):
     """
     xp = chainer.backend.get_array_module(x)
     b, c, h, w = x.shape
+    if fill is not None:
+        fill = xp.asarray(fill, dtype=x.dtype).reshape(-1)
+        if fill.shape[0] != c:
+            raise ValueError('fill has %d values for %d channels' % (fill.shape[0], c))
     if pad:
-        x = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        padded = xp.empty((b, c, h + 2 * pad, w + 2 * pad), x.dtype)
+        padded[...] = 0 if fill is None else fill[None, :, None, None]
+        padded[:, :, pad:pad + h, pad:pad + w] = x
+        x = padded
     hp, wp = h + 2 * pad, w + 2 * pad
     it = numpy.int32 if b * c * hp * wp < 2 ** 31 else numpy.int64
     oy, ox = (xp.asarray(numpy.asarray(a, it)) for a in (oy, ox))
@@ -698,16 +706,7 @@ def random_crop_flip(x, rng, pad=4, flip=True, fill=None):
     oy, ox, flips = draw_crop_flip(rng, x.shape[0], int(pad))
     if not flip:
         flips[:] = False
-    if fill is None:
-        return apply_crop_flip(x, oy, ox, flips, int(pad))
-    xp = chainer.backend.get_array_module(x)
-    shift = xp.asarray(fill, dtype=x.dtype).reshape(1, -1, 1, 1)
-    if shift.shape[1] != x.shape[1]:
-        raise ValueError('fill has %d values for %d channels' % (shift.shape[1], x.shape[1]))
-    # padding x - fill with zeros pads x with fill
-    out = apply_crop_flip(x - shift, oy, ox, flips, int(pad))
-    out += shift
-    return out
+    return apply_crop_flip(x, oy, ox, flips, int(pad), fill)
 
 
 # --------------------------------------------------------------------------- iteration

@@ -744,8 +744,8 @@ def test_fashion_mnist_subset_keeps_full_statistics(tmp_path, chainer_root):
 
 
 def test_crops_pad_with_the_fill_value():
-    """Padding with ``fill`` equals padding the raw image with its background: shift by
-    the fill, crop with zeros, shift back."""
+    """Padding with ``fill`` (the normalised background) equals padding the raw image
+    with its background, then normalising."""
     rs = numpy.random.RandomState(0)
     raw = rs.randint(0, 256, (16, 1, 32, 32)).astype(numpy.float32)
     mean, std = numpy.float32(90.0), numpy.float32(70.0)
