@@ -37,6 +37,7 @@ import time
 import numpy
 
 from experiments import config as config_lib
+from experiments import records
 
 INSTALL = "pip install -e '.[distributed]' (mpi4py and the mpich wheel)"
 #: Offset of the data-order and augmentation seeds of rank r (r * RANK_SEED): rank 0
@@ -300,12 +301,9 @@ class Parallel:
             return [obj]
         return self.comm.mpi_comm.allgather(obj)
 
-    def snapshot_suffix(self):
-        return '' if self.rank == 0 else '.rank%d' % self.rank
-
     def own_snapshot(self, path):
         """This process's file of the snapshot rank 0 calls ``path``."""
-        return path + self.snapshot_suffix()
+        return records.rank_file(path, self.rank)
 
     def barrier(self):
         if self.comm is not None:

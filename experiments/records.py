@@ -723,8 +723,8 @@ def load_snapshot(trainer, start, log=print, par=None):
                 log('warning: %s; resuming from the previous snapshot, %s'
                     % ('; '.join(passed), os.path.basename(path)))
             return path
-        why = ', '.join('%s %s' % (_rank_file(path, r) if not several else
-                                   os.path.basename(_rank_file(path, r)), t[1])
+        why = ', '.join('%s %s' % (rank_file(path, r) if not several else
+                                   os.path.basename(rank_file(path, r)), t[1])
                         for r, t in troubles)
         if any(t[0] == 'unfit' for _, t in troubles):
             raise RunError('%s does not fit this run\'s model or trainer (%s): it was '
@@ -741,7 +741,9 @@ def load_snapshot(trainer, start, log=print, par=None):
     return None
 
 
-def _rank_file(path, rank):
+def rank_file(path, rank):
+    """Rank ``rank``'s file of the snapshot rank 0 calls ``path``
+    (``snapshot_epoch_<e>.rank<r>``; rank 0's is ``path`` itself)."""
     return path if rank == 0 else '%s.rank%d' % (path, rank)
 
 
@@ -749,4 +751,4 @@ def complete_snapshots(out, size=1):
     """The snapshots in ``out`` (rank 0's names, oldest first) of which all ``size``
     processes wrote their file."""
     return [p for p in snapshots(out)
-            if all(os.path.isfile(_rank_file(p, r)) for r in range(1, size))]
+            if all(os.path.isfile(rank_file(p, r)) for r in range(1, size))]
