@@ -12,8 +12,9 @@ error that every process raised at the same step (agreed collectively, see
 :mod:`experiments.parallel`) ends them together with the same status; any other one,
 raised where the other processes may be waiting in a collective, ends the job with
 ``MPI_Abort``.  Processes other than rank 0 wait :data:`GRACE_S` before printing and
-aborting, so that a failure seen by every process (Ctrl-C to ``mpiexec``, a full disk)
-is reported by rank 0 alone.
+aborting, so that a failure seen by every process at nearly the same moment (Ctrl-C to
+``mpiexec``) is reported by rank 0 alone.  (A full disk is agreed on at each snapshot,
+however far apart the processes' writes fail: ``Parallel.snapshot``.)
 """
 import errno
 import functools

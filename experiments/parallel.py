@@ -19,7 +19,8 @@ which is the P = 1 case of the same code: every method is then the identity.  Un
 * rank 0 writes the run directory; every process keeps its own snapshot
   (``snapshot_epoch_<e>`` on rank 0, ``snapshot_epoch_<e>.rank<r>`` on the others:
   each holds its shard's iterator and augmentation state), so that a resumed run
-  continues where it stopped.
+  continues where it stopped; the processes agree after each snapshot
+  (:meth:`Parallel.snapshot`).
 
 A failure on one process ends every process (:mod:`experiments.cli` prints it once and
 leaves together): a step that every process runs alone (loading the config and the
@@ -287,7 +288,7 @@ class Parallel:
             result = fn()
         except Exception as e:
             error = e
-        texts = self.allgather(None if error is None else '%s: %s' % (type(error), error))
+        texts = self.allgather(None if error is None else gist(error))
         failed = [r for r, t in enumerate(texts) if t is not None]
         if not failed:
             return result
@@ -305,9 +306,51 @@ class Parallel:
         """This process's file of the snapshot rank 0 calls ``path``."""
         return records.rank_file(path, self.rank)
 
+    def snapshot(self, filename, **kwargs):
+        """The trainer's snapshot extension: every process writes its own file
+        (:meth:`own_snapshot`), then they agree on how it went (:meth:`together`), so
+        that a disk filling up under all of them ends every process at that snapshot,
+        with the error printed once."""
+        from chainer.training import extensions
+        snap = extensions.snapshot(filename=self.own_snapshot(filename), **kwargs)
+        return snap if self.comm is None else Agreed(snap, self)
+
     def barrier(self):
         if self.comm is not None:
             self.comm.mpi_comm.Barrier()
+
+
+def gist(error):
+    """What makes two processes' errors the same one: an operating-system error's type
+    and number (the file each process failed to write differs), any other's text."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return '%s: errno %d' % (type(error).__name__, error.errno)
+    return '%s: %s' % (type(error).__name__, error)
+
+
+class Agreed:
+    """A trainer extension that every process runs at the same step (its snapshot),
+    followed by :meth:`Parallel.together`; otherwise the extension it wraps."""
+
+    def __init__(self, extension, par):
+        self.extension, self.par = extension, par
+        self.trigger, self.priority = extension.trigger, extension.priority
+        self.name = getattr(extension, 'name', None) or extension.default_name
+
+    def __call__(self, trainer):
+        self.par.together(lambda: self.extension(trainer))
+
+    def initialize(self, trainer):
+        self.extension.initialize(trainer)
+
+    def on_error(self, trainer, exc, tb):
+        self.extension.on_error(trainer, exc, tb)
+
+    def finalize(self):
+        self.extension.finalize()
+
+    def serialize(self, serializer):
+        self.extension.serialize(serializer)
 
 
 def rank_snapshots(out):

@@ -283,8 +283,7 @@ def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device
     if par.writer:
         trainer.extend(extensions.LogReport(trigger=(1, 'epoch'), filename='log.json'))
     # every process keeps its own snapshot (its shard's iterator and RNG state)
-    trainer.extend(extensions.snapshot(filename=par.own_snapshot(
-                       'snapshot_epoch_{.updater.epoch}')),
+    trainer.extend(par.snapshot('snapshot_epoch_{.updater.epoch}'),
                    trigger=snapshot_trigger(cfg))
     if progress and par.writer:
         progress_extensions(trainer, ['epoch', 'iteration', 'main/loss', 'main/accuracy',

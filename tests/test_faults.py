@@ -6,8 +6,8 @@ and the rerun of the same command resumes bit-identically to an uninterrupted ru
 Cases: a user's mistake, a bug and Ctrl-C on one process (tests/mpi_workers/
 fault_worker.py); kill -9 of either rank mid-run; SIGINT to ``mpiexec`` at random
 moments and to one rank; a missing or truncated snapshot of one rank; the run
-directory made read-only mid-run; a full disk (a small tmpfs, where this process may
-mount one).  Every launch has a hard timeout, so a hang fails its test.  The run is one
+directory made read-only mid-run; a full disk under every process's snapshot, seconds
+apart (the worker), and a real one (a small tmpfs, where this process may mount one).  Every launch has a hard timeout, so a hang fails its test.  The run is one
 row of the smoke preset (one iteration per epoch), OMP_NUM_THREADS=1.  Skipped without
 mpi4py/mpiexec."""
 import mixnorm._compat  # noqa: F401
@@ -187,6 +187,20 @@ def test_a_failure_on_one_process_ends_all_and_is_printed_once(mode, rank, statu
         assert 'Traceback' not in err
     if mode != 'everywhere':
         assert 'rank %d' % (1 - rank) not in err.replace('rank %d of' % rank, '')
+
+
+@pytest.mark.parametrize('first', [0, 1])
+def test_a_disk_full_under_every_snapshot_is_printed_once_by_rank_0(first):
+    """Each process fails to write its own file of the snapshot, one of them seconds
+    before the other: the processes agree after the snapshot, so neither aborts the
+    job before the other has seen its own failure, and rank 0 alone prints it."""
+    rc, out, err = run([mpi_util.mpiexec(), '-n', '2', sys.executable, WORKER,
+                        'fullsnapshot', str(first)], limit=60)
+    assert rc == 1, out + err
+    assert 'got past the failure' not in out
+    assert_one_error(err, 'error: rank 0: [Errno 28] No space left on device',
+                     'free some space')
+    assert 'MPI_Abort' not in err, err
 
 
 def test_mpiexec_without_communicator_says_to_add_it(tmp_path):

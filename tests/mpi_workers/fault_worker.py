@@ -8,15 +8,22 @@ collective), ``bug`` (an exception that is no user error, there), ``local`` (a u
 mistake in a step every process takes alone, agreed on afterwards), ``everywhere``
 (every process raises the same user error outside any agreement; RANK ignored),
 ``sigint`` (Ctrl-C to that process alone), ``early`` (Ctrl-C to that process before it
-initialized MPI, while the others wait for it in ``MPI_Init``).  It goes through
+initialized MPI, while the others wait for it in ``MPI_Init``), ``fullsnapshot`` (the
+trainer's snapshot extension, :meth:`experiments.parallel.Parallel.snapshot`, finds the
+disk full on every process: on that one first, on the others
+2 x :data:`experiments.cli.GRACE_S` later).  It goes through
 :func:`experiments.cli.entry_point`, as every command of the kit does.
 """
+import errno
 import os
 import signal
 import sys
 import time
+import types
 
 import mixnorm._compat  # noqa: F401
+
+import chainer
 
 from experiments import cli, parallel, records
 
@@ -31,6 +38,10 @@ def main(argv=None):
     if mode == 'local':
         par.together(lambda: _fail(me, records.RunError('the data of rank %d is missing'
                                                         % par.rank)))
+    elif mode == 'fullsnapshot':
+        snapshot = par.snapshot('snapshot_epoch_6', target=chainer.Link(),
+                                writer=FullDisk(0 if me else 2 * cli.GRACE_S))
+        snapshot(types.SimpleNamespace(out='.'))
     elif mode == 'everywhere':
         raise records.RunError('the same mistake on every process')
     elif me and mode == 'user':
@@ -42,6 +53,17 @@ def main(argv=None):
         time.sleep(5)
     par.barrier()                   # the others wait here, as in an all-reduce
     print('rank %d got past the failure' % par.rank, flush=True)
+
+
+class FullDisk:
+    """A snapshot writer that finds the disk full after ``delay`` seconds."""
+
+    def __init__(self, delay):
+        self.delay = delay
+
+    def __call__(self, filename, outdir, target):
+        time.sleep(self.delay)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
 
 
 def _fail(yes, error):
