@@ -368,8 +368,17 @@ def tmpfs(mounted):
     return mount
 
 
-def remount(path, options):
-    subprocess.run(['mount', '-o', 'remount,' + options, path], check=True, timeout=30)
+def remount(path, options, limit=10.0):
+    """Remount ``path`` with ``options``; a read-only remount fails (busy) while the run
+    has a file open for writing, so it is retried until ``limit`` seconds."""
+    deadline = time.time() + limit
+    while True:
+        r = subprocess.run(['mount', '-o', 'remount,' + options, path],
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode == 0:
+            return
+        assert time.time() < deadline, 'remount,%s %s: %s' % (options, path, r.stderr)
+        time.sleep(0.01)
 
 
 def read_only_switch(tmp_path, tmpfs):
