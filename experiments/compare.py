@@ -80,16 +80,21 @@ def group_runs(runs, paper_dataset=None):
 
 def group_status(runs):
     """The status cell of a group of runs of one row: ``ok`` (comparable, all finished),
-    ``partial`` (comparable, some unfinished) or ``NOT COMPARABLE (reasons)``."""
+    ``partial`` (comparable, some unfinished) or ``NOT COMPARABLE (reasons)``, either of
+    the last two followed by how many runs have not finished."""
     verdicts = [records.assess(r) for r in runs]
     if not verdicts:
         return 'no run'
     reasons = []
     for v in verdicts:
         reasons += [x for x in v.reasons if x not in reasons]
-    if reasons:
-        return 'NOT COMPARABLE (%s)' % '; '.join(reasons)
-    return 'ok' if all(v.status == records.FINISHED for v in verdicts) else 'partial'
+    unfinished = sum(v.status != records.FINISHED for v in verdicts)
+    if not reasons and not unfinished:
+        return 'ok'
+    cell = 'NOT COMPARABLE (%s)' % '; '.join(reasons) if reasons else 'partial'
+    if unfinished:
+        cell += '; %d of %d runs not finished' % (unfinished, len(verdicts))
+    return cell
 
 
 def compare_checkpoints(table, runs, paper_dataset=None):

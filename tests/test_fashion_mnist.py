@@ -187,11 +187,13 @@ def test_assess_keeps_the_two_comparabilities_apart(fm_runs):
     assert [k for k, _, _ in v.cohort_differences(bn)] == ['train.epochs']
 
 
-def _record(row, dataset, presets=(), sets=(), size=(50000, 10000), log=None):
+def _record(row, dataset, presets=(), sets=(), size=(50000, 10000), log=None,
+            finished=True):
     folder = {'cifar10': T2C, 'fashion-mnist': T2F}[dataset]
     cfg = C.load_config(os.path.join(folder, row + '.yaml'), list(presets), list(sets))
     log = log or [{'epoch': 1, 'iteration': 10, records.TEST_ACC: 0.5}]
-    summary = records.summarize(cfg, log, records.classifier_fields(cfg, log, finished=True),
+    summary = records.summarize(cfg, log, records.classifier_fields(cfg, log,
+                                                                    finished=finished),
                                 dataset_source='test', backend='numpy',
                                 device_name='cpu', wall_time_s=1.0, env={},
                                 dataset_size={'train': size[0], 'test': size[1]})
@@ -204,17 +206,17 @@ def test_paper_runs_are_comparable_to_the_paper_and_with_each_other():
     assert bn.comparable and mn.comparable and bn.comparable_with(mn)
     # the same rows on Fashion-MNIST: with each other, never with the CIFAR runs
     fbn = records.assess(_record('BN-2', 'fashion-mnist', ['fmnist-cpu'],
-                                 size=(1024, 512)))
+                                 size=(2048, 512)))
     fmn = records.assess(_record('MN-4', 'fashion-mnist', ['fmnist-cpu'],
-                                 size=(1024, 512)))
+                                 size=(2048, 512)))
     assert fbn.comparable_with(fmn) and not fbn.comparable_with(bn)
     assert not fbn.comparable and any('preset fmnist-cpu' in r or 'subset' in r
                                       for r in fbn.reasons)
     # a different subset, preset or augmentation is another cohort
     for kw in (dict(presets=['fmnist-gpu'], size=(60000, 10000)),
-               dict(presets=['fmnist-cpu'], sets=['data.flip=false'], size=(1024, 512)),
-               dict(presets=['fmnist-cpu'], sets=['data.subset=[2048, 512]'],
-                    size=(2048, 512))):
+               dict(presets=['fmnist-cpu'], sets=['data.flip=false'], size=(2048, 512)),
+               dict(presets=['fmnist-cpu'], sets=['data.subset=[1024, 512]'],
+                    size=(1024, 512))):
         assert not records.assess(_record('MN-2', 'fashion-mnist', **kw)).comparable_with(
             fbn), kw
 
@@ -234,7 +236,7 @@ def test_compare_pairs_measures_the_acceleration_on_both_accuracies():
         for row, accs, batch in (('BN-2', bn_acc, [0.6, 0.7, 0.75, 0.80]),
                                  ('MN-2', mn_acc, [0.6, 0.8, 0.81, 0.82])):
             r = _record(row, 'fashion-mnist', ['fmnist-cpu'], ['train.seed=%d' % seed],
-                        size=(1024, 512), log=_log(accs, batch))
+                        size=(2048, 512), log=_log(accs, batch))
             runs.append(r)
     recs = compare.compare_pairs(runs, 'fashion-mnist', 'table2')
     by = {(r['row'], r['accuracy']): r for r in recs}
@@ -247,14 +249,22 @@ def test_compare_pairs_measures_the_acceleration_on_both_accuracies():
     b_bn, b_mn = by[('BN-2', 'batch statistics')], by[('MN-2', 'batch statistics')]
     assert b_bn['target'] == pytest.approx(80.0) and b_bn['steps'] == 16
     assert b_mn['steps'] == 8 and b_mn['reduction'] == pytest.approx(50.0)
-    assert all('NOT COMPARABLE' in r['status'] for r in recs)
+    assert all('NOT COMPARABLE' in r['status'] and 'not finished' not in r['status']
+               for r in recs)
+    # a run still training is counted, and its pair says so
+    running = _record('MN-2', 'fashion-mnist', ['fmnist-cpu'], ['train.seed=2'],
+                      size=(2048, 512), log=_log([0.5], [0.6]), finished=False)
+    assert records.assess(running).status != records.FINISHED
+    for r in compare.compare_pairs(runs + [running], 'fashion-mnist'):
+        assert r['status'].startswith('NOT COMPARABLE (')
+        assert r['status'].endswith('; 1 of 5 runs not finished'), r['status']
     text = compare.pairs_to_text(recs)
     assert 'inference statistics' in text and 'batch statistics' in text
     heading = compare.pairs_heading('fashion-mnist')
     assert 'NOT COMPARABLE to the paper' in heading and 'Fashion-MNIST' in heading
     # an MN row whose BN row was trained another way is not paired, and says why
     lone = [_record('MN-2', 'fashion-mnist', ['fmnist-cpu'], ['data.flip=false'],
-                    size=(1024, 512), log=_log([0.5], [0.6]))]
+                    size=(2048, 512), log=_log([0.5], [0.6]))]
     recs = compare.compare_pairs(runs[:1] + lone, 'fashion-mnist')
     assert len(recs) == 1 and 'no BN-2 run trained the same way' in recs[0]['metric']
     assert 'data.flip' in recs[0]['metric']
