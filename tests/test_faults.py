@@ -49,20 +49,33 @@ def train_cmd(out, P=2, epochs=EPOCHS, communicator='naive'):
 
 
 def launch(cmd):
-    return subprocess.Popen(cmd, cwd=REPO, env=mpi_util.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(cmd, cwd=REPO, env=mpi_util.env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p.started = time.time()
+    return p
 
 
 def finish(p, fault_at=None, limit=HANG_S):
     """Wait for ``p`` (a hang fails); returns (rc, stdout, stderr, seconds since the
-    fault)."""
+    fault).  With ``FAULT_REPORT=<file>`` in the environment, each launch appends what
+    the user saw (exit status, seconds since the fault or the launch, stderr's error
+    lines) to that file as one JSON line."""
     try:
         out, err = p.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         out, err = p.communicate()
         pytest.fail('mpiexec hung (%d s): %s%s' % (limit, out, err))
-    took = time.time() - fault_at if fault_at is not None else None
+    now = time.time()
+    took = now - fault_at if fault_at is not None else None
+    if os.environ.get('FAULT_REPORT'):
+        with open(os.environ['FAULT_REPORT'], 'a') as f:
+            f.write(json.dumps({
+                'test': os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0],
+                'rc': p.returncode, 'since': 'fault' if fault_at else 'launch',
+                'seconds': round(now - (fault_at or p.started), 2),
+                'lines': [ln for ln in err.splitlines() if ln.strip()
+                          and not ln.startswith(' ')][:4]}) + '\n')
     return p.returncode, out, err, took
 
 
