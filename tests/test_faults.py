@@ -7,8 +7,9 @@ Cases: a user's mistake, a bug and Ctrl-C on one process (tests/mpi_workers/
 fault_worker.py); kill -9 of either rank mid-run; SIGINT to ``mpiexec`` at random
 moments and to one rank; a missing or truncated snapshot of one rank; the run
 directory made read-only mid-run; a full disk under every process's snapshot, seconds
-apart (the worker), and a real one (a small tmpfs, where this process may mount one).  Every launch has a hard timeout, so a hang fails its test.  The run is one
-row of the smoke preset (one iteration per epoch), OMP_NUM_THREADS=1.  Skipped without
+apart (the worker), and a real one (a small tmpfs, where this process may mount one).
+Every launch has a hard timeout, so a hang fails its test.  The run is one row of the
+smoke preset (one iteration per epoch), OMP_NUM_THREADS=1.  Skipped without
 mpi4py/mpiexec."""
 import mixnorm._compat  # noqa: F401
 
