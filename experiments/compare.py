@@ -362,9 +362,10 @@ BATCH_ACC = 'validation_batchstats/main/accuracy'
 
 def bn_row_of(row):
     """The BN row an MN row is measured against: ``'MN-2'`` -> ``'BN-2'``,
-    ``'MN-L40'`` -> ``'BN-L40'``; None for a row that is not an MN row.  (Where a
-    cohort holds one BN row only, as Table 4's BN-1, :func:`compare_pairs` uses it.)"""
-    return 'BN-' + row[3:] if row.startswith('MN-') else None
+    ``'MN-L40'`` -> ``'BN-L40'``, a variant ``'MN-2-running'`` -> ``'BN-2'``; None for
+    a row that is not an MN row.  (Where a cohort holds one BN row only, as Table 4's
+    BN-1, :func:`compare_pairs` uses it.)"""
+    return 'BN-' + row[3:].split('-')[0] if row.startswith('MN-') else None
 
 
 def _best(log, key):

@@ -51,20 +51,24 @@ COMMUNICATION_BACKENDS = ('auto', 'mpi')
 class MultiNodeMixtureNormalization(MixtureNormalization):
     """Mixture Normalization over all processes of ``comm`` (a ChainerMN communicator).
 
-    Arguments as :class:`mixnorm.MixtureNormalization` (``size``, ``n_components``,
-    ``em_iters`` and every keyword), named and ordered as
-    ``chainermn.links.MultiNodeBatchNormalization(size, comm, ...)``.  Every process
-    must call the link the same number of times in training: those calls are
-    collectives, and a bad input on any rank raises the same error on every rank (see
-    the module docstring); inference communicates nothing.  The seed of the fits is
-    rank 0's, so that all processes draw alike.
+    The arguments of ``chainermn.links.MultiNodeBatchNormalization`` in its positions
+    (``size, comm, decay, eps, dtype, use_gamma, use_beta, initial_gamma, initial_beta,
+    communication_backend``), then, by keyword only, every other argument of
+    :class:`mixnorm.MixtureNormalization` (``n_components``, ``em_iters``, ``axis``,
+    ...).  Every process must call the link the same number of times in training:
+    those calls are collectives, and a bad input on any rank raises the same error on
+    every rank (see the module docstring); inference communicates nothing.  The seed
+    of the fits is rank 0's, so that all processes draw alike.  The running averages
+    are those of the union of the ranks' points (their variance unbiased with this
+    process's count, as ChainerMN's BN does).
 
     ``communication_backend``: ``'auto'`` or ``'mpi'`` (the collectives are small host
     arrays through MPI); ``'nccl'`` is refused.
     """
 
-    def __init__(self, size, comm, n_components=3, em_iters=2, *,
-                 communication_backend='auto', **kwargs):
+    def __init__(self, size, comm, decay=0.9, eps=2e-5, dtype=None, use_gamma=True,
+                 use_beta=True, initial_gamma=None, initial_beta=None,
+                 communication_backend='auto', *, n_components=3, em_iters=2, **kwargs):
         if communication_backend not in COMMUNICATION_BACKENDS:
             raise ValueError(
                 "communication_backend=%r: the synchronized MN all-gathers small host "
@@ -73,15 +77,17 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
             raise TypeError('comm must be a ChainerMN communicator '
                             '(chainermn.create_communicator(...)), got %s'
                             % type(comm).__name__)
-        super().__init__(size, n_components, em_iters, **kwargs)
+        super().__init__(size, decay, eps, dtype, use_gamma, use_beta, initial_gamma,
+                         initial_beta, n_components=n_components, em_iters=em_iters,
+                         **kwargs)
         self.comm = comm
         self._reducer = _collectives.MPIReducer(comm.mpi_comm)
         self.seed = int(comm.mpi_comm.bcast(self.seed, root=0))
         self._step = None
 
-    def forward(self, x):
+    def forward(self, x, **kwargs):
         if not chainer.config.train:
-            return super().forward(x)       # no collective: its checks stay local
+            return super().forward(x, **kwargs)     # no collective: checks stay local
         x_arr = x.array if isinstance(x, chainer.Variable) else x
         step = _collectives.StepReducer(self._reducer, self._input_error(x_arr),
                                         x_arr.shape[1] if x_arr.ndim >= 2 else None)
@@ -91,7 +97,7 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
             self._settle(step)
         self._step = step
         try:
-            y = super().forward(x)
+            y = super().forward(x, **kwargs)
         except Exception as e:
             if step.pending:        # failed before its first collective: tell the others
                 self._settle(step, e)

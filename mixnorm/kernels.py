@@ -425,10 +425,66 @@ def one_hot(labels, n_components, dtype):
     return out
 
 
+def running_update_xp(weights, means, variances, avg_mean, avg_var, decay, adjust):
+    """Twin of the running-average kernel: BN's update of ``avg_mean`` and ``avg_var``
+    (D,), in place, from the mixture of a batch (``weights`` (K,) summing to 1, ``means``
+    and ``variances`` (K, D)): its mean m = sum_k w_k mu_k and total variance
+    v = sum_k w_k (sigma^2_k + (mu_k - m)^2), ``avg_mean = avg_mean * decay + m *
+    (1 - decay)`` and ``avg_var = avg_var * decay + v * (1 - decay) * adjust``."""
+    xp = get_array_module(means)
+    w = weights.astype(means.dtype, copy=False)
+    mean = xp.matmul(w, means)
+    dev = means - mean
+    var = xp.matmul(w, variances + dev * dev)
+    avg_mean *= decay
+    avg_mean += (mean * (1 - decay)).astype(avg_mean.dtype, copy=False)
+    avg_var *= decay
+    avg_var += (var * ((1 - decay) * adjust)).astype(avg_var.dtype, copy=False)
+
+
+_RUNNING_UPDATE_SRC = r'''
+extern "C" __global__ void running_update(const T* w, const T* mu, const T* var,
+                                          T* avg_mean, T* avg_var, int K, long long D,
+                                          double decay, double adjust) {
+    long long d = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= D) return;
+    T m = 0;
+    for (int k = 0; k < K; ++k) m += w[k] * mu[k * D + d];
+    T v = 0;
+    for (int k = 0; k < K; ++k) {
+        T dev = mu[k * D + d] - m;
+        v += w[k] * (var[k * D + d] + dev * dev);
+    }
+    avg_mean[d] = avg_mean[d] * (T)decay + m * (T)(1 - decay);
+    avg_var[d] = avg_var[d] * (T)decay + v * (T)((1 - decay) * adjust);
+}
+'''
+
+
+@_dispatch(running_update_xp)
+def running_update(weights, means, variances, avg_mean, avg_var, decay, adjust):
+    """BN's running averages updated in place from a batch's mixture (see
+    :func:`running_update_xp`): one kernel on the GPU, a thread per feature, instead of
+    the pooled moments' products and four updates."""
+    dtype = means.dtype
+    if not (_is_cupy(means) and dtype.name in ('float32', 'float64') and all(
+            a.dtype == dtype and a.flags.c_contiguous
+            for a in (weights, means, variances, avg_mean, avg_var))):
+        return running_update_xp(weights, means, variances, avg_mean, avg_var, decay,
+                                 adjust)
+    K, D = means.shape
+    threads = 256
+    _kernel('running_update', dtype)(
+        ((D + threads - 1) // threads,), (threads,),
+        (weights, means, variances, avg_mean, avg_var, numpy.int32(K), numpy.int64(D),
+         numpy.float64(decay), numpy.float64(adjust)))
+
+
 #: name -> CUDA source (with ``T`` the element type) of every RawKernel here.
 SOURCES = {'log_softmax_columns': _LOG_SOFTMAX_SRC, 'kpp_update': _KPP_UPDATE_SRC,
            'combine': _COMBINE_SRC, 'augment': _AUGMENT_SRC, 'centre_coef': _CENTRE_COEF_SRC,
-           'sample_candidates': _SAMPLE_CANDIDATES_SRC, 'one_hot': _ONE_HOT_SRC}
+           'sample_candidates': _SAMPLE_CANDIDATES_SRC, 'one_hot': _ONE_HOT_SRC,
+           'running_update': _RUNNING_UPDATE_SRC}
 
 
 def kernel_source(name, dtype):

@@ -1,12 +1,14 @@
-"""``MixtureNormalization``: the drop-in replacement for ``chainer.links.BatchNormalization``.
+"""``MixtureNormalization``: a stand-in for ``chainer.links.BatchNormalization``.
 
-The link holds the state (affine parameters, the inference queue, counters and their
-serialization) and calls the math through a small public interface:
+The link holds the state (affine parameters, BN's running averages, the inference queue,
+counters and their serialization) and calls the math through a small public interface:
 :func:`mixnorm.gmm.fit_gmm` and :func:`mixnorm.gmm.responsibilities` for the mixture,
 :func:`mixnorm.functions.mixture_normalization` (training, which returns the batch's
 :class:`~mixnorm.functions.BatchStats`) and
 :func:`mixnorm.functions.fixed_mixture_normalization` (inference), as Chainer splits
-``links/normalization/batch_normalization.py`` from its function nodes.
+``links/normalization/batch_normalization.py`` from its function nodes.  BN's inference
+(``inference='running'``) is Chainer's own ``fixed_batch_normalization``, and with one
+component its training step is Chainer's ``batch_normalization``.
 """
 from mixnorm import _compat  # noqa: F401
 
@@ -16,93 +18,138 @@ import numbers
 import numpy
 
 import chainer
+from chainer import backend
 from chainer import initializers
 from chainer import variable
+from chainer.functions.normalization import batch_normalization as _bn
+from chainer.utils import argument
+from chainer.utils import type_check
 
 from mixnorm import _arrays
 from mixnorm import functions
 from mixnorm import gmm as _gmm
+from mixnorm import kernels
 from mixnorm import settings as _settings
 
 #: The recomputed forwards (``F.forget``) a link remembers the posteriors of.
 MAX_PENDING_RECOMPUTES = 16
+
+#: BatchNormalization's constructor arguments, in BN's order and positions.
+BN_ARGUMENTS = ('size', 'decay', 'eps', 'dtype', 'use_gamma', 'use_beta', 'initial_gamma',
+                'initial_beta', 'axis', 'initial_avg_mean', 'initial_avg_var')
+
+
+class InvalidInput(type_check.InvalidType, ValueError):
+    """An input the link cannot normalize (shape, axes, dtype, no points): Chainer's
+    ``type_check.InvalidType``, as BN's function raises it, and a ``ValueError``."""
+
+    def __init__(self, msg):
+        super().__init__(None, None, msg)
+
+    def __reduce__(self):
+        return (type(self), (self.args[0],))
 
 
 def _is_int(v):
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+def _raw(x):
+    return x.array if isinstance(x, chainer.Variable) else x
+
+
 class MixtureNormalization(chainer.Link):
-    """Mixture Normalization (paper Sec. 3.2), a drop-in for ``L.BatchNormalization``.
+    """Mixture Normalization (paper Sec. 3.2), a stand-in for ``L.BatchNormalization``.
 
-    Training (``chainer.config.train``): fits a K-component diagonal GMM to the
-    n = N*H*W points in R^C of the batch (K-means++ seeding, then the paper's
-    "EM iter." ``em_iters`` split evenly into K-means and EM iterations), prunes
-    components lighter than ``min_weight`` or with fewer than ``min_count`` effective
-    points, and normalizes with Eq. 34-36 using the posteriors as constants; the fitted
-    statistics (lambda_k, mu_k, sigma^2_k) enter a queue of the last ``queue_length``
-    = T batches.
+    **BatchNormalization's arguments, in BN's order and positions**: ``size`` (an int, a
+    tuple, or None to take it from the first input), ``decay``, ``eps``, ``dtype``
+    (parameters and running averages are float32 under ``chainer.mixed16``),
+    ``use_gamma``, ``use_beta``, ``initial_gamma``, ``initial_beta``, ``axis`` (the axes
+    normalized over, any that BN takes), ``initial_avg_mean``, ``initial_avg_var``.
+    MN's own settings follow as keywords only (:data:`mixnorm.settings.SETTINGS` defines
+    them with their ranges): ``n_components`` K, ``em_iters``, ``queue_length`` T,
+    ``fit_fraction``, ``min_weight``, ``min_count``, ``affine``, ``lambda_scaling``,
+    ``inference`` and ``seed``.
 
-    Inference: Eq. 38-39 -- every point is standardized by each of the T*K queued
-    components and the results are mixed by the posteriors of the mixture with weights
-    tau_t * lambda_k^t (tau_t = zeta^(T-t-1) (1-zeta) / (1-zeta^T), zeta = ``decay``;
-    t = T-1 is the newest batch).  While the queue is not yet full the tau of the m
-    entries present are renormalised over those m.  ``inference='consistent'``
-    (default) also applies the factor 1/sqrt(lambda_k^t) of Eq. 34 (when
-    ``lambda_scaling``), which Eq. 38 omits: it is the only choice under which
-    inference with T = 1 reproduces the training output of the same batch.
-    ``inference='paper'`` is Eq. 38 exactly as printed: no 1/sqrt(lambda) factor, and
-    sigma_k^t = sqrt(sigma^2 + eps).  Inference before any training step raises
-    ``RuntimeError``.
+    **Points.** The axes not in ``axis`` are the features: each position along the
+    normalized axes is a point in R^D, D their size (for (N, C, H, W) and the default
+    axes, n = N*H*W points in R^C).
 
-    ``lambda_scaling=False`` drops 1/sqrt(lambda_k) (Eq. 34) in training and
-    inference: each component's contribution then has unit variance regardless of its
-    weight.
+    **Training** (``chainer.config.train``): fits a K-component diagonal GMM to the
+    batch's points (K-means++ seeding, then ``em_iters`` split evenly into K-means and
+    EM iterations), prunes components lighter than ``min_weight`` or with fewer than
+    ``min_count`` effective points, and normalizes with Eq. 34-36, the posteriors held
+    constant.  The fitted (lambda_k, mu_k, sigma^2_k) enter a queue of the last T
+    batches.  With K = 1 and ``inference='running'`` (one process) the step is
+    Chainer's ``batch_normalization`` itself.
 
-    Affine: ``'channel'`` (default) y = gamma * xhat + beta per channel, as BN;
-    ``'component'`` the paper's Eq. 37: beta_k shifts the mean and gamma_k scales the
-    variance of component k (parameters (K, C), indexed by the rank of the component's
-    weight in the batch, heaviest first, since fitted components have no identity across
-    batches); ``None`` no parameters.  As in BN, ``use_gamma``/``use_beta`` drop either
-    parameter and ``initial_gamma``/``initial_beta`` (a scalar, an array or a Chainer
-    initializer) set their initial values.
+    **BN's state.** ``avg_mean``, ``avg_var`` and ``N`` are kept as BN keeps them:
+    after every training step ``avg <- decay * avg + (1 - decay) * batch``, from the
+    batch's pooled per-channel mean and variance (sum_k lambda_k mu_k and the total
+    variance of the mixture, which is the batch's own variance), the variance unbiased
+    by n / (n - 1).  ``forward(x, finetune=True)`` counts batches in ``N`` and uses
+    decay 1 - 1/N (population statistics), as BN; ``start_finetuning()`` resets ``N``.
+    ``decay`` is also zeta of Eq. 39, the queue's weighting (the paper's 0.9 is BN's
+    default too); fine-tuning changes only the running averages' decay.
 
-    BatchNormalization's arguments: ``size`` (an int, ``(C,)``, or None to take C from
-    the first input, as BN), ``eps``, ``dtype`` (parameters are float32 under
-    ``chainer.mixed16``, as BN's; statistics are computed in float32 for float16
-    input), ``decay`` (here zeta of Eq. 39), ``use_gamma``, ``use_beta``,
-    ``initial_gamma``, ``initial_beta``, and ``axis`` where it names the channel layout
-    ((0,) or (0, 2, 3, ...)).  Another ``axis``, and ``initial_avg_mean``/
-    ``initial_avg_var`` (MN keeps no running averages), raise ``ValueError`` saying
-    what to use instead.
+    **Inference** (``inference``):
+
+    * ``'consistent'`` (default): Eq. 38-39, every point standardized by each of the
+      T*K queued components and mixed by the posteriors of the mixture with weights
+      tau_t * lambda_k^t (tau_t = zeta^(T-t-1) (1-zeta) / (1-zeta^T)), with Eq. 34's
+      1/sqrt(lambda_k^t) (when ``lambda_scaling``), so that T = 1 reproduces the
+      training output of the same batch;
+    * ``'paper'``: Eq. 38 exactly as printed (no 1/sqrt(lambda));
+    * ``'running'``: BN's inference, ``fixed_batch_normalization`` with ``avg_mean``
+      and ``avg_var``: MN's training with BN's inference statistics.
+
+    With K = 1 and ``inference='running'`` the link is ``L.BatchNormalization`` in every
+    mode, bit for bit.  With K = 1 and the queue it is BN in training only: the queue
+    mixes the last T batches' Gaussians by each point's posterior, which no BN does.
+    Queue inference before any training step raises ``RuntimeError``, unless
+    ``initial_avg_mean``/``initial_avg_var`` or a BN snapshot started the queue.
+
+    **BN's state crosses.** A BN snapshot (npz or HDF5) loads into the link: gamma,
+    beta, the running averages and ``N``, and the queue starts as one batch with BN's
+    running mean and variance, so that the converted link gives BN's inference output
+    before its first training step; ``initial_avg_mean``/``initial_avg_var`` start it
+    the same way.  An MN snapshot loads into BN.  ``copyparams`` works both ways.
+
+    ``lambda_scaling=False`` drops 1/sqrt(lambda_k) (Eq. 34) in training and inference.
+    ``affine``: ``'channel'`` (default) gamma and beta of shape ``size`` as BN's;
+    ``'component'`` Eq. 37's (K, *size) parameters, indexed by weight rank; ``None``
+    none.
 
     Recomputation (``F.forget``, ``chainer.config.in_recomputing``): the recomputed
-    forward reuses the posteriors of the first forward; it neither fits again nor
-    changes the queue, ``n_fits`` or the seed counter, as BN skips its running-average
-    update.  The posteriors (n, K) are kept between the two forwards.
+    forward reuses the posteriors of the first forward and changes no state.
 
-    Readable state: ``effective_components`` (K' of the last fit), ``last_gmm``
-    (the last :class:`mixnorm.GMM`, components sorted by weight), ``n_fits``.
+    Readable state: ``effective_components`` (K' of the last fit), ``last_gmm`` (the
+    last :class:`mixnorm.GMM`, components sorted by weight), ``n_fits``.
 
-    MN's settings (every argument above but BN's) are defined, with their ranges and
-    defaults, in :data:`mixnorm.settings.SETTINGS`; a value out of range raises
-    ``ValueError`` naming the argument, its range and its meaning.
+    Errors: an input of the wrong shape, axes or dtype raises :class:`InvalidInput`
+    (``type_check.InvalidType``, as BN); a bad argument raises
+    :class:`mixnorm.settings.InvalidParameter` naming it, its range and its meaning.
     """
 
-    def __init__(self, size=None, n_components=3, em_iters=2, *, eps=2e-5, decay=0.9,
-                 queue_length=10, fit_fraction=1.0, min_weight=0.01, min_count=16,
-                 affine='channel', lambda_scaling=True, inference='consistent',
-                 dtype=None, seed=None, use_gamma=True,
+    gamma = None
+    beta = None
+
+    def __init__(self, size=None, decay=0.9, eps=2e-5, dtype=None, use_gamma=True,
                  use_beta=True, initial_gamma=None, initial_beta=None, axis=None,
-                 initial_avg_mean=None, initial_avg_var=None):
+                 initial_avg_mean=None, initial_avg_var=None, *, n_components=3,
+                 em_iters=2, queue_length=10, fit_fraction=1.0, min_weight=0.01,
+                 min_count=16, affine='channel', lambda_scaling=True,
+                 inference='consistent', seed=None):
         super().__init__()
-        size = _check_size(size)
-        setting = functools.partial(_settings.check, caller=type(self).__name__)
+        caller = type(self).__name__
+        size = _check_size(size, caller)
+        _check_positional_decay(decay, caller)
+        setting = functools.partial(_settings.check, caller=caller)
+        self.decay = setting('decay', decay)
+        self.eps = setting('eps', eps)
         self.n_components = setting('n_components', n_components)
         self.em_iters = setting('em_iters', em_iters)
         self.kmeans_iters, self.gmm_em_iters = _gmm.split_em_iters(self.em_iters)
-        self.eps = setting('eps', eps)
-        self.decay = setting('decay', decay)
         self.queue_length = setting('queue_length', queue_length)
         self.fit_fraction = setting('fit_fraction', fit_fraction)
         self.min_weight = setting('min_weight', min_weight)
@@ -111,27 +158,33 @@ class MixtureNormalization(chainer.Link):
         self.lambda_scaling = setting('lambda_scaling', lambda_scaling)
         self.inference = setting('inference', inference)
         seed = setting('seed', seed)
-        self.axis = _check_axis(axis)
-        _check_bn_only_arguments(initial_avg_mean, initial_avg_var)
+        self.axis = _check_axis(axis, caller)
         if affine is None and (initial_gamma is not None or initial_beta is not None):
             raise ValueError('initial_gamma/initial_beta need an affine: affine=None has '
                              "no parameters (use affine='channel' or 'component')")
-        self._dtype = chainer.get_dtype(dtype, map_mixed16=numpy.float32)
+        if self.inference == 'running' and self.affine == 'component':
+            raise _settings.invalid(
+                caller, 'inference', "'consistent' or 'paper' with affine='component' "
+                "(BN's running statistics have no components)", inference)
+        self._dtype = self._highprec_dtype = chainer.get_dtype(
+            dtype, map_mixed16=numpy.float32)
+        self._initial_avg_mean = initial_avg_mean
+        self._initial_avg_var = initial_avg_var
         self.effective_components = None
         self.last_gmm = None
         self._pending = []          # (fit index, posteriors) for recomputed forwards
         self._reducer = None        # collectives of a process group (distributed.py)
 
-        self.queue_weights = None
-        self.queue_means = None
-        self.queue_vars = None
+        self.avg_mean = self.avg_var = None
+        self.N = 0
+        self.queue_weights = self.queue_means = self.queue_vars = None
         self.n_fits = 0
         self.seed = int(numpy.random.randint(2 ** 31)) if seed is None else int(seed)
-        for name in ('queue_weights', 'queue_means', 'queue_vars', 'n_fits', 'seed'):
+        for name in ('avg_mean', 'avg_var', 'N', 'queue_weights', 'queue_means',
+                     'queue_vars', 'n_fits', 'seed'):
             self.register_persistent(name)
 
         with self.init_scope():
-            self.gamma = self.beta = None
             if affine is not None:
                 if use_gamma:
                     self.gamma = variable.Parameter(
@@ -139,99 +192,252 @@ class MixtureNormalization(chainer.Link):
                 if use_beta:
                     self.beta = variable.Parameter(
                         _initializer(initial_beta, 0, self._dtype))
-        self.size = None
+        self.size = None            # D, the number of features
+        self.param_shape = None     # their shape, BN's ``size``
         if size is not None:
             self._initialize(size)
 
     # ------------------------------------------------------------------ state
-    def _initialize(self, size):
-        """Create the queue and the parameters for ``size`` channels."""
-        self.size = int(size)
-        T, K, C = self.queue_length, self.n_components, self.size
+    def _initialize(self, shape):
+        """Create the queue, the running averages and the parameters for features of
+        ``shape`` (a tuple)."""
+        self.param_shape = tuple(int(s) for s in shape)
+        self.size = int(numpy.prod(self.param_shape, dtype=numpy.int64))
+        T, K, D = self.queue_length, self.n_components, self.size
+        dev = self.device
         if self.queue_weights is None:
-            dev = self.device
             self.queue_weights = dev.send(numpy.zeros((T, K), dtype=numpy.float64))
-            self.queue_means = dev.send(numpy.zeros((T, K, C), dtype=numpy.float64))
-            self.queue_vars = dev.send(numpy.ones((T, K, C), dtype=numpy.float64))
-        shape = (C,) if self.affine == 'channel' else (K, C)
+            self.queue_means = dev.send(numpy.zeros((T, K, D), dtype=numpy.float64))
+            self.queue_vars = dev.send(numpy.ones((T, K, D), dtype=numpy.float64))
+        started = self._initial_avg_mean is not None or self._initial_avg_var is not None
+        if self.avg_mean is None:
+            self.avg_mean = self._init_array(self._initial_avg_mean, 0)
+            self.avg_var = self._init_array(self._initial_avg_var, 1)
+        self._initial_avg_mean = self._initial_avg_var = None
+        shape = self._affine_shape()
         for p in (self.gamma, self.beta):
             if p is not None and p.array is None:
                 p.initialize(shape)
+        if started:
+            self._start_queue_from_running()
+
+    def _init_array(self, initializer, default):
+        init = initializers._get_initializer(default if initializer is None
+                                             else initializer)
+        return initializers.generate_array(init, self.param_shape, self.xp,
+                                           dtype=self._dtype, device=self.device)
+
+    def _affine_shape(self):
+        return self.param_shape if self.affine == 'channel' \
+            else (self.n_components,) + self.param_shape
 
     def _expected_shapes(self):
-        T, K, C = self.queue_length, self.n_components, self.size
-        shapes = {'queue_weights': (T, K), 'queue_means': (T, K, C),
-                  'queue_vars': (T, K, C)}
-        pshape = (C,) if self.affine == 'channel' else (K, C)
+        T, K, D = self.queue_length, self.n_components, self.size
+        shapes = {'queue_weights': (T, K), 'queue_means': (T, K, D),
+                  'queue_vars': (T, K, D), 'avg_mean': self.param_shape,
+                  'avg_var': self.param_shape}
         for name in ('gamma', 'beta'):
             if getattr(self, name) is not None:
-                shapes[name] = pshape
+                shapes[name] = self._affine_shape()
         return shapes
 
+    def start_finetuning(self):
+        """Reset ``N``, the count of fine-tuning batches, as BN's ``start_finetuning``."""
+        self.N = 0
+
+    def _start_queue_from_running(self):
+        """The queue as one batch of a single Gaussian with the running mean and
+        variance: queue inference then equals BN's inference with them."""
+        self.queue_weights[...] = 0
+        self.queue_means[...] = 0
+        self.queue_vars[...] = 1
+        self.queue_weights[0, 0] = 1
+        self.queue_means[0, 0] = self.avg_mean.reshape(-1)
+        self.queue_vars[0, 0] = self.avg_var.reshape(-1)
+        self.n_fits = 1
+
+    def _running_from_queue(self):
+        """Running averages for an MN snapshot saved without them: the mean and the
+        variance of the queue's inference mixture (Eq. 39 weights)."""
+        if self.n_fits == 0:
+            return
+        g, _ = self.queue_mixture()
+        kernels.running_update(g.weights, g.means, g.variances, self.avg_mean.reshape(-1),
+                               self.avg_var.reshape(-1), 0.0, 1.0)
+
+    # ------------------------------------------------------------------ state across
     def serialize(self, serializer):
-        if isinstance(serializer, chainer.serializer.Deserializer):
-            self._check_snapshot(serializer)
-        super().serialize(serializer)
-        if self.size is None and self.queue_means is not None:   # lazily sized, loaded
-            self._initialize(self.queue_means.shape[2])
+        """BN's serialization, plus the queue.  Loading also takes a BN snapshot (no
+        queue: it starts from the running averages) and an MN snapshot saved without
+        running averages (they are taken from its queue)."""
+        if not isinstance(serializer, chainer.serializer.Deserializer):
+            return super().serialize(serializer)
+        self._check_snapshot(serializer)
+        missing = [name for name in self._persistent if not _stored(serializer, name)]
+        bn = 'queue_weights' in missing and 'avg_mean' not in missing
+        old_mn = 'avg_mean' in missing and 'queue_weights' not in missing
+        if not (bn or old_mn):
+            super().serialize(serializer)       # missing keys: the serializer's error
+        else:
+            d = self.__dict__
+            for name in self._params:
+                param = d[name]
+                data = serializer(name, param.array)
+                if param.array is None and data is not None:
+                    param.initialize(data.shape)
+                    param.array[...] = param.device.send(data)
+            for name in self._persistent:
+                if name not in missing:
+                    d[name] = serializer(name, d[name])
+        if self.size is None:
+            loaded = self.avg_mean if self.avg_mean is not None else (
+                None if self.queue_means is None else self.queue_means[0, 0])
+            if loaded is not None:
+                self._initialize(loaded.shape)
+        if bn:
+            self._start_queue_from_running()
+        elif old_mn:
+            self._running_from_queue()
 
     def _check_snapshot(self, serializer):
-        """A snapshot of another K, T or C is an error naming the layer and the fix."""
+        """A snapshot of another K, T or size is an error naming the layer and the fix."""
         if self.size is None:
             return
         for name, expected in self._expected_shapes().items():
             try:
                 got = serializer(name, None)
-            except Exception:       # missing key: the deserializer's own error follows
+            except Exception:       # missing key: handled by serialize
                 continue
             if got is not None and tuple(got.shape) != tuple(expected):
                 raise ValueError(
                     '%s: the snapshot\'s %s has shape %s but this link expects %s '
-                    '(size=%d, n_components=%d, queue_length=%d, affine=%r); build the '
+                    '(size=%s, n_components=%d, queue_length=%d, affine=%r); build the '
                     'link with the settings the snapshot was saved with'
-                    % (self._label(), name, tuple(got.shape), tuple(expected), self.size,
-                       self.n_components, self.queue_length, self.affine))
+                    % (self._label(), name, tuple(got.shape), tuple(expected),
+                       _size_text(self.param_shape), self.n_components,
+                       self.queue_length, self.affine))
 
-    # ------------------------------------------------------------------ helpers
+    def copyparams(self, link, copy_persistent=True):
+        """Copy parameters (and persistent values) from ``link``.  From a BN (or any
+        link with BN's ``avg_mean``/``avg_var``/``N`` but no queue): gamma and beta
+        where both links have them, the running averages and ``N``, and the queue
+        started from the running averages."""
+        if isinstance(link, MixtureNormalization):
+            return super().copyparams(link, copy_persistent)
+        src = link.__dict__
+        avg_mean = src.get('avg_mean')
+        if self.size is None and avg_mean is not None:
+            self._initialize(avg_mean.shape)
+        for name in self._params:
+            if src.get(name) is not None:
+                self.__dict__[name].copydata(src[name])
+        if copy_persistent and avg_mean is not None:
+            backend.copyto(self.avg_mean, avg_mean)
+            backend.copyto(self.avg_var, src['avg_var'])
+            self.N = int(src.get('N', 0))
+            self._start_queue_from_running()
+
+    @property
+    def printable_specs(self):
+        yield 'size', _size_text(self.param_shape)
+        for name in ('decay', 'eps', 'n_components', 'em_iters', 'inference'):
+            yield name, getattr(self, name)
+        yield 'dtype', self._dtype
+        yield 'use_gamma', self.gamma is not None
+        yield 'use_beta', self.beta is not None
+
+    # ------------------------------------------------------------------ layout
+    def _reduce_axes(self, ndim):
+        """The axes normalized over, as BN computes them."""
+        if self.axis is not None:
+            return self.axis
+        n_kept = 1 if self.param_shape is None else len(self.param_shape)
+        return (0,) + tuple(range(1 + n_kept, ndim))
+
+    def _kept_axes(self, ndim):
+        reduce = self._reduce_axes(ndim)
+        return tuple(i for i in range(ndim) if i not in reduce)
+
+    def _input_error(self, x):
+        """The :class:`InvalidInput` for an ``x`` this link cannot normalize (dtype,
+        axes, feature shape, no points), or None.  Changes nothing."""
+        if x.dtype.kind != 'f':
+            return InvalidInput('%s expects floating-point input, got %s'
+                                % (self._label(), x.dtype))
+        reduce = self._reduce_axes(x.ndim)
+        kept = self._kept_axes(x.ndim)
+        expected = self.param_shape
+        if self.axis is None and expected in (None, (self.size,)):
+            size = x.shape[1] if expected is None and x.ndim >= 2 else self.size
+            if x.ndim < 2 or x.shape[1] != size:
+                return InvalidInput('%s expects input of shape (N, %s) or (N, %s, ...), '
+                                    'got %s' % (self._label(), size, size, tuple(x.shape)))
+        elif max(reduce) >= x.ndim or (
+                expected is not None and tuple(x.shape[i] for i in kept) != expected):
+            return InvalidInput(
+                '%s normalizes over axis=%r with features of shape %s; input of shape %s '
+                'has %s' % (self._label(), reduce, _size_text(expected), tuple(x.shape),
+                            'no axis %d' % max(reduce) if max(reduce) >= x.ndim else
+                            'features %s' % (tuple(x.shape[i] for i in kept),)))
+        if x.size == 0:
+            return InvalidInput('%s got an empty batch: input of shape %s has no points'
+                                % (self._label(), tuple(x.shape)))
+        return None
+
     def _check_input(self, x):
-        """Validate ``x`` (N, C, *S), taking C from it when the link was built with
-        ``size=None``; return the number of points n.  Raises ``ValueError``."""
-        if self.size is None and x.ndim >= 2:
-            self._initialize(x.shape[1])
+        """Validate ``x``, taking the feature shape from it when the link was built
+        without ``size``; raises :class:`InvalidInput`."""
         error = self._input_error(x)
         if error is not None:
             raise error
-        return x.size // self.size
+        if self.size is None:
+            self._initialize(tuple(x.shape[i] for i in self._kept_axes(x.ndim)))
 
-    def _input_error(self, x):
-        """The ``ValueError`` for an ``x`` this link cannot normalize (shape, channel
-        count, axis, dtype, no points), or None.  Changes nothing."""
-        size = x.shape[1] if self.size is None and x.ndim >= 2 else self.size
-        if x.ndim < 2 or x.shape[1] != size:
-            return ValueError('%s expects input of shape (N, %s) or (N, %s, ...), got %s'
-                              % (self._label(), size, size, tuple(x.shape)))
-        if self.axis is not None and len(self.axis) != x.ndim - 1:
-            return ValueError('%s was built with axis=%r but got %d-D input %s'
-                              % (self._label(), self.axis, x.ndim, tuple(x.shape)))
-        if x.dtype.kind != 'f':
-            return ValueError('%s expects floating-point input, got %s'
-                              % (self._label(), x.dtype))
-        if x.size == 0:
-            return ValueError('%s got an empty batch: input of shape %s has no points'
-                              % (self._label(), tuple(x.shape)))
-        return None
-
-    def _collectives(self):
-        """The reducer of this call's collectives (None: one process)."""
-        return self._reducer
+    def _view(self, x):
+        """``x`` with its D features on axis 1, (N', D, *S'), as the mixture functions
+        take it, and the function that maps a result back to ``x``'s layout."""
+        ndim, shape = x.ndim, x.shape
+        kept = self._kept_axes(ndim)
+        if kept == (1,):
+            return x, _same
+        if kept == tuple(range(1, 1 + len(kept))):      # features right after axis 0
+            y = chainer.functions.reshape(x, (shape[0], self.size) + shape[1 + len(kept):])
+            return y, functools.partial(chainer.functions.reshape, shape=shape)
+        order = self._reduce_axes(ndim) + kept
+        moved = chainer.functions.transpose(x, order)
+        back = tuple(int(i) for i in numpy.argsort(order))
+        return (chainer.functions.reshape(moved, (-1, self.size)),
+                lambda y: chainer.functions.transpose(
+                    chainer.functions.reshape(y, moved.shape), back))
 
     def _points(self, x):
-        """Activations (N, C, *S) as the (N*prod(S), C) points the mixture is fitted to."""
-        self._check_input(x)
+        """The (n, D) points of ``x`` in the layout of :meth:`_view`."""
         if x.ndim == 2:
             return x
         xp = _arrays.get_array_module(x)
         return xp.ascontiguousarray(xp.moveaxis(x, 1, -1)).reshape(-1, self.size)
+
+    def _flat_affine(self):
+        """gamma and beta shaped for the mixture functions: (D,) or (K, D)."""
+        shape = (self.size,) if self.affine == 'channel' else (self.n_components, self.size)
+        return tuple(None if p is None else
+                     (p if p.shape == shape else chainer.functions.reshape(p, shape))
+                     for p in (self.gamma, self.beta))
+
+    def _bn_affine(self):
+        """gamma and beta as BN's functions take them: ones and zeros where absent."""
+        xp, shape = self.xp, self.param_shape
+        with chainer.using_device(self.device):
+            gamma = self.gamma if self.gamma is not None \
+                else xp.ones(shape, dtype=self._dtype)
+            beta = self.beta if self.beta is not None \
+                else xp.zeros(shape, dtype=self._dtype)
+        return gamma, beta
+
+    # ------------------------------------------------------------------ helpers
+    def _collectives(self):
+        """The reducer of this call's collectives (None: one process)."""
+        return self._reducer
 
     def _label(self):
         return 'MixtureNormalization %r' % (self.name or '(unnamed)',)
@@ -270,6 +476,13 @@ class MixtureNormalization(chainer.Link):
         self.queue_vars[slot, :k] = variances
         self.n_fits += 1
 
+    def _update_running(self, stats, n, decay):
+        """BN's running averages from the batch's pooled moments (``n`` points of this
+        process, as ChainerMN's BN counts them); one kernel on the GPU."""
+        adjust = n / max(n - 1., 1.)            # unbiased, as BN
+        kernels.running_update(*stats, self.avg_mean.reshape(-1),
+                               self.avg_var.reshape(-1), decay, adjust)
+
     def queue_mixture(self):
         """The inference mixture of Eq. 38-39 over the m <= T queued batches.
 
@@ -281,7 +494,8 @@ class MixtureNormalization(chainer.Link):
             raise RuntimeError(
                 '%s has no statistics yet: run at least one training forward pass '
                 '(chainer.config.train = True) before inference, or load a trained '
-                'snapshot.' % self._label())
+                'snapshot (an MN or a BN snapshot), or use inference=\'running\'.'
+                % self._label())
         xp = _arrays.get_array_module(self.queue_weights)
         T, K, C = self.queue_means.shape
         m = min(self.n_fits, T)
@@ -296,15 +510,81 @@ class MixtureNormalization(chainer.Link):
         return _gmm.GMM(weights, means, variances), lam.reshape(-1)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x):
-        x_arr = x.array if isinstance(x, chainer.Variable) else x
-        if chainer.config.train:
-            return self._forward_train(x, x_arr)
-        return self._forward_test(x, self._points(x_arr))
+    def forward(self, x, **kwargs):
+        """forward(self, x, finetune=False)
 
-    def _posteriors(self, x_arr):
-        """(resp, gmm, fit index) of this batch; gmm is None for K = 1 (no fit)."""
-        n = self._check_input(x_arr)
+        Training: normalize with the batch's mixture and update the queue and the
+        running averages (``finetune=True``: population statistics, as BN).
+        Inference: the queue's mixture (Eq. 38-39) or, with ``inference='running'``,
+        the running averages."""
+        finetune, = argument.parse_kwargs(
+            kwargs, ('finetune', False),
+            test='test argument is not supported anymore. Use chainer.using_config')
+        x_arr = _raw(x)
+        self._check_input(x_arr)
+        if chainer.config.train:
+            decay = self._running_decay(finetune)
+            if self._is_batch_normalization():
+                return self._forward_bn(x, x_arr, decay)
+            return self._forward_train(x, decay)
+        if self.inference == 'running':
+            gamma, beta = self._bn_affine()
+            return _bn.fixed_batch_normalization(
+                x, gamma, beta, self.avg_mean, self.avg_var, self.eps,
+                axis=self._reduce_axes(x_arr.ndim))
+        return self._forward_test(x)
+
+    def _running_decay(self, finetune):
+        if not finetune:
+            return self.decay
+        if not chainer.config.in_recomputing:
+            self.N += 1
+        return 1. - 1. / max(self.N, 1)
+
+    def _is_batch_normalization(self):
+        """One component, BN's inference, one process: Chainer's BN function."""
+        return self.n_components == 1 and self.inference == 'running' \
+            and self._collectives() is None
+
+    def _forward_bn(self, x, x_arr, decay):
+        """K = 1: ``F.batch_normalization``'s node, which also updates the running
+        averages; its batch mean and variance enter the queue."""
+        recomputing = chainer.config.in_recomputing
+        node = _bn.BatchNormalization(
+            self.eps, None if recomputing else self.avg_mean,
+            None if recomputing else self.avg_var, decay,
+            axis=self._reduce_axes(x_arr.ndim))
+        y, = node.apply((x,) + self._bn_affine())
+        if recomputing:
+            return y
+        xp = _arrays.get_array_module(node.mean)
+        mean = node.mean.reshape(1, -1)
+        var = node.var if node.var is not None else node.inv_std ** -2 - self.eps
+        var = var.reshape(1, -1)
+        if not bool(xp.isfinite(var).all()):
+            raise self._non_finite_error(x_arr, var.dtype)
+        weight = xp.ones(1, dtype=mean.dtype)
+        self.last_gmm = _gmm.GMM(weight, mean, var + self.eps)
+        self.effective_components = 1
+        self._push(weight, mean, var)
+        return y
+
+    def _non_finite_error(self, x, dtype):
+        label = '%s, input %s: ' % (self._label(), tuple(x.shape))
+        try:
+            _gmm.check_finite(x.reshape(x.shape[0], -1), name='the input')
+        except ValueError as e:
+            return ValueError(label + str(e))
+        xp = _arrays.get_array_module(x)
+        return ValueError(
+            label + 'the input is finite but its second moments overflow %s (max |x| = '
+            '%g): rescale the activations or compute in float64'
+            % (numpy.dtype(dtype).name, float(xp.abs(x).max())))
+
+    def _posteriors(self, points):
+        """(resp, gmm, fit index) of this batch's (n, D) ``points``; gmm is None for
+        K = 1 (no fit)."""
+        n = points.shape[0]
         if chainer.config.in_recomputing:
             index, resp = self._pending.pop() if self._pending else (self.n_fits - 1, None)
             if resp is not None and resp.shape[0] != n:
@@ -314,33 +594,36 @@ class MixtureNormalization(chainer.Link):
                 return resp, None, index
             # no posteriors kept: refit with the seed of the last fit (same input,
             # same posteriors), without touching the state
-            g, resp = self._fit(self._points(x_arr), max(index, 0))
+            g, resp = self._fit(points, max(index, 0))
             return resp, g, index
         if self.n_components == 1:
             return None, None, self.n_fits
-        g, resp = self._fit(self._points(x_arr), self.n_fits)
+        g, resp = self._fit(points, self.n_fits)
         return resp, g, self.n_fits
 
-    def _forward_train(self, x, x_arr):
-        xp = _arrays.get_array_module(x_arr)
-        resp, g, index = self._posteriors(x_arr)
-        if resp is None:        # one component: nu = 1 everywhere; this is exactly BN
-            resp = xp.ones((self._check_input(x_arr), 1), dtype=numpy.float32
-                           if x_arr.dtype == numpy.float16 else x_arr.dtype)
-        gamma, beta = self.gamma, self.beta
+    def _forward_train(self, x, decay):
+        view, back = self._view(x)
+        view_arr = _raw(view)
+        xp = _arrays.get_array_module(view_arr)
+        points = self._points(view_arr)
+        resp, g, index = self._posteriors(points)
+        if resp is None:        # one component: nu = 1 everywhere
+            resp = xp.ones((points.shape[0], 1), dtype=numpy.float32
+                           if view_arr.dtype == numpy.float16 else view_arr.dtype)
+        gamma, beta = self._flat_affine()
         if self.affine == 'component':
             k = resp.shape[1]
             gamma = gamma[:k] if gamma is not None else None
             beta = beta[:k] if beta is not None else None
         try:
             y, stats = functions.mixture_normalization(
-                x, gamma, beta, resp, self.eps, self.lambda_scaling, return_stats=True,
+                view, gamma, beta, resp, self.eps, self.lambda_scaling, return_stats=True,
                 reducer=self._collectives())
         except ValueError as e:
-            raise ValueError('%s, input %s: %s' % (self._label(), tuple(x_arr.shape), e)) \
+            raise ValueError('%s, input %s: %s' % (self._label(), tuple(_raw(x).shape), e)) \
                 from e
         if chainer.config.in_recomputing:
-            return y                     # the first forward already updated the state
+            return back(y)               # the first forward already updated the state
         if getattr(chainer.config, '_will_recompute', False):
             self._pending.append((index, resp))
             del self._pending[:-MAX_PENDING_RECOMPUTES]
@@ -348,9 +631,12 @@ class MixtureNormalization(chainer.Link):
         self.last_gmm = g if g is not None else _gmm.GMM(lam, mu, var + self.eps)
         self.effective_components = self.last_gmm.n_components
         self._push(lam, mu, var)
-        return y
+        self._update_running(stats, points.shape[0], decay)
+        return back(y)
 
-    def _forward_test(self, x, points):
+    def _forward_test(self, x):
+        view, back = self._view(x)
+        points = self._points(_raw(view))
         xp = _arrays.get_array_module(points)
         g, lam = self.queue_mixture()
         dtype = numpy.float64 if points.dtype == numpy.float64 else numpy.float32
@@ -361,55 +647,75 @@ class MixtureNormalization(chainer.Link):
             resp = _gmm.responsibilities(points, density)
         except ValueError as e:
             raise ValueError('%s at inference, input %s: %s'
-                             % (self._label(), tuple(x.shape), e)) from e
+                             % (self._label(), tuple(_raw(x).shape), e)) from e
         if self.lambda_scaling and self.inference == 'consistent':
             scale = xp.where(lam > 0, 1.0 / xp.sqrt(xp.maximum(lam, 1e-300)), 0.0)
         else:
             scale = xp.ones_like(lam)
-        gamma, beta = self.gamma, self.beta
+        gamma, beta = self._flat_affine()
         if self.affine == 'component':
             m = lam.shape[0] // self.n_components
             gamma = chainer.functions.tile(gamma, (m, 1)) if gamma is not None else None
             beta = chainer.functions.tile(beta, (m, 1)) if beta is not None else None
-        return functions.fixed_mixture_normalization(
-            x, gamma, beta, resp, means, variances, scale.astype(dtype), eps=self.eps)
+        return back(functions.fixed_mixture_normalization(
+            view, gamma, beta, resp, means, variances, scale.astype(dtype), eps=self.eps))
 
 
-def _check_size(size):
-    """The channel count: an int, a 1-tuple (as BN's ``size``), or None (lazy)."""
+def _same(y):
+    return y
+
+
+def _stored(serializer, name):
+    """Whether a deserializer holds ``name`` (a missing key raises KeyError)."""
+    try:
+        serializer(name, None)
+    except KeyError:
+        return False
+    return True
+
+
+def _size_text(shape):
+    if shape is None:
+        return 'None'
+    return str(shape[0]) if len(shape) == 1 else str(shape)
+
+
+def _check_size(size, caller):
+    """BN's ``size``: an int, a tuple of ints (the feature shape), or None (lazy)."""
     if size is None:
         return None
-    if isinstance(size, (tuple, list)):
-        if len(size) != 1:
-            raise ValueError('size must be the channel count C (an int or (C,)): '
-                             'MixtureNormalization normalizes over the channel axis 1; '
-                             'got %r' % (size,))
-        size = size[0]
-    if not _is_int(size) or size < 1:
-        raise ValueError('size must be a positive integer (the channel count), got %r'
-                         % (size,))
-    return int(size)
+    shape = tuple(size) if isinstance(size, (tuple, list)) else (size,)
+    if not all(_is_int(s) and s >= 1 for s in shape) or isinstance(size, (str, dict)):
+        raise _settings.invalid(
+            caller, 'size', 'a positive int, a tuple of positive ints (the shape of the '
+            'features, as BatchNormalization\'s size) or None (taken from the first input)',
+            size)
+    return tuple(int(s) for s in shape)
 
 
-def _check_axis(axis):
-    """BN's ``axis``: only the channel layout (every axis but 1) is MN's."""
+def _check_positional_decay(decay, caller):
+    """An int >= 1 where ``decay`` stands is code written for MN's former signature,
+    which took ``n_components`` second: say so."""
+    if _is_int(decay) and decay >= 1:
+        raise _settings.InvalidParameter(
+            "The 'decay' parameter of %s %s. Got %r instead: %s takes "
+            "BatchNormalization's arguments in BN's positions (size, decay, eps, ...) and "
+            "its own settings by keyword only; pass n_components=%d"
+            % (caller, _settings.SETTINGS['decay'].requirement(), decay, caller, decay))
+
+
+def _check_axis(axis, caller):
+    """BN's ``axis``: an int or a sorted tuple of distinct non-negative ints."""
     if axis is None:
         return None
-    axis = (axis,) if _is_int(axis) else tuple(axis)
-    if not axis or axis[0] != 0 or list(axis[1:]) != list(range(2, len(axis) + 1)):
-        raise ValueError(
-            'axis=%r: MixtureNormalization fits the mixture to the points of the channel '
-            'axis 1, i.e. it normalizes over axes (0,) or (0, 2, 3, ...); move the '
-            'channels to axis 1 (F.moveaxis) instead' % (axis,))
-    return axis
-
-
-def _check_bn_only_arguments(initial_avg_mean, initial_avg_var):
-    if initial_avg_mean is not None or initial_avg_var is not None:
-        raise ValueError(
-            'initial_avg_mean/initial_avg_var: MixtureNormalization keeps no running '
-            'mean and variance but a queue of the last queue_length fitted mixtures '
-            '(Eq. 38-39); load a trained snapshot instead')
+    axis = (axis,) if _is_int(axis) else axis
+    if not isinstance(axis, (tuple, list)) or not axis or \
+            not all(_is_int(a) and a >= 0 for a in axis) or \
+            list(axis) != sorted(set(axis)):
+        raise _settings.invalid(
+            caller, 'axis', 'None, an int or a tuple of ints in ascending order (the axes '
+            'normalized over, as BatchNormalization\'s axis)', axis)
+    return tuple(int(a) for a in axis)
 
 
 def _initializer(initial, default, dtype):

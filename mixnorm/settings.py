@@ -184,7 +184,8 @@ SETTINGS = {s.name: s for s in (
     Setting('eps', 2e-5, (Interval(_REAL, 0, _inf, 'neither'),),
             'added to every variance, as BN\'s eps, Eq. 35'),
     Setting('decay', 0.9, (Interval(_REAL, 0, 1, 'neither'),),
-            'zeta of Eq. 39: each older queued batch weighs zeta times less'),
+            "zeta of Eq. 39 (each older queued batch weighs zeta times less) and BN's "
+            'running-average decay'),
     Setting('queue_length', 10, (Interval(_INT, 1, _inf, 'left'),),
             'T of Eq. 38-39: the fitted mixtures of the last T batches used at inference'),
     Setting('fit_fraction', 1.0, (Interval(_REAL, 0, 1, 'right'),),
@@ -197,8 +198,9 @@ SETTINGS = {s.name: s for s in (
             "gamma and beta per channel as BN's, per component as Eq. 37, or none"),
     Setting('lambda_scaling', True, (Boolean(),),
             'whether each component\'s term is scaled by 1/sqrt(lambda_k), Eq. 34'),
-    Setting('inference', 'consistent', (Options(('consistent', 'paper')),),
-            "Eq. 38 with Eq. 34's 1/sqrt(lambda) as in training, or as printed"),
+    Setting('inference', 'consistent', (Options(('consistent', 'paper', 'running')),),
+            "Eq. 38 with Eq. 34's 1/sqrt(lambda) as in training, as printed, or BN's "
+            'running averages'),
     Setting('seed', None, (None, Interval(_INT, 0, _inf, 'left')),
             'seeds the per-batch fits; None draws one at random'),
 )}

@@ -54,8 +54,8 @@ def test_layer_on_the_device_path_equals_the_numpy_path(K):
             t = link(chainer.Variable(xa))
         return [_host(a) for a in (y.array, v.grad, link.gamma.grad, link.beta.grad,
                                    t.array)]
-    ref = step(mixnorm.MixtureNormalization(6, K, seed=3), x, gy)
-    link = _opcount.layer_on_device(mixnorm.MixtureNormalization(6, K, seed=3))
+    ref = step(mixnorm.MixtureNormalization(6, n_components=K, seed=3), x, gy)
+    link = _opcount.layer_on_device(mixnorm.MixtureNormalization(6, n_components=K, seed=3))
     with _opcount.counting():
         got = step(link, _opcount.to_device(x), _opcount.to_device(gy))
     for a, b in zip(ref, got):

@@ -42,7 +42,7 @@ def run_worker(tmp_path, P, K):
 def reference(K, link=None):
     """One process on the whole batch, two steps, the same settings as the worker."""
     if link is None:
-        link = mixnorm.MixtureNormalization(4, K, em_iters=2, dtype=np.float64, seed=1234)
+        link = mixnorm.MixtureNormalization(4, n_components=K, em_iters=2, dtype=np.float64, seed=1234)
     link.gamma.array[...] = [1.5, 0.5, 1.0, 2.0]
     link.beta.array[...] = [0.1, -0.2, 0.0, 0.3]
     res = {}
@@ -107,7 +107,7 @@ def test_an_unsynchronized_mn_on_the_same_split_differs(tmp_path):
     ranks = run_worker(tmp_path, 2, 3)
     x, gy = mn_worker.global_batch(0)
     part = mn_worker.slices(2)[0]
-    local = mixnorm.MixtureNormalization(4, 3, em_iters=2, dtype=np.float64, seed=1234)
+    local = mixnorm.MixtureNormalization(4, n_components=3, em_iters=2, dtype=np.float64, seed=1234)
     local.gamma.array[...] = [1.5, 0.5, 1.0, 2.0]
     local.beta.array[...] = [0.1, -0.2, 0.0, 0.3]
     y = local(x[part]).array

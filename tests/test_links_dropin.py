@@ -38,8 +38,8 @@ def train_step(link, x, gy, forget=False):
 def test_forget_equals_plain_forward(K):
     x = clustered(0, (16, 6, 4, 4))
     gy = np.random.RandomState(1).randn(*x.shape)
-    plain = mixnorm.MixtureNormalization(6, K, seed=4)
-    recomputed = mixnorm.MixtureNormalization(6, K, seed=4)
+    plain = mixnorm.MixtureNormalization(6, n_components=K, seed=4)
+    recomputed = mixnorm.MixtureNormalization(6, n_components=K, seed=4)
     y0, gx0 = train_step(plain, x, gy)
     y1, gx1 = train_step(recomputed, x, gy, forget=True)
     assert recomputed.n_fits == plain.n_fits == 1
@@ -58,8 +58,8 @@ def test_forget_equals_plain_forward(K):
 def test_forget_inside_a_deeper_function_over_several_steps():
     x = clustered(2, (8, 4, 3, 3))
     gy = np.random.RandomState(3).randn(*x.shape)
-    a = mixnorm.MixtureNormalization(4, 3, seed=1)
-    b = mixnorm.MixtureNormalization(4, 3, seed=1)
+    a = mixnorm.MixtureNormalization(4, n_components=3, seed=1)
+    b = mixnorm.MixtureNormalization(4, n_components=3, seed=1)
     for step in range(3):
         xs = x + step
         a.cleargrads()
@@ -73,7 +73,7 @@ def test_forget_inside_a_deeper_function_over_several_steps():
 
 def test_recomputed_forward_without_kept_posteriors_refits_the_last_fit():
     x = clustered(5, (10, 3, 2, 2))
-    mn = mixnorm.MixtureNormalization(3, 3, seed=7)
+    mn = mixnorm.MixtureNormalization(3, n_components=3, seed=7)
     y = mn(x).array
     queue = mn.queue_means.copy()
     with chainer.using_config('in_recomputing', True):
@@ -87,7 +87,7 @@ def test_recomputed_forward_without_kept_posteriors_refits_the_last_fit():
 @pytest.mark.parametrize('K', [1, 3])
 def test_mixed16_parameters_in_float32_activations_in_float16(K):
     with chainer.using_config('dtype', chainer.mixed16):
-        mn = mixnorm.MixtureNormalization(5, K, seed=0)
+        mn = mixnorm.MixtureNormalization(5, n_components=K, seed=0)
         bn = L.BatchNormalization(5)
     assert mn.gamma.dtype == bn.gamma.dtype == np.float32
     assert mn.beta.dtype == np.float32
@@ -115,7 +115,7 @@ def test_bn_arguments_mean_what_they_mean_in_bn(kw):
     """K = 1 with BN's arguments equals BN built with the same arguments."""
     x = np.random.RandomState(0).randn(16, 4, 3, 3)
     gy = np.random.RandomState(1).randn(*x.shape)
-    mn = mixnorm.MixtureNormalization(4, 1, dtype=np.float64, **kw)
+    mn = mixnorm.MixtureNormalization(4, n_components=1, dtype=np.float64, **kw)
     bn = L.BatchNormalization(4, dtype=np.float64, **kw)
     assert hasattr(mn, 'gamma') and (mn.gamma is None) == (not kw.get('use_gamma', True))
     assert (mn.beta is None) == (not kw.get('use_beta', True))
@@ -131,27 +131,25 @@ def test_bn_arguments_mean_what_they_mean_in_bn(kw):
 
 
 def test_component_affine_takes_initial_values_for_every_component():
-    mn = mixnorm.MixtureNormalization(3, 2, affine='component', initial_gamma=2.0,
+    mn = mixnorm.MixtureNormalization(3, n_components=2, affine='component', initial_gamma=2.0,
                                       initial_beta=np.array([1., 2., 3.]))
     np.testing.assert_array_equal(mn.gamma.array, np.full((2, 3), 2.0))
     np.testing.assert_array_equal(mn.beta.array, [[1, 2, 3], [1, 2, 3]])
 
 
 @pytest.mark.parametrize('kw,match', [
-    (dict(axis=1), 'channel axis 1'),
-    (dict(axis=(0, 1)), 'channel axis 1'),
-    (dict(initial_avg_mean=0.0), 'no running'),
-    (dict(initial_avg_var=np.ones(4)), 'no running'),
     (dict(affine=None, initial_gamma=1.0), 'affine=None'),
+    (dict(affine='component', inference='running'), 'no components'),
+    (dict(axis=(2, 0)), 'ascending'),
     (dict(inference='eq38'), "'consistent'"),
 ])
 def test_bn_arguments_mn_cannot_honour_say_so(kw, match):
     with pytest.raises(ValueError, match=match):
-        mixnorm.MixtureNormalization(4, 3, **kw)
+        mixnorm.MixtureNormalization(4, n_components=3, **kw)
 
 
 def test_axis_of_the_channel_layout_is_accepted():
-    mn = mixnorm.MixtureNormalization(4, 2, axis=(0, 2, 3), seed=0)
+    mn = mixnorm.MixtureNormalization(4, n_components=2, axis=(0, 2, 3), seed=0)
     assert mn(clustered(0, (6, 4, 2, 2))).shape == (6, 4, 2, 2)
     with pytest.raises(ValueError, match='axis'):
         mn(np.ones((6, 4), np.float32))
@@ -170,22 +168,22 @@ def test_arguments_are_checked_at_construction(kw, match):
 
 
 def test_size_as_bn_accepts_it():
-    assert mixnorm.MixtureNormalization((4,), 2).size == 4
-    with pytest.raises(ValueError, match='channel count'):
-        mixnorm.MixtureNormalization((4, 5), 2)
+    assert mixnorm.MixtureNormalization((4,), n_components=2).size == 4
+    mn = mixnorm.MixtureNormalization((4, 5), n_components=2)   # features of shape (4, 5)
+    assert mn.size == 20 and mn.gamma.shape == mn.avg_mean.shape == (4, 5)
     with pytest.raises(ValueError, match='size'):
-        mixnorm.MixtureNormalization('4', 2)
+        mixnorm.MixtureNormalization('4', n_components=2)
 
 
 def test_lazy_size_initialises_at_the_first_forward(tmp_path):
-    mn = mixnorm.MixtureNormalization(None, 3, seed=0)
+    mn = mixnorm.MixtureNormalization(None, n_components=3, seed=0)
     assert mn.gamma.array is None
     x = clustered(0, (8, 5, 3, 3))
     mn(x)
     assert mn.size == 5 and mn.gamma.shape == (5,) and mn.queue_means.shape == (10, 3, 5)
     path = str(tmp_path / 'mn.npz')
     chainer.serializers.save_npz(path, mn)
-    lazy = mixnorm.MixtureNormalization(None, 3, seed=0)
+    lazy = mixnorm.MixtureNormalization(None, n_components=3, seed=0)
     chainer.serializers.load_npz(path, lazy)
     assert lazy.size == 5 and lazy.n_fits == 1
     with chainer.using_config('train', False):
@@ -239,7 +237,7 @@ def eq38_as_printed(x, link):
 @pytest.mark.parametrize('steps', [2, 5])
 def test_inference_paper_is_eq38_as_printed(steps):
     C = 3
-    mn = mixnorm.MixtureNormalization(C, 3, queue_length=3, inference='paper', seed=2)
+    mn = mixnorm.MixtureNormalization(C, n_components=3, queue_length=3, inference='paper', seed=2)
     mn.gamma.array[...] = [1.5, 0.5, 2.0]
     mn.beta.array[...] = [0.1, -0.2, 0.3]
     for s in range(steps):
@@ -248,7 +246,7 @@ def test_inference_paper_is_eq38_as_printed(steps):
     with chainer.using_config('train', False):
         y = mn(x).array
     np.testing.assert_allclose(y, eq38_as_printed(x, mn), rtol=1e-5, atol=1e-6)
-    consistent = mixnorm.MixtureNormalization(C, 3, queue_length=3, seed=2)
+    consistent = mixnorm.MixtureNormalization(C, n_components=3, queue_length=3, seed=2)
     chainer.serializers.NpzDeserializer  # same state, other inference form
     for name in ('queue_weights', 'queue_means', 'queue_vars', 'n_fits'):
         setattr(consistent, name, getattr(mn, name))
@@ -261,7 +259,7 @@ def test_inference_paper_is_eq38_as_printed(steps):
 # ------------------------------------------------------------------ never silently wrong
 def test_float32_overflow_in_the_moments_says_overflow():
     x = (np.random.RandomState(0).randn(64, 3, 4, 4) * 1e18).astype(np.float32)
-    mn = mixnorm.MixtureNormalization(3, 1)
+    mn = mixnorm.MixtureNormalization(3, n_components=1)
     with pytest.raises(ValueError, match='overflow') as e:
         mn(x)
     assert '0 NaN' not in str(e.value)
@@ -269,7 +267,7 @@ def test_float32_overflow_in_the_moments_says_overflow():
 
 @pytest.mark.parametrize('K', [1, 3])
 def test_nan_input_at_inference_raises(K):
-    mn = mixnorm.MixtureNormalization(3, K, seed=0)
+    mn = mixnorm.MixtureNormalization(3, n_components=K, seed=0)
     mn(clustered(0, (32, 3)))
     x = clustered(1, (8, 3))
     x[2, 1] = np.nan
@@ -327,7 +325,7 @@ def test_fewer_points_than_components_is_not_a_dead_layer(N, K):
     """Every point its own component would give an output of std ~1e-5; MN falls back
     towards BN (K' = 1) instead, and the output has BN's unit variance."""
     x = np.random.RandomState(0).randn(N, 8).astype(np.float32) * 3 + 1
-    mn = mixnorm.MixtureNormalization(8, K, seed=0)
+    mn = mixnorm.MixtureNormalization(8, n_components=K, seed=0)
     bn = L.BatchNormalization(8)
     y = mn(x).array
     assert mn.effective_components == 1
@@ -337,7 +335,7 @@ def test_fewer_points_than_components_is_not_a_dead_layer(N, K):
 
 def test_small_fc_batches_keep_every_component_above_min_count():
     x = np.random.RandomState(1).randn(32, 256).astype(np.float32)
-    mn = mixnorm.MixtureNormalization(256, 5, seed=0)
+    mn = mixnorm.MixtureNormalization(256, n_components=5, seed=0)
     mn(x)
     counts = np.asarray(mn.last_gmm.weights) * 32
     assert (counts >= mn.min_count).all(), counts
@@ -345,6 +343,6 @@ def test_small_fc_batches_keep_every_component_above_min_count():
 
 def test_a_layer_trained_on_huge_float32_values_raises_instead_of_nan():
     x = (np.random.RandomState(2).randn(64, 3, 4, 4) * 1e30).astype(np.float32)
-    mn = mixnorm.MixtureNormalization(3, 3, seed=0)
+    mn = mixnorm.MixtureNormalization(3, n_components=3, seed=0)
     with pytest.raises(ValueError, match='overflow'):
         mn(x)

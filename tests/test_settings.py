@@ -123,8 +123,10 @@ def test_the_links_signature_defaults_are_the_tables():
     assert got == table
     assert {n: type(v) for n, v in got.items()} == {n: type(v) for n, v in table.items()}
     # the synchronized link and the functions restate some of them
+    restated = ('decay', 'eps', 'n_components', 'em_iters')
     assert _defaults(MultiNodeMixtureNormalization.__init__, S.SETTINGS) == {
-        'n_components': 3, 'em_iters': 2} == {n: table[n] for n in ('n_components', 'em_iters')}
+        'decay': 0.9, 'eps': 2e-5, 'n_components': 3, 'em_iters': 2} == {
+        n: table[n] for n in restated}
     for f in (F.mixture_normalization, F.mixture_normalization_relu,
               F.fixed_mixture_normalization):
         assert _defaults(f, ['eps']) == {'eps': table['eps']}, f.__name__
@@ -138,7 +140,7 @@ def test_the_links_signature_defaults_are_the_tables():
 
 
 def test_the_link_keeps_the_checked_values():
-    mn = mixnorm.MixtureNormalization(4, np.int64(2), 3, min_count=np.float32(8), seed=np.int64(5),
+    mn = mixnorm.MixtureNormalization(4, n_components=np.int64(2), em_iters=3, min_count=np.float32(8), seed=np.int64(5),
                                       lambda_scaling=np.bool_(False))
     assert (mn.n_components, mn.em_iters, mn.kmeans_iters, mn.gmm_em_iters) == (2, 3, 2, 1)
     assert type(mn.n_components) is int and type(mn.min_count) is float and mn.min_count == 8
