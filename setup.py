@@ -61,7 +61,7 @@ setup(
         # CuPy with its CUDA libraries as wheels (cuBLAS, NVRTC, headers): CUDA 12 or 13
         'gpu': ['cupy-cuda12x[ctk]>=14'],
         'gpu-cuda13': ['cupy-cuda13x[ctk]>=14'],
-        'dev': ['pytest', 'scikit-learn', 'scipy'],
+        'dev': ['pytest', 'scikit-learn', 'scipy', 'h5py'],
         # ChainerMN's communicators; the MPICH wheel brings libmpi and bin/mpiexec.
         'distributed': ['mpi4py', 'mpich'],
     },

@@ -7,7 +7,8 @@ Batch-normalized Models".  Public API:
   ``chainer.links.BatchNormalization`` (``mixnorm.links``);
 * :func:`replace_batch_normalization` -- swap named BN links of a model for MN;
 * :class:`MultiNodeMixtureNormalization` -- MN synchronized over the processes of a
-  ChainerMN communicator (``mixnorm.distributed``; needs mpi4py only when built);
+  ChainerMN communicator (``mixnorm.distributed``; needs mpi4py only when built), and
+  :func:`create_mnbn_model`, ChainerMN's model conversion that synchronizes MN too;
 * ``mixnorm.functions`` -- the differentiable transform (Eq. 34-40) given posteriors;
 * :func:`fit_gmm`, :func:`responsibilities`, :func:`log_likelihood`, :class:`GMM` --
   the per-batch diagonal Gaussian mixture (``mixnorm.gmm``).
@@ -24,7 +25,7 @@ from mixnorm.placement import expand_names, replace_batch_normalization  # noqa:
 
 def __getattr__(name):
     # the synchronized link is imported on first use only
-    if name == 'MultiNodeMixtureNormalization':
-        from mixnorm.distributed import MultiNodeMixtureNormalization
-        return MultiNodeMixtureNormalization
+    if name in ('MultiNodeMixtureNormalization', 'create_mnbn_model'):
+        from mixnorm import distributed
+        return getattr(distributed, name)
     raise AttributeError('module %r has no attribute %r' % (__name__, name))

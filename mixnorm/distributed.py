@@ -128,3 +128,29 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
     def _label(self):
         return 'MultiNodeMixtureNormalization %r (rank %d of %d)' % (
             self.name or '(unnamed)', self._reducer.rank, self._reducer.size)
+
+
+def create_mnbn_model(link, comm, communication_backend='auto'):
+    """``chainermn.links.create_mnbn_model`` for models with MN: a copy of ``link``
+    whose ``BatchNormalization`` links are ChainerMN's ``MultiNodeBatchNormalization``
+    and whose :class:`~mixnorm.MixtureNormalization` links are
+    :class:`MultiNodeMixtureNormalization`, each with the settings and state (queue,
+    running averages, parameters) of the link it replaces.
+
+    (ChainerMN's own ``create_mnbn_model`` keeps MN links as they are: each process
+    then fits its own points' mixture.)"""
+    from chainermn.links import create_mnbn_model as chainermn_create
+    from mixnorm import placement
+    model = chainermn_create(link, comm, communication_backend)
+    local = [(path.lstrip('/'), mn) for path, mn in model.namedlinks(skipself=True)
+             if type(mn) is MixtureNormalization]
+    backend = 'auto' if communication_backend == 'nccl' else communication_backend
+    for path, mn in local:
+        settings = mn.settings()
+        synced = MultiNodeMixtureNormalization(settings.pop('size'), comm,
+                                               communication_backend=backend, **settings)
+        synced.to_device(mn.device)
+        synced.copyparams(mn)
+        synced.seed = int(comm.mpi_comm.bcast(synced.seed, root=0))
+        placement.replace_link(model, path, synced)
+    return model

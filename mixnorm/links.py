@@ -318,24 +318,39 @@ class MixtureNormalization(chainer.Link):
                        self.queue_length, self.affine))
 
     def copyparams(self, link, copy_persistent=True):
-        """Copy parameters (and persistent values) from ``link``.  From a BN (or any
-        link with BN's ``avg_mean``/``avg_var``/``N`` but no queue): gamma and beta
-        where both links have them, the running averages and ``N``, and the queue
-        started from the running averages."""
+        """Copy parameters (and persistent values) from ``link``, an MN link or a BN
+        (any link with BN's ``avg_mean``/``avg_var``/``N`` and no queue): from a BN,
+        what both links have (see :meth:`take_batch_normalization_state`)."""
         if isinstance(link, MixtureNormalization):
             return super().copyparams(link, copy_persistent)
-        src = link.__dict__
+        self.take_batch_normalization_state(link, running=copy_persistent)
+
+    def take_batch_normalization_state(self, bn, parameters=True, running=True):
+        """Take a BN's state: gamma and beta where both links have them
+        (``parameters``), and (``running``) the running averages and ``N``, with the
+        queue started from them, so that this link's inference is the BN's."""
+        src = bn.__dict__
         avg_mean = src.get('avg_mean')
         if self.size is None and avg_mean is not None:
             self._initialize(avg_mean.shape)
-        for name in self._params:
-            if src.get(name) is not None:
-                self.__dict__[name].copydata(src[name])
-        if copy_persistent and avg_mean is not None:
+        if parameters:
+            for name in self._params:
+                if src.get(name) is not None:
+                    self.__dict__[name].copydata(src[name])
+        if running and avg_mean is not None:
             backend.copyto(self.avg_mean, avg_mean)
             backend.copyto(self.avg_var, src['avg_var'])
             self.N = int(src.get('N', 0))
             self._start_queue_from_running()
+
+    def settings(self):
+        """The constructor arguments that build a link like this one (BN's and MN's)."""
+        out = dict(size=self.param_shape, decay=self.decay, eps=self.eps, dtype=self._dtype,
+                   use_gamma=self.gamma is not None, use_beta=self.beta is not None,
+                   axis=self.axis)
+        out.update({name: getattr(self, name) for name in _settings.SETTINGS
+                    if name not in out})
+        return out
 
     @property
     def printable_specs(self):

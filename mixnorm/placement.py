@@ -93,15 +93,17 @@ def _replace_child(parent, name, new):
 def replace_batch_normalization(model, names, comm=None, **mn_kwargs):
     """Swap the named ``BatchNormalization`` links of ``model`` for MN links in place.
 
-    Each new :class:`MixtureNormalization` takes the BN's configuration: its size (or
-    lazy size, ``size=None``), ``eps``, parameter dtype, device, and whether it has
-    gamma and beta (``use_gamma``/``use_beta``); with the default per-channel affine
-    also the BN's current gamma and beta.  ``mn_kwargs`` (``n_components``,
-    ``em_iters``, ...) are passed on and win over what is taken from the BN.  With a
-    ChainerMN communicator ``comm`` the new links are
-    :class:`mixnorm.distributed.MultiNodeMixtureNormalization` (the mixture of all
-    processes' points); without it nothing distributed is imported.  Returns the
-    replaced BN paths.  Unknown names raise ``ValueError`` listing the valid ones.
+    Each new :class:`MixtureNormalization` takes the BN's configuration (its ``size``,
+    or lazy size, ``decay``, ``eps``, ``axis``, parameter dtype, device, and whether it
+    has gamma and beta) and its state: gamma and beta (with the per-channel affine),
+    the running averages and ``N``, and the queue started from them, so that the new
+    link's inference equals the BN's until it trains (:meth:`MixtureNormalization.
+    copyparams`).  ``mn_kwargs`` (``n_components``, ``em_iters``, ...) are passed on
+    and win over what is taken from the BN.  With a ChainerMN communicator ``comm`` the
+    new links are :class:`mixnorm.distributed.MultiNodeMixtureNormalization` (the
+    mixture of all processes' points); without it nothing distributed is imported.
+    Returns the replaced BN paths.  Unknown names raise ``ValueError`` listing the
+    valid ones.
     """
     paths = expand_names(model, names)
     links = dict((p.lstrip('/'), link) for p, link in model.namedlinks(skipself=True))
@@ -115,30 +117,27 @@ def replace_batch_normalization(model, names, comm=None, **mn_kwargs):
         else:
             from mixnorm.distributed import MultiNodeMixtureNormalization
             mn = MultiNodeMixtureNormalization(kwargs.pop('size'), comm, **kwargs)
-        if mn.affine == 'channel' and bn.avg_mean is not None:
-            for name in ('gamma', 'beta'):
-                src, dst = getattr(bn, name, None), getattr(mn, name, None)
-                if src is not None and dst is not None and src.array is not None:
-                    dst.array[...] = chainer.backends.cuda.to_cpu(src.array)
         mn.to_device(bn.device)
-        parent_path, _, child = path.rpartition('/')
-        parent = links[parent_path] if parent_path else model
-        _replace_child(parent, child, mn)
+        if bn.avg_mean is not None:
+            mn.take_batch_normalization_state(bn, parameters=mn.affine == 'channel')
+        replace_link(model, path, mn, links)
     return paths
+
+
+def replace_link(model, path, new, links=None):
+    """Put ``new`` where the link at ``path`` of ``model`` is (``links``: the model's
+    ``{path: link}``, if already at hand)."""
+    if links is None:
+        links = dict((p.lstrip('/'), link) for p, link in model.namedlinks(skipself=True))
+    parent_path, _, child = path.rpartition('/')
+    parent = links[parent_path] if parent_path else model
+    _replace_child(parent, child, new)
 
 
 def _configuration(bn, mn_kwargs):
     """MN constructor arguments that reproduce ``bn``'s configuration."""
-    if bn.avg_mean is not None:
-        size = bn.avg_mean.shape
-        if len(size) != 1:
-            raise ValueError('a BatchNormalization of parameter shape %s cannot become a '
-                             'MixtureNormalization, which normalizes one channel axis'
-                             % (size,))
-        size = size[0]
-    else:
-        size = None                             # lazily sized, as the BN
-    kwargs = dict(size=size, eps=bn.eps, dtype=bn._highprec_dtype, axis=bn.axis,
+    kwargs = dict(size=None if bn.avg_mean is None else bn.avg_mean.shape,
+                  decay=bn.decay, eps=bn.eps, dtype=bn._highprec_dtype, axis=bn.axis,
                   use_gamma=getattr(bn, 'gamma', None) is not None,
                   use_beta=getattr(bn, 'beta', None) is not None)
     kwargs.update(mn_kwargs)

@@ -232,3 +232,14 @@ def test_good_inputs_run_through_every_case_layer(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert [(tmp_path / ('rank%d.txt' % rank)).read_text() for rank in range(2)] == \
         ['ok', 'ok']
+
+
+# ---------------------------------------------------------------------------
+# ChainerMN's synchronized BN, and its model conversion
+# ---------------------------------------------------------------------------
+
+def test_one_component_is_chainermns_synchronized_bn_and_models_convert():
+    worker = os.path.join(HERE, 'mpi_workers', 'bn_contract_worker.py')
+    r = subprocess.run([mpi_util.mpiexec(), '-n', '2', sys.executable, worker],
+                       capture_output=True, text=True, timeout=90, env=mpi_util.env())
+    assert r.returncode == 0 and r.stdout.split() == ['ok'], r.stdout + r.stderr

@@ -276,6 +276,50 @@ def test_one_hot_source_runs_like_its_twin(dtype):
     np.testing.assert_array_equal(out, want)
 
 
+def _mixture_and_averages(dtype, K=3, D=37):
+    rng = np.random.default_rng(14)
+    w = rng.random(K)
+    w = (w / w.sum()).astype(dtype)
+    mu, var = rng.normal(0, 2, (K, D)).astype(dtype), rng.random((K, D)).astype(dtype)
+    return w, mu, var, rng.normal(0, 1, D).astype(dtype), rng.random(D).astype(dtype) + 1
+
+
+def test_running_update_twin_is_bns_update_of_the_pooled_moments():
+    w, mu, var, avg_mean, avg_var = _mixture_and_averages(np.float64)
+    mean = w @ mu
+    pooled = w @ (var + mu ** 2) - mean ** 2        # the mixture's total variance
+    want_mean, want_var = avg_mean * 0.9 + mean * 0.1, avg_var * 0.9 + pooled * 0.1 * 1.5
+    kernels.running_update(w, mu, var, avg_mean, avg_var, 0.9, 1.5)
+    np.testing.assert_allclose(avg_mean, want_mean, rtol=1e-12)
+    np.testing.assert_allclose(avg_var, want_var, rtol=1e-12)
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_running_update_source_runs_like_its_twin(dtype):
+    w, mu, var, avg_mean, avg_var = _mixture_and_averages(dtype)
+    want_mean, want_var = avg_mean.copy(), avg_var.copy()
+    kernels.running_update_xp(w, mu, var, want_mean, want_var, 0.8, 1.01)
+    cuda_emulation.launch(kernels.kernel_source('running_update', dtype), 'running_update',
+                          1, 64, (w, mu, var, avg_mean, avg_var, np.int32(3), np.int64(37),
+                                  np.float64(0.8), np.float64(1.01)))
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(avg_mean, want_mean, rtol=tol, atol=tol)
+    np.testing.assert_allclose(avg_var, want_var, rtol=tol)
+
+
+@pytest.mark.gpu
+def test_running_update_kernel_matches_twin():
+    import cupy
+    for dtype in (np.float32, np.float64):
+        host = _mixture_and_averages(dtype, D=1000)
+        a, b = [cupy.asarray(v) for v in host], [cupy.asarray(v) for v in host]
+        kernels.running_update(*a, 0.9, 1.01)
+        kernels.running_update_xp(*b, 0.9, 1.01)
+        for u, v in zip(a[3:], b[3:]):
+            cupy.testing.assert_allclose(u, v, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 @pytest.mark.gpu
 def test_sample_candidates_and_one_hot_kernels_match_twins():
     import cupy
