@@ -20,7 +20,8 @@ from mixnorm.gmm import (GMM, check_finite, fit_gmm, log_likelihood, responsibil
 __version__ = '0.1.0'
 from mixnorm import functions  # noqa: F401,E402
 from mixnorm.links import MixtureNormalization  # noqa: F401,E402
-from mixnorm.placement import expand_names, replace_batch_normalization  # noqa: F401,E402
+from mixnorm.placement import (expand_names, name_layers,  # noqa: F401,E402
+                               replace_batch_normalization)
 
 
 def __getattr__(name):

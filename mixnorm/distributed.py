@@ -39,6 +39,7 @@ module and :mod:`mixnorm._collectives` need mpi4py, imported when a link is buil
 from mixnorm import _compat  # noqa: F401
 
 import copy
+import weakref
 
 import chainer
 
@@ -122,12 +123,14 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
         new = self.__class__.__new__(self.__class__)
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            new.__dict__[key] = copy.deepcopy(value, memo)
+            if key != '_sharing':
+                new.__dict__[key] = copy.deepcopy(value, memo)
+        new._sharing = [weakref.ref(new)]
         return new
 
     def _label(self):
         return 'MultiNodeMixtureNormalization %r (rank %d of %d)' % (
-            self.name or '(unnamed)', self._reducer.rank, self._reducer.size)
+            self._where(), self._reducer.rank, self._reducer.size)
 
 
 def create_mnbn_model(link, comm, communication_backend='auto'):

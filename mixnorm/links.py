@@ -14,6 +14,8 @@ from mixnorm import _compat  # noqa: F401
 
 import functools
 import numbers
+import warnings
+import weakref
 
 import numpy
 
@@ -174,6 +176,9 @@ class MixtureNormalization(chainer.Link):
         self.last_gmm = None
         self._pending = []          # (fit index, posteriors) for recomputed forwards
         self._reducer = None        # collectives of a process group (distributed.py)
+        self.path = None            # the link's path in its model, for messages
+        self._said_fallback = False     # the K' = 1 notice is given once
+        self._sharing = [weakref.ref(self)]     # links sharing this queue (copy())
 
         self.avg_mean = self.avg_var = None
         self.N = 0
@@ -241,6 +246,36 @@ class MixtureNormalization(chainer.Link):
                 shapes[name] = self._affine_shape()
         return shapes
 
+    def copy(self, mode='share'):
+        """``Link.copy``; with ``mode='share'`` (the default, as ``model.copy()`` for an
+        evaluation model) the copy shares the queue, the running averages and the
+        parameters with this link, and the counters that index the queue follow
+        whichever of them trains, so both stay right."""
+        ret = super().copy(mode)
+        if mode == 'share':
+            ret._sharing = self._sharing
+            self._sharing.append(weakref.ref(ret))
+        else:
+            ret._sharing = [weakref.ref(ret)]
+        return ret
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_sharing'] = None            # a copy made by pickling or deepcopy shares nothing
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._sharing = [weakref.ref(self)]
+
+    def _share_counters(self):
+        """Give the links that share this queue (``copy()``) the counters of this one."""
+        for ref in self._sharing:
+            link = ref()
+            if link is not None and link is not self and \
+                    link.queue_weights is self.queue_weights:
+                link.n_fits, link.N = self.n_fits, self.N
+
     def start_finetuning(self):
         """Reset ``N``, the count of fine-tuning batches, as BN's ``start_finetuning``."""
         self.N = 0
@@ -272,6 +307,8 @@ class MixtureNormalization(chainer.Link):
         running averages (they are taken from its queue)."""
         if not isinstance(serializer, chainer.serializer.Deserializer):
             return super().serialize(serializer)
+        if self.path is None and getattr(serializer, 'path', '').strip('/'):
+            self.path = serializer.path.strip('/')      # the link's place in the snapshot
         self._check_snapshot(serializer)
         missing = [name for name in self._persistent if not _stored(serializer, name)]
         bn = 'queue_weights' in missing and 'avg_mean' not in missing
@@ -454,8 +491,13 @@ class MixtureNormalization(chainer.Link):
         """The reducer of this call's collectives (None: one process)."""
         return self._reducer
 
+    def _where(self):
+        """The link's path in its model (set by :func:`mixnorm.name_layers`, which
+        ``replace_batch_normalization`` calls), else its name."""
+        return self.path or self.name or '(unnamed)'
+
     def _label(self):
-        return 'MixtureNormalization %r' % (self.name or '(unnamed)',)
+        return 'MixtureNormalization %r' % (self._where(),)
 
     def _fit_seed(self, index):
         return (self.seed * 1000003 + index) % 2 ** 32
@@ -490,6 +532,7 @@ class MixtureNormalization(chainer.Link):
         self.queue_means[slot, :k] = means
         self.queue_vars[slot, :k] = variances
         self.n_fits += 1
+        self._share_counters()
 
     def _update_running(self, stats, n, decay):
         """BN's running averages from the batch's pooled moments (``n`` points of this
@@ -554,6 +597,7 @@ class MixtureNormalization(chainer.Link):
             return self.decay
         if not chainer.config.in_recomputing:
             self.N += 1
+            self._share_counters()
         return 1. - 1. / max(self.N, 1)
 
     def _is_batch_normalization(self):
@@ -621,6 +665,12 @@ class MixtureNormalization(chainer.Link):
         view_arr = _raw(view)
         xp = _arrays.get_array_module(view_arr)
         points = self._points(view_arr)
+        if points.shape[0] == 1:
+            warnings.warn(
+                '%s received a batch with a single point (one sample, no other position '
+                'along the normalized axes): its output is zero. Is chainer.config.train '
+                'True during evaluation, or is the last batch of a non-repeating iterator '
+                'of size 1?' % self._label(), UserWarning)
         resp, g, index = self._posteriors(points)
         if resp is None:        # one component: nu = 1 everywhere
             resp = xp.ones((points.shape[0], 1), dtype=numpy.float32
@@ -645,6 +695,15 @@ class MixtureNormalization(chainer.Link):
         lam, mu, var = stats
         self.last_gmm = g if g is not None else _gmm.GMM(lam, mu, var + self.eps)
         self.effective_components = self.last_gmm.n_components
+        if self.effective_components == 1 < self.n_components and not self._said_fallback:
+            self._said_fallback = True
+            warnings.warn(
+                '%s kept K\' = 1 of its %d components for a batch of %d points (a '
+                'component needs min_count=%g effective points and weight min_weight=%g): '
+                'for such batches it normalizes as BN.  Its effective_components tells K\' '
+                'of each fit (this notice is given once per layer).'
+                % (self._label(), self.n_components, points.shape[0], self.min_count,
+                   self.min_weight), UserWarning)
         self._push(lam, mu, var)
         self._update_running(stats, points.shape[0], decay)
         return back(y)

@@ -9,6 +9,8 @@ the leading slash), or aliases that the model defines for the paper's layer name
 """
 from mixnorm import _compat  # noqa: F401
 
+import copy
+
 import chainer
 import chainer.links as L
 
@@ -30,17 +32,24 @@ def normalization_sites(model):
     return sites
 
 
-def expand_names(model, names):
-    """Expand layer names (aliases or BN paths) into the BN paths they stand for.
+def expand_names(model, names=None):
+    """Expand layer names (aliases or BN paths) into the BN paths they stand for;
+    ``None``: every BN of the model.
 
-    Names are strings; an integer is read as the index of a child of a
-    ``ChainList``/``Sequential`` (``0`` is ``'0'``).  Raises ``ValueError`` naming the
-    unknown names and listing the valid ones, or naming the layers that already are
-    :class:`MixtureNormalization`.
+    Names are strings; an integer ``i`` is the layer ``model[i]``, as Chainer's users
+    write it, of a ``Sequential`` (whose layers include functions) or a ``ChainList``.
+    Raises ``ValueError`` naming the unknown names and listing the valid ones, or naming
+    the layers that already are :class:`MixtureNormalization`.
     """
+    if names is None:
+        return batch_normalization_paths(model)
     if isinstance(names, (str, int)):
         names = [names]
-    names = [_name(n) for n in names]
+    if not isinstance(names, (list, tuple)):
+        raise ValueError('names must be None (every BN), a layer name or a list of them, '
+                         'got %r' % (names,))
+    names = [_position(model, n) if isinstance(n, int) and not isinstance(n, bool)
+             else _name(n) for n in names]
     sites = normalization_sites(model)
     unknown = [n for n in names if n not in sites]
     if unknown:
@@ -64,6 +73,24 @@ def expand_names(model, names):
             if p not in paths:
                 paths.append(p)
     return paths
+
+
+def _position(model, i):
+    """The path of ``model[i]`` for an integer ``i`` (a ``Sequential``'s layers count
+    its functions too; Chainer names its links by their order among links)."""
+    if not isinstance(model, chainer.ChainList):
+        raise ValueError('layer %d: integer positions name the layers of a Sequential or '
+                         'ChainList; %s is neither, use the BN paths'
+                         % (i, type(model).__name__))
+    try:
+        layer = model[i]
+    except IndexError:
+        raise ValueError('layer %d: %s has %d layers' % (i, type(model).__name__,
+                                                         len(model))) from None
+    if not isinstance(layer, chainer.Link):
+        raise ValueError('layer %d of %s is %r, not a BatchNormalization link'
+                         % (i, type(model).__name__, layer))
+    return layer.name
 
 
 def _name(n):
@@ -90,8 +117,9 @@ def _replace_child(parent, name, new):
             setattr(parent, name, new)
 
 
-def replace_batch_normalization(model, names, comm=None, **mn_kwargs):
-    """Swap the named ``BatchNormalization`` links of ``model`` for MN links in place.
+def replace_batch_normalization(model, names=None, comm=None, **mn_kwargs):
+    """Swap the named ``BatchNormalization`` links of ``model`` (``names=None``: every
+    one) for MN links in place.
 
     Each new :class:`MixtureNormalization` takes the BN's configuration (its ``size``,
     or lazy size, ``decay``, ``eps``, ``axis``, parameter dtype, device, and whether it
@@ -102,8 +130,12 @@ def replace_batch_normalization(model, names, comm=None, **mn_kwargs):
     and win over what is taken from the BN.  With a ChainerMN communicator ``comm`` the
     new links are :class:`mixnorm.distributed.MultiNodeMixtureNormalization` (the
     mixture of all processes' points); without it nothing distributed is imported.
-    Returns the replaced BN paths.  Unknown names raise ``ValueError`` listing the
-    valid ones.
+
+    An optimizer set up before the swap goes on training the new parameters: each takes
+    the update rule of the BN parameter it replaces (its hyperparameters, hooks, and its
+    state where the shapes agree).  Every MN link of the model learns its path, which
+    its messages name (:func:`name_layers`).  Returns the replaced BN paths.  Unknown
+    names raise ``ValueError`` listing the valid ones.
     """
     paths = expand_names(model, names)
     links = dict((p.lstrip('/'), link) for p, link in model.namedlinks(skipself=True))
@@ -120,8 +152,40 @@ def replace_batch_normalization(model, names, comm=None, **mn_kwargs):
         mn.to_device(bn.device)
         if bn.avg_mean is not None:
             mn.take_batch_normalization_state(bn, parameters=mn.affine == 'channel')
+        _carry_update_rules(bn, mn)
         replace_link(model, path, mn, links)
+    name_layers(model)
     return paths
+
+
+def name_layers(model):
+    """Tell every MN link of ``model`` its path (``'block1/bn'``), which its errors and
+    notices name; returns ``{path: link}``."""
+    found = {}
+    for path, link in model.namedlinks(skipself=True):
+        if isinstance(link, MixtureNormalization):
+            link.path = path.lstrip('/')
+            found[link.path] = link
+    return found
+
+
+def _carry_update_rules(bn, mn):
+    """The update rules of ``bn``'s gamma and beta (an optimizer set up before the
+    swap) for ``mn``'s: the same hyperparameters and hooks, the state (e.g. momentum)
+    where the shapes agree, a fresh state where they do not."""
+    for name in ('gamma', 'beta'):
+        src, dst = getattr(bn, name, None), getattr(mn, name, None)
+        if src is None or dst is None or src.update_rule is None:
+            continue
+        rule = copy.copy(src.update_rule)
+        state = src.update_rule.state
+        if state is not None and all(getattr(v, 'shape', dst.shape) == dst.shape
+                                     for v in state.values()):
+            rule._state = {k: copy.deepcopy(v) for k, v in state.items()}
+        else:
+            rule._state = None
+        rule._fp32_param = None
+        dst.update_rule = rule
 
 
 def replace_link(model, path, new, links=None):
