@@ -19,11 +19,13 @@ Interface
 :class:`BatchStats` with ``return_stats``) and :func:`fixed_mixture_normalization`
 (inference: constant statistics) are two function nodes,
 :class:`MixtureNormalizationFunction` and :class:`FixedMixtureNormalizationFunction`,
-as Chainer splits ``batch_normalization`` from ``fixed_batch_normalization``; both
-check their input types as Chainer's nodes do and hand their backward to
-:class:`MixtureNormalizationGrad` with what the forward saved, a named
-:class:`_Saved` (the host :class:`_Coefficients`, the :class:`_DeviceState`, the
-shifted input and ``resp``); it builds each gradient by name.  :func:`mixture_normalization_relu`
+as Chainer splits ``batch_normalization`` from ``fixed_batch_normalization`` (and,
+like the latter, the fixed node takes its means and variances as inputs and
+differentiates them when they are Variables); both check their input types as
+Chainer's nodes do and hand an ordinary backward to :class:`MixtureNormalizationGrad`
+with what the forward saved, a named :class:`_Saved` (the host
+:class:`_Coefficients`, the :class:`_DeviceState`, the shifted input and ``resp``);
+it builds each gradient by name.  :func:`mixture_normalization_relu`
 is Eq. 40 and :func:`mixture_moments` the statistics alone.  With a ``reducer`` the
 training node synchronizes its statistics over processes (see
 :mod:`mixnorm.distributed`).
@@ -49,7 +51,21 @@ Implementation notes
   cancellation in float32 when ``|mean| >> std``.
 * float16 inputs are computed in float32 and cast back; float32 stays float32,
   float64 stays float64.  Gradients come back in each input's own dtype.
-* Only first-order gradients are implemented (no double backward).
+* Gradients are differentiable (double backprop, e.g. a gradient penalty).  An
+  ordinary ``backward()`` (``enable_backprop`` off inside it) takes the analytic
+  fast path above, unchanged: no input is retained, and its arithmetic and launch
+  counts are those of first-order training.  A backward that builds a graph
+  (``backward(enable_double_backprop=True)``, ``chainer.grad(...,
+  enable_double_backprop=True)``) computes the same first-order formulas as
+  chainer.functions (:func:`_differentiable_gradients`), with resp constant as in
+  the first-order gradient (and, under Eq. 40, the ReLU's mask): the statistics
+  are recomputed from the forward's shifted copy of x, and each input enters as
+  its forward value plus a zero displacement attached to the input's graph node,
+  so nothing more is kept by the forward.  Cost, on that path only: 40 to 70
+  chainer.functions nodes (about 7 more per component under Eq. 40), whose graph
+  holds 4 to 6 arrays of x's size (a few more under Eq. 40), in place of the fast
+  path's one fused pass; its second backward is that graph's.  Not implemented
+  with a ``reducer`` (synchronized statistics).
 * Code is generic over NumPy/CuPy (:func:`mixnorm._arrays.get_array_module`).
 
 Affine modes (``gamma``/``beta``):
@@ -70,6 +86,7 @@ before the rectifier (see its docstring).
 """
 import mixnorm._compat  # noqa: F401  (must run before ``import chainer``)
 
+import functools
 from typing import NamedTuple
 
 import numpy
@@ -379,6 +396,8 @@ class _Dtypes(NamedTuple):
     x: object
     gamma: object = None
     beta: object = None
+    means: object = None
+    variances: object = None
 
 
 class _Inputs(NamedTuple):
@@ -399,13 +418,17 @@ class _Inputs(NamedTuple):
 class _Saved(NamedTuple):
     """What a forward hands :class:`MixtureNormalizationGrad`: the ``layout`` of x, the
     host :class:`_Coefficients`, the :class:`_DeviceState`, the shifted input ``xc``
-    (C, n) of the compute dtype, ``resp`` (n, K) and the input :class:`_Dtypes`."""
+    (C, n) of the compute dtype, ``resp`` (n, K) and the input :class:`_Dtypes`;
+    ``params`` the host (float64) ``(gamma, beta)`` as the forward read them (None where
+    absent), which the differentiable backward (:func:`_differentiable_gradients`)
+    starts from."""
     layout: object
     coef: _Coefficients
     device: _DeviceState
     xc: object
     resp: object
     dtypes: _Dtypes
+    params: tuple = (None, None)
 
 
 def _read_inputs(inputs, spec, resp):
@@ -544,31 +567,47 @@ def _pre_activation(xp, device, xc, k, out):
 # function nodes
 # --------------------------------------------------------------------------
 
+def _input_names(spec):
+    """The names of a node's inputs, in order: x, gamma and beta where given, and the
+    fixed node's means and variances."""
+    return (('x',) + ('gamma',) * spec.has_gamma + ('beta',) * spec.has_beta
+            + (() if spec.train else ('means', 'variances')))
+
+
 class _MixtureNode(function_node.FunctionNode):
     """What both mixture-normalization nodes share: the type check of their inputs
-    and the backward, handed to :class:`MixtureNormalizationGrad` with what the forward
-    saved (a :class:`_Saved`)."""
+    and the backward.  An ordinary backward (``enable_backprop`` off) is handed to
+    :class:`MixtureNormalizationGrad` with what the forward saved (a :class:`_Saved`);
+    one that builds a graph (double backprop) to :func:`_differentiable_gradients`."""
     reducer = None
 
     def check_type_forward(self, in_types):
         spec = self.spec
-        type_check._argname(in_types, ('x',) + ('gamma',) * spec.has_gamma
-                            + ('beta',) * spec.has_beta)
+        type_check._argname(in_types, _input_names(spec))
         x_type = in_types[0]
         type_check.expect(x_type.dtype.kind == 'f', x_type.ndim >= 2)
         # resp (n, K) holds a row for each of the n = N * prod(spatial) points
         type_check.expect(x_type.size == x_type.shape[1] * self.resp.shape[0])
-        for p_type in in_types[1:]:
+        n_affine = spec.has_gamma + spec.has_beta
+        for p_type in in_types[1:1 + n_affine]:
             type_check.expect(p_type.dtype.kind == 'f')
             if spec.mode == _CHANNEL:
                 type_check.expect(p_type.ndim == 1, p_type.shape[0] == x_type.shape[1])
             else:
                 type_check.expect(p_type.ndim == 2, p_type.shape[0] == self.resp.shape[1],
                                   p_type.shape[1] == x_type.shape[1])
+        for s_type in in_types[1 + n_affine:]:      # the fixed node's means, variances
+            type_check.expect(s_type.dtype.kind == 'f', s_type.ndim == 2,
+                              s_type.shape[0] == self.resp.shape[1],
+                              s_type.shape[1] == x_type.shape[1])
 
     def backward(self, indexes, grad_outputs):
-        grads = MixtureNormalizationGrad(self.spec, self._saved,
-                                         reducer=self.reducer).apply(grad_outputs)
+        if chainer.config.enable_backprop:          # a graph of the gradient is asked for
+            return _differentiable_gradients(self, indexes, grad_outputs[0])
+        n_affine = self.spec.has_gamma + self.spec.has_beta
+        grads = MixtureNormalizationGrad(
+            self.spec, self._saved, reducer=self.reducer,
+            statistics=any(i > n_affine for i in indexes)).apply(grad_outputs)
         return tuple(grads[i] for i in indexes)
 
 
@@ -608,14 +647,14 @@ class MixtureNormalizationFunction(_MixtureNode):
         stats, mu = _batch_moments(self.reducer, ins, moments, colsum, shift)
         scale = 1 / numpy.sqrt(stats.weights) if self.lambda_scaling \
             else numpy.ones_like(stats.weights)
-        coef = _coefficients(spec, stats.mean, stats.var, scale, shift,
-                             *_host_params(spec, host[3:]), colsum=stats.colsum,
-                             var_positive=stats.var_raw > 0,
+        params = _host_params(spec, host[3:])
+        coef = _coefficients(spec, stats.mean, stats.var, scale, shift, *params,
+                             colsum=stats.colsum, var_positive=stats.var_raw > 0,
                              check=spec.mode == _COMPONENT)
         y, device, batch_stats, _ = _normalize(spec, ins, coef, xc, spare,
                                                extra=[stats.weights, mu.T, stats.var.T])
         self.stats = BatchStats(*batch_stats)
-        self._saved = _Saved(ins.layout, coef, device, xc, ins.resp, ins.dtypes)
+        self._saved = _Saved(ins.layout, coef, device, xc, ins.resp, ins.dtypes, params)
         return y,
 
 
@@ -687,29 +726,33 @@ def _reduce_sums(reducer, arrays):
 
 
 class FixedMixtureNormalizationFunction(_MixtureNode):
-    """Mixture normalization with constant component statistics (inference, Eq. 38).
+    """Mixture normalization with given component statistics (inference, Eq. 38).
 
-    Inputs: ``x`` then ``gamma`` (if given) then ``beta`` (if given); ``resp``,
-    ``means``, ``variances`` and ``scale`` are constants.
+    Inputs: ``x``, then ``gamma`` (if given), then ``beta`` (if given), then ``means``
+    and ``variances`` (M, C), as ``fixed_batch_normalization`` takes its mean and var:
+    their gradients are computed only when asked for (Variables that require them);
+    ``resp`` and ``scale`` are constants.
     """
 
-    def __init__(self, resp, means, variances, scale, mode, has_gamma, has_beta,
-                 eps=2e-5):
+    def __init__(self, resp, scale, mode, has_gamma, has_beta, eps=2e-5):
         self.resp = resp
-        self.means, self.variances, self.scale = means, variances, scale
+        self.scale = scale
         self.spec = _Spec(mode, bool(has_gamma), bool(has_beta), False, float(eps), False)
 
     def forward(self, inputs):
         spec = self.spec
-        ins = _read_inputs(inputs, spec, self.resp)
-        host = _arrays.fetch(ins.xp, [self.means, self.variances, self.scale] + ins.params,
+        means, variances = inputs[-2:]
+        ins = _read_inputs(inputs[:-2], spec, self.resp)
+        host = _arrays.fetch(ins.xp, [means, variances, self.scale] + ins.params,
                              ins.dtype)
         means, variances, scale = host[:3]
         shift = means.mean(axis=0)
+        params = _host_params(spec, host[3:])
         coef = _coefficients(spec, means.T - shift[:, None], variances.T, scale, shift,
-                             *_host_params(spec, host[3:]))
+                             *params)
         y, device, _, xc = _normalize(spec, ins, coef)
-        self._saved = _Saved(ins.layout, coef, device, xc, ins.resp, ins.dtypes)
+        dtypes = ins.dtypes._replace(means=inputs[-2].dtype, variances=inputs[-1].dtype)
+        self._saved = _Saved(ins.layout, coef, device, xc, ins.resp, dtypes, params)
         return y,
 
 
@@ -732,11 +775,15 @@ class _HostGradients(NamedTuple):
     """The chain rule's results on the host: the parameters' gradients (None where
     absent) and, in training, the (C, K) coefficients through which x reaches the
     statistics: ``x_var`` = 2 dL/dvar / s of xc r^T and ``x_mean`` = dL/dmu / s of r^T
-    in the input gradient (None for fixed statistics)."""
+    in the input gradient (None for fixed statistics).  With fixed statistics whose
+    gradients are asked for, ``means`` and ``variances`` (M, C) are dL/dmeans and
+    dL/dvariances."""
     gamma: object = None
     beta: object = None
     x_var: object = None
     x_mean: object = None
+    means: object = None
+    variances: object = None
 
 
 class MixtureNormalizationGrad(function_node.FunctionNode):
@@ -744,13 +791,19 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
 
     Arguments: the node's :class:`_Spec`, what its forward saved (:class:`_Saved`) and
     its ``reducer``.  Input ``gy``; outputs the gradients of x, then of gamma and beta
-    where the node has them.  With batch statistics (training) x's gradient also flows
+    where the node has them, then, with ``statistics`` (fixed statistics only), of
+    means and variances.  With batch statistics (training) x's gradient also flows
     through mu = nu_hat^T x and var = nu_hat^T x^2 - mu^2, summed over every rank's
     points with a reducer.
+
+    This node is the fast path of an ordinary backward and is not itself
+    differentiable: a backward that builds a graph (``enable_double_backprop``) goes
+    through :func:`_differentiable_gradients` instead.
     """
 
-    def __init__(self, spec, saved, reducer=None):
+    def __init__(self, spec, saved, reducer=None, statistics=False):
         self.spec, self.saved, self.reducer = spec, saved, reducer
+        self.statistics = bool(statistics) and not spec.train
 
     def check_type_forward(self, in_types):
         type_check._argname(in_types, ('gy',))
@@ -766,7 +819,7 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         work = saved.layout.empty(xp, dtype, 2)        # [gy; scratch] (2C, n)
         saved.layout.to_cn(xp, gy, dtype, out=work[:C])
         sums = (_relu_sums if spec.relu else _linear_sums)(xp, spec, saved, work)
-        host = _host_gradients(spec, saved.coef, sums, self.reducer)
+        host = _host_gradients(spec, saved.coef, sums, self.reducer, self.statistics)
         grads = _send_gradients(xp, host, dtype)
         gx_form = _relu_gx if spec.relu else _linear_gx
         gx, spare = gx_form(xp, saved, sums, grads, work[:C], work[C:])
@@ -776,11 +829,16 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
             outputs.append(grads.gamma.astype(dtypes.gamma, copy=False))
         if spec.has_beta:
             outputs.append(grads.beta.astype(dtypes.beta, copy=False))
+        if self.statistics:
+            outputs.append(grads.means.astype(dtypes.means, copy=False))
+            outputs.append(grads.variances.astype(dtypes.variances, copy=False))
         return tuple(outputs)
 
     def backward(self, indexes, grad_outputs):
         raise NotImplementedError(
-            'double backward is not supported by mixture normalization')
+            'MixtureNormalizationGrad is the first-order fast path; the mixture-'
+            'normalization nodes build a differentiable gradient themselves when '
+            'enable_backprop is on (see _differentiable_gradients)')
 
 
 def _linear_sums(xp, spec, saved, work):
@@ -825,11 +883,12 @@ def _relu_sums(xp, spec, saved, work):
     return _ComponentSums(h, sums[C:], beta, gx)
 
 
-def _host_gradients(spec, coef, sums, reducer):
+def _host_gradients(spec, coef, sums, reducer, statistics=False):
     """The chain rule on the host (float64), a :class:`_HostGradients`.  The parameters'
     gradients are this rank's (its loss depends on gamma and beta only through its own
     points); the input's go through the statistics, which depend on every rank's
-    points, so their sums are reduced first."""
+    points, so their sums are reduced first.  ``statistics``: with fixed statistics,
+    also the gradients of the means and variances."""
     inv_std = coef.inv_std
     inv_std3 = inv_std * inv_std * inv_std
     centred = sums.hx - coef.centre * sums.h          # sum_i h_k (xc - centre_k)
@@ -841,6 +900,9 @@ def _host_gradients(spec, coef, sums, reducer):
     if spec.mode == _COMPONENT and spec.has_beta:
         beta = -(inv_std * sums.h).T
     if not spec.train:
+        if statistics:
+            d_mean, d_var = _moment_gradients(spec, coef, sums.h, centred, inv_std3)
+            return _HostGradients(gamma, beta, means=d_mean.T, variances=d_var.T)
         return _HostGradients(gamma, beta)
     h = sums.h
     if reducer is not None:                           # sums over every rank's points
@@ -849,9 +911,10 @@ def _host_gradients(spec, coef, sums, reducer):
                                                               inv_std3))
 
 
-def _statistics_gradients(spec, coef, h, centred, inv_std3):
-    """Eq. 35-36 backwards: dL/dvar and dL/dmu from the sums ``h`` and ``centred``
-    (C, K), as the coefficients ``(2 dvar / s, dmu / s)`` of xc r^T and r^T in gx."""
+def _moment_gradients(spec, coef, h, centred, inv_std3):
+    """dL/dmu_k and dL/dvar_k (C, K) from the sums ``h`` and ``centred`` (C, K): the
+    gradients of the fixed node's means and variances, and where the training node's
+    statistics start."""
     d_std, d_mean = centred, -(coef.inv_std * h)
     if coef.gamma_channel is not None:
         d_std = centred * coef.gamma_channel[:, None]
@@ -860,6 +923,13 @@ def _statistics_gradients(spec, coef, h, centred, inv_std3):
         d_var = -0.5 * d_std * coef.gamma_component * inv_std3
     else:
         d_var = -0.5 * d_std * inv_std3
+    return d_mean, d_var
+
+
+def _statistics_gradients(spec, coef, h, centred, inv_std3):
+    """Eq. 35-36 backwards: dL/dvar and dL/dmu from the sums ``h`` and ``centred``
+    (C, K), as the coefficients ``(2 dvar / s, dmu / s)`` of xc r^T and r^T in gx."""
+    d_mean, d_var = _moment_gradients(spec, coef, h, centred, inv_std3)
     # through mu = nu_hat^T xc and var = nu_hat^T xc^2 - mu^2 (clamped at 0)
     d_var = d_var * coef.var_positive
     d_mu = d_mean - 2 * coef.mean * d_var
@@ -894,6 +964,169 @@ def _relu_gx(xp, saved, sums, grads, gy_cn, scratch):
         gx += scratch
         gx += layout.expand(xp, grads.x_mean, saved.resp, out=scratch)
     return gx, scratch
+
+
+# --------------------------------------------------------------------------
+# the differentiable backward (double backprop)
+# --------------------------------------------------------------------------
+
+def _constant(a):
+    return chainer.Variable(a, requires_grad=False)
+
+
+def _cn_variable(layout, v):
+    """An x-shaped Variable as (C, n), the layout of the fast path's passes."""
+    if layout.rows:
+        return chainer.functions.transpose(v)
+    F = chainer.functions
+    return F.reshape(F.transpose(F.reshape(v, (layout.N, layout.C, layout.L)), (1, 0, 2)),
+                     (layout.C, layout.n))
+
+
+def _x_shaped_variable(layout, v):
+    """A (C, n) Variable in the shape of x."""
+    if layout.rows:
+        return chainer.functions.transpose(v)
+    F = chainer.functions
+    return F.reshape(F.transpose(F.reshape(v, layout.shape3), (1, 0, 2)), layout.shape)
+
+
+def _input_variable(node, index, value, dtype, arrange=None):
+    """A Variable of ``value`` (a device array of the compute ``dtype``: the node's input
+    ``index`` as the forward read it, arranged as the formulas use it) whose gradient
+    flows to that input of ``node``.
+
+    The input's array is not retained by the forward (that would keep an x-sized
+    buffer alive for every ordinary backward).  Instead a zero displacement ``d`` of
+    the input's shape and dtype is attached to the input's graph node, and the
+    Variable is ``value + arrange(cast(d))``: its value is the forward's and its
+    gradient is the input's.  ``d`` goes into nothing but ``F.identity``, which does
+    not retain it (a function that retains its inputs would write the zeros into the
+    input's node).  ``arrange``: None, or a function of Variables (e.g. to (C, n))."""
+    vnode = node.inputs[index]
+    xp = _arrays.get_array_module(value)
+    zero = xp.zeros(vnode.shape, vnode.dtype)
+    d = chainer.functions.identity(
+        chainer.Variable._init_unchecked(zero, requires_grad=True, node=vnode))
+    d = chainer.functions.cast(d, dtype)
+    return _constant(value) + (d if arrange is None else arrange(d))
+
+
+def _differentiable_gradients(node, indexes, gy):
+    """The gradients of ``node``'s inputs ``indexes`` as Variables that can be
+    differentiated again (double backprop), given ``gy`` (a Variable).
+
+    The same first-order formulas as :class:`MixtureNormalizationGrad` (the sums h and
+    centred, Eq. 35-37 backwards), written as chainer.functions over the (C, n) layout
+    of the fast path, with the batch statistics recomputed as functions of x:
+    mu - c = nu_hat^T xc and var = relu(nu_hat^T xc^2 - (mu - c)^2), xc the forward's
+    shifted input.  ``resp`` is a constant, as in the first-order gradient; so is the
+    ReLU's mask under Eq. 40 (the fast path's own).  The compute dtype is the
+    forward's (float32 for float16 input); each gradient is cast to its input's dtype.
+    """
+    F = chainer.functions
+    spec, saved = node.spec, node._saved
+    if node.reducer is not None:
+        raise NotImplementedError(
+            'double backward of synchronized mixture normalization (a reducer) is not '
+            'implemented')
+    layout, coef, xc, resp = saved.layout, saved.coef, saved.xc, saved.resp
+    xp = _arrays.get_array_module(xc)
+    dtype, C, K = xc.dtype, layout.C, resp.shape[1]
+    names = _input_names(spec)
+    wanted = {names[i] for i in indexes}
+    position = {name: i for i, name in enumerate(names)}
+    gamma_host, beta_host = saved.params
+    component = spec.mode == _COMPONENT
+    host = [coef.scale] + ([coef.colsum, None, None] if spec.train
+                           else [None, coef.mean, coef.var]) + [gamma_host, beta_host]
+    sent = iter(_arrays.send(xp, [a for a in host if a is not None], dtype))
+    scale, colsum, mean0, var0, gamma0, beta0 = \
+        [None if a is None else next(sent) for a in host]
+
+    def variable(name, value, arrange=None):
+        # every input that requires grad, asked for now or not: the gradients returned
+        # may later be differentiated with respect to any of them
+        if not node.inputs[position[name]].requires_grad:
+            return _constant(value)
+        return _input_variable(node, position[name], value, dtype, arrange)
+
+    to_cn = functools.partial(_cn_variable, layout)
+    X = variable('x', xc, to_cn)                                     # (C, n): x - c
+    GY = to_cn(F.cast(gy, dtype))
+    if spec.train:
+        nu_hat = _constant(resp / colsum[None, :])
+        mean = F.matmul(X, nu_hat)                                   # (C, K): mu - c
+        var_raw = F.matmul(X * X, nu_hat) - mean * mean
+        var = F.relu(var_raw)
+    else:
+        mean = variable('means', mean0, F.transpose)                 # (C, M): means - c
+        var = variable('variances', var0, F.transpose)
+    gamma = beta = None
+    if spec.has_gamma:
+        gamma = variable('gamma', gamma0.T if component else gamma0,
+                         F.transpose if component else None)
+    if spec.has_beta:
+        beta = variable('beta', beta0.T if component else beta0,
+                        F.transpose if component else None)
+    # Eq. 35 and 37: S = 1 / sqrt(var (* gamma_k) + eps), centre = mu (+ beta_k)
+    inv_std = 1 / F.sqrt((gamma * var if component and gamma is not None else var)
+                         + spec.eps)
+    centre = mean + beta if component and beta is not None else mean
+    gamma_channel = F.reshape(gamma, (C, 1)) if gamma is not None and not component \
+        else None
+    slope = inv_std * gamma_channel if gamma_channel is not None else inv_std
+    if spec.relu:               # Eq. 40: per component, behind the fast path's mask
+        mask = layout.empty(xp, numpy.bool_)
+        work = layout.empty(xp, dtype)
+        hs, hxs, gx = [], [], None
+        for k in range(K):
+            xp.greater(_pre_activation(xp, saved.device, xc, k, work), 0, out=mask)
+            h_k = GY * _constant(mask * saved.device.resp_t_scaled[k][None, :])
+            hs.append(F.sum(h_k, axis=1))
+            hxs.append(F.sum(h_k * X, axis=1))
+            if 'x' in wanted:
+                term = h_k * F.reshape(slope[:, k], (C, 1))
+                gx = term if gx is None else gx + term
+        h, hx = F.stack(hs, axis=1), F.stack(hxs, axis=1)            # (C, K)
+    else:
+        w = _constant(resp * scale[None, :])                         # a_k r_ik (n, K)
+        h, hx = F.matmul(GY, w), F.matmul(GY * X, w)                 # (C, K)
+        gx = GY * F.matmul(slope, w, transb=True) if 'x' in wanted else None
+    centred = hx - centre * h                                        # sum h (xc - centre)
+    grads = {}
+    if spec.mode == _CHANNEL:
+        if 'gamma' in wanted:
+            grads['gamma'] = F.sum(inv_std * centred, axis=1)
+        if 'beta' in wanted:
+            grads['beta'] = F.sum(h, axis=1) if spec.relu else F.sum(GY, axis=1)
+    inv_std3 = inv_std * inv_std * inv_std
+    if component and 'gamma' in wanted:
+        grads['gamma'] = F.transpose(-0.5 * centred * var * inv_std3)
+    if component and 'beta' in wanted:
+        grads['beta'] = F.transpose(-(inv_std * h))
+    # dL/dmu and dL/dvar (the fixed node's means and variances; x's through the stats)
+    d_mean = -(slope * h)
+    d_std = centred * gamma_channel if gamma_channel is not None else centred
+    d_var = -0.5 * d_std * inv_std3
+    if component and gamma is not None:
+        d_var = d_var * gamma
+    if not spec.train:
+        if 'means' in wanted:
+            grads['means'] = F.transpose(d_mean)
+        if 'variances' in wanted:
+            grads['variances'] = F.transpose(d_var)
+    elif 'x' in wanted:
+        # through mu = nu_hat^T xc and var = nu_hat^T xc^2 - mu^2, clamped at 0
+        d_var = d_var * _constant((var_raw.array > 0).astype(dtype))
+        d_mu = d_mean - 2 * mean * d_var
+        r, s = _constant(resp), _constant(colsum)
+        gx = gx + X * F.matmul(2 * d_var / s, r, transb=True) \
+            + F.matmul(d_mu / s, r, transb=True)
+    if 'x' in wanted:
+        grads['x'] = _x_shaped_variable(layout, gx)
+    dtypes = saved.dtypes._asdict()
+    return tuple(F.cast(grads[names[i]], dtypes[names[i]]) for i in indexes)
 
 
 # --------------------------------------------------------------------------
@@ -946,8 +1179,9 @@ def mixture_normalization(x, gamma, beta, resp, eps=2e-5, lambda_scaling=True,
         ``(y, BatchStats(weights, means, variances))`` of arrays (K,), (K, C),
         (K, C) in the compute dtype (``variances`` clamped at 0, without eps),
         as :func:`mixture_moments` gives them.  Gradients flow to x (also
-        through mu_k and var_k), gamma and beta.  The node keeps one (n, C)
-        buffer of the compute dtype for backward.
+        through mu_k and var_k), gamma and beta, and are differentiable in turn
+        (without a reducer).  The node keeps one (n, C) buffer of the compute
+        dtype for backward.
 
     Raises ``ValueError`` when the batch moments are not finite (NaN/Inf input,
     or finite input whose squares overflow the compute dtype), saying which.
@@ -988,11 +1222,15 @@ def fixed_mixture_normalization(x, gamma, beta, resp, means, variances, scale,
         gamma, beta: None, (C,) or (M, C).
         resp: (n, M) posteriors of the points under the stored mixture(s)
             (e.g. the tau-weighted posteriors of Eq. 38), constant.
-        means, variances: (M, C) constant arrays.
-        scale: (M,) per-component factor, e.g. ``1 / sqrt(lambda_m)`` or ones.
+        means, variances: (M, C) arrays, or Variables to differentiate (as the
+            mean and var of ``chainer.functions.fixed_batch_normalization``).
+        scale: (M,) per-component factor, e.g. ``1 / sqrt(lambda_m)`` or ones,
+            constant.
         eps: added to the (scaled) variances.
 
-    Gradients flow to x, gamma and beta; resp and the statistics are constants.
+    Gradients flow to x, gamma and beta, and to means and variances where they are
+    Variables (computed only then; arrays cost nothing extra); resp and scale are
+    constants.  The gradients are differentiable (see the module docstring).
     A ValueError is raised if a normalizer ``variances_m (* gamma_m) + eps`` is
     not positive.
     """
@@ -1000,18 +1238,19 @@ def fixed_mixture_normalization(x, gamma, beta, resp, means, variances, scale,
     fname = 'fixed_mixture_normalization'
     x_array, resp_array, mode, params = _prepare(x, gamma, beta, resp, fname, 'M')
     C, M = x_array.shape[1], resp_array.shape[1]
-    means, variances, scale = _raw(means), _raw(variances), _raw(scale)
-    for name, arr, shape in (('means', means, (M, C)), ('variances', variances, (M, C)),
-                             ('scale', scale, (M,))):
+    scale_array = _raw(scale)
+    for name, arr, shape in (('means', _raw(means), (M, C)),
+                             ('variances', _raw(variances), (M, C)),
+                             ('scale', scale_array, (M,))):
         if tuple(arr.shape) != shape:
             raise ValueError('{}: {} must have shape {} (M = resp.shape[1], C = '
                              'x.shape[1]), got {}'.format(fname, name, shape,
                                                          tuple(arr.shape)))
         if _arrays.get_array_module(arr) is not _arrays.get_array_module(x_array):
             raise ValueError('{}: {} must live on the same device as x'.format(fname, name))
-    node = FixedMixtureNormalizationFunction(resp_array, means, variances, scale, mode,
+    node = FixedMixtureNormalizationFunction(resp_array, scale_array, mode,
                                              gamma is not None, beta is not None, eps)
-    y, = node.apply([x] + params)
+    y, = node.apply([x] + params + [means, variances])
     return y
 
 
