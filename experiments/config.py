@@ -183,6 +183,9 @@ SCHEMA = {
     # default), but those of MN_SETTINGS_SET_ELSEWHERE
     'mn': {
         'layers': (list, REQUIRED, _layers),
+        # train with BN until this epoch ends, then convert those layers to MN (their
+        # statistics and optimizer state carried over); None: MN from the start
+        'convert_at_epoch': (OPT_INT, None, _positive),
         **{name: (None, s.default, s.problem) for name, s in mn_settings.SETTINGS.items()
            if name not in MN_SETTINGS_SET_ELSEWHERE},
     },

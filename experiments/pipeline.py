@@ -44,8 +44,11 @@ from experiments import records
 class Kind:
     """What a kind of run gives :func:`run` (one instance per run: its steps may keep
     what :meth:`trainer` needs).  ``unit``: what its progress is told in (``'epoch'``:
-    epochs and iterations; ``'update'``: updates)."""
+    epochs and iterations; ``'update'``: updates).  ``start``: the decision of
+    :func:`experiments.records.prepare_run` (train or resume from which snapshots),
+    set before :meth:`build`."""
     unit = 'epoch'
+    start = None
 
     def check(self, cfg, par):
         """Refuse a config (or a number of processes) this kind cannot train: a
@@ -99,6 +102,7 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
         log(start.message)
         return start.summary
     device, dataset = par.together(lambda: prepare_local(kind, cfg, device, dataset, par))
+    kind.start = start
     kind.build(cfg, dataset, out, device, progress, par)
     # the run directory appears (or is cleared) only once device, data and model are
     # known to be good

@@ -51,14 +51,17 @@ from experiments import records
 
 # ------------------------------------------------------------------------- pieces
 
-def place_mn(cfg, model, comm=None):
+def place_mn(cfg, model, comm=None, converting=False):
     """Replace the BNs named by ``cfg['mn']['layers']`` in ``model`` with MN links
     (no-op without an ``mn`` section), synchronized over ``comm`` when given; returns
-    the replaced BN paths."""
+    the replaced BN paths.  With ``mn.convert_at_epoch`` the model keeps its BNs
+    (:class:`ConvertToMixture` converts them later) unless ``converting``."""
     mn = cfg.get('mn')
     if not mn:
         return []
     config_lib.check_layers(cfg, model)
+    if mn.get('convert_at_epoch') and not converting:
+        return []
     kwargs = {k: v for k, v in mn.items() if k in mn_settings.SETTINGS}
     paths = mixnorm.replace_batch_normalization(model, mn['layers'], comm=comm, **kwargs)
     # distinct, reproducible GMM seeds per layer (persistent, so resumable)
@@ -80,16 +83,45 @@ def serialize_random_state(serializer, rng, prefix='rng'):
                        int(has_gauss), float(cached)))
 
 
-def build_model(cfg, n_classes, par=None):
+def build_model(cfg, n_classes, par=None, converted=False):
     """The classifier for ``cfg``: the registry's model taking the dataset's channels,
-    MN placed at ``mn.layers``; with several processes (``par``) the normalization is
-    synchronized."""
+    MN placed at ``mn.layers`` (with ``mn.convert_at_epoch``, only when ``converted``:
+    the run resumes past the conversion); with several processes (``par``) the
+    normalization is synchronized."""
     par = par or parallel_lib.create(None)
     kwargs = dict({'in_channels': data_lib.channels_of(cfg['data']['dataset'])},
                   **cfg['model']['kwargs'])
     model = models.build_model(cfg['model']['name'], n_classes, **kwargs)
-    place_mn(cfg, model, par.mn_comm(cfg))
+    place_mn(cfg, model, par.mn_comm(cfg), converting=converted)
     return L.Classifier(par.normalization(model, cfg))
+
+
+def resumes_converted(cfg, start):
+    """Whether a run with ``mn.convert_at_epoch`` resumes from a snapshot taken after
+    its conversion (the newest one it will try), so its model is built with MN."""
+    at = (cfg.get('mn') or {}).get('convert_at_epoch')
+    if not at or start is None or start.action != 'resume' or not start.snapshots:
+        return False
+    m = records.SNAPSHOT_RE.match(os.path.basename(start.snapshots[0]))
+    return bool(m) and int(m.group(1)) >= at
+
+
+class ConvertToMixture(training.Extension):
+    """At the end of epoch ``mn.convert_at_epoch`` (after that epoch's evaluation and
+    log, before its snapshot), replace the BNs of ``mn.layers`` with MN as configured:
+    the running averages, gamma, beta and their optimizer state carried over
+    (:func:`mixnorm.replace_batch_normalization`), each layer's seed as
+    :func:`place_mn` gives it.  A model built already converted (a resumed run) is left
+    as it is."""
+    priority = 0
+
+    def __init__(self, cfg, model, comm=None):
+        self.cfg, self.model, self.comm = cfg, model, comm
+        self.trigger = (cfg['mn']['convert_at_epoch'], 'epoch')
+
+    def __call__(self, trainer):
+        if not mn_links(self.model):
+            place_mn(self.cfg, self.model, self.comm, converting=True)
 
 
 def build_optimizer(cfg, link, par=None):
@@ -179,11 +211,12 @@ class ReportMixtureComponents(training.Extension):
     priority = training.PRIORITY_WRITER
 
     def __init__(self, model):
-        self.links = mn_links(model)
+        self.model = model
 
     def __call__(self, trainer):
         chainer.report({'mn/%s/components' % p: link.effective_components
-                        for p, link in self.links if link.effective_components is not None})
+                        for p, link in mn_links(self.model)
+                        if link.effective_components is not None})
 
 
 class SaveMixtures(training.Extension):
@@ -273,8 +306,10 @@ def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device
     trainer.extend(extensions.observe_value(
         'lr', lambda t: getattr(t.updater.get_optimizer('main'), attr)),
         trigger=(1, 'iteration'))
-    if mn_links(classifier.predictor):
+    if mn_links(classifier.predictor) or (cfg.get('mn') or {}).get('convert_at_epoch'):
         trainer.extend(ReportMixtureComponents(classifier.predictor))
+    if (cfg.get('mn') or {}).get('convert_at_epoch'):
+        trainer.extend(ConvertToMixture(cfg, classifier.predictor, par.mn_comm(cfg)))
     if cfg['train']['save_mixtures'] and par.writer:
         total = cfg['train']['max_iterations'] or int(
             epochs * math.ceil(len(train_iter.dataset) / train_iter.batch_size))
@@ -293,12 +328,13 @@ def build_trainer(cfg, classifier, optimizer, train_iter, test_iter, out, device
     return trainer
 
 
-def build(cfg, dataset, out, device, progress=True, par=None):
+def build(cfg, dataset, out, device, progress=True, par=None, start=None):
     """Everything a run of ``cfg`` on ``dataset`` needs, assembled in one place: the
     classifier (on ``device``), its optimizer, the iterators and the trainer writing
     into ``out``, for one process or for this one of several (``par``,
     :mod:`experiments.parallel`).  Returns ``(classifier, trainer)``."""
-    classifier = build_model(cfg, dataset.n_classes, par)    # validates mn.layers
+    classifier = build_model(cfg, dataset.n_classes, par,    # validates mn.layers
+                             converted=resumes_converted(cfg, start))
     classifier.to_device(device)
     optimizer = build_optimizer(cfg, classifier, par)
     train_iter, test_iter = build_iterators(cfg, dataset, par)
@@ -327,7 +363,8 @@ class Classifier(pipeline.Kind):
         return dataset
 
     def build(self, cfg, dataset, out, device, progress, par):
-        self.classifier, self._trainer = build(cfg, dataset, out, device, progress, par)
+        self.classifier, self._trainer = build(cfg, dataset, out, device, progress, par,
+                                               self.start)
 
     def trainer(self, cfg, out, device, progress):
         return self._trainer

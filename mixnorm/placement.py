@@ -24,8 +24,10 @@ def batch_normalization_paths(model):
 
 
 def normalization_sites(model):
-    """``{name: [bn paths]}``: the model's aliases plus every BN path as itself."""
+    """``{name: [bn paths]}``: the model's aliases, every BN path as itself, and
+    ``'all'``, every BN (unless the model names something else so)."""
     sites = {p: [p] for p in batch_normalization_paths(model)}
+    sites['all'] = batch_normalization_paths(model)
     if hasattr(model, 'normalization_sites'):
         for alias, paths in model.normalization_sites().items():
             sites[alias] = [p.lstrip('/') for p in paths]
