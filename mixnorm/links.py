@@ -362,10 +362,12 @@ class MixtureNormalization(chainer.Link):
             return super().copyparams(link, copy_persistent)
         self.take_batch_normalization_state(link, running=copy_persistent)
 
-    def take_batch_normalization_state(self, bn, parameters=True, running=True):
+    def take_batch_normalization_state(self, bn, parameters=True, running=True,
+                                       start_queue=True):
         """Take a BN's state: gamma and beta where both links have them
         (``parameters``), and (``running``) the running averages and ``N``, with the
-        queue started from them, so that this link's inference is the BN's."""
+        queue started from them (``start_queue``), so that this link's inference is the
+        BN's."""
         src = bn.__dict__
         avg_mean = src.get('avg_mean')
         if self.size is None and avg_mean is not None:
@@ -378,7 +380,8 @@ class MixtureNormalization(chainer.Link):
             backend.copyto(self.avg_mean, avg_mean)
             backend.copyto(self.avg_var, src['avg_var'])
             self.N = int(src.get('N', 0))
-            self._start_queue_from_running()
+            if start_queue:
+                self._start_queue_from_running()
 
     def settings(self):
         """The constructor arguments that build a link like this one (BN's and MN's)."""

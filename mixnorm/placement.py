@@ -11,6 +11,8 @@ from mixnorm import _compat  # noqa: F401
 
 import copy
 
+import numpy
+
 import chainer
 import chainer.links as L
 
@@ -126,9 +128,10 @@ def replace_batch_normalization(model, names=None, comm=None, **mn_kwargs):
     Each new :class:`MixtureNormalization` takes the BN's configuration (its ``size``,
     or lazy size, ``decay``, ``eps``, ``axis``, parameter dtype, device, and whether it
     has gamma and beta) and its state: gamma and beta (with the per-channel affine),
-    the running averages and ``N``, and the queue started from them, so that the new
-    link's inference equals the BN's until it trains (:meth:`MixtureNormalization.
-    copyparams`).  ``mn_kwargs`` (``n_components``, ``em_iters``, ...) are passed on
+    the running averages and ``N``, and, when the BN has seen data (its averages are
+    not its initial 0 and 1, :func:`has_statistics`), the queue started from them, so
+    that the new link's inference equals the BN's until it trains; a BN that has seen
+    no data (a model just built) starts no queue.  ``mn_kwargs`` (``n_components``, ``em_iters``, ...) are passed on
     and win over what is taken from the BN.  With a ChainerMN communicator ``comm`` the
     new links are :class:`mixnorm.distributed.MultiNodeMixtureNormalization` (the
     mixture of all processes' points); without it nothing distributed is imported.
@@ -153,11 +156,20 @@ def replace_batch_normalization(model, names=None, comm=None, **mn_kwargs):
             mn = MultiNodeMixtureNormalization(kwargs.pop('size'), comm, **kwargs)
         mn.to_device(bn.device)
         if bn.avg_mean is not None:
-            mn.take_batch_normalization_state(bn, parameters=mn.affine == 'channel')
+            mn.take_batch_normalization_state(bn, parameters=mn.affine == 'channel',
+                                              start_queue=has_statistics(bn))
         _carry_update_rules(bn, mn)
         replace_link(model, path, mn, links)
     name_layers(model)
     return paths
+
+
+def has_statistics(bn):
+    """Whether ``bn``'s running averages hold statistics (they differ from BN's
+    initial mean 0 and variance 1): a BN that has seen no data starts no queue."""
+    xp = bn.xp
+    return bool((bn.avg_mean != 0).any() or (bn.avg_var != 1).any()) if xp is numpy \
+        else bool(xp.logical_or((bn.avg_mean != 0).any(), (bn.avg_var != 1).any()))
 
 
 def name_layers(model):

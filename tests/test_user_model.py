@@ -137,8 +137,9 @@ def test_a_snapshot_of_other_settings_names_the_layers_path(tmp_path):
     path = str(tmp_path / 'model.npz')
     chainer.serializers.save_npz(path, model)
     other = VGGish()
-    mixnorm.replace_batch_normalization(other, n_components=3)
-    with pytest.raises(ValueError, match="'block1/bn'.*queue_weights"):
+    mixnorm.replace_batch_normalization(other, ['block1/bn', 'bn_fc'], n_components=2)
+    mixnorm.replace_batch_normalization(other, ['block2/bn'], n_components=3)
+    with pytest.raises(ValueError, match="'block2/bn'.*queue_weights"):
         chainer.serializers.load_npz(path, other)
 
 
