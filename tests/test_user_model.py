@@ -166,3 +166,21 @@ def test_mn_is_not_a_batch_normalization_subclass():
     assert not isinstance(mn, L.BatchNormalization)
     assert all(hasattr(mn, a) for a in ('avg_mean', 'avg_var', 'N', 'start_finetuning',
                                         'gamma', 'beta', 'decay', 'eps'))
+
+
+@pytest.mark.parametrize('K', [2, 3, 5])
+def test_the_output_variance_is_about_k_with_eq34s_scaling(K):
+    """Eq. 34's 1/sqrt(lambda_k), as the paper writes it: with well separated modes each
+    point's term has unit variance within its component and weight 1/lambda_k, so the
+    output's variance per channel is about K' (the number of modes), not BN's 1; without
+    the factor (``lambda_scaling=False``) it is about 1.  A trained network converted to
+    MN with K > 1 therefore sees activations about sqrt(K') times larger."""
+    rng = np.random.RandomState(K)
+    centres = rng.randn(K, 4) * 20
+    x = np.concatenate([rng.randn(400, 4) + c for c in centres])
+    for scaling, want in ((True, K), (False, 1.0)):
+        mn = mixnorm.MixtureNormalization(4, dtype=np.float64, n_components=K,
+                                          em_iters=10, lambda_scaling=scaling, seed=0)
+        y = mn(x).array
+        assert mn.effective_components == K
+        np.testing.assert_allclose(y.var(axis=0), want, rtol=0.05)
