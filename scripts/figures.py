@@ -97,6 +97,9 @@ def parser():
     _window(add('fmnist', "Table 2 rows 2 and 4 on Fashion-MNIST (not the paper's data): "
                 'test error with inference and with batch statistics'), 1,
             'the std window of the band; 1: no band')
+    _window(add('fmnist_placement', 'where MN belongs on Fashion-MNIST (not the paper\'s '
+                'data): placement, BN\'s inference, conversion of a BN model'), 1,
+            'the std window of the band; 1: no band')
     f1 = add('fig1', 'BN vs MN on conv2 activations')
     src = f1.add_mutually_exclusive_group()
     src.add_argument('--snapshot', help='trainer snapshot snapshot_epoch_<e> of a run '

@@ -379,6 +379,20 @@ def check_chainer_on_cupy(log, allow_cpu=False):
         return 'MN(K=1) vs BN on the GPU: max |diff| of output and input grad %.2e' % err
     attempt('MixtureNormalization K=1 vs BatchNormalization', mn_vs_bn)
 
+    def mn_running_is_bn():
+        bn = L.BatchNormalization(3)
+        mn = mixnorm.MixtureNormalization(3, n_components=1, inference='running')
+        mn3 = mixnorm.MixtureNormalization(3, n_components=3, seed=0)
+        for link in (bn, mn, mn3):
+            link.to_device(device)
+            link(chainer.Variable(device.send(x_host)))
+        with chainer.using_config('train', False):
+            same = bool((bn(device.send(x_host)).array == mn(device.send(x_host)).array).all())
+        err = float(abs(mn3.avg_mean - bn.avg_mean).max())
+        return ('K=1 with BN\'s inference equals BN bit for bit: %s; K=3 running mean vs '
+                'BN\'s (running-average kernel): max |diff| %.2e' % (same, err))
+    attempt('MixtureNormalization K=1 with BN\'s inference, running averages', mn_running_is_bn)
+
     def mn_k3():
         mn = mixnorm.MixtureNormalization(3, n_components=3, seed=0)
         mn.to_device(device)

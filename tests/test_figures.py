@@ -129,7 +129,7 @@ def test_all_lists_missing_figures_with_commands(tmp_path, capsys):
     out = tmp_path / 'figs'
     results = cli.main(['all', '--runs-root', str(tmp_path / 'none'), '--out', str(out)])
     assert [r.name for r in results] == ['fig2', 'fig3', 'fig1', 'fig4', 'fig5', 'fig8', 'fig9',
-                                        'fig6', 'fig7', 'fmnist']
+                                        'fig6', 'fig7', 'fmnist', 'fmnist_placement']
     assert not any(r.rendered for r in results) and not out.exists()
     text = capsys.readouterr().out
     for line in ('fig2: MISSING', 'fig3: MISSING', 'fig1: MISSING',
@@ -196,7 +196,8 @@ def test_training_modules_import_neither_figures_nor_matplotlib():
 
 
 def test_every_figure_is_in_the_registry():
-    assert sorted(figures.FIGURES) == ['fig%d' % i for i in range(1, 10)] + ['fmnist']
+    assert sorted(figures.FIGURES) == ['fig%d' % i for i in range(1, 10)] + [
+        'fmnist', 'fmnist_placement']
     assert sorted(figures.ALL_ORDER) == sorted(figures.FIGURES)
     with pytest.raises(ValueError, match='unknown figure'):
         figures.draw('fig10')

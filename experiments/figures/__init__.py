@@ -16,6 +16,10 @@ figure     what                                            module
            batch-statistics test error (not the paper's)
 =========  ==============================================  ===========================
 
+``fmnist_placement`` (:mod:`.fmnist`): where MN belongs on Fashion-MNIST, the paper's
+layers against every layer, BN's inference, and BN converted half-way (CIFAR CNN and
+DenseNet-40).
+
 Shared by all: :mod:`.style` (one look), :mod:`.output` (files and
 :class:`FigureResult`), :mod:`.selection` (which runs, and whether they are comparable
 to the paper: :func:`.selection.comparability`) and :mod:`.curves` (curves from logs,
@@ -47,8 +51,10 @@ FIGURES = {
     'fig8': inception.fig8,
     'fig9': inception.fig9,
     'fmnist': fmnist.fig_fmnist,
+    'fmnist_placement': fmnist.fig_fmnist_placement,
 }
-ALL_ORDER = ('fig2', 'fig3', 'fig1', 'fig4', 'fig5', 'fig8', 'fig9', 'fig6', 'fig7', 'fmnist')
+ALL_ORDER = ('fig2', 'fig3', 'fig1', 'fig4', 'fig5', 'fig8', 'fig9', 'fig6', 'fig7', 'fmnist',
+             'fmnist_placement')
 
 __all__ = ['ALL_ORDER', 'FIGURES', 'FIGURES_DIR', 'FigureResult', 'all_figures', 'draw',
            'report']

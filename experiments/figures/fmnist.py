@@ -16,7 +16,7 @@ data, preset and length: :func:`experiments.records.Assessment.comparable_with`)
 from experiments import records
 from experiments.figures.curves import Panel, curve_figure, row_label
 from experiments.figures.output import FIGURES_DIR
-from experiments.figures.style import BN_STYLE, MN_STYLE, PAIR_COLORS
+from experiments.figures.style import BN_STYLE, MN_STYLE, PAIR_COLORS, ROW_COLORS
 
 DATASET = 'fashion-mnist'
 WINDOW = 1
@@ -44,3 +44,44 @@ def fig_fmnist(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW,
                'trained the same way on the same data and are comparable with each other.'
                % ('; band: +-1 std within a %d-epoch window' % window if window > 1 else ''),
         panel_size=(5.2, 3.6))
+
+
+CONVERTED_STYLE = dict(linestyle=':', linewidth=1.8)
+#: (row, label, colour, line) of the placement figure's Table 2 panels.
+PLACEMENT_ROWS = [
+    ('BN-2', 'BN-2 (BN everywhere)', ROW_COLORS[0], BN_STYLE),
+    ('MN-2', 'MN-2 (MN at conv3, the paper)', ROW_COLORS[3], MN_STYLE),
+    ('MN-2-running', 'MN-2, BN\'s inference (running averages)', ROW_COLORS[1], MN_STYLE),
+    ('MN-2-all', 'MN everywhere (conv1-conv4)', ROW_COLORS[2], MN_STYLE),
+    ('MN-2-convert-K1', 'BN, converted at epoch 4 to MN K=1', ROW_COLORS[4], CONVERTED_STYLE),
+    ('MN-2-convert-K3', 'BN, converted at epoch 4 to MN K=3', '#8c564b', CONVERTED_STYLE),
+]
+#: the same for DenseNet-40 (the preset fmnist-cpu-densenet)
+PLACEMENT_DENSENET = [
+    ('BN-L40', 'BN-L40', ROW_COLORS[0], BN_STYLE),
+    ('MN-L40', 'MN-L40 (transitions and last BN, the paper)', ROW_COLORS[3], MN_STYLE),
+    ('MN-L40-all', 'MN everywhere (all 39 BNs)', ROW_COLORS[2], MN_STYLE),
+]
+
+
+def fig_fmnist_placement(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
+    """Where MN belongs, on Fashion-MNIST: the CIFAR CNN's row 2 with MN at the paper's
+    layer, everywhere, with BN's inference, and BN converted to MN half-way (K = 1 and
+    K = 3); DenseNet-40 with MN at the paper's layers and everywhere.  Both kinds of
+    test statistics."""
+    panels = []
+    for metric, what in (('test_error', 'inference statistics'),
+                         ('test_error_batchstats', 'batch statistics')):
+        panels.append(Panel('CIFAR CNN, row 2: %s' % what, DATASET, PLACEMENT_ROWS,
+                            metric=metric))
+        panels.append(Panel('DenseNet-40 (fmnist-cpu-densenet): %s' % what, DATASET,
+                            PLACEMENT_DENSENET, experiment='densenet', metric=metric))
+    return curve_figure(
+        'fmnist_placement', 'Where MN belongs, on Fashion-MNIST (real images, NOT the '
+        'paper\'s CIFAR)', panels, runs_root, out_dir, window, ncols=2,
+        footer='Our runs only, CPU-sized presets (fmnist-cpu: 64 updates of 256 images; '
+               'fmnist-cpu-densenet: 48 updates of 16). Top: test error with the\n'
+               'inference statistics; bottom: each test batch normalized by its own '
+               'statistics. Line: mean over seeds. The curves of a panel were trained\n'
+               'the same way on the same data and are comparable with each other.',
+        panel_size=(6.0, 3.8))
