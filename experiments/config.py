@@ -126,6 +126,8 @@ MN_SETTINGS_SET_ELSEWHERE = {
     'eps': 'the eps of the BatchNormalization each MN layer replaces',
     'seed': 'derived for each layer from train.seed',
 }
+#: the keys of an ``mn`` section that place MN in the model (the rest are MN's settings)
+MN_PLACEMENT_KEYS = ('layers', 'convert_at_epoch')
 NUM = (int, float)
 OPT_NUM = (int, float, type(None))
 OPT_STR = (str, type(None))

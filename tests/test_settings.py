@@ -136,7 +136,7 @@ def test_the_links_signature_defaults_are_the_tables():
     # and a config's mn section is completed with the table's defaults
     mn = C.load_config(MN2)['mn']
     assert mn == dict({n: d for n, d in table.items() if n not in ('eps', 'seed')},
-                      layers=['conv3'])
+                      layers=['conv3'], convert_at_epoch=None)
 
 
 def test_the_link_keeps_the_checked_values():
@@ -172,7 +172,8 @@ def test_the_functions_check_eps_by_the_table(eps):
 
 def test_every_mn_setting_is_a_key_of_the_mn_section_or_set_elsewhere():
     section = C.SCHEMA['mn']
-    assert set(section) - {'layers'} == set(S.SETTINGS) - set(C.MN_SETTINGS_SET_ELSEWHERE)
+    assert set(section) - set(C.MN_PLACEMENT_KEYS) == \
+        set(S.SETTINGS) - set(C.MN_SETTINGS_SET_ELSEWHERE)
     assert set(C.MN_SETTINGS_SET_ELSEWHERE) == {'eps', 'seed'}
 
 
@@ -184,7 +185,7 @@ def test_place_mn_passes_every_mn_setting_of_the_config():
     train.place_mn(cfg, model)
     link = dict(model.namedlinks())['/conv3/bn']
     assert isinstance(link, mixnorm.MixtureNormalization)
-    for name in set(cfg['mn']) - {'layers'}:
+    for name in set(cfg['mn']) - set(C.MN_PLACEMENT_KEYS):
         assert getattr(link, name) == cfg['mn'][name], name
 
 

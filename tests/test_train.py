@@ -311,3 +311,32 @@ def test_compare_shows_no_spread_for_a_single_seed(bn_mn_runs):
     lines = compare.to_markdown(recs).splitlines()
     col = [c.strip() for c in lines[0].split('|')].index('±')
     assert {[c.strip() for c in line.split('|')][col] for line in lines[2:]} == {'—'}
+
+
+def test_a_bn_model_converted_mid_run_trains_on_as_mn_and_resumes(bn_mn_runs, tmp_path):
+    """``mn.convert_at_epoch``: the epochs before it are BN-2's own, the conversion
+    carries the state, and a run resumed from the snapshot after the conversion is built
+    with MN and finishes as the uninterrupted one."""
+    import mixnorm
+    _, (bn_cfg, bn_out) = bn_mn_runs[0], bn_mn_runs[1]['BN-2']
+    cfg = tiny_cfg('MN-2', ['mn.layers=[all]', 'mn.convert_at_epoch=1'])
+    out = str(tmp_path / 'converted')
+    train.run(cfg, out=out, progress=False)
+    bn_log = json.load(open(os.path.join(bn_out, 'log.json')))
+    log = json.load(open(os.path.join(out, 'log.json')))
+    assert log[0]['validation/main/loss'] == bn_log[0]['validation/main/loss']
+    assert 'mn/conv1/bn/components' not in log[0]
+    assert all('mn/conv%d/bn/components' % i in log[1] for i in range(1, 5))
+    assert log[1]['main/loss'] != bn_log[1]['main/loss']
+    resumed = str(tmp_path / 'resumed')
+    os.makedirs(resumed)
+    shutil.copy(os.path.join(out, 'snapshot_epoch_1'), resumed)
+    start = records.prepare_run(cfg, resumed)
+    assert train.resumes_converted(cfg, start)
+    assert not train.resumes_converted(cfg, records.prepare_run(cfg, str(tmp_path / 'new')))
+    model = train.build_model(cfg, 10, converted=True).predictor
+    assert all(isinstance(getattr(model, 'conv%d' % i).bn, mixnorm.MixtureNormalization)
+               for i in range(1, 5))
+    train.run(cfg, out=resumed, progress=False)
+    again = json.load(open(os.path.join(resumed, 'log.json')))
+    assert again[-1]['validation/main/loss'] == log[-1]['validation/main/loss']
