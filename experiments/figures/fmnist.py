@@ -53,6 +53,7 @@ PLACEMENT_ROWS = [
     ('MN-2', 'MN-2 (MN at conv3, the paper)', ROW_COLORS[3], MN_STYLE),
     ('MN-2-running', 'MN-2, BN\'s inference (running averages)', ROW_COLORS[1], MN_STYLE),
     ('MN-2-all', 'MN everywhere (conv1-conv4)', ROW_COLORS[2], MN_STYLE),
+    ('MN-2-all-nols', 'MN everywhere, lambda_scaling=False', '#17becf', MN_STYLE),
     ('MN-2-convert-K1', 'BN, converted at epoch 4 to MN K=1', ROW_COLORS[4], CONVERTED_STYLE),
     ('MN-2-convert-K3', 'BN, converted at epoch 4 to MN K=3', '#8c564b', CONVERTED_STYLE),
 ]
