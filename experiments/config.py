@@ -542,6 +542,12 @@ def _check_across(cfg, sources):
     n_train = subset[0] if isinstance(subset, list) else subset
     if n_train is not None:
         check_batch_size(cfg, n_train, sources)
+    if cfg.get('mn'):
+        try:
+            mn_settings.check_together(cfg['mn'], 'the mn section')
+        except ValueError as e:
+            raise ConfigError('%s: %s' % (_where(sources, 'mn.inference', 'mn.affine'), e)) \
+                from None
     if cfg['gan'] is not None and cfg['model']['name'] != 'dcgan':
         raise ConfigError("%s: a config with a gan section trains a DCGAN: 'model.name' must "
                           "be 'dcgan', got %r" % (_where(sources, 'gan', 'model.name'),

@@ -164,10 +164,7 @@ class MixtureNormalization(chainer.Link):
         if affine is None and (initial_gamma is not None or initial_beta is not None):
             raise ValueError('initial_gamma/initial_beta need an affine: affine=None has '
                              "no parameters (use affine='channel' or 'component')")
-        if self.inference == 'running' and self.affine == 'component':
-            raise _settings.invalid(
-                caller, 'inference', "'consistent' or 'paper' with affine='component' "
-                "(BN's running statistics have no components)", inference)
+        _settings.check_together(dict(inference=self.inference, affine=self.affine), caller)
         self._dtype = self._highprec_dtype = chainer.get_dtype(
             dtype, map_mixed16=numpy.float32)
         self._initial_avg_mean = initial_avg_mean

@@ -212,3 +212,13 @@ def check(name, value, caller):
     ``name`` of ``caller``, what it allows and what it means."""
     s = SETTINGS[name]
     return validate(caller, name, value, s.constraints, s.meaning)
+
+
+def check_together(values, caller):
+    """The settings that constrain each other, given ``values`` (a dict of settings):
+    BN's running-average inference has no components to apply ``affine='component'``
+    to.  Raises :class:`InvalidParameter` naming both."""
+    if values.get('inference') == 'running' and values.get('affine') == 'component':
+        raise invalid(caller, 'inference', "'consistent' or 'paper' with "
+                      "affine='component' (BN's running statistics have no components)",
+                      values['inference'])

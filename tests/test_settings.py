@@ -214,3 +214,10 @@ def test_resume_ignores_exactly_the_resume_free_keys():
     assert set(records.RESUME_IGNORED) == set(C.keys_flagged(C.RESUME_FREE))
     assert set(C.keys_flagged(C.RESUME_FREE)) <= set(C.keys_flagged(C.NEUTRAL))
     assert not set(C.keys_flagged(C.NEUTRAL)) & set(C.keys_flagged(C.JUDGED))
+
+
+def test_settings_that_exclude_each_other_are_one_config_error():
+    with pytest.raises(C.ConfigError, match=r"mn.inference.*mn.affine.*no components"):
+        C.load_config(MN2, overrides=['mn.inference=running', 'mn.affine=component'])
+    with pytest.raises(S.InvalidParameter, match='no components'):
+        mixnorm.MixtureNormalization(4, inference='running', affine='component')
