@@ -276,6 +276,7 @@ class MixtureNormalization(chainer.Link):
     def start_finetuning(self):
         """Reset ``N``, the count of fine-tuning batches, as BN's ``start_finetuning``."""
         self.N = 0
+        self._share_counters()
 
     def _start_queue_from_running(self):
         """The queue as one batch of a single Gaussian with the running mean and
@@ -287,6 +288,7 @@ class MixtureNormalization(chainer.Link):
         self.queue_means[0, 0] = self.avg_mean.reshape(-1)
         self.queue_vars[0, 0] = self.avg_var.reshape(-1)
         self.n_fits = 1
+        self._share_counters()
 
     def _running_from_queue(self):
         """Running averages for an MN snapshot saved without them: the mean and the

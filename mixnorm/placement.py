@@ -11,12 +11,15 @@ from mixnorm import _compat  # noqa: F401
 
 import copy
 
-import numpy
-
 import chainer
 import chainer.links as L
 
 from mixnorm.links import MixtureNormalization
+
+
+def links_by_path(model):
+    """``{path: link}`` of every link below ``model``, paths without the leading slash."""
+    return {path.lstrip('/'): link for path, link in model.namedlinks(skipself=True)}
 
 
 def batch_normalization_paths(model):
@@ -28,8 +31,9 @@ def batch_normalization_paths(model):
 def normalization_sites(model):
     """``{name: [bn paths]}``: the model's aliases, every BN path as itself, and
     ``'all'``, every BN (unless the model names something else so)."""
-    sites = {p: [p] for p in batch_normalization_paths(model)}
-    sites['all'] = batch_normalization_paths(model)
+    paths = batch_normalization_paths(model)
+    sites = {p: [p] for p in paths}
+    sites['all'] = paths
     if hasattr(model, 'normalization_sites'):
         for alias, paths in model.normalization_sites().items():
             sites[alias] = [p.lstrip('/') for p in paths]
@@ -57,9 +61,8 @@ def expand_names(model, names=None):
     sites = normalization_sites(model)
     unknown = [n for n in names if n not in sites]
     if unknown:
-        mn = dict((path.lstrip('/'), link) for path, link in model.namedlinks(skipself=True)
-                  if isinstance(link, MixtureNormalization))
-        already = [n for n in unknown if n in mn]
+        already = [n for n in unknown
+                   if isinstance(links_by_path(model).get(n), MixtureNormalization)]
         if already:
             raise ValueError('%s already %s MixtureNormalization: nothing to replace (leave '
                              '%s out of the names)' % (', '.join(map(repr, already)),
@@ -143,7 +146,7 @@ def replace_batch_normalization(model, names=None, comm=None, **mn_kwargs):
     names raise ``ValueError`` listing the valid ones.
     """
     paths = expand_names(model, names)
-    links = dict((p.lstrip('/'), link) for p, link in model.namedlinks(skipself=True))
+    links = links_by_path(model)
     for path in paths:
         bn = links[path]
         if not isinstance(bn, L.BatchNormalization):
@@ -167,9 +170,7 @@ def replace_batch_normalization(model, names=None, comm=None, **mn_kwargs):
 def has_statistics(bn):
     """Whether ``bn``'s running averages hold statistics (they differ from BN's
     initial mean 0 and variance 1): a BN that has seen no data starts no queue."""
-    xp = bn.xp
-    return bool((bn.avg_mean != 0).any() or (bn.avg_var != 1).any()) if xp is numpy \
-        else bool(xp.logical_or((bn.avg_mean != 0).any(), (bn.avg_var != 1).any()))
+    return bool((bn.avg_mean != 0).any() | (bn.avg_var != 1).any())
 
 
 def name_layers(model):
@@ -206,7 +207,7 @@ def replace_link(model, path, new, links=None):
     """Put ``new`` where the link at ``path`` of ``model`` is (``links``: the model's
     ``{path: link}``, if already at hand)."""
     if links is None:
-        links = dict((p.lstrip('/'), link) for p, link in model.namedlinks(skipself=True))
+        links = links_by_path(model)
     parent_path, _, child = path.rpartition('/')
     parent = links[parent_path] if parent_path else model
     _replace_child(parent, child, new)
