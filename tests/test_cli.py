@@ -31,6 +31,13 @@ def own_env():
             if k not in ('PYTHONWARNINGS', 'PYTHONDEVMODE')}
 
 
+def sigint_as_at_a_terminal():
+    """Popen's preexec_fn for a child that is sent SIGINT: the default disposition, as
+    an interactive shell gives it (a suite started in the background by a script
+    inherits SIGINT ignored, and so would the child)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def assert_one_error_line(proc, *parts):
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     assert 'Traceback' not in proc.stderr + proc.stdout, proc.stderr
@@ -86,7 +93,8 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
     argv = ['-m', 'experiments.train', BN2, '--preset', 'smoke', '--synthetic', '--out', out,
             '--set', 'train.epochs=50', '--set', 'train.snapshot_every=1'] + TINY
     proc = subprocess.Popen([sys.executable] + argv, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=own_env())
+                            stderr=subprocess.PIPE, text=True, env=own_env(),
+                            preexec_fn=sigint_as_at_a_terminal)
     try:
         deadline = time.time() + 240
         while not os.path.exists(os.path.join(out, 'snapshot_epoch_1')):
