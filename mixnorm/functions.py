@@ -109,6 +109,8 @@ __all__ = [
     'mixture_moments',
     'MixtureNormalizationFunction',
     'FixedMixtureNormalizationFunction',
+    'QueueMixtureNormalizationFunction',
+    'queue_mixture_normalization',
 ]
 
 _NONE = 'none'
@@ -431,6 +433,25 @@ class _Saved(NamedTuple):
     params: tuple = (None, None)
 
 
+class _FastSaved(NamedTuple):
+    """What the device form of the training forward (:func:`_forward_on_device`) hands
+    its backward: the ``layout`` of x, ``coef`` the :class:`_Coefficients` fields that the
+    differentiable backward reads (device arrays: ``scale``, ``colsum``, ``mean``,
+    ``var``), ``views`` the named views of the :func:`mixnorm.kernels.mn_coef` buffer
+    ``buf``, the shifted input ``xc`` (C, n), ``resp`` (n, K) and ``resp1`` = [resp | 1]
+    (n, K+1) of the compute dtype, the input :class:`_Dtypes` and ``params`` the
+    (gamma, beta) device arrays of the compute dtype (None where absent)."""
+    layout: object
+    coef: object
+    views: dict
+    buf: object
+    xc: object
+    resp: object
+    resp1: object
+    dtypes: _Dtypes
+    params: tuple = (None, None)
+
+
 def _read_inputs(inputs, spec, resp):
     """:class:`_Inputs` of a node's ``inputs``: x, then gamma and beta if the node has them."""
     x = inputs[0]
@@ -639,6 +660,9 @@ class MixtureNormalizationFunction(_MixtureNode):
     def forward(self, inputs):
         spec = self.spec
         ins = _read_inputs(inputs, spec, self.resp)
+        if self.reducer is None and not spec.relu:
+            y, self.stats, self._saved = _forward_on_device(spec, ins, self.lambda_scaling)
+            return y,
         with numpy.errstate(over='ignore', invalid='ignore'):  # overflow: raised below
             xc, spare, small = _device_moments(ins.xp, ins.layout, ins.x, ins.resp,
                                                ins.dtype)
@@ -656,6 +680,105 @@ class MixtureNormalizationFunction(_MixtureNode):
         self.stats = BatchStats(*batch_stats)
         self._saved = _Saved(ins.layout, coef, device, xc, ins.resp, ins.dtypes, params)
         return y,
+
+
+_MODES = {_NONE: kernels.MN_NONE, _CHANNEL: kernels.MN_CHANNEL,
+          _COMPONENT: kernels.MN_COMPONENT}
+
+
+def _as3(a, layout):
+    """An x-shaped array as the (N, C, L) view the kernels take ((N, C) -> (N, C, 1))."""
+    if layout.rows:
+        return a[:, :, None]
+    return a.reshape(layout.N, layout.C, layout.L)
+
+
+def _checks_on(xp):
+    """Whether a forward checks its statistics (NaN/Inf, a non-positive normalizer):
+    always on the host, where reading them costs nothing; on a device under
+    ``chainer.config.debug`` only, since reading them is a synchronization."""
+    return xp is numpy or bool(chainer.config.debug)
+
+
+def _check_status(spec, views, x, dtype, gamma):
+    """Raise the ValueError the statuses of :func:`mixnorm.kernels.mn_coef` call for."""
+    status = float(_arrays.to_host(views['status'].max()))
+    if status >= 2:
+        raise _non_finite_moments_error(x, dtype)
+    if status >= 1:
+        var = _arrays.to_host(views['var']).astype(numpy.float64)
+        g = _arrays.to_host(gamma).T.astype(numpy.float64) if gamma is not None else 1.0
+        raise ValueError(
+            'non-positive normalizer: gamma_k * var_k + eps must be > 0 for every '
+            'component and channel (min {})'.format(float(numpy.min(g * var + spec.eps))))
+
+
+def _forward_on_device(spec, ins, lambda_scaling):
+    """The training forward of the linear form (Eq. 34-37) on one process, with the
+    (C, K) arithmetic on the device: a shift kernel, a stacking kernel ``[xc; xc^2; 1]``
+    and ``[resp | 1]``, one product for the moments and the column sums, a kernel for
+    Eq. 35-37 and one writing the output in x's layout; no copy to the host.  Returns
+    ``(y, BatchStats, _FastSaved)``."""
+    xp, dtype, layout = ins.xp, ins.dtype, ins.layout
+    C, n, K = layout.C, layout.n, ins.resp.shape[1]
+    x = ins.x if ins.x.dtype == dtype else ins.x.astype(dtype)
+    x3 = _as3(x, layout)
+    shift = kernels.mn_shift(x3, kernels.mn_shift_steps(layout.N, layout.L, layout.rows))
+    work = xp.empty((2 * C + 1, n), dtype)
+    resp1 = xp.empty((n, K + 1), dtype)
+    with numpy.errstate(over='ignore', invalid='ignore'):   # overflow: checked below
+        kernels.mn_stack(x3, shift, ins.resp, work, resp1)
+        moments = xp.matmul(work, resp1)                     # (2C+1, K+1)
+    gamma, beta = (None if p is None else p.astype(dtype, copy=False)
+                   for p in (ins.gamma, ins.beta))
+    mode = _MODES[spec.mode]
+    with numpy.errstate(over='ignore', invalid='ignore', divide='ignore'):
+        buf = kernels.mn_coef(moments, n, shift, gamma, beta, mode, spec.eps,
+                              lambda_scaling)
+    views = kernels.mn_coef_views(buf, C, K)
+    if _checks_on(xp):
+        _check_status(spec, views, ins.x, dtype, gamma)
+    y = work[C:2 * C].reshape(x.shape)          # the squares are spent: reuse their memory
+    kernels.mn_combine(_as3(y, layout), work[:C], views['x_weight'], resp1,
+                       Cm=views['offset_weight'],
+                       beta=beta if spec.mode == _CHANNEL else None)
+    if y.dtype != ins.x.dtype:
+        y = y.astype(ins.x.dtype)
+    coef = _Coefficients(views['scale'], views['inv_std'], views['centre'], views['mean'],
+                         views['var'], shift, colsum=views['colsum'])
+    saved = _FastSaved(layout, coef, views, buf, work[:C], ins.resp, resp1, ins.dtypes,
+                       (gamma, beta))
+    return y, BatchStats(views['weights'], views['mu'], views['var_t']), saved
+
+
+def _backward_on_device(spec, saved, gy):
+    """The first-order gradients of :func:`_forward_on_device`: a stacking kernel
+    ``[gy; gy xc]``, one product for the sums over the points (with the channel beta's
+    gradient from the ones column), a kernel for the chain rule and one writing x's
+    gradient in x's layout; no copy to the host."""
+    xp = _arrays.get_array_module(gy)
+    layout, views, dtype = saved.layout, saved.views, saved.xc.dtype
+    C, n, K = layout.C, layout.n, saved.resp.shape[1]
+    g = gy if gy.dtype == dtype else gy.astype(dtype)
+    work = xp.empty((2 * C, n), dtype)
+    kernels.mn_grad_stack(_as3(g, layout), saved.xc, work)
+    sums = xp.matmul(work, saved.resp1)                      # (2C, K+1)
+    gamma, _ = saved.params
+    grads = kernels.mn_grad_coef_views(
+        kernels.mn_grad_coef(sums, saved.buf, gamma, _MODES[spec.mode], spec.has_gamma,
+                             spec.has_beta), C, K)
+    gx = work[C:].reshape(layout.shape)                      # gy xc is spent
+    kernels.mn_combine(_as3(gx, layout), work[:C], views['x_weight'], saved.resp1,
+                       v=saved.xc, B=grads['x_var'], Cm=grads['x_mean'])
+    dtypes = saved.dtypes
+    outputs = [gx.astype(dtypes.x, copy=False)]
+    shape = (C,) if spec.mode == _CHANNEL else (K, C)
+    for name in ('gamma', 'beta'):
+        if getattr(spec, 'has_' + name):
+            size = C if spec.mode == _CHANNEL else C * K
+            outputs.append(grads[name][:size].reshape(shape).astype(
+                getattr(dtypes, name), copy=False))
+    return tuple(outputs)
 
 
 def _batch_moments(reducer, ins, moments, colsum, shift):
@@ -692,11 +815,12 @@ def _reduce_moments(reducer, ins, moments, colsum, shift):
                                                  [ins.layout.n]]))
     finite = numpy.isfinite(every[:, :size]).all(axis=1)
     if not finite.all():
-        _collectives.raise_together(
-            reducer, None if finite[reducer.rank] else
-            _non_finite_moments_error(ins.x, ins.dtype),
-            'the input of rank(s) {ranks} is not finite or its moments overflow, so '
-            'the synchronized statistics cannot be computed')
+        def check():
+            if not finite[reducer.rank]:
+                raise _non_finite_moments_error(ins.x, ins.dtype)
+        _collectives.agree(reducer, check, 'the input of rank(s) {ranks} is not finite or '
+                           'its moments overflow, so the synchronized statistics cannot be '
+                           'computed')
     c0 = every[0, size + K:size + K + C]
     total = numpy.zeros((2 * C, K))
     colsum0 = numpy.zeros(K)
@@ -814,6 +938,8 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
     def forward(self, inputs):
         gy, = inputs
         spec, saved = self.spec, self.saved
+        if isinstance(saved, _FastSaved):
+            return _backward_on_device(spec, saved, gy)
         xp = _arrays.get_array_module(gy)
         dtype, C = saved.xc.dtype, saved.layout.C
         work = saved.layout.empty(xp, dtype, 2)        # [gy; scratch] (2C, n)
@@ -1012,6 +1138,15 @@ def _input_variable(node, index, value, dtype, arrange=None):
     return _constant(value) + (d if arrange is None else arrange(d))
 
 
+def _on_device(xp, arrays, dtype):
+    """``arrays`` as device arrays of ``dtype``: those already on the device of ``xp`` as
+    they are (cast), the host arrays among them sent in one copy."""
+    host = [a for a in arrays if _arrays.get_array_module(a) is not xp]
+    sent = iter(_arrays.send(xp, host, dtype))
+    return [a.astype(dtype, copy=False) if _arrays.get_array_module(a) is xp
+            else next(sent) for a in arrays]
+
+
 def _differentiable_gradients(node, indexes, gy):
     """The gradients of ``node``'s inputs ``indexes`` as Variables that can be
     differentiated again (double backprop), given ``gy`` (a Variable).
@@ -1040,7 +1175,7 @@ def _differentiable_gradients(node, indexes, gy):
     component = spec.mode == _COMPONENT
     host = [coef.scale] + ([coef.colsum, None, None] if spec.train
                            else [None, coef.mean, coef.var]) + [gamma_host, beta_host]
-    sent = iter(_arrays.send(xp, [a for a in host if a is not None], dtype))
+    sent = iter(_on_device(xp, [a for a in host if a is not None], dtype))
     scale, colsum, mean0, var0, gamma0, beta0 = \
         [None if a is None else next(sent) for a in host]
 
@@ -1251,6 +1386,105 @@ def fixed_mixture_normalization(x, gamma, beta, resp, means, variances, scale,
     node = FixedMixtureNormalizationFunction(resp_array, scale_array, mode,
                                              gamma is not None, beta is not None, eps)
     y, = node.apply([x] + params + [means, variances])
+    return y
+
+
+class QueueMixtureNormalizationFunction(function_node.FunctionNode):
+    """Mixture normalization with the queue's mixture (inference, Eq. 38-39), the
+    posteriors computed on the way: a stacking kernel ``[x - s; (x - s)^2; 1]``, one
+    product for the log-densities of every point under the M components, one kernel for
+    the posteriors and one for the standardization, mixing and affine, written in x's
+    layout.  No copy to the host.
+
+    Inputs: ``x``, then ``gamma`` and ``beta`` where given ((C,), or (K, C) under the
+    component affine, component m = t K + k taking gamma_k and beta_k).  The backward
+    recomputes through :class:`FixedMixtureNormalizationFunction` with the posteriors of
+    this forward held constant (so it is differentiable again)."""
+
+    def __init__(self, mixture, M, K, mode, has_gamma, has_beta, eps):
+        self.mixture, self.M, self.K = mixture, M, K
+        self.mode, self.has_gamma, self.has_beta = mode, bool(has_gamma), bool(has_beta)
+        self.eps = float(eps)
+        self.resp = None
+
+    def check_type_forward(self, in_types):
+        type_check._argname(in_types, ('x',) + ('gamma',) * self.has_gamma
+                            + ('beta',) * self.has_beta)
+        x_type = in_types[0]
+        type_check.expect(x_type.dtype.kind == 'f', x_type.ndim >= 2)
+
+    def _views(self, C):
+        return kernels.mn_queue_views(self.mixture, self.M, C)
+
+    def forward(self, inputs):
+        self.retain_inputs(tuple(range(len(inputs))))
+        x = inputs[0]
+        given = iter(inputs[1:])
+        xp = _arrays.get_array_module(x)
+        dtype = _compute_dtype(x.dtype)
+        gamma = next(given).astype(dtype, copy=False) if self.has_gamma else None
+        beta = next(given).astype(dtype, copy=False) if self.has_beta else None
+        layout = _Layout(x.shape)
+        C, n = layout.C, layout.n
+        mix = self._views(C)
+        xd = x if x.dtype == dtype else x.astype(dtype)
+        work = xp.empty((2 * C + 1, n), dtype)
+        with numpy.errstate(over='ignore', invalid='ignore'):
+            kernels.mn_stack(_as3(xd, layout), mix['shift'], None, work)
+            logp = xp.matmul(mix['logp_weight'], work)               # (M, n)
+            self.resp, _ = kernels.log_softmax_columns(logp)         # (M, n)
+            y = work[C:2 * C].reshape(x.shape)                       # the squares are spent
+            kernels.mn_queue_normalize(_as3(y, layout), work[:C], self.resp, mix, gamma,
+                                       beta, _MODES[self.mode], self.K, self.eps)
+        return y.astype(x.dtype, copy=False),
+
+    def backward(self, indexes, grad_outputs):
+        F = chainer.functions
+        inputs = list(self.get_retained_inputs())
+        x, params = inputs[0], inputs[1:]
+        C = x.shape[1]
+        mix = self._views(C)
+        reps = self.M // self.K
+        if self.mode == _COMPONENT:
+            params = [F.tile(p, (reps, 1)) for p in params]
+        means = (mix['mean'] + mix['shift'][:, None]).T
+        node = FixedMixtureNormalizationFunction(
+            self.resp.T, mix['scale'], self.mode, self.has_gamma, self.has_beta, self.eps)
+        node.apply([x] + params + [means, mix['var'].T])
+        grads = list(node.backward(tuple(indexes), grad_outputs))
+        for j, i in enumerate(indexes):
+            if i > 0 and self.mode == _COMPONENT:
+                grads[j] = F.sum(F.reshape(grads[j], (reps, self.K, C)), axis=0)
+        return tuple(grads)
+
+
+def queue_mixture_normalization(x, gamma, beta, mixture, n_components, eps=2e-5):
+    """Mixture normalization with a queue's inference mixture (Eq. 38-39), posteriors
+    included: ``y = sum_m nu_m a_m (x - mu_m) / sqrt(sigma^2_m + eps)`` then the affine,
+    with nu the posteriors of x under the mixture with weights w_m.
+
+    Args:
+        x: (N, C) or (N, C, *spatial) Variable/array.
+        gamma, beta: None, (C,) or (K, C) (the component affine: component m of the
+            mixture is component m mod K of its batch).
+        mixture: the buffer of :func:`mixnorm.kernels.mn_queue_mixture` (the link's
+            cached inference mixture) in the compute dtype of x.
+        n_components: K, the components per queued batch.
+        eps: added to the variances.
+
+    Non-finite input is not checked here (no host synchronization): the link checks it
+    on the host, and on a device under ``chainer.config.debug``.
+    """
+    x_array = _raw(x)
+    C = x_array.shape[1]
+    per = mixture.shape[0]
+    # the buffer holds M (2C+1) + 4 C M + M + C numbers
+    M = (per - C) // (2 * C + 1 + 4 * C + 1)
+    mode = _affine_mode(_raw(gamma), _raw(beta), C, n_components)
+    params = [p for p in (gamma, beta) if p is not None]
+    node = QueueMixtureNormalizationFunction(mixture, M, n_components, mode,
+                                             gamma is not None, beta is not None, eps)
+    y, = node.apply([x] + params)
     return y
 
 

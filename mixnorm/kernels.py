@@ -518,3 +518,805 @@ def log_softmax_columns(logp):
     _kernel('log_softmax_columns', logp.dtype)(((n + threads - 1) // threads,), (threads,),
                                     (logp, resp, lse, numpy.int64(n), numpy.int32(K)))
     return resp, lse
+
+
+# ---------------------------------------------------------------------------
+# Mixture normalization's passes (mixnorm.functions and mixnorm.links)
+#
+# x enters as a 3-D view (N, C, L) of any strides (L = 1 for (N, C) input) and the
+# outputs are written in that layout; the (C, n) arrays are C-contiguous, n = N * L,
+# point i = a * L + l.  Each kernel has a ``*_args`` function giving its launch size
+# and arguments, shared by the CuPy call and the CPU emulation in the tests.
+# ---------------------------------------------------------------------------
+
+_MN_CONST = r'''
+#define MN_FIN(v) ((v) - (v) == 0)
+'''
+
+
+def _mn_launch(name, dtype, items, args):
+    threads = 256
+    _kernel(name, dtype)(((max(items, 1) + threads - 1) // threads,), (threads,), args)
+
+
+def _strides3(a):
+    return tuple(numpy.int64(s // a.itemsize) for s in a.strides)
+
+
+def mn_shift_steps(N, L, rows):
+    """Strides of the subsample :func:`mn_shift` averages: about 1000 points of (N, C)
+    input, about 32 x 32 of (N, C, L) input."""
+    return (max(1, N // 1024), 1) if rows else (max(1, N // 32), max(1, L // 32))
+
+
+def mn_shift_xp(x3, steps):
+    """Twin of the shift kernel: the per-channel mean (C,) of the strided subsample
+    ``x3[::steps[0], :, ::steps[1]]`` of ``x3`` (N, C, L), in x's dtype: a shift close to
+    the batch mean, taken out before moments so that they do not cancel."""
+    sub = x3[::steps[0], :, ::steps[1]]
+    return sub.astype(numpy.float64).mean(axis=(0, 2)).astype(x3.dtype)
+
+
+_MN_SHIFT_SRC = r'''
+extern "C" __global__ void mn_shift(const T* x, long long sN, long long sC, long long sL,
+                                    long long N, long long C, long long L,
+                                    long long stepN, long long stepL, T* shift) {
+    long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double s = 0;
+    long long cnt = 0;
+    for (long long a = 0; a < N; a += stepN)
+        for (long long l = 0; l < L; l += stepL) { s += (double)x[a * sN + c * sC + l * sL]; ++cnt; }
+    shift[c] = (T)(s / (double)cnt);
+}
+'''
+
+
+def mn_shift_args(x3, steps, shift):
+    N, C, L = x3.shape
+    return C, (x3,) + _strides3(x3) + (numpy.int64(N), numpy.int64(C), numpy.int64(L),
+                                       numpy.int64(steps[0]), numpy.int64(steps[1]), shift)
+
+
+@_dispatch(mn_shift_xp)
+def mn_shift(x3, steps):
+    """Per-channel shift (see :func:`mn_shift_xp`): one kernel, a thread per channel."""
+    if not (_is_cupy(x3) and x3.dtype.name in ('float32', 'float64')):
+        return mn_shift_xp(x3, steps)
+    import cupy
+    shift = cupy.empty((x3.shape[1],), x3.dtype)
+    _mn_launch('mn_shift', x3.dtype, *mn_shift_args(x3, steps, shift))
+    return shift
+
+
+def mn_stack_xp(x3, shift, resp, work, resp1=None):
+    """Twin of the stacking kernel: ``work`` (2C+1, n) = ``[x - shift; (x - shift)^2; 1]``
+    in the (C, n) layout, and, unless ``resp1`` is None, ``resp1`` (n, K+1) = ``[resp | 1]``
+    (``resp`` (n, K); None stands for one column of ones).  Returns ``(work, resp1)``."""
+    xp = get_array_module(work)
+    N, C, L = x3.shape
+    xc = work[:C].reshape(C, N, L)
+    xp.subtract(x3.transpose(1, 0, 2), shift[:, None, None], out=xc)
+    xp.multiply(work[:C], work[:C], out=work[C:2 * C])
+    work[2 * C] = 1
+    if resp1 is not None:
+        K = resp1.shape[1] - 1
+        resp1[:, :K] = 1 if resp is None else resp
+        resp1[:, K] = 1
+    return work, resp1
+
+
+_MN_STACK_SRC = r'''
+extern "C" __global__ void mn_stack(const T* x, long long sN, long long sC, long long sL,
+                                    long long N, long long C, long long L, const T* shift,
+                                    const T* resp, long long sr_i, long long sr_k,
+                                    int has_resp, int K, T* work, T* resp1) {
+    long long n = N * L;
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (C + 1) * n) return;
+    long long c = idx / n, i = idx - c * n;
+    if (c < C) {
+        long long a = i / L, l = i - a * L;
+        T v = x[a * sN + c * sC + l * sL] - shift[c];
+        work[c * n + i] = v;
+        work[(C + c) * n + i] = v * v;
+        return;
+    }
+    work[2 * C * n + i] = 1;
+    if (K > 0) {
+        for (int k = 0; k < K; ++k)
+            resp1[i * (K + 1) + k] = has_resp ? resp[i * sr_i + k * sr_k] : (T)1;
+        resp1[i * (K + 1) + K] = 1;
+    }
+}
+'''
+
+
+def mn_stack_args(x3, shift, resp, work, resp1):
+    N, C, L = x3.shape
+    K = 0 if resp1 is None else resp1.shape[1] - 1
+    rs = _strides3(resp) if resp is not None else (numpy.int64(0), numpy.int64(0))
+    return (C + 1) * N * L, (x3,) + _strides3(x3) + (
+        numpy.int64(N), numpy.int64(C), numpy.int64(L), shift,
+        resp if resp is not None else shift) + rs + (
+        numpy.int32(resp is not None), numpy.int32(K), work,
+        resp1 if resp1 is not None else work)
+
+
+@_dispatch(mn_stack_xp)
+def mn_stack(x3, shift, resp, work, resp1=None):
+    """``[x - shift; (x - shift)^2; 1]`` and ``[resp | 1]`` (see :func:`mn_stack_xp`): one
+    kernel instead of a transposing copy, a product, two fills and two copies."""
+    arrays = [x3, shift, work] + [a for a in (resp, resp1) if a is not None]
+    if not (_is_cupy(work) and work.dtype.name in ('float32', 'float64')
+            and all(a.dtype == work.dtype for a in arrays) and work.flags.c_contiguous
+            and shift.flags.c_contiguous and (resp1 is None or resp1.flags.c_contiguous)):
+        return mn_stack_xp(x3, shift, resp, work, resp1)
+    _mn_launch('mn_stack', work.dtype, *mn_stack_args(x3, shift, resp, work, resp1))
+    return work, resp1
+
+
+#: Layout of the buffer of :func:`mn_coef`: (C, K) blocks, then (K, C) blocks, then (K,).
+MN_COEF_CK = ('x_weight', 'offset_weight', 'inv_std', 'centre', 'mean', 'var',
+              'var_positive', 'status')
+MN_COEF_KC = ('mu', 'var_t')
+MN_COEF_K = ('weights', 'colsum', 'scale')
+
+#: Modes of the affine: none, channel (C,), component (K, C).
+MN_NONE, MN_CHANNEL, MN_COMPONENT = 0, 1, 2
+
+
+def mn_coef_views(buf, C, K):
+    """The named views of an :func:`mn_coef` buffer (a dict)."""
+    out, i = {}, 0
+    for name in MN_COEF_CK:
+        out[name] = buf[i:i + C * K].reshape(C, K)
+        i += C * K
+    for name in MN_COEF_KC:
+        out[name] = buf[i:i + C * K].reshape(K, C)
+        i += C * K
+    for name in MN_COEF_K:
+        out[name] = buf[i:i + K]
+        i += K
+    return out
+
+
+def mn_coef_xp(M, n, shift, gamma, beta, mode, eps, lambda_scaling):
+    """Twin of the coefficient kernel: Eq. 35-37 from the moments ``M`` (2C+1, K+1) =
+    ``[xc; xc^2; 1] [resp | 1]`` of ``n`` points shifted by ``shift`` (C,), in float64,
+    into one buffer of M's dtype with the views of :func:`mn_coef_views`: lambda
+    (``weights``), the floored column sums, a = 1/sqrt(lambda) (``scale``, or 1), and
+    per (c, k) S = 1/sqrt(var (* gamma_k) + eps), the centre mu - c (+ beta_k), the
+    output's weights a S (* gamma) of xc and a (-centre S (* gamma)) of 1, mean, var,
+    var_positive and ``status`` (0 fine, 1 a non-positive normalizer under the component
+    affine, 2 moments that are not finite), and mu, var as (K, C)."""
+    xp = get_array_module(M)
+    dtype = M.dtype
+    C, K = (M.shape[0] - 1) // 2, M.shape[1] - 1
+    m = M.astype(numpy.float64)
+    tiny = numpy.finfo(dtype).tiny
+    s0 = m[2 * C, :K]
+    finite = (m[:2 * C, :K] - m[:2 * C, :K] == 0)
+    finite = finite[:C] & finite[C:] & (s0 - s0 == 0)[None, :]
+    colsum = xp.where(s0 > tiny, s0, tiny)
+    w = colsum / n
+    w = xp.where(w > tiny, w, tiny)
+    mean = m[:C, :K] / colsum
+    var_raw = m[C:2 * C, :K] / colsum - mean * mean
+    var = xp.where(var_raw > 0, var_raw, 0.0)
+    scale = 1 / xp.sqrt(w) if lambda_scaling else xp.ones_like(w)
+    centre = mean
+    if mode == MN_COMPONENT:
+        g = gamma.T.astype(numpy.float64) if gamma is not None else 1.0
+        denom = g * var + eps
+        if beta is not None:
+            centre = mean + beta.T.astype(numpy.float64)
+        status = xp.where(denom > 0, 0.0, 1.0)
+    else:
+        denom = var + eps
+        status = xp.zeros_like(var)
+    status = xp.where(finite, status, 2.0)
+    inv_std = 1 / xp.sqrt(denom)
+    slope = inv_std * gamma.astype(numpy.float64)[:, None] \
+        if mode == MN_CHANNEL and gamma is not None else inv_std
+    offset = -centre * slope
+    parts = [scale * slope, scale * offset, inv_std, centre, mean, var,
+             (var_raw > 0).astype(numpy.float64), status,
+             (mean + shift.astype(numpy.float64)[:, None]).T, var.T, w, colsum, scale]
+    return xp.concatenate([xp.ravel(p) for p in parts]).astype(dtype)
+
+
+_MN_COEF_SRC = _MN_CONST + r'''
+extern "C" __global__ void mn_coef(const T* M, long long C, int K, double n, double tiny,
+                                   const T* shift, const T* gamma, const T* beta, int mode,
+                                   int has_gamma, int has_beta, double eps, int lscale,
+                                   T* out) {
+    long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    long long CK = C * K;
+    int K1 = K + 1;
+    for (int k = 0; k < K; ++k) {
+        double s0 = (double)M[2 * C * K1 + k];
+        double m1 = (double)M[c * K1 + k], m2 = (double)M[(C + c) * K1 + k];
+        int finite = MN_FIN(m1) && MN_FIN(m2) && MN_FIN(s0);
+        double cs = s0 > tiny ? s0 : tiny;
+        double w = cs / n;
+        w = w > tiny ? w : tiny;
+        double mean = m1 / cs;
+        double vr = m2 / cs - mean * mean;
+        double var = vr > 0 ? vr : 0.0;
+        double a = lscale ? 1.0 / sqrt(w) : 1.0;
+        double centre = mean, denom, status = 0;
+        if (mode == 2) {
+            double g = has_gamma ? (double)gamma[(long long)k * C + c] : 1.0;
+            denom = g * var + eps;
+            if (has_beta) centre = mean + (double)beta[(long long)k * C + c];
+            status = denom > 0 ? 0.0 : 1.0;
+        } else {
+            denom = var + eps;
+        }
+        if (!finite) status = 2;
+        double is = 1.0 / sqrt(denom);
+        double slope = (mode == 1 && has_gamma) ? is * (double)gamma[c] : is;
+        double off = -centre * slope;
+        long long j = c * K + k;
+        out[j] = (T)(a * slope);
+        out[CK + j] = (T)(a * off);
+        out[2 * CK + j] = (T)is;
+        out[3 * CK + j] = (T)centre;
+        out[4 * CK + j] = (T)mean;
+        out[5 * CK + j] = (T)var;
+        out[6 * CK + j] = (T)(vr > 0 ? 1.0 : 0.0);
+        out[7 * CK + j] = (T)status;
+        out[8 * CK + (long long)k * C + c] = (T)(mean + (double)shift[c]);
+        out[9 * CK + (long long)k * C + c] = (T)var;
+        if (c == 0) {
+            out[10 * CK + k] = (T)w;
+            out[10 * CK + K + k] = (T)cs;
+            out[10 * CK + 2 * K + k] = (T)a;
+        }
+    }
+}
+'''
+
+
+def mn_coef_args(M, n, shift, gamma, beta, mode, eps, lambda_scaling, out):
+    C, K = (M.shape[0] - 1) // 2, M.shape[1] - 1
+    return C, (M, numpy.int64(C), numpy.int32(K), numpy.float64(n),
+               numpy.float64(numpy.finfo(M.dtype).tiny), shift,
+               gamma if gamma is not None else shift, beta if beta is not None else shift,
+               numpy.int32(mode), numpy.int32(gamma is not None),
+               numpy.int32(beta is not None), numpy.float64(eps),
+               numpy.int32(bool(lambda_scaling)), out)
+
+
+@_dispatch(mn_coef_xp)
+def mn_coef(M, n, shift, gamma, beta, mode, eps, lambda_scaling):
+    """Eq. 35-37's (C, K) arithmetic on the device (see :func:`mn_coef_xp`): one kernel,
+    a thread per channel computing in float64, in place of a copy to the host and back."""
+    small = [a for a in (M, shift, gamma, beta) if a is not None]
+    if not (_is_cupy(M) and M.dtype.name in ('float32', 'float64')
+            and all(a.dtype == M.dtype and a.flags.c_contiguous for a in small)):
+        return mn_coef_xp(M, n, shift, gamma, beta, mode, eps, lambda_scaling)
+    import cupy
+    C, K = (M.shape[0] - 1) // 2, M.shape[1] - 1
+    out = cupy.empty((10 * C * K + 3 * K,), M.dtype)
+    _mn_launch('mn_coef', M.dtype,
+               *mn_coef_args(M, n, shift, gamma, beta, mode, eps, lambda_scaling, out))
+    return out
+
+
+#: Channels per block of :func:`mn_combine_xp` on the CPU (cache-resident temporaries).
+_MN_BLOCK = 1 << 17
+
+
+def mn_combine_xp(out3, u, A, resp1, v=None, B=None, Cm=None, beta=None):
+    """Twin of the combining kernel: into ``out3`` (N, C, L) write, in the layout of x,
+    ``u * (A r^T) + v * (B r^T) + Cm r^T + beta`` with ``u``, ``v`` (C, n), ``A``, ``B``,
+    ``Cm`` (C, K), ``r`` the first K columns of ``resp1`` (n, K+1) and ``beta`` (C,);
+    absent terms are 0.  Returns ``out3``."""
+    xp = get_array_module(out3)
+    N, C, L = out3.shape
+    n = N * L
+    K = A.shape[1]
+    rT = resp1[:, :K].T
+    step = max(1, _MN_BLOCK // max(n, 1)) if xp is numpy else C
+    for c0 in range(0, C, step):
+        c1 = min(C, c0 + step)
+        t = _expand_into(xp, A[c0:c1], rT, xp.empty((c1 - c0, n), out3.dtype))
+        t *= u[c0:c1]
+        if v is not None:
+            t2 = _expand_into(xp, B[c0:c1], rT, xp.empty((c1 - c0, n), out3.dtype))
+            t2 *= v[c0:c1]
+            t += t2
+        if Cm is not None:
+            t += _expand_into(xp, Cm[c0:c1], rT, xp.empty((c1 - c0, n), out3.dtype))
+        if beta is not None:
+            t += beta[c0:c1, None]
+        out3[:, c0:c1, :] = t.reshape(c1 - c0, N, L).transpose(1, 0, 2)
+    return out3
+
+
+_MN_COMBINE_SRC = r'''
+extern "C" __global__ void mn_combine(T* out, long long soN, long long soC, long long soL,
+                                      long long N, long long C, long long L,
+                                      const T* u, const T* v, int has_v,
+                                      const T* A, const T* B, const T* Cm, int has_c,
+                                      const T* beta, int has_beta, const T* r, int K) {
+    long long n = N * L;
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= C * n) return;
+    long long c = idx / n, i = idx - c * n;
+    long long a = i / L, l = i - a * L;
+    T pa = 0, pb = 0, pc = 0;
+    for (int k = 0; k < K; ++k) {
+        T rr = r[i * (K + 1) + k];
+        pa += rr * A[c * K + k];
+        if (has_v) pb += rr * B[c * K + k];
+        if (has_c) pc += rr * Cm[c * K + k];
+    }
+    T y = u[c * n + i] * pa + pc;
+    if (has_v) y += v[c * n + i] * pb;
+    if (has_beta) y += beta[c];
+    out[a * soN + c * soC + l * soL] = y;
+}
+'''
+
+
+def mn_combine_args(out3, u, A, resp1, v=None, B=None, Cm=None, beta=None):
+    N, C, L = out3.shape
+    return C * N * L, (out3,) + _strides3(out3) + (
+        numpy.int64(N), numpy.int64(C), numpy.int64(L), u, v if v is not None else u,
+        numpy.int32(v is not None), A, B if B is not None else A,
+        Cm if Cm is not None else A, numpy.int32(Cm is not None),
+        beta if beta is not None else A, numpy.int32(beta is not None), resp1,
+        numpy.int32(A.shape[1]))
+
+
+@_dispatch(mn_combine_xp)
+def mn_combine(out3, u, A, resp1, v=None, B=None, Cm=None, beta=None):
+    """``u * (A r^T) + v * (B r^T) + Cm r^T + beta`` written in x's layout (see
+    :func:`mn_combine_xp`): MN's output ``xc * (aP) r^T + (aQ) r^T + beta`` and its input
+    gradient ``gy * (aP) r^T + xc * (2 dvar / s) r^T + (dmu / s) r^T``, one kernel each."""
+    small = [a for a in (A, B, Cm, beta) if a is not None]
+    if not (_is_cupy(out3) and out3.dtype.name in ('float32', 'float64')
+            and all(a.dtype == out3.dtype and a.flags.c_contiguous
+                    for a in small + [u, resp1] + ([v] if v is not None else []))):
+        return mn_combine_xp(out3, u, A, resp1, v, B, Cm, beta)
+    _mn_launch('mn_combine', out3.dtype,
+               *mn_combine_args(out3, u, A, resp1, v, B, Cm, beta))
+    return out3
+
+
+def mn_grad_stack_xp(gy3, xc, work):
+    """Twin of the gradient-stacking kernel: ``work`` (2C, n) = ``[gy; gy * xc]`` in the
+    (C, n) layout, ``gy3`` (N, C, L) in x's layout.  Returns ``work``."""
+    xp = get_array_module(work)
+    N, C, L = gy3.shape
+    work[:C].reshape(C, N, L)[...] = gy3.transpose(1, 0, 2)
+    xp.multiply(work[:C], xc, out=work[C:])
+    return work
+
+
+_MN_GRAD_STACK_SRC = r'''
+extern "C" __global__ void mn_grad_stack(const T* gy, long long sN, long long sC,
+                                         long long sL, long long N, long long C,
+                                         long long L, const T* xc, T* work) {
+    long long n = N * L;
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= C * n) return;
+    long long c = idx / n, i = idx - c * n;
+    long long a = i / L, l = i - a * L;
+    T g = gy[a * sN + c * sC + l * sL];
+    work[idx] = g;
+    work[C * n + idx] = g * xc[idx];
+}
+'''
+
+
+def mn_grad_stack_args(gy3, xc, work):
+    N, C, L = gy3.shape
+    return C * N * L, (gy3,) + _strides3(gy3) + (numpy.int64(N), numpy.int64(C),
+                                                 numpy.int64(L), xc, work)
+
+
+@_dispatch(mn_grad_stack_xp)
+def mn_grad_stack(gy3, xc, work):
+    """``[gy; gy * xc]`` (see :func:`mn_grad_stack_xp`): one kernel."""
+    if not (_is_cupy(work) and work.dtype.name in ('float32', 'float64')
+            and gy3.dtype == work.dtype and xc.dtype == work.dtype
+            and xc.flags.c_contiguous and work.flags.c_contiguous):
+        return mn_grad_stack_xp(gy3, xc, work)
+    _mn_launch('mn_grad_stack', work.dtype, *mn_grad_stack_args(gy3, xc, work))
+    return work
+
+
+def mn_grad_coef_views(buf, C, K):
+    """``x_var``, ``x_mean`` (C, K) and the parameters' gradients ``gamma``, ``beta`` ((K, C)
+    under the component affine, the first C entries of those blocks otherwise) of an
+    :func:`mn_grad_coef` buffer."""
+    CK = C * K
+    return dict(x_var=buf[:CK].reshape(C, K), x_mean=buf[CK:2 * CK].reshape(C, K),
+                gamma=buf[2 * CK:3 * CK], beta=buf[3 * CK:4 * CK])
+
+
+def mn_grad_coef_xp(S, coef, gamma, mode, has_gamma, has_beta):
+    """Twin of the gradient-coefficient kernel: the chain rule of Eq. 34-37 in float64
+    from the sums ``S`` (2C, K+1) = ``[gy; gy xc] [resp | 1]`` and the forward's
+    :func:`mn_coef` buffer ``coef``: with h = a (gy^T r), hx = a ((gy xc)^T r) and
+    centred = hx - centre h, the parameters' gradients and the coefficients
+    ``x_var`` = 2 dL/dvar / s and ``x_mean`` = dL/dmu / s of x's gradient through the
+    statistics, in one buffer (:func:`mn_grad_coef_views`)."""
+    xp = get_array_module(S)
+    C, K = S.shape[0] // 2, S.shape[1] - 1
+    f = {k: v.astype(numpy.float64) for k, v in mn_coef_views(coef, C, K).items()}
+    s = S.astype(numpy.float64)
+    h = s[:C, :K] * f['scale']
+    hx = s[C:, :K] * f['scale']
+    inv_std = f['inv_std']
+    inv_std3 = inv_std * inv_std * inv_std
+    centred = hx - f['centre'] * h
+    out = xp.zeros((4, C * K), numpy.float64)
+    gc = gamma.astype(numpy.float64)[:, None] if mode == MN_CHANNEL and has_gamma else 1.0
+    if mode == MN_CHANNEL:
+        if has_gamma:
+            out[2, :C] = (inv_std * centred).sum(axis=1)
+        if has_beta:
+            out[3, :C] = s[:C, K]
+    if mode == MN_COMPONENT:
+        if has_gamma:
+            out[2] = (-0.5 * centred * f['var'] * inv_std3).T.ravel()
+        if has_beta:
+            out[3] = (-(inv_std * h)).T.ravel()
+    d_mean = -(inv_std * h) * gc
+    d_var = -0.5 * (centred * gc) * inv_std3
+    if mode == MN_COMPONENT and has_gamma:
+        d_var = d_var * gamma.T.astype(numpy.float64)
+    d_var = d_var * f['var_positive']
+    d_mu = d_mean - 2 * f['mean'] * d_var
+    out[0] = (2 * d_var / f['colsum']).ravel()
+    out[1] = (d_mu / f['colsum']).ravel()
+    return out.ravel().astype(S.dtype)
+
+
+_MN_GRAD_COEF_SRC = r'''
+extern "C" __global__ void mn_grad_coef(const T* S, long long C, int K, const T* coef,
+                                        const T* gamma, int mode, int has_gamma,
+                                        int has_beta, T* out) {
+    long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    long long CK = C * K;
+    int K1 = K + 1;
+    double gg = 0;
+    double gc = (mode == 1 && has_gamma) ? (double)gamma[c] : 1.0;
+    for (int k = 0; k < K; ++k) {
+        long long j = c * K + k;
+        double a = (double)coef[10 * CK + 2 * K + k];
+        double h = (double)S[c * K1 + k] * a, hx = (double)S[(C + c) * K1 + k] * a;
+        double is = (double)coef[2 * CK + j], centre = (double)coef[3 * CK + j];
+        double mean = (double)coef[4 * CK + j], var = (double)coef[5 * CK + j];
+        double vp = (double)coef[6 * CK + j], cs = (double)coef[10 * CK + K + k];
+        double centred = hx - centre * h, is3 = is * is * is;
+        if (mode == 1 && has_gamma) gg += is * centred;
+        if (mode == 2) {
+            if (has_gamma) out[2 * CK + (long long)k * C + c] = (T)(-0.5 * centred * var * is3);
+            if (has_beta) out[3 * CK + (long long)k * C + c] = (T)(-(is * h));
+        }
+        double d_mean = -(is * h) * gc;
+        double d_var = -0.5 * (centred * gc) * is3;
+        if (mode == 2 && has_gamma) d_var *= (double)gamma[(long long)k * C + c];
+        d_var *= vp;
+        double d_mu = d_mean - 2 * mean * d_var;
+        out[j] = (T)(2 * d_var / cs);
+        out[CK + j] = (T)(d_mu / cs);
+    }
+    if (mode == 1) {
+        if (has_gamma) out[2 * CK + c] = (T)gg;
+        if (has_beta) out[3 * CK + c] = S[c * K1 + K];
+    }
+}
+'''
+
+
+def mn_grad_coef_args(S, coef, gamma, mode, has_gamma, has_beta, out):
+    C, K = S.shape[0] // 2, S.shape[1] - 1
+    return C, (S, numpy.int64(C), numpy.int32(K), coef,
+               gamma if gamma is not None else coef, numpy.int32(mode),
+               numpy.int32(bool(has_gamma)), numpy.int32(bool(has_beta)), out)
+
+
+@_dispatch(mn_grad_coef_xp)
+def mn_grad_coef(S, coef, gamma, mode, has_gamma, has_beta):
+    """The backward's (C, K) chain rule on the device (see :func:`mn_grad_coef_xp`): one
+    kernel, a thread per channel computing in float64."""
+    small = [a for a in (S, coef, gamma) if a is not None]
+    if not (_is_cupy(S) and S.dtype.name in ('float32', 'float64')
+            and all(a.dtype == S.dtype and a.flags.c_contiguous for a in small)):
+        return mn_grad_coef_xp(S, coef, gamma, mode, has_gamma, has_beta)
+    import cupy
+    C, K = S.shape[0] // 2, S.shape[1] - 1
+    out = cupy.empty((4 * C * K,), S.dtype)       # what the mode does not use stays unset
+    _mn_launch('mn_grad_coef', S.dtype,
+               *mn_grad_coef_args(S, coef, gamma, mode, has_gamma, has_beta, out))
+    return out
+
+
+def mn_push_xp(weights, means, variances, queue_weights, queue_means, queue_vars, slot):
+    """Twin of the queue-push kernel: slot ``slot`` of the float64 queue (T, K[, D]) takes
+    a batch's K' <= K components (``weights`` (K',), ``means``, ``variances`` (K', D));
+    the other K - K' get weight 0, mean 0 and variance 1."""
+    k = weights.shape[0]
+    queue_weights[slot, k:] = 0
+    queue_means[slot, k:] = 0
+    queue_vars[slot, k:] = 1
+    queue_weights[slot, :k] = weights
+    queue_means[slot, :k] = means
+    queue_vars[slot, :k] = variances
+
+
+_MN_PUSH_SRC = r'''
+extern "C" __global__ void mn_push(const T* w, const T* mu, const T* var, double* qw,
+                                   double* qm, double* qv, long long slot, int Kp, int K,
+                                   long long D) {
+    long long d = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= D) return;
+    for (int k = 0; k < K; ++k) {
+        long long j = (slot * K + k) * D + d;
+        qm[j] = k < Kp ? (double)mu[(long long)k * D + d] : 0.0;
+        qv[j] = k < Kp ? (double)var[(long long)k * D + d] : 1.0;
+        if (d == 0) qw[slot * K + k] = k < Kp ? (double)w[k] : 0.0;
+    }
+}
+'''
+
+
+def mn_push_args(weights, means, variances, queue_weights, queue_means, queue_vars, slot):
+    T, K, D = queue_means.shape
+    return D, (weights, means, variances, queue_weights, queue_means, queue_vars,
+               numpy.int64(slot), numpy.int32(weights.shape[0]), numpy.int32(K),
+               numpy.int64(D))
+
+
+@_dispatch(mn_push_xp)
+def mn_push(weights, means, variances, queue_weights, queue_means, queue_vars, slot):
+    """A batch's mixture into slot ``slot`` of the queue, in place (see
+    :func:`mn_push_xp`): one kernel, a thread per feature, instead of three to six
+    assignments."""
+    dtype = means.dtype
+    if not (_is_cupy(means) and dtype.name in ('float32', 'float64')
+            and all(a.dtype == dtype and a.flags.c_contiguous
+                    for a in (weights, means, variances))
+            and all(q.dtype.name == 'float64' and q.flags.c_contiguous
+                    for q in (queue_weights, queue_means, queue_vars))):
+        return mn_push_xp(weights, means, variances, queue_weights, queue_means, queue_vars,
+                          slot)
+    _mn_launch('mn_push', dtype, *mn_push_args(weights, means, variances, queue_weights,
+                                               queue_means, queue_vars, slot))
+
+
+#: (M, 2D+1) then (D, M) blocks then (M,) then (D,) of :func:`mn_queue_mixture`'s buffer.
+MN_QUEUE_DM = ('x_weight', 'offset_weight', 'mean', 'var')
+
+
+def mn_queue_views(buf, M, D):
+    """The named views of an :func:`mn_queue_mixture` buffer (a dict): ``logp_weight``
+    (M, 2D+1), the (D, M) blocks of :data:`MN_QUEUE_DM`, ``scale`` (M,), ``shift`` (D,)."""
+    out = {'logp_weight': buf[:M * (2 * D + 1)].reshape(M, 2 * D + 1)}
+    i = M * (2 * D + 1)
+    for name in MN_QUEUE_DM:
+        out[name] = buf[i:i + D * M].reshape(D, M)
+        i += D * M
+    out['scale'] = buf[i:i + M]
+    out['shift'] = buf[i + M:i + M + D]
+    return out
+
+
+def mn_queue_mixture_xp(queue_weights, queue_means, queue_vars, n_fits, decay, eps,
+                        lambda_scale, dtype):
+    """Twin of the queue-mixture kernel: the inference mixture of Eq. 38-39 over the
+    m = min(n_fits, T) queued batches (oldest first; M = m K components, weights
+    w = tau_t lambda_k^t) as one buffer of ``dtype`` (:func:`mn_queue_views`), computed
+    in float64 about the shift s = sum w mu / sum w (D,): the log-density weights
+    ``logp_weight`` (M, 2D+1) = ``[(mu - s) / v | -1 / (2 v) | log w - sum (log(2 pi v)
+    + (mu - s)^2 / v) / 2]`` with v = sigma^2 + eps (a product with ``[x - s; (x - s)^2; 1]``
+    gives log w_m N(x | mu_m, v_m)); per (d, m) ``x_weight`` a / sqrt(v),
+    ``offset_weight`` -(mu - s) a / sqrt(v), ``mean`` mu - s, ``var`` sigma^2; ``scale``
+    a (1/sqrt(lambda) with ``lambda_scale``, 0 for weightless components, else 1)."""
+    xp = get_array_module(queue_means)
+    T, K, D = queue_means.shape
+    m = min(int(n_fits), T)
+    slots = [(int(n_fits) - m + t) % T for t in range(m)]
+    tau = decay ** numpy.arange(m - 1, -1, -1, dtype=numpy.float64)
+    tau *= (1 - decay) / (1 - decay ** m)
+    lam = queue_weights[slots].reshape(-1)
+    w = (xp.asarray(tau)[:, None] * queue_weights[slots]).reshape(-1)
+    mu = queue_means[slots].reshape(-1, D)
+    sig = queue_vars[slots].reshape(-1, D)
+    s = xp.matmul(w, mu) / w.sum()
+    v = sig + eps
+    dev = mu - s
+    with numpy.errstate(divide='ignore'):
+        const = xp.log(w) - 0.5 * (xp.log(2 * numpy.pi * v) + dev * dev / v).sum(axis=1)
+    if lambda_scale:
+        a = xp.where(lam > 0, 1 / xp.sqrt(xp.maximum(lam, 1e-300)), 0.0)
+    else:
+        a = xp.ones_like(lam)
+    inv = 1 / xp.sqrt(v)
+    parts = [xp.concatenate([dev / v, -0.5 / v, const[:, None]], axis=1),
+             (a[:, None] * inv).T, (-a[:, None] * dev * inv).T, dev.T, sig.T, a, s]
+    return xp.concatenate([xp.ravel(p) for p in parts]).astype(dtype)
+
+
+_MN_QUEUE_MIXTURE_SRC = r'''
+extern "C" __global__ void mn_queue_mixture(const double* qw, const double* qm,
+                                            const double* qv, long long n_fits, int T,
+                                            int K, long long D, double decay, double eps,
+                                            int lscale, T* out) {
+    int mslots = n_fits < T ? (int)n_fits : T;
+    long long M = (long long)mslots * K;
+    long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= M) return;
+    const double two_pi = 6.283185307179586;
+    double norm = (1 - decay) / (1 - pow(decay, (double)mslots));
+    int t = (int)(j / K), k = (int)(j - (long long)t * K);
+    long long slot = (n_fits - mslots + t) % T;
+    double lam = qw[slot * K + k];
+    double w = pow(decay, (double)(mslots - 1 - t)) * norm * lam;
+    double a = lscale ? (lam > 0 ? 1.0 / sqrt(lam > 1e-300 ? lam : 1e-300) : 0.0) : 1.0;
+    double wsum = 0;
+    for (long long q = 0; q < M; ++q) {
+        int tq = (int)(q / K), kq = (int)(q - (long long)tq * K);
+        wsum += pow(decay, (double)(mslots - 1 - tq)) * norm * qw[((n_fits - mslots + tq) % T) * K + kq];
+    }
+    long long W = 2 * D + 1, DM = D * M, base = M * W;
+    double cst = 0;
+    for (long long d = 0; d < D; ++d) {
+        double s = 0;
+        for (long long q = 0; q < M; ++q) {
+            int tq = (int)(q / K), kq = (int)(q - (long long)tq * K);
+            long long sq = (n_fits - mslots + tq) % T;
+            s += pow(decay, (double)(mslots - 1 - tq)) * norm * qw[sq * K + kq]
+                 * qm[(sq * K + kq) * D + d];
+        }
+        s /= wsum;
+        double mu = qm[(slot * K + k) * D + d], sig = qv[(slot * K + k) * D + d];
+        double v = sig + eps, dev = mu - s, inv = 1.0 / sqrt(v);
+        out[j * W + d] = (T)(dev / v);
+        out[j * W + D + d] = (T)(-0.5 / v);
+        cst += log(two_pi * v) + dev * dev / v;
+        out[base + d * M + j] = (T)(a * inv);
+        out[base + DM + d * M + j] = (T)(-a * dev * inv);
+        out[base + 2 * DM + d * M + j] = (T)dev;
+        out[base + 3 * DM + d * M + j] = (T)sig;
+        if (j == 0) out[base + 4 * DM + M + d] = (T)s;
+    }
+    out[j * W + 2 * D] = (T)(log(w) - 0.5 * cst);
+    out[base + 4 * DM + j] = (T)a;
+}
+'''
+
+
+def mn_queue_mixture_args(queue_weights, queue_means, queue_vars, n_fits, decay, eps,
+                          lambda_scale, out):
+    T, K, D = queue_means.shape
+    return min(int(n_fits), T) * K, (
+        queue_weights, queue_means, queue_vars, numpy.int64(n_fits), numpy.int32(T),
+        numpy.int32(K), numpy.int64(D), numpy.float64(decay), numpy.float64(eps),
+        numpy.int32(bool(lambda_scale)), out)
+
+
+@_dispatch(mn_queue_mixture_xp)
+def mn_queue_mixture(queue_weights, queue_means, queue_vars, n_fits, decay, eps,
+                     lambda_scale, dtype):
+    """The queue's inference mixture, ready for :func:`mn_queue_normalize` (see
+    :func:`mn_queue_mixture_xp`): one kernel, a thread per component, instead of a few
+    dozen small operations; built once per change of the queue."""
+    dtype = numpy.dtype(dtype)
+    if not (_is_cupy(queue_means) and dtype.name in ('float32', 'float64')
+            and all(q.dtype.name == 'float64' and q.flags.c_contiguous
+                    for q in (queue_weights, queue_means, queue_vars))):
+        return mn_queue_mixture_xp(queue_weights, queue_means, queue_vars, n_fits, decay,
+                                   eps, lambda_scale, dtype)
+    import cupy
+    T, K, D = queue_means.shape
+    M = min(int(n_fits), T) * K
+    out = cupy.empty((M * (2 * D + 1) + 4 * D * M + M + D,), dtype)
+    _mn_launch('mn_queue_mixture', dtype, *mn_queue_mixture_args(
+        queue_weights, queue_means, queue_vars, n_fits, decay, eps, lambda_scale, out))
+    return out
+
+
+def mn_queue_normalize_xp(out3, xs, resp, mix, gamma, beta, mode, K, eps):
+    """Twin of the queue-normalizing kernel (Eq. 38 with the affine): into ``out3``
+    (N, C, L) write ``sum_m resp_m a_m (x - mu_m) / sqrt(v_m)``, then ``* gamma + beta``
+    (channel), from ``xs`` = x - s (C, n), the posteriors ``resp`` (M, n) and ``mix`` the
+    views of :func:`mn_queue_views`; under the component affine (``gamma``, ``beta``
+    (K, C), component m = t K + k) ``v_m = gamma_k sigma^2_m + eps`` and the centre
+    moves by beta_k.  Returns ``out3``."""
+    xp = get_array_module(out3)
+    N, C, L = out3.shape
+    if mode == MN_COMPONENT:
+        M = resp.shape[0]
+        reps = M // K
+        g = xp.tile(gamma.T, (1, reps)) if gamma is not None else 1.0
+        b = xp.tile(beta.T, (1, reps)) if beta is not None else 0.0
+        A = mix['scale'][None, :] / xp.sqrt(g * mix['var'] + eps)
+        B = -A * (mix['mean'] + b)
+        gamma = beta = None
+    else:
+        A, B = mix['x_weight'], mix['offset_weight']
+        if mode == MN_CHANNEL and gamma is not None:
+            A, B = A * gamma[:, None], B * gamma[:, None]
+    resp1 = xp.concatenate([resp, xp.ones((1, resp.shape[1]), resp.dtype)]).T
+    return mn_combine_xp(out3, xs, A.astype(out3.dtype), resp1, Cm=B.astype(out3.dtype),
+                         beta=beta if mode == MN_CHANNEL else None)
+
+
+_MN_QUEUE_NORMALIZE_SRC = r'''
+extern "C" __global__ void mn_queue_normalize(
+        T* out, long long soN, long long soC, long long soL, long long N, long long C,
+        long long L, const T* xs, const T* resp, int M, const T* A, const T* B,
+        const T* mean, const T* var, const T* scale, const T* gamma, const T* beta,
+        int mode, int has_gamma, int has_beta, int K, double eps) {
+    long long n = N * L;
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= C * n) return;
+    long long c = idx / n, i = idx - c * n;
+    long long a = i / L, l = i - a * L;
+    T pa = 0, pb = 0;
+    for (int m = 0; m < M; ++m) {
+        T r = resp[(long long)m * n + i];
+        long long j = c * M + m;
+        if (mode == 2) {
+            int k = m % K;
+            T g = has_gamma ? gamma[(long long)k * C + c] : (T)1;
+            T b = has_beta ? beta[(long long)k * C + c] : (T)0;
+            T s = scale[m] / sqrt(g * var[j] + (T)eps);
+            pa += r * s;
+            pb -= r * s * (mean[j] + b);
+        } else {
+            pa += r * A[j];
+            pb += r * B[j];
+        }
+    }
+    T y = xs[c * n + i] * pa + pb;
+    if (mode == 1) {
+        if (has_gamma) y *= gamma[c];
+        if (has_beta) y += beta[c];
+    }
+    out[a * soN + c * soC + l * soL] = y;
+}
+'''
+
+
+def mn_queue_normalize_args(out3, xs, resp, mix, gamma, beta, mode, K, eps):
+    N, C, L = out3.shape
+    A = mix['x_weight']
+    return C * N * L, (out3,) + _strides3(out3) + (
+        numpy.int64(N), numpy.int64(C), numpy.int64(L), xs, resp,
+        numpy.int32(resp.shape[0]), A, mix['offset_weight'], mix['mean'], mix['var'],
+        mix['scale'], gamma if gamma is not None else A, beta if beta is not None else A,
+        numpy.int32(mode), numpy.int32(gamma is not None), numpy.int32(beta is not None),
+        numpy.int32(K), numpy.float64(eps))
+
+
+@_dispatch(mn_queue_normalize_xp)
+def mn_queue_normalize(out3, xs, resp, mix, gamma, beta, mode, K, eps):
+    """Eq. 38's standardization, mixing and affine in one kernel (see
+    :func:`mn_queue_normalize_xp`), written in x's layout."""
+    small = [a for a in (gamma, beta) if a is not None]
+    if not (_is_cupy(out3) and out3.dtype.name in ('float32', 'float64')
+            and all(a.dtype == out3.dtype and a.flags.c_contiguous
+                    for a in small + [xs, resp] + list(mix.values()))):
+        return mn_queue_normalize_xp(out3, xs, resp, mix, gamma, beta, mode, K, eps)
+    _mn_launch('mn_queue_normalize', out3.dtype,
+               *mn_queue_normalize_args(out3, xs, resp, mix, gamma, beta, mode, K, eps))
+    return out3
+
+
+SOURCES.update({'mn_shift': _MN_SHIFT_SRC, 'mn_stack': _MN_STACK_SRC,
+                'mn_coef': _MN_COEF_SRC, 'mn_combine': _MN_COMBINE_SRC,
+                'mn_grad_stack': _MN_GRAD_STACK_SRC, 'mn_grad_coef': _MN_GRAD_COEF_SRC,
+                'mn_push': _MN_PUSH_SRC, 'mn_queue_mixture': _MN_QUEUE_MIXTURE_SRC,
+                'mn_queue_normalize': _MN_QUEUE_NORMALIZE_SRC})
+# ---- end of mixture normalization's passes ----

@@ -169,8 +169,9 @@ class MixtureNormalization(chainer.Link):
             dtype, map_mixed16=numpy.float32)
         self._initial_avg_mean = initial_avg_mean
         self._initial_avg_var = initial_avg_var
-        self.effective_components = None
-        self.last_gmm = None
+        self._last_fit = None       # (gmm or None, BatchStats, eps) of the last step
+        self._queue_state = {'version': 0}  # shared by copy(): the inference mixture's cache
+        self._ones_cache = {}       # K = 1's posteriors, and BN's weight, by shape
         self._pending = []          # (fit index, posteriors) for recomputed forwards
         self._reducer = None        # collectives of a process group (distributed.py)
         self.path = None            # the link's path in its model, for messages
@@ -273,6 +274,39 @@ class MixtureNormalization(chainer.Link):
                     link.queue_weights is self.queue_weights:
                 link.n_fits, link.N = self.n_fits, self.N
 
+    @property
+    def last_gmm(self):
+        """The mixture of the last training step (:class:`mixnorm.GMM`, components sorted
+        by weight, variances with eps), or None; made when first asked for."""
+        if self._last_fit is None:
+            return None
+        g, stats, eps = self._last_fit
+        if g is None:
+            g = _gmm.GMM(stats.weights, stats.means, stats.variances + eps)
+            self._last_fit = (g, stats, eps)
+        return g
+
+    @property
+    def effective_components(self):
+        """K', the number of components of the last fit (None before any)."""
+        g = self.last_gmm
+        return None if g is None else g.n_components
+
+    def _queue_changed(self):
+        """Mark the queue as changed: the cached inference mixture is rebuilt."""
+        self._queue_state['version'] = self._queue_state.get('version', 0) + 1
+
+    def _ones(self, shape, dtype):
+        """A device array of ones (cached: the same shape recurs every step)."""
+        key = (tuple(shape), numpy.dtype(dtype).str, type(self.queue_weights))
+        a = self._ones_cache.get(key)
+        if a is None:
+            xp = _arrays.get_array_module(self.queue_weights)
+            if len(self._ones_cache) > 8:
+                self._ones_cache.clear()
+            a = self._ones_cache[key] = xp.ones(shape, dtype)
+        return a
+
     def start_finetuning(self):
         """Reset ``N``, the count of fine-tuning batches, as BN's ``start_finetuning``."""
         self.N = 0
@@ -288,6 +322,7 @@ class MixtureNormalization(chainer.Link):
         self.queue_means[0, 0] = self.avg_mean.reshape(-1)
         self.queue_vars[0, 0] = self.avg_var.reshape(-1)
         self.n_fits = 1
+        self._queue_changed()
         self._share_counters()
 
     def _running_from_queue(self):
@@ -330,6 +365,7 @@ class MixtureNormalization(chainer.Link):
                 None if self.queue_means is None else self.queue_means[0, 0])
             if loaded is not None:
                 self._initialize(loaded.shape)
+        self._queue_changed()
         if bn:
             self._start_queue_from_running()
         elif old_mn:
@@ -358,7 +394,9 @@ class MixtureNormalization(chainer.Link):
         (any link with BN's ``avg_mean``/``avg_var``/``N`` and no queue): from a BN,
         what both links have (see :meth:`take_batch_normalization_state`)."""
         if isinstance(link, MixtureNormalization):
-            return super().copyparams(link, copy_persistent)
+            super().copyparams(link, copy_persistent)
+            self._queue_changed()
+            return
         self.take_batch_normalization_state(link, running=copy_persistent)
 
     def take_batch_normalization_state(self, bn, parameters=True, running=True,
@@ -525,15 +563,10 @@ class MixtureNormalization(chainer.Link):
     def _push(self, weights, means, variances):
         """Enqueue the statistics of this batch (K' <= K components; the rest weight 0)."""
         slot = self.n_fits % self.queue_length
-        k = int(weights.shape[0])
-        if k < self.n_components:           # pruned components: weight 0
-            self.queue_weights[slot] = 0
-            self.queue_means[slot] = 0
-            self.queue_vars[slot] = 1
-        self.queue_weights[slot, :k] = weights          # cast to float64 on assignment
-        self.queue_means[slot, :k] = means
-        self.queue_vars[slot, :k] = variances
+        kernels.mn_push(weights, means, variances, self.queue_weights, self.queue_means,
+                        self.queue_vars, slot)       # one kernel; float64 in the queue
         self.n_fits += 1
+        self._queue_changed()
         self._share_counters()
 
     def _update_running(self, stats, n, decay):
@@ -550,12 +583,7 @@ class MixtureNormalization(chainer.Link):
         tau_t * lambda_k^t, the queued means and variances (sigma^2, without eps), and
         the per-component lambda_k^t (m*K,), 0 for pruned slots.  Oldest batch first.
         """
-        if self.n_fits == 0:
-            raise RuntimeError(
-                '%s has no statistics yet: run at least one training forward pass '
-                '(chainer.config.train = True) before inference, or load a trained '
-                'snapshot (an MN or a BN snapshot), or use inference=\'running\'.'
-                % self._label())
+        self._check_has_statistics()
         xp = _arrays.get_array_module(self.queue_weights)
         T, K, C = self.queue_means.shape
         m = min(self.n_fits, T)
@@ -622,11 +650,10 @@ class MixtureNormalization(chainer.Link):
         mean = node.mean.reshape(1, -1)
         var = node.var if node.var is not None else node.inv_std ** -2 - self.eps
         var = var.reshape(1, -1)
-        if not bool(xp.isfinite(var).all()):
+        if functions._checks_on(xp) and not bool(xp.isfinite(var).all()):
             raise self._non_finite_error(x_arr, var.dtype)
-        weight = xp.ones(1, dtype=mean.dtype)
-        self.last_gmm = _gmm.GMM(weight, mean, var + self.eps)
-        self.effective_components = 1
+        weight = self._ones((1,), mean.dtype)
+        self._last_fit = (None, functions.BatchStats(weight, mean, var), self.eps)
         self._push(weight, mean, var)
         return y
 
@@ -642,10 +669,10 @@ class MixtureNormalization(chainer.Link):
             '%g): rescale the activations or compute in float64'
             % (numpy.dtype(dtype).name, float(xp.abs(x).max())))
 
-    def _posteriors(self, points):
-        """(resp, gmm, fit index) of this batch's (n, D) ``points``; gmm is None for
-        K = 1 (no fit)."""
-        n = points.shape[0]
+    def _posteriors(self, x):
+        """(resp, gmm, fit index) of the points of ``x`` (the layout of :meth:`_view`);
+        gmm is None for K = 1 (no fit, and the (n, D) points are not formed)."""
+        n = x.size // self.size
         if chainer.config.in_recomputing:
             index, resp = self._pending.pop() if self._pending else (self.n_fits - 1, None)
             if resp is not None and resp.shape[0] != n:
@@ -655,28 +682,28 @@ class MixtureNormalization(chainer.Link):
                 return resp, None, index
             # no posteriors kept: refit with the seed of the last fit (same input,
             # same posteriors), without touching the state
-            g, resp = self._fit(points, max(index, 0))
+            g, resp = self._fit(self._points(x), max(index, 0))
             return resp, g, index
         if self.n_components == 1:
             return None, None, self.n_fits
-        g, resp = self._fit(points, self.n_fits)
+        g, resp = self._fit(self._points(x), self.n_fits)
         return resp, g, self.n_fits
 
     def _forward_train(self, x, decay):
         view, back = self._view(x)
         view_arr = _raw(view)
         xp = _arrays.get_array_module(view_arr)
-        points = self._points(view_arr)
-        if points.shape[0] == 1:
+        n = view_arr.size // self.size
+        if n == 1:
             warnings.warn(
                 '%s received a batch with a single point (one sample, no other position '
                 'along the normalized axes): its output is zero. Is chainer.config.train '
                 'True during evaluation, or is the last batch of a non-repeating iterator '
                 'of size 1?' % self._label(), UserWarning)
-        resp, g, index = self._posteriors(points)
+        resp, g, index = self._posteriors(view_arr)
         if resp is None:        # one component: nu = 1 everywhere
-            resp = xp.ones((points.shape[0], 1), dtype=numpy.float32
-                           if view_arr.dtype == numpy.float16 else view_arr.dtype)
+            resp = self._ones((n, 1), numpy.float32
+                              if view_arr.dtype == numpy.float16 else view_arr.dtype)
         gamma, beta = self._flat_affine()
         if self.affine == 'component':
             k = resp.shape[1]
@@ -695,46 +722,62 @@ class MixtureNormalization(chainer.Link):
             self._pending.append((index, resp))
             del self._pending[:-MAX_PENDING_RECOMPUTES]
         lam, mu, var = stats
-        self.last_gmm = g if g is not None else _gmm.GMM(lam, mu, var + self.eps)
-        self.effective_components = self.last_gmm.n_components
-        if self.effective_components == 1 < self.n_components and not self._said_fallback:
+        self._last_fit = (g, stats, self.eps)
+        if resp.shape[1] == 1 < self.n_components and not self._said_fallback:
             self._said_fallback = True
             warnings.warn(
                 '%s kept K\' = 1 of its %d components for a batch of %d points (a '
                 'component needs min_count=%g effective points and weight min_weight=%g): '
                 'for such batches it normalizes as BN.  Its effective_components tells K\' '
                 'of each fit (this notice is given once per layer).'
-                % (self._label(), self.n_components, points.shape[0], self.min_count,
+                % (self._label(), self.n_components, n, self.min_count,
                    self.min_weight), UserWarning)
         self._push(lam, mu, var)
-        self._update_running(stats, points.shape[0], decay)
+        self._update_running(stats, n, decay)
+        if self.inference != 'running':
+            self._inference_mixture(stats.means.dtype)     # ready for inference
         return back(y)
+
+    def _inference_mixture(self, dtype):
+        """The queue's inference mixture (Eq. 38-39) as
+        :func:`mixnorm.functions.queue_mixture_normalization` takes it, built on the device
+        in one kernel when the queue has changed since the last build and cached (shared
+        with the links that share the queue)."""
+        self._check_has_statistics()
+        lambda_scale = bool(self.lambda_scaling and self.inference == 'consistent')
+        state = self._queue_state
+        key = (id(self.queue_means), state.get('version', 0), self.n_fits,
+               numpy.dtype(dtype).str, self.eps, self.decay, lambda_scale)
+        if state.get('key') != key:
+            state['mixture'] = kernels.mn_queue_mixture(
+                self.queue_weights, self.queue_means, self.queue_vars, self.n_fits,
+                self.decay, self.eps, lambda_scale, dtype)
+            state['key'] = key
+        return state['mixture']
+
+    def _check_has_statistics(self):
+        if self.n_fits == 0:
+            raise RuntimeError(
+                '%s has no statistics yet: run at least one training forward pass '
+                '(chainer.config.train = True) before inference, or load a trained '
+                'snapshot (an MN or a BN snapshot), or use inference=\'running\'.'
+                % self._label())
 
     def _forward_test(self, x):
         view, back = self._view(x)
-        points = self._points(_raw(view))
-        xp = _arrays.get_array_module(points)
-        g, lam = self.queue_mixture()
-        dtype = numpy.float64 if points.dtype == numpy.float64 else numpy.float32
-        means, variances = g.means.astype(dtype), g.variances.astype(dtype)
-        # posteriors of Eq. 38: densities N(x | mu, sigma^2 + eps), weights tau * lambda
-        density = _gmm.GMM(g.weights.astype(dtype), means, variances + self.eps)
-        try:
-            resp = _gmm.responsibilities(points, density)
-        except ValueError as e:
-            raise ValueError('%s at inference, input %s: %s'
-                             % (self._label(), tuple(_raw(x).shape), e)) from e
-        if self.lambda_scaling and self.inference == 'consistent':
-            scale = xp.where(lam > 0, 1.0 / xp.sqrt(xp.maximum(lam, 1e-300)), 0.0)
-        else:
-            scale = xp.ones_like(lam)
+        view_arr = _raw(view)
+        xp = _arrays.get_array_module(view_arr)
+        dtype = numpy.float64 if view_arr.dtype == numpy.float64 else numpy.float32
+        mixture = self._inference_mixture(dtype)
+        if functions._checks_on(xp):
+            try:
+                _gmm.check_finite(self._points(view_arr))
+            except ValueError as e:
+                raise ValueError('%s at inference, input %s: %s'
+                                 % (self._label(), tuple(_raw(x).shape), e)) from e
         gamma, beta = self._flat_affine()
-        if self.affine == 'component':
-            m = lam.shape[0] // self.n_components
-            gamma = chainer.functions.tile(gamma, (m, 1)) if gamma is not None else None
-            beta = chainer.functions.tile(beta, (m, 1)) if beta is not None else None
-        return back(functions.fixed_mixture_normalization(
-            view, gamma, beta, resp, means, variances, scale.astype(dtype), eps=self.eps))
+        return back(functions.queue_mixture_normalization(
+            view, gamma, beta, mixture, self.n_components, eps=self.eps))
 
 
 def _same(y):

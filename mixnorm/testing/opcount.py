@@ -283,6 +283,7 @@ def count_layer(shape, K, em_iters=2):
         else:
             fit = {'launch': 0, 'h2d': 0, 'd2h': 0}
         state = {}
+        mn.cleargrads()                         # as a training loop does before each step
 
         def forward():
             state['y'] = mn(chainer.Variable(x))
