@@ -1,14 +1,17 @@
-"""experiments/data.py: CIFAR and Fashion-MNIST readers on tiny files in the real formats
-(pickled batches, archives, npz caches, IDX files gzipped or not), normalisation,
-missing/corrupt data, the synthetic set, augmentation and resumable epoch orders.
+"""experiments/data: CIFAR and Fashion-MNIST readers on tiny files in the real formats
+(Python 2 pickled batches, archives, npz caches, IDX files gzipped or not), published
+checksums, tampered pickles, normalisation, missing/corrupt data, the synthetic set,
+augmentation and resumable epoch orders.
 
 Never touches the network: the ``no_network`` fixture fails any download attempt.
 """
 import gzip
+import hashlib
 import io
 import os
 import pathlib
 import pickle
+import struct
 import subprocess
 import sys
 import tarfile
@@ -49,8 +52,15 @@ def chainer_root(tmp_path, monkeypatch, no_network):
     root = tmp_path / 'chainer_root'
     monkeypatch.setenv('CHAINER_DATASET_ROOT', str(root))
     monkeypatch.setattr(chainer.dataset.download, '_dataset_root', str(root))
-    monkeypatch.setattr(data, 'DEBIAN_DIR', str(tmp_path / 'debian_share'))
+    monkeypatch.setattr(data.sources, 'DEBIAN_DIR', str(tmp_path / 'debian_share'))
     return root
+
+
+def publish(monkeypatch, official, path):
+    """Take the file at ``path`` as the published ``official`` file (its MD5 becomes the
+    published one): the tests' tiny archives stand for the real ones."""
+    md5 = hashlib.md5(pathlib.Path(path).read_bytes()).hexdigest()
+    monkeypatch.setitem(data.CHECKSUMS, official, md5)
 
 
 def _raw_cifar(n_train, n_test, n_classes, seed=0):
@@ -67,37 +77,59 @@ def _raw_cifar(n_train, n_test, n_classes, seed=0):
     return train_x, train_y, test_x, test_y
 
 
-def _cifar10_files(raw):
-    """{member name: pickled bytes} as in cifar-10-python.tar.gz (protocol 2, byte keys)."""
+class _Python2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2 wrote the official batches: its ``str`` (the keys, the
+    bytes, NumPy's dtype codes) as BINSTRING, no ``_codecs.encode``."""
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        raw = obj.encode('ascii') if isinstance(obj, str) else obj
+        n = len(raw)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else
+                    pickle.BINSTRING + struct.pack('<i', n)) + raw)
+        self.memoize(obj)
+    dispatch[bytes] = dispatch[str] = save_py2_str
+
+
+def py2_pickle(obj):
+    """``obj`` pickled as in the official CIFAR python batches (Python 2, protocol 2,
+    arrays rebuilt by ``numpy.core.multiarray._reconstruct``)."""
+    f = io.BytesIO()
+    _Python2Pickler(f, 2).dump(obj)
+    out = f.getvalue().replace(b'cnumpy._core.multiarray\n', b'cnumpy.core.multiarray\n')
+    assert b'_codecs' not in out and b'numpy._core' not in out
+    return out
+
+
+def _cifar10_files(raw, dumps=py2_pickle):
+    """{member name: pickled bytes} as in cifar-10-python.tar.gz."""
     train_x, train_y, test_x, test_y = raw
-    files = {'batches.meta': pickle.dumps(
+    files = {'batches.meta': dumps(
         {b'num_cases_per_batch': N_PER_BATCH, b'num_vis': 3072,
          b'label_names': [b'airplane', b'automobile', b'bird', b'cat', b'deer', b'dog',
-                          b'frog', b'horse', b'ship', b'truck']}, protocol=2)}
+                          b'frog', b'horse', b'ship', b'truck']})}
     for i in range(5):
         s = slice(i * N_PER_BATCH, (i + 1) * N_PER_BATCH)
-        files['data_batch_%d' % (i + 1)] = pickle.dumps(
+        files['data_batch_%d' % (i + 1)] = dumps(
             {b'batch_label': b'training batch %d of 5' % (i + 1),
              b'labels': [int(v) for v in train_y[s]], b'data': train_x[s],
-             b'filenames': [b'img_%d.png' % j for j in range(N_PER_BATCH)]}, protocol=2)
-    files['test_batch'] = pickle.dumps(
+             b'filenames': [b'img_%d.png' % j for j in range(N_PER_BATCH)]})
+    files['test_batch'] = dumps(
         {b'batch_label': b'testing batch 1 of 1', b'labels': [int(v) for v in test_y],
-         b'data': test_x, b'filenames': [b't_%d.png' % j for j in range(len(test_y))]},
-        protocol=2)
+         b'data': test_x, b'filenames': [b't_%d.png' % j for j in range(len(test_y))]})
     return files
 
 
 def _cifar100_files(raw):
     train_x, train_y, test_x, test_y = raw
-    files = {'meta': pickle.dumps({b'fine_label_names': [b'f%d' % i for i in range(100)],
-                                   b'coarse_label_names': [b'c%d' % i for i in range(20)]},
-                                  protocol=2)}
+    files = {'meta': py2_pickle({b'fine_label_names': [b'f%d' % i for i in range(100)],
+                                 b'coarse_label_names': [b'c%d' % i for i in range(20)]})}
     for split, x, y in (('train', train_x, train_y), ('test', test_x, test_y)):
-        files[split] = pickle.dumps(
+        files[split] = py2_pickle(
             {b'filenames': [b'%d.png' % j for j in range(len(y))],
              b'batch_label': b'%s batch 1 of 1' % split.encode(),
              b'fine_labels': [int(v) for v in y], b'coarse_labels': [int(v) // 5 for v in y],
-             b'data': x}, protocol=2)
+             b'data': x})
     return files
 
 
@@ -164,10 +196,11 @@ def test_cifar10_extracted_batches(tmp_path, chainer_root):
     assert not chainer_root.exists()  # nothing created in Chainer's cache
 
 
-def test_cifar10_archive_read_in_place(tmp_path, chainer_root):
+def test_cifar10_archive_read_in_place(tmp_path, chainer_root, monkeypatch):
     raw = _raw_cifar(5 * N_PER_BATCH, N_TEST, 10)
     archive = _write_tar(tmp_path / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
                          _cifar10_files(raw))
+    publish(monkeypatch, 'cifar-10-python.tar.gz', archive)
     ds = data.load_dataset('cifar10', str(tmp_path))
     _check_cifar(ds, raw, 10)
     assert ds.source == str(archive)
@@ -175,13 +208,14 @@ def test_cifar10_archive_read_in_place(tmp_path, chainer_root):
     assert data.load_dataset('cifar10', archive).source == str(archive)  # the file itself
 
 
-def test_cifar100_dir_and_archive_use_fine_labels(tmp_path, chainer_root):
+def test_cifar100_dir_and_archive_use_fine_labels(tmp_path, chainer_root, monkeypatch):
     raw = _raw_cifar(12, N_TEST, 100)
     raw[1][:3] = [99, 57, 23]  # fine labels beyond the 20 coarse classes
     files = _cifar100_files(raw)
     folder = _write_dir(tmp_path / 'd' / 'cifar-100-python', files)
     archive = _write_tar(tmp_path / 'a' / 'cifar-100-python.tar.gz', 'cifar-100-python',
                          files)
+    publish(monkeypatch, 'cifar-100-python.tar.gz', archive)
     for where, source in ((tmp_path / 'd', folder), (tmp_path / 'a', archive)):
         ds = data.load_dataset('cifar100', where)
         _check_cifar(ds, raw, 100)
@@ -212,10 +246,11 @@ def test_chainer_cache_npz_path_and_format(chainer_root):
     numpy.testing.assert_array_equal(test._datasets[1], ds.test_y)
 
 
-def test_chainer_download_cache_archive(chainer_root):
+def test_chainer_download_cache_archive(chainer_root, monkeypatch):
     raw = _raw_cifar(5 * N_PER_BATCH, N_TEST, 10)
     dl = data.chainer_cache_paths('cifar10')[1]
     _write_tar(pathlib.Path(dl), 'cifar-10-batches-py', _cifar10_files(raw))
+    publish(monkeypatch, 'cifar-10-python.tar.gz', dl)
     ds = data.load_dataset('cifar10')
     _check_cifar(ds, raw, 10)
     assert ds.source == dl
@@ -258,38 +293,47 @@ def test_missing_data_message(tmp_path, chainer_root, name, url):
     for part in (str(data_dir), npz, dl, '--data-dir', '--download',
                  'https://www.cs.toronto.edu/~kriz/' + url, 'does not exist'):
         assert part in msg
-    with pytest.raises(FileNotFoundError, match='Not downloaded: pass --download'):
+    assert '\n' not in msg and msg.startswith('CIFAR-1')   # one line
+    with pytest.raises(FileNotFoundError, match='or pass --download to let Chainer'):
         data.load_dataset(name)
     assert not chainer_root.exists()
 
 
 def test_download_failure_and_success_are_reported(tmp_path, chainer_root, monkeypatch):
-    def offline(**kwargs):
+    def offline(url):
         raise OSError('network is unreachable')
-    monkeypatch.setattr(chainer.datasets, 'get_cifar10', offline)
+    monkeypatch.setattr(chainer.dataset.download, 'cached_download', offline)
     with pytest.raises(FileNotFoundError, match='network is unreachable') as info:
         data.load_dataset('cifar10', allow_download=True)
     # the download was asked for (e.g. by `make reproduce`): do not suggest it again, say
     # how to point at local data, also through make
     msg = str(info.value)
-    assert 'pass --download' not in msg and 'and its download failed' in msg
+    assert 'pass --download' not in msg and 'and its download from %s failed' % (
+        data.URLS['cifar10']) in msg
     assert 'make reproduce DATA_DIR=DIR' in msg and '--data-dir DIR' in msg
 
-    raw = _raw_cifar(10, N_TEST, 10)
+    raw = _raw_cifar(5 * N_PER_BATCH, N_TEST, 10)
     calls = []
 
-    def fake_get_cifar10(**kwargs):  # what a successful download leaves behind
-        calls.append(kwargs)
-        npz = data.chainer_cache_paths('cifar10')[0]
-        os.makedirs(os.path.dirname(npz))
-        numpy.savez_compressed(npz, train_x=raw[0], train_y=raw[1].astype(numpy.uint8),
-                               test_x=raw[2], test_y=raw[3].astype(numpy.uint8))
-        return None, None
-    monkeypatch.setattr(chainer.datasets, 'get_cifar10', fake_get_cifar10)
-    ds = data.load_dataset('cifar10', allow_download=True)
-    assert calls == [dict(withlabel=True, ndim=3, scale=1.0)]
+    def fake_download(url):  # what Chainer's downloader leaves behind
+        calls.append(url)
+        path = data.chainer_cache_paths('cifar10')[1]
+        _write_tar(pathlib.Path(path), 'cifar-10-batches-py', _cifar10_files(raw))
+        return path
+    monkeypatch.setattr(chainer.dataset.download, 'cached_download', fake_download)
+    dl = data.chainer_cache_paths('cifar10')[1]
+    # the download is checked against the published checksum before it is read
+    with pytest.raises(data.CorruptDataError, match='c58f30108f718f92721af3b95e74349a'):
+        data.load_dataset('cifar10', allow_download=True)
+    assert calls == [data.URLS['cifar10']]
+    publish(monkeypatch, 'cifar-10-python.tar.gz', dl)
+    ds = data.load_dataset('cifar10')       # now in Chainer's download cache
     _check_cifar(ds, raw, 10)
-    assert 'downloaded' in ds.source and data.chainer_cache_paths('cifar10')[0] in ds.source
+    os.remove(dl)
+    ds = data.load_dataset('cifar10', allow_download=True)
+    assert calls == [data.URLS['cifar10']] * 2
+    _check_cifar(ds, raw, 10)
+    assert ds.source == '%s (downloaded from %s)' % (dl, data.URLS['cifar10'])
 
 
 def test_truncated_pickle_names_file(tmp_path, chainer_root):
@@ -311,7 +355,9 @@ def test_incomplete_folder_names_missing_file(tmp_path, chainer_root):
 
 
 @pytest.mark.parametrize('damage', ['garbage', 'truncated', 'wrong_members'])
-def test_bad_archive_names_file(tmp_path, chainer_root, damage):
+def test_bad_archive_names_file(tmp_path, chainer_root, monkeypatch, damage):
+    """An archive taken as the published one (its checksum matches) that still cannot be
+    read is an error naming it."""
     archive = tmp_path / 'cifar-10-python.tar.gz'
     files = _cifar10_files(_raw_cifar(5 * N_PER_BATCH, N_TEST, 10))
     if damage == 'garbage':
@@ -321,8 +367,97 @@ def test_bad_archive_names_file(tmp_path, chainer_root, damage):
                    files)
         if damage == 'truncated':
             archive.write_bytes(archive.read_bytes()[:len(archive.read_bytes()) // 2])
-    with pytest.raises(data.CorruptDataError, match=str(archive)):
+    publish(monkeypatch, 'cifar-10-python.tar.gz', archive)
+    with pytest.raises(data.CorruptDataError, match=str(archive)) as info:
         data.load_dataset('cifar10', tmp_path)
+    assert {'garbage': 'cannot read the archive', 'truncated': 'truncated or corrupted',
+            'wrong_members': 'archive lacks'}[damage] in str(info.value)
+
+
+def test_archive_not_matching_its_published_checksum_is_refused(tmp_path, chainer_root):
+    """A well-formed archive that is not the published file is one error line naming it
+    and the published MD5, wherever it is; other data present is not used instead."""
+    raw = _raw_cifar(5 * N_PER_BATCH, N_TEST, 10)
+    archive = _write_tar(tmp_path / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
+                         _cifar10_files(raw))
+    npz = data.chainer_cache_paths('cifar10')[0]       # good data that must not be used
+    os.makedirs(os.path.dirname(npz))
+    numpy.savez_compressed(npz, train_x=raw[0], train_y=raw[1], test_x=raw[2],
+                           test_y=raw[3])
+    for data_dir in (tmp_path, archive):
+        with pytest.raises(data.CorruptDataError) as info:
+            data.load_dataset('cifar10', data_dir)
+        msg = str(info.value)
+        assert msg.startswith(str(archive) + ': MD5 ' + hashlib.md5(
+            archive.read_bytes()).hexdigest()) and '\n' not in msg
+        assert 'published cifar-10-python.tar.gz has MD5 c58f30108f718f92721af3b95e74349a' \
+            in msg
+    dl = pathlib.Path(data.chainer_cache_paths('cifar10')[1])   # Chainer's download, too
+    _write_tar(dl, 'cifar-10-batches-py', _cifar10_files(raw))
+    os.remove(npz)
+    with pytest.raises(data.CorruptDataError, match='%s: MD5 .*c58f3' % dl):
+        data.load_dataset('cifar10')
+    big = tmp_path / 'c100'                            # and CIFAR-100's
+    _write_tar(big / 'cifar-100-python.tar.gz', 'cifar-100-python',
+               _cifar100_files(_raw_cifar(12, N_TEST, 100)))
+    with pytest.raises(data.CorruptDataError, match='eb9058c3a382ffc7106e4002c42a8d85'):
+        data.load_dataset('cifar100', big)
+
+
+class _MakesADirectory:
+    """Unpickling this runs ``os.mkdir(path)``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+@pytest.mark.parametrize('where', ['folder', 'archive'])
+def test_tampered_pickle_is_refused_and_not_run(tmp_path, chainer_root, monkeypatch, where):
+    marker = tmp_path / 'made_by_the_pickle'
+    raw = _raw_cifar(5 * N_PER_BATCH, N_TEST, 10)
+    files = _cifar10_files(raw)
+    batch = pickle.loads(files['data_batch_2'], encoding='bytes')
+    batch[b'filenames'] = _MakesADirectory(str(marker))
+    files['data_batch_2'] = py2_pickle(batch)
+    pickle.loads(files['data_batch_2'], encoding='bytes')   # the payload is live: it runs
+    assert marker.is_dir()
+    marker.rmdir()
+    data_dir = tmp_path / 'data'
+    if where == 'folder':
+        bad = _write_dir(data_dir / 'cifar-10-batches-py', files) / 'data_batch_2'
+    else:
+        archive = _write_tar(data_dir / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
+                             files)
+        publish(monkeypatch, 'cifar-10-python.tar.gz', archive)
+        bad = '%s (member cifar-10-batches-py/data_batch_2)' % archive
+    with pytest.raises(data.CorruptDataError) as info:
+        data.load_dataset('cifar10', data_dir)
+    assert not marker.exists()
+    msg = str(info.value)
+    assert msg.startswith('%s: refused to unpickle %s.mkdir' % (bad, os.mkdir.__module__))
+    assert 'not an official batch' in msg and '\n' not in msg
+
+
+def test_batch_pickles_of_python3_read_and_other_globals_refused(tmp_path, chainer_root):
+    """Batches pickled again by Python 3 (protocol 2: bytes through ``_codecs.encode``,
+    arrays through ``numpy._core``) read the same; ``_codecs.encode`` for anything but
+    bytes, and any other global, are refused."""
+    raw = _raw_cifar(5 * N_PER_BATCH, N_TEST, 10)
+    assert b'cnumpy.core.multiarray\n_reconstruct\n' in _cifar10_files(raw)['test_batch']
+    files = _cifar10_files(raw, dumps=lambda obj: pickle.dumps(obj, protocol=2))
+    assert b'c_codecs\nencode\n' in files['test_batch']
+    _write_dir(tmp_path / 'cifar-10-batches-py', files)
+    _check_cifar(data.load_dataset('cifar10', tmp_path), raw, 10)
+    for payload, refused in (
+            (b'\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x05\x00\x00\x00rot13\x86R.',
+             "'rot13'"),
+            (pickle.dumps({b'data': numpy.int64(3)}, protocol=2), 'scalar'),
+            (pickle.dumps({b'data': print}, protocol=2), r'__builtin__\.print')):
+        with pytest.raises(data.CorruptDataError, match='x.pkl: refused .*%s' % refused):
+            data.parsers.load_batch_pickle(io.BytesIO(payload), 'x.pkl')
 
 
 def test_corrupt_npz_and_bad_labels_name_file(tmp_path, chainer_root):
@@ -602,7 +737,7 @@ def test_fashion_mnist_idx_files_in_data_dir(tmp_path, chainer_root, gz):
     assert data.channels_of('fashion-mnist') == 1 and data.channels_of('cifar10') == 3
 
 
-def test_fashion_mnist_look_up_order(tmp_path, chainer_root):
+def test_fashion_mnist_look_up_order(tmp_path, chainer_root, monkeypatch):
     """--data-dir, then the Debian path, then Chainer's npz cache, then its download
     cache; each found only when the ones before it are absent."""
     raws = [raw_fashion(seed=s) for s in range(4)]
@@ -616,19 +751,20 @@ def test_fashion_mnist_look_up_order(tmp_path, chainer_root):
     os.makedirs(os.path.dirname(next(iter(dl.values()))))
     for name, arr in zip([n for ns in data.FMNIST_FILES.values() for n in ns], raws[3]):
         pathlib.Path(dl[name]).write_bytes(gzip.compress(idx_bytes(arr)))
-    write_fashion(data.DEBIAN_DIR, raws[1])
+        publish(monkeypatch, name + '.gz', dl[name])
+    write_fashion(data.sources.DEBIAN_DIR, raws[1])
     write_fashion(tmp_path / 'mine', raws[0], gz=False)
     check_fashion(data.load_dataset('fashion-mnist', tmp_path / 'mine'), raws[0])
     ds = data.load_dataset('fashion-mnist')
     check_fashion(ds, raws[1])
-    assert data.DEBIAN_DIR in ds.source
+    assert data.sources.DEBIAN_DIR in ds.source
     with pytest.warns(UserWarning, match='Debian package'):
         data.load_dataset('fashion-mnist', tmp_path / 'empty_but_asked')
-    for f in os.listdir(data.DEBIAN_DIR):
-        os.remove(os.path.join(data.DEBIAN_DIR, f))
+    for f in os.listdir(data.sources.DEBIAN_DIR):
+        os.remove(os.path.join(data.sources.DEBIAN_DIR, f))
     ds = data.load_dataset('fashion-mnist')
     check_fashion(ds, raws[2])
-    assert npz[0] in ds.source
+    assert os.path.dirname(npz[0]) in ds.source
     # Chainer's own reader agrees with ours on its cache
     train, _ = chainer.datasets.fashion_mnist._retrieve_fashion_mnist_training(), None
     numpy.testing.assert_array_equal(train['x'].reshape(-1, 28, 28), raws[2][0])
@@ -637,6 +773,14 @@ def test_fashion_mnist_look_up_order(tmp_path, chainer_root):
     ds = data.load_dataset('fashion-mnist')
     check_fashion(ds, raws[3])
     assert '_dl_cache' in ds.source
+    # the downloaded files are checked against their published checksums
+    monkeypatch.setitem(data.CHECKSUMS, 't10k-labels-idx1-ubyte.gz',
+                        'bb300cfdad3c16e7a12a480ee83cd310')
+    with pytest.raises(data.CorruptDataError) as info:
+        data.load_dataset('fashion-mnist')
+    assert str(info.value).startswith(dl['t10k-labels-idx1-ubyte'] + ': MD5 ')
+    assert 'published t10k-labels-idx1-ubyte.gz has MD5 bb300cfdad3c16e7a12a480ee83cd310' \
+        in str(info.value)
 
 
 def test_fashion_mnist_missing_is_one_line_naming_places_package_and_download(
@@ -645,16 +789,16 @@ def test_fashion_mnist_missing_is_one_line_naming_places_package_and_download(
         data.load_dataset('fashion-mnist', tmp_path / 'nowhere')
     msg = str(info.value)
     assert '\n' not in msg
-    for part in (str(tmp_path / 'nowhere'), data.DEBIAN_DIR, 'dataset-fashion-mnist',
+    for part in (str(tmp_path / 'nowhere'), data.sources.DEBIAN_DIR, 'dataset-fashion-mnist',
                  'apt-get install', '--download', '--data-dir',
-                 data.fashion_mnist_cache_paths()[0][0], '_dl_cache',
+                 os.path.dirname(data.fashion_mnist_cache_paths()[0][0]), '_dl_cache',
                  't10k-labels-idx1-ubyte'):
         assert part in msg, part
     # a folder with some of the files names those it lacks
     write_fashion(tmp_path / 'part', raw_fashion(), skip=('t10k-images-idx3-ubyte',))
     with pytest.raises(FileNotFoundError, match=r'lacks t10k-images-idx3-ubyte\)'):
         data.load_dataset('fashion-mnist', tmp_path / 'part')
-    write_fashion(data.DEBIAN_DIR, raw_fashion(), skip=('train-labels-idx1-ubyte',))
+    write_fashion(data.sources.DEBIAN_DIR, raw_fashion(), skip=('train-labels-idx1-ubyte',))
     with pytest.raises(FileNotFoundError, match='dataset-fashion-mnist, which lacks train-labels'):
         data.load_dataset('fashion-mnist')
     assert not chainer_root.exists()
@@ -671,23 +815,32 @@ def test_fashion_mnist_missing_is_one_line_naming_places_package_and_download(
 
 
 def test_fashion_mnist_download_through_chainer(tmp_path, chainer_root, monkeypatch):
-    def offline(**kwargs):
+    def offline(url):
         raise OSError('network is unreachable')
-    monkeypatch.setattr(chainer.datasets, 'get_fashion_mnist', offline)
+    monkeypatch.setattr(chainer.dataset.download, 'cached_download', offline)
     with pytest.raises(FileNotFoundError, match='network is unreachable') as info:
         data.load_dataset('fashion-mnist', allow_download=True)
-    assert 'download through chainer.datasets.get_fashion_mnist failed' in str(info.value)
+    assert 'and its download from %s failed' % data.FMNIST_URL in str(info.value)
+    assert 'pass --download' not in str(info.value)
     raw = raw_fashion()
+    dl = data.fashion_mnist_cache_paths()[1]
+    arrays = dict(zip([n for names in data.FMNIST_FILES.values() for n in names], raw))
 
-    def fake_get(**kwargs):         # what a successful download leaves behind
-        npz = data.fashion_mnist_cache_paths()[0]
-        os.makedirs(os.path.dirname(npz[0]))
-        numpy.savez_compressed(npz[0], x=raw[0].reshape(-1, 784), y=raw[1])
-        numpy.savez_compressed(npz[1], x=raw[2].reshape(-1, 784), y=raw[3])
-    monkeypatch.setattr(chainer.datasets, 'get_fashion_mnist', fake_get)
+    def fake_download(url):         # what Chainer's downloader leaves behind
+        name = url[len(data.FMNIST_URL):-len('.gz')]
+        os.makedirs(os.path.dirname(dl[name]), exist_ok=True)
+        pathlib.Path(dl[name]).write_bytes(gzip.compress(idx_bytes(arrays[name]), mtime=0))
+        return dl[name]
+    monkeypatch.setattr(chainer.dataset.download, 'cached_download', fake_download)
+    with pytest.raises(data.CorruptDataError, match='published train-images-idx3-ubyte.gz '
+                       'has MD5 8d4fb7e6c68d591d4c3dfef9ec88bf0d'):
+        data.load_dataset('fashion-mnist', allow_download=True)
+    for name in arrays:
+        publish(monkeypatch, name + '.gz', dl[name])
+        os.remove(dl[name])
     ds = data.load_dataset('fashion-mnist', allow_download=True)
     check_fashion(ds, raw)
-    assert 'downloaded' in ds.source
+    assert 'downloaded from %s' % data.FMNIST_URL in ds.source
 
 
 @pytest.mark.parametrize('damage', ['truncated_gz', 'truncated_body', 'bad_magic',
@@ -715,7 +868,7 @@ def test_damaged_fashion_mnist_file_is_named(tmp_path, chainer_root, damage):
         data.load_dataset('fashion-mnist', tmp_path / 'fm')
     assert str(path) in str(info.value)
     # the damaged file is not passed over for other data (the Debian copy here)
-    write_fashion(data.DEBIAN_DIR, raw_fashion(seed=1))
+    write_fashion(data.sources.DEBIAN_DIR, raw_fashion(seed=1))
     with pytest.raises(data.CorruptDataError):
         data.load_dataset('fashion-mnist', tmp_path / 'fm')
 

@@ -8,7 +8,6 @@ import copy
 import gzip
 import json
 import os
-import pathlib
 import subprocess
 
 import numpy as np
@@ -280,7 +279,7 @@ def test_reproduce_prints_the_pairs(fm_runs, capsys):
     assert {r['row'] for r in recs} == {'BN-2', 'MN-2'}
 
 
-def test_make_reproduce_offers_fashion_mnist():
+def test_make_reproduce_offers_fashion_mnist(tmp_path, monkeypatch):
     out = subprocess.run(['make', '-n', 'reproduce', 'DATA=fashion-mnist'], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     assert '--dataset fashion-mnist' in out and '--preset fmnist-cpu' in out
@@ -289,7 +288,10 @@ def test_make_reproduce_offers_fashion_mnist():
                          capture_output=True, text=True)
     assert bad.returncode != 0 and 'DATA=fashion-mnist' in bad.stderr
     # without CIFAR, the error offers Fashion-MNIST before synthetic data
-    msg = data._not_found_message('cifar10', ['x'], False, None)
+    monkeypatch.setattr(chainer.dataset.download, '_dataset_root', str(tmp_path))
+    with pytest.raises(FileNotFoundError) as info:
+        data.load_dataset('cifar10', tmp_path / 'no_cifar_here')
+    msg = str(info.value)
     assert 0 <= msg.index('DATA=fashion-mnist') < msg.index('DATA=synthetic')
 
 
