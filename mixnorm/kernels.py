@@ -1149,24 +1149,24 @@ def mn_queue_mixture_xp(queue_weights, queue_means, queue_vars, n_fits, decay, e
 
 _MN_QUEUE_MIXTURE_SRC = r'''
 extern "C" __global__ void mn_queue_mixture(const double* qw, const double* qm,
-                                            const double* qv, long long n_fits, int T,
+                                            const double* qv, long long n_fits, int Tq,
                                             int K, long long D, double decay, double eps,
                                             int lscale, T* out) {
-    int mslots = n_fits < T ? (int)n_fits : T;
+    int mslots = n_fits < Tq ? (int)n_fits : Tq;
     long long M = (long long)mslots * K;
     long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= M) return;
     const double two_pi = 6.283185307179586;
     double norm = (1 - decay) / (1 - pow(decay, (double)mslots));
     int t = (int)(j / K), k = (int)(j - (long long)t * K);
-    long long slot = (n_fits - mslots + t) % T;
+    long long slot = (n_fits - mslots + t) % Tq;
     double lam = qw[slot * K + k];
     double w = pow(decay, (double)(mslots - 1 - t)) * norm * lam;
     double a = lscale ? (lam > 0 ? 1.0 / sqrt(lam > 1e-300 ? lam : 1e-300) : 0.0) : 1.0;
     double wsum = 0;
     for (long long q = 0; q < M; ++q) {
         int tq = (int)(q / K), kq = (int)(q - (long long)tq * K);
-        wsum += pow(decay, (double)(mslots - 1 - tq)) * norm * qw[((n_fits - mslots + tq) % T) * K + kq];
+        wsum += pow(decay, (double)(mslots - 1 - tq)) * norm * qw[((n_fits - mslots + tq) % Tq) * K + kq];
     }
     long long W = 2 * D + 1, DM = D * M, base = M * W;
     double cst = 0;
@@ -1174,7 +1174,7 @@ extern "C" __global__ void mn_queue_mixture(const double* qw, const double* qm,
         double s = 0;
         for (long long q = 0; q < M; ++q) {
             int tq = (int)(q / K), kq = (int)(q - (long long)tq * K);
-            long long sq = (n_fits - mslots + tq) % T;
+            long long sq = (n_fits - mslots + tq) % Tq;
             s += pow(decay, (double)(mslots - 1 - tq)) * norm * qw[sq * K + kq]
                  * qm[(sq * K + kq) * D + d];
         }

@@ -347,3 +347,295 @@ def test_the_emulation_leaves_nothing_in_tmp(monkeypatch):
     np.testing.assert_array_equal(x, [0, 2, 4, 6])
     assert len(made) == 1 and os.path.basename(made[0]).startswith('mixnorm-emu-')
     assert not os.path.exists(made[0])
+
+
+# ------------------------------------------------------------------ mixture normalization's kernels
+def _emulate(name, dtype, items_args):
+    items, args = items_args
+    cuda_emulation.launch(kernels.kernel_source(name, dtype), name, (items + 255) // 256,
+                          256, args)
+
+
+def _tol(dtype):
+    return 2e-5 if dtype == np.float32 else 1e-12
+
+
+def _mn_case(dtype, N=3, C=4, L=5, K=3, seed=0, rows=False):
+    """x as the (N, C, L) view the kernels take (a strided view for (N, C) input), resp."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((N, C) if rows else (N, C, L)) * 2 + 5).astype(dtype)
+    x3 = x[:, :, None] if rows else x
+    n = x3.shape[0] * x3.shape[2]
+    resp = rng.random((n, K)).astype(dtype)
+    resp /= resp.sum(axis=1, keepdims=True)
+    return x3, resp
+
+
+def _mn_forward(dtype, mode, K=3, rows=False, lambda_scaling=True, seed=0):
+    x3, resp = _mn_case(dtype, K=K, rows=rows, seed=seed)
+    N, C, L = x3.shape
+    rng = np.random.default_rng(seed + 1)
+    gamma = beta = None
+    if mode == kernels.MN_CHANNEL:
+        gamma, beta = (rng.random(C) + 0.5).astype(dtype), rng.standard_normal(C).astype(dtype)
+    elif mode == kernels.MN_COMPONENT:
+        gamma = (rng.random((K, C)) + 0.5).astype(dtype)
+        beta = rng.standard_normal((K, C)).astype(dtype)
+    shift = kernels.mn_shift_xp(x3, kernels.mn_shift_steps(N, L, rows))
+    work, resp1 = kernels.mn_stack_xp(x3, shift, resp, np.empty((2 * C + 1, N * L), dtype),
+                                      np.empty((N * L, K + 1), dtype))
+    M = work @ resp1
+    buf = kernels.mn_coef_xp(M, N * L, shift, gamma, beta, mode, 1e-3, lambda_scaling)
+    return x3, resp, gamma, beta, shift, work, resp1, M, buf
+
+
+@pytest.mark.parametrize('rows', [False, True])
+def test_mn_stack_and_coef_twins_give_the_batch_statistics(rows):
+    from mixnorm import functions as MF
+    x3, resp, _, _, shift, work, resp1, M, buf = _mn_forward(np.float64, kernels.MN_NONE,
+                                                             rows=rows)
+    N, C, L = x3.shape
+    xc = np.moveaxis(x3, 1, 0).reshape(C, -1) - shift[:, None]
+    np.testing.assert_allclose(work, np.concatenate([xc, xc ** 2, np.ones((1, N * L))]))
+    np.testing.assert_allclose(resp1, np.concatenate([resp, np.ones((N * L, 1))], axis=1))
+    views = kernels.mn_coef_views(buf, C, 3)
+    x = x3[:, :, 0] if rows else x3
+    ref = MF.mixture_moments(x, resp)
+    np.testing.assert_allclose(views['weights'], ref.weights, rtol=1e-12)
+    np.testing.assert_allclose(views['mu'], ref.means, rtol=1e-10)
+    np.testing.assert_allclose(views['var_t'], ref.variances, rtol=1e-9)
+    np.testing.assert_allclose(views['inv_std'], 1 / np.sqrt(ref.variances.T + 1e-3),
+                               rtol=1e-9)
+    assert (views['status'] == 0).all()
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('rows', [False, True])
+def test_mn_shift_and_stack_sources_run_like_their_twins(dtype, rows):
+    for K, with_resp, with_resp1 in ((3, True, True), (1, False, True), (1, False, False)):
+        x3, resp = _mn_case(dtype, K=K, rows=rows)
+        N, C, L = x3.shape
+        steps = kernels.mn_shift_steps(N, L, rows)
+        want_shift = kernels.mn_shift_xp(x3, steps)
+        shift = np.empty(C, dtype)
+        _emulate('mn_shift', dtype, kernels.mn_shift_args(x3, steps, shift))
+        np.testing.assert_allclose(shift, want_shift, rtol=_tol(dtype))
+        r = resp if with_resp else None
+        want_work, want_r1 = kernels.mn_stack_xp(
+            x3, shift, r, np.empty((2 * C + 1, N * L), dtype),
+            np.empty((N * L, K + 1), dtype) if with_resp1 else None)
+        work = np.full((2 * C + 1, N * L), np.nan, dtype)
+        r1 = np.full((N * L, K + 1), np.nan, dtype) if with_resp1 else None
+        _emulate('mn_stack', dtype, kernels.mn_stack_args(x3, shift, r, work, r1))
+        np.testing.assert_allclose(work, want_work, rtol=_tol(dtype))
+        if with_resp1:
+            np.testing.assert_allclose(r1, want_r1, rtol=_tol(dtype))
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('mode', [kernels.MN_NONE, kernels.MN_CHANNEL, kernels.MN_COMPONENT])
+def test_mn_coef_and_grad_coef_sources_run_like_their_twins(dtype, mode):
+    for lambda_scaling in (True, False):
+        x3, resp, gamma, beta, shift, work, resp1, M, want = _mn_forward(
+            dtype, mode, lambda_scaling=lambda_scaling)
+        N, C, L = x3.shape
+        got = np.empty_like(want)
+        _emulate('mn_coef', dtype, kernels.mn_coef_args(M, N * L, shift, gamma, beta, mode,
+                                                        1e-3, lambda_scaling, got))
+        np.testing.assert_allclose(got, want, rtol=_tol(dtype), atol=_tol(dtype))
+        rng = np.random.default_rng(3)
+        S = rng.standard_normal((2 * C, 4)).astype(dtype)
+        for has_gamma, has_beta in ((True, True), (False, True), (True, False)):
+            g = gamma if has_gamma else None
+            want_g = kernels.mn_grad_coef_xp(S, want, g, mode, has_gamma, has_beta)
+            out = np.zeros_like(want_g)
+            _emulate('mn_grad_coef', dtype, kernels.mn_grad_coef_args(
+                S, want, g, mode, has_gamma, has_beta, out))
+            views, ref = kernels.mn_grad_coef_views(out, C, 3), \
+                kernels.mn_grad_coef_views(want_g, C, 3)
+            used = ['x_var', 'x_mean'] + ['gamma'] * (has_gamma and mode > 0) \
+                + ['beta'] * (has_beta and mode > 0)
+            for name in used:
+                size = C if mode == kernels.MN_CHANNEL and name in ('gamma', 'beta') else None
+                np.testing.assert_allclose(views[name].ravel()[:size],
+                                           ref[name].ravel()[:size], rtol=1e-4, atol=1e-5)
+
+
+def test_mn_coef_twin_flags_non_finite_moments_and_non_positive_normalizers():
+    x3, resp, gamma, beta, shift, work, resp1, M, _ = _mn_forward(np.float32,
+                                                                  kernels.MN_COMPONENT)
+    C = x3.shape[1]
+    gamma = gamma.copy()
+    gamma[1, 2] = -5
+    M = M.copy()
+    M[0, 0] = np.nan
+    status = kernels.mn_coef_views(kernels.mn_coef_xp(M, 15, shift, gamma, beta, 2, 1e-3,
+                                                      True), C, 3)['status']
+    assert status[0, 0] == 2 and status[2, 1] == 1 and status.sum() == 3
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('rows', [False, True])
+def test_mn_combine_and_grad_stack_sources_run_like_their_twins(dtype, rows):
+    x3, resp, gamma, beta, shift, work, resp1, M, buf = _mn_forward(
+        dtype, kernels.MN_CHANNEL, rows=rows)
+    N, C, L = x3.shape
+    n, K = N * L, 3
+    views = kernels.mn_coef_views(buf, C, K)
+    rng = np.random.default_rng(4)
+    u, xc = work[:C], work[:C]
+    B = rng.standard_normal((C, K)).astype(dtype)
+    r = resp1[:, :K]
+    for kw in (dict(Cm=views['offset_weight'], beta=beta), dict(v=xc, B=B, Cm=B), {}):
+        want = kernels.mn_combine_xp(np.empty(x3.shape, dtype), u, views['x_weight'],
+                                     resp1, **kw)
+        ref = u * (views['x_weight'] @ r.T)
+        if 'v' in kw:
+            ref = ref + kw['v'] * (kw['B'] @ r.T)
+        if 'Cm' in kw:
+            ref = ref + kw['Cm'] @ r.T
+        if 'beta' in kw:
+            ref = ref + kw['beta'][:, None]
+        np.testing.assert_allclose(want, np.moveaxis(ref.reshape(C, N, L), 0, 1),
+                                   rtol=1e-4, atol=1e-4)
+        got = np.full(x3.shape, np.nan, dtype)
+        if rows:
+            got = np.full((N, C), np.nan, dtype)[:, :, None]
+        _emulate('mn_combine', dtype, kernels.mn_combine_args(got, u, views['x_weight'],
+                                                              resp1, **kw))
+        np.testing.assert_allclose(got, want, rtol=_tol(dtype), atol=_tol(dtype))
+    gy3 = rng.standard_normal(x3.shape).astype(dtype)
+    want = kernels.mn_grad_stack_xp(gy3, xc, np.empty((2 * C, n), dtype))
+    got = np.full((2 * C, n), np.nan, dtype)
+    _emulate('mn_grad_stack', dtype, kernels.mn_grad_stack_args(gy3, xc, got))
+    np.testing.assert_allclose(got, want, rtol=_tol(dtype))
+
+
+def _queue(rng, T=4, K=3, D=5, n_fits=6):
+    qw = rng.random((T, K))
+    qw[1, 2] = 0                                        # a pruned component
+    qw /= qw.sum(axis=1, keepdims=True)
+    qm = rng.standard_normal((T, K, D)) + 3
+    qv = rng.random((T, K, D)) + 0.2
+    qv[1, 2], qm[1, 2] = 1, 0
+    return qw, qm, qv, n_fits
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_mn_push_and_queue_mixture_sources_run_like_their_twins(dtype):
+    rng = np.random.default_rng(8)
+    qw, qm, qv, n_fits = _queue(rng)
+    for kp in (3, 2):
+        w = rng.random(kp).astype(dtype)
+        mu, var = (rng.standard_normal((kp, 5)).astype(dtype) for _ in range(2))
+        want = [a.copy() for a in (qw, qm, qv)]
+        got = [a.copy() for a in (qw, qm, qv)]
+        kernels.mn_push_xp(w, mu, var, *want, 2)
+        _emulate('mn_push', dtype, kernels.mn_push_args(w, mu, var, *got, 2))
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        assert (want[0][2, kp:] == 0).all() and (want[2][2, kp:] == 1).all()
+    for fits, lscale in ((n_fits, True), (2, False)):
+        want = kernels.mn_queue_mixture_xp(qw, qm, qv, fits, 0.9, 1e-3, lscale, dtype)
+        got = np.empty_like(want)
+        _emulate('mn_queue_mixture', dtype, kernels.mn_queue_mixture_args(
+            qw, qm, qv, fits, 0.9, 1e-3, lscale, got))
+        np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-11,
+                                   atol=1e-6)
+
+
+def test_mn_queue_mixture_twin_gives_the_log_densities_of_eq_38():
+    rng = np.random.default_rng(9)
+    qw, qm, qv, n_fits = _queue(rng)
+    T, K, D = qm.shape
+    buf = kernels.mn_queue_mixture_xp(qw, qm, qv, n_fits, 0.9, 1e-3, True, np.float64)
+    M = T * K
+    mix = kernels.mn_queue_views(buf, M, D)
+    x = rng.standard_normal((7, D)) + 3
+    xs = (x - mix['shift']).T
+    logp = mix['logp_weight'] @ np.concatenate([xs, xs ** 2, np.ones((1, 7))])
+    slots = [(n_fits - T + t) % T for t in range(T)]          # oldest first
+    tau = 0.9 ** np.arange(T - 1, -1, -1) * 0.1 / (1 - 0.9 ** T)
+    w = (tau[:, None] * qw[slots]).ravel()
+    mu, v = qm[slots].reshape(M, D), qv[slots].reshape(M, D) + 1e-3
+    with np.errstate(divide='ignore'):
+        ref = np.log(w)[:, None] - 0.5 * (np.log(2 * np.pi * v)[:, :, None]
+                                          + (x.T[None] - mu[:, :, None]) ** 2
+                                          / v[:, :, None]).sum(axis=1)
+    np.testing.assert_allclose(logp, ref, rtol=1e-9)
+    lam = qw[slots].ravel()
+    np.testing.assert_allclose(mix['scale'], np.where(lam > 0, 1 / np.sqrt(lam + 1e-300), 0))
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('mode', [kernels.MN_NONE, kernels.MN_CHANNEL, kernels.MN_COMPONENT])
+def test_mn_queue_normalize_source_runs_like_its_twin_and_is_eq_38(dtype, mode):
+    rng = np.random.default_rng(10)
+    qw, qm, qv, n_fits = _queue(rng, D=4)
+    T, K, C = qm.shape
+    M = T * K
+    mix = kernels.mn_queue_views(
+        kernels.mn_queue_mixture_xp(qw, qm, qv, n_fits, 0.9, 1e-3, True, dtype), M, C)
+    x3 = (rng.standard_normal((3, C, 5)) + 3).astype(dtype)
+    xs = np.moveaxis(x3, 1, 0).reshape(C, -1) - mix['shift'][:, None]
+    resp = rng.random((M, 15)).astype(dtype)
+    resp /= resp.sum(axis=0)
+    gamma = beta = None
+    if mode == kernels.MN_CHANNEL:
+        gamma, beta = (rng.random(C) + 0.5).astype(dtype), rng.standard_normal(C).astype(dtype)
+    if mode == kernels.MN_COMPONENT:
+        gamma = (rng.random((K, C)) + 0.5).astype(dtype)
+        beta = rng.standard_normal((K, C)).astype(dtype)
+    want = kernels.mn_queue_normalize_xp(np.empty(x3.shape, dtype), xs, resp, mix, gamma,
+                                         beta, mode, K, 1e-3)
+    # Eq. 38 term by term
+    ref = np.zeros((C, 15))
+    for m in range(M):
+        g = gamma[m % K][:, None] if mode == kernels.MN_COMPONENT else 1
+        b = beta[m % K][:, None] if mode == kernels.MN_COMPONENT else 0
+        dev, var = mix['mean'][:, m:m + 1], mix['var'][:, m:m + 1]
+        ref += resp[m] * mix['scale'][m] * (xs - dev - b) / np.sqrt(g * var + 1e-3)
+    if mode == kernels.MN_CHANNEL:
+        ref = ref * gamma[:, None] + beta[:, None]
+    np.testing.assert_allclose(want, np.moveaxis(ref.reshape(C, 3, 5), 0, 1),
+                               rtol=1e-4, atol=1e-4)
+    got = np.full(x3.shape, np.nan, dtype)
+    _emulate('mn_queue_normalize', dtype, kernels.mn_queue_normalize_args(
+        got, xs, resp, mix, gamma, beta, mode, K, 1e-3))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_mn_kernels_match_their_twins():
+    import cupy
+    dtype = np.float32
+    for mode in (kernels.MN_NONE, kernels.MN_CHANNEL, kernels.MN_COMPONENT):
+        host = _mn_forward(dtype, mode, seed=mode)
+        x3, resp, gamma, beta, shift, work, resp1, M, buf = [
+            None if a is None else cupy.asarray(a) for a in host]
+        N, C, L = x3.shape
+        steps = kernels.mn_shift_steps(N, L, False)
+        cupy.testing.assert_allclose(kernels.mn_shift(x3, steps), shift, rtol=1e-6)
+        w2, r2 = kernels.mn_stack(x3, shift, resp, cupy.empty_like(work),
+                                  cupy.empty_like(resp1))
+        cupy.testing.assert_allclose(w2, work, rtol=1e-6)
+        cupy.testing.assert_allclose(r2, resp1, rtol=1e-6)
+        got = kernels.mn_coef(M, N * L, shift, gamma, beta, mode, 1e-3, True)
+        cupy.testing.assert_allclose(got, buf, rtol=1e-5, atol=1e-6)
+        views = kernels.mn_coef_views(buf, C, 3)
+        y = kernels.mn_combine(cupy.empty(x3.shape, dtype), work[:C], views['x_weight'],
+                               resp1, Cm=views['offset_weight'])
+        cupy.testing.assert_allclose(y, kernels.mn_combine_xp(
+            cupy.empty(x3.shape, dtype), work[:C], views['x_weight'], resp1,
+            Cm=views['offset_weight']), rtol=1e-5, atol=1e-5)
+    rng = np.random.default_rng(11)
+    qw, qm, qv, n_fits = [cupy.asarray(a) for a in _queue(rng)[:3]] + [6]
+    got = kernels.mn_queue_mixture(qw, qm, qv, n_fits, 0.9, 1e-3, True, dtype)
+    cupy.testing.assert_allclose(got, kernels.mn_queue_mixture_xp(
+        qw, qm, qv, n_fits, 0.9, 1e-3, True, dtype), rtol=1e-5, atol=1e-5)
+# ---- end of mixture normalization's kernels ----
