@@ -658,8 +658,13 @@ def _check_representable(gmm, work, x, reducer=None):
     is returned in (float32 variances overflow for |x| beyond about 1e19).  The GMM is
     the same on every rank, and so is the outcome; the message quotes the largest |x|
     of all ranks, and the rank that holds it (one reduction, on the failure path)."""
+    _check_magnitude(max(float(numpy.abs(a).max()) for a in gmm), work, x, reducer)
+
+
+def _check_magnitude(big, work, x, reducer=None):
+    """Raise as :func:`_check_representable` for ``big``, the largest magnitude of the
+    mixture's parameters in float64."""
     limit = float(numpy.finfo(work).max)
-    big = max(float(numpy.abs(a).max()) for a in gmm)
     if math.isfinite(big) and big <= limit:
         return
     top, where = _max_abs(x), ''
@@ -740,6 +745,17 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
     reducer = _check_reducer(reducer, seed)
     points = _fitted_points(x, n_components, fit_fraction, rs, reducer)
     replay = copy.deepcopy(rs)              # the same draws for a float64 refit
+    if reducer is None and xp is not numpy:
+        n = points.shape[0]
+        gmm, resp = _fit_gmm_on_device(
+            x, points, work, 1 if n < 2 * min_count else n_components, kmeans_iters,
+            em_iters, n_local_trials, eps, min_weight, min_count, rs, replay,
+            return_responsibilities and points is x)
+        if not return_responsibilities:
+            return gmm
+        if points is not x:                 # fitted on a subset: score every point
+            return gmm, responsibilities(x, gmm)
+        return gmm, resp.T
     frame = _frame_for(points, eps, work, reducer)
     if frame.n < 2 * min_count:
         n_components = 1                    # no two components can both have min_count
@@ -765,6 +781,137 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
     return gmm, _e_step(frame, gmm_z)[0].T
 
 
+# ------------------------------------------------------------------ the device path
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _fit_gmm_on_device(x, points, work, n_components, kmeans_iters, em_iters,
+                       n_local_trials, eps, min_weight, min_count, rs, replay, want_resp):
+    """:func:`fit_gmm` of one process on a GPU (CuPy, or a stand-in device): the steps
+    of :func:`_fit_in_frame` as the kernels of :func:`_fit_on_device`, which leave
+    everything on the device until one small status copy at the end.  Returns the
+    device GMM (dtype ``work``) and the posteriors (K', n) (None unless
+    ``want_resp``)."""
+    args = (n_components, kmeans_iters, em_iters, n_local_trials, eps, min_weight,
+            min_count, want_resp)
+    with numpy.errstate(invalid='ignore', over='ignore', divide='ignore'):
+        out = _fit_on_device(points, work, *args, rs)
+    if out is None:
+        # non-finite moments: NaN/Inf input, or a far outlier missed by the frame's
+        # subsample overflows z**2 in float32: refit in float64 (as fit_gmm)
+        check_finite(x)
+        with numpy.errstate(invalid='ignore', over='ignore', divide='ignore'):
+            out = _fit_on_device(points, numpy.dtype(numpy.float64), *args, replay)
+        if out is None:
+            raise ValueError('the data overflow float64 in the fitting frame (max |x| %g): '
+                             'rescale x' % _max_abs(points))
+    gmm, resp, big = out
+    xp = get_array_module(points)
+    if big is None:                         # finished on the host (count rule)
+        _check_representable(gmm, work, points)
+        return _on_device(gmm, xp, work), resp
+    _check_magnitude(big, work, points)
+    if gmm.means.dtype != work:
+        gmm = GMM(*[a.astype(work) for a in gmm])
+    return gmm, resp
+
+
+def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_trials,
+                   eps, min_weight, min_count, want_resp, rs):
+    """K-means++, Lloyd, EM and the count rule on the device, as :func:`_fit_in_frame`
+    (the same draws from ``rs``, the same choices up to float rounding) with no host
+    synchronisation before the end.
+
+    The frame (:func:`mixnorm.kernels.fit_frame_stats`, :func:`~mixnorm.kernels.fit_augment`,
+    which also measures the distances to the first seed); per K-means++ round one
+    kernel (:func:`~mixnorm.kernels.kpp_round`: the previous winner, the candidates and
+    their distances) and one running sum; the seeds' partition
+    (:func:`~mixnorm.kernels.kpp_onehot`); per pass the moments (one product) and the
+    M-step with the next pass's coefficients (:func:`~mixnorm.kernels.fit_coef`), the
+    log-densities (one product) and their column log-softmax; the last M-step, count
+    rule, sorting and data units (:func:`~mixnorm.kernels.fit_finish`), and with
+    ``want_resp`` the posteriors under the result.  Then one copy of a (3, K) status
+    to the host: non-finite moments (returns None), a component that fails the count
+    rule (the merging rounds of :func:`_enforce_counts` then run on the host, from the
+    last pass's moments, and the GMM comes back as host float64 with ``big`` None),
+    else ``(gmm, resp, big)``: the device GMM in dtype ``work``, the posteriors (K, n)
+    or None, and the largest magnitude of its parameters (float64)."""
+    xp = get_array_module(points)
+    n, d = points.shape
+    K, trials = n_components, n_local_trials
+    x = points if points.dtype == work else points.astype(work)
+    first = int(rs.integers(0, n)) if K > 1 else -1
+    step = max(1, n // _FRAME_ROWS)
+    stats = kernels.fit_frame_stats(x, step)
+    za = xp.empty((n, 2 * d + 2), dtype=work)
+    mins = xp.empty((1 + (K - 1) * trials, n), dtype=work) if K > 1 else None
+    za, _, scale = kernels.fit_augment(x, stats, (n + step - 1) // step, math.sqrt(eps),
+                                       first, za, mins[0] if K > 1 else None)
+    if K > 1:
+        u = xp.asarray(rs.random((K - 1, trials)))    # one copy to the device, no sync
+        best = xp.empty((K,), dtype=xp.int64)
+        prev = slice(0, 1)
+        cum = xp.cumsum(mins[prev], axis=1, dtype=xp.float64)
+        for k in range(1, K):
+            rows = slice(1 + (k - 1) * trials, 1 + k * trials)
+            kernels.kpp_round(za, mins[prev], cum, u[k - 1], mins[rows], best[k - 1:k])
+            cum = xp.cumsum(mins[rows], axis=1, dtype=xp.float64)
+            prev = rows
+        resp = kernels.kpp_onehot(mins, best, cum, xp.empty((K, n), dtype=work))
+        moments = resp @ za
+    else:
+        moments = za.sum(axis=0, keepdims=True)
+    tiny = 10 * numpy.finfo(work).eps
+    coef = xp.empty((K, 2 * d + 2), dtype=work)
+    status = xp.empty((3, K), dtype=xp.float64)
+    passes = [1] * max(kmeans_iters - 1, 0) + [0] * em_iters
+    for i, mode in enumerate(passes):
+        kernels.fit_coef(moments, n, scale, eps, tiny, _LOG_2PI, mode, coef, status[0],
+                         i == 0)
+        lp = coef @ za.T
+        resp = kernels.argmin_onehot(lp, xp.empty((K, n), dtype=work)) if mode else \
+            kernels.log_softmax_columns(lp)[0]
+        moments = resp @ za
+    weights = xp.empty((K,), dtype=work)
+    means = xp.empty((K, d), dtype=work)
+    variances = xp.empty((K, d), dtype=work)
+    kernels.fit_finish(moments, n, scale, stats, eps, tiny, _LOG_2PI, min_weight, min_count,
+                       coef, weights, means, variances, status, not passes)
+    resp = kernels.log_softmax_columns(coef @ za.T)[0] if want_resp else None
+    flags = _arrays.to_host(status)             # the fit's one synchronisation
+    if flags[0].any():
+        return None
+    if not flags[1].all():
+        return _count_rule_on_host(za, stats, scale, moments, n, eps, min_weight,
+                                   min_count, want_resp)
+    return GMM(weights, means, variances), resp, float(flags[2].max())
+
+
+def _count_rule_on_host(za, stats, scale, moments, n, eps, min_weight, min_count,
+                        want_resp):
+    """The device fit's count rule when a component fails it: the rounds of
+    :func:`_enforce_counts` from the last pass's moments, with the host's M-step;
+    returns ``(host float64 GMM in data units, posteriors or None, None)``, or None on
+    non-finite moments."""
+    xp = get_array_module(za)
+    d = (za.shape[1] - 2) // 2
+    shift, s, moments = _arrays.fetch(xp, [stats[:d], scale, moments], numpy.float64)
+    frame = _Frame(za, shift, float(s[0]))
+    eps_z = eps / frame.scale ** 2
+    tiny = 10 * numpy.finfo(za.dtype).eps
+
+    def m_step(moments):
+        return _m_step(moments, n, eps_z, tiny) if _finite(moments) else None
+
+    with numpy.errstate(invalid='ignore', over='ignore'):
+        gmm_z = _enforce_counts(frame, m_step(moments), n, min_weight, min_count, m_step)
+        if gmm_z is None:
+            return None
+        resp = _e_step(frame, gmm_z)[0] if want_resp else None
+    return _from_frame(gmm_z, frame), resp, None
+
+
 def _fitted_points(x, n_components, fit_fraction, rs, reducer):
     """``x``, or for ``fit_fraction`` < 1 a random subset of its rows (at least
     ``MIN_POINTS_PER_COMPONENT * K`` of them, per rank with a reducer).  Several ranks
@@ -787,14 +934,9 @@ def _check_finite_everywhere(x, reducer):
     a collective."""
     if reducer is None:
         return check_finite(x)
-    try:
-        check_finite(x)
-        error = None
-    except ValueError as e:
-        error = e
-    return _collectives.raise_together(
-        reducer, error, 'the points of rank(s) {ranks} contain NaN/Inf values, so the '
-        'mixture of the union cannot be fitted')
+    return _collectives.agree(
+        reducer, lambda: check_finite(x), 'the points of rank(s) {ranks} contain NaN/Inf '
+        'values, so the mixture of the union cannot be fitted')
 
 
 def _responsibilities_everywhere(x, gmm, reducer):
@@ -803,13 +945,8 @@ def _responsibilities_everywhere(x, gmm, reducer):
     together if one could not (NaN/Inf in a point the fit did not see)."""
     if reducer is None:
         return responsibilities(x, gmm)
-    try:
-        resp, error = responsibilities(x, gmm), None
-    except ValueError as e:
-        resp, error = None, e
-    _collectives.raise_together(reducer, error, 'the points of rank(s) {ranks} cannot be '
-                                'scored under the mixture of the union')
-    return resp
+    return _collectives.agree(reducer, lambda: responsibilities(x, gmm), 'the points of '
+                              'rank(s) {ranks} cannot be scored under the mixture of the union')
 
 
 def _check_reducer(reducer, seed):

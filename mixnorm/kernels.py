@@ -1320,3 +1320,557 @@ SOURCES.update({'mn_shift': _MN_SHIFT_SRC, 'mn_stack': _MN_STACK_SRC,
                 'mn_push': _MN_PUSH_SRC, 'mn_queue_mixture': _MN_QUEUE_MIXTURE_SRC,
                 'mn_queue_normalize': _MN_QUEUE_NORMALIZE_SRC})
 # ---- end of mixture normalization's passes ----
+
+
+# ============================================================================
+# The GMM fit on the device (mixnorm.gmm's device path, one process).
+#
+# A fit of K components to n points in R^d, with no host synchronisation until it
+# ends: the fitting frame (fit_frame_stats, fit_augment), the K-means++ rounds
+# (kpp_round, with a scan per round for the sampling), the seeds' partition
+# (kpp_onehot), the M-step and the density or distance coefficients of the next pass
+# (fit_coef), the nearest-centre partition of a Lloyd step (argmin_onehot), and the
+# last M-step with the count rule, sorting, data units and status (fit_finish).
+# Matrix products (moments, log-densities) go to cuBLAS.  Every kernel is thread-per-
+# item without synchronisation; its twin is what runs elsewhere.
+# ============================================================================
+
+def _launch(name, dtype, items, args, threads=256):
+    _kernel(name, dtype)(((items + threads - 1) // threads,), (threads,), args)
+
+
+def _fit_ok(*arrays):
+    """The CUDA kernels take C-contiguous float32/float64 arrays of one dtype (``x``
+    may be strided)."""
+    dtype = arrays[0].dtype
+    return (_is_cupy(arrays[0]) and dtype.name in ('float32', 'float64')
+            and all(a.dtype == dtype and a.flags.c_contiguous for a in arrays[1:]))
+
+
+def fit_frame_stats_xp(x, step):
+    """Twin of the frame-statistics kernel: for the row subsample ``x[::step]`` of the
+    (n, d) points, float64 ``[mean (d) | sum of squared deviations from it (d)]``."""
+    xp = get_array_module(x)
+    sub = x[::step]
+    mean = sub.mean(axis=0, dtype=xp.float64)
+    return xp.concatenate([mean, xp.square(sub - mean).sum(axis=0)])
+
+
+_FIT_FRAME_STATS_SRC = r'''
+extern "C" __global__ void fit_frame_stats(const T* x, long long sx_i, long long sx_c,
+                                           long long step, long long n_sub, long long d,
+                                           double* stats) {
+    long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= d) return;
+    double s = 0;
+    for (long long r = 0; r < n_sub; ++r) s += (double)x[r * step * sx_i + c * sx_c];
+    double mean = s / (double)n_sub;
+    double m2 = 0;
+    for (long long r = 0; r < n_sub; ++r) {
+        double v = (double)x[r * step * sx_i + c * sx_c] - mean;
+        m2 += v * v;
+    }
+    stats[c] = mean;
+    stats[d + c] = m2;
+}
+'''
+
+
+@_dispatch(fit_frame_stats_xp)
+def fit_frame_stats(x, step):
+    """Mean and squared deviations per feature of the row subsample ``x[::step]`` (see
+    :func:`fit_frame_stats_xp`): one kernel, a thread per feature."""
+    if not (_is_cupy(x) and x.dtype.name in ('float32', 'float64')):
+        return fit_frame_stats_xp(x, step)
+    import cupy
+    n, d = x.shape
+    stats = cupy.empty((2 * d,), numpy.float64)
+    _launch('fit_frame_stats', x.dtype, d,
+            (x,) + _elem_strides(x) + (numpy.int64(step), numpy.int64((n + step - 1) // step),
+                                       numpy.int64(d), stats))
+    return stats
+
+
+def fit_augment_xp(x, stats, n_sub, min_scale, first, za, d0):
+    """Twin of the frame kernel: from ``stats`` (:func:`fit_frame_stats`, ``n_sub`` rows)
+    the frame's scale ``max(sqrt(sum M2 / (n_sub d)), min_scale)`` (1 where that is not
+    finite), ``za = [z^2 | z | |z|^2 | 1]`` for ``z = (x - mean) / scale`` (written into
+    ``za``) and, for ``first >= 0``, the squared distances (n,) of every point to point
+    ``first`` (written into ``d0``).  Returns ``(za, d0, scale (1,) float64)``."""
+    xp = get_array_module(za)
+    d = x.shape[1]
+    spread = stats[d:].sum() / (float(n_sub) * d)
+    with numpy.errstate(invalid='ignore', over='ignore'):
+        scale = xp.maximum(xp.where(xp.isfinite(spread), xp.sqrt(xp.abs(spread)), 1.0),
+                           min_scale)
+    inv = (1.0 / scale).astype(za.dtype)
+    augment_xp(x, stats[:d].astype(za.dtype), inv, za)
+    if first >= 0:
+        diff = za[:, d:2 * d] - za[first, d:2 * d]
+        d0[...] = xp.square(diff).sum(axis=1)
+    return za, d0, xp.reshape(scale, (1,))
+
+
+_FIT_AUGMENT_SRC = r'''
+extern "C" __global__ void fit_augment(const T* x, long long sx_i, long long sx_c,
+                                       const double* stats, long long n, long long d,
+                                       double n_sub, double min_scale, long long first,
+                                       T* za, T* d0, double* scale_out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    double m2 = 0;
+    for (long long c = 0; c < d; ++c) m2 += stats[d + c];
+    double spread = m2 / (n_sub * (double)d);
+    double scale = (spread - spread == 0) ? sqrt(spread) : 1.0;
+    if (min_scale > scale) scale = min_scale;
+    T inv = (T)(1.0 / scale);
+    T* row = za + i * (2 * d + 2);
+    T s2 = 0, dd = 0;
+    for (long long c = 0; c < d; ++c) {
+        T sh = (T)stats[c];
+        T z = (x[i * sx_i + c * sx_c] - sh) * inv;
+        T z2 = z * z;
+        row[c] = z2;
+        row[d + c] = z;
+        s2 += z2;
+        if (first >= 0) {
+            T df = z - (x[first * sx_i + c * sx_c] - sh) * inv;
+            dd += df * df;
+        }
+    }
+    row[2 * d] = s2;
+    row[2 * d + 1] = 1;
+    if (first >= 0) d0[i] = dd;
+    if (i == 0) scale_out[0] = scale;
+}
+'''
+
+
+@_dispatch(fit_augment_xp)
+def fit_augment(x, stats, n_sub, min_scale, first, za, d0):
+    """The fitting frame and the first seed's distances (see :func:`fit_augment_xp`):
+    one kernel, a thread per point (``x`` may be a strided view of ``za``'s dtype)."""
+    if not (_is_cupy(za) and za.dtype.name in ('float32', 'float64') and x.dtype == za.dtype
+            and za.flags.c_contiguous and (first < 0 or (d0.dtype == za.dtype
+                                                         and d0.flags.c_contiguous))):
+        return fit_augment_xp(x, stats, n_sub, min_scale, first, za, d0)
+    import cupy
+    n, d = x.shape
+    scale = cupy.empty((1,), numpy.float64)
+    _launch('fit_augment', za.dtype, n,
+            (x,) + _elem_strides(x) + (stats, numpy.int64(n), numpy.int64(d),
+                                       numpy.float64(n_sub), numpy.float64(min_scale),
+                                       numpy.int64(first), za, za if first < 0 else d0,
+                                       scale))
+    return za, d0, scale
+
+
+def kpp_round_xp(za, mins_prev, cum_prev, u, mins, best):
+    """Twin of the K-means++ round kernel.  The previous round left its trials'
+    nearest-seed distances ``mins_prev`` (r, n) and their running sums ``cum_prev``
+    (r, n) float64; its winner is the trial of lowest potential (``cum_prev[:, -1]``,
+    first on ties), recorded in ``best`` (1,) int64.  For the uniform draws ``u``
+    (trials,) the candidates are drawn from the winner's potential (inverse CDF, as
+    :func:`sample_candidates_xp`), and ``mins`` (trials, n) receives each point's
+    distance to its nearest seed if that candidate were kept."""
+    xp = get_array_module(za)
+    n = za.shape[0]
+    b = xp.argmin(cum_prev[:, -1])
+    cum = cum_prev[b]
+    cand = xp.minimum(xp.searchsorted(cum, u * cum[-1], side='right'), n - 1)
+    dist = centre_coef_xp(za, cand) @ za.T
+    xp.maximum(dist, 0, out=dist)
+    xp.minimum(dist, mins_prev[b][None, :], out=mins)
+    best[...] = b
+    return mins, best
+
+
+_KPP_ROUND_SRC = r'''
+extern "C" __global__ void kpp_round(const T* za, long long n, long long d,
+                                     const T* mins_prev, const double* cum_prev,
+                                     int rows_prev, const double* u, int trials, T* mins,
+                                     long long* best_out) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)trials * n) return;
+    long long t = idx / n, i = idx - t * n;
+    long long best = 0;
+    double bp = cum_prev[n - 1];
+    for (long long r = 1; r < rows_prev; ++r) {
+        double p = cum_prev[r * n + n - 1];
+        if (p < bp) { bp = p; best = r; }
+    }
+    const double* cum = cum_prev + best * n;
+    double target = u[t] * cum[n - 1];
+    long long lo = 0, hi = n;              // the first index with cum > target
+    while (lo < hi) {
+        long long mid = lo + (hi - lo) / 2;
+        if (cum[mid] <= target) lo = mid + 1; else hi = mid;
+    }
+    long long c = lo < n - 1 ? lo : n - 1;
+    long long W = 2 * d + 2;
+    const T* zi = za + i * W + d;
+    const T* zc = za + c * W + d;
+    T dist = 0;
+    for (long long f = 0; f < d; ++f) { T df = zi[f] - zc[f]; dist += df * df; }
+    T prev = mins_prev[best * n + i];
+    mins[t * n + i] = dist < prev ? dist : prev;
+    if (idx == 0) best_out[0] = best;
+}
+'''
+
+
+@_dispatch(kpp_round_xp)
+def kpp_round(za, mins_prev, cum_prev, u, mins, best):
+    """One greedy K-means++ round (see :func:`kpp_round_xp`): one kernel, a thread per
+    (trial, point) that finds the previous winner, samples its trial's candidate by
+    binary search and measures the distance to it.  Returns ``(mins, best)``."""
+    if not (_fit_ok(za, mins_prev, mins) and cum_prev.dtype.name == 'float64'
+            and cum_prev.flags.c_contiguous and u.dtype.name == 'float64'
+            and u.flags.c_contiguous and best.dtype.name == 'int64'):
+        return kpp_round_xp(za, mins_prev, cum_prev, u, mins, best)
+    n, W = za.shape
+    trials = mins.shape[0]
+    _launch('kpp_round', za.dtype, trials * n,
+            (za, numpy.int64(n), numpy.int64((W - 2) // 2), mins_prev, cum_prev,
+             numpy.int32(cum_prev.shape[0]), u, numpy.int32(trials), mins, best))
+    return mins, best
+
+
+def kpp_onehot_xp(mins, best, cum_last, out):
+    """Twin of the seeds' partition kernel: the hard responsibilities (K, n) (into
+    ``out``) of the nearest-seed partition of greedy K-means++, from its rounds:
+    ``mins`` (1 + (K-1) trials, n) the first seed's distances then each round's trials',
+    ``best`` (K,) int64 whose entry k (1 <= k < K-1) is round k's winning trial, and
+    ``cum_last`` (trials, n) the last round's running sums (its winner: lowest total,
+    first on ties).  A point takes label k when round k's seed is strictly closer than
+    the seeds before it (ties go to the earlier seed)."""
+    xp = get_array_module(mins)
+    K, n = out.shape
+    trials = (mins.shape[0] - 1) // max(K - 1, 1)
+    labels = xp.zeros((n,), dtype=xp.int64)
+    prev = mins[0]
+    for k in range(1, K):
+        b = xp.argmin(cum_last[:, -1]) if k == K - 1 else best[k]
+        row = mins[1 + (k - 1) * trials + b]
+        labels[row < prev] = k
+        prev = row
+    out[...] = (labels[None, :] == xp.arange(K)[:, None])
+    return out
+
+
+_KPP_ONEHOT_SRC = r'''
+extern "C" __global__ void kpp_onehot(const T* mins, const long long* best,
+                                      const double* cum_last, long long n, int K,
+                                      int trials, T* out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int label = 0;
+    long long prev = 0;
+    for (int k = 1; k < K; ++k) {
+        long long b;
+        if (k == K - 1) {
+            b = 0;
+            double bp = cum_last[n - 1];
+            for (int t = 1; t < trials; ++t) {
+                double p = cum_last[(long long)t * n + n - 1];
+                if (p < bp) { bp = p; b = t; }
+            }
+        } else {
+            b = best[k];
+        }
+        long long row = 1 + (long long)(k - 1) * trials + b;
+        if (mins[row * n + i] < mins[prev * n + i]) label = k;
+        prev = row;
+    }
+    for (int k = 0; k < K; ++k) out[(long long)k * n + i] = k == label ? (T)1 : (T)0;
+}
+'''
+
+
+@_dispatch(kpp_onehot_xp)
+def kpp_onehot(mins, best, cum_last, out):
+    """The hard responsibilities of the K-means++ seeds' partition (see
+    :func:`kpp_onehot_xp`): one kernel, a thread per point."""
+    if not (_fit_ok(mins, out) and best.dtype.name == 'int64' and best.flags.c_contiguous
+            and cum_last.dtype.name == 'float64' and cum_last.flags.c_contiguous):
+        return kpp_onehot_xp(mins, best, cum_last, out)
+    K, n = out.shape
+    _launch('kpp_onehot', out.dtype, n,
+            (mins, best, cum_last, numpy.int64(n), numpy.int32(K),
+             numpy.int32(cum_last.shape[0]), out))
+    return out
+
+
+def _mstep_xp(xp, mom, n, eps_z, tiny):
+    """The M-step (float64) of moments ``[sum r z^2 | sum r z | . | sum r]`` (K, 2d+2):
+    weights, means, variances (+ ``eps_z``), and whether each row is finite."""
+    d = (mom.shape[1] - 2) // 2
+    mom = mom.astype(xp.float64)
+    nk = mom[:, 2 * d + 1]
+    inv = 1.0 / xp.maximum(nk, tiny)
+    means = mom[:, d:2 * d] * inv[:, None]
+    var = xp.maximum(mom[:, :d] * inv[:, None] - means * means, 0) + eps_z
+    return nk / n, means, var, xp.isfinite(mom).all(axis=1)
+
+
+def _density_coef_xp(xp, w, means, var, log2pi):
+    """``[-1/(2v) | m/v | 0 | log w - (sum m^2/v + sum log v + d log 2pi) / 2]``
+    (float64; log-weight -1e30 for weight 0)."""
+    K, d = means.shape
+    prec = 1.0 / var
+    logw = xp.where(w > 0, xp.log(xp.where(w > 0, w, 1.0)), -1e30)
+    const = logw - 0.5 * ((means * means * prec).sum(axis=1) + xp.log(var).sum(axis=1)
+                          + d * log2pi)
+    return xp.concatenate([-0.5 * prec, means * prec, xp.zeros((K, 1)), const[:, None]],
+                          axis=1)
+
+
+def fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, bad, reset):
+    """Twin of the M-step kernel: from the moments ``mom`` (K, 2d+2) of a pass over
+    ``n`` points, with variance floor ``eps / scale^2`` (``scale`` (1,) float64), write
+    into ``coef`` (K, 2d+2) the coefficients of the next pass: ``mode`` 0 the weighted
+    log-densities (:func:`_density_coef_xp`), 1 the squared distances to the means
+    ``[0 | -2m | 1 | |m|^2]``.  ``bad`` (K,) float64 flags rows of non-finite moments
+    (overwritten when ``reset``, else accumulated).  Returns ``(coef, bad)``."""
+    xp = get_array_module(mom)
+    K = mom.shape[0]
+    with numpy.errstate(invalid='ignore', over='ignore', divide='ignore'):
+        w, means, var, ok = _mstep_xp(xp, mom, n, eps / (scale[0] * scale[0]), tiny)
+        if mode == 0:
+            c = _density_coef_xp(xp, w, means, var, log2pi)
+        else:
+            c = xp.concatenate([xp.zeros_like(means), -2.0 * means, xp.ones((K, 1)),
+                                (means * means).sum(axis=1)[:, None]], axis=1)
+    coef[...] = c
+    flag = xp.where(ok, 0.0, 1.0)
+    bad[...] = flag if reset else xp.maximum(bad, flag)
+    return coef, bad
+
+
+_FIT_COEF_SRC = r'''
+extern "C" __global__ void fit_coef(const T* mom, long long d, int K, double n,
+                                    const double* scale, double eps, double tiny,
+                                    double log2pi, int mode, T* coef, double* bad,
+                                    int reset) {
+    int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= K) return;
+    long long W = 2 * d + 2;
+    const T* m = mom + k * W;
+    T* out = coef + k * W;
+    double eps_z = eps / (scale[0] * scale[0]);
+    double nk = (double)m[2 * d + 1];
+    int ok = nk - nk == 0;
+    double inv = 1.0 / (nk > tiny ? nk : tiny);
+    double q = 0, lv = 0;
+    for (long long c = 0; c < d; ++c) {
+        double s1 = (double)m[d + c], s2 = (double)m[c];
+        if (!(s1 - s1 == 0 && s2 - s2 == 0)) ok = 0;
+        double mu = s1 * inv;
+        double v = s2 * inv - mu * mu;
+        v = (v > 0 ? v : 0) + eps_z;
+        if (mode == 0) {
+            double p = 1.0 / v;
+            out[c] = (T)(-0.5 * p);
+            out[d + c] = (T)(mu * p);
+            q += mu * mu * p;
+            lv += log(v);
+        } else {
+            out[c] = 0;
+            out[d + c] = (T)(-2.0 * mu);
+            q += mu * mu;
+        }
+    }
+    if (mode == 0) {
+        double w = nk / n;
+        double logw = w > 0 ? log(w) : -1e30;
+        out[2 * d] = 0;
+        out[2 * d + 1] = (T)(logw - 0.5 * (q + lv + (double)d * log2pi));
+    } else {
+        out[2 * d] = 1;
+        out[2 * d + 1] = (T)q;
+    }
+    double flag = ok ? 0.0 : 1.0;
+    bad[k] = reset ? flag : (bad[k] > flag ? bad[k] : flag);
+}
+'''
+
+
+@_dispatch(fit_coef_xp)
+def fit_coef(mom, n, scale, eps, tiny, log2pi, mode, coef, bad, reset):
+    """The M-step and the next pass's coefficients (see :func:`fit_coef_xp`): one
+    kernel, a thread per component."""
+    if not (_fit_ok(mom, coef) and scale.dtype.name == 'float64'
+            and bad.dtype.name == 'float64' and bad.flags.c_contiguous):
+        return fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, bad, reset)
+    K, W = mom.shape
+    _launch('fit_coef', mom.dtype, K,
+            (mom, numpy.int64((W - 2) // 2), numpy.int32(K), numpy.float64(n), scale,
+             numpy.float64(eps), numpy.float64(tiny), numpy.float64(log2pi),
+             numpy.int32(mode), coef, bad, numpy.int32(bool(reset))), threads=32)
+    return coef, bad
+
+
+def argmin_onehot_xp(dist, out):
+    """Twin of the nearest-centre kernel: the one-hot (K, n) (into ``out``) of the row
+    of least ``dist`` (K, n) in each column (first on ties)."""
+    xp = get_array_module(dist)
+    K = dist.shape[0]
+    out[...] = dist.argmin(axis=0)[None, :] == xp.arange(K)[:, None]
+    return out
+
+
+_ARGMIN_ONEHOT_SRC = r'''
+extern "C" __global__ void argmin_onehot(const T* dist, long long n, int K, T* out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int best = 0;
+    T b = dist[i];
+    for (int k = 1; k < K; ++k) {
+        T v = dist[(long long)k * n + i];
+        if (v < b) { b = v; best = k; }
+    }
+    for (int k = 0; k < K; ++k) out[(long long)k * n + i] = k == best ? (T)1 : (T)0;
+}
+'''
+
+
+@_dispatch(argmin_onehot_xp)
+def argmin_onehot(dist, out):
+    """The nearest-centre partition of a Lloyd step as hard responsibilities (see
+    :func:`argmin_onehot_xp`): one kernel, a thread per point."""
+    if not _fit_ok(dist, out):
+        return argmin_onehot_xp(dist, out)
+    K, n = dist.shape
+    _launch('argmin_onehot', dist.dtype, n, (dist, numpy.int64(n), numpy.int32(K), out))
+    return out
+
+
+def fit_finish_xp(mom, n, scale, stats, eps, tiny, log2pi, min_weight, min_count,
+                  coef, weights, means, variances, status, reset):
+    """Twin of the last M-step kernel.  From the moments ``mom`` (K, 2d+2) of the last
+    pass: the M-step (as :func:`fit_coef_xp`), the count rule (component k passes when
+    its weight ``w >= min_weight`` and ``w * n >= min_count``; every one passes for
+    K = 1), and, sorted by decreasing weight (stable) with the weights renormalised,
+    the mixture in data units (``mean + m * scale``, ``v * scale^2``, ``stats[:d]`` the
+    frame's mean) into ``weights`` (K,), ``means`` and ``variances`` (K, d), and its
+    log-density coefficients into ``coef`` (K, 2d+2).  ``status`` (3, K) float64: row
+    0 the non-finite flags of each row of moments (accumulated into those of the
+    earlier passes unless ``reset``), row 1 whether component k passes the count
+    rule, row 2 the largest magnitude of each output component (float64, before the
+    cast).  The outputs are meaningful only when no row is flagged and all pass."""
+    xp = get_array_module(mom)
+    K, W = mom.shape
+    d = (W - 2) // 2
+    s = scale[0]
+    with numpy.errstate(invalid='ignore', over='ignore', divide='ignore'):
+        w, m, v, ok = _mstep_xp(xp, mom, n, eps / (s * s), tiny)
+        keep = (w >= min_weight) & (w * n >= min_count) if K > 1 else xp.ones(K, bool)
+        order = xp.argsort(-w, kind='stable')
+        w, m, v = w[order], m[order], v[order]
+        w = w / w.sum()
+        coef[...] = _density_coef_xp(xp, w, m, v, log2pi)
+        mean_x = stats[:d] + m * s
+        var_x = v * (s * s)
+        big = xp.maximum(xp.abs(w), xp.maximum(xp.abs(mean_x).max(axis=1),
+                                               xp.abs(var_x).max(axis=1)))
+    weights[...] = w
+    means[...] = mean_x
+    variances[...] = var_x
+    flag = xp.where(ok, 0.0, 1.0)
+    status[0] = flag if reset else xp.maximum(status[0], flag)
+    status[1] = keep
+    status[2] = big
+    return coef, weights, means, variances, status
+
+
+_FIT_FINISH_SRC = r'''
+extern "C" __global__ void fit_finish(const T* mom, long long d, int K, double n,
+                                      const double* scale, const double* stats,
+                                      double eps, double tiny, double log2pi,
+                                      double min_weight, double min_count, T* coef,
+                                      T* weights, T* means, T* variances, double* status,
+                                      int reset) {
+    int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= K) return;
+    long long W = 2 * d + 2;
+    double sc = scale[0];
+    double eps_z = eps / (sc * sc);
+    // the component of rank s by decreasing weight (stable), and the weights' sum
+    int comp = 0;
+    double total = 0;
+    for (int k = 0; k < K; ++k) {
+        double wk = (double)mom[k * W + 2 * d + 1] / n;
+        total += wk;
+        int rank = 0;
+        for (int j = 0; j < K; ++j) {
+            double wj = (double)mom[j * W + 2 * d + 1] / n;
+            if (wj > wk || (wj == wk && j < k)) ++rank;
+        }
+        if (rank == s) comp = k;
+    }
+    // this thread's own row: finite moments, the count rule
+    const T* own = mom + s * W;
+    int ok = 1;
+    for (long long c = 0; c < W; ++c) { double a = (double)own[c]; if (!(a - a == 0)) ok = 0; }
+    double w_own = (double)own[2 * d + 1] / n;
+    int keep = K == 1 || (w_own >= min_weight && w_own * n >= min_count);
+    // slot s: component comp, renormalised, in data units; its density coefficients
+    const T* m = mom + comp * W;
+    double nk = (double)m[2 * d + 1];
+    double inv = 1.0 / (nk > tiny ? nk : tiny);
+    double w = (nk / n) / total;
+    double logw = w > 0 ? log(w) : -1e30;
+    double q = 0, lv = 0, big = w > 0 ? w : -w;
+    T* out = coef + s * W;
+    for (long long c = 0; c < d; ++c) {
+        double mu = (double)m[d + c] * inv;
+        double v = (double)m[c] * inv - mu * mu;
+        v = (v > 0 ? v : 0) + eps_z;
+        double p = 1.0 / v;
+        out[c] = (T)(-0.5 * p);
+        out[d + c] = (T)(mu * p);
+        q += mu * mu * p;
+        lv += log(v);
+        double mx = stats[c] + mu * sc, vx = v * (sc * sc);
+        means[s * d + c] = (T)mx;
+        variances[s * d + c] = (T)vx;
+        double a = mx > 0 ? mx : -mx;
+        if (!(a <= big)) big = a;
+        if (!(vx <= big)) big = vx;
+    }
+    out[2 * d] = 0;
+    out[2 * d + 1] = (T)(logw - 0.5 * (q + lv + (double)d * log2pi));
+    weights[s] = (T)w;
+    double flag = ok ? 0.0 : 1.0;
+    status[s] = reset ? flag : (status[s] > flag ? status[s] : flag);
+    status[K + s] = keep ? 1.0 : 0.0;
+    status[2 * K + s] = big;
+}
+'''
+
+
+@_dispatch(fit_finish_xp)
+def fit_finish(mom, n, scale, stats, eps, tiny, log2pi, min_weight, min_count,
+               coef, weights, means, variances, status, reset):
+    """The last M-step, count rule, sorting and data units of a fit, and the status
+    the host reads once (see :func:`fit_finish_xp`): one kernel, a thread per
+    component."""
+    if not (_fit_ok(mom, coef, weights, means, variances) and scale.dtype.name == 'float64'
+            and stats.dtype.name == 'float64' and status.dtype.name == 'float64'
+            and status.flags.c_contiguous):
+        return fit_finish_xp(mom, n, scale, stats, eps, tiny, log2pi, min_weight,
+                             min_count, coef, weights, means, variances, status, reset)
+    K, W = mom.shape
+    _launch('fit_finish', mom.dtype, K,
+            (mom, numpy.int64((W - 2) // 2), numpy.int32(K), numpy.float64(n), scale,
+             stats, numpy.float64(eps), numpy.float64(tiny), numpy.float64(log2pi),
+             numpy.float64(min_weight), numpy.float64(min_count), coef, weights, means,
+             variances, status, numpy.int32(bool(reset))), threads=32)
+    return coef, weights, means, variances, status
+
+
+SOURCES.update({'fit_frame_stats': _FIT_FRAME_STATS_SRC, 'fit_augment': _FIT_AUGMENT_SRC,
+                'kpp_round': _KPP_ROUND_SRC, 'kpp_onehot': _KPP_ONEHOT_SRC,
+                'fit_coef': _FIT_COEF_SRC, 'argmin_onehot': _ARGMIN_ONEHOT_SRC,
+                'fit_finish': _FIT_FINISH_SRC})
+# ======================================================= end of the device GMM fit

@@ -490,3 +490,92 @@ def test_a_float32_overflow_names_the_rank_and_its_value():
         assert 'max |x| is 1e+30 (on rank 1 of 2)' in str(e), e
         assert 'x / 1e+30' in str(e)
     assert str(errors[0]) == str(errors[1])
+
+
+# ------------------------------------------------- the device path, on the CPU
+
+def _on_stand_in(fn, x, *args, **kwargs):
+    """``fn(x, *args)`` on the stand-in device of mixnorm.testing.opcount (the GPU's code path,
+    run on NumPy), its array results back as NumPy arrays, and the counts."""
+    from mixnorm.testing import opcount as _opcount
+
+    def host(a):
+        if isinstance(a, tuple):
+            return type(a)(*[host(b) for b in a]) if hasattr(a, '_fields') else \
+                tuple(host(b) for b in a)
+        return np.array(a.view(np.ndarray)) if isinstance(a, _opcount.Dev) else a
+    with _opcount.counting():
+        out = {}
+        counts = _opcount.tally(lambda: out.setdefault(
+            'r', fn(_opcount.to_device(x), *args, **kwargs)))
+    return host(out['r']), counts
+
+
+def _pruning_data():
+    rng = np.random.default_rng(7)
+    return np.concatenate([rng.standard_normal((1990, 2)),
+                           rng.standard_normal((10, 2)) * 0.1 + 30.0])
+
+
+def _outlier_data():
+    x = np.random.default_rng(9).standard_normal((10000, 2)).astype(np.float32)
+    x[5001, 0] = 1e20
+    return x
+
+
+@pytest.mark.parametrize('name,x,args', [
+    ('identical', np.full((100, 3), 2.5), (3, 1, 1)),
+    ('two distinct points', np.repeat(np.array([[0.0, 1.0], [5.0, -1.0]]), 50, axis=0),
+     (3, 1, 1)),
+    ('n < K', np.array([[0.0, 1.0], [1.0, 0.0]]), (3, 1, 1)),
+    ('zeros float32', np.zeros((64, 8), np.float32), (3, 1, 1)),
+    ('pruned and merged', _pruning_data(), (3, 1, 1)),
+    ('outlier refit in float64', _outlier_data(), (2, 1, 1)),
+    ('float16', (mixture_data(np.random.default_rng(8), n=1200, d=3)[0] * 1e3
+                 ).astype(np.float16), (3, 2, 2)),
+    ('float32 far from the origin', (mixture_data(np.random.default_rng(8), n=1200, d=3)[0]
+                                     * 1e-3 + 1e4).astype(np.float32), (3, 2, 2)),
+    ('float64 Lloyd and EM', rectified_data(np.random.default_rng(25), n=1500, d=5),
+     (4, 3, 2)),
+    ('K = 1', rectified_data(np.random.default_rng(26), n=500, d=5), (1, 1, 1)),
+])
+def test_the_device_path_fits_as_the_numpy_path(name, x, args):
+    """The GPU's fit (kernels and all), run through the stand-in device, gives the
+    NumPy fit's mixture and posteriors up to float rounding, on the inputs that take
+    its other branches (pruning on the host, the float64 refit, K = 1)."""
+    ref, nu_ref = G.fit_gmm(x, *args, seed=0, return_responsibilities=True)
+    (got, nu), _ = _on_stand_in(G.fit_gmm, x, *args, seed=0, return_responsibilities=True)
+    assert got.n_components == ref.n_components, name
+    assert got.means.dtype == ref.means.dtype and nu.dtype == nu_ref.dtype
+    tol = 1e-9 if ref.means.dtype == np.float64 and x.dtype == np.float64 else 2e-4
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b, a, rtol=tol, atol=tol * max(1.0, np.abs(a).max()))
+    np.testing.assert_allclose(nu, nu_ref, atol=tol)
+
+
+def test_the_device_path_raises_as_the_numpy_path():
+    x = np.ones((50, 3))
+    x[7, 1] = np.nan
+    with pytest.raises(ValueError, match=r'x contains 1 NaN value \(in 1 of 50 points\)'):
+        _on_stand_in(G.fit_gmm, x, 2, seed=0)
+    x = _outlier_data()
+    x[5001, 0] = 3e37
+    with pytest.raises(ValueError, match=r'overflows float32 variances: max \|x\| is 3e\+37'):
+        _on_stand_in(G.fit_gmm, x, 2, 1, 1, seed=0)
+
+
+@pytest.mark.parametrize('K', [3, 5])
+def test_the_device_fit_waits_for_the_device_once(K):
+    """One copy to the host per fit, whatever the iterations; the device work grows with
+    the K-means++ rounds and passes, never with the points."""
+    x = rectified_data(np.random.default_rng(27), n=3000, d=6).astype(np.float32)
+    counts = []
+    for n, iters in ((3000, (1, 1)), (1500, (1, 1)), (3000, (2, 3))):
+        _, c = _on_stand_in(G.fit_gmm, x[:n], K, *iters, seed=1,
+                            return_responsibilities=True)
+        assert c['d2h'] == 1, c
+        counts.append(c['launch'])
+    assert counts[0] == counts[1]
+    assert counts[2] > counts[0]
+    # frame 2, K-means++ 1 + 2 (K - 1), partition 2, per extra pass 4, finish 3
+    assert counts[0] <= 2 + 1 + 2 * (K - 1) + 2 + 4 + 3, counts

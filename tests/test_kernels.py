@@ -349,6 +349,246 @@ def test_the_emulation_leaves_nothing_in_tmp(monkeypatch):
     assert not os.path.exists(made[0])
 
 
+# ------------------------------------------------ the device GMM fit's kernels
+
+def _fit_frame(rng, dtype, n=200, d=5):
+    x = (rng.standard_normal((d, n)) * 2 + 1).astype(dtype).T     # a strided view
+    stats = kernels.fit_frame_stats_xp(x, 3)
+    za, _, scale = kernels.fit_augment_xp(x, stats, (n + 2) // 3, 1e-3, -1,
+                                          np.empty((n, 2 * d + 2), dtype), None)
+    return x, stats, za
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_fit_frame_stats_source_runs_like_its_twin(dtype):
+    rng = np.random.default_rng(30)
+    n, d, step = 301, 6, 7
+    x = (rng.standard_normal((d, n)) * 3 + 5).astype(dtype).T
+    want = kernels.fit_frame_stats_xp(x, step)
+    sub = x[::step].astype(np.float64)
+    np.testing.assert_allclose(want, np.concatenate([sub.mean(0), sub.var(0) * len(sub)]),
+                               rtol=1e-10)
+    out = np.full(2 * d, np.nan)
+    cuda_emulation.launch(kernels.kernel_source('fit_frame_stats', dtype), 'fit_frame_stats',
+                          1, 32, (x,) + kernels._elem_strides(x)
+                          + (np.int64(step), np.int64(len(sub)), np.int64(d), out))
+    np.testing.assert_allclose(out, want, rtol=1e-12)
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('spread', ['data', 'floor'])
+def test_fit_augment_source_runs_like_its_twin(dtype, spread):
+    rng = np.random.default_rng(31)
+    n, d, first = 257, 7, 17
+    x = (rng.standard_normal((d, n)) * (3 if spread == 'data' else 1e-4) + 2).astype(dtype).T
+    stats = kernels.fit_frame_stats_xp(x, 2)
+    args = (stats, (n + 1) // 2, 1e-2, first)
+    za, d0, scale = kernels.fit_augment_xp(x, *args, np.empty((n, 2 * d + 2), dtype),
+                                           np.empty(n, dtype))
+    want_scale = max(np.sqrt(stats[d:].sum() / (((n + 1) // 2) * d)), 1e-2)
+    assert scale[0] == pytest.approx(want_scale, rel=1e-12)
+    z = (x.astype(np.float64) - stats[:d]) / want_scale
+    np.testing.assert_allclose(d0, ((z - z[first]) ** 2).sum(1), rtol=1e-4, atol=1e-4)
+    za2, d02, scale2 = np.full_like(za, np.nan), np.full_like(d0, np.nan), np.zeros(1)
+    cuda_emulation.launch(kernels.kernel_source('fit_augment', dtype), 'fit_augment',
+                          2, 256, (x,) + kernels._elem_strides(x)
+                          + (stats, np.int64(n), np.int64(d), np.float64((n + 1) // 2),
+                             np.float64(1e-2), np.int64(first), za2, d02, scale2))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(za2, za, rtol=tol, atol=tol)
+    np.testing.assert_allclose(d02, d0, rtol=tol, atol=tol)
+    assert scale2[0] == scale[0]
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('rows_prev', [1, 3])
+def test_kpp_round_source_runs_like_its_twin(dtype, rows_prev):
+    rng = np.random.default_rng(32)
+    x, stats, za = _fit_frame(rng, dtype)
+    n = za.shape[0]
+    mins_prev = (rng.random((rows_prev, n)) * 4).astype(dtype)
+    mins_prev[:, ::9] = 0                               # points no draw may pick
+    cum_prev = np.cumsum(mins_prev, axis=1, dtype=np.float64)
+    if rows_prev == 3:
+        cum_prev[2, -1] = cum_prev[0, -1] = cum_prev[:, -1].min()   # a tie: the first wins
+    u = np.array([0.0, 0.37, 1 - 2 ** -53])
+    mins, best = kernels.kpp_round_xp(za, mins_prev, cum_prev, u,
+                                      np.empty((3, n), dtype), np.full(1, -1, np.int64))
+    b = int(np.argmin(cum_prev[:, -1]))
+    assert best[0] == b
+    cand = np.minimum(np.searchsorted(cum_prev[b], u * cum_prev[b, -1], side='right'), n - 1)
+    assert not np.isin(cand, np.arange(0, n, 9)).any()
+    z = za[:, 5:10].astype(np.float64)
+    want = np.minimum(((z[None] - z[cand][:, None]) ** 2).sum(-1), mins_prev[b])
+    np.testing.assert_allclose(mins, want, rtol=1e-4, atol=1e-4)
+    got, got_best = np.full_like(mins, np.nan), np.full(1, -1, np.int64)
+    cuda_emulation.launch(kernels.kernel_source('kpp_round', dtype), 'kpp_round',
+                          (3 * n + 255) // 256, 256,
+                          (za, np.int64(n), np.int64(5), mins_prev, cum_prev,
+                           np.int32(rows_prev), u, np.int32(3), got, got_best))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, mins, rtol=tol, atol=tol)
+    assert got_best[0] == b
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_kpp_onehot_source_runs_like_its_twin(dtype):
+    rng = np.random.default_rng(33)
+    K, trials, n = 4, 3, 300
+    mins = rng.integers(0, 4, (1 + (K - 1) * trials, n)).astype(dtype)   # many ties
+    best = np.array([-7, 2, 0, -7], np.int64)           # rounds 1 and 2 (the rest unused)
+    cum_last = np.cumsum(rng.random((trials, n)), axis=1)
+    cum_last[1, -1] = cum_last[:, -1].min()
+    want = kernels.kpp_onehot_xp(mins, best, cum_last, np.empty((K, n), dtype))
+    np.testing.assert_array_equal(want.sum(0), 1)
+    # by hand: the rows of the winners, labels where a round's seed is strictly closer
+    chain = [mins[0], mins[1 + 2], mins[4 + 0], mins[7 + int(np.argmin(cum_last[:, -1]))]]
+    labels = np.zeros(n, int)
+    for k in range(1, K):
+        labels[chain[k] < chain[k - 1]] = k
+    np.testing.assert_array_equal(want.argmax(0), labels)
+    assert len(set(labels.tolist())) == K
+    out = np.full((K, n), np.nan, dtype)
+    cuda_emulation.launch(kernels.kernel_source('kpp_onehot', dtype), 'kpp_onehot', 2, 256,
+                          (mins, best, cum_last, np.int64(n), np.int32(K), np.int32(trials),
+                           out))
+    np.testing.assert_array_equal(out, want)
+
+
+def _fit_moments(rng, dtype, K=3):
+    x, stats, za = _fit_frame(rng, dtype)
+    resp = rng.random((K, za.shape[0]))
+    resp /= resp.sum(0)
+    return (resp.astype(dtype) @ za), stats
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('mode', [0, 1])
+def test_fit_coef_source_runs_like_its_twin(dtype, mode):
+    rng = np.random.default_rng(34)
+    mom, _ = _fit_moments(rng, dtype, K=4)
+    mom[3, 2] = np.inf                                  # a non-finite row: flagged
+    mom[2, -1] = 0                                      # an empty component: weight 0
+    scale = np.array([1.7])
+    args = (mom, 200, scale, 1e-5, 1e-6, np.log(2 * np.pi), mode)
+    with np.errstate(invalid='ignore', over='ignore', divide='ignore'):
+        coef, bad = kernels.fit_coef_xp(*args, np.empty_like(mom), np.array([0, 1.0, 0, 0]),
+                                        False)
+    np.testing.assert_array_equal(bad, [0, 1, 0, 1])    # accumulated, row 3 flagged
+    d = 5
+    nk = mom[:3, -1].astype(np.float64)
+    m = mom[:3, d:2 * d] / np.maximum(nk, 1e-6)[:, None]
+    v = np.maximum(mom[:3, :d] / np.maximum(nk, 1e-6)[:, None] - m * m, 0) + 1e-5 / 1.7 ** 2
+    z = rng.standard_normal((6, d))
+    za = np.concatenate([z * z, z, (z * z).sum(1, keepdims=True), np.ones((6, 1))], 1)
+    got = za @ coef[:3].astype(np.float64).T
+    if mode == 0:                                       # weighted log-densities
+        want = np.log(np.where(nk > 0, nk / 200, 1))[None] - 0.5 * (
+            ((z[:, None] - m[None]) ** 2 / v[None]).sum(-1) + np.log(v).sum(1)
+            + d * np.log(2 * np.pi))
+        want[:, 2] = -1e30
+    else:                                               # squared distances to the means
+        want = ((z[:, None] - m[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == np.float32 else 1e-9)
+    out, flags = np.full_like(mom, np.nan), np.array([0, 1.0, 0, 0])
+    cuda_emulation.launch(kernels.kernel_source('fit_coef', dtype), 'fit_coef', 1, 32,
+                          (mom, np.int64(d), np.int32(4), np.float64(200), scale,
+                           np.float64(1e-5), np.float64(1e-6), np.float64(np.log(2 * np.pi)),
+                           np.int32(mode), out, flags, np.int32(0)))
+    np.testing.assert_array_equal(flags, bad)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out[:3], coef[:3], rtol=tol, atol=tol)
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_argmin_onehot_source_runs_like_its_twin(dtype):
+    dist = np.random.default_rng(35).integers(0, 3, (4, 333)).astype(dtype)   # ties
+    want = kernels.argmin_onehot_xp(dist, np.empty_like(dist))
+    np.testing.assert_array_equal(want.argmax(0), dist.argmin(0))
+    out = np.full_like(dist, np.nan)
+    cuda_emulation.launch(kernels.kernel_source('argmin_onehot', dtype), 'argmin_onehot',
+                          2, 256, (dist, np.int64(333), np.int32(4), out))
+    np.testing.assert_array_equal(out, want)
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('K', [1, 4])
+def test_fit_finish_source_runs_like_its_twin(dtype, K):
+    rng = np.random.default_rng(36)
+    mom, stats = _fit_moments(rng, dtype, K=K)
+    if K == 4:
+        mom[2] = mom[0]                                 # tied weights: stable order
+        mom[3] *= 0.02                                  # fails min_count
+    d, n, scale = 5, 200, np.array([1.7])
+    args = (mom, n, scale, stats, 1e-5, 1e-6, np.log(2 * np.pi), 0.01, 16)
+    outs = (np.empty_like(mom), np.empty(K, dtype), np.empty((K, d), dtype),
+            np.empty((K, d), dtype))
+    coef, w, m, v, status = kernels.fit_finish_xp(*args, *outs, np.zeros((3, K)), True)
+    nk = mom[:, -1].astype(np.float64)
+    order = np.argsort(-nk, kind='stable')
+    np.testing.assert_allclose(w, nk[order] / nk.sum(), rtol=1e-6)
+    mean_z = mom[order, d:2 * d] / nk[order, None]
+    np.testing.assert_allclose(m, stats[:d] + mean_z * 1.7, rtol=1e-5)
+    np.testing.assert_array_equal(status[0], 0)
+    np.testing.assert_array_equal(status[1], [1, 1, 1, 0] if K == 4 else [1])
+    np.testing.assert_allclose(status[2], np.maximum(np.abs(m), np.abs(v)).max(1), rtol=1e-6)
+    got = [np.full_like(a, np.nan) for a in outs] + [np.full((3, K), np.nan)]
+    cuda_emulation.launch(kernels.kernel_source('fit_finish', dtype), 'fit_finish', 1, 32,
+                          (mom, np.int64(d), np.int32(K), np.float64(n), scale, stats,
+                           np.float64(1e-5), np.float64(1e-6), np.float64(np.log(2 * np.pi)),
+                           np.float64(0.01), np.float64(16), *got, np.int32(1)))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(got, (coef, w, m, v, status)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.gpu
+def test_device_fit_kernels_match_twins():
+    import cupy
+    rng = np.random.default_rng(37)
+    x = cupy.asarray(rng.standard_normal((5000, 33)).astype(np.float32) * 2 + 1)
+    stats = kernels.fit_frame_stats(x, 9)
+    cupy.testing.assert_allclose(stats, kernels.fit_frame_stats_xp(x, 9), rtol=1e-10)
+    outs = [kernels.fit_augment(x, stats, 556, 1e-3, 7, cupy.empty((5000, 68), np.float32),
+                                cupy.empty(5000, np.float32)) for _ in range(1)]
+    want = kernels.fit_augment_xp(x, stats, 556, 1e-3, 7, cupy.empty((5000, 68), np.float32),
+                                  cupy.empty(5000, np.float32))
+    for a, b in zip(outs[0], want):
+        cupy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    za = want[0]
+    mins_prev = want[1][None].copy()
+    cum = cupy.cumsum(mins_prev, axis=1, dtype=np.float64)
+    u = cupy.asarray(rng.random(3))
+    a = kernels.kpp_round(za, mins_prev, cum, u, cupy.empty((3, 5000), np.float32),
+                          cupy.empty(1, np.int64))
+    b = kernels.kpp_round_xp(za, mins_prev, cum, u, cupy.empty((3, 5000), np.float32),
+                             cupy.empty(1, np.int64))
+    cupy.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-3)
+    mom = cupy.asarray(rng.random((3, 5000)).astype(np.float32)) @ za
+    scale = cupy.asarray([1.3])
+    for mode in (0, 1):
+        c1 = kernels.fit_coef(mom, 5000, scale, 1e-5, 1e-6, 1.8, mode,
+                              cupy.empty_like(mom), cupy.zeros(3), True)
+        c2 = kernels.fit_coef_xp(mom, 5000, scale, 1e-5, 1e-6, 1.8, mode,
+                                 cupy.empty_like(mom), cupy.zeros(3), True)
+        cupy.testing.assert_allclose(c1[0], c2[0], rtol=1e-5, atol=1e-5)
+    outs = lambda: (cupy.empty_like(mom), cupy.empty(3, np.float32),  # noqa: E731
+                    cupy.empty((3, 33), np.float32), cupy.empty((3, 33), np.float32),
+                    cupy.zeros((3, 3)))
+    f1 = kernels.fit_finish(mom, 5000, scale, stats, 1e-5, 1e-6, 1.8, 0.01, 16, *outs(), True)
+    f2 = kernels.fit_finish_xp(mom, 5000, scale, stats, 1e-5, 1e-6, 1.8, 0.01, 16, *outs(),
+                               True)
+    for a, b in zip(f1, f2):
+        cupy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------ mixture normalization's kernels
 def _emulate(name, dtype, items_args):
     items, args = items_args
