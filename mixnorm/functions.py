@@ -40,11 +40,21 @@ Implementation notes
   The output and the input gradient are each one pass of
   :func:`mixnorm.kernels.combine` (a fused kernel on the GPU, its blocked twin
   on the CPU); the per-component rectifier of Eq. 40 loops over k instead.
-* The (C, K) arithmetic between the passes (Eq. 35-36, the affine, the
-  gradient's chain rule) runs on the host in float64: one device-to-host copy
-  of the moments and one copy of the coefficients back per pass.  On the GPU
-  that replaces a few dozen tiny kernel launches; on the CPU it costs nothing.
-  The ValueError for a non-positive normalizer therefore costs no extra sync.
+* Training on one process (the linear form, no ``reducer``) runs on the device
+  end to end (:func:`_forward_on_device`, :func:`_backward_on_device`): a shift kernel,
+  a stacking kernel ``[xc; xc^2; 1]`` with ``[resp | 1]``, one product for the moments
+  and column sums, one kernel for the (C, K) arithmetic of Eq. 35-37 (in float64 inside
+  the kernel) and one writing the output in x's layout; the backward is a stacking
+  kernel ``[gy; gy xc]``, one product, one chain-rule kernel and one writing the input
+  gradient.  Nothing is copied to the host.  Where the arrays are NumPy arrays the same
+  functions run as the kernels' twins.  Non-finite moments (NaN/Inf input, an
+  overflow) and, under the component affine, a non-positive normalizer raise
+  ``ValueError`` on the host always, and on a device under ``chainer.config.debug``
+  only (reading the flag there is a synchronization); without it a NaN input gives
+  NaN output, as BN's.
+* With a ``reducer``, under Eq. 40, and in the fixed node, the (C, K) arithmetic runs
+  on the host in float64: one device-to-host copy of the moments (which the reducer's
+  collective needs on the host anyway) and one copy of the coefficients back per pass.
 * The data are shifted by a per-channel estimate of the batch mean (mean of a
   strided subsample) before any moment is taken; the transform is shift
   invariant, and this keeps ``nu_hat^T x^2 - mu^2`` free of catastrophic
@@ -1389,6 +1399,22 @@ def fixed_mixture_normalization(x, gamma, beta, resp, means, variances, scale,
     return y
 
 
+def _non_finite_input_error(x, layout, dtype):
+    """The error for an inference input whose log-densities are not finite: NaN/Inf in
+    ``x`` (with the counts), or finite values too large for the compute dtype."""
+    xp = _arrays.get_array_module(x)
+    points = x if layout.rows else xp.moveaxis(x.reshape(layout.N, layout.C, layout.L),
+                                               1, 2).reshape(-1, layout.C)
+    try:
+        _gmm.check_finite(points)
+    except ValueError as e:
+        return e
+    return ValueError(
+        'the input is finite but its log-densities under the queue\'s mixture overflow {} '
+        '(max |x| = {:g}): rescale the activations or compute in float64'.format(
+            numpy.dtype(dtype).name, float(xp.abs(x).max())))
+
+
 class QueueMixtureNormalizationFunction(function_node.FunctionNode):
     """Mixture normalization with the queue's mixture (inference, Eq. 38-39), the
     posteriors computed on the way: a stacking kernel ``[x - s; (x - s)^2; 1]``, one
@@ -1432,7 +1458,10 @@ class QueueMixtureNormalizationFunction(function_node.FunctionNode):
         with numpy.errstate(over='ignore', invalid='ignore'):
             kernels.mn_stack(_as3(xd, layout), mix['shift'], None, work)
             logp = xp.matmul(mix['logp_weight'], work)               # (M, n)
-            self.resp, _ = kernels.log_softmax_columns(logp)         # (M, n)
+            self.resp, lse = kernels.log_softmax_columns(logp)       # (M, n), (n,)
+        if _checks_on(xp) and not bool(xp.isfinite(lse).all()):
+            raise _non_finite_input_error(x, layout, dtype)
+        with numpy.errstate(over='ignore', invalid='ignore'):
             y = work[C:2 * C].reshape(x.shape)                       # the squares are spent
             kernels.mn_queue_normalize(_as3(y, layout), work[:C], self.resp, mix, gamma,
                                        beta, _MODES[self.mode], self.K, self.eps)
@@ -1472,8 +1501,10 @@ def queue_mixture_normalization(x, gamma, beta, mixture, n_components, eps=2e-5)
         n_components: K, the components per queued batch.
         eps: added to the variances.
 
-    Non-finite input is not checked here (no host synchronization): the link checks it
-    on the host, and on a device under ``chainer.config.debug``.
+    Raises ``ValueError`` for input whose log-densities are not finite (NaN/Inf, saying
+    how many) where reading them costs nothing, on the host; on a device only under
+    ``chainer.config.debug`` (it would be a synchronization): there NaN input gives NaN
+    output where it is, as BN's inference does.
     """
     x_array = _raw(x)
     C = x_array.shape[1]
