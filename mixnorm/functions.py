@@ -1325,11 +1325,15 @@ def mixture_normalization(x, gamma, beta, resp, eps=2e-5, lambda_scaling=True,
         (K, C) in the compute dtype (``variances`` clamped at 0, without eps),
         as :func:`mixture_moments` gives them.  Gradients flow to x (also
         through mu_k and var_k), gamma and beta, and are differentiable in turn
-        (without a reducer).  The node keeps one (n, C) buffer of the compute
-        dtype for backward.
+        (without a reducer).  The node keeps the shifted input (C, n) of the
+        compute dtype for backward (in one buffer with the output) and
+        ``[resp | 1]``.
 
     Raises ``ValueError`` when the batch moments are not finite (NaN/Inf input,
-    or finite input whose squares overflow the compute dtype), saying which.
+    or finite input whose squares overflow the compute dtype), saying which: always
+    for NumPy arrays and with a reducer; on a GPU without a reducer under
+    ``chainer.config.debug`` only (the check would be a synchronization; a NaN input
+    then gives NaN output).
     """
     return _train(x, gamma, beta, resp, eps, lambda_scaling, False, return_stats,
                   'mixture_normalization', reducer)
