@@ -31,7 +31,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import figures, records  # noqa: E402  (imports mixnorm._compat first)
+from experiments import figures, rundir  # noqa: E402  (imports mixnorm._compat first)
 from experiments.figures import curves, densenet, inception  # noqa: E402
 
 COMMON = ('figure', 'runs_root', 'out')     # the arguments that are not figure options
@@ -58,7 +58,7 @@ def parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--out', default=figures.FIGURES_DIR,
                         help='output folder (default results/figures)')
-    common.add_argument('--runs-root', default=records.RUNS_ROOT,
+    common.add_argument('--runs-root', default=rundir.RUNS_ROOT,
                         help='folder searched for run directories (default results/runs)')
 
     def add(name, help):

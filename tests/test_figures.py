@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 import mixnorm
-from experiments import config as C, environment, figures, records, train
+from experiments import config as C, environment, figures, rundir, train
+from experiments.runs import Run, assess
 from experiments.figures import activations, curves, selection
 from scripts import figures as cli
 from figure_checks import capture_figures, check_files, png_size
@@ -34,7 +35,7 @@ def tiny_runs(tmp_path_factory):
     paths = {}
     for row in ('BN-2', 'MN-2'):
         cfg = C.load_config(os.path.join(T2, 'cifar100', row + '.yaml'), ['smoke'], TINY)
-        paths[row] = records.run_dir(cfg, root=root)
+        paths[row] = rundir.run_dir(cfg, root=root)
         train.run(cfg, out=paths[row], progress=False)
     seed1 = paths['BN-2'].replace('seed0', 'seed1')
     os.makedirs(seed1)
@@ -43,10 +44,10 @@ def tiny_runs(tmp_path_factory):
     rest['train']['seed'] = 1
     with open(os.path.join(seed1, 'config.yaml'), 'w') as f:
         f.write(first + yaml.safe_dump(rest))
-    log = records.read_json(os.path.join(paths['BN-2'], 'log.json'))
+    log = rundir.read_json(os.path.join(paths['BN-2'], 'log.json'))
     for e in log:
         e['validation/main/accuracy'] = max(0.0, e['validation/main/accuracy'] - 0.1)
-    records.write_json(os.path.join(seed1, 'log.json'), log)
+    rundir.write_json(os.path.join(seed1, 'log.json'), log)
     return root, paths
 
 
@@ -95,12 +96,12 @@ def _fake_run(root, name, dataset, seed, smoke, subset, source_ds='cifar100', ep
     with open(os.path.join(path, 'config.yaml'), 'w') as f:
         f.write('# resolved from: configs/table2/%s/BN-2.yaml\n' % source_ds)
         f.write(yaml.safe_dump(cfg))
-    records.write_json(os.path.join(path, 'log.json'),
+    rundir.write_json(os.path.join(path, 'log.json'),
                        [{'epoch': 1, 'validation/main/accuracy': 0.5}])
     if subset is None and dataset != 'synthetic':
-        records.write_json(os.path.join(path, 'summary.json'),
+        rundir.write_json(os.path.join(path, 'summary.json'),
                            {'dataset_size': {'train': 50000, 'test': 10000}})
-    return records.Run(path)
+    return Run(path)
 
 
 def test_runs_of_different_kinds_are_not_averaged(tmp_path):
@@ -114,7 +115,7 @@ def test_runs_of_different_kinds_are_not_averaged(tmp_path):
     assert selection.paper_dataset(_fake_run(tmp_path, 'c10', 'synthetic', 0, True, None,
                                              source_ds='cifar10')) == 'cifar10'
     assert selection.comparability(full) == (True, [])
-    assert selection.comparability(real) == (False, list(records.assess(real).reasons))
+    assert selection.comparability(real) == (False, list(assess(real).reasons))
     assert 'smoke preset' in selection.comparability(real)[1]
     assert selection.warning_for([full]) is None
     assert selection.warning_for([real]).startswith(
@@ -162,7 +163,7 @@ def test_all_renders_existing_figures(tiny_runs, tmp_path, capsys):
     assert all(c['dataset'] == 'cifar100' for c in curves.values())
     bn = curves['BN-2']
     assert bn['seeds'] == [0, 1] and bn['seeds_per_epoch'] == [2, 2]
-    log = records.read_json(os.path.join(paths['BN-2'], 'log.json'))
+    log = rundir.read_json(os.path.join(paths['BN-2'], 'log.json'))
     want = [100 * (1 - e['validation/main/accuracy']) + 5.0 for e in log]  # seed 1: -10 pts
     assert bn['test_error'] == pytest.approx(want, abs=1e-3)
     assert bn['windowed_std'] == pytest.approx([np.std(want)] * 2, abs=1e-3)

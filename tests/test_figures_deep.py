@@ -3,8 +3,8 @@ FIXTURE run directories: nothing here trains a deep model.  The fixtures are wri
 by hand -- config.yaml from the real row configs (``load_config`` + ``dump``, with
 ``data.dataset=synthetic`` so that every figure drawn from them is marked not
 comparable), a made-up log.json with the keys LogReport writes, summary.json from
-``records.summarize`` and, for the MN-4 run, made-up mixtures/*.npz in the format of
-``train.SaveMixtures`` -- so the figures' numbers can be checked against them.  The
+``experiments.runs.summarize`` and, for the MN-4 run, made-up mixtures/*.npz in the
+format of ``train.SaveMixtures`` -- so the figures' numbers can be checked against them.  The
 Table 4 MN-4 configs are checked to save the mixtures of an MN layer (model built, not
 trained).  Every figure's not-comparable notice comes from the one
 ``selection.comparability``."""
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import mixnorm
-from experiments import config as C, figures, models, records, train
+from experiments import config as C, figures, metrics, models, rundir, train
+from experiments.runs import summarize
 from experiments.figures import inception, selection, style
 from experiments.figures.curves import WINDOW, windowed_mean, windowed_std
 from scripts import figures as cli
@@ -68,16 +69,16 @@ def write_run(root, experiment, dataset, row, log, seed=0, presets=(), overrides
     path = os.path.join(C.CONFIG_ROOT, experiment, dataset, row + '.yaml')
     cfg = C.load_config(path, presets, ['data.dataset=synthetic', 'train.epochs=%d' % EPOCHS,
                                         'train.seed=%d' % seed] + list(overrides))
-    out = records.run_dir(cfg, root=root)
+    out = rundir.run_dir(cfg, root=root)
     os.makedirs(out)
     with open(os.path.join(out, 'config.yaml'), 'w') as f:
         f.write('# resolved from: %s\n' % ', '.join(cfg['_sources']))
         f.write(C.dump(cfg))
-    records.write_json(os.path.join(out, 'log.json'), log)
-    summary = records.summarize(cfg, log, records.classifier_fields(cfg, log),
+    rundir.write_json(os.path.join(out, 'log.json'), log)
+    summary = summarize(cfg, log, metrics.classifier_fields(cfg, log),
                                 dataset_source=SYNTHETIC_NOTE, backend='numpy',
                                 device_name='none', wall_time_s=0.0, env={})
-    records.write_json(os.path.join(out, 'summary.json'), summary)
+    rundir.write_json(os.path.join(out, 'summary.json'), summary)
     return out
 
 
@@ -133,7 +134,7 @@ def fake_runs(tmp_path_factory):
 
 
 def logged(run, key):
-    return [e[key] for e in records.read_json(os.path.join(run, 'log.json')) if key in e]
+    return [e[key] for e in rundir.read_json(os.path.join(run, 'log.json')) if key in e]
 
 
 # ------------------------------------------------------------------------ configs

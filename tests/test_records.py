@@ -1,7 +1,8 @@
-"""experiments/records.py: the one verdict on a run (status, the paper dataset it stands
-for, comparability and its reasons) and how every report shows it; summaries' edge
-cases.  The end-to-end case trains a linear stand-in for the CNN (the model does not
-enter the verdict) on a small CIFAR-format archive."""
+"""Run records (experiments/rundir.py, metrics.py, verdict.py, runs.py): the one verdict
+on a run (status, the paper dataset it stands for, comparability and its reasons) and
+how every report shows it; summaries' edge cases; the printed tables' width; the
+direction of the imports.  The end-to-end case trains a linear stand-in for the CNN (the
+model does not enter the verdict) on a small CIFAR-format archive."""
 import io
 import json
 import os
@@ -13,7 +14,8 @@ import pytest
 
 import chainer.links as L
 
-from experiments import compare, config as C, records, train
+from experiments import compare, config as C, metrics, rundir, train, verdict
+from experiments.runs import Run, assess, find_runs, summarize
 
 T2 = os.path.join(C.CONFIG_ROOT, 'table2', 'cifar10')
 
@@ -25,21 +27,21 @@ def record(row='BN-2', presets=(), overrides=(), size=(50000, 10000), log=None,
                         presets, overrides)
     epochs = cfg['train']['epochs']
     log = log if log is not None else [
-        {'epoch': e, 'iteration': 196 * e, records.TEST_ACC: 0.5 + 0.004 * e}
+        {'epoch': e, 'iteration': 196 * e, metrics.TEST_ACC: 0.5 + 0.004 * e}
         for e in range(1, int(epochs) + 1)]
-    summary = records.summarize(cfg, log, records.classifier_fields(cfg, log, finished),
+    summary = summarize(cfg, log, metrics.classifier_fields(cfg, log, finished),
                                 dataset_source='test', backend='numpy',
                                 device_name='cpu', wall_time_s=1.0, env={},
                                 dataset_size={'train': size[0], 'test': size[1]})
     summary.update(summary_extra or {})
-    return records.Run.from_record(cfg, log, summary)
+    return Run.from_record(cfg, log, summary)
 
 
 # ------------------------------------------------------------------------ verdicts
 
 def test_the_papers_setting_is_comparable():
-    v = records.assess(record())
-    assert v == records.Assessment(records.FINISHED, 'cifar10', True, ())
+    v = assess(record())
+    assert v == verdict.Assessment(verdict.FINISHED, 'cifar10', True, ())
     assert v.label() == 'comparable'
 
 
@@ -60,23 +62,23 @@ def test_each_way_of_falling_short_is_a_reason(kwargs, reason):
         run.summary['dataset_size'] = None
     else:
         run = record(**kwargs)
-    v = records.assess(run)
+    v = assess(run)
     assert not v.comparable and any(r.startswith(reason) for r in v.reasons), v.reasons
     assert reason in v.label() and v.label().startswith('NOT COMPARABLE (')
 
 
 def test_overrides_that_do_not_change_the_setting_keep_a_run_comparable():
-    v = records.assess(record(overrides=['train.seed=3', 'data.data_dir=/x',
+    v = assess(record(overrides=['train.seed=3', 'data.data_dir=/x',
                                          'train.snapshot_every=5', 'data.test_batch_size=500']))
     assert v.comparable, v.reasons
 
 
 def test_other_experiments_use_their_own_length():
     dn = record('BN-L40', experiment='densenet', dataset='cifar100')
-    assert records.assess(dn).comparable
+    assert assess(dn).comparable
     short = record('BN-L40', experiment='densenet', dataset='cifar100',
                    overrides=['train.epochs=100'])
-    assert '100 epochs (the paper: 200)' in records.assess(short).reasons
+    assert '100 epochs (the paper: 200)' in assess(short).reasons
 
 
 def test_gan_runs_need_the_papers_updates_and_the_fid_network():
@@ -84,42 +86,42 @@ def test_gan_runs_need_the_papers_updates_and_the_fid_network():
                         overrides=['gan.updates=50000'])
     summary = {'dataset_size': {'train': 50000, 'test': 10000}, 'finished': True,
                'fid': {'enabled': True, 'random_weights': False, 'standard': True}}
-    v = records.assess(records.Run.from_record(cfg, [], summary))
+    v = assess(Run.from_record(cfg, [], summary))
     assert v.reasons == ('50,000 updates (the paper: 100,000)',)
     cfg = C.load_config(os.path.join(C.CONFIG_ROOT, 'dcgan', 'cifar10', 'mn.yaml'))
-    assert records.assess(records.Run.from_record(cfg, [], summary)).comparable
+    assert assess(Run.from_record(cfg, [], summary)).comparable
     summary['fid'] = {'enabled': True, 'random_weights': True, 'standard': False}
-    assert records.assess(records.Run.from_record(cfg, [], summary)).reasons == (
+    assert assess(Run.from_record(cfg, [], summary)).reasons == (
         'random-weights "FID", not an FID',)
 
 
 def test_the_dataset_a_run_stands_for():
-    assert records.assess(record()).dataset == 'cifar10'
+    assert assess(record()).dataset == 'cifar10'
     synth = record(overrides=['data.dataset=synthetic'])
-    assert records.assess(synth).dataset == 'cifar10'
-    assert records.stands_for({'data': {'dataset': 'synthetic'}},
+    assert assess(synth).dataset == 'cifar10'
+    assert verdict.stands_for({'data': {'dataset': 'synthetic'}},
                               ['/elsewhere/table2/cifar100/MN-2.yaml', '--set x=1']) == \
         'cifar100'
-    assert records.stands_for({'data': {'dataset': 'synthetic'}}, ['/tmp/MN-2.yaml']) is None
+    assert verdict.stands_for({'data': {'dataset': 'synthetic'}}, ['/tmp/MN-2.yaml']) is None
 
 
 def test_status_of_a_run():
-    assert records.assess(record()).status == records.FINISHED
-    assert records.assess(record(finished=False)).status == records.INTERRUPTED
-    assert records.run_status(None, [], []) == records.NOT_STARTED
+    assert assess(record()).status == verdict.FINISHED
+    assert assess(record(finished=False)).status == verdict.INTERRUPTED
+    assert verdict.run_status(None, [], []) == verdict.NOT_STARTED
 
 
 # ------------------------------------------------------------------ summaries' edges
 
 def test_checkpoints_round_up_to_an_evaluated_epoch():
-    log = [{'epoch': 1, 'iteration': 4, records.TEST_ACC: 0.3},
-           {'epoch': 2, 'iteration': 8, records.TEST_ACC: 0.5}]
-    assert records.max_accuracy_at(log, [0.25, 0.5, 0.75, 1.0], 2) == {
+    log = [{'epoch': 1, 'iteration': 4, metrics.TEST_ACC: 0.3},
+           {'epoch': 2, 'iteration': 8, metrics.TEST_ACC: 0.5}]
+    assert metrics.max_accuracy_at(log, [0.25, 0.5, 0.75, 1.0], 2) == {
         '25': 30.0, '50': 30.0, '75': 50.0, '100': 50.0}
-    assert [records.checkpoint_epoch(f, 100) for f in (0.25, 0.5, 0.75, 1.0)] == \
+    assert [metrics.checkpoint_epoch(f, 100) for f in (0.25, 0.5, 0.75, 1.0)] == \
         [25, 50, 75, 100]
-    assert [records.checkpoint_epoch(f, 150) for f in (0.25, 0.3, 0.29)] == [38, 45, 44]
-    assert records.checkpoint_epoch(0.3, 10) == 3          # 0.3 * 10 = 3.0000000000000004
+    assert [metrics.checkpoint_epoch(f, 150) for f in (0.25, 0.3, 0.29)] == [38, 45, 44]
+    assert metrics.checkpoint_epoch(0.3, 10) == 3          # 0.3 * 10 = 3.0000000000000004
 
 
 # ---------------------------------------------------------- end to end, all reports
@@ -154,7 +156,7 @@ def small_cifar_run(tmp_path_factory):
     try:
         cfg = C.load_config(os.path.join(T2, 'BN-2.yaml'),
                             overrides=['train.epochs=1', 'data.data_dir=%s' % root])
-        out = records.run_dir(cfg, root=str(runs))
+        out = rundir.run_dir(cfg, root=str(runs))
         train.run(cfg, out=out, progress=False)
     finally:
         mp.undo()
@@ -169,12 +171,12 @@ def test_a_short_run_on_a_small_archive_is_not_comparable_everywhere(small_cifar
     s = json.load(open(os.path.join(out, 'summary.json')))
     assert s['dataset_size'] == {'train': 5000, 'test': 1000} and s['finished']
     assert s['comparable_to_paper'] is False and s['not_comparable_reasons'] == list(why)
-    v = records.assess(out)
-    assert (v.status, v.dataset, v.comparable, v.reasons) == (records.FINISHED, 'cifar10',
+    v = assess(out)
+    assert (v.status, v.dataset, v.comparable, v.reasons) == (verdict.FINISHED, 'cifar10',
                                                               False, why)
-    assert records.Assessment.recorded(s) == v      # the verdict the summary carries
+    assert verdict.Assessment.recorded(s) == v      # the verdict the summary carries
     # the comparison with the paper, as a table and through both scripts
-    recs = compare.compare('table2', records.find_runs(runs), paper_dataset='cifar10')
+    recs = compare.compare('table2', find_runs(runs), paper_dataset='cifar10')
     assert recs and all(r['status'] == 'NOT COMPARABLE (%s)' % '; '.join(why) for r in recs)
     from scripts import compare as compare_script, reproduce
     compare_script.main([runs, '--table', 'table2'])
@@ -194,13 +196,13 @@ def test_force_and_resume_remove_what_an_interrupted_write_left(tmp_path):
     for f in ('summary.json.tmp', 'snapshot_epoch_2', 'snapshot_epoch_2.rank1', 'log.json',
               'config.yaml'):
         open(os.path.join(out, f), 'w').write('x')
-    assert records.clear_leftovers(out) == ['log.jsonq1w2', 'summary.json.tmp',
+    assert rundir.clear_leftovers(out) == ['log.jsonq1w2', 'summary.json.tmp',
                                             'tmpsnapshot_epoch_3.rank1xyz',
                                             'tmpsnapshot_epoch_3abc']
     assert sorted(os.listdir(out)) == ['config.yaml', 'log.json', 'snapshot_epoch_2',
                                        'snapshot_epoch_2.rank1']
     os.makedirs(os.path.join(out, 'tmpsnapshot_epoch_4abc'))
-    records.clear_run(out)                          # --force
+    rundir.clear_run(out)                          # --force
     assert os.listdir(out) == ['config.yaml']
 
 
@@ -208,11 +210,145 @@ def test_resuming_with_another_number_of_processes_names_the_mpiexec():
     stored = C.load_config(os.path.join(T2, 'MN-2.yaml'), ['smoke'])
     two = dict(stored, world_size=2, communicator='naive', per_rank_batch_size=2)
     one = dict(stored, world_size=1, communicator=None, per_rank_batch_size=4)
-    diffs = C.differences(two, one, records.RESUME_IGNORED)
+    diffs = C.differences(two, one, rundir.RESUME_IGNORED)
     assert 'mpiexec -n 2 python -m experiments.train ... --communicator naive' in \
-        records.resume_advice(two, '/run', diffs)
-    diffs = C.differences(one, two, records.RESUME_IGNORED)
-    assert 'one process, without mpiexec' in records.resume_advice(one, '/run', diffs)
-    diffs = C.differences(one, dict(one, row='x'), records.RESUME_IGNORED)
-    assert records.resume_advice(one, '/run', diffs) == \
+        rundir.resume_advice(two, '/run', diffs)
+    diffs = C.differences(one, two, rundir.RESUME_IGNORED)
+    assert 'one process, without mpiexec' in rundir.resume_advice(one, '/run', diffs)
+    diffs = C.differences(one, dict(one, row='x'), rundir.RESUME_IGNORED)
+    assert rundir.resume_advice(one, '/run', diffs) == \
         'resume it with its own config (/run/config.yaml)'
+
+
+# ------------------------------------------------------------- one metric, two reports
+
+def test_table3_and_the_pairs_measure_the_same_acceleration():
+    """The steps to the BN row's best accuracy of Table 3 and of the BN-vs-MN pairs are
+    one metric: on the same runs they give the same numbers, the same as the log's."""
+    def log(accs):
+        return [{'epoch': e, 'iteration': 10 * e, metrics.TEST_ACC: a}
+                for e, a in enumerate(accs, 1)]
+    runs = [record('BN-2', overrides=['train.seed=0', 'train.epochs=4'],
+                   log=log([0.5, 0.6, 0.7, 0.8])),
+            record('BN-2', overrides=['train.seed=1', 'train.epochs=4'],
+                   log=log([0.5, 0.7, 0.78, 0.76])),
+            record('MN-2', overrides=['train.seed=0', 'train.epochs=4'],
+                   log=log([0.6, 0.79, 0.8, 0.81])),
+            record('MN-2', overrides=['train.seed=1', 'train.epochs=4'],
+                   log=log([0.7, 0.75, 0.82, 0.82]))]
+    table = {(r['row'], r['metric'].split()[0]): r
+             for r in compare.compare('table3', runs, paper_dataset='cifar10')}
+    pairs = {r['row']: r for r in compare.compare_pairs(runs, 'cifar10', 'table2')
+             if r['accuracy'] == 'inference statistics'}
+    target = (80.0 + 78.0) / 2
+    assert pairs['MN-2']['target'] == pytest.approx(target)
+    assert table[('MN-2', 'steps')]['metric'] == 'steps to BN-2 max (ours %.2f%%)' % target
+    assert table[('BN-2', 'steps')]['ours'] == pairs['BN-2']['steps'] == 40   # seed 1: 78 %
+    assert table[('BN-2', 'steps')]['reached'] == pairs['BN-2']['reached'] == '1/2'
+    assert table[('MN-2', 'steps')]['ours'] == pairs['MN-2']['steps'] == (20 + 30) / 2
+    assert table[('MN-2', 'steps')]['our_reduction_pct'] == pytest.approx(
+        pairs['MN-2']['reduction']) == pytest.approx(100 * (1 - 25 / 40))
+    assert table[('MN-2', 'max')]['ours'] == pairs['MN-2']['best'] == pytest.approx(81.5)
+
+
+# ------------------------------------------------------------------ printed tables
+
+def _widest(text):
+    return max(len(line) for line in text.splitlines())
+
+
+def test_printed_tables_fit_the_width_and_say_each_reason_once():
+    why = 'a subset of 512 training / 256 test images'
+    runs = [record(row, dataset=ds, overrides=['train.seed=%d' % seed] + (
+        ['data.subset=[512, 256]'] if seed else []))
+        for ds in ('cifar10', 'cifar100') for row in ('BN-2', 'MN-2', 'MN-5')
+        if (ds, row) != ('cifar10', 'MN-5') for seed in (0, 1)]
+    texts = [compare.checkpoint_layout(compare.compare('table2', runs)),
+             compare.to_text(compare.compare('table3', runs)),
+             compare.to_text(compare.compare('table3', runs, paper_dataset='cifar100'))]
+    for text in texts:
+        assert _widest(text) <= compare.WIDTH, text
+        assert text.count(why) == 1, text          # a numbered note above the table
+        note = [line for line in text.splitlines() if why in line][0]
+        mark = note.split()[0]
+        assert mark == '[1]' and sum(line.rstrip().endswith(' ' + mark)
+                                     for line in text.splitlines()) >= 2
+        assert ' ok' in text                       # the comparable rows say so in the row
+    assert 'dataset: cifar100' in texts[2] and 'cifar10 ' not in texts[2]
+
+
+FMNIST = os.path.join(rundir.RUNS_ROOT, 'table2', 'fashion-mnist')
+
+
+@pytest.mark.skipif(not os.path.isdir(FMNIST), reason='no Fashion-MNIST runs in results/runs')
+def test_the_committed_fashion_mnist_tables_fit_120_columns(capsys):
+    """`make reproduce DATA=fashion-mnist` and scripts/compare.py on the runs in
+    results/runs: every line fits, and the verdict against the paper is said once per
+    table, not in every row."""
+    from scripts import compare as compare_script, reproduce
+    reproduce.main(['table2', '--dataset', 'fashion-mnist', '--no-train'])
+    out = capsys.readouterr().out
+    compare_script.main([os.path.dirname(FMNIST)])
+    everything = capsys.readouterr().out
+    for text in (out, everything):
+        assert _widest(text) <= 120, max(text.splitlines(), key=len)
+    assert out.count('NOT COMPARABLE (Fashion-MNIST') == 1
+    assert 'inference statistics' in out and 'batch statistics' in out
+    verdicts = {assess(r).label() for r in find_runs(os.path.dirname(FMNIST))}
+    unwrapped = ' '.join(line.strip() for line in everything.splitlines())
+    assert verdicts and all(unwrapped.count(v) == 1 for v in verdicts), verdicts
+
+
+# ------------------------------------------------------------------ import direction
+
+def _module_imports(top_level=True):
+    """{module: the modules of experiments/ and mixnorm/ it imports when it is imported
+    (its top-level import statements; with ``top_level=False`` also those in its
+    functions)}."""
+    import ast
+    files = {}
+    for pkg in ('experiments', 'mixnorm'):
+        for folder, _, names in os.walk(os.path.join(C.REPO_ROOT, pkg)):
+            for name in names:
+                if name.endswith('.py'):
+                    rel = os.path.relpath(os.path.join(folder, name), C.REPO_ROOT)
+                    mod = rel[:-3].replace(os.sep, '.')
+                    files[mod[:-len('.__init__')] if mod.endswith('.__init__') else mod] = \
+                        os.path.join(folder, name)
+    graph = {}
+    for mod, path in files.items():
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        found = set()
+        for node in tree.body if top_level else ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                subs = {node.module + '.' + a.name for a in node.names} & set(files)
+                found |= subs if len(subs) == len(node.names) else subs | {node.module}
+        graph[mod] = {m for m in found if m in files and m != mod}
+    return graph
+
+
+def test_the_run_records_import_no_cycle_and_mixnorm_imports_no_experiment():
+    graph = _module_imports()
+    assert {'experiments.rundir', 'experiments.metrics', 'experiments.verdict',
+            'experiments.runs'} <= set(graph)
+    done, cycles = set(), []
+
+    def visit(mod, path):
+        if mod in path:
+            cycles.append(path[path.index(mod):] + [mod])
+            return
+        if mod in done:
+            return
+        for other in sorted(graph[mod]):
+            visit(other, path + [mod])
+        done.add(mod)
+    for mod in sorted(graph):
+        visit(mod, [])
+    assert not cycles, cycles
+    anywhere = _module_imports(top_level=False)
+    assert not [(m, o) for m in anywhere if m.startswith('mixnorm')
+                for o in anywhere[m] if o.startswith('experiments')]
+    assert not [o for o in graph['experiments.metrics'] if o.startswith('experiments')]

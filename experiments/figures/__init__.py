@@ -36,7 +36,7 @@ training module imports this package.
 """
 from mixnorm import _compat  # noqa: F401  (NumPy-2 shim before any chainer import)
 
-from experiments import records
+from experiments import rundir
 from experiments.figures import activations, cifar, dcgan, densenet, fmnist, inception
 from experiments.figures.output import FIGURES_DIR, FigureResult, report
 
@@ -60,7 +60,7 @@ __all__ = ['ALL_ORDER', 'FIGURES', 'FIGURES_DIR', 'FigureResult', 'all_figures',
            'report']
 
 
-def draw(figure, runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, **options):
+def draw(figure, runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, **options):
     """Figure ``figure`` (a key of :data:`FIGURES`) from the runs under ``runs_root``;
     ``options`` are that figure function's keyword arguments."""
     if figure not in FIGURES:
@@ -68,7 +68,7 @@ def draw(figure, runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, **options):
     return FIGURES[figure](runs_root, out_dir, **options)
 
 
-def all_figures(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, data_dir=None,
+def all_figures(runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, data_dir=None,
                 n_images=128, log=print):
     """Every figure whose runs exist (in the order of :data:`ALL_ORDER`); prints
     (``log``) what was written and, for what is missing, the runs and the commands that

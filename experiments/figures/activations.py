@@ -20,7 +20,8 @@ import chainer.functions as F
 import mixnorm
 from experiments import config as config_lib
 from experiments import data as data_lib
-from experiments import records
+from experiments import rundir
+from experiments.runs import Run, find_runs
 from experiments import train as train_lib
 from experiments.figures import output, selection
 from experiments.figures.curves import gaussian_pdf
@@ -71,7 +72,7 @@ def conv2_activations(snapshot, run_dir=None, n_images=128, seed=0, data_dir=Non
                                 'snapshot with --run-dir' % run_dir)
     with open(cfg_path) as f:
         cfg = config_lib.validate(yaml.safe_load(f))
-    run = records.Run(run_dir)
+    run = Run(run_dir)
     if cfg['model']['name'] != 'cifar_cnn':
         raise ValueError('Figure 1 needs a CIFAR CNN run (model cifar_cnn); %s is a %s run'
                          % (run_dir, cfg['model']['name']))
@@ -258,15 +259,15 @@ def draw_fig1(activations, out_dir=FIGURES_DIR, info=None, n_channels=4, seed=0,
 
 
 
-def find_snapshot(runs_root=records.RUNS_ROOT):
+def find_snapshot(runs_root=rundir.RUNS_ROOT):
     """The snapshot Figure 1 draws by default: the last snapshot of a CIFAR CNN run (the
     trained model), preferring runs comparable to the paper, CIFAR-100 (the paper's), BN
     at conv2 (BN-2, BN-1, ...), seed 0.  None if there is none."""
     best = None
-    for run in records.find_runs(runs_root):
+    for run in find_runs(runs_root):
         if run.config['model']['name'] != 'cifar_cnn':
             continue
-        found = records.snapshots(run.path)
+        found = rundir.snapshots(run.path)
         snapshot = found[-1] if found else None
         if snapshot is None:
             continue
@@ -285,7 +286,7 @@ def fig1_commands(runs_root=None):
             'python scripts/figures.py fig1%s' % selection.runs_root_option(runs_root)]
 
 
-def fig1(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, snapshot=None, activations=None,
+def fig1(runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, snapshot=None, activations=None,
          run_dir=None, data_dir=None, n_images=128, n_channels=4, seed=0, ks=(2, 3),
          em_iters=8, name='fig1'):
     """Figure 1 from a trainer ``snapshot`` (``run_dir``: its run, default its folder;

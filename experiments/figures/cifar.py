@@ -10,13 +10,13 @@
   MN-5 = 4, MN-6 = 8); right, where MN sits (BN-2, MN-2 conv3, MN-7 conv2, MN-8 conv2 +
   conv3).
 """
-from experiments import records
+from experiments import rundir
 from experiments.figures.curves import WINDOW, curve_figure, row_label
 from experiments.figures.output import FIGURES_DIR
 from experiments.figures.style import BN_STYLE, DATASET_TITLES, MN_STYLE, PAIR_COLORS
 
 
-def fig2(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
+def fig2(runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
     """Figure 2: test error vs epoch, CIFAR-10/100 x small/large learning rate."""
     panels = []
     for ds in ('cifar10', 'cifar100'):
@@ -32,7 +32,7 @@ def fig2(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
                         'BN dashed, MN solid', panels, runs_root, out_dir, window, ncols=2)
 
 
-def fig3(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
+def fig3(runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
     """Figure 3: CIFAR-100, effect of EM iterations (left) and of MN's layer (right)."""
     ds = 'cifar100'
     colors = ('#1f77b4', '#ff7f0e', '#2ca02c')

@@ -15,7 +15,7 @@ import matplotlib.ticker
 import numpy
 
 from experiments import config as config_lib
-from experiments import records
+from experiments import metrics
 from experiments.figures import output, selection
 from experiments.figures.style import header, plt, style
 
@@ -48,17 +48,17 @@ def _error_percent(accuracy):
 def error_curve(logs):
     """(epochs, mean test error %, seeds per epoch) from LogReport lists (one per seed):
     the error at each epoch is averaged over the logs that reached it."""
-    return metric_curve(logs, records.TEST_ACC, _error_percent)
+    return metric_curve(logs, metrics.TEST_ACC, _error_percent)
 
 
 # What a curve panel can show: name -> (LogReport key, transform, axis label).
 METRICS = {
-    'test_error': (records.TEST_ACC, _error_percent, 'test error (%)'),
+    'test_error': (metrics.TEST_ACC, _error_percent, 'test error (%)'),
     # the same test set, each test batch normalized by its own statistics
     # (experiments.train.BatchStatisticsEvaluator)
     'test_error_batchstats': ('validation_batchstats/main/accuracy', _error_percent,
                               'test error (%), batch statistics'),
-    'test_loss': (records.TEST_LOSS, None, 'test cross-entropy'),
+    'test_loss': (metrics.TEST_LOSS, None, 'test cross-entropy'),
     'train_error': ('main/accuracy', _error_percent, 'training error (%)'),
     'train_loss': ('main/loss', None, 'training cross-entropy'),
 }

@@ -8,7 +8,7 @@
 
 The runs are given by directory or picked under ``runs_root``
 (:func:`experiments.figures.selection.pick_runs`).  The FID curves are read with
-:func:`experiments.records.fid_curve`, the sample grids found with
+:func:`experiments.metrics.fid_curve`, the sample grids found with
 :mod:`experiments.gan`'s helpers; with a random-weights network the axis says "NOT FID".
 """
 import glob
@@ -18,7 +18,7 @@ import numpy
 from PIL import Image
 
 from experiments import gan as gan_lib
-from experiments import paper, records
+from experiments import metrics, paper, rundir
 from experiments.figures import output, selection
 from experiments.figures.curves import windowed_std
 from experiments.figures.output import FIGURES_DIR, FigureResult
@@ -35,7 +35,7 @@ def dcgan_command(runs_root=None):
         selection.runs_root_option(runs_root))
 
 
-def dcgan_runs(runs_root=records.RUNS_ROOT, given=None):
+def dcgan_runs(runs_root=rundir.RUNS_ROOT, given=None):
     """{row: [Run]} for DCGAN-BN and DCGAN-MN: the run directories ``given`` {row:
     paths (a list or comma-separated)} where given, else the runs of the row picked
     under ``runs_root``."""
@@ -65,7 +65,7 @@ def _missing(name, runs, runs_root):
 
 def mean_fid_curve(runs):
     """(steps, mean FID) over the evaluation steps every run of ``runs`` reached."""
-    curves = [dict(records.fid_curve(r.log)) for r in runs]
+    curves = [dict(metrics.fid_curve(r.log)) for r in runs]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     return steps, [float(numpy.mean([c[s] for c in curves])) for s in steps]
 
@@ -80,7 +80,7 @@ def _kilo_steps(all_steps):
     return (1000.0, 'K') if all_steps and max(all_steps) >= 1000 else (1.0, '')
 
 
-def fig6(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, bn_runs=None, mn_runs=None,
+def fig6(runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, bn_runs=None, mn_runs=None,
          name='fig6'):
     """Figure 6: FID against generator updates for DCGAN-BN and DCGAN-MN (the mean over
     ``bn_runs`` / ``mn_runs``, default the runs under ``runs_root``), shaded +-1 std
@@ -93,7 +93,7 @@ def fig6(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, bn_runs=None, mn_runs
     warning = selection.warning_for(every)
     labels = fid_labels(every)
     random_w = any(gan_lib.NOT_FID in label for label in labels)
-    unit, suffix = _kilo_steps([s for r in every for s, _ in records.fid_curve(r.log)])
+    unit, suffix = _kilo_steps([s for r in every for s, _ in metrics.fid_curve(r.log)])
     title = 'Figure 6: FID of DCGAN on CIFAR-10 (ours), BN dashed, MN solid'
     with style():
         fig, ax = plt.subplots(figsize=(5.6, 3.9))
@@ -145,9 +145,9 @@ def fig6(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, bn_runs=None, mn_runs
 def best_samples(run):
     """(path of the sample grid, what it shows) of ``run``: the grid at its lowest
     evaluated FID, else its last grid; (None, 'no samples') if it has none."""
-    curve = records.fid_curve(run.log)
+    curve = metrics.fid_curve(run.log)
     if curve:
-        step, value = min(curve, key=lambda sv: sv[1])
+        step, value = metrics.lowest_fid(curve)
         random_w = gan_lib.NOT_FID in str((run.summary or {}).get('fid_label'))
         return gan_lib.sample_path(run.path, step), '%s %.2f at %d updates' % (
             'random-weights "FID"' if random_w else 'FID', value, step)
@@ -157,7 +157,7 @@ def best_samples(run):
     return None, 'no samples'
 
 
-def fig7(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, bn_run=None, mn_run=None,
+def fig7(runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, bn_run=None, mn_run=None,
          name='fig7'):
     """Figure 7: the sample grids of DCGAN-BN (a) and DCGAN-MN (b) (``bn_run`` /
     ``mn_run``, default the first run of each row under ``runs_root``) at their lowest

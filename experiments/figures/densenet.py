@@ -1,7 +1,7 @@
 """Figure 5: DenseNet (k = 12) on CIFAR-100, BN vs MN at L = 40 and 100 (Sec. 4.4):
 training error, training cross-entropy, test error and test cross-entropy against
 epoch; band +-1 std within a 3-epoch window (the paper's caption)."""
-from experiments import records
+from experiments import rundir
 from experiments.figures.curves import METRICS, Panel, curve_figure
 from experiments.figures.output import FIGURES_DIR
 from experiments.figures.style import BN_STYLE, DEPTH_COLORS, MN_STYLE
@@ -9,7 +9,7 @@ from experiments.figures.style import BN_STYLE, DEPTH_COLORS, MN_STYLE
 DENSENET_WINDOW = 3          # Figure 5's caption: "computed within a window of 3 epochs"
 
 
-def fig5(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=DENSENET_WINDOW):
+def fig5(runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, window=DENSENET_WINDOW):
     """Figure 5: DenseNet (k = 12) on CIFAR-100, BN vs MN at L = 40 and 100: (a) training
     error, (b) training cross-entropy, (c) test error, (d) test cross-entropy against
     epoch; band +-1 std within a 3-epoch window (the paper's caption)."""

@@ -11,9 +11,9 @@ statistics.  The curve is the mean over the seeds found; with ``window`` > 1 a b
 +-1 standard deviation within a sliding window of epochs (as in Figure 2) is drawn, by
 default not (the CPU preset's runs have 4 epochs, too few for such a band).  The title says that the
 runs are not comparable to the paper; a BN and an MN curve of one panel are (the same
-data, preset and length: :func:`experiments.records.Assessment.comparable_with`).
+data, preset and length: :func:`experiments.verdict.Assessment.comparable_with`).
 """
-from experiments import records
+from experiments import rundir
 from experiments.figures.curves import Panel, curve_figure, row_label
 from experiments.figures.output import FIGURES_DIR
 from experiments.figures.style import BN_STYLE, MN_STYLE, PAIR_COLORS, ROW_COLORS
@@ -22,7 +22,7 @@ DATASET = 'fashion-mnist'
 WINDOW = 1
 
 
-def fig_fmnist(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW,
+def fig_fmnist(runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW,
                rows=(2, 4)):
     """BN vs MN of Table 2 ``rows`` on Fashion-MNIST, with inference and with batch
     statistics."""
@@ -65,7 +65,7 @@ PLACEMENT_DENSENET = [
 ]
 
 
-def fig_fmnist_placement(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
+def fig_fmnist_placement(runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
     """Where MN belongs, on Fashion-MNIST: the CIFAR CNN's row 2 with MN at the paper's
     layer, everywhere, with BN's inference, and BN converted to MN half-way (K = 1 and
     K = 3); DenseNet-40 with MN at the paper's layers and everywhere.  Both kinds of

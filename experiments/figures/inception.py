@@ -21,7 +21,8 @@ import matplotlib.lines
 import matplotlib.ticker
 import numpy
 
-from experiments import records
+from experiments import rundir
+from experiments.runs import Run
 from experiments.figures import output, selection
 from experiments.figures.curves import (
     WINDOW, Panel, curve_figure, gaussian_pdf, metric_curve, on_epoch_grid, row_label,
@@ -34,7 +35,7 @@ from experiments.figures.style import (
 
 # ----------------------------------------------------------------------- Figure 4
 
-def fig4(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
+def fig4(runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW):
     """Figure 4: Inception-V3 test error vs epoch.  (a) CIFAR-10 and (b) CIFAR-100,
     small learning rate (Table 4: BN-1 and the MN rows); (c) CIFAR-100, large learning
     rate (BN-5 vs MN-5); (d) CIFAR-100 with Nesterov and two lr drop policies (Table 6).
@@ -129,7 +130,7 @@ def planned_iterations(run):
     return int(round(last['iteration'] / float(last['epoch']) * run.config['train']['epochs']))
 
 
-def find_mixture_run(runs_root=records.RUNS_ROOT, layer=MIXTURE_LAYER, dataset='cifar100',
+def find_mixture_run(runs_root=rundir.RUNS_ROOT, layer=MIXTURE_LAYER, dataset='cifar100',
                      row='MN-4', experiment='table4'):
     """(run with saved mixtures of ``layer`` or None, [runs of the row without them]):
     the paper-setting run if any, else the kind with the fewest reasons not to compare
@@ -171,7 +172,7 @@ def fig8_data(run_dir, layer=MIXTURE_LAYER, n_channels=6, seed=0):
             '--force) or --set train.save_mixtures=[%s]'
             % (layer, run_dir, _mixture_stem(layer), ', '.join(saved) or 'nothing',
                layer, layer))
-    run = records.Run(run_dir)
+    run = Run(run_dir)
     mixtures = [load_mixture(p) for _, p in files]
     sizes = {m['means'].shape[1] for m in mixtures}
     if len(sizes) != 1:
@@ -185,7 +186,7 @@ def fig8_data(run_dir, layer=MIXTURE_LAYER, n_channels=6, seed=0):
             'planned_iterations': planned_iterations(run)}
 
 
-def fig8(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, run_dir=None,
+def fig8(runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, run_dir=None,
          layer=MIXTURE_LAYER, n_channels=6, seed=0, name='fig8'):
     """Figure 8: the fitted mixture of ``layer`` (default inc2/0/2/4) of an MN run at
     the saved iterations (20/40/60/80/100% of training): rows = iterations, columns = a
@@ -290,7 +291,7 @@ def _under(path, prefixes):
     return any(path == p or path.startswith(p + '/') for p in prefixes)
 
 
-def fig9(runs_root=records.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW, row='MN-4',
+def fig9(runs_root=rundir.RUNS_ROOT, out_dir=FIGURES_DIR, window=WINDOW, row='MN-4',
          prefixes=FIG9_PREFIXES):
     """Figure 9: effective number of mixture components K' (``mn/<path>/components``, the
     epoch average LogReport writes) against epoch for every MN module under ``prefixes``

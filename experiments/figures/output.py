@@ -4,10 +4,10 @@ and ``<name>.json`` (what was plotted: the run directories, seeds, missing runs)
 import dataclasses
 import os
 
-from experiments import records
+from experiments import rundir
 from experiments.figures.style import plt
 
-FIGURES_DIR = os.path.join(os.path.dirname(records.RUNS_ROOT), 'figures')
+FIGURES_DIR = os.path.join(os.path.dirname(rundir.RUNS_ROOT), 'figures')
 
 
 @dataclasses.dataclass
@@ -39,7 +39,7 @@ def save(fig, out_dir, name, sources=None):
     plt.close(fig)
     if sources is not None:
         path = os.path.join(out_dir, name + '.json')
-        records.write_json(path, sources)
+        rundir.write_json(path, sources)
         paths.append(path)
     return paths
 

@@ -9,7 +9,8 @@ runs a figure misses.
 """
 import os
 
-from experiments import records
+from experiments import metrics, rundir, verdict
+from experiments.runs import Run, assess, find_runs
 
 REPRODUCE = 'python scripts/reproduce.py'
 TRAIN_COMMAND_EXPERIMENTS = ('densenet',)   # no reproduce.py rows: one train command/row
@@ -21,16 +22,16 @@ NO_RECORD = 'provenance not recorded (saved tensor)'
 # ------------------------------------------------------------------ comparability
 
 def comparability(run):
-    """``(comparable, reasons)``: whether ``run`` (a :class:`experiments.records.Run`)
-    is comparable to the paper, and the reasons when it is not, as
-    :func:`experiments.records.assess` decides for every table and figure.  ``None``
+    """``(comparable, reasons)``: whether ``run`` (a :class:`experiments.runs.Run`)
+    is comparable to the paper, and the reasons when it is not, as its one verdict
+    (:attr:`experiments.runs.Run.assessment`) says for every table and figure.  ``None``
     stands for data without a run record (a saved tensor), which cannot be shown
     comparable.
     """
     if run is None:
         return False, [NO_RECORD]
-    verdict = records.assess(run)
-    return verdict.comparable, list(verdict.reasons)
+    v = assess(run)
+    return v.comparable, list(v.reasons)
 
 
 def _rank(reasons):
@@ -61,14 +62,14 @@ def warning_for(runs):
 # ------------------------------------------------------------------------- runs
 
 def paper_dataset(run):
-    """The paper dataset a run stands for (:func:`experiments.records.stands_for`)."""
-    return records.stands_for(run.config, run.sources)
+    """The paper dataset a run stands for (:func:`experiments.verdict.stands_for`)."""
+    return verdict.stands_for(run.config, run.sources)
 
 
 def collect_runs(root, experiment='table2'):
     """{(paper dataset, row): [Run, ...]} of the runs of ``experiment`` under ``root``."""
     out = {}
-    for run in records.find_runs(root, experiment=experiment):
+    for run in find_runs(root, experiment=experiment):
         ds = paper_dataset(run)
         if ds is not None:
             out.setdefault((ds, run.config['row']), []).append(run)
@@ -80,7 +81,7 @@ def planned_length(run):
     return (run.config.get('gan') or {}).get('updates') or run.config['train']['epochs']
 
 
-def pick_runs(runs, reports=records.TEST_ACC):
+def pick_runs(runs, reports=metrics.TEST_ACC):
     """The runs a curve is drawn from (only runs whose log reports ``reports`` count):
     the paper-setting runs if there are any, else the runs of one kind -- the kind with
     the fewest reasons not to compare (real data before synthetic), then the most seeds
@@ -105,7 +106,7 @@ def read_runs(paths, experiment):
     for path in paths:
         if not os.path.isfile(os.path.join(path, 'config.yaml')):
             raise FileNotFoundError('%s is not a run directory (no config.yaml)' % path)
-        run = records.Run(path)
+        run = Run(path)
         if run.config.get('experiment') != experiment:
             raise ValueError('%s is a run of %s, not of %s' % (
                 path, run.config.get('experiment'), experiment))
@@ -117,7 +118,7 @@ def read_runs(paths, experiment):
 
 def runs_root_option(runs_root, flag='--runs-root'):
     """``' --runs-root DIR'`` when the runs live elsewhere than results/runs, else ''."""
-    if runs_root and os.path.abspath(runs_root) != os.path.abspath(records.RUNS_ROOT):
+    if runs_root and os.path.abspath(runs_root) != os.path.abspath(rundir.RUNS_ROOT):
         return ' %s %s' % (flag, runs_root)
     return ''
 
