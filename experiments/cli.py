@@ -6,33 +6,20 @@ does not have) ends the command with ``error: <what and how to fix it>`` on stde
 exit status 1, never a traceback; Ctrl-C ends it with one line saying where the run
 stopped (exit status 130).  Anything else is a bug and keeps its traceback.
 
-Under ``mpiexec -n P > 1`` a failure on any process ends every process at once: the
-error is printed once, by the process that saw it, as ``error: rank <r>: ...``.  An
-error that every process raised at the same step (agreed collectively, see
-:mod:`experiments.parallel`) ends them together with the same status; any other one,
-raised where the other processes may be waiting in a collective, ends the job with
-``MPI_Abort``.  Processes other than rank 0 wait :data:`GRACE_S` before printing and
-aborting, so that a failure seen by every process at nearly the same moment (Ctrl-C to
-``mpiexec``) is reported by rank 0 alone.  (A full disk is agreed on at each snapshot,
-however far apart the processes' writes fail: ``Parallel.snapshot``.)
+Under ``mpiexec -n P > 1`` a failure on any process ends every process, and one of them
+prints it, naming itself (``error: rank <r>: ...``).  A failure the processes agreed on
+(:class:`mixnorm._collectives.AgreedError`, see :mod:`experiments.parallel`) is raised
+by every process: the rank it names prints it and they all exit.  Any other failure is
+printed by the process that raised it, which then exits at once: ``mpiexec`` ends the
+others.  (A Ctrl-C to ``mpiexec`` reaches every process, so two of them may each say
+where they stopped.)
 """
 import errno
 import functools
 import os
-import signal
 import sys
-import time
 import traceback
 import warnings
-
-#: Seconds a process other than rank 0 waits before it reports a failure of its own and
-#: aborts the job (rank 0, seeing the same failure, aborts the job first).
-GRACE_S = 1.0
-#: Seconds between printing a failure and aborting the job, for the launcher to forward
-#: the text (an abort can cut off what it has not yet read from the process).
-FORWARD_S = 0.5
-#: Errors of the operating system that are the user's to fix (disk full, read-only).
-USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class UsageError(Exception):
@@ -56,8 +43,8 @@ def user_errors():
 def is_user_error(e):
     """Whether ``e`` is a user's mistake (:func:`user_errors`, or a full or read-only
     disk) rather than a bug."""
-    return isinstance(e, user_errors()) or (isinstance(e, OSError)
-                                            and e.errno in USER_ERRNOS)
+    return isinstance(e, user_errors()) or (isinstance(e, OSError) and e.errno in (
+        errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM))
 
 
 def describe(e):
@@ -72,29 +59,25 @@ def describe(e):
     return str(e)
 
 
-def with_rank(line, rank, size):
-    """``line`` naming the process that prints it when there are several:
-    ``error: rank 1: ...`` / ``rank 1: interrupted ...``."""
-    if size <= 1:
-        return line
-    if line.startswith('error: '):
-        return 'error: rank %d: %s' % (rank, line[len('error: '):])
-    return 'rank %d: %s' % (rank, line)
-
-
 def entry_point(main):
     """Decorate a command's ``main(argv=None)``: user errors become one ``error:`` line
-    and exit status 1 (:class:`SystemExit`), Ctrl-C one line and exit status 130; under
-    ``mpiexec`` every process ends (:func:`leave`)."""
+    and exit status 1 (:class:`SystemExit`), Ctrl-C one line and exit status 130, bugs
+    keep their traceback (:func:`leave`).  Under ``mpiexec`` MPI starts first, so that
+    from then on a process that exits makes ``mpiexec`` end the others."""
     @functools.wraps(main)
     def wrapped(argv=None):
         warnings.formatwarning = format_warning
+        from experiments import parallel
+        rank, size = parallel.launched_world()
+        if size > 1:
+            try:
+                from mpi4py import MPI  # noqa: F401  (initializes MPI)
+            except ImportError:
+                pass
         try:
             return main(argv)
-        except KeyboardInterrupt as e:
-            leave(e, str(e) or 'interrupted', 130)
-        except Exception as e:
-            leave(e, 'error: %s' % describe(e) if is_user_error(e) else None, 1)
+        except (Exception, KeyboardInterrupt) as e:
+            leave(e, rank, size)
     return wrapped
 
 
@@ -110,39 +93,46 @@ def format_warning(message, category, filename, lineno, line=None):
     return _format_warning(message, category, filename, lineno, line)
 
 
-def leave(error, line, status):
-    """End this process after ``error`` (being handled): print ``line`` (None: the
-    traceback of a bug) once for the job and exit with ``status``; with several
-    processes, make every process end."""
-    from experiments import parallel
-    rank, size = parallel.launched_world()
+def leave(error, rank, size):
+    """End the command after ``error``: print it (:func:`say`) and exit with status 130
+    (Ctrl-C) or 1; a bug of a single process keeps Python's traceback.
+
+    With several processes: an error with an :class:`AgreedError` in its chain of causes
+    was raised by every process; the rank that error names prints it and every process
+    exits.  Any other was raised by this process alone, while the others may wait for
+    it in a collective: it prints it and exits at once, without Python's clean-up (which
+    would wait for them too), and ``mpiexec`` ends the others."""
+    from mixnorm._collectives import AgreedError
+    status = 130 if isinstance(error, KeyboardInterrupt) else 1
     if size <= 1:
-        if line is None:
-            raise error
-        if status == 1:
-            raise SystemExit(line) from None
-        print(line, file=sys.stderr)
+        if isinstance(error, KeyboardInterrupt):
+            print(str(error) or 'interrupted', file=sys.stderr)
+            raise SystemExit(status) from None
+        if is_user_error(error):
+            raise SystemExit('error: %s' % describe(error)) from None
+        raise error
+    agreed = error
+    while agreed is not None and not isinstance(agreed, AgreedError):
+        agreed = agreed.__cause__
+    if error is agreed:         # it stands for the failure it agreed on
+        error = error.__cause__ or error
+    if agreed is None or agreed.rank == rank:
+        sys.stderr.write(say(error, rank, size))
+        sys.stderr.flush()
+    if agreed is not None:
         raise SystemExit(status) from None
-    if getattr(error, 'raised_alike', False):       # every process leaves at this step
-        if error.speaks:
-            report(error, line, rank, size)
-        raise SystemExit(status) from None
-    signal.signal(signal.SIGINT, signal.SIG_IGN)     # a second Ctrl-C: abort all the same
-    if rank != 0:
-        time.sleep(GRACE_S)
-    report(error, line, rank, size)
-    time.sleep(FORWARD_S)
-    parallel.abort(status)
+    sys.stdout.flush()
+    os._exit(status)
 
 
-def report(error, line, rank, size):
-    """Print ``line`` (None: the traceback of a bug) for this process, in one write, so
-    that the launcher forwards it whole before an abort."""
-    if line is None:
-        text = 'rank %d of %d: a bug; the traceback follows\n%s' % (
-            rank, size, ''.join(traceback.format_exception(type(error), error,
-                                                           error.__traceback__)))
-    else:
-        text = with_rank(line, rank, size) + '\n'
-    sys.stderr.write(text)
-    sys.stderr.flush()
+def say(error, rank, size):
+    """What process ``rank`` of ``size`` prints for ``error``: ``rank 1: interrupted
+    ...``, ``error: rank 1: ...`` or, for a bug, ``rank 1 of 2: a bug`` and the
+    traceback."""
+    if isinstance(error, KeyboardInterrupt):
+        return 'rank %d: %s\n' % (rank, str(error) or 'interrupted')
+    if is_user_error(error):
+        return 'error: rank %d: %s\n' % (rank, describe(error))
+    return 'rank %d of %d: a bug; the traceback follows\n%s' % (
+        rank, size, ''.join(traceback.format_exception(type(error), error,
+                                                       error.__traceback__)))

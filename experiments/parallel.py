@@ -22,23 +22,23 @@ which is the P = 1 case of the same code: every method is then the identity.  Un
   continues where it stopped; the processes agree after each snapshot
   (:meth:`Parallel.snapshot`).
 
-A failure on one process ends every process (:mod:`experiments.cli` prints it once and
-leaves together): a step that every process runs alone (loading the config and the
-data, opening the device) is agreed on afterwards (:meth:`Parallel.together`), a step
-that rank 0 decides for all is broadcast with its error (:meth:`Parallel.decide`), and
-a failure inside training, where the others wait in a collective, calls ``MPI_Abort``
-(:func:`abort`).  Running under ``mpiexec -n P`` without ``--communicator`` is an error
-(:func:`launched_world` reads P from the launcher).
+A failure on one process ends every process (:func:`experiments.cli.entry_point` prints
+it once).  A step that every process runs alone (loading the config and the data,
+writing its snapshot) is agreed on afterwards (:meth:`Parallel.agree`,
+:func:`mixnorm._collectives.agree`): if it failed anywhere, every process raises the
+same :class:`~mixnorm._collectives.AgreedError` and they leave together.  Any other
+failure ends its process at once, and ``mpiexec`` ends the others.  Running under
+``mpiexec -n P`` without ``--communicator`` is an error (:func:`launched_world` reads P
+from the launcher).
 """
 import os
-import signal
 import sys
-import time
 
 import numpy
 
 from experiments import config as config_lib
 from experiments import records
+from mixnorm import _collectives
 
 INSTALL = "pip install -e '.[distributed]' (mpi4py and the mpich wheel)"
 #: Offset of the data-order and augmentation seeds of rank r (r * RANK_SEED): rank 0
@@ -67,56 +67,23 @@ def launched_world():
     return 0, 1
 
 
-def abort(status):
-    """End every process of the job now with exit status ``status``: ``MPI_Abort``.  A
-    process that ``mpiexec`` started but that has not initialized MPI yet (Ctrl-C in
-    its first second) ends itself by SIGTERM instead: the launcher then ends the others,
-    which a plain exit would leave waiting in ``MPI_Init``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    mpi = sys.modules.get('mpi4py.MPI')
-    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
-        mpi.COMM_WORLD.Abort(status)
-    if launched_world()[1] > 1:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(10)
-    raise SystemExit(status)
-
-
-class RaisedAlike(Exception):
-    """What a process raises when a step failed on another one (rank ``ranks[0]``
-    prints the error; this one leaves quietly with it)."""
-
-    def __init__(self, ranks):
-        super().__init__('failed on rank %s' % ', '.join(map(str, ranks)))
-        self.ranks = ranks
-
-
-def mark_alike(error, speaks):
-    """Mark ``error`` as raised on every process at the same step, so that they all end
-    together without ``MPI_Abort``; only the processes with ``speaks`` print it."""
-    error.raised_alike = True
-    error.speaks = bool(speaks)
-    return error
-
-
-def not_launched_alone(name):
-    """A :class:`ConfigError` when ``mpiexec -n P > 1`` started this process without a
+def not_launched_alone():
+    """Every process raises this when ``mpiexec -n P > 1`` started them without a
     communicator: the P processes would each train the whole run into one directory."""
-    rank, size = launched_world()
-    if name is None and size > 1:
-        raise mark_alike(config_lib.ConfigError(
+    size = launched_world()[1]
+    if size > 1:
+        error = config_lib.ConfigError(
             'this process is one of %d started by mpiexec, but without --communicator: '
             'each would train the whole run alone into the same run directory; add '
             '--communicator naive (CPU processes) or pure_nccl (GPUs), or run one '
-            'process without mpiexec' % size), speaks=rank == 0)
+            'process without mpiexec' % size)
+        raise _collectives.AgreedError(str(error), 0) from error
 
 
 def create(name):
     """The :class:`Parallel` of communicator ``name`` (None: one process)."""
     if name is None:
-        not_launched_alone(name)
+        not_launched_alone()
         return Parallel(None, None)
     try:
         import mpi4py  # noqa: F401
@@ -140,8 +107,6 @@ def create(name):
         raise config_lib.ConfigError('cannot create the ChainerMN communicator %r: %s '
                                      '(CPU processes use naive; GPUs pure_nccl)'
                                      % (name, ' '.join(str(e).split()))) from None
-    import chainermn.global_except_hook
-    chainermn.global_except_hook.add_hook()     # a crash outside the commands' error path
     return Parallel(name, comm)
 
 
@@ -260,41 +225,19 @@ class Parallel:
         return chainermn.create_multi_node_evaluator(evaluator, self.comm)
 
     # ------------------------------------------------------------------ agreement
-    def decide(self, fn):
-        """``fn()`` on rank 0, its result (or its error, printed by rank 0 alone) on
-        every process."""
+    def agree(self, fn):
+        """``fn()`` on every process (a step without collectives of its own, such as
+        loading the data), then agree on how it went: if it raised on some, every
+        process raises the same :class:`~mixnorm._collectives.AgreedError`, reported by
+        the lowest rank that failed (:func:`mixnorm._collectives.agree`)."""
         if self.comm is None:
             return fn()
-        result = error = None
-        if self.writer:
-            try:
-                result = fn()
-            except Exception as e:          # re-raised on every rank
-                error = e
-        result, error = self.comm.bcast_obj((result, error) if self.writer else None)
-        if error is not None:
-            raise mark_alike(error, speaks=self.writer)
-        return result
+        return _collectives.agree(_collectives.MPIReducer(self.comm), fn)
 
-    def together(self, fn):
-        """``fn()`` on every process (a step without collectives, such as loading the
-        data), then agree on how it went: when it raised on some, every process raises,
-        and each error is printed once, by the lowest rank that raised its text.  So a
-        failure on one process ends them all instead of leaving the others waiting."""
-        if self.comm is None:
-            return fn()
-        result = error = None
-        try:
-            result = fn()
-        except Exception as e:
-            error = e
-        texts = self.allgather(None if error is None else gist(error))
-        failed = [r for r, t in enumerate(texts) if t is not None]
-        if not failed:
-            return result
-        if error is None:
-            raise mark_alike(RaisedAlike(failed), speaks=False)
-        raise mark_alike(error, speaks=texts.index(texts[self.rank]) == self.rank)
+    def decide(self, fn):
+        """``fn()`` on rank 0, agreed on (:meth:`agree`), its result on every process."""
+        result = self.agree(lambda: fn() if self.writer else None)
+        return result if self.comm is None else self.comm.mpi_comm.bcast(result, root=0)
 
     def allgather(self, obj):
         """[``obj`` of rank 0, ..., of rank P - 1] on every process."""
@@ -306,51 +249,22 @@ class Parallel:
         """This process's file of the snapshot rank 0 calls ``path``."""
         return records.rank_file(path, self.rank)
 
-    def snapshot(self, filename, **kwargs):
+    def snapshot(self, filename, writer=None, **kwargs):
         """The trainer's snapshot extension: every process writes its own file
-        (:meth:`own_snapshot`), then they agree on how it went (:meth:`together`), so
-        that a disk filling up under all of them ends every process at that snapshot,
-        with the error printed once."""
+        (:meth:`own_snapshot`) and they agree on how it went (:meth:`agree`), so that a
+        disk filling up under all of them ends every process at that snapshot, with the
+        error printed once."""
         from chainer.training import extensions
-        snap = extensions.snapshot(filename=self.own_snapshot(filename), **kwargs)
-        return snap if self.comm is None else Agreed(snap, self)
+        own = writer or extensions.snapshot_writers.SimpleWriter()
+
+        def agreed(filename, outdir, target):
+            self.agree(lambda: own(filename, outdir, target))
+        return extensions.snapshot(filename=self.own_snapshot(filename), writer=agreed,
+                                   **kwargs)
 
     def barrier(self):
         if self.comm is not None:
             self.comm.mpi_comm.Barrier()
-
-
-def gist(error):
-    """What makes two processes' errors the same one: an operating-system error's type
-    and number (the file each process failed to write differs), any other's text."""
-    if isinstance(error, OSError) and error.errno is not None:
-        return '%s: errno %d' % (type(error).__name__, error.errno)
-    return '%s: %s' % (type(error).__name__, error)
-
-
-class Agreed:
-    """A trainer extension that every process runs at the same step (its snapshot),
-    followed by :meth:`Parallel.together`; otherwise the extension it wraps."""
-
-    def __init__(self, extension, par):
-        self.extension, self.par = extension, par
-        self.trigger, self.priority = extension.trigger, extension.priority
-        self.name = getattr(extension, 'name', None) or extension.default_name
-
-    def __call__(self, trainer):
-        self.par.together(lambda: self.extension(trainer))
-
-    def initialize(self, trainer):
-        self.extension.initialize(trainer)
-
-    def on_error(self, trainer, exc, tb):
-        self.extension.on_error(trainer, exc, tb)
-
-    def finalize(self):
-        self.extension.finalize()
-
-    def serialize(self, serializer):
-        self.extension.serialize(serializer)
 
 
 def rank_snapshots(out):

@@ -20,7 +20,7 @@ the same for every kind, with one process or several (:mod:`experiments.parallel
    start, after each snapshot, on Ctrl-C and at the end, written by rank 0.
 
 Every process takes the steps; what one process does alone and may fail at (its
-device, its data) is agreed collectively (``par.together``), what rank 0 decides for
+device, its data) is agreed collectively (``par.agree``), what rank 0 decides for
 all (``par.decide``) is broadcast.
 """
 from mixnorm import _compat  # noqa: F401
@@ -93,7 +93,7 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
     """
     par = par or parallel_lib.create(None)
     kind.check(cfg, par)
-    cfg = par.together(lambda: par.record(cfg))
+    cfg = par.agree(lambda: par.record(cfg))
     if not par.writer:
         log = _quiet
     out = out or records.run_dir(cfg)
@@ -101,7 +101,7 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
     if start.action == 'skip':
         log(start.message)
         return start.summary
-    device, dataset = par.together(lambda: prepare_local(kind, cfg, device, dataset, par))
+    device, dataset = par.agree(lambda: prepare_local(kind, cfg, device, dataset, par))
     kind.start = start
     kind.build(cfg, dataset, out, device, progress, par)
     # the run directory appears (or is cleared) only once device, data and model are
@@ -254,11 +254,6 @@ def prepare_local(kind, cfg, device, dataset, par):
 
 def resume_snapshot(trainer, start, par, log):
     """Load the newest snapshot every process has complete (:func:`records.load_snapshot`);
-    its errors are the same on every process, printed by rank 0.  Returns its path or
-    None."""
-    try:
-        return records.load_snapshot(trainer, start, log=log, par=par)
-    except records.RunError as e:
-        if par.size > 1:
-            raise parallel_lib.mark_alike(e, speaks=par.writer) from None
-        raise
+    its errors are the same on every process, agreed on (printed by rank 0).  Returns its
+    path or None."""
+    return par.agree(lambda: records.load_snapshot(trainer, start, log=log, par=par))

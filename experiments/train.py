@@ -460,7 +460,7 @@ def main(argv=None):
     add_run_arguments(p)
     args = p.parse_args(argv)
     par = parallel_lib.create(args.communicator)
-    cfg = par.together(lambda: config_lib.load_config(args.config, args.preset,
+    cfg = par.agree(lambda: config_lib.load_config(args.config, args.preset,
                                                       config_overrides(args)))
     out = args.out or records.run_dir(cfg)
     summary = run(cfg, out=out, device=args.device, resume=args.resume,

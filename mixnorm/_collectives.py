@@ -9,11 +9,10 @@ in an order that depends on the rank.  Each collective is counted (``calls``, an
 ``bytes_sent``/``bytes_received`` of this rank).
 
 Failing together.  A rank that raised alone would leave the others waiting in their
-next collective, so every check whose outcome may differ between ranks is decided
-collectively: :func:`raise_together` (on failure paths, with any reducer) and
-:class:`StepReducer` (whose first collective of a layer call also carries every rank's
-verdict on its input) make every rank raise the same error, naming the ranks that
-failed (:func:`joint_error`).
+next collective, so every check whose outcome may differ between ranks runs inside
+:func:`agree`: each rank runs the check, one collective tells every rank how it went
+on all of them, and if it failed anywhere every rank raises the same
+:class:`AgreedError`, naming the ranks that failed.
 
 :class:`LocalReducer` is the group of one process; :class:`MPIReducer` wraps an
 mpi4py communicator.  mpi4py is imported only when an :class:`MPIReducer` is built,
@@ -54,15 +53,6 @@ class _Reducer:
         self.bytes_received += out.nbytes
         return out
 
-    def allgather_objects(self, obj, nbytes=0):
-        """Every rank's picklable ``obj`` in rank order (a list; one collective whatever
-        the sizes), counted as ``nbytes`` sent by each rank."""
-        out = self._allgather_objects(obj)
-        self.calls += 1
-        self.bytes_sent += nbytes
-        self.bytes_received += nbytes * len(out)
-        return out
-
     def sum(self, a):
         """``a`` summed over the ranks in rank order (the same bits on every rank)."""
         return _rank_order_sum(self.allgather(a))
@@ -75,53 +65,51 @@ def _rank_order_sum(parts):
     return total
 
 
-def _kind(error):
-    """The built-in class every rank raises for ``error``."""
-    for cls in (ValueError, TypeError, RuntimeError):
-        if isinstance(error, cls):
-            return cls.__name__
-    return 'RuntimeError'
+class AgreedError(ValueError):
+    """What every rank raises when :func:`agree` found that its step failed on some rank.
+
+    ``rank`` is the lowest rank on which it failed: that rank alone reports it (the
+    others leave quietly).  On a rank where the step failed, ``__cause__`` is this
+    rank's own exception; the message names every failed rank with its error's text.
+    A ``ValueError``, as the checks the library agrees on are."""
+
+    def __init__(self, message, rank):
+        super().__init__(message)
+        self.rank = rank
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.rank)
 
 
-_KINDS = {'ValueError': ValueError, 'TypeError': TypeError, 'RuntimeError': RuntimeError}
+def agree(reducer, fn, what=None):
+    """``fn()`` on every rank, then agree on how it went (collective): ``fn``'s result
+    when it raised on no rank, else the same :class:`AgreedError` on every rank.
 
-
-def joint_error(failures, size, what=None):
-    """The exception every rank raises when the ranks of ``failures`` (a list of
-    ``(rank, kind, message)``, rank order) failed: ``what`` (a phrase in which
-    ``{ranks}`` names the failed ranks) then each failed rank's own message, of the
-    class of the first one's error (``ValueError``, ``TypeError`` or
-    ``RuntimeError``)."""
-    ranks = [rank for rank, _, _ in failures]
-    head = (what or 'rank(s) {ranks} of %d failed' % size).format(ranks=ranks)
-    body = '; '.join('rank %d: %s' % (rank, message) for rank, _, message in failures)
-    return _KINDS.get(failures[0][1], RuntimeError)('%s: %s' % (head, body))
-
-
-def raise_together(reducer, error, what=None):
-    """Raise the same error on every rank if any rank has one (collective).
-
-    Every rank passes its own exception, or None.  The messages travel as float64 codes
-    through the reducer's ``allgather`` (so any reducer will do): one collective when
-    no rank failed (then it returns None), two when some did; then every rank raises
-    :func:`joint_error` of those ranks.  Meant for failure paths, where a rank that
-    raised alone would leave the others waiting in their next collective.
+    Each rank all-gathers the text of its failure (or nothing) as float64 codes
+    through ``reducer.allgather``, so any reducer will do: one collective when no rank
+    failed, two when some did.  ``what``: the error's opening phrase, in which
+    ``{ranks}`` names the failed ranks; every failed rank's text follows
+    (``rank 1: ...``).  ``fn`` may make collectives of its own, as long as every rank
+    makes the same ones before it can raise.
     """
-    text = '' if error is None else '%s\n%s' % (_kind(error), error)
-    data = numpy.frombuffer(text.encode('utf-8'), dtype=numpy.uint8)
+    try:
+        result, error = fn(), None
+    except Exception as e:
+        result, error = None, e
+    data = numpy.frombuffer(('' if error is None else str(error) or type(error).__name__)
+                            .encode('utf-8'), dtype=numpy.uint8)
     lengths = reducer.allgather([float(data.size)])[:, 0].astype(numpy.int64)
     if not lengths.any():
-        return None
+        return result
     buf = numpy.zeros(int(lengths.max()))
     buf[:data.size] = data
     codes = reducer.allgather(buf)
-    failures = []
-    for rank, (row, m) in enumerate(zip(codes, lengths)):
-        if m:
-            kind, message = row[:m].astype(numpy.uint8).tobytes().decode(
-                'utf-8', 'replace').split('\n', 1)
-            failures.append((rank, kind, message))
-    raise joint_error(failures, reducer.size, what)
+    failed = [(rank, row[:m].astype(numpy.uint8).tobytes().decode('utf-8', 'replace'))
+              for rank, (row, m) in enumerate(zip(codes, lengths)) if m]
+    head = (what or 'rank(s) {ranks} of %d failed' % reducer.size).format(
+        ranks=[rank for rank, _ in failed])
+    raise AgreedError('%s: %s' % (head, '; '.join('rank %d: %s' % f for f in failed)),
+                      failed[0][0]) from error
 
 
 class LocalReducer(_Reducer):
@@ -130,9 +118,6 @@ class LocalReducer(_Reducer):
 
     def _allgather(self, a):
         return a[None].copy()
-
-    def _allgather_objects(self, obj):
-        return [obj]
 
 
 class MPIReducer(_Reducer):
@@ -152,65 +137,3 @@ class MPIReducer(_Reducer):
         out = numpy.empty((self.size,) + a.shape, dtype=numpy.float64)
         self.comm.Allgather(a, out)
         return out
-
-    def _allgather_objects(self, obj):
-        return self.comm.allgather(obj)
-
-
-class StepReducer:
-    """The collectives of one call of a synchronized layer, whose first collective also
-    settles, on every rank at once, whether every rank's input passed its checks.
-
-    ``reducer``: the layer's reducer; ``error``: this rank's verdict on its input (an
-    exception, or None); ``channels``: its channel count, which must be the same on
-    every rank.  The first :meth:`allgather` (wherever the layer's math makes it)
-    exchanges every rank's verdict with its payload in one all-gather of objects, so
-    that a rank that failed, and contributes no payload, takes part in the same
-    collective; if any rank failed, every rank raises the same error
-    (:func:`joint_error`), naming the ranks.  Later collectives pass through.  A rank
-    with no collective of its own to make (its input failed before it got to one)
-    calls :meth:`settle` instead.  Counts go to ``reducer``.
-    """
-
-    def __init__(self, reducer, error=None, channels=None):
-        self.reducer, self.error, self.channels = reducer, error, channels
-        self.size, self.rank = reducer.size, reducer.rank
-        self.pending = True
-
-    def allgather(self, a):
-        if not self.pending:
-            return self.reducer.allgather(a)
-        a = numpy.ascontiguousarray(a, dtype=numpy.float64)
-        rows = self._exchange(a)
-        return numpy.stack([payload for _, _, payload in rows])
-
-    def sum(self, a):
-        return _rank_order_sum(self.allgather(a))
-
-    def settle(self, error=None):
-        """Take part in the first collective if it is still to come, with ``error`` (this
-        rank's failure, or None) added to the verdict; raises as :meth:`allgather`."""
-        if error is not None and self.error is None:
-            self.error = error
-        if self.pending:
-            self._exchange(None)
-
-    def _exchange(self, payload):
-        self.pending = False
-        verdict = None if self.error is None else (_kind(self.error), str(self.error))
-        rows = self.reducer.allgather_objects(
-            (verdict, self.channels, payload),
-            nbytes=0 if payload is None else payload.nbytes)
-        failures = [(rank,) + tuple(verdict) for rank, (verdict, _, _) in enumerate(rows)
-                    if verdict is not None]
-        if failures:
-            raise joint_error(failures, self.size,
-                              'the input of rank(s) {ranks} of %d fails the checks of '
-                              'the synchronized layer' % self.size)
-        channels = [c for _, c, _ in rows]
-        if len(set(channels)) > 1:
-            raise ValueError(
-                'the ranks of a synchronized layer got inputs with different channel '
-                'counts (%s): every rank must pass the same number of channels'
-                % ', '.join('rank %d: %s' % (rank, c) for rank, c in enumerate(channels)))
-        return rows

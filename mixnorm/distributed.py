@@ -22,11 +22,11 @@ The ranks fail together.  In training, every check on a rank's input (shape, cha
 count, dtype, an empty batch, NaN/Inf, a float32 overflow, the channel count that
 ``size=None`` takes from the first input) is decided collectively before any rank can
 go its own way: a bad input on one rank raises the same error on every rank, naming
-the rank(s), whether or not ChainerMN's crash hook is installed.  The checks of the
-input itself ride on the first collective of each call
-(:class:`mixnorm._collectives.StepReducer`), so they cost no extra collective.  The
-rule users must keep: **every rank calls the link the same number of times in
-training** (as with ChainerMN's ``MultiNodeBatchNormalization``).  Inference
+the rank(s), whether or not ChainerMN's crash hook is installed
+(:func:`mixnorm._collectives.agree`: the checks of the input itself cost one collective
+of one number per call).  The rule users must keep: **every rank calls the link the
+same number of times in training** (as with ChainerMN's
+``MultiNodeBatchNormalization``).  Inference
 communicates nothing, so ranks may run it on batches of different counts (a test set
 split unevenly), and a bad input there raises on its own rank only, leaving no rank
 waiting in the link.
@@ -84,37 +84,35 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
         self.comm = comm
         self._reducer = _collectives.MPIReducer(comm.mpi_comm)
         self.seed = int(comm.mpi_comm.bcast(self.seed, root=0))
-        self._step = None
 
     def forward(self, x, **kwargs):
         if not chainer.config.train:
             return super().forward(x, **kwargs)     # no collective: checks stay local
         x_arr = x.array if isinstance(x, chainer.Variable) else x
-        step = _collectives.StepReducer(self._reducer, self._input_error(x_arr),
-                                        x_arr.shape[1] if x_arr.ndim >= 2 else None)
-        if step.error is not None or self.size is None:
-            # a bad input, or the channel count size=None takes from it: settled by
-            # every rank before the layer is sized or any other collective is made
-            self._settle(step)
-        self._step = step
         try:
-            y = super().forward(x, **kwargs)
-        except Exception as e:
-            if step.pending:        # failed before its first collective: tell the others
-                self._settle(step, e)
-            raise
-        finally:
-            self._step = None
-        return y
-
-    def _settle(self, step, error=None):
-        try:
-            step.settle(error)
+            self._agree_on_input(x_arr)
         except ValueError as e:
             raise ValueError('%s: %s' % (self._label(), e)) from e
+        return super().forward(x, **kwargs)
 
-    def _collectives(self):
-        return self._step
+    def _agree_on_input(self, x):
+        """Every rank's input passes the checks (:meth:`_input_error`), and with
+        ``size=None`` every rank's has the same channel count, or every rank raises."""
+        size = self._reducer.size
+
+        def check():
+            error = self._input_error(x)
+            if error is not None:
+                raise error
+        _collectives.agree(self._reducer, check, 'the input of rank(s) {ranks} of %d fails '
+                           'the checks of the synchronized layer' % size)
+        if self.size is None:       # the channel count the layer takes from its input
+            channels = self._reducer.allgather([x.shape[1]])[:, 0].astype(int)
+            if len(set(channels)) > 1:
+                raise _collectives.AgreedError(
+                    'the ranks of a synchronized layer got inputs with different channel '
+                    'counts (%s): every rank must pass the same number of channels'
+                    % ', '.join('rank %d: %d' % rc for rc in enumerate(channels)), 0)
 
     def __deepcopy__(self, memo):
         # a copy (e.g. chainermn.links.create_mnbn_model's) shares the communicator

@@ -10,11 +10,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
+import numpy as np
 import pytest
 
 import mpi_util
 from experiments import cli, config as C, parallel, records
+from mixnorm._collectives import AgreedError, agree
 from mpi_util import needs_mpi
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +58,7 @@ def test_one_process_is_the_p1_case():
     assert (rec['world_size'], rec['communicator'], rec['per_rank_batch_size']) == \
         (1, None, cfg['data']['batch_size'])
     ds = list(range(10))
-    assert par.shard(ds, 0) is ds and par.decide(lambda: 42) == 42
+    assert par.shard(ds, 0) is ds and par.decide(lambda: 42) == 42 and par.agree(lambda: 7) == 7
     assert par.own_snapshot('snapshot_epoch_3') == 'snapshot_epoch_3'
 
 
@@ -134,51 +137,160 @@ def test_the_world_is_read_from_the_launcher(monkeypatch, env, world):
     monkeypatch.delitem(sys.modules, 'mpi4py.MPI', raising=False)
     assert parallel.launched_world() == world
     if world[1] > 1:                # mpiexec -n P > 1 without --communicator
-        with pytest.raises(C.ConfigError, match='one of %d started by mpiexec, but without '
-                           '--communicator.*add --communicator naive' % world[1]) as e:
+        with pytest.raises(AgreedError) as e:
             parallel.create(None)
-        assert e.value.raised_alike and e.value.speaks == (world[0] == 0)
+        assert e.value.rank == 0        # every process raises it; rank 0 prints it
+        assert isinstance(e.value.__cause__, C.ConfigError)
+        assert ('one of %d started by mpiexec, but without --communicator' % world[1]) in \
+            str(e.value.__cause__) and 'add --communicator naive' in str(e.value)
     else:
         assert parallel.create(None).size == 1
 
 
-def test_an_error_raised_alike_is_printed_once_and_ends_every_process(monkeypatch, capsys):
-    @cli.entry_point
-    def alike(argv=None):
-        raise parallel.mark_alike(records.RunError('no snapshot'), speaks=argv == 'speak')
+class ThreadRanks:
+    """P threads as ranks: ``allgather`` stacks every thread's float64 array."""
 
-    monkeypatch.setattr(parallel, 'launched_world', lambda: (1, 2))
-    for argv, printed in (('speak', 'error: rank 1: no snapshot\n'), ('quiet', '')):
-        with pytest.raises(SystemExit) as e:
-            alike(argv)
-        assert e.value.code == 1 and capsys.readouterr().err == printed
+    def __init__(self, size):
+        self.size, self.rows, self.calls = size, [None] * size, 0
+        self.barrier = threading.Barrier(size, timeout=20)
+
+    def reducer(self, rank):
+        group = self
+
+        class Reducer:
+            size, rank = group.size, None
+
+            def allgather(self, a):
+                group.rows[self.rank] = np.asarray(a, dtype=np.float64)
+                group.barrier.wait()
+                out = np.stack(group.rows)
+                group.barrier.wait()
+                group.calls += self.rank == 0
+                return out
+        r = Reducer()
+        r.rank = rank
+        return r
+
+    def run(self, fn):
+        """``agree(reducer, lambda: fn(rank))`` on every rank: what each returned or
+        raised."""
+        got = [None] * self.size
+
+        def one(rank):
+            try:
+                got[rank] = agree(self.reducer(rank), lambda: fn(rank))
+            except Exception as e:
+                got[rank] = e
+        threads = [threading.Thread(target=one, args=(r,)) for r in range(self.size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return got
 
 
-def test_a_failure_of_one_process_aborts_the_job_after_rank_0_had_its_chance(monkeypatch,
-                                                                             capsys):
-    aborted, slept = [], []
-    monkeypatch.setattr(parallel, 'abort', lambda status: aborted.append(status))
-    monkeypatch.setattr(cli.time, 'sleep', slept.append)
-    monkeypatch.setattr(cli.signal, 'signal', lambda *a: None)
+def test_agree_returns_each_ranks_result_when_none_failed_in_one_collective():
+    ranks = ThreadRanks(3)
+    assert ranks.run(lambda rank: rank * 10) == [0, 10, 20] and ranks.calls == 1
 
-    @cli.entry_point
-    def failing(argv=None):
-        if argv == 'disk':
+
+def test_agree_raises_the_same_error_on_every_rank_naming_the_first_that_failed():
+    def fn(rank):
+        if rank == 2:
             raise OSError(errno.ENOSPC, 'No space left on device')
-        if argv == 'ctrl-c':
-            raise records.RunInterrupted('interrupted at epoch 2.00')
+        if rank == 1:
+            raise records.RunError('the data of rank 1 is missing')
+        return 'fine'
+
+    ranks = ThreadRanks(3)
+    got = ranks.run(fn)
+    assert all(isinstance(e, AgreedError) for e in got), got
+    assert {str(e) for e in got} == {
+        'rank(s) [1, 2] of 3 failed: rank 1: the data of rank 1 is missing; '
+        'rank 2: [Errno 28] No space left on device'}
+    assert [e.rank for e in got] == [1, 1, 1]           # rank 1 reports it
+    # each rank that failed keeps its own error, with its traceback
+    assert got[0].__cause__ is None and isinstance(got[1].__cause__, records.RunError)
+    assert got[2].__cause__.errno == errno.ENOSPC and got[2].__cause__.__traceback__
+    assert ranks.calls == 2
+
+
+def entry(monkeypatch, rank, raise_it):
+    """Run a command raising ``raise_it(rank)`` as process ``rank`` of 2: (exit status,
+    what it printed on stderr, whether it exited without Python's clean-up)."""
+    monkeypatch.setattr(parallel, 'launched_world', lambda: (rank, 2))
+    monkeypatch.setitem(sys.modules, 'mpi4py.MPI', None)      # no MPI to start here
+    left = []
+
+    def exit_now(status):
+        left.append(status)
+        raise SystemExit(status)
+    monkeypatch.setattr(cli.os, '_exit', exit_now)
+
+    @cli.entry_point
+    def command(argv=None):
+        raise_it(rank)
+
+    with pytest.raises(SystemExit) as e:
+        command()
+    return e.value.code, bool(left)
+
+
+def agreed_disk_full(rank):
+    """What ``agree`` raises when the disk filled up under rank 1 (and rank 0 did not
+    fail): rank 1's error is the cause on rank 1."""
+    cause = OSError(errno.ENOSPC, 'No space left on device') if rank == 1 else None
+    raise AgreedError('rank(s) [1] of 2 failed: rank 1: [Errno 28] No space left on '
+                      'device', 1) from cause
+
+
+def test_an_agreed_error_is_printed_by_the_rank_it_names_and_every_process_leaves(
+        monkeypatch, capsys):
+    for rank in (0, 1):
+        status, at_once = entry(monkeypatch, rank, agreed_disk_full)
+        err = capsys.readouterr().err
+        assert status == 1 and not at_once         # every process leaves by itself
+        if rank == 1:
+            assert err == ('error: rank 1: [Errno 28] No space left on device: free some '
+                           'space (or train into --out on another disk) and run the same '
+                           'command again: it resumes from the newest complete snapshot\n')
+        else:
+            assert err == ''
+
+    def link_error(rank):           # a layer adds its name to an agreed error
+        try:
+            agreed_disk_full(rank)
+        except AgreedError as e:
+            raise ValueError('layer conv1: %s' % e) from e
+
+    for rank in (0, 1):
+        status, at_once = entry(monkeypatch, rank, link_error)
+        err = capsys.readouterr().err
+        assert status == 1 and not at_once
+        assert (err.startswith('rank 1 of 2: a bug; the traceback follows\n')
+                and err.rstrip().endswith('ValueError: layer conv1: rank(s) [1] of 2 '
+                                          'failed: rank 1: [Errno 28] No space left on '
+                                          'device')) if rank == 1 else err == ''
+
+
+def test_a_failure_of_one_process_is_printed_by_it_and_ends_it_at_once(monkeypatch,
+                                                                       capsys):
+    def disk(rank):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    def ctrl_c(rank):
+        raise records.RunInterrupted('interrupted at epoch 2.00')
+
+    def bug(rank):
         raise ZeroDivisionError('a bug')
 
     for rank in (0, 1):
-        monkeypatch.setattr(parallel, 'launched_world', lambda: (rank, 2))
-        failing('disk')
-        err = capsys.readouterr().err
-        assert err.startswith('error: rank %d: [Errno 28] No space left on device: free some '
-                              'space' % rank)
-        failing('ctrl-c')
+        assert entry(monkeypatch, rank, disk) == (1, True)
+        assert capsys.readouterr().err.startswith(
+            'error: rank %d: [Errno 28] No space left on device: free some space' % rank)
+        assert entry(monkeypatch, rank, ctrl_c) == (130, True)
         assert capsys.readouterr().err == 'rank %d: interrupted at epoch 2.00\n' % rank
-        failing('bug')
+        assert entry(monkeypatch, rank, bug) == (1, True)
         err = capsys.readouterr().err
-        assert 'rank %d of 2: a bug' % rank in err and 'ZeroDivisionError: a bug' in err
-    assert aborted == [1, 130, 1] * 2
-    assert slept == [cli.FORWARD_S] * 3 + [cli.GRACE_S, cli.FORWARD_S] * 3
+        assert err.startswith('rank %d of 2: a bug; the traceback follows\nTraceback' % rank)
+        assert err.rstrip().endswith('ZeroDivisionError: a bug')

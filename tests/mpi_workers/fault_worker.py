@@ -6,13 +6,12 @@ collective (run by tests/test_faults.py under mpiexec).
 MODE: ``user`` (a user's mistake inside training, where the others wait in a
 collective), ``bug`` (an exception that is no user error, there), ``local`` (a user's
 mistake in a step every process takes alone, agreed on afterwards), ``everywhere``
-(every process raises the same user error outside any agreement; RANK ignored),
-``sigint`` (Ctrl-C to that process alone), ``early`` (Ctrl-C to that process before it
-initialized MPI, while the others wait for it in ``MPI_Init``), ``fullsnapshot`` (the
+(every process makes the same mistake in such a step; RANK ignored), ``sigint``
+(Ctrl-C to that process alone, while the others wait in a collective), ``early``
+(Ctrl-C to that process before the communicator exists), ``fullsnapshot`` (the
 trainer's snapshot extension, :meth:`experiments.parallel.Parallel.snapshot`, finds the
-disk full on every process: on that one first, on the others
-2 x :data:`experiments.cli.GRACE_S` later).  It goes through
-:func:`experiments.cli.entry_point`, as every command of the kit does.
+disk full on every process: on that one first, on the others a second later).  It
+goes through :func:`experiments.cli.entry_point`, as every command of the kit does.
 """
 import errno
 import os
@@ -32,25 +31,24 @@ from experiments import cli, parallel, records
 def main(argv=None):
     mode, rank = sys.argv[1], int(sys.argv[2])
     if mode == 'early' and parallel.launched_world()[0] == rank:
-        raise KeyboardInterrupt
+        _interrupt()
     par = parallel.create('naive')
     me = par.rank == rank
     if mode == 'local':
-        par.together(lambda: _fail(me, records.RunError('the data of rank %d is missing'
-                                                        % par.rank)))
+        par.agree(lambda: _fail(me, records.RunError('the data of rank %d is missing'
+                                                     % par.rank)))
     elif mode == 'fullsnapshot':
         snapshot = par.snapshot('snapshot_epoch_6', target=chainer.Link(),
-                                writer=FullDisk(0 if me else 2 * cli.GRACE_S))
+                                writer=FullDisk(0 if me else 1.0))
         snapshot(types.SimpleNamespace(out='.'))
     elif mode == 'everywhere':
-        raise records.RunError('the same mistake on every process')
+        par.agree(lambda: _fail(True, records.RunError('the same mistake on every process')))
     elif me and mode == 'user':
         raise records.RunError('snapshot_epoch_6.rank%d cannot be written' % par.rank)
     elif me and mode == 'bug':
         raise ZeroDivisionError('a bug on rank %d' % par.rank)
     elif me and mode == 'sigint':
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(5)
+        _interrupt()
     par.barrier()                   # the others wait here, as in an all-reduce
     print('rank %d got past the failure' % par.rank, flush=True)
 
@@ -64,6 +62,12 @@ class FullDisk:
     def __call__(self, filename, outdir, target):
         time.sleep(self.delay)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+
+def _interrupt():
+    """Ctrl-C to this process alone."""
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
 
 
 def _fail(yes, error):
