@@ -12,8 +12,9 @@ before they were apart; new code imports the module that does the job:
 Nothing is defined here.
 """
 from experiments.metrics import (  # noqa: F401
-    FID_KEY, TEST_ACC, TEST_LOSS, checkpoint_epoch, classifier_fields, fid_curve,
-    interpolated_steps_to_fid, max_accuracy_at, steps_to_accuracy, steps_to_fid)
+    BATCH_ACC, FID_KEY, TEST_ACC, TEST_LOSS, best_accuracy, checkpoint_epoch,
+    classifier_fields, final_accuracy, final_loss, fid_curve, interpolated_steps_to_fid,
+    lowest_fid, max_accuracy_at, steps_to_accuracy, steps_to_fid)
 from experiments.rundir import (  # noqa: F401
     LEFTOVERS, RESUME_IGNORED, RUN_FILES, RUN_FOLDERS, RUNS_ROOT, SNAPSHOT_RE, RunError,
     RunInterrupted, Start, begin, clear_leftovers, clear_run, complete_snapshots,

@@ -17,6 +17,10 @@ from experiments import verdict
 
 # ------------------------------------------------------------------ reading back
 
+#: What the verdict on a run is read from: replacing one asks for the verdict anew.
+RECORD_PARTS = ('path', 'config', 'sources', 'log', 'summary')
+
+
 class Run:
     """A finished or partial run read back from its directory."""
 
@@ -56,8 +60,14 @@ class Run:
     @functools.cached_property
     def assessment(self):
         """The verdict on this run (:func:`experiments.verdict.assess`), decided when
-        first asked and kept: every table, figure and report of a run reads this one."""
+        first asked and kept until a part of its record is replaced: every table, figure
+        and report of a run reads this one."""
         return verdict.assess(self)
+
+    def __setattr__(self, name, value):
+        if name in RECORD_PARTS:
+            self.__dict__.pop('assessment', None)
+        super().__setattr__(name, value)
 
     def __repr__(self):
         return 'Run(%r)' % self.path

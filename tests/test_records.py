@@ -111,6 +111,15 @@ def test_status_of_a_run():
     assert verdict.run_status(None, [], []) == verdict.NOT_STARTED
 
 
+def test_a_runs_verdict_follows_a_replaced_record():
+    run = record()
+    assert assess(run).comparable
+    run.summary = dict(run.summary, dataset_size=None)
+    assert assess(run).reasons == ('dataset size not recorded',)
+    run.config = dict(run.config, smoke=True)
+    assert assess(run).reasons[0] == 'smoke preset'
+
+
 # ------------------------------------------------------------------ summaries' edges
 
 def test_checkpoints_round_up_to_an_evaluated_epoch():
