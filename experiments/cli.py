@@ -102,7 +102,6 @@ def leave(error, rank, size):
     exits.  Any other was raised by this process alone, while the others may wait for
     it in a collective: it prints it and exits at once, without Python's clean-up (which
     would wait for them too), and ``mpiexec`` ends the others."""
-    from mixnorm._collectives import AgreedError
     status = 130 if isinstance(error, KeyboardInterrupt) else 1
     if size <= 1:
         if isinstance(error, KeyboardInterrupt):
@@ -111,6 +110,7 @@ def leave(error, rank, size):
         if is_user_error(error):
             raise SystemExit('error: %s' % describe(error)) from None
         raise error
+    from mixnorm._collectives import AgreedError
     agreed = error
     while agreed is not None and not isinstance(agreed, AgreedError):
         agreed = agreed.__cause__

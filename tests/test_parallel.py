@@ -215,6 +215,17 @@ def test_agree_raises_the_same_error_on_every_rank_naming_the_first_that_failed(
     assert ranks.calls == 2
 
 
+def test_agree_sees_an_error_without_a_message():
+    def fn(rank):
+        if rank == 1:
+            raise AssertionError()
+        return rank
+
+    got = ThreadRanks(2).run(fn)
+    assert [type(e) for e in got] == [AgreedError] * 2
+    assert str(got[0]) == 'rank(s) [1] of 2 failed: rank 1: AssertionError'
+
+
 def entry(monkeypatch, rank, raise_it):
     """Run a command raising ``raise_it(rank)`` as process ``rank`` of 2: (exit status,
     what it printed on stderr, whether it exited without Python's clean-up)."""
