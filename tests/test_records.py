@@ -2,12 +2,10 @@
 on a run (status, the paper dataset it stands for, comparability and its reasons) and
 how every report shows it; summaries' edge cases; the printed tables' width; the
 direction of the imports.  The end-to-end case trains a linear stand-in for the CNN (the
-model does not enter the verdict) on a small CIFAR-format archive."""
-import io
+model does not enter the verdict) on small CIFAR-format batches."""
 import json
 import os
 import pickle
-import tarfile
 
 import numpy as np
 import pytest
@@ -135,30 +133,30 @@ def test_checkpoints_round_up_to_an_evaluated_epoch():
 
 # ---------------------------------------------------------- end to end, all reports
 
-def _cifar10_archive(path, n_train, n_test, seed=0):
-    """A CIFAR-10 python archive (uncompressed tar, same members) with n_train images."""
+def _cifar10_batches(folder, n_train, n_test, seed=0):
+    """The python batches of CIFAR-10 as its archive holds them (``folder``:
+    ``cifar-10-batches-py``), with n_train training and n_test test images."""
     rs = np.random.RandomState(seed)
     per = n_train // 5
-    with tarfile.open(str(path), 'w') as tar:
-        def add(name, obj):
-            payload = pickle.dumps(obj, protocol=2)
-            info = tarfile.TarInfo('cifar-10-batches-py/' + name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-        add('batches.meta', {b'label_names': [b'c%d' % i for i in range(10)]})
-        for i in range(5):
-            add('data_batch_%d' % (i + 1), {
-                b'data': rs.randint(0, 256, (per, 3072)).astype(np.uint8),
-                b'labels': [int(v) for v in rs.randint(0, 10, per)]})
-        add('test_batch', {b'data': rs.randint(0, 256, (n_test, 3072)).astype(np.uint8),
-                           b'labels': [int(v) for v in rs.randint(0, 10, n_test)]})
+    os.makedirs(str(folder))
+
+    def add(name, obj):
+        with open(os.path.join(str(folder), name), 'wb') as f:
+            pickle.dump(obj, f, protocol=2)
+    add('batches.meta', {b'label_names': [b'c%d' % i for i in range(10)]})
+    for i in range(5):
+        add('data_batch_%d' % (i + 1), {
+            b'data': rs.randint(0, 256, (per, 3072)).astype(np.uint8),
+            b'labels': [int(v) for v in rs.randint(0, 10, per)]})
+    add('test_batch', {b'data': rs.randint(0, 256, (n_test, 3072)).astype(np.uint8),
+                       b'labels': [int(v) for v in rs.randint(0, 10, n_test)]})
 
 
 @pytest.fixture(scope='module')
 def small_cifar_run(tmp_path_factory):
-    """`experiments.train BN-2 --data-dir <5,000-image archive> --set train.epochs=1`."""
+    """`experiments.train BN-2 --data-dir <5,000 images> --set train.epochs=1`."""
     root = tmp_path_factory.mktemp('small_cifar')
-    _cifar10_archive(root / 'cifar-10-python.tar.gz', 5000, 1000)
+    _cifar10_batches(root / 'cifar-10-batches-py', 5000, 1000)
     runs = root / 'runs'
     mp = pytest.MonkeyPatch()
     mp.setattr(train.models, 'build_model', lambda name, n, **kw: L.Linear(None, n))
