@@ -62,7 +62,6 @@ single-process fit fetches to the host (the frame's statistics, the K-means++ se
 potentials, the (K, 2d+2) moments), and every rank returns the same mixture, bitwise
 (see :func:`fit_gmm` for the design and its cost).
 """
-import copy
 import math
 import numbers
 from typing import NamedTuple
@@ -197,11 +196,14 @@ def _max_abs(x):
 # ------------------------------------------------------------------------ fitting frame
 
 class _Frame(NamedTuple):
-    """Points in the fitting frame as ``za = [z**2 | z | |z|^2 | 1]`` (n, 2d+2) of the work
-    dtype, and the transform ``z = (x - shift) / scale`` (host float64 ``shift`` (d,) and
-    float ``scale``).  A union frame (the points of all ranks of a ``reducer``) also
-    holds the reducer and ``counts`` (P,), the points of each rank; ``za`` holds this
-    rank's."""
+    """Points in the fitting frame ``z = (x - shift) / scale`` (host float64 ``shift``
+    (d,) and float ``scale``), in the work dtype: on a device the augmented matrix
+    ``za = [z**2 | z | |z|^2 | 1]`` (n, 2d+2); on NumPy the compact ``za = [z | |z|^2 |
+    1]`` (n, d+2), whose ``z**2`` the passes square block by block in cache (half the
+    memory, so a pass reads half as much).  Coefficient and moment matrices have the
+    columns of the augmented matrix either way.  A union frame (the points of all ranks
+    of a ``reducer``) also holds the reducer and ``counts`` (P,), the points of each
+    rank; ``za`` holds this rank's."""
     za: object
     shift: object
     scale: float
@@ -209,8 +211,12 @@ class _Frame(NamedTuple):
     reducer: object = None
 
     @property
+    def compact(self):
+        return get_array_module(self.za) is numpy
+
+    @property
     def d(self):
-        return (self.za.shape[1] - 2) // 2
+        return self.za.shape[1] - 2 if self.compact else (self.za.shape[1] - 2) // 2
 
     @property
     def n(self):
@@ -221,22 +227,65 @@ class _Frame(NamedTuple):
         """``a`` (host float64) summed over the ranks of a union frame; ``a`` otherwise."""
         return a if self.reducer is None else self.reducer.sum(a)
 
+    def zs(self):
+        """``[z | |z|^2 | 1]`` (n, d+2): the compact matrix, a view of the augmented."""
+        return self.za if self.compact else self.za[:, self.d:]
+
+
+#: Elements per row block of the CPU's passes (a block that stays in cache).
+_ROW_BLOCK = 1 << 18
+
+
+def _row_blocks(frame):
+    """Row slices of cache-sized blocks of a compact frame: OpenBLAS multiplies such
+    blocks by a few columns several times faster than a matrix that leaves the cache."""
+    n, d = frame.za.shape[0], frame.d
+    step = max(64, _ROW_BLOCK // (2 * d + 2))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _squared_blocks(frame):
+    """``(rows, z**2, [z | |z|^2 | 1])`` per row block of a compact frame, the squares
+    computed into one reused buffer."""
+    za, d = frame.za, frame.d
+    blocks = _row_blocks(frame)
+    buf = numpy.empty((blocks[0].stop - blocks[0].start, d), dtype=za.dtype)
+    for rows in blocks:
+        block = za[rows]
+        z2 = buf[:block.shape[0]]
+        numpy.square(block[:, :d], out=z2)
+        yield rows, z2, block
+
 
 def _augment(x, shift, scale, work):
-    """``za`` for the points ``x`` (n, d) in the frame (shift, scale): one fused kernel
-    and a row sum on the GPU, cache-sized row blocks on the CPU
-    (:func:`mixnorm.kernels.augment`)."""
+    """The frame's matrix of the points ``x`` (n, d) for (shift, scale): on a device the
+    augmented ``za`` (one fused kernel and a row sum: :func:`mixnorm.kernels.augment`),
+    on NumPy the compact ``[z | |z|^2 | 1]`` in cache-sized row blocks."""
     xp = get_array_module(x)
     n, d = x.shape
-    za = xp.empty((n, 2 * d + 2), dtype=work)
-    return kernels.augment(x, xp.asarray(shift, dtype=work), work.type(1.0 / scale), za)
+    if xp is not numpy:
+        za = xp.empty((n, 2 * d + 2), dtype=work)
+        return kernels.augment(x, xp.asarray(shift, dtype=work), work.type(1.0 / scale), za)
+    zs = numpy.empty((n, d + 2), dtype=work)
+    shift, inv = shift.astype(work), work.type(1.0 / scale)
+    step = max(64, _ROW_BLOCK // (2 * d + 2))
+    buf = numpy.empty((min(step, n), d), dtype=work)
+    for i in range(0, n, step):
+        z = zs[i:i + step, :d]
+        numpy.subtract(x[i:i + step], shift, out=z, casting='unsafe')
+        z *= inv
+        z2 = buf[:z.shape[0]]
+        numpy.square(z, out=z2)
+        z2.sum(axis=1, out=zs[i:i + step, d])
+    zs[:, d + 1] = 1
+    return zs
 
 
 def _frame_for(x, eps, work, reducer=None):
     """The fitting frame of ``x``: shift and scale from a strided row subsample (one
-    small device-to-host copy), then ``za``.  With a ``reducer`` the frame of the union
-    of all ranks' points: one all-gather of each rank's row ``[n, n_sub, mean, M2]``,
-    pooled as Chan et al. (:func:`_pooled`)."""
+    small device-to-host copy), then its matrix (:func:`_augment`).  With a ``reducer``
+    the frame of the union of all ranks' points: one all-gather of each rank's row
+    ``[n, n_sub, mean, M2]``, pooled as Chan et al. (:func:`_pooled`)."""
     xp = get_array_module(x)
     n, d = x.shape
     sub = x[::max(1, n // _FRAME_ROWS)]
@@ -292,16 +341,24 @@ def _on_host(gmm):
 # ------------------------------------------------------------------- matrix passes
 
 def _distance_product(frame, coef):
-    """``coef @ za.T`` for distance coefficients ``[0 | -2c | 1 | |c|^2]`` (m, 2d+2).
+    """``coef @ za.T`` (m, n) for distance coefficients ``[0 | -2c | 1 | |c|^2]``
+    (m, 2d+2).
 
-    On NumPy the zero block is skipped (BLAS takes the strided view ``za[:, d:]``);
-    cuBLAS would first copy such a view, so on CuPy the whole contiguous ``za`` is
+    On NumPy only the compact matrix takes part (the zero block is skipped), in row
+    blocks, as ``(zs @ coef.T).T`` (a view): with the long matrix on the left OpenBLAS
+    streams it instead of packing it, several times faster for a few rows.  cuBLAS
+    would first copy a strided view, so on CuPy the whole contiguous ``za`` is
     multiplied (twice the FLOPs of a product that costs microseconds there).
     """
-    if get_array_module(frame.za) is numpy:
-        d = frame.d
-        return coef[:, d:] @ frame.za[:, d:].T
-    return coef @ frame.za.T
+    za = frame.za
+    if not frame.compact:
+        return coef @ za.T
+    d = frame.d
+    coef_t = numpy.ascontiguousarray(coef[:, d:].T)
+    out = numpy.empty((za.shape[0], coef.shape[0]), dtype=numpy.result_type(za, coef))
+    for rows in _row_blocks(frame):
+        numpy.matmul(za[rows], coef_t, out=out[rows])
+    return out.T
 
 
 def _distances(frame, coef):
@@ -313,8 +370,11 @@ def _distances(frame, coef):
 
 
 def _centre_coef(frame, rows):
-    """Distance coefficients ``[0 | -2c | 1 | |c|^2]`` of the data points ``za[rows]``
-    (``rows`` a device int64 array; :func:`mixnorm.kernels.centre_coef`)."""
+    """Distance coefficients ``[0 | -2c | 1 | |c|^2]`` of the data points of the frame
+    at ``rows`` (a device int64 array; :func:`mixnorm.kernels.centre_coef`; on NumPy
+    the values :func:`_rows_coef` gives for the same points)."""
+    if frame.compact:
+        return _rows_coef(frame, _point_rows(frame, rows))
     return kernels.centre_coef(frame.za, rows)
 
 
@@ -330,10 +390,9 @@ def _dist_coef(centres, sqnorms=None):
 
 
 def _point_rows(frame, rows):
-    """``[z | |z|^2]`` (m, d+1), host float64, of this rank's points ``za[rows]``
-    (``rows`` a device int64 array): what the rank owning a seed contributes."""
-    d = frame.d
-    return _arrays.to_host(frame.za[rows, d:2 * d + 1]).astype(numpy.float64)
+    """``[z | |z|^2]`` (m, d+1), host float64, of this rank's points at ``rows`` (a
+    device int64 array): what the rank owning a seed contributes."""
+    return _arrays.to_host(frame.zs()[rows, :frame.d + 1]).astype(numpy.float64)
 
 
 def _rows_coef(frame, rows):
@@ -366,17 +425,62 @@ def _device_coef(frame, coef):
     return xp.asarray(coef.astype(frame.za.dtype))
 
 
+def _split_coef(frame, coef):
+    """Host coefficients (m, 2d+2) as the work-dtype transposes of their ``z**2`` block
+    and of the rest, for the compact products ``z**2 @ a + zs @ b``."""
+    d, dtype = frame.d, frame.za.dtype
+    return (numpy.ascontiguousarray(coef[:, :d].T, dtype=dtype),
+            numpy.ascontiguousarray(coef[:, d:].T, dtype=dtype))
+
+
 def _e_step(frame, gmm):
     """E-step: posteriors (K, n) and per-point log-likelihoods (n,) of a host GMM given
-    in the frame (one GEMM and the fused column log-softmax)."""
-    lp = _device_coef(frame, _logprob_coef(gmm)) @ frame.za.T
-    return kernels.log_softmax_columns(lp)
+    in the frame (one GEMM and the fused column log-softmax; on NumPy the compact
+    products, block by block)."""
+    coef = _logprob_coef(gmm)
+    if not frame.compact:
+        return kernels.log_softmax_columns(_device_coef(frame, coef) @ frame.za.T)
+    a, b = _split_coef(frame, coef)
+    lp = numpy.empty((frame.za.shape[0], coef.shape[0]), dtype=frame.za.dtype)
+    for rows, z2, zs in _squared_blocks(frame):
+        out = lp[rows]
+        numpy.matmul(z2, a, out=out)
+        out += zs @ b
+    return kernels.log_softmax_columns(lp.T)
+
+
+def _posterior_moments(frame, gmm):
+    """``_moments(frame, _e_step(frame, gmm)[0])``: the moments of the posteriors under
+    a host GMM (one reduction for a union frame).  On NumPy in row blocks that stay in
+    cache, each read once for its log-densities and its moments (summed in float64)."""
+    if not frame.compact:
+        return _moments(frame, _e_step(frame, gmm)[0])
+    d = frame.d
+    coef = _logprob_coef(gmm)
+    a, b = _split_coef(frame, coef)
+    total = numpy.zeros((coef.shape[0], 2 * d + 2))
+    for rows, z2, zs in _squared_blocks(frame):
+        lp = z2 @ a
+        lp += zs @ b
+        resp = kernels.log_softmax_columns(lp.T)[0]
+        total[:, :d] += resp @ z2
+        total[:, d:] += resp @ zs
+    return frame.reduce(total)
 
 
 def _moments(frame, resp):
     """``resp @ za`` (K, 2d+2) on the host, float64: sums of r z^2, r z, r |z|^2, r
-    (over all ranks' points for a union frame: one reduction)."""
-    return frame.reduce(_arrays.to_host(resp @ frame.za).astype(numpy.float64))
+    (over all ranks' points for a union frame: one reduction; on NumPy block by block
+    from the compact matrix)."""
+    if not frame.compact:
+        return frame.reduce(_arrays.to_host(resp @ frame.za).astype(numpy.float64))
+    d = frame.d
+    total = numpy.zeros((resp.shape[0], 2 * d + 2))
+    for rows, z2, zs in _squared_blocks(frame):
+        r = resp[:, rows]
+        total[:, :d] += r @ z2
+        total[:, d:] += r @ zs
+    return frame.reduce(total)
 
 
 def _m_step(moments, n, eps_z, tiny):
@@ -588,7 +692,7 @@ def _fit_in_frame(frame, n_components, kmeans_iters, em_iters, n_local_trials, e
         for _ in range(em_iters):
             if gmm is None:
                 return None
-            gmm = m_step(_moments(frame, _e_step(frame, gmm)[0]))
+            gmm = m_step(_posterior_moments(frame, gmm))
         return None if gmm is None else _enforce_counts(frame, gmm, n, min_weight,
                                                         min_count, m_step)
 
@@ -608,7 +712,7 @@ def _enforce_counts(frame, gmm, n, min_weight, min_count, m_step):
             keep[numpy.argmax(gmm.weights)] = True
         w = gmm.weights[keep]
         kept = GMM(w / w.sum(), gmm.means[keep], gmm.variances[keep])
-        gmm = m_step(_moments(frame, _e_step(frame, kept)[0]))
+        gmm = m_step(_posterior_moments(frame, kept))
         if gmm is None:
             return None
     return _prune(gmm, 0.0)
@@ -744,7 +848,7 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
                                            min_count, eps, seed, return_responsibilities)
     reducer = _check_reducer(reducer, seed)
     points = _fitted_points(x, n_components, fit_fraction, rs, reducer)
-    replay = copy.deepcopy(rs)              # the same draws for a float64 refit
+    replay = rs.bit_generator.state         # the same draws for a float64 refit
     if reducer is None and xp is not numpy:
         n = points.shape[0]
         gmm, resp = _fit_gmm_on_device(
@@ -767,7 +871,8 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
         # the frame's subsample overflows z**2 in float32: refit in float64.
         _check_finite_everywhere(x, reducer)
         frame = _frame_for(points, eps, numpy.dtype(numpy.float64), reducer)
-        gmm_z = _fit_in_frame(frame, *fit_args, replay)
+        rs.bit_generator.state = replay
+        gmm_z = _fit_in_frame(frame, *fit_args, rs)
         if gmm_z is None:
             raise ValueError('the data overflow float64 in the fitting frame (max |x| %g): '
                              'rescale x' % _max_abs(points))
@@ -802,7 +907,8 @@ def _fit_gmm_on_device(x, points, work, n_components, kmeans_iters, em_iters,
         # subsample overflows z**2 in float32: refit in float64 (as fit_gmm)
         check_finite(x)
         with numpy.errstate(invalid='ignore', over='ignore', divide='ignore'):
-            out = _fit_on_device(points, numpy.dtype(numpy.float64), *args, replay)
+            rs.bit_generator.state = replay
+            out = _fit_on_device(points, numpy.dtype(numpy.float64), *args, rs)
         if out is None:
             raise ValueError('the data overflow float64 in the fitting frame (max |x| %g): '
                              'rescale x' % _max_abs(points))
@@ -1062,7 +1168,8 @@ def em_step(x, gmm, eps=1e-5):
     xp = get_array_module(x)
     eps = settings.check('eps', eps, 'em_step')
     frame, _, resp, _ = _score(x, gmm)
-    moments = _moments(frame, resp)
+    with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf: _scored says so
+        moments = _moments(frame, resp)
     _scored(x, frame, float(moments.sum()))
     out = _m_step(moments, x.shape[0], eps / frame.scale ** 2,
                   10 * numpy.finfo(frame.za.dtype).eps)
