@@ -46,9 +46,7 @@ every record, comparison and figure then says "RANDOM-WEIGHTS ... NOT FID".
 """
 from mixnorm import _compat  # noqa: F401
 
-import argparse
 import os
-import sys
 import time
 
 import numpy
@@ -66,8 +64,10 @@ from experiments import fid as fid_lib
 from experiments import paper
 from experiments import pipeline
 from experiments import records
-from experiments import train as train_lib
 from experiments.models import dcgan
+from experiments.trainer_parts import (ReportMixtureComponents, build_optimizer, mn_links,
+                                       place_mn, progress_extensions,
+                                       serialize_random_state)
 
 SNAPSHOT_PREFIX = 'snapshot_iter_'
 SNAPSHOTS_KEPT = 3
@@ -146,7 +146,7 @@ def to_uint8(x):
 def build_models(cfg):
     """(generator, discriminator); MN at ``mn.layers`` of the generator."""
     gen, dis = dcgan.build_dcgan(**cfg['model']['kwargs'])
-    train_lib.place_mn(cfg, gen)
+    place_mn(cfg, gen)
     return gen, dis
 
 
@@ -193,7 +193,7 @@ class GANUpdater(training.updaters.StandardUpdater):
 
     def serialize(self, serializer):
         super().serialize(serializer)
-        train_lib.serialize_random_state(serializer, self.rng)
+        serialize_random_state(serializer, self.rng)
 
 
 class StepTrigger:
@@ -298,6 +298,21 @@ def real_images_for_fid(images, n_real):
     return images[numpy.sort(numpy.random.RandomState(0).permutation(len(images))[:n_real])]
 
 
+def real_statistics(cfg, extractor, images, progress=True):
+    """The real images' FID statistics ``(mu, sigma)`` (cached,
+    :func:`experiments.fid.real_statistics`) and the FID's description for the summary;
+    ``(None, {... 'FID disabled'})`` without an extractor."""
+    if extractor is None:
+        return None, {'enabled': False, 'label': 'FID disabled'}
+    fcfg = cfg['gan']['fid']
+    real = real_images_for_fid(images, fcfg['n_real'])
+    mu, sigma, cache = fid_lib.real_statistics(
+        extractor, real, cache_dir=fcfg['cache_dir'], tag=cfg['data']['dataset'],
+        log=print if progress else None)
+    return (mu, sigma), dict(extractor.describe(), enabled=True, n_samples=fcfg['n_samples'],
+                             n_real=int(len(real)), real_statistics=cache)
+
+
 def snapshot_trigger(cfg):
     """Every ``gan.snapshot_every`` updates."""
     return cfg['gan']['snapshot_every'], 'iteration'
@@ -307,8 +322,8 @@ def build_trainer(cfg, gen, dis, images, out, device, extractor=None, real_stats
                   progress=True):
     gcfg, fcfg = cfg['gan'], cfg['gan']['fid']
     seed = cfg['train']['seed']
-    opt_gen = train_lib.build_optimizer(cfg, gen)
-    opt_dis = train_lib.build_optimizer(cfg, dis)
+    opt_gen = build_optimizer(cfg, gen)
+    opt_dis = build_optimizer(cfg, dis)
     iterator = chainer.iterators.SerialIterator(
         images, cfg['data']['batch_size'], repeat=True,
         order_sampler=data_lib.EpochOrderSampler(seed))
@@ -323,8 +338,8 @@ def build_trainer(cfg, gen, dis, images, out, device, extractor=None, real_stats
         log=print if progress else None)
     eval_trigger = StepTrigger(fcfg['every'], [updates])
     trainer.extend(evaluation, trigger=eval_trigger)
-    if train_lib.mn_links(gen):
-        trainer.extend(train_lib.ReportMixtureComponents(gen))
+    if mn_links(gen):
+        trainer.extend(ReportMixtureComponents(gen))
     trainer.extend(extensions.LogReport(
         trigger=StepTrigger(gcfg['log_every'], list(range(fcfg['every'], updates + 1,
                                                           fcfg['every'])) + [updates]),
@@ -333,9 +348,8 @@ def build_trainer(cfg, gen, dis, images, out, device, extractor=None, real_stats
                                        n_retains=SNAPSHOTS_KEPT),
                    trigger=snapshot_trigger(cfg))
     if progress:
-        train_lib.progress_extensions(
-            trainer, ['epoch', 'iteration', 'gen/loss', 'dis/loss', records.FID_KEY,
-                      'elapsed_time'], bar_interval=10)
+        progress_extensions(trainer, ['epoch', 'iteration', 'gen/loss', 'dis/loss',
+                                      records.FID_KEY, 'elapsed_time'], bar_interval=10)
     return trainer, evaluation
 
 
@@ -378,6 +392,46 @@ def summary_fields(cfg, log, fid_info=None, finished=None, updates_done=None):
     }
 
 
+# ----------------------------------------------------------------------------- CLI
+
+def add_fid_arguments(p):
+    """The FID's options of the command line: --inception-weights, --no-fid, --fid-cache
+    (:func:`fid_overrides`)."""
+    p.add_argument('--inception-weights', metavar='NPZ',
+                   help='FID Inception weights (scripts/convert_fid_weights.py output); '
+                   'default %s' % fid_lib.default_weights_path())
+    p.add_argument('--no-fid', action='store_true', help='train without FID evaluations')
+    p.add_argument('--fid-cache', metavar='DIR', help='cache folder of the real-image FID '
+                   'statistics (default %s)' % fid_lib.default_cache_dir())
+    return p
+
+
+def fid_overrides(args):
+    """The FID's options as config overrides (``scripts/reproduce.py`` has no
+    --fid-cache)."""
+    sets = []
+    if args.inception_weights:
+        sets.append('gan.fid.weights=%s' % os.path.abspath(args.inception_weights))
+    if args.no_fid:
+        sets.append('gan.fid.enabled=false')
+    if getattr(args, 'fid_cache', None):
+        sets.append('gan.fid.cache_dir=%s' % os.path.abspath(args.fid_cache))
+    return sets
+
+
+def compare_arguments(p):
+    p.add_argument('bn_run')
+    p.add_argument('mn_run')
+    p.add_argument('--json', help='also write the comparison as JSON here')
+
+
+def compare_runs(args):
+    """``compare BN_RUN MN_RUN [--json PATH]``: :func:`experiments.compare.compare_dcgan`."""
+    result = compare.compare_dcgan(args.bn_run, args.mn_run)
+    if args.json:
+        records.write_json(args.json, result)
+
+
 # ----------------------------------------------------------------------------- run
 
 #: Why --communicator stops a GAN run.
@@ -387,46 +441,43 @@ NOT_PARALLEL = ('DCGAN training and its FID run in one process: the data-paralle
 
 
 class GAN(pipeline.Kind):
-    """The GAN as a kind of run (:func:`experiments.pipeline.run`): generator,
-    discriminator, FID network and training images before the run directory begins
-    (the models first, so that their initial weights come from the seeded RNG); the
-    real images' FID statistics and the trainer (:func:`build_trainer`) after; its
-    summary fields are :func:`summary_fields`.  One process (:data:`NOT_PARALLEL`)."""
+    """The GAN as a kind of run (:class:`experiments.pipeline.Kind`): the training
+    images of ``cfg``'s data; then generator and discriminator (first, so that their
+    initial weights come from the seeded RNG), the FID network, the real images' FID
+    statistics and the trainer (:func:`build_trainer`); its summary fields are
+    :func:`summary_fields`, its closing line :func:`describe_result`.  One process
+    (:data:`NOT_PARALLEL`); its command line also has ``compare`` (:func:`compare_runs`)."""
     unit = 'update'
+    one_process = NOT_PARALLEL
+    prog = 'python -m experiments.gan'
+    description = 'Train DCGAN-BN or DCGAN-MN (paper Sec. 4.5).'
+    config_help = 'configs/dcgan/cifar10/{bn,mn}.yaml'
+    commands = {'compare': pipeline.Command('Our DCGAN-BN/MN numbers beside the paper.',
+                                            compare_arguments, compare_runs)}
+    elsewhere = {'figures': 'Figures 6-7 are drawn by scripts/figures.py: python '
+                            'scripts/figures.py fig6 --bn BN_RUN --mn MN_RUN (and fig7)'}
 
     def check(self, cfg, par):
         check_config(cfg)
-        if par.size > 1:
-            raise config_lib.ConfigError(NOT_PARALLEL)
 
     def prepare(self, cfg, device, dataset, par):
-        self.gen, self.dis = build_models(cfg)
-        self.extractor = build_extractor(cfg['gan']['fid'], device)  # fails fast on bad weights
         if dataset is None:
             dataset = pipeline.load_data(cfg)
         config_lib.check_batch_size(cfg, dataset.n_train)
         self.images = training_images(dataset)
+        return dataset
+
+    def build(self, cfg, dataset, out, device, progress, par):
+        self.gen, self.dis = build_models(cfg)
         if self.gen.image_size != self.images.shape[-1]:
             raise config_lib.ConfigError('the generator makes %d px images but the data are '
                                          '%d px' % (self.gen.image_size, self.images.shape[-1]))
-        return dataset
-
-    def trainer(self, cfg, out, device, progress):
-        fcfg = cfg['gan']['fid']
-        real_stats, self.fid_info = None, {'enabled': False, 'label': 'FID disabled'}
-        if self.extractor is not None:
-            real = real_images_for_fid(self.images, fcfg['n_real'])
-            mu, sigma, cache = fid_lib.real_statistics(
-                self.extractor, real, cache_dir=fcfg['cache_dir'], tag=cfg['data']['dataset'],
-                log=print if progress else None)
-            real_stats = (mu, sigma)
-            self.fid_info = dict(self.extractor.describe(), enabled=True,
-                                 n_samples=fcfg['n_samples'], n_real=int(len(real)),
-                                 real_statistics=cache)
+        extractor = build_extractor(cfg['gan']['fid'], device)
+        real_stats, self.fid_info = real_statistics(cfg, extractor, self.images, progress)
         self.gen.to_device(device)
         self.dis.to_device(device)
         trainer, _ = build_trainer(cfg, self.gen, self.dis, self.images, out, device,
-                                   self.extractor, real_stats, progress=progress)
+                                   extractor, real_stats, progress=progress)
         return trainer
 
     def snapshot_trigger(self, cfg):
@@ -435,6 +486,18 @@ class GAN(pipeline.Kind):
     def summary_fields(self, cfg, log, trainer, finished):
         return summary_fields(cfg, log, self.fid_info, finished=finished,
                               updates_done=trainer.updater.iteration)
+
+    def add_arguments(self, parser):
+        add_fid_arguments(parser)
+
+    def config_overrides(self, args):
+        return fid_overrides(args)
+
+    def load_config(self, path, presets=(), overrides=()):
+        return load_config(path, presets, overrides)
+
+    def describe_result(self, summary, out):
+        return describe_result(summary, out)
 
 
 def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
@@ -451,66 +514,6 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
                         start=start, par=par)
 
 
-# ----------------------------------------------------------------------------- CLI
-
-def _compare_main(argv):
-    p = argparse.ArgumentParser(prog='python -m experiments.gan compare',
-                                description='Our DCGAN-BN/MN numbers beside the paper.')
-    p.add_argument('bn_run')
-    p.add_argument('mn_run')
-    p.add_argument('--json', help='also write the comparison as JSON here')
-    args = p.parse_args(argv)
-    result = compare.compare_dcgan(args.bn_run, args.mn_run)
-    if args.json:
-        records.write_json(args.json, result)
-
-
-def config_overrides(args):
-    """The shared run arguments' overrides (:func:`experiments.train.config_overrides`)
-    and the FID's: --inception-weights, --no-fid and --fid-cache (which
-    ``scripts/reproduce.py`` does not have)."""
-    sets = train_lib.config_overrides(args)
-    if args.inception_weights:
-        sets.append('gan.fid.weights=%s' % os.path.abspath(args.inception_weights))
-    if args.no_fid:
-        sets.append('gan.fid.enabled=false')
-    if getattr(args, 'fid_cache', None):
-        sets.append('gan.fid.cache_dir=%s' % os.path.abspath(args.fid_cache))
-    return sets
-
-
-@cli.entry_point
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == 'compare':
-        return _compare_main(argv[1:])
-    if argv and argv[0] == 'figures':
-        sys.exit('error: Figures 6-7 are drawn by scripts/figures.py: python '
-                 'scripts/figures.py fig6 --bn BN_RUN --mn MN_RUN (and fig7)')
-    p = argparse.ArgumentParser(description='Train DCGAN-BN or DCGAN-MN (paper Sec. 4.5). '
-                                'Also: "compare BN_RUN MN_RUN".')
-    p.add_argument('config', help='configs/dcgan/cifar10/{bn,mn}.yaml')
-    p.add_argument('--out', help='run directory (default results/runs/...)')
-    p.add_argument('--resume', default='auto',
-                   help="'auto' (default: resume an interrupted run, keep a finished one) "
-                        'or a snapshot path')
-    p.add_argument('--inception-weights', metavar='NPZ',
-                   help='FID Inception weights (scripts/convert_fid_weights.py output); '
-                   'default %s' % fid_lib.default_weights_path())
-    p.add_argument('--no-fid', action='store_true', help='train without FID evaluations')
-    p.add_argument('--fid-cache', metavar='DIR', help='cache folder of the real-image FID '
-                   'statistics (default %s)' % fid_lib.default_cache_dir())
-    train_lib.add_run_arguments(p)
-    args = p.parse_args(argv)
-    if args.communicator:
-        raise config_lib.ConfigError(NOT_PARALLEL)
-    cfg = load_config(args.config, args.preset, config_overrides(args))
-    out = args.out or records.run_dir(cfg)
-    summary = run(cfg, out=out, device=args.device, resume=args.resume,
-                  progress=not args.no_progress, force=args.force)
-    print(describe_result(summary, out))
-
-
 def describe_result(summary, out):
     """The closing line of a GAN run."""
     verdict = records.Assessment.recorded(summary)
@@ -523,6 +526,13 @@ def describe_result(summary, out):
     return '%s: %d updates, %s, %.0f s; record: %s [%s]' % (
         verdict.status, summary['updates_done'], what, summary['wall_time_s'] or 0.0, out,
         verdict.label())
+
+
+@cli.entry_point
+def main(argv=None):
+    """``python -m experiments.gan CONFIG [options]`` or ``compare BN_RUN MN_RUN``
+    (:func:`experiments.pipeline.main`)."""
+    pipeline.main(GAN(), argv)
 
 
 if __name__ == '__main__':

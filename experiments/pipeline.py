@@ -1,18 +1,17 @@
-"""One run pipeline for every kind of run: prepare, build, begin, resume, loop, summary.
+"""One run pipeline for every kind of run, and its command line.
 
 As Chainer's Trainer runs any Updater with any Extensions, :func:`run` runs any
 :class:`Kind` of run.  The classifier (:class:`experiments.train.Classifier`) and the
-GAN (:class:`experiments.gan.GAN`) each give their model, updater and extensions
-(assembled into a trainer) and the fields of their summary; the steps around them are
-the same for every kind, with one process or several (:mod:`experiments.parallel`):
+GAN (:class:`experiments.gan.GAN`) each give their data, their trainer (models,
+optimizers, updater, extensions) and the fields of their summary; the steps around them
+are the same for every kind, with one process or several (:mod:`experiments.parallel`):
 
 1. prepare: whether to train, resume or keep a finished run
    (:func:`experiments.records.prepare_run`, rank 0 decides for all);
-2. build: device, seeds and data (:meth:`Kind.prepare`, each process alone), model
-   and trainer pieces (:meth:`Kind.build`), all known to be good before the run
+2. build: device and seeds, then the data (:meth:`Kind.prepare`, each process alone),
+   then the trainer (:meth:`Kind.build`), all known to be good before the run
    directory appears or is cleared;
-3. begin: :func:`experiments.records.begin` (``config.yaml``), then the trainer
-   (:meth:`Kind.trainer`);
+3. begin: :func:`experiments.records.begin` (``config.yaml``);
 4. resume: the newest snapshot every process can read
    (:func:`experiments.records.load_snapshot`);
 5. loop: ``trainer.run()`` (:func:`train_loop`); ``summary.json``
@@ -22,18 +21,27 @@ the same for every kind, with one process or several (:mod:`experiments.parallel
 Every process takes the steps; what one process does alone and may fail at (its
 device, its data) is agreed collectively (``par.agree``), what rank 0 decides for
 all (``par.decide``) is broadcast.
+
+:func:`main` is the command line of every kind (``python -m experiments.train`` and
+``python -m experiments.gan``): one parser (:func:`run_parser`, with
+:func:`add_run_arguments`, which ``scripts/reproduce.py`` shares), the kind's own
+options and subcommands (:class:`Command`) added the same way.
 """
 from mixnorm import _compat  # noqa: F401
 
+import argparse
 import os
 import re
+import sys
 import time
+from typing import Callable, NamedTuple
 
 import numpy
 
 import chainer
 from chainer import training
 
+from experiments import cli
 from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import environment
@@ -41,17 +49,55 @@ from experiments import parallel as parallel_lib
 from experiments import records
 
 
+class Command(NamedTuple):
+    """A subcommand of a kind's command line besides training a config, e.g.
+    ``python -m experiments.gan compare BN_RUN MN_RUN``: ``description`` (one line),
+    ``add_arguments(parser)`` and ``run(args)``."""
+    description: str
+    add_arguments: Callable
+    run: Callable
+
+
 class Kind:
-    """What a kind of run gives :func:`run` (one instance per run: its steps may keep
-    what :meth:`trainer` needs).  ``unit``: what its progress is told in (``'epoch'``:
-    epochs and iterations; ``'update'``: updates).  ``start``: the decision of
-    :func:`experiments.records.prepare_run` (train or resume from which snapshots),
-    set before :meth:`build`."""
+    """A kind of run: what :func:`run` and :func:`main` take from it (one instance per
+    run: a hook may keep what a later one needs).
+
+    The hooks of a run, in the order :func:`run` calls them:
+
+    * :meth:`check`: refuse a config this kind cannot train, before anything else;
+    * :meth:`prepare`: what each process does alone: the data (unless given) and what
+      derives from the data and the config alone, checked against each other;
+    * :meth:`build`: models, optimizers, updater and extensions: the trainer writing
+      into the run directory, before the run directory begins (a bad layer name or
+      FID network leaves none);
+    * :meth:`snapshot_trigger`, :meth:`summary_fields`: when the trainer snapshots
+      (``summary.json`` is rewritten after each) and what the summary holds.
+
+    Attributes: ``unit``, what progress is told in (``'epoch'``: epochs and
+    iterations; ``'update'``: updates); ``one_process``, why this kind trains in one
+    process only (None: it trains data-parallel too); ``start``, the decision of
+    :func:`experiments.records.prepare_run` (train, or resume from which snapshots),
+    set before :meth:`build`.
+
+    The command line (:func:`main`): ``prog``, ``description``, ``config_help``;
+    :meth:`add_arguments` and :meth:`config_overrides`, the kind's own options;
+    :meth:`load_config`; :meth:`describe_result`, the closing line; ``commands``, its
+    other subcommands (name -> :class:`Command`); ``elsewhere``, names of commands that
+    other scripts have (name -> the line that says which).
+    """
     unit = 'epoch'
+    one_process = None
     start = None
+    prog = None
+    description = None
+    config_help = 'configs/<table>/<dataset>/<row>.yaml'
+    commands = {}
+    elsewhere = {}
+
+    # ----------------------------------------------------------- the run's hooks
 
     def check(self, cfg, par):
-        """Refuse a config (or a number of processes) this kind cannot train: a
+        """Refuse a config this kind cannot train: a
         :class:`~experiments.config.ConfigError` that names the right entry point."""
 
     def prepare(self, cfg, device, dataset, par):
@@ -60,12 +106,9 @@ class Kind:
         raise NotImplementedError
 
     def build(self, cfg, dataset, out, device, progress, par):
-        """What must be known to be good before the run directory begins and may need
-        every process (a synchronized model, a multi-node optimizer)."""
-
-    def trainer(self, cfg, out, device, progress):
-        """The trainer (model, updater, extensions) writing into ``out``, once the run
-        directory has begun."""
+        """The trainer (models, optimizers, updater, extensions) writing into ``out``,
+        built before the run directory begins; may need every process (a synchronized
+        model, a multi-node optimizer)."""
         raise NotImplementedError
 
     def snapshot_trigger(self, cfg):
@@ -74,6 +117,23 @@ class Kind:
 
     def summary_fields(self, cfg, log, trainer, finished):
         """What this kind of run measures, for :func:`experiments.records.summarize`."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------ the command line's
+
+    def add_arguments(self, parser):
+        """The options of this kind's command line beside :func:`add_run_arguments`."""
+
+    def config_overrides(self, args):
+        """Those options as config overrides (``key=value`` strings)."""
+        return []
+
+    def load_config(self, path, presets=(), overrides=()):
+        """The validated config of ``path`` (:func:`experiments.config.load_config`)."""
+        return config_lib.load_config(path, presets, overrides)
+
+    def describe_result(self, summary, out):
+        """The line a command ends with."""
         raise NotImplementedError
 
 
@@ -93,6 +153,8 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
     """
     par = par or parallel_lib.create(None)
     kind.check(cfg, par)
+    if kind.one_process and par.size > 1:
+        raise config_lib.ConfigError(kind.one_process)
     cfg = par.agree(lambda: par.record(cfg))
     if not par.writer:
         log = _quiet
@@ -103,11 +165,10 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
         return start.summary
     device, dataset = par.agree(lambda: prepare_local(kind, cfg, device, dataset, par))
     kind.start = start
-    kind.build(cfg, dataset, out, device, progress, par)
-    # the run directory appears (or is cleared) only once device, data and model are
+    trainer = kind.build(cfg, dataset, out, device, progress, par)
+    # the run directory appears (or is cleared) only once device, data and trainer are
     # known to be good
     par.decide(lambda: records.begin(out, cfg, start, log))
-    trainer = kind.trainer(cfg, out, device, progress)
     resumed = resume_snapshot(trainer, start, par, log)
     if resumed:
         log('resumed from %s (%s)' % (resumed, position(trainer, kind.unit)))
@@ -257,3 +318,99 @@ def resume_snapshot(trainer, start, par, log):
     its errors are the same on every process, agreed on (printed by rank 0).  Returns its
     path or None."""
     return par.agree(lambda: records.load_snapshot(trainer, start, log=log, par=par))
+
+
+# ---------------------------------------------------------------------- command line
+
+def add_run_arguments(p):
+    """The options every command that trains has (``experiments.train``,
+    ``experiments.gan``, ``scripts/reproduce.py``); :func:`config_overrides` turns them
+    into config overrides."""
+    p.add_argument('--preset', action='append', default=[],
+                   help='merge configs/presets/<name>.yaml (e.g. smoke)')
+    p.add_argument('--synthetic', action='store_true',
+                   help='train on generated images instead of CIFAR (no data needed; '
+                        'records and tables mark such runs NOT COMPARABLE)')
+    p.add_argument('--set', dest='overrides', action='append', default=[],
+                   metavar='KEY=VALUE', help='override a config value, e.g. train.epochs=3')
+    p.add_argument('--device', default='cpu', help="'cpu' (default) or a GPU id, e.g. 0")
+    p.add_argument('--data-dir', help='folder with the CIFAR archives or extracted batches, '
+                   'or the Fashion-MNIST IDX files')
+    p.add_argument('--download', action='store_true',
+                   help='allow Chainer to download the data when it is not found locally')
+    p.add_argument('--seed', type=int, help='override train.seed')
+    p.add_argument('--force', action='store_true',
+                   help='start over: discard what an earlier run wrote into the run '
+                        'directory (a finished run is otherwise kept, an interrupted '
+                        'one resumed)')
+    p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--communicator', metavar='NAME',
+                   help='train data-parallel under mpiexec with this ChainerMN communicator '
+                        '(naive on CPUs, pure_nccl on GPUs); the config\'s batch size is '
+                        'the global batch')
+    return p
+
+
+def config_overrides(args):
+    """--set, then --synthetic / --data-dir / --download / --seed as config overrides."""
+    sets = list(args.overrides)
+    if args.synthetic:
+        sets.append('data.dataset=synthetic')
+    if args.data_dir:
+        sets.append('data.data_dir=%s' % os.path.abspath(args.data_dir))
+    if args.download:
+        sets.append('data.download=true')
+    if args.seed is not None:
+        sets.append('train.seed=%d' % args.seed)
+    return sets
+
+
+def command_parser(kind, name):
+    """The parser of ``kind``'s subcommand ``name`` (:class:`Command`)."""
+    command = kind.commands[name]
+    p = argparse.ArgumentParser(prog='%s %s' % (kind.prog, name),
+                                description=command.description)
+    command.add_arguments(p)
+    return p
+
+
+def run_parser(kind):
+    """The parser of ``kind``'s command line: a config to train, where its run goes,
+    the kind's own options (:meth:`Kind.add_arguments`) and :func:`add_run_arguments`;
+    its other subcommands are named below the options."""
+    others = ['%s: %s' % (command_parser(kind, name).format_usage().strip()[len('usage: '):],
+                          command.description)
+              for name, command in kind.commands.items()]
+    p = argparse.ArgumentParser(prog=kind.prog, description=kind.description,
+                                epilog='Also: %s' % '; '.join(others) if others else None)
+    p.add_argument('config', help=kind.config_help)
+    p.add_argument('--out', help='run directory (default results/runs/...)')
+    p.add_argument('--resume', default='auto',
+                   help="'auto' (default: resume an interrupted run, keep a finished one) "
+                        'or a snapshot path')
+    kind.add_arguments(p)
+    add_run_arguments(p)
+    return p
+
+
+def main(kind, argv=None):
+    """The command line of ``kind``: ``CONFIG [options]`` trains the config through
+    :func:`run` and prints :meth:`Kind.describe_result`; ``NAME ...`` runs the kind's
+    subcommand ``NAME`` (:attr:`Kind.commands`), or says which script has it
+    (:attr:`Kind.elsewhere`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in kind.elsewhere:
+        raise cli.UsageError(kind.elsewhere[argv[0]])
+    if argv and argv[0] in kind.commands:
+        return kind.commands[argv[0]].run(command_parser(kind, argv[0]).parse_args(argv[1:]))
+    args = run_parser(kind).parse_args(argv)
+    if args.communicator and kind.one_process:
+        raise config_lib.ConfigError(kind.one_process)
+    par = parallel_lib.create(args.communicator)
+    cfg = par.agree(lambda: kind.load_config(
+        args.config, args.preset, config_overrides(args) + kind.config_overrides(args)))
+    out = args.out or records.run_dir(cfg)
+    summary = run(kind, cfg, out=out, device=args.device, resume=args.resume,
+                  progress=not args.no_progress, force=args.force, par=par)
+    if par.writer:
+        print(kind.describe_result(summary, out))

@@ -22,6 +22,7 @@ from experiments import compare
 from experiments import config as config_lib
 from experiments import paper
 from experiments import parallel
+from experiments import pipeline
 from experiments import records
 from experiments import train
 
@@ -94,7 +95,7 @@ def run_rows(args, experiment):
     summaries = []
     for row, path in rows:
         for seed in range(args.seed0, args.seed0 + args.seeds):
-            cfg = config_lib.load_config(path, args.preset, train.config_overrides(args) +
+            cfg = config_lib.load_config(path, args.preset, pipeline.config_overrides(args) +
                                          ['train.seed=%d' % seed])
             out = records.run_dir(cfg, root=args.runs_root)
             summaries.append(train_row(train.run, cfg, out, args, '%s %s %s seed %d' % (
@@ -145,7 +146,7 @@ def dcgan(args):
     from experiments import gan
     if args.parallel.size > 1 or args.communicator:
         raise config_lib.ConfigError(gan.NOT_PARALLEL)
-    sets = gan.config_overrides(args)
+    sets = pipeline.config_overrides(args) + gan.fid_overrides(args)
     dirs = []
     for name, path in row_configs('dcgan', 'cifar10'):
         cfg = gan.load_config(path, args.preset, sets + ['train.seed=%d' % args.seed0])

@@ -10,25 +10,25 @@ run directory holding a run of another config is left alone with the differing k
 named (:func:`experiments.records.prepare_run`).  Ctrl-C stops with one line saying
 where the run stopped; the same command resumes it.
 
-:func:`build` assembles a run (:func:`build_model`, :func:`build_optimizer`,
-:func:`build_iterators`, :func:`build_trainer`) in one place, so that a data-parallel
-variant (ChainerMN: a communicator wrapping the optimizer and scattering the dataset)
-changes only that function.  Resuming continues bit-for-bit on the CPU: the data order
+:func:`build` assembles a run (:func:`build_model`,
+:func:`experiments.trainer_parts.build_optimizer`, :func:`build_iterators`,
+:func:`build_trainer`) in one place, so that a data-parallel variant (ChainerMN: a
+communicator wrapping the optimizer and scattering the dataset) changes only that
+function.  Resuming continues bit-for-bit on the CPU: the data order
 is a function of the serialized iterator state (``EpochOrderSampler``), the
 augmentation RNG is serialized with the updater, and the MN fits are seeded from
 persistent counters.
 
-The steps of a run (prepare, build, begin, resume, loop, summary) are
-:mod:`experiments.pipeline`'s, the same for the GAN; :class:`Classifier` gives it the
-classifier's data, trainer and summary fields.
+The steps of a run (prepare, build, begin, resume, loop, summary) and the command line
+are :mod:`experiments.pipeline`'s, the same for the GAN; :class:`Classifier` gives them
+the classifier's data, trainer, summary fields and closing line.  The trainer parts
+both kinds use are :mod:`experiments.trainer_parts`'.
 """
 from mixnorm import _compat  # noqa: F401
 
-import argparse
 import copy
 import math
 import os
-import sys
 
 import numpy
 
@@ -37,8 +37,6 @@ import chainer.links as L
 from chainer import training
 from chainer.training import extensions
 
-import mixnorm
-from mixnorm import settings as mn_settings
 from experiments import cli
 from experiments import config as config_lib
 from experiments import data as data_lib
@@ -47,41 +45,12 @@ from experiments import optimizers
 from experiments import parallel as parallel_lib
 from experiments import pipeline
 from experiments import records
+from experiments.trainer_parts import (ReportMixtureComponents, build_optimizer, mn_links,
+                                       place_mn, progress_extensions,
+                                       serialize_random_state)
 
 
 # ------------------------------------------------------------------------- pieces
-
-def place_mn(cfg, model, comm=None, converting=False):
-    """Replace the BNs named by ``cfg['mn']['layers']`` in ``model`` with MN links
-    (no-op without an ``mn`` section), synchronized over ``comm`` when given; returns
-    the replaced BN paths.  With ``mn.convert_at_epoch`` the model keeps its BNs
-    (:class:`ConvertToMixture` converts them later) unless ``converting``."""
-    mn = cfg.get('mn')
-    if not mn:
-        return []
-    config_lib.check_layers(cfg, model)
-    if mn.get('convert_at_epoch') and not converting:
-        return []
-    kwargs = {k: v for k, v in mn.items() if k in mn_settings.SETTINGS}
-    paths = mixnorm.replace_batch_normalization(model, mn['layers'], comm=comm, **kwargs)
-    # distinct, reproducible GMM seeds per layer (persistent, so resumable)
-    links = dict(model.namedlinks(skipself=True))
-    for i, p in enumerate(paths):
-        links['/' + p].seed = cfg['train']['seed'] * 1009 + i
-    return paths
-
-
-def serialize_random_state(serializer, rng, prefix='rng'):
-    """Save or restore a ``numpy.random.RandomState`` with a Chainer serializer."""
-    name, keys, pos, has_gauss, cached = rng.get_state()
-    keys = serializer(prefix + '_keys', keys)
-    pos = serializer(prefix + '_pos', int(pos))
-    has_gauss = serializer(prefix + '_has_gauss', int(has_gauss))
-    cached = serializer(prefix + '_cached_gaussian', float(cached))
-    if isinstance(serializer, chainer.serializer.Deserializer):
-        rng.set_state((name, numpy.asarray(keys, dtype=numpy.uint32), int(pos),
-                       int(has_gauss), float(cached)))
-
 
 def build_model(cfg, n_classes, par=None, converted=False):
     """The classifier for ``cfg``: the registry's model taking the dataset's channels,
@@ -122,13 +91,6 @@ class ConvertToMixture(training.Extension):
     def __call__(self, trainer):
         if not mn_links(self.model):
             place_mn(self.cfg, self.model, self.comm, converting=True)
-
-
-def build_optimizer(cfg, link, par=None):
-    """The optimizer of ``cfg['optimizer']`` set up on ``link`` (with weight decay),
-    ChainerMN's multi-node optimizer with several processes."""
-    par = par or parallel_lib.create(None)
-    return par.optimizer(optimizers.setup_optimizer(cfg['optimizer'], link))
 
 
 def build_iterators(cfg, dataset, par=None):
@@ -199,26 +161,6 @@ class BatchStatisticsEvaluator(extensions.Evaluator):
             return super().evaluate()
 
 
-def mn_links(model):
-    return [(p.lstrip('/'), link) for p, link in model.namedlinks(skipself=True)
-            if isinstance(link, mixnorm.MixtureNormalization)]
-
-
-class ReportMixtureComponents(training.Extension):
-    """Reports ``mn/<layer>/components``, the effective K' of every MN layer's last fit
-    (LogReport averages it over the epoch: Sec. 5.3, Figure 9)."""
-    trigger = 1, 'iteration'
-    priority = training.PRIORITY_WRITER
-
-    def __init__(self, model):
-        self.model = model
-
-    def __call__(self, trainer):
-        chainer.report({'mn/%s/components' % p: link.effective_components
-                        for p, link in mn_links(self.model)
-                        if link.effective_components is not None})
-
-
 class SaveMixtures(training.Extension):
     """Saves the last fitted mixture of chosen MN layers at 20/40/60/80/100 % of the
     planned iterations (paper Sec. 5.2, Figure 8) to
@@ -252,31 +194,6 @@ class SaveMixtures(training.Extension):
                         means=chainer.backends.cuda.to_cpu(g.means),
                         variances=chainer.backends.cuda.to_cpu(g.variances),
                         iteration=it, layer=path)
-
-
-class PlainStream:
-    """``stream`` without the cursor-control codes Chainer's reporters write (PrintReport
-    erases the progress bar before each line): for logs that are not a terminal."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text):
-        if not text.startswith('\033['):
-            self.stream.write(text)
-
-    def flush(self):
-        self.stream.flush()
-
-
-def progress_extensions(trainer, entries, bar_interval):
-    """A line per log entry (PrintReport), and a progress bar only on a terminal: in a
-    piped log the bar and its escape codes would be noise."""
-    if sys.stdout.isatty():
-        trainer.extend(extensions.PrintReport(entries))
-        trainer.extend(extensions.ProgressBar(update_interval=bar_interval))
-    else:
-        trainer.extend(extensions.PrintReport(entries, out=PlainStream(sys.stdout)))
 
 
 def snapshot_trigger(cfg):
@@ -346,9 +263,13 @@ def build(cfg, dataset, out, device, progress=True, par=None, start=None):
 # ----------------------------------------------------------------------------- run
 
 class Classifier(pipeline.Kind):
-    """The classifier as a kind of run (:func:`experiments.pipeline.run`): the data of
-    ``cfg``, then :func:`build` (model, optimizer, iterators, trainer); its summary
-    fields are :func:`experiments.records.classifier_fields`."""
+    """The classifier as a kind of run (:class:`experiments.pipeline.Kind`): the data of
+    ``cfg`` checked against its batch size, then :func:`build` (model, optimizer,
+    iterators, trainer); its summary fields are
+    :func:`experiments.records.classifier_fields`, its closing line
+    :func:`describe_result`."""
+    prog = 'python -m experiments.train'
+    description = 'Train one config (one row of a paper table).'
 
     def check(self, cfg, par):
         if cfg.get('gan'):
@@ -363,11 +284,9 @@ class Classifier(pipeline.Kind):
         return dataset
 
     def build(self, cfg, dataset, out, device, progress, par):
-        self.classifier, self._trainer = build(cfg, dataset, out, device, progress, par,
-                                               self.start)
-
-    def trainer(self, cfg, out, device, progress):
-        return self._trainer
+        self.classifier, trainer = build(cfg, dataset, out, device, progress, par,
+                                         self.start)
+        return trainer
 
     def snapshot_trigger(self, cfg):
         return snapshot_trigger(cfg)
@@ -376,6 +295,9 @@ class Classifier(pipeline.Kind):
         return records.classifier_fields(cfg, log, finished=finished,
                                          iterations=trainer.updater.iteration,
                                          epochs_done=trainer.updater.epoch)
+
+    def describe_result(self, summary, out):
+        return describe_result(summary, out)
 
 
 def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
@@ -397,48 +319,6 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
 
 # ----------------------------------------------------------------------------- CLI
 
-def add_run_arguments(p):
-    """Arguments shared by ``experiments.train``, ``experiments.gan`` and
-    ``scripts/reproduce.py``."""
-    p.add_argument('--preset', action='append', default=[],
-                   help='merge configs/presets/<name>.yaml (e.g. smoke)')
-    p.add_argument('--synthetic', action='store_true',
-                   help='train on generated images instead of CIFAR (no data needed; '
-                        'records and tables mark such runs NOT COMPARABLE)')
-    p.add_argument('--set', dest='overrides', action='append', default=[],
-                   metavar='KEY=VALUE', help='override a config value, e.g. train.epochs=3')
-    p.add_argument('--device', default='cpu', help="'cpu' (default) or a GPU id, e.g. 0")
-    p.add_argument('--data-dir', help='folder with the CIFAR archives or extracted batches, '
-                   'or the Fashion-MNIST IDX files')
-    p.add_argument('--download', action='store_true',
-                   help='allow Chainer to download the data when it is not found locally')
-    p.add_argument('--seed', type=int, help='override train.seed')
-    p.add_argument('--force', action='store_true',
-                   help='start over: discard what an earlier run wrote into the run '
-                        'directory (a finished run is otherwise kept, an interrupted '
-                        'one resumed)')
-    p.add_argument('--no-progress', action='store_true')
-    p.add_argument('--communicator', metavar='NAME',
-                   help='train data-parallel under mpiexec with this ChainerMN communicator '
-                        '(naive on CPUs, pure_nccl on GPUs); the config\'s batch size is '
-                        'the global batch')
-    return p
-
-
-def config_overrides(args):
-    """--synthetic / --data-dir / --download / --seed as config overrides."""
-    sets = list(args.overrides)
-    if args.synthetic:
-        sets.append('data.dataset=synthetic')
-    if args.data_dir:
-        sets.append('data.data_dir=%s' % os.path.abspath(args.data_dir))
-    if args.download:
-        sets.append('data.download=true')
-    if args.seed is not None:
-        sets.append('train.seed=%d' % args.seed)
-    return sets
-
-
 def describe_result(summary, out):
     """The closing line of a classifier run."""
     best, final = summary.get('best_test_accuracy'), summary.get('final_test_accuracy')
@@ -451,22 +331,8 @@ def describe_result(summary, out):
 
 @cli.entry_point
 def main(argv=None):
-    p = argparse.ArgumentParser(description='Train one config (one row of a paper table).')
-    p.add_argument('config', help='configs/<table>/<dataset>/<row>.yaml')
-    p.add_argument('--out', help='run directory (default results/runs/...)')
-    p.add_argument('--resume', default='auto',
-                   help="'auto' (default: resume an interrupted run, keep a finished one) "
-                        'or a snapshot path')
-    add_run_arguments(p)
-    args = p.parse_args(argv)
-    par = parallel_lib.create(args.communicator)
-    cfg = par.agree(lambda: config_lib.load_config(args.config, args.preset,
-                                                      config_overrides(args)))
-    out = args.out or records.run_dir(cfg)
-    summary = run(cfg, out=out, device=args.device, resume=args.resume,
-                  progress=not args.no_progress, force=args.force, par=par)
-    if par.writer:
-        print(describe_result(summary, out))
+    """``python -m experiments.train CONFIG [options]`` (:func:`experiments.pipeline.main`)."""
+    pipeline.main(Classifier(), argv)
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import train  # noqa: E402  (imports mixnorm._compat first)
+from experiments import pipeline  # noqa: E402  (imports mixnorm._compat first)
 from experiments import cli, records, reproduce  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def parser():
     p.add_argument('--inception-weights', metavar='NPZ',
                    help='FID Inception weights (dcgan only; see experiments/fid.py)')
     p.add_argument('--no-fid', action='store_true', help='dcgan: train without FID')
-    train.add_run_arguments(p)
+    pipeline.add_run_arguments(p)
     return p
 
 
