@@ -10,9 +10,11 @@ folder works outside ``configs/`` too.
 The result is validated against :data:`SCHEMA`, the one place that checks settings and
 supplies their defaults: an unknown key, a wrong type or a bad value raises
 :class:`ConfigError` naming the key and the source that set it (a file or a ``--set``).
-The ``mn`` section takes MN's settings from :data:`mixnorm.settings.SETTINGS`, so the
-config and the link check them alike.  The schema's leaves also carry what a key means
-for the records (:data:`NEUTRAL`, :data:`JUDGED`, :data:`RESUME_FREE`;
+Every leaf states the values it allows with the constraint classes of
+:mod:`mixnorm.settings` (:class:`Leaf`), and the ``mn`` section takes MN's settings from
+:data:`mixnorm.settings.SETTINGS` whole, so that the config and the link check them
+alike and say the same words.  The schema's leaves also carry what a key means for the
+records (:data:`NEUTRAL`, :data:`JUDGED`, :data:`RESUME_FREE`;
 :func:`keys_flagged`).  Builders (``experiments.optimizers``, ``experiments.train``)
 take the validated sections as they are.  Numbers may be written in scientific notation
 (``1e-3``), in files and in ``--set``.
@@ -20,13 +22,16 @@ take the validated sections as they are.  Numbers may be written in scientific n
 import copy
 import difflib
 import math
+import numbers
 import os
 import re
+from typing import NamedTuple
 
 import yaml
 
 from mixnorm import placement
 from mixnorm import settings as mn_settings
+from mixnorm.settings import Boolean, InstanceOf, Interval, Options
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_ROOT = os.path.join(REPO_ROOT, 'configs')
@@ -57,10 +62,12 @@ def yaml_load(stream):
 
 
 # --------------------------------------------------------------------------- schema
-# A leaf is (types, default, check) or (types, default, check, flags), where
-# check(value) returns an error string or None, and types None leaves the type to the
-# check too.  A dict is a nested section.  ``OPTIONAL_SECTIONS`` sections may be null.
-# The flags tell the records (experiments/records.py) what the key means for a run:
+# A leaf of the schema is a :class:`Leaf` (made by :func:`leaf`): the values it allows,
+# stated with the constraint classes of :mod:`mixnorm.settings` (``Interval``,
+# ``Options``, ``Boolean``, ``InstanceOf``; ``None`` allows null) and, for strings and
+# lists, :class:`Text` and :class:`ListOf`, which follow their protocol; its default; and
+# its flags, which tell the records (experiments/records.py) what the key means for a run.
+# A dict is a nested section; ``OPTIONAL_SECTIONS`` sections may be null.
 
 #: Overriding the key does not change what a run measures (paths, seeds, bookkeeping);
 #: an override of any other key makes a run not the paper's row, unless it is JUDGED.
@@ -73,53 +80,128 @@ JUDGED = 'judged'
 RESUME_FREE = 'resume-free'
 _FREE = (NEUTRAL, RESUME_FREE)
 
-
-def _positive(v):
-    return None if v > 0 else 'must be > 0'
-
-
-def _non_negative(v):
-    return None if v >= 0 else 'must be >= 0'
-
-
-def _decay(v):
-    return None if 0 <= v < 1 else 'must be in [0, 1)'
-
-
-def _at_least(low, why):
-    def check(v):
-        return None if v >= low else 'must be >= %d (%s)' % (low, why)
-    return check
-
-
-def _choice(*options):
-    def check(v):
-        return None if v in options else 'must be one of %s' % ', '.join(map(repr, options))
-    return check
-
-
-def _subset(v):
-    if v is None or (isinstance(v, int) and v > 0):
-        return None
-    if isinstance(v, list) and len(v) == 2 and all(isinstance(i, int) and i > 0 for i in v):
-        return None
-    return 'must be null, a positive integer, or [n_train, n_test]'
-
-
-def _fractions(v):
-    if isinstance(v, list) and v and all(isinstance(f, (int, float)) and not
-                                         isinstance(f, bool) and 0 < f <= 1 for f in v):
-        return None
-    return 'must be a non-empty list of fractions in (0, 1]'
-
-
-def _layers(v):
-    if isinstance(v, list) and v and all(isinstance(s, str) and s for s in v):
-        return None
-    return 'must be a non-empty list of layer names'
-
-
 REQUIRED = object()   # a leaf default meaning "must be given"
+
+
+class Text(NamedTuple):
+    """A string; ``nonempty``: of one character at least.  A constraint as those of
+    :mod:`mixnorm.settings` (``accepts``, ``convert``, its phrase as ``str``)."""
+    nonempty: bool = False
+
+    def accepts(self, value):
+        return isinstance(value, str) and (bool(value) or not self.nonempty)
+
+    def convert(self, value):
+        return value
+
+    def __str__(self):
+        return 'a non-empty string' if self.nonempty else 'a string'
+
+
+class ListOf(NamedTuple):
+    """A list whose length ``length`` (an ``Interval`` of ints) allows and whose every
+    item ``item`` (a constraint) allows.  A constraint as :class:`Text`."""
+    item: object
+    length: Interval = Interval(numbers.Integral, 0, math.inf, 'left')
+
+    def accepts(self, value):
+        return isinstance(value, list) and self.length.accepts(len(value)) and \
+            all(self.item.accepts(v) for v in value)
+
+    def convert(self, value):
+        return value
+
+    def __str__(self):
+        n, each = self.length, _phrase(self.item)
+        if n.low == n.high:
+            return 'a list of %d items, each %s' % (n.low, each)
+        if n.high == math.inf:
+            return '%s, each item %s' % ('a list' if n.accepts(0) else 'a non-empty list', each)
+        return 'a list of length %s, each item %s' % (_limit(n), each)
+
+
+class Leaf(NamedTuple):
+    """A leaf of the schema: ``allows`` (a tuple of constraints), ``default``
+    (:data:`REQUIRED`: must be given), ``flags`` (:data:`NEUTRAL`, :data:`JUDGED`,
+    :data:`RESUME_FREE`), ``meaning`` (said after the limit in a message) and ``setting``
+    (the :class:`mixnorm.settings.Setting` an ``mn`` key is: its messages are the
+    link's own words)."""
+    allows: tuple
+    default: object = REQUIRED
+    flags: tuple = ()
+    meaning: str = None
+    setting: object = None
+
+    def problem(self, value):
+        """``'must be ...'`` when ``value`` is not allowed, else None."""
+        if mn_settings.accepts(self.allows, value):
+            return None
+        if self.setting is not None:
+            return self.setting.requirement()
+        return 'must be %s%s' % (_requirement(self.allows, value),
+                                 ' (%s)' % self.meaning if self.meaning else '')
+
+
+def leaf(*allows, default=REQUIRED, flags=(), meaning=None):
+    """A :class:`Leaf` allowing any of ``allows``; ``flags``: one flag or a tuple."""
+    return Leaf(allows, default, (flags,) if isinstance(flags, str) else tuple(flags), meaning)
+
+
+def _limit(c):
+    """The bounds of an ``Interval`` as a message says them: ``'> 0'``, ``'>= 75'``,
+    ``'in [0, 1)'``; ``''`` when it has none."""
+    low, high = c.low != -math.inf, c.high != math.inf
+    left, right = c.closed in ('both', 'left'), c.closed in ('both', 'right')
+    if low and high:
+        return 'in %s%g, %g%s' % ('[' if left else '(', c.low, c.high, ']' if right else ')')
+    if low:
+        return '%s %g' % ('>=' if left else '>', c.low)
+    if high:
+        return '%s %g' % ('<=' if right else '<', c.high)
+    return ''
+
+
+def _phrase(c):
+    """What constraint ``c`` allows, in the words of a config message."""
+    if c is None:
+        return 'null'
+    if isinstance(c, Interval):
+        limit = _limit(c)
+        return '%s%s' % ('an integer' if c.kind is numbers.Integral else 'a number',
+                         ' ' + limit if limit else '')
+    if isinstance(c, Boolean):
+        return 'true or false'
+    return str(c)
+
+
+def _requirement(allows, value):
+    """What a leaf allowing ``allows`` requires of ``value``, which it refuses: only the
+    bounds when ``value`` is a number of the right kind (``'> 0'``), else every
+    alternative (``'an integer > 0 or null'``)."""
+    intervals = [c for c in allows if isinstance(c, Interval)]
+    reals = [c for c in intervals if c.kind is numbers.Real]
+    if isinstance(value, float) and not math.isfinite(value) and reals:
+        limit = _limit(reals[0])
+        return 'a finite number' + (' ' + limit if limit else '')
+    near = [c for c in intervals if Interval(c.kind, -_inf, _inf, 'neither').accepts(value)]
+    parts = [_limit(c) for c in near] if near else [_phrase(c) for c in allows]
+    return parts[0] if len(parts) == 1 else '%s or %s' % (', '.join(parts[:-1]), parts[-1])
+
+
+_INT, _REAL, _inf = numbers.Integral, numbers.Real, math.inf
+POSITIVE = Interval(_REAL, 0, _inf, 'neither')
+POSITIVE_INT = Interval(_INT, 0, _inf, 'neither')
+NON_NEGATIVE = Interval(_REAL, 0, _inf, 'left')
+NON_NEGATIVE_INT = Interval(_INT, 0, _inf, 'left')
+NUMBER = Interval(_REAL, -_inf, _inf, 'neither')
+DECAY = Interval(_REAL, 0, 1, 'left')                   # a decay rate: [0, 1)
+FRACTION = Interval(_REAL, 0, 1, 'right')               # (0, 1]
+NON_EMPTY = Interval(_INT, 1, _inf, 'left')             # the length of a non-empty list
+STRING = Text()
+BOOL = Boolean()
+MAPPING = InstanceOf(dict, 'a mapping')
+FRACTIONS = ListOf(FRACTION, NON_EMPTY)
+
 #: MN's settings (:data:`mixnorm.settings.SETTINGS`) that an ``mn`` section does not
 #: hold, and where each comes from.
 MN_SETTINGS_SET_ELSEWHERE = {
@@ -128,103 +210,103 @@ MN_SETTINGS_SET_ELSEWHERE = {
 }
 #: the keys of an ``mn`` section that place MN in the model (the rest are MN's settings)
 MN_PLACEMENT_KEYS = ('layers', 'convert_at_epoch')
-NUM = (int, float)
-OPT_NUM = (int, float, type(None))
-OPT_STR = (str, type(None))
-OPT_INT = (int, type(None))
 
 SCHEMA = {
-    'experiment': (str, REQUIRED, None),
-    'row': (str, REQUIRED, None),
-    'description': (str, '', None, _FREE),
-    'smoke': (bool, False, None, (JUDGED,)),
+    'experiment': leaf(STRING),
+    'row': leaf(STRING),
+    'description': leaf(STRING, default='', flags=_FREE),
+    'smoke': leaf(BOOL, default=False, flags=JUDGED),
     # written by the run (experiments/parallel.py): how many processes trained it, with
     # which ChainerMN communicator, and each one's part of data.batch_size
-    'world_size': (int, 1, _positive),
-    'communicator': (OPT_STR, None, None),
-    'per_rank_batch_size': (OPT_INT, None, _positive),
+    'world_size': leaf(POSITIVE_INT, default=1),
+    'communicator': leaf(STRING, None, default=None),
+    'per_rank_batch_size': leaf(POSITIVE_INT, None, default=None),
     'model': {
-        'name': (str, REQUIRED, None),
-        'kwargs': (dict, {}, None),
+        'name': leaf(STRING),
+        'kwargs': leaf(MAPPING, default={}),
     },
     'data': {
-        'dataset': (str, REQUIRED, _choice('cifar10', 'cifar100', 'fashion-mnist',
-                                           'synthetic'), (JUDGED,)),
-        'data_dir': (OPT_STR, None, None, _FREE),
-        'download': (bool, False, None, _FREE),
-        'batch_size': (int, REQUIRED, _positive),
-        'test_batch_size': (OPT_INT, None, _positive, (NEUTRAL,)),
-        'augment': (bool, True, None),
+        'dataset': leaf(Options(('cifar10', 'cifar100', 'fashion-mnist', 'synthetic')),
+                       flags=JUDGED),
+        'data_dir': leaf(STRING, None, default=None, flags=_FREE),
+        'download': leaf(BOOL, default=False, flags=_FREE),
+        'batch_size': leaf(POSITIVE_INT),
+        'test_batch_size': leaf(POSITIVE_INT, None, default=None, flags=NEUTRAL),
+        'augment': leaf(BOOL, default=True),
         # the augmentation (with augment: true): random crops of the image padded by
         # crop_pad pixels (0: none), and horizontal flips
-        'crop_pad': (int, 4, _non_negative),
-        'flip': (bool, True, None),
-        'subset': ((int, list, type(None)), None, _subset, (JUDGED,)),
+        'crop_pad': leaf(NON_NEGATIVE_INT, default=4),
+        'flip': leaf(BOOL, default=True),
+        'subset': leaf(POSITIVE_INT, ListOf(POSITIVE_INT, Interval(_INT, 2, 2, 'both')), None,
+                      default=None, flags=JUDGED, meaning='n_train, or [n_train, n_test]'),
     },
     # which keys apply to which optimizer: OPTIMIZER_KEYS
     'optimizer': {
-        'name': (str, REQUIRED, _choice('rmsprop_momentum', 'nesterov', 'momentum_sgd', 'adam')),
-        'lr': (NUM, REQUIRED, _positive),       # Adam's alpha
-        'weight_decay': (NUM, 0.0, _non_negative),
-        'momentum': (NUM, 0.9, _decay),
-        'rho': (NUM, 0.9, _decay),              # RMSprop's decay of the mean square
-        'eps': (NUM, 1e-8, _non_negative),
-        'ms_init': (NUM, 1.0, _non_negative),   # RMSprop's initial mean square (TF1: 1)
-        'beta1': (NUM, 0.9, _decay),
-        'beta2': (NUM, 0.999, _decay),
+        'name': leaf(Options(('rmsprop_momentum', 'nesterov', 'momentum_sgd', 'adam'))),
+        'lr': leaf(POSITIVE),                            # Adam's alpha
+        'weight_decay': leaf(NON_NEGATIVE, default=0.0),
+        'momentum': leaf(DECAY, default=0.9),
+        'rho': leaf(DECAY, default=0.9),                 # RMSprop's decay of the mean square
+        'eps': leaf(NON_NEGATIVE, default=1e-8),
+        'ms_init': leaf(NON_NEGATIVE, default=1.0),      # RMSprop's initial mean square (TF1: 1)
+        'beta1': leaf(DECAY, default=0.9),
+        'beta2': leaf(DECAY, default=0.999),
     },
     # which keys apply to which schedule type: SCHEDULE_KEYS
     'schedule': {
-        'type': (str, 'constant', _choice('constant', 'staircase', 'multistep')),
-        'rate': (NUM, REQUIRED, _positive),
-        'every_epochs': (NUM, REQUIRED, _positive),
-        'factor': (NUM, REQUIRED, _positive),
-        'at': (list, REQUIRED, _fractions),
+        'type': leaf(Options(('constant', 'staircase', 'multistep')), default='constant'),
+        'rate': leaf(POSITIVE),
+        'every_epochs': leaf(POSITIVE),
+        'factor': leaf(POSITIVE),
+        'at': leaf(FRACTIONS),
     },
-    # the layers, and MN's settings as mixnorm.settings defines them (type, range and
-    # default), but those of MN_SETTINGS_SET_ELSEWHERE
+    # the layers, and MN's settings as mixnorm.settings defines them (the values each
+    # allows, its default and the words of its messages), but those of
+    # MN_SETTINGS_SET_ELSEWHERE
     'mn': {
-        'layers': (list, REQUIRED, _layers),
+        'layers': leaf(ListOf(Text(nonempty=True), NON_EMPTY)),
         # train with BN until this epoch ends, then convert those layers to MN (their
         # statistics and optimizer state carried over); None: MN from the start
-        'convert_at_epoch': (OPT_INT, None, _positive),
-        **{name: (None, s.default, s.problem) for name, s in mn_settings.SETTINGS.items()
+        'convert_at_epoch': leaf(POSITIVE_INT, None, default=None),
+        **{name: Leaf(s.constraints, s.default, setting=s)
+           for name, s in mn_settings.SETTINGS.items()
            if name not in MN_SETTINGS_SET_ELSEWHERE},
     },
     'train': {
-        'epochs': (NUM, REQUIRED, _positive, (JUDGED,)),
-        'seed': (int, 0, _non_negative, (NEUTRAL,)),
-        'snapshot_every': (int, 10, _positive, (NEUTRAL,)),
-        'target_accuracy': (OPT_NUM, None, None, (NEUTRAL,)),
-        'checkpoints': (list, [0.25, 0.5, 0.75, 1.0], _fractions, (NEUTRAL,)),
-        'max_iterations': (OPT_INT, None, _positive, (JUDGED,)),
+        'epochs': leaf(POSITIVE, flags=JUDGED),
+        'seed': leaf(NON_NEGATIVE_INT, default=0, flags=NEUTRAL),
+        'snapshot_every': leaf(POSITIVE_INT, default=10, flags=NEUTRAL),
+        'target_accuracy': leaf(NUMBER, None, default=None, flags=NEUTRAL),
+        'checkpoints': leaf(FRACTIONS, default=[0.25, 0.5, 0.75, 1.0], flags=NEUTRAL),
+        'max_iterations': leaf(POSITIVE_INT, None, default=None, flags=JUDGED),
         # MN layers (BN paths) whose fitted mixture is saved at 20/40/60/80/100 % of
         # training (paper Sec. 5.2, Figure 8)
-        'save_mixtures': (list, [], None, (NEUTRAL,)),
+        'save_mixtures': leaf(ListOf(Text(nonempty=True)), default=[], flags=NEUTRAL),
         # with several processes: BN and MN normalize over the global batch (the
         # paper's); false normalizes each process's part alone (not the paper's setting)
-        'sync_normalization': (bool, True, None, (JUDGED,)),
+        'sync_normalization': leaf(BOOL, default=True, flags=JUDGED),
     },
     # GAN runs (experiments/gan.py, paper Sec. 4.5); null for classifiers.  A GAN run
     # lasts gan.updates generator updates; train.epochs / snapshot_every / checkpoints
     # are not used by it.  gan.fid: see experiments/fid.py.
     'gan': {
-        'updates': (int, 100000, _positive, (JUDGED,)),
-        'snapshot_every': (int, 10000, _positive, (NEUTRAL,)),
-        'log_every': (int, 100, _positive, (NEUTRAL,)),
-        'grid': (int, 10, _positive, (NEUTRAL,)),
-        'target_fid': (OPT_NUM, None, _positive, (NEUTRAL,)),
+        'updates': leaf(POSITIVE_INT, default=100000, flags=JUDGED),
+        'snapshot_every': leaf(POSITIVE_INT, default=10000, flags=NEUTRAL),
+        'log_every': leaf(POSITIVE_INT, default=100, flags=NEUTRAL),
+        'grid': leaf(POSITIVE_INT, default=10, flags=NEUTRAL),
+        'target_fid': leaf(POSITIVE, None, default=None, flags=NEUTRAL),
         'fid': {
-            'enabled': (bool, True, None, (JUDGED,)),
-            'every': (int, 10000, _positive),
-            'n_samples': (int, 10000, _positive),
-            'n_real': (OPT_INT, None, _positive),
-            'weights': (OPT_STR, None, None, _FREE),
-            'random_weights': (bool, False, None, (JUDGED,)),
-            'dims': (int, 2048, _choice(64, 192, 768, 2048)),
-            'image_size': (int, 299, _at_least(75, 'the smallest input of Inception-V3')),
-            'batch_size': (int, 100, _positive, (NEUTRAL,)),
-            'cache_dir': (OPT_STR, None, None, _FREE),
+            'enabled': leaf(BOOL, default=True, flags=JUDGED),
+            'every': leaf(POSITIVE_INT, default=10000),
+            'n_samples': leaf(POSITIVE_INT, default=10000),
+            'n_real': leaf(POSITIVE_INT, None, default=None),
+            'weights': leaf(STRING, None, default=None, flags=_FREE),
+            'random_weights': leaf(BOOL, default=False, flags=JUDGED),
+            'dims': leaf(Options((64, 192, 768, 2048)), default=2048),
+            'image_size': leaf(Interval(_INT, 75, _inf, 'left'), default=299,
+                              meaning='the smallest input of Inception-V3'),
+            'batch_size': leaf(POSITIVE_INT, default=100, flags=NEUTRAL),
+            'cache_dir': leaf(STRING, None, default=None, flags=_FREE),
         },
     },
 }
@@ -258,7 +340,7 @@ def keys_flagged(flag, schema=None, prefix=''):
     for key, spec in (SCHEMA if schema is None else schema).items():
         if isinstance(spec, dict):
             keys += keys_flagged(flag, spec, prefix + key + '.')
-        elif flag in (spec[3] if len(spec) > 3 else ()):
+        elif flag in spec.flags:
             keys.append(prefix + key)
     return tuple(keys)
 
@@ -447,35 +529,28 @@ def _missing_key_message(name, sources):
 
 
 def _check_leaf(name, value, spec, sources):
-    types, _, check = spec[:3]
-    if types is not None:
-        _check_type(name, value, types, sources)
-    if check is not None and (value is not None or types is None):
-        err = check(value)
-        if err:
-            raise ConfigError('%s: %r %s, got %r' % (_where(sources, name), name, err, value))
+    problem = spec.problem(value)
+    if problem:
+        hint = ' (a number written as a string?)' if _looks_numeric(value) and any(
+            isinstance(c, Interval) for c in spec.allows) else ''
+        raise ConfigError('%s: %r %s, got %r%s' % (_where(sources, name), name, problem, value,
+                                                  hint))
     return value
 
 
-def _check_type(name, value, types, sources):
-    tuple_types = types if isinstance(types, tuple) else (types,)
-    if (isinstance(value, bool) and bool not in tuple_types) or \
-            not isinstance(value, types):
-        hint = ''
-        if isinstance(value, str) and float in tuple_types:
-            hint = ' (a number written as a string?)'
-        raise ConfigError('%s: %r must be %s, got %r%s' % (_where(sources, name), name,
-                                                          _type_name(types), value, hint))
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError('%s: %r must be a finite number, got %r'
-                          % (_where(sources, name), name, value))
+def _looks_numeric(value):
+    """Whether ``value`` is a string that reads as a number (``'1e-3'``)."""
+    try:
+        return isinstance(value, str) and math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def _used_keys(section, cfg, schema, prefix, sources):
     """The keys of a section with variants (:data:`VARIANTS`) that its chosen variant
     uses; a key of another variant given a value is an error."""
     selector, variants, common = VARIANTS[section]
-    choice = cfg.get(selector, schema[selector][1])
+    choice = cfg.get(selector, schema[selector].default)
     if choice not in variants:          # the selector's own check names the choices
         _check_leaf(prefix + selector, choice, schema[selector], sources)
     used = set(common) | set(variants[choice])
@@ -520,19 +595,12 @@ def _check_section(cfg, schema, prefix, sources):
             out[key] = _check_section(value, spec, name + '.', sources)
             continue
         if key not in cfg:
-            if spec[1] is REQUIRED:
+            if spec.default is REQUIRED:
                 raise ConfigError(_missing_key_message(name, sources))
-            out[key] = copy.deepcopy(spec[1])
+            out[key] = copy.deepcopy(spec.default)
             continue
         out[key] = _check_leaf(name, cfg[key], spec, sources)
     return out
-
-
-def _type_name(types):
-    types = types if isinstance(types, tuple) else (types,)
-    names = {int: 'an integer', float: 'a number', str: 'a string', bool: 'true/false',
-             list: 'a list', dict: 'a mapping', type(None): 'null'}
-    return ' or '.join(names.get(t, t.__name__) for t in types)
 
 
 def _check_across(cfg, sources):

@@ -4,11 +4,13 @@ Each :class:`Setting` holds a name, a default, the values it allows (its type an
 range) and a one-line meaning, as scikit-learn's ``_parameter_constraints``.  Every
 check reads this table: :class:`mixnorm.MixtureNormalization` checks its arguments
 with :func:`check`, :func:`mixnorm.fit_gmm` and :mod:`mixnorm.functions` the ones
-they share, and a config schema (the experiments' ``mn`` section) takes types, ranges
-and defaults from :meth:`Setting.problem` and :attr:`Setting.default`, so that they
-cannot disagree.  BatchNormalization's own arguments of the link (``size``, ``dtype``,
-``axis``, ``use_gamma``, ``use_beta``, ``initial_gamma``, ``initial_beta``) keep BN's
-meaning and are checked by the link.
+they share, and a config schema (the experiments' ``mn`` section) takes the values
+allowed, the defaults and the words of its messages from :attr:`Setting.constraints`,
+:attr:`Setting.default` and :meth:`Setting.requirement`, so that they cannot disagree
+(and states its other keys' limits with the same constraint classes).
+BatchNormalization's own arguments of the link (``size``, ``dtype``, ``axis``,
+``use_gamma``, ``use_beta``, ``initial_gamma``, ``initial_beta``) keep BN's meaning and
+are checked by the link.
 
 A bad value raises :class:`InvalidParameter` (a ``ValueError`` and a ``TypeError``,
 as scikit-learn's ``InvalidParameterError``) naming the parameter, what it allows and
@@ -72,11 +74,13 @@ def _number(x):
 
 
 class Options(NamedTuple):
-    """One of ``values`` (strings or None)."""
+    """One of ``values`` (strings, ints or None)."""
     values: tuple
 
     def accepts(self, value):
         return any(value is v or (isinstance(value, str) and value == v)
+                   or (_is_number(v, numbers.Integral) and _is_number(value, numbers.Integral)
+                       and value == v)
                    for v in self.values)
 
     def convert(self, value):
@@ -138,6 +142,11 @@ def _first_accepting(constraints, value):
 
 
 _REJECTED = object()
+
+
+def accepts(constraints, value):
+    """Whether one of ``constraints`` allows ``value``."""
+    return _first_accepting(constraints, value) is not _REJECTED
 
 
 def validate(caller, name, value, constraints, meaning=None):

@@ -233,7 +233,28 @@ def test_unknown_key_names_key_and_file(tmp_path):
 @pytest.mark.parametrize('line,match', [
     ('optimizer: {name: adam, lr: -1}', r"'optimizer.lr' must be > 0"),
     ('optimizer: {name: sgdx, lr: 0.1}', r"'optimizer.name' must be one of"),
-    ("optimizer: {name: adam, lr: '1e-3'}", r"'optimizer.lr' must be an integer or a number"),
+    ("optimizer: {name: adam, lr: '1e-3'}",
+     r"'optimizer.lr' must be a number > 0, got '1e-3' \(a number written as a string\?\)$"),
+    ('optimizer: {name: adam, lr: .inf}', r"'optimizer.lr' must be a finite number > 0, got inf$"),
+    ('train: {epochs: 1, seed: -1}', r"'train.seed' must be >= 0, got -1$"),
+    ('train: {epochs: 1, snapshot_every: 2.5}',
+     r"'train.snapshot_every' must be an integer > 0, got 2.5$"),
+    ('train: {epochs: 1, checkpoints: [0.5, 1.5]}',
+     r"'train.checkpoints' must be a non-empty list, each item a number in \(0, 1\], "
+     r"got \[0.5, 1.5\]$"),
+    ('train: {epochs: 1, checkpoints: []}', r"'train.checkpoints' must be a non-empty list"),
+    ('data: {dataset: cifar10, batch_size: 8, subset: [64]}',
+     r"'data.subset' must be an integer > 0, a list of 2 items, each an integer > 0 or null "
+     r"\(n_train, or \[n_train, n_test\]\), got \[64\]$"),
+    ('data: {dataset: cifar10, batch_size: 8, subset: 0}',
+     r"'data.subset' must be > 0 \(n_train, or \[n_train, n_test\]\), got 0$"),
+    ('data: {dataset: cifar10, batch_size: 8, augment: 1}',
+     r"'data.augment' must be true or false, got 1$"),
+    ('mn: {layers: [conv3, ""]}', r"'mn.layers' must be a non-empty list, each item a "
+                                  r"non-empty string, got \['conv3', ''\]$"),
+    ('gan: {fid: {dims: 100}}', r"'gan.fid.dims' must be one of 64, 192, 768, 2048, got 100$"),
+    ('gan: {fid: {image_size: 32}}',
+     r"'gan.fid.image_size' must be >= 75 \(the smallest input of Inception-V3\), got 32$"),
     ('data: {dataset: imagenet, batch_size: 8}', r"'data.dataset' must be one of"),
     ('train: {epochs: 1, seed: true}', r"'train.seed' must be an integer"),
     ('schedule: {type: multistep, factor: 0.1}', r"missing required key 'schedule.at'$"),
@@ -266,3 +287,18 @@ def test_unknown_preset_and_bad_yaml(tmp_path):
         C.load_config(_write(tmp_path, 'a: [1,\n'))
     with pytest.raises(C.ConfigError, match='not found'):
         C.load_config(str(tmp_path / 'missing.yaml'))
+
+
+def test_values_within_the_limits_load(tmp_path):
+    gan = BASE.replace('cifar_cnn', 'dcgan').replace('batch_size: 8}',
+                                                     'batch_size: 8, subset: [64, 32]}')
+    cfg = C.load_config(_write(tmp_path, gan + 'gan: {fid: {dims: 768, image_size: 75}}\n'))
+    assert cfg['gan']['fid']['dims'] == 768 and cfg['gan']['fid']['image_size'] == 75
+    assert cfg['data']['subset'] == [64, 32]
+    cfg = C.load_config(_write(tmp_path, BASE, 'b.yaml'),
+                        overrides=['optimizer.beta2=0', 'train.epochs=0.5', 'data.subset=8',
+                                   'train.target_accuracy=-1', 'mn.layers=[conv3]'])
+    assert (cfg['optimizer']['beta2'], cfg['train']['epochs'], cfg['data']['subset'],
+            cfg['train']['target_accuracy']) == (0, 0.5, 8, -1)
+    with pytest.raises(C.ConfigError, match=r"'gan.fid.dims' must be one of"):
+        C.load_config(_write(tmp_path, gan + 'gan: {fid: {dims: true}}\n', 'c.yaml'))
