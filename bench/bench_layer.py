@@ -4,12 +4,17 @@ BatchNormalization on the same input (not a test).
 For each shape (CIFAR CNN conv3; DenseNet-40's last BN at batch 64 and 128) and
 K = 1..5 (EM iter. 2) it prints the median times of BN and MN, the MN/BN ratio measured
 side by side in one run, and where MN's time goes: the mixture fit (layout + K-means++ /
-K-means / EM + posteriors), the normalizing forward, and the backward.  Runs on the CPU,
-and on the GPU too when CuPy sees one; writes ``results/bench/layer_<cpu|gpu>.{json,md}``.
+K-means / EM + posteriors), the normalizing forward, and the backward; then the
+inference forward of both (MN with its queue after one training step), and beside the
+times the device operations of MN's training step and inference forward counted by
+``mixnorm.testing.opcount`` (launches, host syncs, copies), which decide the GPU times.
+Runs on the CPU, and on the GPU too when CuPy sees one; writes
+``results/bench/layer_<cpu|gpu>.{json,md}``.
 
     python bench/bench_layer.py [--repeats 7] [--device cpu|gpu|all]
 """
 import argparse
+import functools
 import os
 import sys
 
@@ -22,8 +27,16 @@ import mixnorm  # noqa: E402
 import chainer  # noqa: E402
 import chainer.links as L  # noqa: E402
 from mixnorm import functions  # noqa: E402
+from mixnorm.testing import opcount  # noqa: E402
 
 SHAPES = [(256, 128, 8, 8), (64, 448, 8, 8), (128, 448, 8, 8)]
+
+
+@functools.lru_cache(maxsize=None)
+def counted(K):
+    """MN's device operations at K (counted on a small input: the counts do not depend on
+    the shape, which tests/test_device_paths.py checks)."""
+    return opcount.count_layer((64, 32, 4, 4), K)
 
 
 def bench(shape, K, xp, repeats, sync):
@@ -65,9 +78,20 @@ def bench(shape, K, xp, repeats, sync):
         y.grad = gy
         y.backward()
     t_bwd = max(median_time(norm_bwd, repeats, sync) - t_norm, 0.0)
+
+    def infer(link):
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            link(x)
+    t_bn_test = median_time(lambda: infer(bn), repeats, sync)
+    t_mn_test = median_time(lambda: infer(mn), repeats, sync)
+    ops = counted(K)
     return {'shape': 'x'.join(map(str, shape)), 'K': K, 'bn_ms': 1e3 * t_bn,
             'mn_ms': 1e3 * t_mn, 'ratio': t_mn / t_bn, 'fit_ms': 1e3 * t_fit,
-            'normalize_ms': 1e3 * t_norm, 'backward_ms': 1e3 * t_bwd}
+            'normalize_ms': 1e3 * t_norm, 'backward_ms': 1e3 * t_bwd,
+            'bn_test_ms': 1e3 * t_bn_test, 'mn_test_ms': 1e3 * t_mn_test,
+            'test_ratio': t_mn_test / t_bn_test, 'train_launch': ops['train_launch'],
+            'train_syncs': ops['train_syncs'], 'test_launch': ops['test_launch'],
+            'test_copies': ops['test_copies']}
 
 
 def run(device, repeats, env, out, write):
@@ -85,15 +109,26 @@ def run(device, repeats, env, out, write):
             r['device'] = device
             rows.append(r)
             print('%-14s K=%d  BN %7.2f ms  MN %7.2f ms  MN/BN %5.2fx  | fit %6.2f  '
-                  'normalize %6.2f  backward %6.2f ms' % (
+                  'normalize %6.2f  backward %6.2f ms | inference BN %6.2f  MN %6.2f ms  '
+                  'MN/BN %5.2fx | counted: step %d launches, %d syncs; inference %d '
+                  'launches, %d copies' % (
                       r['shape'], K, r['bn_ms'], r['mn_ms'], r['ratio'], r['fit_ms'],
-                      r['normalize_ms'], r['backward_ms']), flush=True)
+                      r['normalize_ms'], r['backward_ms'], r['bn_test_ms'],
+                      r['mn_test_ms'], r['test_ratio'], r['train_launch'],
+                      r['train_syncs'], r['test_launch'], r['test_copies']), flush=True)
     if write:
         columns = [('shape', 'shape', '%s'), ('K', 'K', '%d'), ('BN (ms)', 'bn_ms', '%.2f'),
                    ('MN (ms)', 'mn_ms', '%.2f'), ('MN / BN', 'ratio', '%.2fx'),
                    ('MN fit (ms)', 'fit_ms', '%.2f'),
                    ('MN normalize (ms)', 'normalize_ms', '%.2f'),
-                   ('MN backward (ms)', 'backward_ms', '%.2f')]
+                   ('MN backward (ms)', 'backward_ms', '%.2f'),
+                   ('BN inference (ms)', 'bn_test_ms', '%.2f'),
+                   ('MN inference (ms)', 'mn_test_ms', '%.2f'),
+                   ('MN / BN inference', 'test_ratio', '%.2fx'),
+                   ('step launches (counted)', 'train_launch', '%d'),
+                   ('step syncs', 'train_syncs', '%d'),
+                   ('inference launches', 'test_launch', '%d'),
+                   ('inference copies', 'test_copies', '%d')]
         write_record('layer_%s' % device, 'MN vs BN layer, forward + backward (%s)'
                      % device.upper(), env, rows, columns,
                      'Median of %d runs each, interleaved per case; float32 rectified '

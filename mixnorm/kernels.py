@@ -820,6 +820,8 @@ def mn_combine_xp(out3, u, A, resp1, v=None, B=None, Cm=None, beta=None):
     n = N * L
     K = A.shape[1]
     rT = resp1[:, :K].T
+    if xp is numpy:
+        rT = numpy.ascontiguousarray(rT)        # once, not per block of channels
     step = max(1, _MN_BLOCK // max(n, 1)) if xp is numpy else C
     for c0 in range(0, C, step):
         c1 = min(C, c0 + step)

@@ -6,7 +6,9 @@ command, the most informative steps first (``--list`` prints them):
 1. ``environment``: the stack (GPU, driver, CUDA, CuPy, Chainer; NCCL, mpiexec);
 2. ``chainer_on_cupy``: Chainer 7.8.1's own layers and an optimizer step on this CuPy,
    then MN beside BN;
-3. ``bench_layer``: MN beside BN on one layer (``bench/bench_layer.py --device gpu``);
+3. ``bench_layer``: MN beside BN on one layer (``bench/bench_layer.py --device gpu``),
+   training step and inference, with the device operations each row counts on the CPU
+   (``mixnorm.testing.opcount``: launches, syncs, copies) beside its GPU times;
 4. ``smoke_table2``: a smoke row (BN-2 and MN-2 of Table 2 on generated data);
 5. ``fmnist_table2``: BN-2 and MN-2 of Table 2 on all of Fashion-MNIST (preset
    ``fmnist-gpu``; skipped when the IDX files are absent; on the CPU 256 images);
