@@ -4,7 +4,8 @@ Run with P processes (``mpiexec -n 2 python bench/bench_comm.py``).  For a
 (64, 448, 8, 8) float32 activation per process it counts, per layer and training step
 (forward + backward), the collective calls and the bytes each process sends and
 receives, for ChainerMN's ``MultiNodeBatchNormalization`` and for
-``mixnorm.MultiNodeMixtureNormalization`` at K = 3 and 5 (EM iter. 2), and times the
+``mixnorm.MultiNodeMixtureNormalization`` at K = 1, 3 and 5 (EM iter. 2; the fit's
+collectives and the normalizing forward and backward's told apart), and times the
 step of each side by side.  The synchronized MN moves O(K C) numbers per collective,
 never O(n C).  Rank 0 writes ``results/bench/comm_cpu.{json,md}`` with the hardware
 named (``--no-write`` to skip).
@@ -57,10 +58,23 @@ def step(link, x, gy):
 
 
 def measure(name, link, counter, x, gy, repeats, comm):
+    fit_calls = [0]
+    if hasattr(link, '_fit'):                       # MN: tell the fit's collectives apart
+        fit = link._fit
+
+        def counted_fit(*args, **kwargs):
+            before = counter.calls
+            try:
+                return fit(*args, **kwargs)
+            finally:
+                fit_calls[0] += counter.calls - before
+        link._fit = counted_fit
     step(link, x, gy)                               # warm-up
     counter.reset_counts()
+    fit_calls[0] = 0
     step(link, x, gy)
-    row = {'layer': name, 'calls': counter.calls, 'bytes_sent': counter.bytes_sent,
+    row = {'layer': name, 'calls': counter.calls, 'fit_calls': fit_calls[0],
+           'normalize_calls': counter.calls - fit_calls[0], 'bytes_sent': counter.bytes_sent,
            'bytes_received': counter.bytes_received}
     comm.mpi_comm.Barrier()
     row['step_ms'] = 1e3 * median_time(lambda: step(link, x, gy), repeats,
@@ -85,7 +99,7 @@ def main(argv=None):
     bn = chainermn.links.MultiNodeBatchNormalization(C, comm)
     rows.append(measure('MultiNodeBatchNormalization', bn, CountedCommunicator(comm), x, gy,
                         args.repeats, comm))
-    for K in (3, 5):
+    for K in (1, 3, 5):
         mn = mixnorm.MultiNodeMixtureNormalization(C, comm, n_components=K, em_iters=2,
                                                    seed=0)
         rows.append(measure('MultiNodeMixtureNormalization K=%d' % K, mn, mn._reducer, x, gy,
@@ -104,14 +118,18 @@ def main(argv=None):
     print('# per layer and training step, %d processes, %s float32 per process'
           % (comm.size, 'x'.join(map(str, shape))))
     for r in rows:
-        print('%-36s %2d collectives, sent %8.1f KiB, received %8.1f KiB '
-              '(+%d calls, +%.1f KiB over BN), step %.1f ms (%.2fx BN)'
-              % (r['layer'], r['calls'], r['bytes_sent'] / 1024.0,
+        print('%-36s %2d collectives (fit %2d, normalizing forward + backward %d), sent '
+              '%8.1f KiB, received %8.1f KiB (+%d calls, +%.1f KiB over BN), step %.1f ms '
+              '(%.2fx BN)'
+              % (r['layer'], r['calls'], r['fit_calls'], r['normalize_calls'],
+                 r['bytes_sent'] / 1024.0,
                  r['bytes_received'] / 1024.0, r['extra_calls'], r['extra_kib'],
                  r['step_ms'], r['step_ratio']))
     if not args.no_write:
         columns = [('layer', 'layer', '%s'), ('processes', 'processes', '%d'),
                    ('shape per process', 'shape', '%s'), ('collectives', 'calls', '%d'),
+                   ('of which the fit', 'fit_calls', '%d'),
+                   ('of which normalizing (fwd + bwd)', 'normalize_calls', '%d'),
                    ('bytes sent', 'bytes_sent', '%d'),
                    ('bytes received', 'bytes_received', '%d'),
                    ('numbers per collective', 'numbers_per_call', '%.0f'),
