@@ -468,10 +468,12 @@ def _posterior_moments(frame, gmm):
     return frame.reduce(total)
 
 
-def _moments(frame, resp):
+def _moments(frame, resp, reduce=True):
     """``resp @ za`` (K, 2d+2) on the host, float64: sums of r z^2, r z, r |z|^2, r
-    (over all ranks' points for a union frame: one reduction; on NumPy block by block
-    from the compact matrix)."""
+    (over all ranks' points for a union frame: one reduction, unless not ``reduce``;
+    on NumPy block by block from the compact matrix)."""
+    if not reduce:
+        frame = frame._replace(reducer=None, counts=None)
     if not frame.compact:
         return frame.reduce(_arrays.to_host(resp @ frame.za).astype(numpy.float64))
     d = frame.d
@@ -495,7 +497,8 @@ def _m_step(moments, n, eps_z, tiny):
 
 # ---------------------------------------------------------------------------- seeding
 
-def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False):
+def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False,
+                     with_moments=False):
     """Greedy K-means++ over the points of the frame (of all ranks, for a union frame).
 
     Returns this rank's nearest-seed labels (n,) (ties go to the earlier seed, as
@@ -518,6 +521,10 @@ def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False
       (:func:`_candidate_potentials`); the best candidate is the same on every rank.
 
     That is 2 + 2 (K - 1) collectives of O(trials * d) numbers per rank for P ranks.
+    With ``with_moments`` a union frame also returns the moments (K, 2d+2) of the
+    seeds' partition over all ranks, reduced with the last round's potentials
+    (:func:`_last_round_with_moments`: one collective fewer); they are None
+    otherwise.
     """
     xp = get_array_module(frame.za)
     labels = xp.zeros((frame.za.shape[0],), dtype=xp.int64)
@@ -534,14 +541,40 @@ def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False
         cand, mine = _draw_candidates(frame, cum, draws[k - 1], rank_pots)
         # (trials, n) squared distances; kpp_update clips them at 0
         dist = _distance_product(frame, _seed_coef(frame, cand, mine))
-        pot, rank_pots = _candidate_potentials(
-            frame, xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64))
+        local = xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64)
+        if with_moments and frame.reducer is not None and k + 1 == n_components:
+            return _last_round_with_moments(frame, dist, local, closest, labels, k)
+        pot, rank_pots = _candidate_potentials(frame, local)
         if want_indices:
             indices.append(xp.reshape(cand[xp.argmin(pot)], (1,)))    # device index
         closest, labels = kernels.kpp_update(dist, pot, closest, labels, k)
         if k + 1 < n_components:
             cum = xp.cumsum(closest, dtype=xp.float64)
     return labels, (xp.concatenate(indices) if want_indices else None)
+
+
+def _last_round_with_moments(frame, dist, local, closest, labels, k):
+    """The last K-means++ round of a union frame, merged with the reduction of the
+    seeds' partition's moments: for each candidate this rank computes the moments
+    (K, 2d+2) of the partition that keeping it gives, and one all-gather carries them
+    with the candidates' potentials ``local`` (trials,); every rank then keeps the
+    winner's (summed in rank order, as ``reducer.sum``).  Returns ``(labels,
+    moments)``: the same as the round followed by :func:`_moments` of its partition,
+    one collective fewer, for trials times the local products."""
+    xp = get_array_module(dist)
+    trials = dist.shape[0]
+    K = k + 1
+    parts, partitions = [_arrays.to_host(local)], []
+    for j in range(trials):
+        pick = xp.asarray((numpy.arange(trials) != j).astype(numpy.float64))   # argmin j
+        _, lab = kernels.kpp_update(dist, pick, closest.copy(), labels.copy(), k)
+        partitions.append(lab)
+        parts.append(_moments(frame, _one_hot(lab, K, frame.za.dtype), reduce=False).ravel())
+    table = frame.reducer.allgather(numpy.concatenate(parts))
+    best = int(numpy.argmin(table[:, :trials].sum(axis=0)))
+    size = K * (2 * frame.d + 2)
+    chosen = table[:, trials + best * size:trials + (best + 1) * size]
+    return partitions[best], _collectives._rank_order_sum(chosen).reshape(K, -1)
 
 
 def _first_seed(frame, first):
@@ -682,8 +715,11 @@ def _fit_in_frame(frame, n_components, kmeans_iters, em_iters, n_local_trials, e
         return _m_step(moments, n, eps_z, tiny) if _finite(moments) else None
 
     with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf: see fit_gmm
-        labels, _ = _kmeans_plusplus(frame, n_components, n_local_trials, rs)
-        gmm = m_step(_moments(frame, _one_hot(labels, n_components, dtype)))
+        labels, moments = _kmeans_plusplus(frame, n_components, n_local_trials, rs,
+                                           with_moments=True)
+        if moments is None:
+            moments = _moments(frame, _one_hot(labels, n_components, dtype))
+        gmm = m_step(moments)
         for _ in range(1, kmeans_iters):
             if gmm is None:
                 return None
@@ -829,12 +865,15 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
     reduction, which also tells every rank how many points each holds); K-means++ draws
     from a host generator that is the same on every rank, proportionally to the global
     potential (2 reductions for the first seed, 2 per further seed:
-    :func:`_kmeans_plusplus`); each Lloyd or EM pass, and each round of the count
+    :func:`_kmeans_plusplus`; the last seed's potentials carry the moments of the
+    partition each of its candidates would give, so the seeds' partition costs no
+    reduction of its own); each later Lloyd or EM pass, and each round of the count
     rule, reduces its (K, 2d+2) moments matrix once, and pruning uses the global counts.
-    That is ``3 + 2 (K - 1) + kmeans_iters + em_iters`` reductions, 9 for K = 3 and the
-    paper's "EM iter." 2, each of O(K d + P (d + trials)) numbers, never O(n d); the
-    device work per rank is that of a single-process fit of its points plus one
-    device-to-host copy per reduction.  ``fit_fraction`` subsamples each rank's points.
+    That is ``2 + 2 (K - 1) + kmeans_iters + em_iters`` collectives, 8 for K = 3 and
+    the paper's "EM iter." 2, each of O(trials K d + P (d + trials)) numbers, never
+    O(n d); the work per rank is that of a single-process fit of its points (on the
+    host's M-step) plus trials - 1 more moment products and one device-to-host copy
+    per collective.  ``fit_fraction`` subsamples each rank's points.
     With one rank the result equals the fit without a reducer.  NaN/Inf input (also in a
     point a ``fit_fraction`` fit did not see) and a float32 overflow are reported on
     every rank, naming the rank(s).  A rank whose own input is invalid (shape, dtype)
