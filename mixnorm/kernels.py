@@ -1096,6 +1096,66 @@ def mn_push(weights, means, variances, queue_weights, queue_means, queue_vars, s
                                                queue_means, queue_vars, slot))
 
 
+def mn_record_xp(weights, means, variances, queue_weights, queue_means, queue_vars, slot,
+                 avg_mean, avg_var, decay, adjust):
+    """Twin of the recording kernel: :func:`mn_push_xp` and :func:`running_update_xp` of
+    one batch's mixture (the queue slot and BN's running averages), in place."""
+    mn_push_xp(weights, means, variances, queue_weights, queue_means, queue_vars, slot)
+    running_update_xp(weights, means, variances, avg_mean, avg_var, decay, adjust)
+
+
+_MN_RECORD_SRC = r'''
+extern "C" __global__ void mn_record(const T* w, const T* mu, const T* var, double* qw,
+                                     double* qm, double* qv, long long slot, int Kp, int K,
+                                     long long D, T* avg_mean, T* avg_var, double decay,
+                                     double adjust) {
+    long long d = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= D) return;
+    for (int k = 0; k < K; ++k) {
+        long long j = (slot * K + k) * D + d;
+        qm[j] = k < Kp ? (double)mu[(long long)k * D + d] : 0.0;
+        qv[j] = k < Kp ? (double)var[(long long)k * D + d] : 1.0;
+        if (d == 0) qw[slot * K + k] = k < Kp ? (double)w[k] : 0.0;
+    }
+    T m = 0;
+    for (int k = 0; k < Kp; ++k) m += w[k] * mu[k * D + d];
+    T v = 0;
+    for (int k = 0; k < Kp; ++k) {
+        T dev = mu[k * D + d] - m;
+        v += w[k] * (var[k * D + d] + dev * dev);
+    }
+    avg_mean[d] = avg_mean[d] * (T)decay + m * (T)(1 - decay);
+    avg_var[d] = avg_var[d] * (T)decay + v * (T)((1 - decay) * adjust);
+}
+'''
+
+
+def mn_record_args(weights, means, variances, queue_weights, queue_means, queue_vars, slot,
+                   avg_mean, avg_var, decay, adjust):
+    D, args = mn_push_args(weights, means, variances, queue_weights, queue_means,
+                           queue_vars, slot)
+    return D, args + (avg_mean, avg_var, numpy.float64(decay), numpy.float64(adjust))
+
+
+@_dispatch(mn_record_xp)
+def mn_record(weights, means, variances, queue_weights, queue_means, queue_vars, slot,
+              avg_mean, avg_var, decay, adjust):
+    """A training step's bookkeeping in one kernel, a thread per feature: the batch's
+    mixture into slot ``slot`` of the queue and BN's running averages updated from it, as
+    :func:`mn_push` and :func:`running_update` do them (see :func:`mn_record_xp`)."""
+    dtype = means.dtype
+    if not (_is_cupy(means) and dtype.name in ('float32', 'float64')
+            and all(a.dtype == dtype and a.flags.c_contiguous
+                    for a in (weights, means, variances, avg_mean, avg_var))
+            and all(q.dtype.name == 'float64' and q.flags.c_contiguous
+                    for q in (queue_weights, queue_means, queue_vars))):
+        return mn_record_xp(weights, means, variances, queue_weights, queue_means,
+                            queue_vars, slot, avg_mean, avg_var, decay, adjust)
+    _mn_launch('mn_record', dtype, *mn_record_args(
+        weights, means, variances, queue_weights, queue_means, queue_vars, slot, avg_mean,
+        avg_var, decay, adjust))
+
+
 #: (M, 2D+1) then (D, M) blocks then (M,) then (D,) of :func:`mn_queue_mixture`'s buffer.
 MN_QUEUE_DM = ('x_weight', 'offset_weight', 'mean', 'var')
 
@@ -1320,7 +1380,7 @@ SOURCES.update({'mn_shift': _MN_SHIFT_SRC, 'mn_stack': _MN_STACK_SRC,
                 'mn_coef': _MN_COEF_SRC, 'mn_combine': _MN_COMBINE_SRC,
                 'mn_grad_stack': _MN_GRAD_STACK_SRC, 'mn_grad_coef': _MN_GRAD_COEF_SRC,
                 'mn_push': _MN_PUSH_SRC, 'mn_queue_mixture': _MN_QUEUE_MIXTURE_SRC,
-                'mn_queue_normalize': _MN_QUEUE_NORMALIZE_SRC})
+                'mn_queue_normalize': _MN_QUEUE_NORMALIZE_SRC, 'mn_record': _MN_RECORD_SRC})
 # ---- end of mixture normalization's passes ----
 
 

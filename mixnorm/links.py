@@ -569,21 +569,25 @@ class MixtureNormalization(chainer.Link):
         reducer = self._collectives()
         return {} if reducer is None else {'reducer': reducer}
 
-    def _push(self, weights, means, variances):
-        """Enqueue the statistics of this batch (K' <= K components; the rest weight 0)."""
+    def _push(self, weights, means, variances, running=None):
+        """Enqueue the statistics of this batch (K' <= K components; the rest weight 0);
+        with ``running`` = (n, decay) also update BN's running averages from them (as
+        BN's update of the pooled moments, :func:`mixnorm.kernels.running_update`, the
+        variance unbiased by n / (n - 1), ``n`` this process's points as ChainerMN's BN
+        counts them), in the same kernel."""
         slot = self.n_fits % self.queue_length
-        kernels.mn_push(weights, means, variances, self.queue_weights, self.queue_means,
-                        self.queue_vars, slot)       # one kernel; float64 in the queue
+        if running is None:
+            kernels.mn_push(weights, means, variances, self.queue_weights,
+                            self.queue_means, self.queue_vars, slot)    # float64 queue
+        else:
+            n, decay = running
+            kernels.mn_record(weights, means, variances, self.queue_weights,
+                              self.queue_means, self.queue_vars, slot,
+                              self.avg_mean.reshape(-1), self.avg_var.reshape(-1), decay,
+                              n / max(n - 1., 1.))      # unbiased, as BN
         self.n_fits += 1
         self._queue_changed()
         self._share_counters()
-
-    def _update_running(self, stats, n, decay):
-        """BN's running averages from the batch's pooled moments (``n`` points of this
-        process, as ChainerMN's BN counts them); one kernel on the GPU."""
-        adjust = n / max(n - 1., 1.)            # unbiased, as BN
-        kernels.running_update(*stats, self.avg_mean.reshape(-1),
-                               self.avg_var.reshape(-1), decay, adjust)
 
     def queue_mixture(self):
         """The inference mixture of Eq. 38-39 over the m <= T queued batches.
@@ -741,8 +745,7 @@ class MixtureNormalization(chainer.Link):
                 'of each fit (this notice is given once per layer).'
                 % (self._label(), self.n_components, n, self.min_count,
                    self.min_weight), UserWarning)
-        self._push(lam, mu, var)
-        self._update_running(stats, n, decay)
+        self._push(lam, mu, var, running=(n, decay))
         if self.inference != 'running':
             self._inference_mixture(stats.means.dtype)     # ready for inference
         return back(y)

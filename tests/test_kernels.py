@@ -788,6 +788,30 @@ def test_mn_push_and_queue_mixture_sources_run_like_their_twins(dtype):
                                    atol=1e-6)
 
 
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_mn_record_source_runs_like_its_twin_and_is_push_and_running_update(dtype):
+    rng = np.random.default_rng(12)
+    qw, qm, qv, _ = _queue(rng)
+    for kp in (3, 1):
+        w = rng.random(kp).astype(dtype)
+        w /= w.sum()
+        mu, var = rng.standard_normal((kp, 5)).astype(dtype), rng.random((kp, 5)).astype(dtype)
+        avg = [rng.standard_normal(5).astype(dtype), rng.random(5).astype(dtype) + 1]
+        ref = [a.copy() for a in (qw, qm, qv)] + [a.copy() for a in avg]
+        kernels.mn_push_xp(w, mu, var, *ref[:3], 1)
+        kernels.running_update_xp(w, mu, var, ref[3], ref[4], 0.9, 1.01)
+        want = [a.copy() for a in (qw, qm, qv)] + [a.copy() for a in avg]
+        kernels.mn_record_xp(w, mu, var, *want[:3], 1, want[3], want[4], 0.9, 1.01)
+        for a, b in zip(want, ref):
+            np.testing.assert_array_equal(a, b)
+        got = [a.copy() for a in (qw, qm, qv)] + [a.copy() for a in avg]
+        _emulate('mn_record', dtype, kernels.mn_record_args(w, mu, var, *got[:3], 1, got[3],
+                                                            got[4], 0.9, 1.01))
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=_tol(dtype))
+
+
 def test_mn_queue_mixture_twin_gives_the_log_densities_of_eq_38():
     rng = np.random.default_rng(9)
     qw, qm, qv, n_fits = _queue(rng)
