@@ -6,8 +6,13 @@ log-likelihoods (averaged over seeds), then writes ``results/bench/gmm_<host>.js
 and ``.md`` with the hardware named.  On a machine with CuPy and a GPU it also times
 our fit on the GPU (median of synchronised runs) in the same run.
 
-    python bench/bench_gmm.py [--repeats 15] [--out results/bench]
+    python bench/bench_gmm.py [--repeats 15] [--blas-threads N] [--out results/bench]
+
+Both fits use the same BLAS; on a machine shared with other work, ``--blas-threads 1``
+(both sides limited through threadpoolctl) gives steadier numbers than BLAS threads
+that wait for busy cores.
 """
+import contextlib
 import argparse
 import os
 import sys
@@ -80,16 +85,24 @@ def main(argv=None):
     p.add_argument('--repeats', type=int, default=15)
     p.add_argument('--out', default=OUT_DIR)
     p.add_argument('--no-write', action='store_true', help='print only')
+    p.add_argument('--blas-threads', type=int, default=None,
+                   help='limit the BLAS threads of both fits (default: as configured)')
     args = p.parse_args(argv)
     env = environment.describe()
     gpu = env['gpu'] is not None
     print('# fit_gmm vs sklearn GaussianMixture(diag, k-means++, max_iter=1), float32')
-    print('# cpu: %s x%s; gpu: %s' % (env['cpu'], env['cpu_count'],
-                                       env['gpu']['name'] if gpu else 'none'))
+    print('# cpu: %s x%s; gpu: %s; BLAS threads: %s' % (
+        env['cpu'], env['cpu_count'], env['gpu']['name'] if gpu else 'none',
+        args.blas_threads or 'as configured'))
     rows = []
-    for n, d, K in CASES:
-        row = bench_case(n, d, K, args.repeats, gpu)
-        rows.append(row)
+    limit = contextlib.nullcontext()
+    if args.blas_threads:
+        from threadpoolctl import threadpool_limits
+        limit = threadpool_limits(limits=args.blas_threads, user_api='blas')
+    with limit:
+        rows = [bench_case(n, d, K, args.repeats, gpu) for n, d, K in CASES]
+    for (n, d, K), row in zip(CASES, rows):
+        row['blas_threads'] = args.blas_threads
         line = ('n=%-6d d=%-4d K=%d  ours %.2f ms  sklearn %.2f ms  ratio sklearn/ours %.2fx'
                 '  ll ours %.3f sklearn %.3f' % (n, d, K, 1e3 * row['ours_cpu_s'],
                                                  1e3 * row['sklearn_cpu_s'],
@@ -117,7 +130,7 @@ def main(argv=None):
                  'Gaussian), kmeans_iters = em_iters = 1; scikit-learn %s with '
                  "covariance_type='diag', init_params='k-means++', max_iter=1, n_init=1."
                  % (args.repeats, sklearn.__version__), out_dir=args.out,
-                 extra={'sklearn': sklearn.__version__})
+                 extra={'sklearn': sklearn.__version__, 'blas_threads': args.blas_threads})
     return rows
 
 

@@ -21,22 +21,31 @@ The paper's "EM iter." value E maps to ``kmeans_iters = em_iters = E / 2``
 Data layout.  The n points are fitted in a shifted and scaled frame
 ``z = (x - shift) / scale`` (``shift``, ``scale`` estimated on a row subsample;
 ``scale >= sqrt(eps)``), so float32 is safe for huge or tiny magnitudes and for data far
-from the origin; parameters are returned in the original units.  The frame is stored
-once as the augmented matrix ``za = [z**2 | z | |z|^2 | 1]`` (n, 2d+2), which makes
-every pass over the data a single matrix product with no elementwise epilogue:
+from the origin; parameters are returned in the original units.  Every pass over the
+data is a matrix product with the augmented matrix ``za = [z**2 | z | |z|^2 | 1]``
+(n, 2d+2), with no elementwise epilogue:
 
 * log-densities ``coef @ za.T`` with ``coef = [-1/(2v) | m/v | 0 | c]`` (c holds the
   normaliser and log-weight of each component);
 * squared distances to centres ``[0 | -2c | 1 | |c|^2] @ za.T``;
 * all M-step moments at once: ``resp @ za = [sum r z^2 | sum r z | . | sum r]``.
 
+On a GPU ``za`` is stored as such.  On NumPy the frame stores only ``[z | |z|^2 | 1]``
+(half the memory) and each pass runs in cache-sized row blocks that square their
+``z`` once and apply both halves of the coefficients (:func:`_squared_blocks`); the
+E-step and its moments read each block once (:func:`_posterior_moments`).
+
 Per-point quantities are component-major, (K, n), so the column log-softmax runs over
-contiguous memory (a fused CuPy kernel on the GPU, :mod:`mixnorm.kernels`).  The
-(K, 2d+2) moments go to the host and the small parameter arithmetic (M-step, pruning,
-sorting, density coefficients) runs there in float64: on the GPU this replaces dozens of
-tiny kernel launches by one copy each way per iteration.  The random draws (seed point,
-local trials, subsample) also come from a host ``numpy.random.Generator``, so CPU and
-GPU make the same choices for the same seed.
+contiguous memory.  On NumPy (and with a reducer) the (K, 2d+2) moments go to the host
+and the small parameter arithmetic (M-step, pruning, sorting, density coefficients)
+runs there in float64.  A fit of one process on a GPU keeps all of it on the device
+(the kernels of :mod:`mixnorm.kernels`, :func:`_fit_on_device`): about 16 launches
+for K = 3 and "EM iter." 2, and one small copy to the host at its end, where the
+status of the count rule and of the moments' finiteness is read; only a component
+that fails the count rule sends the merging rounds to the host.  The random draws
+(seed point, local trials, subsample) come from a host ``numpy.random.Generator``
+before the passes that use them (one copy to the device), so CPU and GPU make the
+same choices for the same seed.
 
 float16 input is fitted in float32, float64 in float64.  Degenerate data never yields
 NaN: duplicate seeds (all-identical points, fewer distinct points than K, n < K) leave
@@ -46,8 +55,9 @@ component.  ``eps`` is an absolute variance floor added to every variance (as
 scikit-learn's ``reg_covar``).
 
 Never silently wrong.  Arguments are validated up front (errors name the argument).
-NaN/Inf input is detected from the moments the fit fetches anyway (no extra pass) and
-raises ``ValueError`` with the counts (:func:`check_finite`).  Parameters are returned
+NaN/Inf input is detected from the moments (on the GPU from the status the fit copies
+at its end; no extra pass) and raises ``ValueError`` with the counts
+(:func:`check_finite`).  Parameters are returned
 in the dtype the fit ran in: float32 input whose variances do not fit in float32 (|x|
 beyond about 1e19) raises ``ValueError`` naming max |x| and the fix (fit float64 data or
 rescale), so inf/NaN parameters are never returned.  :func:`responsibilities` and
@@ -270,13 +280,12 @@ def _augment(x, shift, scale, work):
     shift, inv = shift.astype(work), work.type(1.0 / scale)
     step = max(64, _ROW_BLOCK // (2 * d + 2))
     buf = numpy.empty((min(step, n), d), dtype=work)
-    for i in range(0, n, step):
-        z = zs[i:i + step, :d]
+    for i in range(0, n, step):         # contiguous arithmetic, then one strided copy
+        z = buf[:min(step, n - i)]
         numpy.subtract(x[i:i + step], shift, out=z, casting='unsafe')
         z *= inv
-        z2 = buf[:z.shape[0]]
-        numpy.square(z, out=z2)
-        z2.sum(axis=1, out=zs[i:i + step, d])
+        zs[i:i + step, :d] = z
+        numpy.einsum('ij,ij->i', z, z, out=zs[i:i + step, d])
     zs[:, d + 1] = 1
     return zs
 
@@ -433,6 +442,25 @@ def _split_coef(frame, coef):
             numpy.ascontiguousarray(coef[:, d:].T, dtype=dtype))
 
 
+def _softmax_rows(lp):
+    """Posteriors (in place, (B, K)) and log-normalisers (B,) of log-densities ``lp``
+    (B, K), as :func:`mixnorm.kernels.log_softmax_columns_xp` of ``lp.T``, through
+    whole columns (NumPy reduces a short contiguous axis slowly)."""
+    K = lp.shape[1]
+    mx = lp[:, 0].copy()
+    for k in range(1, K):
+        numpy.maximum(mx, lp[:, k], out=mx)
+    lp -= mx[:, None]
+    numpy.exp(lp, out=lp)
+    total = lp[:, 0].copy()
+    for k in range(1, K):
+        total += lp[:, k]
+    lp /= total[:, None]
+    lse = numpy.log(total, out=total)
+    lse += mx
+    return lp, lse
+
+
 def _e_step(frame, gmm):
     """E-step: posteriors (K, n) and per-point log-likelihoods (n,) of a host GMM given
     in the frame (one GEMM and the fused column log-softmax; on NumPy the compact
@@ -446,7 +474,8 @@ def _e_step(frame, gmm):
         out = lp[rows]
         numpy.matmul(z2, a, out=out)
         out += zs @ b
-    return kernels.log_softmax_columns(lp.T)
+    resp, lse = _softmax_rows(lp)
+    return resp.T, lse
 
 
 def _posterior_moments(frame, gmm):
@@ -462,7 +491,7 @@ def _posterior_moments(frame, gmm):
     for rows, z2, zs in _squared_blocks(frame):
         lp = z2 @ a
         lp += zs @ b
-        resp = kernels.log_softmax_columns(lp.T)[0]
+        resp = _softmax_rows(lp)[0].T
         total[:, :d] += resp @ z2
         total[:, d:] += resp @ zs
     return frame.reduce(total)
