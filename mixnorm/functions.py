@@ -1512,9 +1512,8 @@ def queue_mixture_normalization(x, gamma, beta, mixture, n_components, eps=2e-5)
     """
     x_array = _raw(x)
     C = x_array.shape[1]
-    per = mixture.shape[0]
     # the buffer holds M (2C+1) + 4 C M + M + C numbers
-    M = (per - C) // (2 * C + 1 + 4 * C + 1)
+    M = (mixture.shape[0] - C) // (6 * C + 2)
     mode = _affine_mode(_raw(gamma), _raw(beta), C, n_components)
     params = [p for p in (gamma, beta) if p is not None]
     node = QueueMixtureNormalizationFunction(mixture, M, n_components, mode,

@@ -1156,15 +1156,23 @@ def mn_record(weights, means, variances, queue_weights, queue_means, queue_vars,
         avg_var, decay, adjust))
 
 
-#: (M, 2D+1) then (D, M) blocks then (M,) then (D,) of :func:`mn_queue_mixture`'s buffer.
+#: The (D, M) blocks of :func:`mn_queue_mixture`'s buffer, after its (2D+1, M) block.
 MN_QUEUE_DM = ('x_weight', 'offset_weight', 'mean', 'var')
+
+
+def mn_queue_size(M, D):
+    """The length of an :func:`mn_queue_mixture` buffer of M components in R^D."""
+    return (2 * D + 1) * M + 4 * D * M + M + D
 
 
 def mn_queue_views(buf, M, D):
     """The named views of an :func:`mn_queue_mixture` buffer (a dict): ``logp_weight``
-    (M, 2D+1), the (D, M) blocks of :data:`MN_QUEUE_DM`, ``scale`` (M,), ``shift`` (D,)."""
-    out = {'logp_weight': buf[:M * (2 * D + 1)].reshape(M, 2 * D + 1)}
-    i = M * (2 * D + 1)
+    (M, 2D+1) (an F-ordered view: its transpose is stored, so that the constants' column
+    is contiguous), the (D, M) blocks of :data:`MN_QUEUE_DM`, ``scale`` (M,) and ``shift``
+    (D,)."""
+    W = 2 * D + 1
+    out = {'logp_weight': buf[:W * M].reshape(W, M).T}
+    i = W * M
     for name in MN_QUEUE_DM:
         out[name] = buf[i:i + D * M].reshape(D, M)
         i += D * M
@@ -1175,18 +1183,20 @@ def mn_queue_views(buf, M, D):
 
 def mn_queue_mixture_xp(queue_weights, queue_means, queue_vars, n_fits, decay, eps,
                         lambda_scale, dtype):
-    """Twin of the queue-mixture kernel: the inference mixture of Eq. 38-39 over the
-    m = min(n_fits, T) queued batches (oldest first; M = m K components, weights
-    w = tau_t lambda_k^t) as one buffer of ``dtype`` (:func:`mn_queue_views`), computed
-    in float64 about the shift s = sum w mu / sum w (D,): the log-density weights
-    ``logp_weight`` (M, 2D+1) = ``[(mu - s) / v | -1 / (2 v) | log w - sum (log(2 pi v)
-    + (mu - s)^2 / v) / 2]`` with v = sigma^2 + eps (a product with ``[x - s; (x - s)^2; 1]``
-    gives log w_m N(x | mu_m, v_m)); per (d, m) ``x_weight`` a / sqrt(v),
-    ``offset_weight`` -(mu - s) a / sqrt(v), ``mean`` mu - s, ``var`` sigma^2; ``scale``
-    a (1/sqrt(lambda) with ``lambda_scale``, 0 for weightless components, else 1)."""
+    """Twin of the queue-mixture kernel: the inference mixture of
+    Eq. 38-39 over the m = min(n_fits, T) queued batches (oldest first; M = m K
+    components, weights w = tau_t lambda_k^t) as one buffer of ``dtype``
+    (:func:`mn_queue_views`), computed in float64 about the shift s (D,), the newest
+    batch's mean sum_k lambda_k mu_k / sum_k lambda_k: the log-density weights
+    ``logp_weight`` (M, 2D+1) = ``[(mu - s) / v | -1 / (2 v) | log w - sum (log(2 pi v) +
+    (mu - s)^2 / v) / 2]`` with v = sigma^2 + eps (a product with ``[x - s; (x - s)^2;
+    1]`` gives log w_m N(x | mu_m, v_m)); per (d, m) ``x_weight`` a / sqrt(v),
+    ``offset_weight`` -(mu - s) a / sqrt(v), ``mean`` mu - s, ``var`` sigma^2; ``scale`` a
+    (1/sqrt(lambda) with ``lambda_scale``, 0 for weightless components, else 1)."""
     xp = get_array_module(queue_means)
     T, K, D = queue_means.shape
     m = min(int(n_fits), T)
+    M = m * K
     slots = [(int(n_fits) - m + t) % T for t in range(m)]
     tau = decay ** numpy.arange(m - 1, -1, -1, dtype=numpy.float64)
     tau *= (1 - decay) / (1 - decay ** m)
@@ -1194,19 +1204,25 @@ def mn_queue_mixture_xp(queue_weights, queue_means, queue_vars, n_fits, decay, e
     w = (xp.asarray(tau)[:, None] * queue_weights[slots]).reshape(-1)
     mu = queue_means[slots].reshape(-1, D)
     sig = queue_vars[slots].reshape(-1, D)
-    s = xp.matmul(w, mu) / w.sum()
+    newest = (int(n_fits) - 1) % T
+    lw = queue_weights[newest]
+    total = lw.sum()
+    s = xp.matmul(lw, queue_means[newest]) / xp.where(total > 0, total, 1.0) * (total > 0)
     v = sig + eps
     dev = mu - s
+    terms = -0.5 * (xp.log(2 * numpy.pi * v) + dev * dev / v)
     with numpy.errstate(divide='ignore'):
-        const = xp.log(w) - 0.5 * (xp.log(2 * numpy.pi * v) + dev * dev / v).sum(axis=1)
+        terms[:, 0] += xp.log(w)
     if lambda_scale:
         a = xp.where(lam > 0, 1 / xp.sqrt(xp.maximum(lam, 1e-300)), 0.0)
     else:
         a = xp.ones_like(lam)
     inv = 1 / xp.sqrt(v)
-    parts = [xp.concatenate([dev / v, -0.5 / v, const[:, None]], axis=1),
-             (a[:, None] * inv).T, (-a[:, None] * dev * inv).T, dev.T, sig.T, a, s]
-    return xp.concatenate([xp.ravel(p) for p in parts]).astype(dtype)
+    W = xp.concatenate([dev / v, -0.5 / v, terms.sum(axis=1)[:, None]], axis=1)
+    parts = [W.T, (a[:, None] * inv).T, (-a[:, None] * dev * inv).T, dev.T, sig.T, a, s]
+    out = xp.concatenate([xp.ravel(p) for p in parts]).astype(dtype)
+    assert out.shape[0] == mn_queue_size(M, D)
+    return out
 
 
 _MN_QUEUE_MIXTURE_SRC = r'''
@@ -1216,44 +1232,53 @@ extern "C" __global__ void mn_queue_mixture(const double* qw, const double* qm,
                                             int lscale, T* out) {
     int mslots = n_fits < Tq ? (int)n_fits : Tq;
     long long M = (long long)mslots * K;
-    long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= M) return;
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= M * D) return;
+    long long j = idx / D, d = idx - j * D;
     const double two_pi = 6.283185307179586;
-    double norm = (1 - decay) / (1 - pow(decay, (double)mslots));
     int t = (int)(j / K), k = (int)(j - (long long)t * K);
     long long slot = (n_fits - mslots + t) % Tq;
+    long long newest = (n_fits - 1) % Tq;
+    double lw = 0, s = 0;
+    for (int q = 0; q < K; ++q) {
+        double l = qw[newest * K + q];
+        lw += l;
+        s += l * qm[(newest * K + q) * D + d];
+    }
+    s = lw > 0 ? s / lw : 0.0;
     double lam = qw[slot * K + k];
-    double w = pow(decay, (double)(mslots - 1 - t)) * norm * lam;
+    double mu = qm[(slot * K + k) * D + d], sig = qv[(slot * K + k) * D + d];
+    double v = sig + eps, dev = mu - s, inv = 1.0 / sqrt(v);
     double a = lscale ? (lam > 0 ? 1.0 / sqrt(lam > 1e-300 ? lam : 1e-300) : 0.0) : 1.0;
-    double wsum = 0;
-    for (long long q = 0; q < M; ++q) {
-        int tq = (int)(q / K), kq = (int)(q - (long long)tq * K);
-        wsum += pow(decay, (double)(mslots - 1 - tq)) * norm * qw[((n_fits - mslots + tq) % Tq) * K + kq];
-    }
-    long long W = 2 * D + 1, DM = D * M, base = M * W;
-    double cst = 0;
-    for (long long d = 0; d < D; ++d) {
-        double s = 0;
-        for (long long q = 0; q < M; ++q) {
-            int tq = (int)(q / K), kq = (int)(q - (long long)tq * K);
-            long long sq = (n_fits - mslots + tq) % Tq;
-            s += pow(decay, (double)(mslots - 1 - tq)) * norm * qw[sq * K + kq]
-                 * qm[(sq * K + kq) * D + d];
+    long long W = 2 * D + 1, DM = D * M, base = W * M;
+    out[d * M + j] = (T)(dev / v);
+    out[(D + d) * M + j] = (T)(-0.5 / v);
+    out[base + d * M + j] = (T)(a * inv);
+    out[base + DM + d * M + j] = (T)(-a * dev * inv);
+    out[base + 2 * DM + d * M + j] = (T)dev;
+    out[base + 3 * DM + d * M + j] = (T)sig;
+    if (d == 0) {              // this component's constant: a sum over the features
+        double tau = pow(decay, (double)(mslots - 1 - t)) * (1 - decay)
+                     / (1 - pow(decay, (double)mslots));
+        double c = log(tau * lam);
+        for (long long e = 0; e < D; ++e) {
+            double lw2 = 0, s2 = 0;
+            for (int q = 0; q < K; ++q) {
+                double l = qw[newest * K + q];
+                lw2 += l;
+                s2 += l * qm[(newest * K + q) * D + e];
+            }
+            s2 = lw2 > 0 ? s2 / lw2 : 0.0;
+            double v2 = qv[(slot * K + k) * D + e] + eps;
+            double dev2 = qm[(slot * K + k) * D + e] - s2;
+            // the log in T: float's where T is float (a double log per feature would
+            // make this thread the kernel's tail)
+            c -= 0.5 * ((double)log((T)(two_pi * v2)) + dev2 * dev2 / v2);
         }
-        s /= wsum;
-        double mu = qm[(slot * K + k) * D + d], sig = qv[(slot * K + k) * D + d];
-        double v = sig + eps, dev = mu - s, inv = 1.0 / sqrt(v);
-        out[j * W + d] = (T)(dev / v);
-        out[j * W + D + d] = (T)(-0.5 / v);
-        cst += log(two_pi * v) + dev * dev / v;
-        out[base + d * M + j] = (T)(a * inv);
-        out[base + DM + d * M + j] = (T)(-a * dev * inv);
-        out[base + 2 * DM + d * M + j] = (T)dev;
-        out[base + 3 * DM + d * M + j] = (T)sig;
-        if (j == 0) out[base + 4 * DM + M + d] = (T)s;
+        out[2 * D * M + j] = (T)c;
+        out[base + 4 * DM + j] = (T)a;
     }
-    out[j * W + 2 * D] = (T)(log(w) - 0.5 * cst);
-    out[base + 4 * DM + j] = (T)a;
+    if (j == 0) out[base + 4 * DM + M + d] = (T)s;
 }
 '''
 
@@ -1261,7 +1286,7 @@ extern "C" __global__ void mn_queue_mixture(const double* qw, const double* qm,
 def mn_queue_mixture_args(queue_weights, queue_means, queue_vars, n_fits, decay, eps,
                           lambda_scale, out):
     T, K, D = queue_means.shape
-    return min(int(n_fits), T) * K, (
+    return min(int(n_fits), T) * K * D, (
         queue_weights, queue_means, queue_vars, numpy.int64(n_fits), numpy.int32(T),
         numpy.int32(K), numpy.int64(D), numpy.float64(decay), numpy.float64(eps),
         numpy.int32(bool(lambda_scale)), out)
@@ -1271,8 +1296,9 @@ def mn_queue_mixture_args(queue_weights, queue_means, queue_vars, n_fits, decay,
 def mn_queue_mixture(queue_weights, queue_means, queue_vars, n_fits, decay, eps,
                      lambda_scale, dtype):
     """The queue's inference mixture, ready for :func:`mn_queue_normalize` (see
-    :func:`mn_queue_mixture_xp`): one kernel, a thread per component, instead of a few
-    dozen small operations; built once per change of the queue."""
+    :func:`mn_queue_mixture_xp`): one kernel, a thread per component and feature (the
+    first of each component also sums its constant over the features), instead of a
+    few dozen small operations; built once per change of the queue."""
     dtype = numpy.dtype(dtype)
     if not (_is_cupy(queue_means) and dtype.name in ('float32', 'float64')
             and all(q.dtype.name == 'float64' and q.flags.c_contiguous
@@ -1282,7 +1308,7 @@ def mn_queue_mixture(queue_weights, queue_means, queue_vars, n_fits, decay, eps,
     import cupy
     T, K, D = queue_means.shape
     M = min(int(n_fits), T) * K
-    out = cupy.empty((M * (2 * D + 1) + 4 * D * M + M + D,), dtype)
+    out = cupy.empty((mn_queue_size(M, D),), dtype)
     _mn_launch('mn_queue_mixture', dtype, *mn_queue_mixture_args(
         queue_weights, queue_means, queue_vars, n_fits, decay, eps, lambda_scale, out))
     return out
@@ -1369,7 +1395,8 @@ def mn_queue_normalize(out3, xs, resp, mix, gamma, beta, mode, K, eps):
     small = [a for a in (gamma, beta) if a is not None]
     if not (_is_cupy(out3) and out3.dtype.name in ('float32', 'float64')
             and all(a.dtype == out3.dtype and a.flags.c_contiguous
-                    for a in small + [xs, resp] + list(mix.values()))):
+                    for a in small + [xs, resp]
+                    + [mix[k] for k in MN_QUEUE_DM + ('scale',)])):
         return mn_queue_normalize_xp(out3, xs, resp, mix, gamma, beta, mode, K, eps)
     _mn_launch('mn_queue_normalize', out3.dtype,
                *mn_queue_normalize_args(out3, xs, resp, mix, gamma, beta, mode, K, eps))
