@@ -817,7 +817,7 @@ def mn_coef(M, n, shift, gamma, beta, mode, eps, lambda_scaling):
 
 
 #: Channels per block of :func:`mn_combine_xp` on the CPU (cache-resident temporaries).
-_MN_BLOCK = 1 << 17
+_MN_BLOCK = 1 << 15
 
 
 def mn_combine_xp(out3, u, A, resp1, v=None, B=None, Cm=None, beta=None):
