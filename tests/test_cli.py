@@ -67,14 +67,15 @@ def _archive(path, damage):
         path.write_bytes(data[:len(data) // 2])
 
 
-@pytest.mark.parametrize('damage,what', [('garbage', 'cannot read the archive'),
-                                         ('truncated', 'truncated or corrupted'),
-                                         ('incomplete', 'archive lacks')])
-def test_a_damaged_cifar_archive_is_one_error_line(tmp_path, damage, what):
+@pytest.mark.parametrize('damage', ['garbage', 'truncated', 'incomplete'])
+def test_a_damaged_cifar_archive_is_one_error_line(tmp_path, damage):
+    """Any damage shows first as a checksum that is not the published one (how each kind
+    of damage reads past the checksum is tests/test_data.py's)."""
     _archive(tmp_path / 'cifar-10-python.tar.gz', damage)
     proc = command('-m', 'experiments.train', BN2, '--data-dir', str(tmp_path), '--out',
                    str(tmp_path / 'run'))
-    assert_one_error_line(proc, str(tmp_path / 'cifar-10-python.tar.gz'), what)
+    assert_one_error_line(proc, str(tmp_path / 'cifar-10-python.tar.gz'), 'MD5',
+                          'c58f30108f718f92721af3b95e74349a', 'official')
     assert not (tmp_path / 'run').exists()
 
 
@@ -121,6 +122,26 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
 def train_config(out):
     """The config a rerun of the interrupted command resolves to (its config.yaml)."""
     return records.stored_config(out)
+
+
+def test_the_demo_shows_mn_standardizing_each_mode(capsys, monkeypatch):
+    """`make demo`: the mixture fits the rectified activations better than one Gaussian,
+    BN's output has mean 0 and std 1 per channel, and MN's points of one mode have a std
+    near 1 where BN's are squeezed."""
+    import warnings
+    from scripts import demo
+    monkeypatch.setattr(warnings, 'formatwarning', warnings.formatwarning)
+    demo.main(['--seed', '1', '--components', '3'])
+    out = capsys.readouterr().out
+    one, mixture = [float(v) for v in out.split('single Gaussian (BN) ')[1].split('\n')[0]
+                    .replace(', mixture (MN)', '').split()]
+    assert mixture > one
+    rows = {line[:28].strip(): [float(v) for v in line[28:].split()]
+            for line in out.splitlines() if line.startswith(('mean (', 'std '))}
+    assert rows['mean (avg over channels)'][1] == pytest.approx(0, abs=1e-3)
+    assert rows['std (avg over channels)'][1] == pytest.approx(1, abs=1e-2)
+    bn_within, mn_within = rows['std within a mode (avg)']
+    assert abs(mn_within - 1) < abs(bn_within - 1)
 
 
 def test_the_cuda_error_reads_as_sentences(monkeypatch):
