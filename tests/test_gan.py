@@ -331,7 +331,7 @@ def test_missing_fid_weights_stop_before_training(runs, tmp_path):
     out = str(tmp_path / 'run')
     with pytest.raises(fid.FIDWeightsMissing, match='convert_fid_weights'):
         gan.run(cfg, out=out, progress=False)
-    assert not os.path.exists(os.path.join(out, 'snapshot_iter_4'))
+    assert not os.path.exists(out)          # the trainer is built before the run begins
     with pytest.raises(SystemExit, match='--no-fid'):
         gan.main([os.path.join(DCGAN, 'bn.yaml'), '--preset', 'gan_smoke', '--out', out,
                   '--inception-weights', missing, '--set', 'gan.fid.random_weights=false',
@@ -384,3 +384,36 @@ def test_rerunning_a_finished_gan_run_keeps_it(runs, capsys):
     bn_cfg = tiny_cfg('bn', cfg['gan']['fid']['cache_dir'])
     with pytest.raises(C.ConfigError, match=r'holds a finished run of another config: mn'):
         gan.run(bn_cfg, out=path, progress=False)
+
+
+def test_both_command_lines_take_the_same_run_options(capsys):
+    """One parser for the classifier's and the GAN's command lines: the GAN adds only its
+    FID options, and names its other subcommand."""
+    from experiments import train
+
+    def options(main):
+        with pytest.raises(SystemExit) as e:
+            main(['--help'])
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        return text, {w.rstrip(',') for w in text.split() if w.startswith('--')}
+    gan_help, gan_options = options(gan.main)
+    train_help, train_options = options(train.main)
+    assert gan_options - train_options == {'--inception-weights', '--no-fid', '--fid-cache'}
+    assert train_options <= gan_options and {'--synthetic', '--set', '--seed'} <= train_options
+    assert 'python -m experiments.gan compare' in gan_help
+    assert gan_help.startswith('usage: python -m experiments.gan ')
+    assert train_help.startswith('usage: python -m experiments.train ')
+
+
+def test_neither_kind_of_run_imports_the_other():
+    import subprocess
+    import sys
+    code = ('import sys, importlib; importlib.import_module(sys.argv[1]); '
+            'print(sorted(m for m in ("experiments.train", "experiments.gan") '
+            'if m in sys.modules))')
+    for module, alone in (('experiments.gan', "['experiments.gan']"),
+                          ('experiments.train', "['experiments.train']")):
+        r = subprocess.run([sys.executable, '-c', code, module], capture_output=True,
+                           text=True, timeout=120, cwd=os.path.dirname(C.CONFIG_ROOT))
+        assert r.returncode == 0 and r.stdout.strip() == alone, r.stderr

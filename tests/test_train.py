@@ -169,6 +169,7 @@ def test_save_mixtures_for_figure8(tmp_path):
     with pytest.raises(ValueError, match='not MN layers'):
         train.run(tiny_cfg('MN-2', ['train.save_mixtures=[conv2/bn]']),
                   out=str(tmp_path / 'bad'), progress=False)
+    assert not (tmp_path / 'bad').exists()
 
 
 # -------------------------------------------------------------- rerunning a run dir
