@@ -998,7 +998,8 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
     synchronisation before the end.
 
     The frame (:func:`mixnorm.kernels.fit_frame_stats`, :func:`~mixnorm.kernels.fit_augment`,
-    which also measures the distances to the first seed); per K-means++ round one
+    which also measures the distances to the first seed, in partial sums of a warp per
+    point); per K-means++ round one
     kernel (:func:`~mixnorm.kernels.kpp_round`: the previous winner, the candidates and
     their distances) and one running sum; the seeds' partition
     (:func:`~mixnorm.kernels.kpp_onehot`); per pass the moments (one product) and the
@@ -1019,20 +1020,24 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
     step = max(1, n // _FRAME_ROWS)
     stats = kernels.fit_frame_stats(x, step)
     za = xp.empty((n, 2 * d + 2), dtype=work)
-    mins = xp.empty((1 + (K - 1) * trials, n), dtype=work) if K > 1 else None
+    lanes = kernels.LANES
+    first_d = xp.empty((n, lanes), dtype=work) if K > 1 else None
     za, _, scale = kernels.fit_augment(x, stats, (n + step - 1) // step, math.sqrt(eps),
-                                       first, za, mins[0] if K > 1 else None)
+                                       first, za, first_d)
     if K > 1:
         u = xp.asarray(rs.random((K - 1, trials)))    # one copy to the device, no sync
         best = xp.empty((K,), dtype=xp.int64)
-        prev = slice(0, 1)
-        cum = xp.cumsum(mins[prev], axis=1, dtype=xp.float64)
+        mins = xp.empty(((K - 1) * trials, n), dtype=work)
+        prev = first_d.reshape(1, n * lanes)          # the first seed's, lanes per point
+        cum = xp.cumsum(prev, axis=1, dtype=xp.float64)
         for k in range(1, K):
-            rows = slice(1 + (k - 1) * trials, 1 + k * trials)
-            kernels.kpp_round(za, mins[prev], cum, u[k - 1], mins[rows], best[k - 1:k])
-            cum = xp.cumsum(mins[rows], axis=1, dtype=xp.float64)
+            rows = mins[(k - 1) * trials:k * trials]
+            kernels.kpp_round(za, prev, cum, u[k - 1], rows, best[k - 1:k],
+                              lanes if k == 1 else 1)
+            cum = xp.cumsum(rows, axis=1, dtype=xp.float64)
             prev = rows
-        resp = kernels.kpp_onehot(mins, best, cum, xp.empty((K, n), dtype=work))
+        resp = kernels.kpp_onehot(first_d.reshape(-1), mins, best, cum,
+                                  xp.empty((K, n), dtype=work), lanes)
         moments = resp @ za
     else:
         moments = za.sum(axis=0, keepdims=True)

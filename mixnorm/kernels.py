@@ -1448,11 +1448,16 @@ def _fit_ok(*arrays):
 
 def fit_frame_stats_xp(x, step):
     """Twin of the frame-statistics kernel: for the row subsample ``x[::step]`` of the
-    (n, d) points, float64 ``[mean (d) | sum of squared deviations from it (d)]``."""
+    (n, d) points, float64 ``[mean (d) | sum of squared deviations from it (d)]``, from
+    one pass of sums shifted by the subsample's first row (the mean's deviations, not
+    the raw squares: no cancellation for data far from the origin)."""
     xp = get_array_module(x)
     sub = x[::step]
-    mean = sub.mean(axis=0, dtype=xp.float64)
-    return xp.concatenate([mean, xp.square(sub - mean).sum(axis=0)])
+    dev = sub.astype(xp.float64) - sub[0].astype(xp.float64)
+    n_sub = sub.shape[0]
+    s1 = dev.sum(axis=0)
+    m2 = xp.maximum(xp.square(dev).sum(axis=0) - s1 * s1 / n_sub, 0)
+    return xp.concatenate([sub[0].astype(xp.float64) + s1 / n_sub, m2])
 
 
 _FIT_FRAME_STATS_SRC = r'''
@@ -1461,16 +1466,17 @@ extern "C" __global__ void fit_frame_stats(const T* x, long long sx_i, long long
                                            double* stats) {
     long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= d) return;
-    double s = 0;
-    for (long long r = 0; r < n_sub; ++r) s += (double)x[r * step * sx_i + c * sx_c];
-    double mean = s / (double)n_sub;
-    double m2 = 0;
+    const T* col = x + c * sx_c;
+    double x0 = (double)col[0];
+    double s1 = 0, s2 = 0;
     for (long long r = 0; r < n_sub; ++r) {
-        double v = (double)x[r * step * sx_i + c * sx_c] - mean;
-        m2 += v * v;
+        double v = (double)col[r * step * sx_i] - x0;
+        s1 += v;
+        s2 += v * v;
     }
-    stats[c] = mean;
-    stats[d + c] = m2;
+    double m2 = s2 - s1 * s1 / (double)n_sub;
+    stats[c] = x0 + s1 / (double)n_sub;
+    stats[d + c] = m2 < 0 ? 0 : m2;
 }
 '''
 
@@ -1478,7 +1484,7 @@ extern "C" __global__ void fit_frame_stats(const T* x, long long sx_i, long long
 @_dispatch(fit_frame_stats_xp)
 def fit_frame_stats(x, step):
     """Mean and squared deviations per feature of the row subsample ``x[::step]`` (see
-    :func:`fit_frame_stats_xp`): one kernel, a thread per feature."""
+    :func:`fit_frame_stats_xp`): one kernel, a thread per feature (one pass)."""
     if not (_is_cupy(x) and x.dtype.name in ('float32', 'float64')):
         return fit_frame_stats_xp(x, step)
     import cupy
@@ -1490,33 +1496,44 @@ def fit_frame_stats(x, step):
     return stats
 
 
-def fit_augment_xp(x, stats, n_sub, min_scale, first, za, d0):
+#: Threads per point of :func:`fit_augment` (a warp: its stores to a row coalesce).
+LANES = 32
+
+
+def fit_augment_xp(x, stats, n_sub, min_scale, first, za, part):
     """Twin of the frame kernel: from ``stats`` (:func:`fit_frame_stats`, ``n_sub`` rows)
     the frame's scale ``max(sqrt(sum M2 / (n_sub d)), min_scale)`` (1 where that is not
-    finite), ``za = [z^2 | z | |z|^2 | 1]`` for ``z = (x - mean) / scale`` (written into
-    ``za``) and, for ``first >= 0``, the squared distances (n,) of every point to point
-    ``first`` (written into ``d0``).  Returns ``(za, d0, scale (1,) float64)``."""
+    finite), into ``za`` the rows ``[z^2 | z | 0 | 1]`` for ``z = (x - mean) / scale``
+    (the ``|z|^2`` column is left 0: the device fit's distance coefficients weight the
+    ``z^2`` block instead) and, for ``first >= 0``, into ``part`` (n, LANES) the squared
+    distance of every point to point ``first`` split by feature ``c`` into the sums over
+    ``c % LANES`` (their row sums are the distances).  Returns ``(za, part, scale (1,)
+    float64)``."""
     xp = get_array_module(za)
     d = x.shape[1]
     spread = stats[d:].sum() / (float(n_sub) * d)
     with numpy.errstate(invalid='ignore', over='ignore'):
         scale = xp.maximum(xp.where(xp.isfinite(spread), xp.sqrt(xp.abs(spread)), 1.0),
                            min_scale)
-    inv = (1.0 / scale).astype(za.dtype)
-    augment_xp(x, stats[:d].astype(za.dtype), inv, za)
-    if first >= 0:
-        diff = za[:, d:2 * d] - za[first, d:2 * d]
-        d0[...] = xp.square(diff).sum(axis=1)
-    return za, d0, xp.reshape(scale, (1,))
+        inv = (1.0 / scale).astype(za.dtype)
+        augment_xp(x, stats[:d].astype(za.dtype), inv, za)
+        za[:, 2 * d] = 0
+        if first >= 0:
+            sq = xp.zeros((za.shape[0], -(-d // LANES) * LANES), dtype=za.dtype)
+            sq[:, :d] = xp.square(za[:, d:2 * d] - za[first, d:2 * d])
+            part[...] = sq.reshape(za.shape[0], -1, LANES).sum(axis=1)
+    return za, part, xp.reshape(scale, (1,))
 
 
 _FIT_AUGMENT_SRC = r'''
 extern "C" __global__ void fit_augment(const T* x, long long sx_i, long long sx_c,
                                        const double* stats, long long n, long long d,
                                        double n_sub, double min_scale, long long first,
-                                       T* za, T* d0, double* scale_out) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
+                                       T* za, T* part, double* scale_out) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= n * 32) return;
+    long long i = idx / 32;
+    long long lane = idx - i * 32;
     double m2 = 0;
     for (long long c = 0; c < d; ++c) m2 += stats[d + c];
     double spread = m2 / (n_sub * (double)d);
@@ -1524,62 +1541,70 @@ extern "C" __global__ void fit_augment(const T* x, long long sx_i, long long sx_
     if (min_scale > scale) scale = min_scale;
     T inv = (T)(1.0 / scale);
     T* row = za + i * (2 * d + 2);
-    T s2 = 0, dd = 0;
-    for (long long c = 0; c < d; ++c) {
+    T dd = 0;
+    for (long long c = lane; c < d; c += 32) {
         T sh = (T)stats[c];
         T z = (x[i * sx_i + c * sx_c] - sh) * inv;
-        T z2 = z * z;
-        row[c] = z2;
+        row[c] = z * z;
         row[d + c] = z;
-        s2 += z2;
         if (first >= 0) {
             T df = z - (x[first * sx_i + c * sx_c] - sh) * inv;
             dd += df * df;
         }
     }
-    row[2 * d] = s2;
-    row[2 * d + 1] = 1;
-    if (first >= 0) d0[i] = dd;
-    if (i == 0) scale_out[0] = scale;
+    if (lane == 0) { row[2 * d] = 0; row[2 * d + 1] = 1; }
+    if (first >= 0) part[idx] = dd;
+    if (idx == 0) scale_out[0] = scale;
 }
 '''
 
 
 @_dispatch(fit_augment_xp)
-def fit_augment(x, stats, n_sub, min_scale, first, za, d0):
+def fit_augment(x, stats, n_sub, min_scale, first, za, part):
     """The fitting frame and the first seed's distances (see :func:`fit_augment_xp`):
-    one kernel, a thread per point (``x`` may be a strided view of ``za``'s dtype)."""
+    one kernel, a warp per point (``x`` may be a strided view of ``za``'s dtype)."""
     if not (_is_cupy(za) and za.dtype.name in ('float32', 'float64') and x.dtype == za.dtype
-            and za.flags.c_contiguous and (first < 0 or (d0.dtype == za.dtype
-                                                         and d0.flags.c_contiguous))):
-        return fit_augment_xp(x, stats, n_sub, min_scale, first, za, d0)
+            and za.flags.c_contiguous and (first < 0 or (part.dtype == za.dtype
+                                                         and part.flags.c_contiguous))):
+        return fit_augment_xp(x, stats, n_sub, min_scale, first, za, part)
     import cupy
     n, d = x.shape
     scale = cupy.empty((1,), numpy.float64)
-    _launch('fit_augment', za.dtype, n,
+    _launch('fit_augment', za.dtype, n * LANES,
             (x,) + _elem_strides(x) + (stats, numpy.int64(n), numpy.int64(d),
                                        numpy.float64(n_sub), numpy.float64(min_scale),
-                                       numpy.int64(first), za, za if first < 0 else d0,
+                                       numpy.int64(first), za, za if first < 0 else part,
                                        scale))
-    return za, d0, scale
+    return za, part, scale
 
 
-def kpp_round_xp(za, mins_prev, cum_prev, u, mins, best):
+def _closest_xp(xp, mins, lanes):
+    """Nearest-seed distances (n,) from a row of ``mins`` (n * lanes): the sums of
+    ``lanes`` partial sums per point (:func:`fit_augment`'s) or the row itself."""
+    return mins if lanes == 1 else mins.reshape(-1, lanes).sum(axis=1)
+
+
+def kpp_round_xp(za, mins_prev, cum_prev, u, mins, best, lanes=1):
     """Twin of the K-means++ round kernel.  The previous round left its trials'
-    nearest-seed distances ``mins_prev`` (r, n) and their running sums ``cum_prev``
-    (r, n) float64; its winner is the trial of lowest potential (``cum_prev[:, -1]``,
-    first on ties), recorded in ``best`` (1,) int64.  For the uniform draws ``u``
-    (trials,) the candidates are drawn from the winner's potential (inverse CDF, as
-    :func:`sample_candidates_xp`), and ``mins`` (trials, n) receives each point's
-    distance to its nearest seed if that candidate were kept."""
+    nearest-seed distances ``mins_prev`` (r, n * lanes) (``lanes`` partial sums per
+    point after the first seed: :func:`fit_augment`) and their running sums
+    ``cum_prev`` (r, n * lanes) float64; its winner is the trial of lowest potential
+    (``cum_prev[:, -1]``, first on ties), recorded in ``best`` (1,) int64.  For the
+    uniform draws ``u`` (trials,) the candidates are drawn from the winner's potential
+    (inverse CDF over the points, as :func:`sample_candidates_xp`), and ``mins``
+    (trials, n) receives each point's distance to its nearest seed if that candidate
+    were kept."""
     xp = get_array_module(za)
     n = za.shape[0]
+    d = (za.shape[1] - 2) // 2
     b = xp.argmin(cum_prev[:, -1])
-    cum = cum_prev[b]
+    cum = cum_prev[b][lanes - 1::lanes]
     cand = xp.minimum(xp.searchsorted(cum, u * cum[-1], side='right'), n - 1)
-    dist = centre_coef_xp(za, cand) @ za.T
+    z = za[:, d:2 * d]
+    coef = xp.concatenate([-2 * z[cand], xp.square(z[cand]).sum(axis=1)[:, None]], axis=1)
+    dist = coef[:, :d] @ z.T + xp.square(z).sum(axis=1)[None, :] + coef[:, d:]
     xp.maximum(dist, 0, out=dist)
-    xp.minimum(dist, mins_prev[b][None, :], out=mins)
+    xp.minimum(dist, _closest_xp(xp, mins_prev[b], lanes)[None, :], out=mins)
     best[...] = b
     return mins, best
 
@@ -1587,23 +1612,24 @@ def kpp_round_xp(za, mins_prev, cum_prev, u, mins, best):
 _KPP_ROUND_SRC = r'''
 extern "C" __global__ void kpp_round(const T* za, long long n, long long d,
                                      const T* mins_prev, const double* cum_prev,
-                                     int rows_prev, const double* u, int trials, T* mins,
-                                     long long* best_out) {
+                                     int rows_prev, int lanes, const double* u, int trials,
+                                     T* mins, long long* best_out) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)trials * n) return;
     long long t = idx / n, i = idx - t * n;
+    long long len = n * lanes;
     long long best = 0;
-    double bp = cum_prev[n - 1];
+    double bp = cum_prev[len - 1];
     for (long long r = 1; r < rows_prev; ++r) {
-        double p = cum_prev[r * n + n - 1];
+        double p = cum_prev[r * len + len - 1];
         if (p < bp) { bp = p; best = r; }
     }
-    const double* cum = cum_prev + best * n;
-    double target = u[t] * cum[n - 1];
-    long long lo = 0, hi = n;              // the first index with cum > target
+    const double* cum = cum_prev + best * len + (lanes - 1);   // point j: cum[j * lanes]
+    double target = u[t] * bp;
+    long long lo = 0, hi = n;              // the first point with cum > target
     while (lo < hi) {
         long long mid = lo + (hi - lo) / 2;
-        if (cum[mid] <= target) lo = mid + 1; else hi = mid;
+        if (cum[mid * lanes] <= target) lo = mid + 1; else hi = mid;
     }
     long long c = lo < n - 1 ? lo : n - 1;
     long long W = 2 * d + 2;
@@ -1611,7 +1637,9 @@ extern "C" __global__ void kpp_round(const T* za, long long n, long long d,
     const T* zc = za + c * W + d;
     T dist = 0;
     for (long long f = 0; f < d; ++f) { T df = zi[f] - zc[f]; dist += df * df; }
-    T prev = mins_prev[best * n + i];
+    const T* mp = mins_prev + best * len + i * lanes;
+    T prev = 0;
+    for (int l = 0; l < lanes; ++l) prev += mp[l];
     mins[t * n + i] = dist < prev ? dist : prev;
     if (idx == 0) best_out[0] = best;
 }
@@ -1619,38 +1647,40 @@ extern "C" __global__ void kpp_round(const T* za, long long n, long long d,
 
 
 @_dispatch(kpp_round_xp)
-def kpp_round(za, mins_prev, cum_prev, u, mins, best):
+def kpp_round(za, mins_prev, cum_prev, u, mins, best, lanes=1):
     """One greedy K-means++ round (see :func:`kpp_round_xp`): one kernel, a thread per
     (trial, point) that finds the previous winner, samples its trial's candidate by
     binary search and measures the distance to it.  Returns ``(mins, best)``."""
     if not (_fit_ok(za, mins_prev, mins) and cum_prev.dtype.name == 'float64'
             and cum_prev.flags.c_contiguous and u.dtype.name == 'float64'
             and u.flags.c_contiguous and best.dtype.name == 'int64'):
-        return kpp_round_xp(za, mins_prev, cum_prev, u, mins, best)
+        return kpp_round_xp(za, mins_prev, cum_prev, u, mins, best, lanes)
     n, W = za.shape
     trials = mins.shape[0]
     _launch('kpp_round', za.dtype, trials * n,
             (za, numpy.int64(n), numpy.int64((W - 2) // 2), mins_prev, cum_prev,
-             numpy.int32(cum_prev.shape[0]), u, numpy.int32(trials), mins, best))
+             numpy.int32(cum_prev.shape[0]), numpy.int32(lanes), u, numpy.int32(trials),
+             mins, best))
     return mins, best
 
 
-def kpp_onehot_xp(mins, best, cum_last, out):
+def kpp_onehot_xp(first, mins, best, cum_last, out, lanes=1):
     """Twin of the seeds' partition kernel: the hard responsibilities (K, n) (into
     ``out``) of the nearest-seed partition of greedy K-means++, from its rounds:
-    ``mins`` (1 + (K-1) trials, n) the first seed's distances then each round's trials',
-    ``best`` (K,) int64 whose entry k (1 <= k < K-1) is round k's winning trial, and
-    ``cum_last`` (trials, n) the last round's running sums (its winner: lowest total,
-    first on ties).  A point takes label k when round k's seed is strictly closer than
-    the seeds before it (ties go to the earlier seed)."""
+    ``first`` (n * lanes) the first seed's distances (``lanes`` partial sums per point,
+    as :func:`kpp_round` takes them), ``mins`` ((K-1) trials, n) each round's trials'
+    nearest-seed distances, ``best`` (K,) int64 whose entry k (1 <= k < K-1) is round
+    k's winning trial, and ``cum_last`` (trials, n) the last round's running sums (its
+    winner: lowest total, first on ties).  A point takes label k when round k's seed is
+    strictly closer than the seeds before it (ties go to the earlier seed)."""
     xp = get_array_module(mins)
     K, n = out.shape
-    trials = (mins.shape[0] - 1) // max(K - 1, 1)
+    trials = mins.shape[0] // max(K - 1, 1)
     labels = xp.zeros((n,), dtype=xp.int64)
-    prev = mins[0]
+    prev = _closest_xp(xp, first, lanes)
     for k in range(1, K):
         b = xp.argmin(cum_last[:, -1]) if k == K - 1 else best[k]
-        row = mins[1 + (k - 1) * trials + b]
+        row = mins[(k - 1) * trials + b]
         labels[row < prev] = k
         prev = row
     out[...] = (labels[None, :] == xp.arange(K)[:, None])
@@ -1658,13 +1688,14 @@ def kpp_onehot_xp(mins, best, cum_last, out):
 
 
 _KPP_ONEHOT_SRC = r'''
-extern "C" __global__ void kpp_onehot(const T* mins, const long long* best,
-                                      const double* cum_last, long long n, int K,
-                                      int trials, T* out) {
+extern "C" __global__ void kpp_onehot(const T* first, int lanes, const T* mins,
+                                      const long long* best, const double* cum_last,
+                                      long long n, int K, int trials, T* out) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
+    T prev = 0;
+    for (int l = 0; l < lanes; ++l) prev += first[i * lanes + l];
     int label = 0;
-    long long prev = 0;
     for (int k = 1; k < K; ++k) {
         long long b;
         if (k == K - 1) {
@@ -1677,9 +1708,9 @@ extern "C" __global__ void kpp_onehot(const T* mins, const long long* best,
         } else {
             b = best[k];
         }
-        long long row = 1 + (long long)(k - 1) * trials + b;
-        if (mins[row * n + i] < mins[prev * n + i]) label = k;
-        prev = row;
+        T cur = mins[((long long)(k - 1) * trials + b) * n + i];
+        if (cur < prev) label = k;
+        prev = cur;
     }
     for (int k = 0; k < K; ++k) out[(long long)k * n + i] = k == label ? (T)1 : (T)0;
 }
@@ -1687,16 +1718,17 @@ extern "C" __global__ void kpp_onehot(const T* mins, const long long* best,
 
 
 @_dispatch(kpp_onehot_xp)
-def kpp_onehot(mins, best, cum_last, out):
+def kpp_onehot(first, mins, best, cum_last, out, lanes=1):
     """The hard responsibilities of the K-means++ seeds' partition (see
     :func:`kpp_onehot_xp`): one kernel, a thread per point."""
-    if not (_fit_ok(mins, out) and best.dtype.name == 'int64' and best.flags.c_contiguous
-            and cum_last.dtype.name == 'float64' and cum_last.flags.c_contiguous):
-        return kpp_onehot_xp(mins, best, cum_last, out)
+    if not (_fit_ok(mins, first, out) and best.dtype.name == 'int64'
+            and best.flags.c_contiguous and cum_last.dtype.name == 'float64'
+            and cum_last.flags.c_contiguous):
+        return kpp_onehot_xp(first, mins, best, cum_last, out, lanes)
     K, n = out.shape
     _launch('kpp_onehot', out.dtype, n,
-            (mins, best, cum_last, numpy.int64(n), numpy.int32(K),
-             numpy.int32(cum_last.shape[0]), out))
+            (first, numpy.int32(lanes), mins, best, cum_last, numpy.int64(n),
+             numpy.int32(K), numpy.int32(cum_last.shape[0]), out))
     return out
 
 
@@ -1729,7 +1761,8 @@ def fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, bad, reset):
     ``n`` points, with variance floor ``eps / scale^2`` (``scale`` (1,) float64), write
     into ``coef`` (K, 2d+2) the coefficients of the next pass: ``mode`` 0 the weighted
     log-densities (:func:`_density_coef_xp`), 1 the squared distances to the means
-    ``[0 | -2m | 1 | |m|^2]``.  ``bad`` (K,) float64 flags rows of non-finite moments
+    ``[1 | -2m | 0 | |m|^2]`` (through the ``z^2`` block: the device frame leaves the
+    ``|z|^2`` column 0).  ``bad`` (K,) float64 flags rows of non-finite moments
     (overwritten when ``reset``, else accumulated).  Returns ``(coef, bad)``."""
     xp = get_array_module(mom)
     K = mom.shape[0]
@@ -1738,7 +1771,7 @@ def fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, bad, reset):
         if mode == 0:
             c = _density_coef_xp(xp, w, means, var, log2pi)
         else:
-            c = xp.concatenate([xp.zeros_like(means), -2.0 * means, xp.ones((K, 1)),
+            c = xp.concatenate([xp.ones_like(means), -2.0 * means, xp.zeros((K, 1)),
                                 (means * means).sum(axis=1)[:, None]], axis=1)
     coef[...] = c
     flag = xp.where(ok, 0.0, 1.0)
@@ -1774,7 +1807,7 @@ extern "C" __global__ void fit_coef(const T* mom, long long d, int K, double n,
             q += mu * mu * p;
             lv += log(v);
         } else {
-            out[c] = 0;
+            out[c] = 1;
             out[d + c] = (T)(-2.0 * mu);
             q += mu * mu;
         }
@@ -1785,7 +1818,7 @@ extern "C" __global__ void fit_coef(const T* mom, long long d, int K, double n,
         out[2 * d] = 0;
         out[2 * d + 1] = (T)(logw - 0.5 * (q + lv + (double)d * log2pi));
     } else {
-        out[2 * d] = 1;
+        out[2 * d] = 0;
         out[2 * d + 1] = (T)q;
     }
     double flag = ok ? 0.0 : 1.0;

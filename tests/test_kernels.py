@@ -381,54 +381,62 @@ def test_fit_frame_stats_source_runs_like_its_twin(dtype):
 @pytest.mark.parametrize('spread', ['data', 'floor'])
 def test_fit_augment_source_runs_like_its_twin(dtype, spread):
     rng = np.random.default_rng(31)
-    n, d, first = 257, 7, 17
+    n, d, first = 57, 40, 17                        # d not a multiple of the lanes
     x = (rng.standard_normal((d, n)) * (3 if spread == 'data' else 1e-4) + 2).astype(dtype).T
     stats = kernels.fit_frame_stats_xp(x, 2)
     args = (stats, (n + 1) // 2, 1e-2, first)
-    za, d0, scale = kernels.fit_augment_xp(x, *args, np.empty((n, 2 * d + 2), dtype),
-                                           np.empty(n, dtype))
+    L = kernels.LANES
+    za, part, scale = kernels.fit_augment_xp(x, *args, np.empty((n, 2 * d + 2), dtype),
+                                             np.empty((n, L), dtype))
     want_scale = max(np.sqrt(stats[d:].sum() / (((n + 1) // 2) * d)), 1e-2)
     assert scale[0] == pytest.approx(want_scale, rel=1e-12)
     z = (x.astype(np.float64) - stats[:d]) / want_scale
-    np.testing.assert_allclose(d0, ((z - z[first]) ** 2).sum(1), rtol=1e-4, atol=1e-4)
-    za2, d02, scale2 = np.full_like(za, np.nan), np.full_like(d0, np.nan), np.zeros(1)
+    # float32: x and the shift are rounded to float32 before the scaling
+    ref_tol = 1e-5 if dtype == np.float64 else 2e-7 * np.abs(x).max() / want_scale
+    np.testing.assert_allclose(za[:, d:2 * d], z, rtol=1e-5, atol=ref_tol)
+    np.testing.assert_array_equal(za[:, 2 * d:], np.tile([0, 1], (n, 1)))
+    np.testing.assert_allclose(part.sum(1), ((z - z[first]) ** 2).sum(1), rtol=1e-4, atol=1e-4)
+    za2, part2, scale2 = np.full_like(za, np.nan), np.full_like(part, np.nan), np.zeros(1)
     cuda_emulation.launch(kernels.kernel_source('fit_augment', dtype), 'fit_augment',
-                          2, 256, (x,) + kernels._elem_strides(x)
+                          (n * L + 255) // 256, 256, (x,) + kernels._elem_strides(x)
                           + (stats, np.int64(n), np.int64(d), np.float64((n + 1) // 2),
-                             np.float64(1e-2), np.int64(first), za2, d02, scale2))
+                             np.float64(1e-2), np.int64(first), za2, part2, scale2))
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(za2, za, rtol=tol, atol=tol)
-    np.testing.assert_allclose(d02, d0, rtol=tol, atol=tol)
-    assert scale2[0] == scale[0]
+    np.testing.assert_allclose(part2, part, rtol=tol, atol=tol)
+    assert scale2[0] == pytest.approx(scale[0], rel=1e-14)     # the M2 summed in order
 
 
 @needs_gxx
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
-@pytest.mark.parametrize('rows_prev', [1, 3])
-def test_kpp_round_source_runs_like_its_twin(dtype, rows_prev):
+@pytest.mark.parametrize('rows_prev,lanes', [(1, 1), (3, 1), (1, 4)])
+def test_kpp_round_source_runs_like_its_twin(dtype, rows_prev, lanes):
     rng = np.random.default_rng(32)
     x, stats, za = _fit_frame(rng, dtype)
     n = za.shape[0]
-    mins_prev = (rng.random((rows_prev, n)) * 4).astype(dtype)
-    mins_prev[:, ::9] = 0                               # points no draw may pick
+    mins_prev = (rng.random((rows_prev, n * lanes)) * 4).astype(dtype)
+    mins_prev.reshape(rows_prev, n, lanes)[:, ::9] = 0      # points no draw may pick
     cum_prev = np.cumsum(mins_prev, axis=1, dtype=np.float64)
     if rows_prev == 3:
         cum_prev[2, -1] = cum_prev[0, -1] = cum_prev[:, -1].min()   # a tie: the first wins
     u = np.array([0.0, 0.37, 1 - 2 ** -53])
-    mins, best = kernels.kpp_round_xp(za, mins_prev, cum_prev, u,
-                                      np.empty((3, n), dtype), np.full(1, -1, np.int64))
+    mins, best = kernels.kpp_round_xp(za, mins_prev, cum_prev, u, np.empty((3, n), dtype),
+                                      np.full(1, -1, np.int64), lanes)
     b = int(np.argmin(cum_prev[:, -1]))
     assert best[0] == b
-    cand = np.minimum(np.searchsorted(cum_prev[b], u * cum_prev[b, -1], side='right'), n - 1)
+    closest = mins_prev[b].reshape(n, lanes).sum(1)
+    point_cum = cum_prev[b][lanes - 1::lanes]          # the running sums per point
+    cand = np.minimum(np.searchsorted(point_cum, u * point_cum[-1], side='right'), n - 1)
     assert not np.isin(cand, np.arange(0, n, 9)).any()
     z = za[:, 5:10].astype(np.float64)
-    want = np.minimum(((z[None] - z[cand][:, None]) ** 2).sum(-1), mins_prev[b])
+    want = np.minimum(((z[None] - z[cand][:, None]) ** 2).sum(-1), closest)
     np.testing.assert_allclose(mins, want, rtol=1e-4, atol=1e-4)
     got, got_best = np.full_like(mins, np.nan), np.full(1, -1, np.int64)
     cuda_emulation.launch(kernels.kernel_source('kpp_round', dtype), 'kpp_round',
                           (3 * n + 255) // 256, 256,
                           (za, np.int64(n), np.int64(5), mins_prev, cum_prev,
-                           np.int32(rows_prev), u, np.int32(3), got, got_best))
+                           np.int32(rows_prev), np.int32(lanes), u, np.int32(3), got,
+                           got_best))
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, mins, rtol=tol, atol=tol)
     assert got_best[0] == b
@@ -438,15 +446,17 @@ def test_kpp_round_source_runs_like_its_twin(dtype, rows_prev):
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
 def test_kpp_onehot_source_runs_like_its_twin(dtype):
     rng = np.random.default_rng(33)
-    K, trials, n = 4, 3, 300
-    mins = rng.integers(0, 4, (1 + (K - 1) * trials, n)).astype(dtype)   # many ties
+    K, trials, n, lanes = 4, 3, 300, 2
+    first = rng.integers(0, 3, n * lanes).astype(dtype)
+    mins = rng.integers(0, 5, ((K - 1) * trials, n)).astype(dtype)   # many ties
     best = np.array([-7, 2, 0, -7], np.int64)           # rounds 1 and 2 (the rest unused)
     cum_last = np.cumsum(rng.random((trials, n)), axis=1)
     cum_last[1, -1] = cum_last[:, -1].min()
-    want = kernels.kpp_onehot_xp(mins, best, cum_last, np.empty((K, n), dtype))
+    want = kernels.kpp_onehot_xp(first, mins, best, cum_last, np.empty((K, n), dtype), lanes)
     np.testing.assert_array_equal(want.sum(0), 1)
     # by hand: the rows of the winners, labels where a round's seed is strictly closer
-    chain = [mins[0], mins[1 + 2], mins[4 + 0], mins[7 + int(np.argmin(cum_last[:, -1]))]]
+    chain = [first.reshape(n, lanes).sum(1), mins[2], mins[3 + 0],
+             mins[6 + int(np.argmin(cum_last[:, -1]))]]
     labels = np.zeros(n, int)
     for k in range(1, K):
         labels[chain[k] < chain[k - 1]] = k
@@ -454,8 +464,8 @@ def test_kpp_onehot_source_runs_like_its_twin(dtype):
     assert len(set(labels.tolist())) == K
     out = np.full((K, n), np.nan, dtype)
     cuda_emulation.launch(kernels.kernel_source('kpp_onehot', dtype), 'kpp_onehot', 2, 256,
-                          (mins, best, cum_last, np.int64(n), np.int32(K), np.int32(trials),
-                           out))
+                          (first, np.int32(lanes), mins, best, cum_last, np.int64(n),
+                           np.int32(K), np.int32(trials), out))
     np.testing.assert_array_equal(out, want)
 
 
@@ -556,20 +566,21 @@ def test_device_fit_kernels_match_twins():
     x = cupy.asarray(rng.standard_normal((5000, 33)).astype(np.float32) * 2 + 1)
     stats = kernels.fit_frame_stats(x, 9)
     cupy.testing.assert_allclose(stats, kernels.fit_frame_stats_xp(x, 9), rtol=1e-10)
+    part = (5000, kernels.LANES)
     outs = [kernels.fit_augment(x, stats, 556, 1e-3, 7, cupy.empty((5000, 68), np.float32),
-                                cupy.empty(5000, np.float32)) for _ in range(1)]
+                                cupy.empty(part, np.float32)) for _ in range(1)]
     want = kernels.fit_augment_xp(x, stats, 556, 1e-3, 7, cupy.empty((5000, 68), np.float32),
-                                  cupy.empty(5000, np.float32))
+                                  cupy.empty(part, np.float32))
     for a, b in zip(outs[0], want):
         cupy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
     za = want[0]
-    mins_prev = want[1][None].copy()
+    mins_prev = want[1].reshape(1, -1).copy()
     cum = cupy.cumsum(mins_prev, axis=1, dtype=np.float64)
     u = cupy.asarray(rng.random(3))
     a = kernels.kpp_round(za, mins_prev, cum, u, cupy.empty((3, 5000), np.float32),
-                          cupy.empty(1, np.int64))
+                          cupy.empty(1, np.int64), kernels.LANES)
     b = kernels.kpp_round_xp(za, mins_prev, cum, u, cupy.empty((3, 5000), np.float32),
-                             cupy.empty(1, np.int64))
+                             cupy.empty(1, np.int64), kernels.LANES)
     cupy.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-3)
     mom = cupy.asarray(rng.random((3, 5000)).astype(np.float32)) @ za
     scale = cupy.asarray([1.3])
