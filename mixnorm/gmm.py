@@ -1006,7 +1006,7 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
     M-step with the next pass's coefficients (:func:`~mixnorm.kernels.fit_coef`), the
     log-densities (one product) and their column log-softmax; the last M-step, count
     rule, sorting and data units (:func:`~mixnorm.kernels.fit_finish`), and with
-    ``want_resp`` the posteriors under the result.  Then one copy of a (3, K) status
+    ``want_resp`` the posteriors under the result.  Then one copy of a small status
     to the host: non-finite moments (returns None), a component that fails the count
     rule (the merging rounds of :func:`_enforce_counts` then run on the host, from the
     last pass's moments, and the GMM comes back as host float64 with ``big`` None),
@@ -1043,28 +1043,31 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
         moments = za.sum(axis=0, keepdims=True)
     tiny = 10 * numpy.finfo(work).eps
     coef = xp.empty((K, 2 * d + 2), dtype=work)
-    status = xp.empty((3, K), dtype=xp.float64)
+    part = xp.empty((K, kernels.LANES), dtype=xp.float64)
+    KL = K * kernels.LANES
+    status = xp.empty((2 * KL + K,), dtype=xp.float64)    # bad flags | magnitudes | keep
     passes = [1] * max(kmeans_iters - 1, 0) + [0] * em_iters
     for i, mode in enumerate(passes):
-        kernels.fit_coef(moments, n, scale, eps, tiny, _LOG_2PI, mode, coef, status[0],
-                         i == 0)
+        kernels.fit_coef(moments, n, scale, eps, tiny, _LOG_2PI, mode, coef, part,
+                         status[:KL].reshape(K, kernels.LANES), i == 0)
         lp = coef @ za.T
-        resp = kernels.argmin_onehot(lp, xp.empty((K, n), dtype=work)) if mode else \
-            kernels.log_softmax_columns(lp)[0]
+        resp = (kernels.argmin_onehot if mode else kernels.fit_log_softmax)(
+            lp, part, xp.empty((K, n), dtype=work))
         moments = resp @ za
     weights = xp.empty((K,), dtype=work)
     means = xp.empty((K, d), dtype=work)
     variances = xp.empty((K, d), dtype=work)
     kernels.fit_finish(moments, n, scale, stats, eps, tiny, _LOG_2PI, min_weight, min_count,
-                       coef, weights, means, variances, status, not passes)
-    resp = kernels.log_softmax_columns(coef @ za.T)[0] if want_resp else None
+                       coef, part, weights, means, variances, status, not passes)
+    resp = kernels.fit_log_softmax(coef @ za.T, part, xp.empty((K, n), dtype=work)) \
+        if want_resp else None
     flags = _arrays.to_host(status)             # the fit's one synchronisation
-    if flags[0].any():
+    if flags[:KL].any():
         return None
-    if not flags[1].all():
+    if not flags[2 * KL:].all():
         return _count_rule_on_host(za, stats, scale, moments, n, eps, min_weight,
                                    min_count, want_resp)
-    return GMM(weights, means, variances), resp, float(flags[2].max())
+    return GMM(weights, means, variances), resp, float(flags[KL:2 * KL].max())
 
 
 def _count_rule_on_host(za, stats, scale, moments, n, eps, min_weight, min_count,

@@ -1741,51 +1741,77 @@ def _mstep_xp(xp, mom, n, eps_z, tiny):
     inv = 1.0 / xp.maximum(nk, tiny)
     means = mom[:, d:2 * d] * inv[:, None]
     var = xp.maximum(mom[:, :d] * inv[:, None] - means * means, 0) + eps_z
-    return nk / n, means, var, xp.isfinite(mom).all(axis=1)
+    return nk / n, means, var
 
 
-def _density_coef_xp(xp, w, means, var, log2pi):
-    """``[-1/(2v) | m/v | 0 | log w - (sum m^2/v + sum log v + d log 2pi) / 2]``
-    (float64; log-weight -1e30 for weight 0)."""
+def _by_lane(xp, a, fill, reduce):
+    """``a`` (K, d) reduced over the features of each lane (feature c in lane
+    ``c % LANES``): (K, LANES)."""
+    K, d = a.shape
+    padded = xp.full((K, -(-d // LANES) * LANES), fill, dtype=a.dtype)
+    padded[:, :d] = a
+    return reduce(padded.reshape(K, -1, LANES), axis=1)
+
+
+def _density_parts_xp(xp, w, means, var, log2pi):
+    """The weighted log-density coefficients ``[-1/(2v) | m/v | 0 | log w - d log(2pi)
+    / 2]`` (K, 2d+2) and the rest of the normaliser, ``-(m^2/v + log v) / 2`` summed
+    by lane (K, LANES) (float64; log-weight -1e30 for weight 0)."""
     K, d = means.shape
     prec = 1.0 / var
     logw = xp.where(w > 0, xp.log(xp.where(w > 0, w, 1.0)), -1e30)
-    const = logw - 0.5 * ((means * means * prec).sum(axis=1) + xp.log(var).sum(axis=1)
-                          + d * log2pi)
-    return xp.concatenate([-0.5 * prec, means * prec, xp.zeros((K, 1)), const[:, None]],
-                          axis=1)
+    coef = xp.concatenate([-0.5 * prec, means * prec, xp.zeros((K, 1)),
+                           (logw - 0.5 * d * log2pi)[:, None]], axis=1)
+    return coef, _by_lane(xp, -0.5 * (means * means * prec + xp.log(var)), 0.0, xp.sum)
 
 
-def fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, bad, reset):
+def _lane_flags(xp, mom, cols):
+    """1.0 where a lane of a row of ``mom`` holds a non-finite value among the columns
+    ``cols`` of each lane's features (or the row's count), else 0.0: (K, LANES)."""
+    d = (mom.shape[1] - 2) // 2
+    bad = ~xp.isfinite(mom.astype(xp.float64))
+    per_c = bad[:, :d] | bad[:, d:2 * d]
+    flags = _by_lane(xp, per_c, False, xp.any) | bad[:, 2 * d + 1][:, None]
+    if cols == 'all':               # also the |z|^2 column, in lane 0
+        flags[:, 0] |= bad[:, 2 * d]
+    return flags.astype(xp.float64)
+
+
+def fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, part, bad, reset):
     """Twin of the M-step kernel: from the moments ``mom`` (K, 2d+2) of a pass over
     ``n`` points, with variance floor ``eps / scale^2`` (``scale`` (1,) float64), write
-    into ``coef`` (K, 2d+2) the coefficients of the next pass: ``mode`` 0 the weighted
-    log-densities (:func:`_density_coef_xp`), 1 the squared distances to the means
-    ``[1 | -2m | 0 | |m|^2]`` (through the ``z^2`` block: the device frame leaves the
-    ``|z|^2`` column 0).  ``bad`` (K,) float64 flags rows of non-finite moments
-    (overwritten when ``reset``, else accumulated).  Returns ``(coef, bad)``."""
+    into ``coef`` (K, 2d+2) the coefficients of the next pass and into ``part``
+    (K, LANES) the rest of their constant column, summed by lane (its consumer,
+    :func:`fit_log_softmax` or :func:`argmin_onehot`, adds the row sums): ``mode`` 0
+    the weighted log-densities (:func:`_density_parts_xp`), 1 the squared distances to
+    the means ``[1 | -2m | 0 | 0]`` plus ``|m|^2`` (through the ``z^2`` block: the
+    device frame leaves the ``|z|^2`` column 0).  ``bad`` (K, LANES) float64 flags
+    non-finite moments by lane (overwritten when ``reset``, else accumulated).
+    Returns ``(coef, part, bad)``."""
     xp = get_array_module(mom)
     K = mom.shape[0]
     with numpy.errstate(invalid='ignore', over='ignore', divide='ignore'):
-        w, means, var, ok = _mstep_xp(xp, mom, n, eps / (scale[0] * scale[0]), tiny)
+        w, means, var = _mstep_xp(xp, mom, n, eps / (scale[0] * scale[0]), tiny)
         if mode == 0:
-            c = _density_coef_xp(xp, w, means, var, log2pi)
+            c, p = _density_parts_xp(xp, w, means, var, log2pi)
         else:
-            c = xp.concatenate([xp.ones_like(means), -2.0 * means, xp.zeros((K, 1)),
-                                (means * means).sum(axis=1)[:, None]], axis=1)
+            c = xp.concatenate([xp.ones_like(means), -2.0 * means, xp.zeros((K, 2))], axis=1)
+            p = _by_lane(xp, means * means, 0.0, xp.sum)
     coef[...] = c
-    flag = xp.where(ok, 0.0, 1.0)
-    bad[...] = flag if reset else xp.maximum(bad, flag)
-    return coef, bad
+    part[...] = p
+    flags = _lane_flags(xp, mom, 'fit')
+    bad[...] = flags if reset else xp.maximum(bad, flags)
+    return coef, part, bad
 
 
 _FIT_COEF_SRC = r'''
 extern "C" __global__ void fit_coef(const T* mom, long long d, int K, double n,
                                     const double* scale, double eps, double tiny,
-                                    double log2pi, int mode, T* coef, double* bad,
-                                    int reset) {
-    int k = blockIdx.x * blockDim.x + threadIdx.x;
-    if (k >= K) return;
+                                    double log2pi, int mode, T* coef, double* part,
+                                    double* bad, int reset) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)K * 32) return;
+    long long k = idx / 32, lane = idx - k * 32;
     long long W = 2 * d + 2;
     const T* m = mom + k * W;
     T* out = coef + k * W;
@@ -1793,8 +1819,8 @@ extern "C" __global__ void fit_coef(const T* mom, long long d, int K, double n,
     double nk = (double)m[2 * d + 1];
     int ok = nk - nk == 0;
     double inv = 1.0 / (nk > tiny ? nk : tiny);
-    double q = 0, lv = 0;
-    for (long long c = 0; c < d; ++c) {
+    double acc = 0;
+    for (long long c = lane; c < d; c += 32) {
         double s1 = (double)m[d + c], s2 = (double)m[c];
         if (!(s1 - s1 == 0 && s2 - s2 == 0)) ok = 0;
         double mu = s1 * inv;
@@ -1804,62 +1830,109 @@ extern "C" __global__ void fit_coef(const T* mom, long long d, int K, double n,
             double p = 1.0 / v;
             out[c] = (T)(-0.5 * p);
             out[d + c] = (T)(mu * p);
-            q += mu * mu * p;
-            lv += log(v);
+            acc += -0.5 * (mu * mu * p + log(v));
         } else {
             out[c] = 1;
             out[d + c] = (T)(-2.0 * mu);
-            q += mu * mu;
+            acc += mu * mu;
         }
     }
-    if (mode == 0) {
+    if (lane == 0) {
         double w = nk / n;
         double logw = w > 0 ? log(w) : -1e30;
         out[2 * d] = 0;
-        out[2 * d + 1] = (T)(logw - 0.5 * (q + lv + (double)d * log2pi));
-    } else {
-        out[2 * d] = 0;
-        out[2 * d + 1] = (T)q;
+        out[2 * d + 1] = mode == 0 ? (T)(logw - 0.5 * (double)d * log2pi) : (T)0;
     }
+    part[idx] = acc;
     double flag = ok ? 0.0 : 1.0;
-    bad[k] = reset ? flag : (bad[k] > flag ? bad[k] : flag);
+    bad[idx] = reset ? flag : (bad[idx] > flag ? bad[idx] : flag);
 }
 '''
 
 
 @_dispatch(fit_coef_xp)
-def fit_coef(mom, n, scale, eps, tiny, log2pi, mode, coef, bad, reset):
+def fit_coef(mom, n, scale, eps, tiny, log2pi, mode, coef, part, bad, reset):
     """The M-step and the next pass's coefficients (see :func:`fit_coef_xp`): one
-    kernel, a thread per component."""
+    kernel, a warp per component (a lane per 32nd feature)."""
     if not (_fit_ok(mom, coef) and scale.dtype.name == 'float64'
-            and bad.dtype.name == 'float64' and bad.flags.c_contiguous):
-        return fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, bad, reset)
+            and all(a.dtype.name == 'float64' and a.flags.c_contiguous for a in (part, bad))):
+        return fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, part, bad, reset)
     K, W = mom.shape
-    _launch('fit_coef', mom.dtype, K,
+    _launch('fit_coef', mom.dtype, K * LANES,
             (mom, numpy.int64((W - 2) // 2), numpy.int32(K), numpy.float64(n), scale,
              numpy.float64(eps), numpy.float64(tiny), numpy.float64(log2pi),
-             numpy.int32(mode), coef, bad, numpy.int32(bool(reset))), threads=32)
-    return coef, bad
+             numpy.int32(mode), coef, part, bad, numpy.int32(bool(reset))))
+    return coef, part, bad
 
 
-def argmin_onehot_xp(dist, out):
+def fit_log_softmax_xp(lp, part, out):
+    """Twin of the posterior kernel: the column log-softmax (into ``out`` (K, n)) of the
+    log-densities ``lp`` (K, n) plus the row sums of ``part`` (K, LANES) (the rest of
+    each component's constant, :func:`fit_coef`).  Returns ``out``."""
+    xp = get_array_module(lp)
+    out[...] = log_softmax_columns_xp(lp + part.sum(axis=1).astype(lp.dtype)[:, None])[0]
+    return out
+
+
+_FIT_LOG_SOFTMAX_SRC = r'''
+extern "C" __global__ void fit_log_softmax(const T* lp, const double* part, long long n,
+                                           int K, T* out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    T mx = 0;
+    for (int k = 0; k < K; ++k) {
+        double c = 0;
+        for (int l = 0; l < 32; ++l) c += part[k * 32 + l];
+        T v = lp[(long long)k * n + i] + (T)c;
+        out[(long long)k * n + i] = v;
+        if (k == 0 || v > mx) mx = v;
+    }
+    T s = 0;
+    for (int k = 0; k < K; ++k) {
+        T e = exp(out[(long long)k * n + i] - mx);
+        out[(long long)k * n + i] = e;
+        s += e;
+    }
+    T inv = (T)1 / s;
+    for (int k = 0; k < K; ++k) out[(long long)k * n + i] *= inv;
+}
+'''
+
+
+@_dispatch(fit_log_softmax_xp)
+def fit_log_softmax(lp, part, out):
+    """Posteriors (K, n) of log-densities whose constants are completed by lane sums
+    (see :func:`fit_log_softmax_xp`): one kernel, a thread per point."""
+    if not (_fit_ok(lp, out) and part.dtype.name == 'float64' and part.flags.c_contiguous):
+        return fit_log_softmax_xp(lp, part, out)
+    K, n = lp.shape
+    _launch('fit_log_softmax', lp.dtype, n, (lp, part, numpy.int64(n), numpy.int32(K), out))
+    return out
+
+
+def argmin_onehot_xp(dist, part, out):
     """Twin of the nearest-centre kernel: the one-hot (K, n) (into ``out``) of the row
-    of least ``dist`` (K, n) in each column (first on ties)."""
+    of least ``dist`` (K, n) plus the row sums of ``part`` (K, LANES) in each column
+    (first on ties)."""
     xp = get_array_module(dist)
     K = dist.shape[0]
-    out[...] = dist.argmin(axis=0)[None, :] == xp.arange(K)[:, None]
+    full = dist + part.sum(axis=1).astype(dist.dtype)[:, None]
+    out[...] = full.argmin(axis=0)[None, :] == xp.arange(K)[:, None]
     return out
 
 
 _ARGMIN_ONEHOT_SRC = r'''
-extern "C" __global__ void argmin_onehot(const T* dist, long long n, int K, T* out) {
+extern "C" __global__ void argmin_onehot(const T* dist, const double* part, long long n,
+                                         int K, T* out) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     int best = 0;
-    T b = dist[i];
-    for (int k = 1; k < K; ++k) {
-        T v = dist[(long long)k * n + i];
-        if (v < b) { b = v; best = k; }
+    T b = 0;
+    for (int k = 0; k < K; ++k) {
+        double c = 0;
+        for (int l = 0; l < 32; ++l) c += part[k * 32 + l];
+        T v = dist[(long long)k * n + i] + (T)c;
+        if (k == 0 || v < b) { b = v; best = k; }
     }
     for (int k = 0; k < K; ++k) out[(long long)k * n + i] = k == best ? (T)1 : (T)0;
 }
@@ -1867,52 +1940,57 @@ extern "C" __global__ void argmin_onehot(const T* dist, long long n, int K, T* o
 
 
 @_dispatch(argmin_onehot_xp)
-def argmin_onehot(dist, out):
+def argmin_onehot(dist, part, out):
     """The nearest-centre partition of a Lloyd step as hard responsibilities (see
     :func:`argmin_onehot_xp`): one kernel, a thread per point."""
-    if not _fit_ok(dist, out):
-        return argmin_onehot_xp(dist, out)
+    if not (_fit_ok(dist, out) and part.dtype.name == 'float64' and part.flags.c_contiguous):
+        return argmin_onehot_xp(dist, part, out)
     K, n = dist.shape
-    _launch('argmin_onehot', dist.dtype, n, (dist, numpy.int64(n), numpy.int32(K), out))
+    _launch('argmin_onehot', dist.dtype, n,
+            (dist, part, numpy.int64(n), numpy.int32(K), out))
     return out
 
 
 def fit_finish_xp(mom, n, scale, stats, eps, tiny, log2pi, min_weight, min_count,
-                  coef, weights, means, variances, status, reset):
+                  coef, part, weights, means, variances, status, reset):
     """Twin of the last M-step kernel.  From the moments ``mom`` (K, 2d+2) of the last
     pass: the M-step (as :func:`fit_coef_xp`), the count rule (component k passes when
     its weight ``w >= min_weight`` and ``w * n >= min_count``; every one passes for
     K = 1), and, sorted by decreasing weight (stable) with the weights renormalised,
     the mixture in data units (``mean + m * scale``, ``v * scale^2``, ``stats[:d]`` the
     frame's mean) into ``weights`` (K,), ``means`` and ``variances`` (K, d), and its
-    log-density coefficients into ``coef`` (K, 2d+2).  ``status`` (3, K) float64: row
-    0 the non-finite flags of each row of moments (accumulated into those of the
-    earlier passes unless ``reset``), row 1 whether component k passes the count
-    rule, row 2 the largest magnitude of each output component (float64, before the
-    cast).  The outputs are meaningful only when no row is flagged and all pass."""
+    log-density coefficients into ``coef`` (K, 2d+2) and ``part`` (K, LANES) (as
+    :func:`fit_coef_xp`).  ``status`` (2 K LANES + K,) float64: the non-finite flags
+    of each row of moments by lane (accumulated into those of the earlier passes
+    unless ``reset``), the largest magnitude of each output component by lane
+    (float64, before the cast), and whether component k passes the count rule.  The
+    outputs are meaningful only when no row is flagged and all pass."""
     xp = get_array_module(mom)
     K, W = mom.shape
     d = (W - 2) // 2
     s = scale[0]
+    KL = K * LANES
     with numpy.errstate(invalid='ignore', over='ignore', divide='ignore'):
-        w, m, v, ok = _mstep_xp(xp, mom, n, eps / (s * s), tiny)
+        w, m, v = _mstep_xp(xp, mom, n, eps / (s * s), tiny)
         keep = (w >= min_weight) & (w * n >= min_count) if K > 1 else xp.ones(K, bool)
         order = xp.argsort(-w, kind='stable')
         w, m, v = w[order], m[order], v[order]
         w = w / w.sum()
-        coef[...] = _density_coef_xp(xp, w, m, v, log2pi)
+        c, p = _density_parts_xp(xp, w, m, v, log2pi)
         mean_x = stats[:d] + m * s
         var_x = v * (s * s)
-        big = xp.maximum(xp.abs(w), xp.maximum(xp.abs(mean_x).max(axis=1),
-                                               xp.abs(var_x).max(axis=1)))
+        big = xp.maximum(_by_lane(xp, xp.maximum(xp.abs(mean_x), xp.abs(var_x)), 0.0,
+                                  xp.max), xp.abs(w)[:, None])
+    coef[...] = c
+    part[...] = p
     weights[...] = w
     means[...] = mean_x
     variances[...] = var_x
-    flag = xp.where(ok, 0.0, 1.0)
-    status[0] = flag if reset else xp.maximum(status[0], flag)
-    status[1] = keep
-    status[2] = big
-    return coef, weights, means, variances, status
+    flags = _lane_flags(xp, mom, 'all').reshape(-1)
+    status[:KL] = flags if reset else xp.maximum(status[:KL], flags)
+    status[KL:2 * KL] = big.reshape(-1)
+    status[2 * KL:] = keep
+    return coef, part, weights, means, variances, status
 
 
 _FIT_FINISH_SRC = r'''
@@ -1920,11 +1998,14 @@ extern "C" __global__ void fit_finish(const T* mom, long long d, int K, double n
                                       const double* scale, const double* stats,
                                       double eps, double tiny, double log2pi,
                                       double min_weight, double min_count, T* coef,
-                                      T* weights, T* means, T* variances, double* status,
-                                      int reset) {
-    int s = blockIdx.x * blockDim.x + threadIdx.x;
-    if (s >= K) return;
+                                      double* part, T* weights, T* means, T* variances,
+                                      double* status, int reset) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)K * 32) return;
+    int s = (int)(idx / 32);
+    long long lane = idx - (long long)s * 32;
     long long W = 2 * d + 2;
+    long long KL = (long long)K * 32;
     double sc = scale[0];
     double eps_z = eps / (sc * sc);
     // the component of rank s by decreasing weight (stable), and the weights' sum
@@ -1940,29 +2021,33 @@ extern "C" __global__ void fit_finish(const T* mom, long long d, int K, double n
         }
         if (rank == s) comp = k;
     }
-    // this thread's own row: finite moments, the count rule
+    // row s: finite moments (this lane's features, the |z|^2 column in lane 0, the
+    // count), the count rule
     const T* own = mom + s * W;
-    int ok = 1;
-    for (long long c = 0; c < W; ++c) { double a = (double)own[c]; if (!(a - a == 0)) ok = 0; }
-    double w_own = (double)own[2 * d + 1] / n;
+    double cnt = (double)own[2 * d + 1];
+    int ok = cnt - cnt == 0;
+    for (long long c = lane; c < d; c += 32) {
+        double a = (double)own[c], b = (double)own[d + c];
+        if (!(a - a == 0 && b - b == 0)) ok = 0;
+    }
+    if (lane == 0) { double a = (double)own[2 * d]; if (!(a - a == 0)) ok = 0; }
+    double w_own = cnt / n;
     int keep = K == 1 || (w_own >= min_weight && w_own * n >= min_count);
     // slot s: component comp, renormalised, in data units; its density coefficients
     const T* m = mom + comp * W;
     double nk = (double)m[2 * d + 1];
     double inv = 1.0 / (nk > tiny ? nk : tiny);
     double w = (nk / n) / total;
-    double logw = w > 0 ? log(w) : -1e30;
-    double q = 0, lv = 0, big = w > 0 ? w : -w;
+    double acc = 0, big = w > 0 ? w : -w;
     T* out = coef + s * W;
-    for (long long c = 0; c < d; ++c) {
+    for (long long c = lane; c < d; c += 32) {
         double mu = (double)m[d + c] * inv;
         double v = (double)m[c] * inv - mu * mu;
         v = (v > 0 ? v : 0) + eps_z;
         double p = 1.0 / v;
         out[c] = (T)(-0.5 * p);
         out[d + c] = (T)(mu * p);
-        q += mu * mu * p;
-        lv += log(v);
+        acc += -0.5 * (mu * mu * p + log(v));
         double mx = stats[c] + mu * sc, vx = v * (sc * sc);
         means[s * d + c] = (T)mx;
         variances[s * d + c] = (T)vx;
@@ -1970,39 +2055,45 @@ extern "C" __global__ void fit_finish(const T* mom, long long d, int K, double n
         if (!(a <= big)) big = a;
         if (!(vx <= big)) big = vx;
     }
-    out[2 * d] = 0;
-    out[2 * d + 1] = (T)(logw - 0.5 * (q + lv + (double)d * log2pi));
-    weights[s] = (T)w;
+    part[idx] = acc;
+    if (lane == 0) {
+        double logw = w > 0 ? log(w) : -1e30;
+        out[2 * d] = 0;
+        out[2 * d + 1] = (T)(logw - 0.5 * (double)d * log2pi);
+        weights[s] = (T)w;
+        status[2 * KL + s] = keep ? 1.0 : 0.0;
+    }
     double flag = ok ? 0.0 : 1.0;
-    status[s] = reset ? flag : (status[s] > flag ? status[s] : flag);
-    status[K + s] = keep ? 1.0 : 0.0;
-    status[2 * K + s] = big;
+    status[idx] = reset ? flag : (status[idx] > flag ? status[idx] : flag);
+    status[KL + idx] = big;
 }
 '''
 
 
 @_dispatch(fit_finish_xp)
 def fit_finish(mom, n, scale, stats, eps, tiny, log2pi, min_weight, min_count,
-               coef, weights, means, variances, status, reset):
+               coef, part, weights, means, variances, status, reset):
     """The last M-step, count rule, sorting and data units of a fit, and the status
-    the host reads once (see :func:`fit_finish_xp`): one kernel, a thread per
+    the host reads once (see :func:`fit_finish_xp`): one kernel, a warp per
     component."""
     if not (_fit_ok(mom, coef, weights, means, variances) and scale.dtype.name == 'float64'
-            and stats.dtype.name == 'float64' and status.dtype.name == 'float64'
-            and status.flags.c_contiguous):
+            and stats.dtype.name == 'float64'
+            and all(a.dtype.name == 'float64' and a.flags.c_contiguous
+                    for a in (part, status))):
         return fit_finish_xp(mom, n, scale, stats, eps, tiny, log2pi, min_weight,
-                             min_count, coef, weights, means, variances, status, reset)
+                             min_count, coef, part, weights, means, variances, status,
+                             reset)
     K, W = mom.shape
-    _launch('fit_finish', mom.dtype, K,
+    _launch('fit_finish', mom.dtype, K * LANES,
             (mom, numpy.int64((W - 2) // 2), numpy.int32(K), numpy.float64(n), scale,
              stats, numpy.float64(eps), numpy.float64(tiny), numpy.float64(log2pi),
-             numpy.float64(min_weight), numpy.float64(min_count), coef, weights, means,
-             variances, status, numpy.int32(bool(reset))), threads=32)
-    return coef, weights, means, variances, status
+             numpy.float64(min_weight), numpy.float64(min_count), coef, part, weights,
+             means, variances, status, numpy.int32(bool(reset))))
+    return coef, part, weights, means, variances, status
 
 
 SOURCES.update({'fit_frame_stats': _FIT_FRAME_STATS_SRC, 'fit_augment': _FIT_AUGMENT_SRC,
                 'kpp_round': _KPP_ROUND_SRC, 'kpp_onehot': _KPP_ONEHOT_SRC,
                 'fit_coef': _FIT_COEF_SRC, 'argmin_onehot': _ARGMIN_ONEHOT_SRC,
-                'fit_finish': _FIT_FINISH_SRC})
+                'fit_log_softmax': _FIT_LOG_SOFTMAX_SRC, 'fit_finish': _FIT_FINISH_SRC})
 # ======================================================= end of the device GMM fit

@@ -469,8 +469,8 @@ def test_kpp_onehot_source_runs_like_its_twin(dtype):
     np.testing.assert_array_equal(out, want)
 
 
-def _fit_moments(rng, dtype, K=3):
-    x, stats, za = _fit_frame(rng, dtype)
+def _fit_moments(rng, dtype, K=3, d=5):
+    x, stats, za = _fit_frame(rng, dtype, d=d)
     resp = rng.random((K, za.shape[0]))
     resp /= resp.sum(0)
     return (resp.astype(dtype) @ za), stats
@@ -481,22 +481,26 @@ def _fit_moments(rng, dtype, K=3):
 @pytest.mark.parametrize('mode', [0, 1])
 def test_fit_coef_source_runs_like_its_twin(dtype, mode):
     rng = np.random.default_rng(34)
-    mom, _ = _fit_moments(rng, dtype, K=4)
-    mom[3, 2] = np.inf                                  # a non-finite row: flagged
+    d, L = 37, kernels.LANES                            # more features than lanes
+    mom, _ = _fit_moments(rng, dtype, K=4, d=d)
+    mom[3, 2] = np.inf                                  # a non-finite value: its lane
     mom[2, -1] = 0                                      # an empty component: weight 0
     scale = np.array([1.7])
     args = (mom, 200, scale, 1e-5, 1e-6, np.log(2 * np.pi), mode)
+    bad0 = np.zeros((4, L))
+    bad0[1, 5] = 1                                      # flagged by an earlier pass
     with np.errstate(invalid='ignore', over='ignore', divide='ignore'):
-        coef, bad = kernels.fit_coef_xp(*args, np.empty_like(mom), np.array([0, 1.0, 0, 0]),
-                                        False)
-    np.testing.assert_array_equal(bad, [0, 1, 0, 1])    # accumulated, row 3 flagged
-    d = 5
+        coef, part, bad = kernels.fit_coef_xp(*args, np.empty_like(mom), np.empty((4, L)),
+                                              bad0.copy(), False)
+    want_bad = bad0.copy()
+    want_bad[3, 2] = 1
+    np.testing.assert_array_equal(bad, want_bad)        # accumulated, row 3 lane 2
     nk = mom[:3, -1].astype(np.float64)
     m = mom[:3, d:2 * d] / np.maximum(nk, 1e-6)[:, None]
     v = np.maximum(mom[:3, :d] / np.maximum(nk, 1e-6)[:, None] - m * m, 0) + 1e-5 / 1.7 ** 2
     z = rng.standard_normal((6, d))
-    za = np.concatenate([z * z, z, (z * z).sum(1, keepdims=True), np.ones((6, 1))], 1)
-    got = za @ coef[:3].astype(np.float64).T
+    za = np.concatenate([z * z, z, np.zeros((6, 1)), np.ones((6, 1))], 1)
+    got = za @ coef[:3].astype(np.float64).T + part[:3].sum(1)
     if mode == 0:                                       # weighted log-densities
         want = np.log(np.where(nk > 0, nk / 200, 1))[None] - 0.5 * (
             ((z[:, None] - m[None]) ** 2 / v[None]).sum(-1) + np.log(v).sum(1)
@@ -505,25 +509,51 @@ def test_fit_coef_source_runs_like_its_twin(dtype, mode):
     else:                                               # squared distances to the means
         want = ((z[:, None] - m[None]) ** 2).sum(-1)
     np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == np.float32 else 1e-9)
-    out, flags = np.full_like(mom, np.nan), np.array([0, 1.0, 0, 0])
-    cuda_emulation.launch(kernels.kernel_source('fit_coef', dtype), 'fit_coef', 1, 32,
+    out, out_part, flags = np.full_like(mom, np.nan), np.full((4, L), np.nan), bad0.copy()
+    cuda_emulation.launch(kernels.kernel_source('fit_coef', dtype), 'fit_coef', 1, 256,
                           (mom, np.int64(d), np.int32(4), np.float64(200), scale,
                            np.float64(1e-5), np.float64(1e-6), np.float64(np.log(2 * np.pi)),
-                           np.int32(mode), out, flags, np.int32(0)))
+                           np.int32(mode), out, out_part, flags, np.int32(0)))
     np.testing.assert_array_equal(flags, bad)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(out[:3], coef[:3], rtol=tol, atol=tol)
+    np.testing.assert_allclose(out_part[:3], part[:3], rtol=1e-12, atol=1e-12)
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_fit_log_softmax_source_runs_like_its_twin(dtype):
+    rng = np.random.default_rng(38)
+    K, n, L = 3, 300, kernels.LANES
+    lp = rng.normal(0, 20, (K, n)).astype(dtype)
+    part = rng.normal(0, 5, (K, L))
+    part[2] = -1e30 / L                                 # an empty component
+    want = kernels.fit_log_softmax_xp(lp, part, np.empty_like(lp))
+    full = lp + part.sum(1)[:, None]
+    ref = np.exp(full - full.max(0)) / np.exp(full - full.max(0)).sum(0)
+    np.testing.assert_allclose(want, ref, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                               atol=1e-30)
+    assert (want[2] == 0).all()
+    out = np.full_like(lp, np.nan)
+    cuda_emulation.launch(kernels.kernel_source('fit_log_softmax', dtype), 'fit_log_softmax',
+                          2, 256, (lp, part, np.int64(n), np.int32(K), out))
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
 
 
 @needs_gxx
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
 def test_argmin_onehot_source_runs_like_its_twin(dtype):
-    dist = np.random.default_rng(35).integers(0, 3, (4, 333)).astype(dtype)   # ties
-    want = kernels.argmin_onehot_xp(dist, np.empty_like(dist))
-    np.testing.assert_array_equal(want.argmax(0), dist.argmin(0))
+    rng = np.random.default_rng(35)
+    dist = rng.integers(0, 3, (4, 333)).astype(dtype)   # ties
+    part = np.zeros((4, kernels.LANES))
+    part[1, 7] = -1.0                                   # row 1 one lower
+    want = kernels.argmin_onehot_xp(dist, part, np.empty_like(dist))
+    np.testing.assert_array_equal(want.argmax(0), (dist - (np.arange(4) == 1)[:, None]
+                                                   ).argmin(0))
     out = np.full_like(dist, np.nan)
     cuda_emulation.launch(kernels.kernel_source('argmin_onehot', dtype), 'argmin_onehot',
-                          2, 256, (dist, np.int64(333), np.int32(4), out))
+                          2, 256, (dist, part, np.int64(333), np.int32(4), out))
     np.testing.assert_array_equal(out, want)
 
 
@@ -532,30 +562,33 @@ def test_argmin_onehot_source_runs_like_its_twin(dtype):
 @pytest.mark.parametrize('K', [1, 4])
 def test_fit_finish_source_runs_like_its_twin(dtype, K):
     rng = np.random.default_rng(36)
-    mom, stats = _fit_moments(rng, dtype, K=K)
+    d, L = 37, kernels.LANES
+    mom, stats = _fit_moments(rng, dtype, K=K, d=d)
     if K == 4:
         mom[2] = mom[0]                                 # tied weights: stable order
         mom[3] *= 0.02                                  # fails min_count
-    d, n, scale = 5, 200, np.array([1.7])
+    n, scale = 200, np.array([1.7])
     args = (mom, n, scale, stats, 1e-5, 1e-6, np.log(2 * np.pi), 0.01, 16)
-    outs = (np.empty_like(mom), np.empty(K, dtype), np.empty((K, d), dtype),
+    outs = (np.empty_like(mom), np.empty((K, L)), np.empty(K, dtype), np.empty((K, d), dtype),
             np.empty((K, d), dtype))
-    coef, w, m, v, status = kernels.fit_finish_xp(*args, *outs, np.zeros((3, K)), True)
+    coef, part, w, m, v, status = kernels.fit_finish_xp(*args, *outs,
+                                                        np.zeros(2 * K * L + K), True)
     nk = mom[:, -1].astype(np.float64)
     order = np.argsort(-nk, kind='stable')
     np.testing.assert_allclose(w, nk[order] / nk.sum(), rtol=1e-6)
     mean_z = mom[order, d:2 * d] / nk[order, None]
     np.testing.assert_allclose(m, stats[:d] + mean_z * 1.7, rtol=1e-5)
-    np.testing.assert_array_equal(status[0], 0)
-    np.testing.assert_array_equal(status[1], [1, 1, 1, 0] if K == 4 else [1])
-    np.testing.assert_allclose(status[2], np.maximum(np.abs(m), np.abs(v)).max(1), rtol=1e-6)
-    got = [np.full_like(a, np.nan) for a in outs] + [np.full((3, K), np.nan)]
-    cuda_emulation.launch(kernels.kernel_source('fit_finish', dtype), 'fit_finish', 1, 32,
+    np.testing.assert_array_equal(status[:K * L], 0)
+    np.testing.assert_allclose(status[K * L:2 * K * L].reshape(K, L).max(1),
+                               np.maximum(np.abs(m), np.abs(v)).max(1), rtol=1e-6)
+    np.testing.assert_array_equal(status[2 * K * L:], [1, 1, 1, 0] if K == 4 else [1])
+    got = [np.full_like(a, np.nan) for a in outs] + [np.full(2 * K * L + K, np.nan)]
+    cuda_emulation.launch(kernels.kernel_source('fit_finish', dtype), 'fit_finish', 1, 256,
                           (mom, np.int64(d), np.int32(K), np.float64(n), scale, stats,
                            np.float64(1e-5), np.float64(1e-6), np.float64(np.log(2 * np.pi)),
                            np.float64(0.01), np.float64(16), *got, np.int32(1)))
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    for a, b in zip(got, (coef, w, m, v, status)):
+    for a, b in zip(got, (coef, part, w, m, v, status)):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
@@ -563,36 +596,47 @@ def test_fit_finish_source_runs_like_its_twin(dtype, K):
 def test_device_fit_kernels_match_twins():
     import cupy
     rng = np.random.default_rng(37)
+    L = kernels.LANES
     x = cupy.asarray(rng.standard_normal((5000, 33)).astype(np.float32) * 2 + 1)
     stats = kernels.fit_frame_stats(x, 9)
     cupy.testing.assert_allclose(stats, kernels.fit_frame_stats_xp(x, 9), rtol=1e-10)
-    part = (5000, kernels.LANES)
-    outs = [kernels.fit_augment(x, stats, 556, 1e-3, 7, cupy.empty((5000, 68), np.float32),
-                                cupy.empty(part, np.float32)) for _ in range(1)]
+    part = (5000, L)
+    got = kernels.fit_augment(x, stats, 556, 1e-3, 7, cupy.empty((5000, 68), np.float32),
+                              cupy.empty(part, np.float32))
     want = kernels.fit_augment_xp(x, stats, 556, 1e-3, 7, cupy.empty((5000, 68), np.float32),
                                   cupy.empty(part, np.float32))
-    for a, b in zip(outs[0], want):
+    for a, b in zip(got, want):
         cupy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
     za = want[0]
     mins_prev = want[1].reshape(1, -1).copy()
     cum = cupy.cumsum(mins_prev, axis=1, dtype=np.float64)
     u = cupy.asarray(rng.random(3))
     a = kernels.kpp_round(za, mins_prev, cum, u, cupy.empty((3, 5000), np.float32),
-                          cupy.empty(1, np.int64), kernels.LANES)
+                          cupy.empty(1, np.int64), L)
     b = kernels.kpp_round_xp(za, mins_prev, cum, u, cupy.empty((3, 5000), np.float32),
-                             cupy.empty(1, np.int64), kernels.LANES)
+                             cupy.empty(1, np.int64), L)
     cupy.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-3)
     mom = cupy.asarray(rng.random((3, 5000)).astype(np.float32)) @ za
     scale = cupy.asarray([1.3])
     for mode in (0, 1):
-        c1 = kernels.fit_coef(mom, 5000, scale, 1e-5, 1e-6, 1.8, mode,
-                              cupy.empty_like(mom), cupy.zeros(3), True)
+        c1 = kernels.fit_coef(mom, 5000, scale, 1e-5, 1e-6, 1.8, mode, cupy.empty_like(mom),
+                              cupy.empty((3, L)), cupy.zeros((3, L)), True)
         c2 = kernels.fit_coef_xp(mom, 5000, scale, 1e-5, 1e-6, 1.8, mode,
-                                 cupy.empty_like(mom), cupy.zeros(3), True)
-        cupy.testing.assert_allclose(c1[0], c2[0], rtol=1e-5, atol=1e-5)
-    outs = lambda: (cupy.empty_like(mom), cupy.empty(3, np.float32),  # noqa: E731
-                    cupy.empty((3, 33), np.float32), cupy.empty((3, 33), np.float32),
-                    cupy.zeros((3, 3)))
+                                 cupy.empty_like(mom), cupy.empty((3, L)),
+                                 cupy.zeros((3, L)), True)
+        for u1, u2 in zip(c1, c2):
+            cupy.testing.assert_allclose(u1, u2, rtol=1e-5, atol=1e-5)
+        lp = c1[0] @ za.T
+        s1 = (kernels.argmin_onehot if mode else kernels.fit_log_softmax)(
+            lp, c1[1], cupy.empty_like(lp))
+        s2 = (kernels.argmin_onehot_xp if mode else kernels.fit_log_softmax_xp)(
+            lp, c1[1], cupy.empty_like(lp))
+        cupy.testing.assert_allclose(s1, s2, rtol=1e-4, atol=1e-5)
+
+    def outs():
+        return (cupy.empty_like(mom), cupy.empty((3, L)), cupy.empty(3, np.float32),
+                cupy.empty((3, 33), np.float32), cupy.empty((3, 33), np.float32),
+                cupy.zeros(2 * 3 * L + 3))
     f1 = kernels.fit_finish(mom, 5000, scale, stats, 1e-5, 1e-6, 1.8, 0.01, 16, *outs(), True)
     f2 = kernels.fit_finish_xp(mom, 5000, scale, stats, 1e-5, 1e-6, 1.8, 0.01, 16, *outs(),
                                True)
