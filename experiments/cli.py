@@ -28,8 +28,8 @@ class UsageError(Exception):
 
 def user_errors():
     """The exception types that mean a user's mistake rather than a bug."""
-    from experiments import config, data, records
-    errors = [UsageError, config.ConfigError, data.DataError, records.RunError,
+    from experiments import config, data, rundir
+    errors = [UsageError, config.ConfigError, data.DataError, rundir.RunError,
               FileNotFoundError,
               IsADirectoryError, NotADirectoryError, PermissionError]
     try:

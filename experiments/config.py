@@ -66,7 +66,7 @@ def yaml_load(stream):
 # stated with the constraint classes of :mod:`mixnorm.settings` (``Interval``,
 # ``Options``, ``Boolean``, ``InstanceOf``; ``None`` allows null) and, for strings and
 # lists, :class:`Text` and :class:`ListOf`, which follow their protocol; its default; and
-# its flags, which tell the records (experiments/records.py) what the key means for a run.
+# its flags, which tell the verdict (experiments/verdict.py) what the key means for a run.
 # A dict is a nested section; ``OPTIONAL_SECTIONS`` sections may be null.
 
 #: Overriding the key does not change what a run measures (paths, seeds, bookkeeping);

@@ -34,7 +34,7 @@ DCGAN; models in :mod:`experiments.models.dcgan`):
   :data:`SNAPSHOTS_KEPT`) every ``gan.snapshot_every`` updates; rerunning the command
   (``--resume auto``, the default) continues an interrupted run bit-for-bit on the CPU
   (data order from the serialized iterator, noise RNG and MN seeds in the snapshot) and
-  keeps a finished one (:func:`experiments.records.prepare_run`).
+  keeps a finished one (:func:`experiments.rundir.prepare_run`).
 * Records: ``config.yaml``, ``log.json`` (every ``gan.log_every`` updates and at every
   evaluation: ``gen/loss``, ``dis/loss``, ``dis/loss_real``, ``dis/loss_fake``, ``fid``
   at evaluations, MN's K'), ``summary.json`` (:func:`summary_fields`).
@@ -63,7 +63,7 @@ from experiments import data as data_lib
 from experiments import fid as fid_lib
 from experiments import paper
 from experiments import pipeline
-from experiments import records
+from experiments import metrics, rundir, verdict as verdict_lib
 from experiments.models import dcgan
 from experiments.trainer_parts import (ReportMixtureComponents, build_optimizer, mn_links,
                                        place_mn, progress_extensions,
@@ -266,7 +266,7 @@ class GANEvaluation(training.Extension):
         z = gen.sample_z(numpy.random.RandomState(self.fid_z_seed), self.n_samples)
         value = fid_lib.fid_of_images(self.extractor, generate(gen, z, self.batch_size),
                                       self.real_mu, self.real_sigma)
-        chainer.report({records.FID_KEY: value, 'fid_time': time.time() - start})
+        chainer.report({metrics.FID_KEY: value, 'fid_time': time.time() - start})
         if self.log:
             self.log('step %d: %s %.4f (%.1f s)' % (step, 'FID' if not
                                                    self.extractor.random_weights else
@@ -349,18 +349,18 @@ def build_trainer(cfg, gen, dis, images, out, device, extractor=None, real_stats
                    trigger=snapshot_trigger(cfg))
     if progress:
         progress_extensions(trainer, ['epoch', 'iteration', 'gen/loss', 'dis/loss',
-                                      records.FID_KEY, 'elapsed_time'], bar_interval=10)
+                                      metrics.FID_KEY, 'elapsed_time'], bar_interval=10)
     return trainer, evaluation
 
 
 # ------------------------------------------------------------------------ records
 
 def summary_fields(cfg, log, fid_info=None, finished=None, updates_done=None):
-    """What a GAN run measures, for :func:`experiments.records.summarize`: its FID
+    """What a GAN run measures, for :func:`experiments.runs.summarize`: its FID
     network, updates and FID curve (``finished`` / ``updates_done``: the trainer's own
     state; default: read off the log)."""
-    curve = records.fid_curve(log)
-    low = min(curve, key=lambda sv: sv[1]) if curve else (None, None)
+    curve = metrics.fid_curve(log)
+    low = metrics.lowest_fid(curve)
     target = cfg['gan']['target_fid']
     paper_bn = paper.rows('sections', 'cifar10')['dcgan']['bn_lowest_fid']
     done = updates_done if updates_done is not None else \
@@ -381,14 +381,14 @@ def summary_fields(cfg, log, fid_info=None, finished=None, updates_done=None):
         'lowest_fid_step': low[0],
         'final_fid': curve[-1][1] if curve else None,
         'target_fid': target,
-        'steps_to_target_fid': (records.steps_to_fid(curve, target) if target is not None
+        'steps_to_target_fid': (metrics.steps_to_fid(curve, target) if target is not None
                                 else None),
         'paper_bn_lowest_fid': paper_bn,
         # only meaningful with the standard FID network
-        'steps_to_paper_bn_lowest_fid': (records.steps_to_fid(curve, paper_bn)
+        'steps_to_paper_bn_lowest_fid': (metrics.steps_to_fid(curve, paper_bn)
                                          if fid_info.get('standard') else None),
-        'final_gen_loss': next((e['gen/loss'] for e in reversed(log) if 'gen/loss' in e), None),
-        'final_dis_loss': next((e['dis/loss'] for e in reversed(log) if 'dis/loss' in e), None),
+        'final_gen_loss': metrics.final_loss(log, 'gen/loss'),
+        'final_dis_loss': metrics.final_loss(log, 'dis/loss'),
     }
 
 
@@ -429,7 +429,7 @@ def compare_runs(args):
     """``compare BN_RUN MN_RUN [--json PATH]``: :func:`experiments.compare.compare_dcgan`."""
     result = compare.compare_dcgan(args.bn_run, args.mn_run)
     if args.json:
-        records.write_json(args.json, result)
+        rundir.write_json(args.json, result)
 
 
 # ----------------------------------------------------------------------------- run
@@ -506,7 +506,7 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
     pipeline (:func:`experiments.pipeline.run`); returns the summary.  ``resume``:
     ``'auto'`` (skip a finished run, resume an interrupted one) or a snapshot path;
     ``force``: start over; ``start``: that decision already taken by
-    :func:`experiments.records.prepare_run`; ``dataset``: a loaded
+    :func:`experiments.rundir.prepare_run`; ``dataset``: a loaded
     :class:`experiments.data.Dataset` (tests); ``par``: the processes
     (:mod:`experiments.parallel`), only one (see :data:`NOT_PARALLEL`)."""
     return pipeline.run(GAN(), cfg, out=out, device=device, resume=resume,
@@ -516,7 +516,7 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
 
 def describe_result(summary, out):
     """The closing line of a GAN run."""
-    verdict = records.Assessment.recorded(summary)
+    verdict = verdict_lib.Assessment.recorded(summary)
     if summary['lowest_fid'] is None:
         what = 'no FID (%s)' % summary['fid_label']
     else:

@@ -37,7 +37,7 @@ import sys
 import numpy
 
 from experiments import config as config_lib
-from experiments import records
+from experiments import rundir
 from mixnorm import _collectives
 
 INSTALL = "pip install -e '.[distributed]' (mpi4py and the mpich wheel)"
@@ -247,7 +247,7 @@ class Parallel:
 
     def own_snapshot(self, path):
         """This process's file of the snapshot rank 0 calls ``path``."""
-        return records.rank_file(path, self.rank)
+        return rundir.rank_file(path, self.rank)
 
     def snapshot(self, filename, writer=None, **kwargs):
         """The trainer's snapshot extension: every process writes its own file

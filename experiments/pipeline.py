@@ -7,15 +7,15 @@ optimizers, updater, extensions) and the fields of their summary; the steps arou
 are the same for every kind, with one process or several (:mod:`experiments.parallel`):
 
 1. prepare: whether to train, resume or keep a finished run
-   (:func:`experiments.records.prepare_run`, rank 0 decides for all);
+   (:func:`experiments.rundir.prepare_run`, rank 0 decides for all);
 2. build: device and seeds, then the data (:meth:`Kind.prepare`, each process alone),
    then the trainer (:meth:`Kind.build`), all known to be good before the run
    directory appears or is cleared;
-3. begin: :func:`experiments.records.begin` (``config.yaml``);
+3. begin: :func:`experiments.rundir.begin` (``config.yaml``);
 4. resume: the newest snapshot every process can read
-   (:func:`experiments.records.load_snapshot`);
+   (:func:`experiments.rundir.load_snapshot`);
 5. loop: ``trainer.run()`` (:func:`train_loop`); ``summary.json``
-   (:func:`experiments.records.summarize` around :meth:`Kind.summary_fields`) at the
+   (:func:`experiments.runs.summarize` around :meth:`Kind.summary_fields`) at the
    start, after each snapshot, on Ctrl-C and at the end, written by rank 0.
 
 Every process takes the steps; what one process does alone and may fail at (its
@@ -46,7 +46,7 @@ from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import environment
 from experiments import parallel as parallel_lib
-from experiments import records
+from experiments import rundir, runs
 
 
 class Command(NamedTuple):
@@ -76,7 +76,7 @@ class Kind:
     Attributes: ``unit``, what progress is told in (``'epoch'``: epochs and
     iterations; ``'update'``: updates); ``one_process``, why this kind trains in one
     process only (None: it trains data-parallel too); ``start``, the decision of
-    :func:`experiments.records.prepare_run` (train, or resume from which snapshots),
+    :func:`experiments.rundir.prepare_run` (train, or resume from which snapshots),
     set before :meth:`build`.
 
     The command line (:func:`main`): ``prog``, ``description``, ``config_help``;
@@ -116,7 +116,7 @@ class Kind:
         raise NotImplementedError
 
     def summary_fields(self, cfg, log, trainer, finished):
-        """What this kind of run measures, for :func:`experiments.records.summarize`."""
+        """What this kind of run measures, for :func:`experiments.runs.summarize`."""
         raise NotImplementedError
 
     # ------------------------------------------------------ the command line's
@@ -146,7 +146,7 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
 
     ``resume``: ``'auto'`` (skip a finished run, resume an interrupted one), or a
     snapshot path; ``force``: start over; ``start``: that decision already taken by
-    :func:`experiments.records.prepare_run`.  ``dataset``: an already loaded
+    :func:`experiments.rundir.prepare_run`.  ``dataset``: an already loaded
     :class:`experiments.data.Dataset` (tests).  ``par``: the processes
     (:class:`experiments.parallel.Parallel`; default one); rank 0 writes the run
     directory.
@@ -158,8 +158,8 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
     cfg = par.agree(lambda: par.record(cfg))
     if not par.writer:
         log = _quiet
-    out = out or records.run_dir(cfg)
-    start = start or par.decide(lambda: records.prepare_run(cfg, out, resume, force))
+    out = out or rundir.run_dir(cfg)
+    start = start or par.decide(lambda: rundir.prepare_run(cfg, out, resume, force))
     if start.action == 'skip':
         log(start.message)
         return start.summary
@@ -168,7 +168,7 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
     trainer = kind.build(cfg, dataset, out, device, progress, par)
     # the run directory appears (or is cleared) only once device, data and trainer are
     # known to be good
-    par.decide(lambda: records.begin(out, cfg, start, log))
+    par.decide(lambda: rundir.begin(out, cfg, start, log))
     resumed = resume_snapshot(trainer, start, par, log)
     if resumed:
         log('resumed from %s (%s)' % (resumed, position(trainer, kind.unit)))
@@ -179,8 +179,8 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
         if not par.writer:
             return None
         log_path = os.path.join(out, 'log.json')
-        entries = records.read_json(log_path) if os.path.exists(log_path) else []
-        summary = records.summarize(
+        entries = rundir.read_json(log_path) if os.path.exists(log_path) else []
+        summary = runs.summarize(
             cfg, entries, kind.summary_fields(cfg, entries, trainer, finished),
             dataset_source=dataset.source,
             dataset_size={'train': dataset.n_train, 'test': dataset.n_test},
@@ -188,7 +188,7 @@ def run(kind, cfg, out=None, device='cpu', resume='auto', progress=True, dataset
             device_name=device_name(device), wall_time_s=elapsed_time(trainer), env=env)
         summary['session_wall_time_s'] = time.time() - session_start
         summary['resumed_from'] = os.path.relpath(resumed, out) if resumed else None
-        records.write_json(os.path.join(out, 'summary.json'), summary)
+        rundir.write_json(os.path.join(out, 'summary.json'), summary)
         return summary
 
     write_summary(finished=False)
@@ -275,7 +275,7 @@ def interrupted_message(out, trainer, unit='epoch', size=1):
     u = trainer.updater
     at = 'epoch %.2f, iteration %d' % (u.epoch_detail, u.iteration) if unit == 'epoch' \
         else 'update %d' % u.iteration
-    snaps = records.complete_snapshots(out, size)
+    snaps = rundir.complete_snapshots(out, size)
     again = 'the same command' if size == 1 else 'the same mpiexec -n %d command' % size
     then = ('run %s again to resume from %s' % (again, os.path.basename(snaps[-1]))
             if snaps else 'no snapshot yet, so %s starts it again from scratch' % again)
@@ -284,12 +284,12 @@ def interrupted_message(out, trainer, unit='epoch', size=1):
 
 def train_loop(trainer, out, write_summary, unit='epoch', size=1):
     """``trainer.run()``; on Ctrl-C write the summary of the run so far and raise
-    :class:`experiments.records.RunInterrupted` saying where it stopped."""
+    :class:`experiments.rundir.RunInterrupted` saying where it stopped."""
     try:
         trainer.run(show_loop_exception_msg=False)
     except KeyboardInterrupt:
         write_summary(finished=False)
-        raise records.RunInterrupted(interrupted_message(out, trainer, unit, size)) from None
+        raise rundir.RunInterrupted(interrupted_message(out, trainer, unit, size)) from None
 
 
 class WriteSummary(training.Extension):
@@ -314,10 +314,10 @@ def prepare_local(kind, cfg, device, dataset, par):
 
 
 def resume_snapshot(trainer, start, par, log):
-    """Load the newest snapshot every process has complete (:func:`records.load_snapshot`);
+    """Load the newest snapshot every process has complete (:func:`rundir.load_snapshot`);
     its errors are the same on every process, agreed on (printed by rank 0).  Returns its
     path or None."""
-    return par.agree(lambda: records.load_snapshot(trainer, start, log=log, par=par))
+    return par.agree(lambda: rundir.load_snapshot(trainer, start, log=log, par=par))
 
 
 # ---------------------------------------------------------------------- command line
@@ -409,7 +409,7 @@ def main(kind, argv=None):
     par = parallel_lib.create(args.communicator)
     cfg = par.agree(lambda: kind.load_config(
         args.config, args.preset, config_overrides(args) + kind.config_overrides(args)))
-    out = args.out or records.run_dir(cfg)
+    out = args.out or rundir.run_dir(cfg)
     summary = run(kind, cfg, out=out, device=args.device, resume=args.resume,
                   progress=not args.no_progress, force=args.force, par=par)
     if par.writer:

@@ -10,7 +10,7 @@
 
 Each (row, seed) trains into its own run directory; what happens to one that already
 exists (a finished run is kept, an interrupted one resumed, another config refused) is
-:func:`experiments.records.prepare_run`'s decision, the same as for
+:func:`experiments.rundir.prepare_run`'s decision, the same as for
 ``python -m experiments.train``.  Each row prints the time it took.
 """
 import contextlib
@@ -23,7 +23,7 @@ from experiments import config as config_lib
 from experiments import paper
 from experiments import parallel
 from experiments import pipeline
-from experiments import records
+from experiments import rundir, runs as run_records, verdict
 from experiments import train
 
 
@@ -61,11 +61,11 @@ def select_rows(rows, wanted, where):
 
 def train_row(run, cfg, out, args, label):
     """Train one (row, seed) with ``run`` (:func:`experiments.train.run` or
-    :func:`experiments.gan.run`) unless :func:`~experiments.records.prepare_run` keeps
+    :func:`experiments.gan.run`) unless :func:`~experiments.rundir.prepare_run` keeps
     it; prints what it did and how long it took."""
     par = args.parallel
     cfg = par.record(cfg)
-    start = par.decide(lambda: records.prepare_run(cfg, out, 'auto', args.force))
+    start = par.decide(lambda: rundir.prepare_run(cfg, out, 'auto', args.force))
     if start.action == 'skip':
         print('== %s: %s' % (label, start.message), flush=True)
         return start.summary
@@ -73,7 +73,7 @@ def train_row(run, cfg, out, args, label):
     t0 = time.time()
     summary = run(cfg, out=out, device=args.device, progress=not args.no_progress,
                   start=start, par=par)
-    print('== %s: %s in %s' % (label, records.Assessment.recorded(summary).status,
+    print('== %s: %s in %s' % (label, verdict.Assessment.recorded(summary).status,
                                format_duration(time.time() - t0)), flush=True)
     return summary
 
@@ -97,7 +97,7 @@ def run_rows(args, experiment):
         for seed in range(args.seed0, args.seed0 + args.seeds):
             cfg = config_lib.load_config(path, args.preset, pipeline.config_overrides(args) +
                                          ['train.seed=%d' % seed])
-            out = records.run_dir(cfg, root=args.runs_root)
+            out = rundir.run_dir(cfg, root=args.runs_root)
             summaries.append(train_row(train.run, cfg, out, args, '%s %s %s seed %d' % (
                 experiment, args.dataset, row, seed)))
     return summaries
@@ -106,7 +106,7 @@ def run_rows(args, experiment):
 def find_runs(args, experiment, dataset):
     """Our runs of ``experiment`` standing for ``dataset`` (on generated data with
     ``--synthetic``, else on the real data)."""
-    return records.find_runs(args.runs_root, experiment=experiment,
+    return run_records.find_runs(args.runs_root, experiment=experiment,
                              dataset='synthetic' if args.synthetic else dataset,
                              paper_dataset=dataset)
 
@@ -123,7 +123,7 @@ def own_dataset_report(args, experiment):
 
 def densenet_report(args):
     """Best test error of BN-L<depth> and MN-L<depth> beside the paper's (Sec. 4.4)."""
-    if args.dataset in records.OWN_DATASETS:
+    if args.dataset in verdict.OWN_DATASETS:
         return own_dataset_report(args, 'densenet')
     runs = find_runs(args, 'densenet', 'cifar100')
     recs = compare.compare_densenet(runs, args.depth)
@@ -150,7 +150,7 @@ def dcgan(args):
     dirs = []
     for name, path in row_configs('dcgan', 'cifar10'):
         cfg = gan.load_config(path, args.preset, sets + ['train.seed=%d' % args.seed0])
-        out = records.run_dir(cfg, root=args.runs_root)
+        out = rundir.run_dir(cfg, root=args.runs_root)
         dirs.append(out)
         if not args.no_train:
             train_row(gan.run, cfg, out, args, 'dcgan %s seed %d' % (name, args.seed0))
@@ -178,7 +178,7 @@ def table(args):
             'no runs of %s on %s under %s: run `scripts/reproduce.py %s --dataset %s%s` '
             'first' % (experiment, args.dataset, args.runs_root, experiment, args.dataset,
                        ' --synthetic' if args.synthetic else ''))
-    if args.dataset in records.OWN_DATASETS:     # real images, but not the paper's
+    if args.dataset in verdict.OWN_DATASETS:     # real images, but not the paper's
         return own_dataset_report(args, experiment)
     recs = compare.compare(name, runs, paper_dataset=args.dataset)
     print('\n%s on %s: ours beside the paper\'s (%s)' % (

@@ -7,7 +7,7 @@
 Rerunning a command continues its run: a finished run is not trained again (``--force``
 starts it over), an interrupted one resumes from its latest readable snapshot, and a
 run directory holding a run of another config is left alone with the differing keys
-named (:func:`experiments.records.prepare_run`).  Ctrl-C stops with one line saying
+named (:func:`experiments.rundir.prepare_run`).  Ctrl-C stops with one line saying
 where the run stopped; the same command resumes it.
 
 :func:`build` assembles a run (:func:`build_model`,
@@ -44,7 +44,7 @@ from experiments import models
 from experiments import optimizers
 from experiments import parallel as parallel_lib
 from experiments import pipeline
-from experiments import records
+from experiments import metrics, rundir, verdict as verdict_lib
 from experiments.trainer_parts import (ReportMixtureComponents, build_optimizer, mn_links,
                                        place_mn, progress_extensions,
                                        serialize_random_state)
@@ -71,7 +71,7 @@ def resumes_converted(cfg, start):
     at = (cfg.get('mn') or {}).get('convert_at_epoch')
     if not at or start is None or start.action != 'resume' or not start.snapshots:
         return False
-    m = records.SNAPSHOT_RE.match(os.path.basename(start.snapshots[0]))
+    m = rundir.SNAPSHOT_RE.match(os.path.basename(start.snapshots[0]))
     return bool(m) and int(m.group(1)) >= at
 
 
@@ -266,7 +266,7 @@ class Classifier(pipeline.Kind):
     """The classifier as a kind of run (:class:`experiments.pipeline.Kind`): the data of
     ``cfg`` checked against its batch size, then :func:`build` (model, optimizer,
     iterators, trainer); its summary fields are
-    :func:`experiments.records.classifier_fields`, its closing line
+    :func:`experiments.metrics.classifier_fields`, its closing line
     :func:`describe_result`."""
     prog = 'python -m experiments.train'
     description = 'Train one config (one row of a paper table).'
@@ -292,7 +292,7 @@ class Classifier(pipeline.Kind):
         return snapshot_trigger(cfg)
 
     def summary_fields(self, cfg, log, trainer, finished):
-        return records.classifier_fields(cfg, log, finished=finished,
+        return metrics.classifier_fields(cfg, log, finished=finished,
                                          iterations=trainer.updater.iteration,
                                          epochs_done=trainer.updater.epoch)
 
@@ -307,7 +307,7 @@ def run(cfg, out=None, device='cpu', resume='auto', progress=True, dataset=None,
 
     ``resume``: ``'auto'`` (skip a finished run, resume an interrupted one), or a
     snapshot path; ``force``: start over; ``start``: that decision already taken by
-    :func:`experiments.records.prepare_run`.  ``dataset``: an already loaded
+    :func:`experiments.rundir.prepare_run`.  ``dataset``: an already loaded
     :class:`experiments.data.Dataset` (tests).  ``communicator``: a ChainerMN
     communicator name to train data-parallel under ``mpiexec`` (or ``par``, an
     :class:`experiments.parallel.Parallel`); rank 0 writes the run directory.
@@ -324,7 +324,7 @@ def describe_result(summary, out):
     best, final = summary.get('best_test_accuracy'), summary.get('final_test_accuracy')
     acc = ('best test accuracy %.2f%% (final %.2f%%)' % (best, final) if best is not None
            else 'no test evaluation yet')
-    verdict = records.Assessment.recorded(summary)
+    verdict = verdict_lib.Assessment.recorded(summary)
     return '%s, %s in %.0f s; record: %s [%s]' % (
         verdict.status, acc, summary.get('wall_time_s') or 0.0, out, verdict.label())
 

@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import pipeline  # noqa: E402  (imports mixnorm._compat first)
-from experiments import cli, records, reproduce  # noqa: E402
+from experiments import cli, reproduce, rundir  # noqa: E402
 
 
 def parser():
@@ -34,7 +34,7 @@ def parser():
     p.add_argument('--rows', help='comma-separated row names (default: all)')
     p.add_argument('--seeds', type=int, default=1, help='number of seeds per row')
     p.add_argument('--seed0', type=int, default=0, help='first seed')
-    p.add_argument('--runs-root', default=records.RUNS_ROOT)
+    p.add_argument('--runs-root', default=rundir.RUNS_ROOT)
     p.add_argument('--no-train', action='store_true', help='only print the comparison')
     p.add_argument('--inception-weights', metavar='NPZ',
                    help='FID Inception weights (dcgan only; see experiments/fid.py)')

@@ -12,7 +12,7 @@ import time
 import numpy
 import pytest
 
-from experiments import cli, config as C, pipeline, records
+from experiments import cli, config as C, pipeline, rundir, runs, verdict as verdict_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BN2 = os.path.join(C.CONFIG_ROOT, 'table2', 'cifar10', 'BN-2.yaml')
@@ -113,15 +113,15 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
     assert len(lines) == 1 and lines[0].startswith('interrupted at epoch '), stderr
     assert ('the run is in %s: run the same command again to resume from snapshot_epoch_'
             % out) in lines[0]
-    verdict = records.assess(out)
-    assert verdict.status == records.INTERRUPTED
-    start = records.prepare_run(train_config(out), out)
+    verdict = runs.assess(out)
+    assert verdict.status == verdict_lib.INTERRUPTED
+    start = rundir.prepare_run(train_config(out), out)
     assert start.action == 'resume' and os.path.basename(start.snapshots[0]) in lines[0]
 
 
 def train_config(out):
     """The config a rerun of the interrupted command resolves to (its config.yaml)."""
-    return records.stored_config(out)
+    return rundir.stored_config(out)
 
 
 def test_the_demo_shows_mn_standardizing_each_mode(capsys, monkeypatch):
@@ -167,7 +167,7 @@ def test_entry_point_keeps_tracebacks_for_bugs_and_exits_130_on_ctrl_c(capsys):
 
     @cli.entry_point
     def stopped(argv=None):
-        raise records.RunInterrupted('interrupted at epoch 3')
+        raise rundir.RunInterrupted('interrupted at epoch 3')
 
     with pytest.raises(ZeroDivisionError):
         bug()

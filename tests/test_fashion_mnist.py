@@ -1,7 +1,7 @@
 """Fashion-MNIST through the whole kit: the models take its one channel, a run on small
 IDX files records both test accuracies (inference and batch statistics) and says it is
 not the paper's data, BN and MN runs trained the same way are comparable with each
-other (``records.assess``) and ``compare.compare_pairs`` measures the paper's
+other (``run_records.assess``) and ``compare.compare_pairs`` measures the paper's
 acceleration on them; one smoke row trains on the real files where the Debian package
 is installed."""
 import copy
@@ -15,7 +15,8 @@ import pytest
 
 import chainer
 
-from experiments import compare, config as C, data, models, pipeline, records, reproduce, train
+from experiments import (compare, config as C, data, metrics as metrics_lib, models, pipeline,
+                         reproduce, rundir, runs as run_records, train, verdict)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T2F = os.path.join(C.CONFIG_ROOT, 'table2', 'fashion-mnist')
@@ -61,7 +62,7 @@ def fm_runs(idx_dir, tmp_path_factory):
     out = {}
     for row in ('BN-2', 'MN-2'):
         cfg = fm_cfg(row, idx_dir)
-        out[row] = records.run_dir(cfg, root=str(root))
+        out[row] = rundir.run_dir(cfg, root=str(root))
         train.run(cfg, out=out[row], progress=False)
     return root, out
 
@@ -172,16 +173,16 @@ def test_a_run_on_idx_files_records_both_accuracies_and_its_data(fm_runs, idx_di
 
 def test_assess_keeps_the_two_comparabilities_apart(fm_runs):
     _, runs = fm_runs
-    bn, mn = (records.assess(runs[r]) for r in ('BN-2', 'MN-2'))
+    bn, mn = (run_records.assess(runs[r]) for r in ('BN-2', 'MN-2'))
     assert not bn.comparable and not mn.comparable          # to the paper
     assert bn.comparable_with(mn) and mn.comparable_with(bn)  # with each other
     assert bn.dataset == 'fashion-mnist'
     assert 'NOT COMPARABLE' in bn.label() and 'Fashion-MNIST' in bn.label()
     # a run trained another way (longer) is in another cohort, and says where it differs
-    other = records.Run(runs['MN-2'])
+    other = run_records.Run(runs['MN-2'])
     other.config = copy.deepcopy(other.config)
     other.config['train']['epochs'] = 3
-    v = records.assess(other)
+    v = run_records.assess(other)
     assert not v.comparable_with(bn)
     assert [k for k, _, _ in v.cohort_differences(bn)] == ['train.epochs']
 
@@ -190,23 +191,23 @@ def _record(row, dataset, presets=(), sets=(), size=(50000, 10000), log=None,
             finished=True):
     folder = {'cifar10': T2C, 'fashion-mnist': T2F}[dataset]
     cfg = C.load_config(os.path.join(folder, row + '.yaml'), list(presets), list(sets))
-    log = log or [{'epoch': 1, 'iteration': 10, records.TEST_ACC: 0.5}]
-    summary = records.summarize(cfg, log, records.classifier_fields(cfg, log,
+    log = log or [{'epoch': 1, 'iteration': 10, metrics_lib.TEST_ACC: 0.5}]
+    summary = run_records.summarize(cfg, log, metrics_lib.classifier_fields(cfg, log,
                                                                     finished=finished),
                                 dataset_source='test', backend='numpy',
                                 device_name='cpu', wall_time_s=1.0, env={},
                                 dataset_size={'train': size[0], 'test': size[1]})
-    return records.Run.from_record(cfg, log, summary)
+    return run_records.Run.from_record(cfg, log, summary)
 
 
 def test_paper_runs_are_comparable_to_the_paper_and_with_each_other():
-    bn, mn = records.assess(_record('BN-2', 'cifar10')), records.assess(
+    bn, mn = run_records.assess(_record('BN-2', 'cifar10')), run_records.assess(
         _record('MN-2', 'cifar10'))
     assert bn.comparable and mn.comparable and bn.comparable_with(mn)
     # the same rows on Fashion-MNIST: with each other, never with the CIFAR runs
-    fbn = records.assess(_record('BN-2', 'fashion-mnist', ['fmnist-cpu'],
+    fbn = run_records.assess(_record('BN-2', 'fashion-mnist', ['fmnist-cpu'],
                                  size=(2048, 512)))
-    fmn = records.assess(_record('MN-4', 'fashion-mnist', ['fmnist-cpu'],
+    fmn = run_records.assess(_record('MN-4', 'fashion-mnist', ['fmnist-cpu'],
                                  size=(2048, 512)))
     assert fbn.comparable_with(fmn) and not fbn.comparable_with(bn)
     assert not fbn.comparable and any('preset fmnist-cpu' in r or 'subset' in r
@@ -216,14 +217,14 @@ def test_paper_runs_are_comparable_to_the_paper_and_with_each_other():
                dict(presets=['fmnist-cpu'], sets=['data.flip=false'], size=(2048, 512)),
                dict(presets=['fmnist-cpu'], sets=['data.subset=[1024, 512]'],
                     size=(1024, 512))):
-        assert not records.assess(_record('MN-2', 'fashion-mnist', **kw)).comparable_with(
+        assert not run_records.assess(_record('MN-2', 'fashion-mnist', **kw)).comparable_with(
             fbn), kw
 
 
 # -------------------------------------------------------------------- comparison
 
 def _log(accs, batch_accs, per_epoch=4):
-    return [{'epoch': e, 'iteration': per_epoch * e, records.TEST_ACC: a,
+    return [{'epoch': e, 'iteration': per_epoch * e, metrics_lib.TEST_ACC: a,
              compare.BATCH_ACC: b} for e, (a, b) in enumerate(zip(accs, batch_accs), 1)]
 
 
@@ -253,7 +254,7 @@ def test_compare_pairs_measures_the_acceleration_on_both_accuracies():
     # a run still training is counted, and its pair says so
     running = _record('MN-2', 'fashion-mnist', ['fmnist-cpu'], ['train.seed=2'],
                       size=(2048, 512), log=_log([0.5], [0.6]), finished=False)
-    assert records.assess(running).status != records.FINISHED
+    assert run_records.assess(running).status != verdict.FINISHED
     for r in compare.compare_pairs(runs + [running], 'fashion-mnist'):
         assert r['status'].startswith('NOT COMPARABLE (')
         assert r['status'].endswith('; 1 of 5 runs not finished'), r['status']
@@ -387,4 +388,4 @@ def test_compare_script_keeps_fashion_mnist_apart_from_the_paper(fm_runs, capsys
     out = capsys.readouterr().out
     assert 'BN vs MN on Fashion-MNIST' in out and 'NOT COMPARABLE' in out
     assert "Table 2 (the paper's reported numbers" not in out   # no paper table for them
-    assert compare.compare('table2', records.find_runs(str(root))) == []
+    assert compare.compare('table2', run_records.find_runs(str(root))) == []

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import mpi_util
-from experiments import records
+from experiments import rundir
 
 pytestmark = mpi_util.needs_mpi
 
@@ -252,7 +252,7 @@ def test_kill_9_of_either_rank_ends_the_job_and_resumes_identically(tmp_path, re
     assert rc != 0 and took < LIMIT_S, (rc, took, err)
     # summary.json is rewritten right after each snapshot: a kill falls at most between
     summary = json.load(open(os.path.join(out, 'summary.json')))
-    newest = int(os.path.basename(records.snapshots(out)[-1]).rsplit('_', 1)[1])
+    newest = int(os.path.basename(rundir.snapshots(out)[-1]).rsplit('_', 1)[1])
     assert summary['epochs_done'] >= newest - 1 >= 1 and not summary['finished']
     resume_and_check(out, reference[0])
 

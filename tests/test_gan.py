@@ -14,7 +14,7 @@ import yaml
 import mixnorm
 from experiments import config as C
 from experiments import data as data_lib
-from experiments import compare, fid, figures, gan, parallel, records
+from experiments import compare, fid, figures, gan, metrics, parallel, runs as run_records, verdict
 from experiments.figures import selection
 from experiments.figures.curves import windowed_std
 from experiments.models import dcgan
@@ -166,7 +166,7 @@ def test_smoke_records_are_complete_and_labelled(runs):
             int(np.argmin(fids))]
         assert s['steps_to_paper_bn_lowest_fid'] is None     # meaningless without FID
         assert 'synthetic' in s['dataset_source'] and s['seed'] == 0
-        assert records.Assessment.recorded(s) == records.assess(path)
+        assert verdict.Assessment.recorded(s) == run_records.assess(path)
         assert s['backend'] == 'numpy' and s['wall_time_s'] > 0 and 'git_commit' in s
         for step in (4, 8):
             from PIL import Image
@@ -219,7 +219,7 @@ def test_compare_dcgan_prints_the_papers_numbers(runs, capsys):
     assert rows['DCGAN-MN lowest FID']['ours'] == mn['lowest_fid']
     reach = rows['DCGAN-MN first evaluation with FID <= BN lowest']
     assert reach['paper'] == 25000
-    assert reach['ours'] == records.steps_to_fid(records.fid_curve(
+    assert reach['ours'] == metrics.steps_to_fid(metrics.fid_curve(
         json.load(open(os.path.join(r['DCGAN-MN'][1], 'log.json')))), bn['lowest_fid'])
     if reach['ours'] is not None:
         assert rows['step reduction (%) (evaluations)']['ours'] == pytest.approx(
@@ -230,11 +230,11 @@ def test_compare_dcgan_prints_the_papers_numbers(runs, capsys):
 
 def test_steps_to_fid_helpers():
     curve = [(10000, 60.0), (20000, 45.0), (30000, 35.0), (40000, 30.0)]
-    assert records.steps_to_fid(curve, 37.56) == 30000
-    assert records.interpolated_steps_to_fid(curve, 37.56) == pytest.approx(27440)
-    assert records.steps_to_fid(curve, 10) is None
-    assert records.interpolated_steps_to_fid(curve, 10) is None
-    assert records.interpolated_steps_to_fid(curve, 70) == 10000
+    assert metrics.steps_to_fid(curve, 37.56) == 30000
+    assert metrics.interpolated_steps_to_fid(curve, 37.56) == pytest.approx(27440)
+    assert metrics.steps_to_fid(curve, 10) is None
+    assert metrics.interpolated_steps_to_fid(curve, 10) is None
+    assert metrics.interpolated_steps_to_fid(curve, 70) == 10000
     np.testing.assert_allclose(windowed_std([1, 2, 4, 8], 3),       # Figure 6's band
                                [np.std([1, 2]), np.std([1, 2, 4]), np.std([2, 4, 8]),
                                 np.std([4, 8])])
@@ -261,7 +261,7 @@ def test_figures_of_given_runs_are_written_and_labelled(runs, tmp_path):
     panels = json.load(open(os.path.join(str(tmp_path), 'fig7.json')))['panels']
     assert 'random-weights' in panels['(b) DCGAN-MN']['what']
     assert panels['(a) DCGAN-BN']['image'] == gan.sample_path(bn, min(
-        (v, s) for s, v in records.fid_curve(json.load(open(os.path.join(bn, 'log.json')))))[1])
+        (v, s) for s, v in metrics.fid_curve(json.load(open(os.path.join(bn, 'log.json')))))[1])
     other = tmp_path / 'table2_run'
     other.mkdir()
     (other / 'config.yaml').write_text(yaml.safe_dump({'experiment': 'table2'}))
@@ -276,7 +276,7 @@ def test_figures_of_given_runs_are_written_and_labelled(runs, tmp_path):
 
 
 def test_gan_runs_are_comparable_only_with_the_standard_fid(runs):
-    """The figures ask records.assess; its FID reasons follow the network a run used."""
+    """The figures ask run_records.assess; its FID reasons follow the network a run used."""
     _, r = runs
     run = selection.read_runs(r['DCGAN-MN'][1], 'dcgan')[0]
     comparable, reasons = selection.comparability(run)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import mpi_util
-from experiments import cli, config as C, parallel, records
+from experiments import cli, config as C, parallel, rundir
 from mixnorm._collectives import AgreedError, agree
 from mpi_util import needs_mpi
 
@@ -199,7 +199,7 @@ def test_agree_raises_the_same_error_on_every_rank_naming_the_first_that_failed(
         if rank == 2:
             raise OSError(errno.ENOSPC, 'No space left on device')
         if rank == 1:
-            raise records.RunError('the data of rank 1 is missing')
+            raise rundir.RunError('the data of rank 1 is missing')
         return 'fine'
 
     ranks = ThreadRanks(3)
@@ -210,7 +210,7 @@ def test_agree_raises_the_same_error_on_every_rank_naming_the_first_that_failed(
         'rank 2: [Errno 28] No space left on device'}
     assert [e.rank for e in got] == [1, 1, 1]           # rank 1 reports it
     # each rank that failed keeps its own error, with its traceback
-    assert got[0].__cause__ is None and isinstance(got[1].__cause__, records.RunError)
+    assert got[0].__cause__ is None and isinstance(got[1].__cause__, rundir.RunError)
     assert got[2].__cause__.errno == errno.ENOSPC and got[2].__cause__.__traceback__
     assert ranks.calls == 2
 
@@ -290,7 +290,7 @@ def test_a_failure_of_one_process_is_printed_by_it_and_ends_it_at_once(monkeypat
         raise OSError(errno.ENOSPC, 'No space left on device')
 
     def ctrl_c(rank):
-        raise records.RunInterrupted('interrupted at epoch 2.00')
+        raise rundir.RunInterrupted('interrupted at epoch 2.00')
 
     def bug(rank):
         raise ZeroDivisionError('a bug')

@@ -14,7 +14,7 @@ from mixnorm import functions as F
 from mixnorm import gmm as G
 from mixnorm import settings as S
 from mixnorm.distributed import MultiNodeMixtureNormalization
-from experiments import config as C, records, train
+from experiments import config as C, rundir, train, verdict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MN2 = os.path.join(C.CONFIG_ROOT, 'table2', 'cifar10', 'MN-2.yaml')
@@ -200,18 +200,18 @@ def test_overriding_a_neutral_key_keeps_a_run_comparable(key):
     value = section[1]
     text = 'null' if value is None else "''" if value == '' else str(value).lower()
     cfg = C.load_config(MN2, overrides=['%s=%s' % (key, text)])
-    assert not records._setting_reasons(cfg, cfg['_sources'])
+    assert not verdict._setting_reasons(cfg, cfg['_sources'])
 
 
 @pytest.mark.parametrize('override', ['mn.decay=0.5', 'mn.n_components=2', 'data.augment=false'])
 def test_overriding_a_key_without_a_flag_makes_a_run_not_the_rows(override):
     cfg = C.load_config(MN2, overrides=[override])
-    assert records._setting_reasons(cfg, cfg['_sources']) == [
+    assert verdict._setting_reasons(cfg, cfg['_sources']) == [
         "--set %s (not the row's setting)" % override]
 
 
 def test_resume_ignores_exactly_the_resume_free_keys():
-    assert set(records.RESUME_IGNORED) == set(C.keys_flagged(C.RESUME_FREE))
+    assert set(rundir.RESUME_IGNORED) == set(C.keys_flagged(C.RESUME_FREE))
     assert set(C.keys_flagged(C.RESUME_FREE)) <= set(C.keys_flagged(C.NEUTRAL))
     assert not set(C.keys_flagged(C.NEUTRAL)) & set(C.keys_flagged(C.JUDGED))
 

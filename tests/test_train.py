@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments import compare, config as C, parallel, records, train
+from experiments import compare, config as C, parallel, rundir, runs as run_records, train
 
 T2 = os.path.join(C.CONFIG_ROOT, 'table2', 'cifar10')
 TINY = ['data.dataset=synthetic', 'data.subset=[64, 32]', 'data.batch_size=16',
@@ -27,7 +27,7 @@ def bn_mn_runs(tmp_path_factory):
     out = {}
     for row in ('BN-2', 'MN-2'):
         cfg = tiny_cfg(row)
-        out[row] = (cfg, records.run_dir(cfg, root=str(root)))
+        out[row] = (cfg, rundir.run_dir(cfg, root=str(root)))
         train.run(cfg, out=out[row][1], progress=False)
     return root, out
 
@@ -91,7 +91,7 @@ def test_resume_continues_bit_for_bit(bn_mn_runs, tmp_path, row):
 
 def test_compare_marks_smoke_runs(bn_mn_runs):
     root, _ = bn_mn_runs
-    runs = records.find_runs(str(root), experiment='table2')
+    runs = run_records.find_runs(str(root), experiment='table2')
     recs = compare.compare('table2', runs, paper_dataset='cifar10')
     assert {r['row'] for r in recs} == {'BN-2', 'MN-2'}
     assert all(r['status'].startswith('NOT COMPARABLE') for r in recs)
@@ -220,7 +220,7 @@ def test_a_truncated_snapshot_falls_back_to_the_previous_one(bn_mn_runs, tmp_pat
     assert a[1]['validation/main/loss'] == b[1]['validation/main/loss']
     # asked for by name, a truncated snapshot is an error, not a fallback
     open(snap, 'wb').write(data[:len(data) // 2])
-    with pytest.raises(records.RunError, match='truncated or corrupted'):
+    with pytest.raises(rundir.RunError, match='truncated or corrupted'):
         train.run(cfg, out=run, resume=snap, progress=False)
 
 
@@ -257,8 +257,8 @@ def test_force_starts_over_with_the_new_config(bn_mn_runs, tmp_path, capsys):
         ['snapshot_epoch_1']
     assert len(json.load(open(os.path.join(run, 'log.json')))) == 1
     recorded = parallel.create(None).record(new)         # + world_size, communicator, ...
-    assert C.differences(records.stored_config(run), recorded) == []
-    assert records.stored_config(run)['world_size'] == 1 and s['world_size'] == 1
+    assert C.differences(rundir.stored_config(run), recorded) == []
+    assert rundir.stored_config(run)['world_size'] == 1 and s['world_size'] == 1
 
 
 def test_no_nan_accuracy_before_the_first_evaluation(tmp_path):
@@ -307,7 +307,7 @@ def test_a_gan_config_is_refused_by_the_classifier_trainer(tmp_path):
 
 def test_compare_shows_no_spread_for_a_single_seed(bn_mn_runs):
     root, _ = bn_mn_runs
-    recs = compare.compare('table2', records.find_runs(str(root)), paper_dataset='cifar10')
+    recs = compare.compare('table2', run_records.find_runs(str(root)), paper_dataset='cifar10')
     assert recs and all(r['n'] == 1 and r['std'] is None for r in recs)
     lines = compare.to_markdown(recs).splitlines()
     col = [c.strip() for c in lines[0].split('|')].index('±')
@@ -332,9 +332,9 @@ def test_a_bn_model_converted_mid_run_trains_on_as_mn_and_resumes(bn_mn_runs, tm
     resumed = str(tmp_path / 'resumed')
     os.makedirs(resumed)
     shutil.copy(os.path.join(out, 'snapshot_epoch_1'), resumed)
-    start = records.prepare_run(cfg, resumed)
+    start = rundir.prepare_run(cfg, resumed)
     assert train.resumes_converted(cfg, start)
-    assert not train.resumes_converted(cfg, records.prepare_run(cfg, str(tmp_path / 'new')))
+    assert not train.resumes_converted(cfg, rundir.prepare_run(cfg, str(tmp_path / 'new')))
     model = train.build_model(cfg, 10, converted=True).predictor
     assert all(isinstance(getattr(model, 'conv%d' % i).bn, mixnorm.MixtureNormalization)
                for i in range(1, 5))

@@ -24,7 +24,7 @@ import mixnorm._compat  # noqa: F401
 
 import chainer
 
-from experiments import cli, parallel, records
+from experiments import cli, parallel, rundir
 
 
 @cli.entry_point
@@ -35,16 +35,16 @@ def main(argv=None):
     par = parallel.create('naive')
     me = par.rank == rank
     if mode == 'local':
-        par.agree(lambda: _fail(me, records.RunError('the data of rank %d is missing'
+        par.agree(lambda: _fail(me, rundir.RunError('the data of rank %d is missing'
                                                      % par.rank)))
     elif mode == 'fullsnapshot':
         snapshot = par.snapshot('snapshot_epoch_6', target=chainer.Link(),
                                 writer=FullDisk(0 if me else 1.0))
         snapshot(types.SimpleNamespace(out='.'))
     elif mode == 'everywhere':
-        par.agree(lambda: _fail(True, records.RunError('the same mistake on every process')))
+        par.agree(lambda: _fail(True, rundir.RunError('the same mistake on every process')))
     elif me and mode == 'user':
-        raise records.RunError('snapshot_epoch_6.rank%d cannot be written' % par.rank)
+        raise rundir.RunError('snapshot_epoch_6.rank%d cannot be written' % par.rank)
     elif me and mode == 'bug':
         raise ZeroDivisionError('a bug on rank %d' % par.rank)
     elif me and mode == 'sigint':
