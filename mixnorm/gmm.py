@@ -593,13 +593,17 @@ def _last_round_with_moments(frame, dist, local, closest, labels, k):
     xp = get_array_module(dist)
     trials = dist.shape[0]
     K = k + 1
-    parts, partitions = [_arrays.to_host(local)], []
+    partitions = []
     for j in range(trials):
         pick = xp.asarray((numpy.arange(trials) != j).astype(numpy.float64))   # argmin j
-        _, lab = kernels.kpp_update(dist, pick, closest.copy(), labels.copy(), k)
-        partitions.append(lab)
-        parts.append(_moments(frame, _one_hot(lab, K, frame.za.dtype), reduce=False).ravel())
-    table = frame.reducer.allgather(numpy.concatenate(parts))
+        partitions.append(kernels.kpp_update(dist, pick, closest.copy(), labels.copy(),
+                                             k)[1])
+    hard = [_one_hot(lab, K, frame.za.dtype) for lab in partitions]
+    if frame.compact:
+        parts = [local] + [_moments(frame, h, reduce=False) for h in hard]
+    else:                           # on a device: the candidates' moments in one copy
+        parts = _arrays.fetch(xp, [local] + [h @ frame.za for h in hard], numpy.float64)
+    table = frame.reducer.allgather(numpy.concatenate([numpy.ravel(a) for a in parts]))
     best = int(numpy.argmin(table[:, :trials].sum(axis=0)))
     size = K * (2 * frame.d + 2)
     chosen = table[:, trials + best * size:trials + (best + 1) * size]
