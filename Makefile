@@ -1,7 +1,15 @@
 # One environment, two commands (see README.md):
 #   make reproduce   set up .venv and run the main job
-#   make test        set up .venv and run the test suite
+#   make test        set up .venv and run the fast tier of the test suite
 #   make test PYTHON=python3.12 VENV=.venv-3.12   the same under another interpreter
+#   make test-all    CI (.ci/run): both tiers under every Python 3.10-3.13 found, and
+#                    the GPU machine's rehearsal
+# The tiers (tests/conftest.py, SLOW): the slow one is the MPI fault suite and the tests
+# that train runs end to end, launch mpiexec or a script, or build the deep models.
+# `make test` leaves it out (-m "not slow"): on 2 idle cores it ends in about 1.5 min
+# after the venv's minute, and --check-modules fails it unless its tests run code of
+# every module of mixnorm/, experiments/ and scripts/.  TIER=all runs both tiers with
+# this one Python, TIER=slow the slow tier alone.
 # Chainer 7.8.1 is an sdist whose setup.py imports pkg_resources, and so does every
 # `import chainer`: the venv needs a setuptools that still ships pkg_resources, and the
 # build --no-build-isolation (an isolated build gets the newest setuptools, which has
@@ -17,6 +25,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mixnorm-installed
 PYTEST_ARGS ?=
+TIER   ?= fast
+ifeq ($(filter $(TIER),fast slow all),)
+$(error TIER=$(TIER): choose TIER=fast (make test), TIER=slow or TIER=all)
+endif
+TIER_ARGS_fast := -m "not slow" --check-modules
+TIER_ARGS_slow := -m slow
+TIER_ARGS_all  := --check-modules
 # `make reproduce` trains BN-2 and MN-2 of Table 2 (CIFAR-10, smoke preset) and prints
 # them beside the paper's numbers.  CIFAR-10 comes from DATA_DIR, Chainer's cache, or a
 # download.  Offline, on real images: `make reproduce DATA=fashion-mnist` (Fashion-MNIST
@@ -58,7 +73,7 @@ GPU_DOWNLOAD = $(PY) -m pip download -q --no-deps --only-binary=:all: \
 	$(foreach p,$(GPU_PLATFORMS),--platform $(p))
 GPU_WHEELS_MAX_MB ?= 24
 
-.PHONY: venv test reproduce demo bench clean gpu-wheels gpu-rehearsal
+.PHONY: venv test test-all reproduce demo bench clean gpu-wheels gpu-rehearsal
 
 venv: $(STAMP)
 
@@ -70,7 +85,10 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(TIER_ARGS_$(TIER)) $(PYTEST_ARGS)
+
+test-all:
+	.ci/run
 
 reproduce: venv
 	$(PY) scripts/reproduce.py $(REPRO_ARGS)
