@@ -39,7 +39,7 @@ Per-point quantities are component-major, (K, n), so the column log-softmax runs
 contiguous memory.  On NumPy (and with a reducer) the (K, 2d+2) moments go to the host
 and the small parameter arithmetic (M-step, pruning, sorting, density coefficients)
 runs there in float64.  A fit of one process on a GPU keeps all of it on the device
-(the kernels of :mod:`mixnorm.kernels`, :func:`_fit_on_device`): about 16 launches
+(the kernels of :mod:`mixnorm.kernels`, :func:`_fit_on_device`): 15 launches
 for K = 3 and "EM iter." 2, and one small copy to the host at its end, where the
 status of the count rule and of the moments' finiteness is read; only a component
 that fails the count rule sends the merging rounds to the host.  The random draws
@@ -1005,10 +1005,12 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
     which also measures the distances to the first seed, in partial sums of a warp per
     point); per K-means++ round one
     kernel (:func:`~mixnorm.kernels.kpp_round`: the previous winner, the candidates and
-    their distances) and one running sum; the seeds' partition
-    (:func:`~mixnorm.kernels.kpp_onehot`); per pass the moments (one product) and the
-    M-step with the next pass's coefficients (:func:`~mixnorm.kernels.fit_coef`), the
-    log-densities (one product) and their column log-softmax; the last M-step, count
+    their distances; in the last round also the partition each candidate would give)
+    and one running sum; the moments of those partitions (one product), of which the
+    first M-step takes the winner's; per pass the M-step with the next pass's
+    coefficients (:func:`~mixnorm.kernels.fit_coef`), the log-densities (one product),
+    their column log-softmax (:func:`~mixnorm.kernels.fit_log_softmax`) and the moments
+    (one product); the last M-step, count
     rule, sorting and data units (:func:`~mixnorm.kernels.fit_finish`), and with
     ``want_resp`` the posteriors under the result.  Then one copy of a small status
     to the host: non-finite moments (returns None), a component that fails the count
@@ -1034,17 +1036,19 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
         mins = xp.empty(((K - 1) * trials, n), dtype=work)
         prev = first_d.reshape(1, n * lanes)          # the first seed's, lanes per point
         cum = xp.cumsum(prev, axis=1, dtype=xp.float64)
+        # the last round also writes the partition each of its candidates would give
+        hard = xp.empty((trials * K, n), dtype=work)
         for k in range(1, K):
             rows = mins[(k - 1) * trials:k * trials]
+            chain = (first_d.reshape(-1), lanes, mins, best, k, hard) if k == K - 1 \
+                else None
             kernels.kpp_round(za, prev, cum, u[k - 1], rows, best[k - 1:k],
-                              lanes if k == 1 else 1)
+                              lanes if k == 1 else 1, chain)
             cum = xp.cumsum(rows, axis=1, dtype=xp.float64)
             prev = rows
-        resp = kernels.kpp_onehot(first_d.reshape(-1), mins, best, cum,
-                                  xp.empty((K, n), dtype=work), lanes)
-        moments = resp @ za
+        moments, select = hard @ za, cum   # every candidate's; the M-step picks the winner's
     else:
-        moments = za.sum(axis=0, keepdims=True)
+        moments, select = za.sum(axis=0, keepdims=True), None
     tiny = 10 * numpy.finfo(work).eps
     coef = xp.empty((K, 2 * d + 2), dtype=work)
     part = xp.empty((K, kernels.LANES), dtype=xp.float64)
@@ -1053,22 +1057,25 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
     passes = [1] * max(kmeans_iters - 1, 0) + [0] * em_iters
     for i, mode in enumerate(passes):
         kernels.fit_coef(moments, n, scale, eps, tiny, _LOG_2PI, mode, coef, part,
-                         status[:KL].reshape(K, kernels.LANES), i == 0)
+                         status[:KL].reshape(K, kernels.LANES), i == 0, select)
         lp = coef @ za.T
         resp = (kernels.argmin_onehot if mode else kernels.fit_log_softmax)(
             lp, part, xp.empty((K, n), dtype=work))
-        moments = resp @ za
+        moments, select = resp @ za, None
     weights = xp.empty((K,), dtype=work)
     means = xp.empty((K, d), dtype=work)
     variances = xp.empty((K, d), dtype=work)
     kernels.fit_finish(moments, n, scale, stats, eps, tiny, _LOG_2PI, min_weight, min_count,
-                       coef, part, weights, means, variances, status, not passes)
+                       coef, part, weights, means, variances, status, not passes, select)
     resp = kernels.fit_log_softmax(coef @ za.T, part, xp.empty((K, n), dtype=work)) \
         if want_resp else None
     flags = _arrays.to_host(status)             # the fit's one synchronisation
     if flags[:KL].any():
         return None
     if not flags[2 * KL:].all():
+        if select is not None:                  # no pass after the seeds' partition
+            j = int(numpy.argmin(_arrays.to_host(select[:, -1])))
+            moments = moments[j * K:(j + 1) * K]
         return _count_rule_on_host(za, stats, scale, moments, n, eps, min_weight,
                                    min_count, want_resp)
     return GMM(weights, means, variances), resp, float(flags[KL:2 * KL].max())

@@ -1426,10 +1426,12 @@ SOURCES.update({'mn_shift': _MN_SHIFT_SRC, 'mn_stack': _MN_STACK_SRC,
 #
 # A fit of K components to n points in R^d, with no host synchronisation until it
 # ends: the fitting frame (fit_frame_stats, fit_augment), the K-means++ rounds
-# (kpp_round, with a scan per round for the sampling), the seeds' partition
-# (kpp_onehot), the M-step and the density or distance coefficients of the next pass
-# (fit_coef), the nearest-centre partition of a Lloyd step (argmin_onehot), and the
-# last M-step with the count rule, sorting, data units and status (fit_finish).
+# (kpp_round, with a scan per round for the sampling; the last one also writes the
+# partition each of its candidates would give), the M-step and the density or
+# distance coefficients of the next pass (fit_coef, completed by lane sums in
+# fit_log_softmax or argmin_onehot: the nearest-centre partition of a Lloyd step),
+# and the last M-step with the count rule, sorting, data units and status
+# (fit_finish).
 # Matrix products (moments, log-densities) go to cuBLAS.  Every kernel is thread-per-
 # item without synchronisation; its twin is what runs elsewhere.
 # ============================================================================
@@ -1584,7 +1586,7 @@ def _closest_xp(xp, mins, lanes):
     return mins if lanes == 1 else mins.reshape(-1, lanes).sum(axis=1)
 
 
-def kpp_round_xp(za, mins_prev, cum_prev, u, mins, best, lanes=1):
+def kpp_round_xp(za, mins_prev, cum_prev, u, mins, best, lanes=1, chain=None):
     """Twin of the K-means++ round kernel.  The previous round left its trials'
     nearest-seed distances ``mins_prev`` (r, n * lanes) (``lanes`` partial sums per
     point after the first seed: :func:`fit_augment`) and their running sums
@@ -1593,7 +1595,15 @@ def kpp_round_xp(za, mins_prev, cum_prev, u, mins, best, lanes=1):
     uniform draws ``u`` (trials,) the candidates are drawn from the winner's potential
     (inverse CDF over the points, as :func:`sample_candidates_xp`), and ``mins``
     (trials, n) receives each point's distance to its nearest seed if that candidate
-    were kept."""
+    were kept.
+
+    The last round (``chain = (first, lanes0, mins_all, best_all, k, out)``) also
+    writes into ``out`` (trials K, n) the hard responsibilities of the seeds' partition
+    that keeping each candidate gives (rows ``j K`` to ``j K + K - 1`` for candidate
+    ``j``), from ``first`` (the first seed's distances,
+    ``lanes0`` partial sums per point), the rounds' ``mins_all`` ((K-1) trials, n) and
+    their winners ``best_all`` (this round is ``k``): a point takes label k when the
+    candidate is strictly closer than the seeds before it."""
     xp = get_array_module(za)
     n = za.shape[0]
     d = (za.shape[1] - 2) // 2
@@ -1604,8 +1614,22 @@ def kpp_round_xp(za, mins_prev, cum_prev, u, mins, best, lanes=1):
     coef = xp.concatenate([-2 * z[cand], xp.square(z[cand]).sum(axis=1)[:, None]], axis=1)
     dist = coef[:, :d] @ z.T + xp.square(z).sum(axis=1)[None, :] + coef[:, d:]
     xp.maximum(dist, 0, out=dist)
-    xp.minimum(dist, _closest_xp(xp, mins_prev[b], lanes)[None, :], out=mins)
+    prev = _closest_xp(xp, mins_prev[b], lanes)
+    xp.minimum(dist, prev[None, :], out=mins)
     best[...] = b
+    if chain is not None:
+        first, lanes0, mins_all, best_all, k, out = chain
+        trials = mins.shape[0]
+        K = out.shape[0] // trials
+        label = xp.zeros((n,), dtype=xp.int64)
+        closest = _closest_xp(xp, first, lanes0)
+        for r in range(1, k):
+            row = mins_all[(r - 1) * trials + (b if r == k - 1 else best_all[r])]
+            label[row < closest] = r
+            closest = row
+        for j in range(trials):
+            lab = xp.where(mins[j] < prev, k, label)
+            out[j * K:(j + 1) * K] = lab[None, :] == xp.arange(K)[:, None]
     return mins, best
 
 
@@ -1613,7 +1637,9 @@ _KPP_ROUND_SRC = r'''
 extern "C" __global__ void kpp_round(const T* za, long long n, long long d,
                                      const T* mins_prev, const double* cum_prev,
                                      int rows_prev, int lanes, const double* u, int trials,
-                                     T* mins, long long* best_out) {
+                                     T* mins, long long* best_out, const T* first,
+                                     int lanes0, const T* mins_all,
+                                     const long long* best_all, int k, int K, T* out) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)trials * n) return;
     long long t = idx / n, i = idx - t * n;
@@ -1640,96 +1666,49 @@ extern "C" __global__ void kpp_round(const T* za, long long n, long long d,
     const T* mp = mins_prev + best * len + i * lanes;
     T prev = 0;
     for (int l = 0; l < lanes; ++l) prev += mp[l];
-    mins[t * n + i] = dist < prev ? dist : prev;
+    T m = dist < prev ? dist : prev;
+    mins[t * n + i] = m;
     if (idx == 0) best_out[0] = best;
+    if (K > 0) {       // the last round: the partition each candidate would give
+        T closest = 0;
+        for (int l = 0; l < lanes0; ++l) closest += first[i * lanes0 + l];
+        int label = 0;
+        for (int r = 1; r < k; ++r) {
+            long long b = r == k - 1 ? best : best_all[r];
+            T cur = mins_all[((long long)(r - 1) * trials + b) * n + i];
+            if (cur < closest) label = r;
+            closest = cur;
+        }
+        if (m < prev) label = k;
+        for (int c = 0; c < K; ++c)
+            out[(t * K + c) * n + i] = c == label ? (T)1 : (T)0;
+    }
 }
 '''
 
 
 @_dispatch(kpp_round_xp)
-def kpp_round(za, mins_prev, cum_prev, u, mins, best, lanes=1):
+def kpp_round(za, mins_prev, cum_prev, u, mins, best, lanes=1, chain=None):
     """One greedy K-means++ round (see :func:`kpp_round_xp`): one kernel, a thread per
     (trial, point) that finds the previous winner, samples its trial's candidate by
-    binary search and measures the distance to it.  Returns ``(mins, best)``."""
+    binary search and measures the distance to it (in the last round also the
+    partition each candidate would give).  Returns ``(mins, best)``."""
     if not (_fit_ok(za, mins_prev, mins) and cum_prev.dtype.name == 'float64'
             and cum_prev.flags.c_contiguous and u.dtype.name == 'float64'
-            and u.flags.c_contiguous and best.dtype.name == 'int64'):
-        return kpp_round_xp(za, mins_prev, cum_prev, u, mins, best, lanes)
+            and u.flags.c_contiguous and best.dtype.name == 'int64'
+            and (chain is None or (_fit_ok(za, chain[0], chain[2], chain[5])
+                                   and chain[3].dtype.name == 'int64'))):
+        return kpp_round_xp(za, mins_prev, cum_prev, u, mins, best, lanes, chain)
     n, W = za.shape
     trials = mins.shape[0]
+    first, lanes0, mins_all, best_all, k, out = chain if chain is not None else \
+        (mins, 1, mins, best, 0, mins)
     _launch('kpp_round', za.dtype, trials * n,
             (za, numpy.int64(n), numpy.int64((W - 2) // 2), mins_prev, cum_prev,
              numpy.int32(cum_prev.shape[0]), numpy.int32(lanes), u, numpy.int32(trials),
-             mins, best))
+             mins, best, first, numpy.int32(lanes0), mins_all, best_all, numpy.int32(k),
+             numpy.int32(0 if chain is None else out.shape[0] // trials), out))
     return mins, best
-
-
-def kpp_onehot_xp(first, mins, best, cum_last, out, lanes=1):
-    """Twin of the seeds' partition kernel: the hard responsibilities (K, n) (into
-    ``out``) of the nearest-seed partition of greedy K-means++, from its rounds:
-    ``first`` (n * lanes) the first seed's distances (``lanes`` partial sums per point,
-    as :func:`kpp_round` takes them), ``mins`` ((K-1) trials, n) each round's trials'
-    nearest-seed distances, ``best`` (K,) int64 whose entry k (1 <= k < K-1) is round
-    k's winning trial, and ``cum_last`` (trials, n) the last round's running sums (its
-    winner: lowest total, first on ties).  A point takes label k when round k's seed is
-    strictly closer than the seeds before it (ties go to the earlier seed)."""
-    xp = get_array_module(mins)
-    K, n = out.shape
-    trials = mins.shape[0] // max(K - 1, 1)
-    labels = xp.zeros((n,), dtype=xp.int64)
-    prev = _closest_xp(xp, first, lanes)
-    for k in range(1, K):
-        b = xp.argmin(cum_last[:, -1]) if k == K - 1 else best[k]
-        row = mins[(k - 1) * trials + b]
-        labels[row < prev] = k
-        prev = row
-    out[...] = (labels[None, :] == xp.arange(K)[:, None])
-    return out
-
-
-_KPP_ONEHOT_SRC = r'''
-extern "C" __global__ void kpp_onehot(const T* first, int lanes, const T* mins,
-                                      const long long* best, const double* cum_last,
-                                      long long n, int K, int trials, T* out) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    T prev = 0;
-    for (int l = 0; l < lanes; ++l) prev += first[i * lanes + l];
-    int label = 0;
-    for (int k = 1; k < K; ++k) {
-        long long b;
-        if (k == K - 1) {
-            b = 0;
-            double bp = cum_last[n - 1];
-            for (int t = 1; t < trials; ++t) {
-                double p = cum_last[(long long)t * n + n - 1];
-                if (p < bp) { bp = p; b = t; }
-            }
-        } else {
-            b = best[k];
-        }
-        T cur = mins[((long long)(k - 1) * trials + b) * n + i];
-        if (cur < prev) label = k;
-        prev = cur;
-    }
-    for (int k = 0; k < K; ++k) out[(long long)k * n + i] = k == label ? (T)1 : (T)0;
-}
-'''
-
-
-@_dispatch(kpp_onehot_xp)
-def kpp_onehot(first, mins, best, cum_last, out, lanes=1):
-    """The hard responsibilities of the K-means++ seeds' partition (see
-    :func:`kpp_onehot_xp`): one kernel, a thread per point."""
-    if not (_fit_ok(mins, first, out) and best.dtype.name == 'int64'
-            and best.flags.c_contiguous and cum_last.dtype.name == 'float64'
-            and cum_last.flags.c_contiguous):
-        return kpp_onehot_xp(first, mins, best, cum_last, out, lanes)
-    K, n = out.shape
-    _launch('kpp_onehot', out.dtype, n,
-            (first, numpy.int32(lanes), mins, best, cum_last, numpy.int64(n),
-             numpy.int32(K), numpy.int32(cum_last.shape[0]), out))
-    return out
 
 
 def _mstep_xp(xp, mom, n, eps_z, tiny):
@@ -1777,7 +1756,18 @@ def _lane_flags(xp, mom, cols):
     return flags.astype(xp.float64)
 
 
-def fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, part, bad, reset):
+def _selected_xp(mom, select, K):
+    """The (K, 2d+2) moments of the winning candidate among the hypotheses stacked in
+    ``mom`` (trials K, 2d+2) (the last K-means++ round's; ``select`` (trials, n) its
+    running sums: lowest total, first on ties), or ``mom`` itself (``select`` None)."""
+    if select is None:
+        return mom
+    j = get_array_module(mom).argmin(select[:, -1])
+    return mom[j * K:(j + 1) * K]
+
+
+def fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, part, bad, reset,
+                select=None):
     """Twin of the M-step kernel: from the moments ``mom`` (K, 2d+2) of a pass over
     ``n`` points, with variance floor ``eps / scale^2`` (``scale`` (1,) float64), write
     into ``coef`` (K, 2d+2) the coefficients of the next pass and into ``part``
@@ -1787,9 +1777,10 @@ def fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, part, bad, reset):
     the means ``[1 | -2m | 0 | 0]`` plus ``|m|^2`` (through the ``z^2`` block: the
     device frame leaves the ``|z|^2`` column 0).  ``bad`` (K, LANES) float64 flags
     non-finite moments by lane (overwritten when ``reset``, else accumulated).
-    Returns ``(coef, part, bad)``."""
+    ``select``: see :func:`_selected_xp`.  Returns ``(coef, part, bad)``."""
     xp = get_array_module(mom)
-    K = mom.shape[0]
+    K = coef.shape[0]
+    mom = _selected_xp(mom, select, K)
     with numpy.errstate(invalid='ignore', over='ignore', divide='ignore'):
         w, means, var = _mstep_xp(xp, mom, n, eps / (scale[0] * scale[0]), tiny)
         if mode == 0:
@@ -1808,11 +1799,21 @@ _FIT_COEF_SRC = r'''
 extern "C" __global__ void fit_coef(const T* mom, long long d, int K, double n,
                                     const double* scale, double eps, double tiny,
                                     double log2pi, int mode, T* coef, double* part,
-                                    double* bad, int reset) {
+                                    double* bad, int reset, const double* select,
+                                    int hyp, long long sel_len) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)K * 32) return;
     long long k = idx / 32, lane = idx - k * 32;
     long long W = 2 * d + 2;
+    if (hyp > 1) {     // the winning candidate's moments among the stacked ones
+        int bj = 0;
+        double bp = select[sel_len - 1];
+        for (int j = 1; j < hyp; ++j) {
+            double p = select[(long long)j * sel_len + sel_len - 1];
+            if (p < bp) { bp = p; bj = j; }
+        }
+        mom += (long long)bj * K * W;
+    }
     const T* m = mom + k * W;
     T* out = coef + k * W;
     double eps_z = eps / (scale[0] * scale[0]);
@@ -1851,18 +1852,30 @@ extern "C" __global__ void fit_coef(const T* mom, long long d, int K, double n,
 
 
 @_dispatch(fit_coef_xp)
-def fit_coef(mom, n, scale, eps, tiny, log2pi, mode, coef, part, bad, reset):
+def fit_coef(mom, n, scale, eps, tiny, log2pi, mode, coef, part, bad, reset,
+             select=None):
     """The M-step and the next pass's coefficients (see :func:`fit_coef_xp`): one
     kernel, a warp per component (a lane per 32nd feature)."""
     if not (_fit_ok(mom, coef) and scale.dtype.name == 'float64'
-            and all(a.dtype.name == 'float64' and a.flags.c_contiguous for a in (part, bad))):
-        return fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, part, bad, reset)
-    K, W = mom.shape
+            and all(a.dtype.name == 'float64' and a.flags.c_contiguous for a in (part, bad))
+            and (select is None or (select.dtype.name == 'float64'
+                                    and select.flags.c_contiguous))):
+        return fit_coef_xp(mom, n, scale, eps, tiny, log2pi, mode, coef, part, bad, reset,
+                           select)
+    K, W = coef.shape
     _launch('fit_coef', mom.dtype, K * LANES,
             (mom, numpy.int64((W - 2) // 2), numpy.int32(K), numpy.float64(n), scale,
              numpy.float64(eps), numpy.float64(tiny), numpy.float64(log2pi),
-             numpy.int32(mode), coef, part, bad, numpy.int32(bool(reset))))
+             numpy.int32(mode), coef, part, bad, numpy.int32(bool(reset)))
+            + _select_args(select, scale))
     return coef, part, bad
+
+
+def _select_args(select, dummy):
+    """The kernel arguments of ``select`` (:func:`_selected_xp`)."""
+    if select is None:
+        return (dummy, numpy.int32(1), numpy.int64(1))
+    return (select, numpy.int32(select.shape[0]), numpy.int64(select.shape[1]))
 
 
 def fit_log_softmax_xp(lp, part, out):
@@ -1952,7 +1965,7 @@ def argmin_onehot(dist, part, out):
 
 
 def fit_finish_xp(mom, n, scale, stats, eps, tiny, log2pi, min_weight, min_count,
-                  coef, part, weights, means, variances, status, reset):
+                  coef, part, weights, means, variances, status, reset, select=None):
     """Twin of the last M-step kernel.  From the moments ``mom`` (K, 2d+2) of the last
     pass: the M-step (as :func:`fit_coef_xp`), the count rule (component k passes when
     its weight ``w >= min_weight`` and ``w * n >= min_count``; every one passes for
@@ -1964,8 +1977,10 @@ def fit_finish_xp(mom, n, scale, stats, eps, tiny, log2pi, min_weight, min_count
     of each row of moments by lane (accumulated into those of the earlier passes
     unless ``reset``), the largest magnitude of each output component by lane
     (float64, before the cast), and whether component k passes the count rule.  The
-    outputs are meaningful only when no row is flagged and all pass."""
+    outputs are meaningful only when no row is flagged and all pass.  ``select``: see
+    :func:`_selected_xp`."""
     xp = get_array_module(mom)
+    mom = _selected_xp(mom, select, coef.shape[0])
     K, W = mom.shape
     d = (W - 2) // 2
     s = scale[0]
@@ -1999,12 +2014,22 @@ extern "C" __global__ void fit_finish(const T* mom, long long d, int K, double n
                                       double eps, double tiny, double log2pi,
                                       double min_weight, double min_count, T* coef,
                                       double* part, T* weights, T* means, T* variances,
-                                      double* status, int reset) {
+                                      double* status, int reset, const double* select,
+                                      int hyp, long long sel_len) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)K * 32) return;
     int s = (int)(idx / 32);
     long long lane = idx - (long long)s * 32;
     long long W = 2 * d + 2;
+    if (hyp > 1) {     // the winning candidate's moments among the stacked ones
+        int bj = 0;
+        double bp = select[sel_len - 1];
+        for (int j = 1; j < hyp; ++j) {
+            double p = select[(long long)j * sel_len + sel_len - 1];
+            if (p < bp) { bp = p; bj = j; }
+        }
+        mom += (long long)bj * K * W;
+    }
     long long KL = (long long)K * 32;
     double sc = scale[0];
     double eps_z = eps / (sc * sc);
@@ -2072,28 +2097,31 @@ extern "C" __global__ void fit_finish(const T* mom, long long d, int K, double n
 
 @_dispatch(fit_finish_xp)
 def fit_finish(mom, n, scale, stats, eps, tiny, log2pi, min_weight, min_count,
-               coef, part, weights, means, variances, status, reset):
+               coef, part, weights, means, variances, status, reset, select=None):
     """The last M-step, count rule, sorting and data units of a fit, and the status
     the host reads once (see :func:`fit_finish_xp`): one kernel, a warp per
     component."""
     if not (_fit_ok(mom, coef, weights, means, variances) and scale.dtype.name == 'float64'
             and stats.dtype.name == 'float64'
             and all(a.dtype.name == 'float64' and a.flags.c_contiguous
-                    for a in (part, status))):
+                    for a in (part, status))
+            and (select is None or (select.dtype.name == 'float64'
+                                    and select.flags.c_contiguous))):
         return fit_finish_xp(mom, n, scale, stats, eps, tiny, log2pi, min_weight,
                              min_count, coef, part, weights, means, variances, status,
-                             reset)
-    K, W = mom.shape
+                             reset, select)
+    K, W = coef.shape
     _launch('fit_finish', mom.dtype, K * LANES,
             (mom, numpy.int64((W - 2) // 2), numpy.int32(K), numpy.float64(n), scale,
              stats, numpy.float64(eps), numpy.float64(tiny), numpy.float64(log2pi),
              numpy.float64(min_weight), numpy.float64(min_count), coef, part, weights,
-             means, variances, status, numpy.int32(bool(reset))))
+             means, variances, status, numpy.int32(bool(reset)))
+            + _select_args(select, scale))
     return coef, part, weights, means, variances, status
 
 
 SOURCES.update({'fit_frame_stats': _FIT_FRAME_STATS_SRC, 'fit_augment': _FIT_AUGMENT_SRC,
-                'kpp_round': _KPP_ROUND_SRC, 'kpp_onehot': _KPP_ONEHOT_SRC,
-                'fit_coef': _FIT_COEF_SRC, 'argmin_onehot': _ARGMIN_ONEHOT_SRC,
-                'fit_log_softmax': _FIT_LOG_SOFTMAX_SRC, 'fit_finish': _FIT_FINISH_SRC})
+                'kpp_round': _KPP_ROUND_SRC, 'fit_coef': _FIT_COEF_SRC,
+                'argmin_onehot': _ARGMIN_ONEHOT_SRC, 'fit_log_softmax': _FIT_LOG_SOFTMAX_SRC,
+                'fit_finish': _FIT_FINISH_SRC})
 # ======================================================= end of the device GMM fit

@@ -436,7 +436,8 @@ def test_kpp_round_source_runs_like_its_twin(dtype, rows_prev, lanes):
                           (3 * n + 255) // 256, 256,
                           (za, np.int64(n), np.int64(5), mins_prev, cum_prev,
                            np.int32(rows_prev), np.int32(lanes), u, np.int32(3), got,
-                           got_best))
+                           got_best, got, np.int32(1), got, got_best, np.int32(0),
+                           np.int32(0), got))
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, mins, rtol=tol, atol=tol)
     assert got_best[0] == b
@@ -444,29 +445,46 @@ def test_kpp_round_source_runs_like_its_twin(dtype, rows_prev, lanes):
 
 @needs_gxx
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
-def test_kpp_onehot_source_runs_like_its_twin(dtype):
+@pytest.mark.parametrize('k', [1, 3])
+def test_kpp_last_round_writes_each_candidates_partition_like_its_twin(dtype, k):
     rng = np.random.default_rng(33)
-    K, trials, n, lanes = 4, 3, 300, 2
-    first = rng.integers(0, 3, n * lanes).astype(dtype)
-    mins = rng.integers(0, 5, ((K - 1) * trials, n)).astype(dtype)   # many ties
-    best = np.array([-7, 2, 0, -7], np.int64)           # rounds 1 and 2 (the rest unused)
-    cum_last = np.cumsum(rng.random((trials, n)), axis=1)
-    cum_last[1, -1] = cum_last[:, -1].min()
-    want = kernels.kpp_onehot_xp(first, mins, best, cum_last, np.empty((K, n), dtype), lanes)
-    np.testing.assert_array_equal(want.sum(0), 1)
-    # by hand: the rows of the winners, labels where a round's seed is strictly closer
-    chain = [first.reshape(n, lanes).sum(1), mins[2], mins[3 + 0],
-             mins[6 + int(np.argmin(cum_last[:, -1]))]]
+    x, stats, za = _fit_frame(rng, dtype)
+    n, trials, lanes0, K = za.shape[0], 3, 2, k + 1
+    first = rng.integers(0, 3, n * lanes0).astype(dtype)
+    mins_all = rng.integers(0, 3, (k * trials, n)).astype(dtype)    # many ties
+    best_all = np.array([-7, 2, 0, -7], np.int64)       # rounds 1, 2 (the rest unused)
+    prev_rows = slice(0, 1) if k == 1 else slice((k - 2) * trials, (k - 1) * trials)
+    mins_prev = first.reshape(1, -1) if k == 1 else mins_all[prev_rows]
+    cum_prev = np.cumsum(mins_prev, axis=1, dtype=np.float64)
+    if k == 3:
+        cum_prev[1, -1] = cum_prev[:, -1].min()         # the previous round's winner: 1
+    lanes = lanes0 if k == 1 else 1
+    u = np.array([0.1, 0.5, 0.9])
+    rows = mins_all[(k - 1) * trials:]
+    out = np.full((trials * K, n), np.nan, dtype)
+    chain = (first, lanes0, mins_all, best_all, k, out)
+    want, b = kernels.kpp_round_xp(za, mins_prev, cum_prev, u, rows.copy(),
+                                   np.full(1, -1, np.int64), lanes, chain)
+    want_out = out.copy()
+    # by hand: the chain of the earlier winners, then each candidate's
+    prev_closest = first.reshape(n, lanes0).sum(1)
     labels = np.zeros(n, int)
-    for k in range(1, K):
-        labels[chain[k] < chain[k - 1]] = k
-    np.testing.assert_array_equal(want.argmax(0), labels)
-    assert len(set(labels.tolist())) == K
-    out = np.full((K, n), np.nan, dtype)
-    cuda_emulation.launch(kernels.kernel_source('kpp_onehot', dtype), 'kpp_onehot', 2, 256,
-                          (first, np.int32(lanes), mins, best, cum_last, np.int64(n),
-                           np.int32(K), np.int32(trials), out))
-    np.testing.assert_array_equal(out, want)
+    for r, row in enumerate([2, 3 + int(b[0])][:k - 1], start=1):
+        labels[mins_all[row] < prev_closest] = r
+        prev_closest = mins_all[row]
+    for j in range(trials):
+        lab = np.where(want[j] < prev_closest, k, labels)
+        np.testing.assert_array_equal(want_out[j * K:(j + 1) * K].argmax(0), lab)
+        np.testing.assert_array_equal(want_out[j * K:(j + 1) * K].sum(0), 1)
+    got, got_out = np.full_like(rows, np.nan), np.full_like(out, np.nan)
+    cuda_emulation.launch(kernels.kernel_source('kpp_round', dtype), 'kpp_round',
+                          (trials * n + 255) // 256, 256,
+                          (za, np.int64(n), np.int64(5), mins_prev, cum_prev,
+                           np.int32(mins_prev.shape[0]), np.int32(lanes), u,
+                           np.int32(trials), got, np.full(1, -1, np.int64), first,
+                           np.int32(lanes0), mins_all, best_all, np.int32(k), np.int32(K),
+                           got_out))
+    np.testing.assert_array_equal(got_out, want_out)
 
 
 def _fit_moments(rng, dtype, K=3, d=5):
@@ -513,7 +531,8 @@ def test_fit_coef_source_runs_like_its_twin(dtype, mode):
     cuda_emulation.launch(kernels.kernel_source('fit_coef', dtype), 'fit_coef', 1, 256,
                           (mom, np.int64(d), np.int32(4), np.float64(200), scale,
                            np.float64(1e-5), np.float64(1e-6), np.float64(np.log(2 * np.pi)),
-                           np.int32(mode), out, out_part, flags, np.int32(0)))
+                           np.int32(mode), out, out_part, flags, np.int32(0), scale,
+                           np.int32(1), np.int64(1)))
     np.testing.assert_array_equal(flags, bad)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(out[:3], coef[:3], rtol=tol, atol=tol)
@@ -586,9 +605,52 @@ def test_fit_finish_source_runs_like_its_twin(dtype, K):
     cuda_emulation.launch(kernels.kernel_source('fit_finish', dtype), 'fit_finish', 1, 256,
                           (mom, np.int64(d), np.int32(K), np.float64(n), scale, stats,
                            np.float64(1e-5), np.float64(1e-6), np.float64(np.log(2 * np.pi)),
-                           np.float64(0.01), np.float64(16), *got, np.int32(1)))
+                           np.float64(0.01), np.float64(16), *got, np.int32(1), scale,
+                           np.int32(1), np.int64(1)))
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for a, b in zip(got, (coef, part, w, m, v, status)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_fit_coef_and_finish_sources_take_the_winning_candidates_moments(dtype):
+    rng = np.random.default_rng(39)
+    K, d, L, trials = 2, 9, kernels.LANES, 3
+    stacked = np.concatenate([_fit_moments(rng, dtype, K=K, d=d)[0] for _ in range(trials)])
+    stats = _fit_moments(rng, dtype, K=K, d=d)[1]
+    select = np.cumsum(rng.random((trials, 50)), axis=1)
+    select[2, -1] = select[:, -1].min()                 # candidate 2 wins
+    scale, consts = np.array([1.3]), (1e-5, 1e-6, np.log(2 * np.pi))
+    want = kernels.fit_coef_xp(stacked[2 * K:], 200, scale, *consts, 0,
+                               np.empty((K, 2 * d + 2), dtype), np.empty((K, L)),
+                               np.zeros((K, L)), True)
+    got = kernels.fit_coef_xp(stacked, 200, scale, *consts, 0,
+                              np.empty((K, 2 * d + 2), dtype), np.empty((K, L)),
+                              np.zeros((K, L)), True, select)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    out, part, bad = np.full((K, 2 * d + 2), np.nan, dtype), np.full((K, L), np.nan), \
+        np.zeros((K, L))
+    cuda_emulation.launch(kernels.kernel_source('fit_coef', dtype), 'fit_coef', 1, 256,
+                          (stacked, np.int64(d), np.int32(K), np.float64(200), scale,
+                           *[np.float64(c) for c in consts], np.int32(0), out, part, bad,
+                           np.int32(1), select, np.int32(trials), np.int64(50)))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, want[0], rtol=tol, atol=tol)
+    np.testing.assert_allclose(part, want[1], rtol=1e-12, atol=1e-12)
+    outs = lambda: (np.full((K, 2 * d + 2), np.nan, dtype), np.full((K, L), np.nan),  # noqa
+                    np.full(K, np.nan, dtype), np.full((K, d), np.nan, dtype),
+                    np.full((K, d), np.nan, dtype), np.zeros(2 * K * L + K))
+    args = (200, scale, stats, *consts, 0.01, 16)
+    want = kernels.fit_finish_xp(stacked[2 * K:], *args, *outs(), True)
+    got = outs()
+    cuda_emulation.launch(kernels.kernel_source('fit_finish', dtype), 'fit_finish', 1, 256,
+                          (stacked, np.int64(d), np.int32(K), np.float64(200), scale, stats,
+                           *[np.float64(c) for c in consts], np.float64(0.01),
+                           np.float64(16), *got, np.int32(1), select, np.int32(trials),
+                           np.int64(50)))
+    for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
