@@ -354,8 +354,9 @@ def _distance_product(frame, coef):
     (m, 2d+2).
 
     On NumPy only the compact matrix takes part (the zero block is skipped), in row
-    blocks, as ``(zs @ coef.T).T`` (a view): with the long matrix on the left OpenBLAS
-    streams it instead of packing it, several times faster for a few rows.  cuBLAS
+    blocks, each as ``zs @ coef.T`` (with the long matrix on the left OpenBLAS streams
+    it instead of packing it, several times faster for a few rows) copied into the
+    (m, n) result (whose rows the K-means++ steps then read contiguously).  cuBLAS
     would first copy a strided view, so on CuPy the whole contiguous ``za`` is
     multiplied (twice the FLOPs of a product that costs microseconds there).
     """
@@ -364,10 +365,15 @@ def _distance_product(frame, coef):
         return coef @ za.T
     d = frame.d
     coef_t = numpy.ascontiguousarray(coef[:, d:].T)
-    out = numpy.empty((za.shape[0], coef.shape[0]), dtype=numpy.result_type(za, coef))
-    for rows in _row_blocks(frame):
-        numpy.matmul(za[rows], coef_t, out=out[rows])
-    return out.T
+    dtype = numpy.result_type(za, coef)
+    out = numpy.empty((coef.shape[0], za.shape[0]), dtype=dtype)
+    blocks = _row_blocks(frame)
+    buf = numpy.empty((blocks[0].stop - blocks[0].start, coef.shape[0]), dtype=dtype)
+    for rows in blocks:         # (rows, m) products, copied into the (m, n) result
+        block = buf[:rows.stop - rows.start]
+        numpy.matmul(za[rows], coef_t, out=block)
+        out[:, rows] = block.T
+    return out
 
 
 def _distances(frame, coef):
