@@ -2,15 +2,18 @@
 
 * The GPU marker skips cleanly without CuPy or a CUDA device.
 * Two tiers.  ``make test`` runs ``-m "not slow"``: every module, in about a minute and
-  a half on 2 cores.  ``make test-all`` (.ci/run) runs everything, under every Python
+  a half on 2 idle cores.  ``make test-all`` (.ci/run) runs everything, under every Python
   found, and rehearses the GPU machine.  The slow tier is :data:`SLOW`, marked here by
   node id rather than in the test files: the MPI fault suite, and the tests that train
   a run end to end, launch ``mpiexec`` or a script, or build the deep models, each
   taking over about a second on an idle core.
-* ``--check-modules``: every module of mixnorm/, experiments/ and scripts/ must have
-  code run by a test of the fast tier in this process (its functions, not only its
-  import: a module imported at collection for a slow test does not count).  A run of
-  the whole fast tier with it fails, naming the modules that no fast test ran.
+* ``--check-modules`` (on in ``make test``): every module of mixnorm/, experiments/ and
+  scripts/ must have a function run by a test of the fast tier, in this process or, for
+  the modules of :data:`RUN_IN_CHILDREN`, in the child processes of the fast test named
+  there (its import is not enough: a module imported at collection for a slow test does
+  not count).  A run of the whole fast tier (or of both tiers) fails, naming the modules
+  that no fast test ran.  It needs Python 3.12+ (sys.monitoring, no slowdown); under
+  3.10 and 3.11 it says that it did not check, and CI checks under 3.12 and 3.13.
 """
 import mixnorm._compat  # noqa: F401  (NumPy-2 shim before any chainer import)
 
@@ -35,7 +38,7 @@ SLOW = [
     'tests/test_faults.py',
     # A bad input on one rank of mpiexec, every kind, with and without the crash hook
     # (19 launches, 1.2-2.9 s each, 33 s).  [mixnorm/distributed.py: the rest of
-    # test_distributed.py, test_bn_contract.py, test_settings.py]
+    # test_distributed.py, its equivalences under mpiexec -n 2 and -n 3]
     'tests/test_distributed.py::test_a_bad_input_on_one_rank_raises_the_same_error_on_every_rank',
     'tests/test_distributed.py::test_a_bad_input_on_one_rank_ends_the_job_through_the_crash_hook',
     # Training runs beyond the shared BN-2/MN-2 pair (which stays fast: records, compare,
@@ -69,6 +72,8 @@ SLOW = [
     'tests/test_figures.py::test_fig1_draws_the_last_snapshot_with_labelled_x_axes',  # 7.0
     'tests/test_figures.py::test_fig1_from_snapshot',                           # 4.7
     'tests/test_figures.py::test_fig1_from_saved_activations',                  # 3.1
+    # (the last test on tiny_runs, whose two training runs take 28.6 s)
+    'tests/test_figures.py::test_fig1_missing_inputs_fail_clearly',
     'tests/test_figures_deep.py::test_every_notice_comes_from_comparability',   # 26.7
     'tests/test_figures_deep.py::test_all_draws_the_deep_figures_of_existing_runs',  # 14.6
     'tests/test_figures_deep.py::test_fig8_mixture_components',                 # 5.4
