@@ -42,16 +42,38 @@ class _Reducer:
     def __init__(self):
         self.reset_counts()
 
+    _pending = None     # a check that rides on the next collective (agree_on_next)
+    agreed = None       # the AgreedError that check raised
+
     def reset_counts(self):
         self.calls = self.bytes_sent = self.bytes_received = 0
 
-    def allgather(self, a):
-        a = numpy.ascontiguousarray(a, dtype=numpy.float64)
+    def _counted(self, a):
         out = self._allgather(a)
         self.calls += 1
         self.bytes_sent += a.nbytes
         self.bytes_received += out.nbytes
         return out
+
+    def allgather(self, a):
+        a = numpy.ascontiguousarray(a, dtype=numpy.float64)
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return self._counted(a)
+        data, what, error = pending
+        out = self._counted(numpy.concatenate([[float(data.size)], a.ravel()]))
+        lengths = out[:, 0].astype(numpy.int64)
+        if lengths.any():
+            try:
+                _raise_agreed(self, data, lengths, what, error)
+            except AgreedError as e:
+                self.agreed = e
+                raise
+        return out[:, 1:].reshape((self.size,) + a.shape)
+
+    def drop_pending(self):
+        """Forget a check of :func:`agree_on_next` that no collective carried."""
+        self._pending = None
 
     def sum(self, a):
         """``a`` summed over the ranks in rank order (the same bits on every rank)."""
@@ -96,11 +118,33 @@ def agree(reducer, fn, what=None):
         result, error = fn(), None
     except Exception as e:
         result, error = None, e
-    data = numpy.frombuffer(('' if error is None else str(error) or type(error).__name__)
-                            .encode('utf-8'), dtype=numpy.uint8)
+    data = _error_codes(error)
     lengths = reducer.allgather([float(data.size)])[:, 0].astype(numpy.int64)
     if not lengths.any():
         return result
+    _raise_agreed(reducer, data, lengths, what, error)
+
+
+def agree_on_next(reducer, error, what=None):
+    """:func:`agree` on ``error`` (this rank's outcome of a check: an exception or None)
+    without a collective of its own: the agreement rides on the reducer's next
+    collective (one number more in its buffer).  If ``error`` is not None on some rank,
+    that collective raises the same :class:`AgreedError` on every rank (one more
+    collective brings the texts), and ``reducer.agreed`` holds it.  Every rank must make
+    that next collective with a buffer of the same size: a rank whose check failed
+    still has to reach it (e.g. with a stand-in input of the right shape)."""
+    reducer.agreed = None
+    reducer._pending = (_error_codes(error), what, error)
+
+
+def _error_codes(error):
+    """The text of ``error`` (or nothing for None) as uint8 codes."""
+    return numpy.frombuffer(('' if error is None else str(error) or type(error).__name__)
+                            .encode('utf-8'), dtype=numpy.uint8)
+
+
+def _raise_agreed(reducer, data, lengths, what, error):
+    """Gather the failed ranks' texts (one collective) and raise the AgreedError."""
     buf = numpy.zeros(int(lengths.max()))
     buf[:data.size] = data
     codes = reducer.allgather(buf)

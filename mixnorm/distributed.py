@@ -23,8 +23,11 @@ count, dtype, an empty batch, NaN/Inf, a float32 overflow, the channel count tha
 ``size=None`` takes from the first input) is decided collectively before any rank can
 go its own way: a bad input on one rank raises the same error on every rank, naming
 the rank(s), whether or not ChainerMN's crash hook is installed
-(:func:`mixnorm._collectives.agree`: the checks of the input itself cost one collective
-of one number per call).  The rule users must keep: **every rank calls the link the
+(:func:`mixnorm._collectives.agree_on_next`: the checks of the input itself ride on the
+step's first collective, one number more in it; a rank whose input fails them makes
+that collective with a stand-in input of the layer's shape.  Only the first call of a
+layer built with ``size=None``, one with ``axis``, or a recomputed forward agree in a
+collective of their own).  The rule users must keep: **every rank calls the link the
 same number of times in training** (as with ChainerMN's
 ``MultiNodeBatchNormalization``).  Inference
 communicates nothing, so ranks may run it on batches of different counts (a test set
@@ -89,11 +92,41 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
         if not chainer.config.train:
             return super().forward(x, **kwargs)     # no collective: checks stay local
         x_arr = x.array if isinstance(x, chainer.Variable) else x
+        if self.size is None or self.axis is not None or chainer.config.in_recomputing:
+            try:
+                self._agree_on_input(x_arr)
+            except ValueError as e:
+                raise ValueError('%s: %s' % (self._label(), e)) from e
+            return super().forward(x, **kwargs)
+        # the checks ride on the step's first collective (the fit's frame, or with one
+        # component the moments): a rank whose input fails them makes that collective
+        # with a stand-in input of the layer's shape, and every rank raises there
+        error = self._input_error(x_arr)
+        _collectives.agree_on_next(self._reducer, error, self._INPUT_CHECKS
+                                   % self._reducer.size)
+        N = self.N
         try:
-            self._agree_on_input(x_arr)
-        except ValueError as e:
-            raise ValueError('%s: %s' % (self._label(), e)) from e
-        return super().forward(x, **kwargs)
+            return super().forward(x if error is None else self._stand_in(), **kwargs)
+        except Exception:
+            agreed = self._reducer.agreed
+            if agreed is None:
+                raise
+            self._reducer.agreed = None
+            if self.N != N:             # a finetune step that did not happen
+                self.N = N
+                self._share_counters()
+            raise ValueError('%s: %s' % (self._label(), agreed)) from agreed
+        finally:
+            self._reducer.drop_pending()
+
+    _INPUT_CHECKS = ('the input of rank(s) {ranks} of %d fails the checks of the '
+                     'synchronized layer')
+
+    def _stand_in(self):
+        """A valid input (two zero points) that takes the path of any valid input to
+        the step's first collective."""
+        with chainer.using_device(self.device):
+            return self.xp.zeros((2,) + tuple(self.param_shape), dtype=self._dtype)
 
     def _agree_on_input(self, x):
         """Every rank's input passes the checks (:meth:`_input_error`), and with
@@ -104,8 +137,7 @@ class MultiNodeMixtureNormalization(MixtureNormalization):
             error = self._input_error(x)
             if error is not None:
                 raise error
-        _collectives.agree(self._reducer, check, 'the input of rank(s) {ranks} of %d fails '
-                           'the checks of the synchronized layer' % size)
+        _collectives.agree(self._reducer, check, self._INPUT_CHECKS % size)
         if self.size is None:       # the channel count the layer takes from its input
             channels = self._reducer.allgather([x.shape[1]])[:, 0].astype(int)
             if len(set(channels)) > 1:
