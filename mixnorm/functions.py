@@ -734,11 +734,17 @@ def _forward_on_device(spec, ins, lambda_scaling):
     x = ins.x if ins.x.dtype == dtype else ins.x.astype(dtype)
     x3 = _as3(x, layout)
     shift = kernels.mn_shift(x3, kernels.mn_shift_steps(layout.N, layout.L, layout.rows))
-    work = xp.empty((2 * C + 1, n), dtype)
-    resp1 = xp.empty((n, K + 1), dtype)
     with numpy.errstate(over='ignore', invalid='ignore'):   # overflow: checked below
-        kernels.mn_stack(x3, shift, ins.resp, work, resp1)
-        moments = xp.matmul(work, resp1)                     # (2C+1, K+1)
+        if xp is numpy:
+            xc, resp1, moments = _stack_moments_host(x3, shift, ins.resp)
+            y = numpy.empty(x.shape, dtype)
+        else:
+            work = xp.empty((2 * C + 1, n), dtype)
+            resp1 = xp.empty((n, K + 1), dtype)
+            kernels.mn_stack(x3, shift, ins.resp, work, resp1)
+            moments = xp.matmul(work, resp1)                 # (2C+1, K+1)
+            xc = work[:C]
+            y = work[C:2 * C].reshape(x.shape)  # the squares are spent: reuse their memory
     gamma, beta = (None if p is None else p.astype(dtype, copy=False)
                    for p in (ins.gamma, ins.beta))
     mode = _MODES[spec.mode]
@@ -748,17 +754,68 @@ def _forward_on_device(spec, ins, lambda_scaling):
     views = kernels.mn_coef_views(buf, C, K)
     if _checks_on(xp):
         _check_status(spec, views, ins.x, dtype, gamma)
-    y = work[C:2 * C].reshape(x.shape)          # the squares are spent: reuse their memory
-    kernels.mn_combine(_as3(y, layout), work[:C], views['x_weight'], resp1,
+    kernels.mn_combine(_as3(y, layout), xc, views['x_weight'], resp1,
                        Cm=views['offset_weight'],
                        beta=beta if spec.mode == _CHANNEL else None)
     if y.dtype != ins.x.dtype:
         y = y.astype(ins.x.dtype)
     coef = _Coefficients(views['scale'], views['inv_std'], views['centre'], views['mean'],
                          views['var'], shift, colsum=views['colsum'])
-    saved = _FastSaved(layout, coef, views, buf, work[:C], ins.resp, resp1, ins.dtypes,
+    saved = _FastSaved(layout, coef, views, buf, xc, ins.resp, resp1, ins.dtypes,
                        (gamma, beta))
     return y, BatchStats(views['weights'], views['mu'], views['var_t']), saved
+
+
+#: Elements per block of channels of the host's training passes (cache-resident).
+_HOST_CHANNEL_BLOCK = 1 << 15
+
+
+def _channel_blocks(C, n):
+    step = max(1, _HOST_CHANNEL_BLOCK // max(n, 1))
+    return [(c0, min(C, c0 + step)) for c0 in range(0, C, step)]
+
+
+def _stack_moments_host(x3, shift, resp):
+    """:func:`mixnorm.kernels.mn_stack` and the moments' product of
+    :func:`_forward_on_device` on NumPy, a block of channels at a time so that the
+    squares never leave the cache: ``xc`` = x - shift (C, n), ``resp1`` = [resp | 1]
+    (n, K+1) and the moments ``[xc; xc^2; 1] resp1`` (2C+1, K+1)."""
+    N, C, L = x3.shape
+    n, K, dtype = N * L, resp.shape[1], x3.dtype
+    xc = numpy.empty((C, n), dtype)
+    resp1 = numpy.empty((n, K + 1), dtype)
+    resp1[:, :K] = resp
+    resp1[:, K] = 1
+    moments = numpy.empty((2 * C + 1, K + 1), dtype)
+    blocks = _channel_blocks(C, n)
+    squares = numpy.empty((blocks[0][1], n), dtype)
+    for c0, c1 in blocks:
+        xb, sq = xc[c0:c1], squares[:c1 - c0]
+        numpy.subtract(x3[:, c0:c1].transpose(1, 0, 2), shift[c0:c1, None, None],
+                       out=xb.reshape(c1 - c0, N, L))
+        numpy.multiply(xb, xb, out=sq)
+        numpy.matmul(xb, resp1, out=moments[c0:c1])
+        numpy.matmul(sq, resp1, out=moments[C + c0:C + c1])
+    numpy.matmul(numpy.ones((1, n), dtype), resp1, out=moments[2 * C:])
+    return xc, resp1, moments
+
+
+def _grad_sums_host(g3, xc, resp1):
+    """:func:`mixnorm.kernels.mn_grad_stack` and the product of :func:`_backward_on_device`
+    on NumPy, a block of channels at a time: ``[gy; gy xc] resp1`` (2C, K+1) from ``g3``
+    (N, C, L) in x's layout, never forming the (2C, n) stack."""
+    N, C, L = g3.shape
+    n = N * L
+    sums = numpy.empty((2 * C, resp1.shape[1]), xc.dtype)
+    blocks = _channel_blocks(C, n)
+    buf = numpy.empty((2, blocks[0][1], n), xc.dtype)
+    for c0, c1 in blocks:
+        gb, gxb = buf[0, :c1 - c0], buf[1, :c1 - c0]
+        gb.reshape(c1 - c0, N, L)[...] = g3[:, c0:c1].transpose(1, 0, 2)
+        numpy.multiply(gb, xc[c0:c1], out=gxb)
+        numpy.matmul(gb, resp1, out=sums[c0:c1])
+        numpy.matmul(gxb, resp1, out=sums[C + c0:C + c1])
+    return sums
 
 
 def _backward_on_device(spec, saved, gy):
@@ -770,15 +827,20 @@ def _backward_on_device(spec, saved, gy):
     layout, views, dtype = saved.layout, saved.views, saved.xc.dtype
     C, n, K = layout.C, layout.n, saved.resp.shape[1]
     g = gy if gy.dtype == dtype else gy.astype(dtype)
-    work = xp.empty((2 * C, n), dtype)
-    kernels.mn_grad_stack(_as3(g, layout), saved.xc, work)
-    sums = xp.matmul(work, saved.resp1)                      # (2C, K+1)
+    if xp is numpy:
+        g3 = _as3(g, layout)
+        sums = _grad_sums_host(g3, saved.xc, saved.resp1)
+        gx, u = numpy.empty(layout.shape, dtype), g3.transpose(1, 0, 2)
+    else:
+        work = xp.empty((2 * C, n), dtype)
+        kernels.mn_grad_stack(_as3(g, layout), saved.xc, work)
+        sums = xp.matmul(work, saved.resp1)                  # (2C, K+1)
+        gx, u = work[C:].reshape(layout.shape), work[:C]     # gy xc is spent
     gamma, _ = saved.params
     grads = kernels.mn_grad_coef_views(
         kernels.mn_grad_coef(sums, saved.buf, gamma, _MODES[spec.mode], spec.has_gamma,
                              spec.has_beta), C, K)
-    gx = work[C:].reshape(layout.shape)                      # gy xc is spent
-    kernels.mn_combine(_as3(gx, layout), work[:C], views['x_weight'], saved.resp1,
+    kernels.mn_combine(_as3(gx, layout), u, views['x_weight'], saved.resp1,
                        v=saved.xc, B=grads['x_var'], Cm=grads['x_mean'])
     dtypes = saved.dtypes
     outputs = [gx.astype(dtypes.x, copy=False)]
@@ -1419,6 +1481,10 @@ def _non_finite_input_error(x, layout, dtype):
             numpy.dtype(dtype).name, float(xp.abs(x).max())))
 
 
+#: Elements per block of samples of the host's inference forward (cache-resident).
+_HOST_BLOCK = 1 << 17
+
+
 class QueueMixtureNormalizationFunction(function_node.FunctionNode):
     """Mixture normalization with the queue's mixture (inference, Eq. 38-39), the
     posteriors computed on the way: a stacking kernel ``[x - s; (x - s)^2; 1]``, one
@@ -1457,6 +1523,12 @@ class QueueMixtureNormalizationFunction(function_node.FunctionNode):
         layout = _Layout(x.shape)
         C, n = layout.C, layout.n
         mix = self._views(C)
+        if xp is numpy and not layout.rows:
+            with numpy.errstate(over='ignore', invalid='ignore'):
+                y, lse_finite = self._forward_host(x, layout, mix, gamma, beta, dtype)
+            if not lse_finite:
+                raise _non_finite_input_error(x, layout, dtype)
+            return y,
         xd = x if x.dtype == dtype else x.astype(dtype)
         work = xp.empty((2 * C + 1, n), dtype)
         with numpy.errstate(over='ignore', invalid='ignore'):
@@ -1471,6 +1543,58 @@ class QueueMixtureNormalizationFunction(function_node.FunctionNode):
                                        beta, _MODES[self.mode], self.K, self.eps)
         return y.astype(x.dtype, copy=False),
 
+    def _forward_host(self, x, layout, mix, gamma, beta, dtype):
+        """:meth:`forward` on NumPy, in x's own layout (N, C, L), with no transposing
+        copy: per block of samples (cache-sized) ``[x - s; (x - s)^2]`` (b, 2C, L) and one
+        batched product with the log-density weights (M, 2C); the posteriors of all points
+        at once (M x n numbers stay in cache); then per block one batched product of the
+        posteriors with the stacked output weights ``[A; B]`` (2C, M) and ``y = (x - s)
+        (A r) + B r + beta``.  Returns ``(y, whether every log-likelihood is finite)``; the
+        posteriors are kept for the backward."""
+        N, C, L, M = layout.N, layout.C, layout.L, self.M
+        x3 = x.reshape(N, C, L)
+        lw = mix['logp_weight']
+        W = numpy.ascontiguousarray(lw[:, :2 * C])                    # (M, 2C)
+        shift = numpy.ascontiguousarray(numpy.broadcast_to(mix['shift'][:, None], (C, L)))
+        b = min(N, max(1, _HOST_BLOCK // (2 * C * L)))
+        st = numpy.empty((b, 2 * C, L), dtype)
+        r = numpy.empty((N, M, L), dtype)
+        for a0 in range(0, N, b):
+            a1 = min(N, a0 + b)
+            s = st[:a1 - a0]
+            xs = s[:, :C]
+            numpy.subtract(x3[a0:a1], shift, out=xs)
+            numpy.multiply(xs, xs, out=s[:, C:])
+            numpy.matmul(W, s, out=r[a0:a1])                          # log-densities
+        r += lw[:, 2 * C, None]
+        mx = r.max(axis=1, keepdims=True)
+        r -= mx
+        numpy.exp(r, out=r)
+        total = r.sum(axis=1, keepdims=True)
+        r /= total                                                    # posteriors
+        finite = bool(numpy.isfinite(mx).all() and numpy.isfinite(total).all())
+        A, B, channel_beta = kernels.mn_queue_coef_xp(mix, M, gamma, beta, _MODES[self.mode],
+                                                      self.K, self.eps)
+        AB = numpy.concatenate([A, B]).astype(dtype)                  # (2C, M)
+        if channel_beta is not None:
+            channel_beta = numpy.ascontiguousarray(
+                numpy.broadcast_to(channel_beta[:, None], (C, L)))
+        out = numpy.empty((N, C, L), dtype)
+        pq = numpy.empty((b, 2 * C, L), dtype)
+        for a0 in range(0, N, b):
+            a1 = min(N, a0 + b)
+            xs, p = st[:a1 - a0, :C], pq[:a1 - a0]
+            numpy.subtract(x3[a0:a1], shift, out=xs)
+            numpy.matmul(AB, r[a0:a1], out=p)
+            y = out[a0:a1]
+            numpy.multiply(xs, p[:, :C], out=y)
+            y += p[:, C:]
+            if channel_beta is not None:
+                y += channel_beta
+        self.resp = None
+        self._posteriors = r
+        return out.reshape(x.shape).astype(x.dtype, copy=False), finite
+
     def backward(self, indexes, grad_outputs):
         F = chainer.functions
         inputs = list(self.get_retained_inputs())
@@ -1481,6 +1605,8 @@ class QueueMixtureNormalizationFunction(function_node.FunctionNode):
         if self.mode == _COMPONENT:
             params = [F.tile(p, (reps, 1)) for p in params]
         means = (mix['mean'] + mix['shift'][:, None]).T
+        if self.resp is None:               # the host forward's posteriors (N, M, L)
+            self.resp = self._posteriors.transpose(1, 0, 2).reshape(self.M, -1)
         node = FixedMixtureNormalizationFunction(
             self.resp.T, mix['scale'], self.mode, self.has_gamma, self.has_beta, self.eps)
         node.apply([x] + params + [means, mix['var'].T])

@@ -822,7 +822,8 @@ _MN_BLOCK = 1 << 15
 
 def mn_combine_xp(out3, u, A, resp1, v=None, B=None, Cm=None, beta=None):
     """Twin of the combining kernel: into ``out3`` (N, C, L) write, in the layout of x,
-    ``u * (A r^T) + v * (B r^T) + Cm r^T + beta`` with ``u``, ``v`` (C, n), ``A``, ``B``,
+    ``u * (A r^T) + v * (B r^T) + Cm r^T + beta`` with ``u``, ``v`` (C, n) (``u`` also a
+    (C, N, L) view of an x-shaped array), ``A``, ``B``,
     ``Cm`` (C, K), ``r`` the first K columns of ``resp1`` (n, K+1) and ``beta`` (C,);
     absent terms are 0.  Returns ``out3``."""
     xp = get_array_module(out3)
@@ -836,7 +837,11 @@ def mn_combine_xp(out3, u, A, resp1, v=None, B=None, Cm=None, beta=None):
     for c0 in range(0, C, step):
         c1 = min(C, c0 + step)
         t = _expand_into(xp, A[c0:c1], rT, xp.empty((c1 - c0, n), out3.dtype))
-        t *= u[c0:c1]
+        if u.ndim == 3:         # a (C, N, L) view of an x-shaped array
+            t3 = t.reshape(c1 - c0, N, L)
+            t3 *= u[c0:c1]
+        else:
+            t *= u[c0:c1]
         if v is not None:
             t2 = _expand_into(xp, B[c0:c1], rT, xp.empty((c1 - c0, n), out3.dtype))
             t2 *= v[c0:c1]
@@ -1332,22 +1337,27 @@ def mn_queue_normalize_xp(out3, xs, resp, mix, gamma, beta, mode, K, eps):
     (K, C), component m = t K + k) ``v_m = gamma_k sigma^2_m + eps`` and the centre
     moves by beta_k.  Returns ``out3``."""
     xp = get_array_module(out3)
-    N, C, L = out3.shape
+    A, B, beta = mn_queue_coef_xp(mix, resp.shape[0], gamma, beta, mode, K, eps)
+    resp1 = xp.concatenate([resp, xp.ones((1, resp.shape[1]), resp.dtype)]).T
+    return mn_combine_xp(out3, xs, A.astype(out3.dtype), resp1, Cm=B.astype(out3.dtype),
+                         beta=beta)
+
+
+def mn_queue_coef_xp(mix, M, gamma, beta, mode, K, eps):
+    """The (D, M) weights of :func:`mn_queue_normalize_xp`'s output ``xs * (A r) + B r +
+    beta``: ``A``, ``B`` with the affine folded in, and the channel ``beta`` (D,) or
+    None."""
+    xp = get_array_module(mix['var'])
     if mode == MN_COMPONENT:
-        M = resp.shape[0]
         reps = M // K
         g = xp.tile(gamma.T, (1, reps)) if gamma is not None else 1.0
         b = xp.tile(beta.T, (1, reps)) if beta is not None else 0.0
         A = mix['scale'][None, :] / xp.sqrt(g * mix['var'] + eps)
-        B = -A * (mix['mean'] + b)
-        gamma = beta = None
-    else:
-        A, B = mix['x_weight'], mix['offset_weight']
-        if mode == MN_CHANNEL and gamma is not None:
-            A, B = A * gamma[:, None], B * gamma[:, None]
-    resp1 = xp.concatenate([resp, xp.ones((1, resp.shape[1]), resp.dtype)]).T
-    return mn_combine_xp(out3, xs, A.astype(out3.dtype), resp1, Cm=B.astype(out3.dtype),
-                         beta=beta if mode == MN_CHANNEL else None)
+        return A, -A * (mix['mean'] + b), None
+    A, B = mix['x_weight'], mix['offset_weight']
+    if mode == MN_CHANNEL and gamma is not None:
+        A, B = A * gamma[:, None], B * gamma[:, None]
+    return A, B, beta if mode == MN_CHANNEL else None
 
 
 _MN_QUEUE_NORMALIZE_SRC = r'''
