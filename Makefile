@@ -6,10 +6,11 @@
 #                    the GPU machine's rehearsal
 # The tiers (tests/conftest.py, SLOW): the slow one is the MPI fault suite and the tests
 # that train runs end to end, launch mpiexec or a script, or build the deep models.
-# `make test` leaves it out (-m "not slow"): on 2 idle cores it ends in about 1.5 min
-# after the venv's minute, and --check-modules fails it unless its tests run code of
+# `make test` leaves it out (-m "not slow"): on a fresh clone with 2 cores busy with
+# other work (load 5), 2 min 53 s, its venv included (2 min 27 s of tests; idle, about
+# 1.5 min); and --check-modules (Python 3.12+) fails it unless its tests run code of
 # every module of mixnorm/, experiments/ and scripts/.  TIER=all runs both tiers with
-# this one Python, TIER=slow the slow tier alone.
+# this one Python, TIER=slow the slow tier alone (6.5 min at load 4).
 # Chainer 7.8.1 is an sdist whose setup.py imports pkg_resources, and so does every
 # `import chainer`: the venv needs a setuptools that still ships pkg_resources, and the
 # build --no-build-isolation (an isolated build gets the newest setuptools, which has
