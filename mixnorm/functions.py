@@ -46,8 +46,12 @@ Implementation notes
   and column sums, one kernel for the (C, K) arithmetic of Eq. 35-37 (in float64 inside
   the kernel) and one writing the output in x's layout; the backward is a stacking
   kernel ``[gy; gy xc]``, one product, one chain-rule kernel and one writing the input
-  gradient.  Nothing is copied to the host.  Where the arrays are NumPy arrays the same
-  functions run as the kernels' twins.  Non-finite moments (NaN/Inf input, an
+  gradient.  Nothing is copied to the host.  Where the arrays are NumPy arrays the
+  same arithmetic runs in cache-sized blocks with no (2C, n) stack: for input whose
+  samples hold at least ``_HOST_MIN_L`` points in x's own layout, a block of samples at
+  a time with batched products (:func:`_forward_host`, :func:`_backward_host`,
+  :func:`_combine_host`; the queue's inference likewise), else a block of channels at a
+  time in the (C, n) layout with the kernels' twins.  Non-finite moments (NaN/Inf input, an
   overflow) and, under the component affine, a non-positive normalizer raise
   ``ValueError`` on the host always, and on a device under ``chainer.config.debug``
   only (reading the flag there is a synchronization); without it a NaN input gives
@@ -450,7 +454,9 @@ class _FastSaved(NamedTuple):
     ``var``), ``views`` the named views of the :func:`mixnorm.kernels.mn_coef` buffer
     ``buf``, the shifted input ``xc`` (C, n), ``resp`` (n, K) and ``resp1`` = [resp | 1]
     (n, K+1) of the compute dtype, the input :class:`_Dtypes` and ``params`` the
-    (gamma, beta) device arrays of the compute dtype (None where absent)."""
+    (gamma, beta) device arrays of the compute dtype (None where absent).  On NumPy, for
+    input with a spatial extent, ``xc`` is kept in x's layout (N, C, L) instead and
+    ``by_sample`` holds the posteriors as (N, K, L) (:func:`_forward_host`)."""
     layout: object
     coef: object
     views: dict
@@ -460,6 +466,7 @@ class _FastSaved(NamedTuple):
     resp1: object
     dtypes: _Dtypes
     params: tuple = (None, None)
+    by_sample: object = None
 
 
 def _read_inputs(inputs, spec, resp):
@@ -734,8 +741,12 @@ def _forward_on_device(spec, ins, lambda_scaling):
     x = ins.x if ins.x.dtype == dtype else ins.x.astype(dtype)
     x3 = _as3(x, layout)
     shift = kernels.mn_shift(x3, kernels.mn_shift_steps(layout.N, layout.L, layout.rows))
+    by_sample = None
     with numpy.errstate(over='ignore', invalid='ignore'):   # overflow: checked below
-        if xp is numpy:
+        if xp is numpy and layout.L >= _HOST_MIN_L:
+            xc, resp1, by_sample, moments = _forward_host(x3, shift, ins.resp)
+            y = numpy.empty(x.shape, dtype)
+        elif xp is numpy:
             xc, resp1, moments = _stack_moments_host(x3, shift, ins.resp)
             y = numpy.empty(x.shape, dtype)
         else:
@@ -754,20 +765,95 @@ def _forward_on_device(spec, ins, lambda_scaling):
     views = kernels.mn_coef_views(buf, C, K)
     if _checks_on(xp):
         _check_status(spec, views, ins.x, dtype, gamma)
-    kernels.mn_combine(_as3(y, layout), xc, views['x_weight'], resp1,
-                       Cm=views['offset_weight'],
-                       beta=beta if spec.mode == _CHANNEL else None)
+    if by_sample is not None:
+        with numpy.errstate(over='ignore', invalid='ignore'):
+            _combine_host(_as3(y, layout), xc, [views['x_weight'], views['offset_weight']],
+                          by_sample, beta=beta if spec.mode == _CHANNEL else None)
+    else:
+        kernels.mn_combine(_as3(y, layout), xc, views['x_weight'], resp1,
+                           Cm=views['offset_weight'],
+                           beta=beta if spec.mode == _CHANNEL else None)
     if y.dtype != ins.x.dtype:
         y = y.astype(ins.x.dtype)
     coef = _Coefficients(views['scale'], views['inv_std'], views['centre'], views['mean'],
                          views['var'], shift, colsum=views['colsum'])
     saved = _FastSaved(layout, coef, views, buf, xc, ins.resp, resp1, ins.dtypes,
-                       (gamma, beta))
+                       (gamma, beta), by_sample)
     return y, BatchStats(views['weights'], views['mu'], views['var_t']), saved
 
 
 #: Elements per block of channels of the host's training passes (cache-resident).
 _HOST_CHANNEL_BLOCK = 1 << 15
+
+#: The host's passes work in x's layout, a block of samples at a time, where each sample
+#: has at least this many points (else a block of channels at a time in the (C, n)
+#: layout, as the device does).
+_HOST_MIN_L = 16
+
+
+def _sample_block(N, C, L, stack=2):
+    """Samples per block of the host's passes in x's layout (``stack`` (C, L) arrays per
+    sample within :data:`_HOST_BLOCK` elements)."""
+    return min(N, max(1, _HOST_BLOCK // (stack * C * L)))
+
+
+def _forward_host(x3, shift, resp):
+    """The shifted input and the moments of :func:`_forward_on_device` on NumPy, in x's
+    layout: ``xc`` = x - shift (N, C, L), ``resp1`` = [resp | 1] (n, K+1), the posteriors
+    by sample (N, K, L) and the moments ``[xc; xc^2; 1] resp1`` (2C+1, K+1), summed per
+    block of samples (the squares stay in cache)."""
+    N, C, L = x3.shape
+    n, K, dtype = N * L, resp.shape[1], x3.dtype
+    xc = numpy.empty((N, C, L), dtype)
+    numpy.subtract(x3, shift[:, None], out=xc)
+    resp1 = numpy.empty((n, K + 1), dtype)
+    resp1[:, :K] = resp
+    resp1[:, K] = 1
+    rows = resp1.reshape(N, L, K + 1)
+    by_sample = numpy.ascontiguousarray(rows[:, :, :K].transpose(0, 2, 1))
+    moments = numpy.zeros((2 * C + 1, K + 1), dtype)
+    b = _sample_block(N, C, L)
+    squares = numpy.empty((b, C, L), dtype)
+    for a0 in range(0, N, b):
+        a1 = min(N, a0 + b)
+        sq = squares[:a1 - a0]
+        numpy.multiply(xc[a0:a1], xc[a0:a1], out=sq)
+        moments[:C] += numpy.matmul(xc[a0:a1], rows[a0:a1]).sum(axis=0)
+        moments[C:2 * C] += numpy.matmul(sq, rows[a0:a1]).sum(axis=0)
+    numpy.matmul(numpy.ones((1, n), dtype), resp1, out=moments[2 * C:])
+    return xc, resp1, by_sample, moments
+
+
+def _combine_host(out3, u3, weights, r3, v3=None, beta=None):
+    """:func:`mixnorm.kernels.mn_combine` in x's layout on NumPy: ``out3`` (N, C, L) =
+    ``u3 * (W_0 r) + v3 * (W_1 r) + W_last r + beta`` with ``weights`` the (C, K) W's
+    (two without ``v3``, three with), ``r3`` the posteriors (N, K, L), ``u3``, ``v3``
+    x-shaped (N, C, L) and ``beta`` (C,): one batched product per block of samples,
+    nothing transposed."""
+    N, C, L = out3.shape
+    K, m = r3.shape[1], len(weights)
+    W = numpy.concatenate(weights).astype(out3.dtype, copy=False)        # (m C, K)
+    if beta is not None:
+        beta = numpy.ascontiguousarray(numpy.broadcast_to(beta[:, None], (C, L)))
+    b = _sample_block(N, C, L, m)
+    expanded = numpy.empty((b, m * C, L), out3.dtype)
+    for a0 in range(0, N, b):
+        a1 = min(N, a0 + b)
+        e = expanded[:a1 - a0]
+        if K == 1:      # an outer product: BLAS with k = 1 is much slower
+            numpy.multiply(W[None], r3[a0:a1], out=e)
+        else:
+            numpy.matmul(W, r3[a0:a1], out=e)
+        y = out3[a0:a1]
+        numpy.multiply(u3[a0:a1], e[:, :C], out=y)
+        if v3 is not None:
+            t = e[:, C:2 * C]
+            t *= v3[a0:a1]
+            y += t
+        y += e[:, (m - 1) * C:]
+        if beta is not None:
+            y += beta
+    return out3
 
 
 def _channel_blocks(C, n):
@@ -827,6 +913,9 @@ def _backward_on_device(spec, saved, gy):
     layout, views, dtype = saved.layout, saved.views, saved.xc.dtype
     C, n, K = layout.C, layout.n, saved.resp.shape[1]
     g = gy if gy.dtype == dtype else gy.astype(dtype)
+    gamma, _ = saved.params
+    if saved.by_sample is not None:
+        return _backward_host(spec, saved, _as3(g, layout), gamma)
     if xp is numpy:
         g3 = _as3(g, layout)
         sums = _grad_sums_host(g3, saved.xc, saved.resp1)
@@ -836,12 +925,45 @@ def _backward_on_device(spec, saved, gy):
         kernels.mn_grad_stack(_as3(g, layout), saved.xc, work)
         sums = xp.matmul(work, saved.resp1)                  # (2C, K+1)
         gx, u = work[C:].reshape(layout.shape), work[:C]     # gy xc is spent
-    gamma, _ = saved.params
     grads = kernels.mn_grad_coef_views(
         kernels.mn_grad_coef(sums, saved.buf, gamma, _MODES[spec.mode], spec.has_gamma,
                              spec.has_beta), C, K)
     kernels.mn_combine(_as3(gx, layout), u, views['x_weight'], saved.resp1,
                        v=saved.xc, B=grads['x_var'], Cm=grads['x_mean'])
+    return _gradients(spec, saved, gx, grads)
+
+
+def _backward_host(spec, saved, g3, gamma):
+    """:func:`_backward_on_device` after :func:`_forward_host`, in x's layout: the sums
+    ``[gy; gy xc] r`` per block of samples, then ``gx = gy (A r) + xc (B r) + Cm r`` per
+    block (:func:`_combine_host`)."""
+    layout, views = saved.layout, saved.views
+    xc3, r3 = saved.xc, saved.by_sample
+    N, C, L = xc3.shape
+    K = r3.shape[1]
+    rows = saved.resp1.reshape(N, L, K + 1)
+    sums = numpy.zeros((2 * C, K + 1), xc3.dtype)
+    b = _sample_block(N, C, L)
+    gxc = numpy.empty((b, C, L), xc3.dtype)
+    for a0 in range(0, N, b):
+        a1 = min(N, a0 + b)
+        g, t = g3[a0:a1], gxc[:a1 - a0]
+        numpy.multiply(g, xc3[a0:a1], out=t)
+        sums[:C] += numpy.matmul(g, rows[a0:a1]).sum(axis=0)
+        sums[C:] += numpy.matmul(t, rows[a0:a1]).sum(axis=0)
+    grads = kernels.mn_grad_coef_views(
+        kernels.mn_grad_coef(sums, saved.buf, gamma, _MODES[spec.mode], spec.has_gamma,
+                             spec.has_beta), C, K)
+    gx = numpy.empty(layout.shape, xc3.dtype)
+    _combine_host(_as3(gx, layout), g3,
+                  [views['x_weight'], grads['x_var'], grads['x_mean']], r3, v3=xc3)
+    return _gradients(spec, saved, gx, grads)
+
+
+def _gradients(spec, saved, gx, grads):
+    """The outputs of the first-order backward: x's gradient, then gamma's and beta's
+    where the node has them, each in its input's dtype."""
+    C, K = saved.layout.C, saved.resp.shape[1]
     dtypes = saved.dtypes
     outputs = [gx.astype(dtypes.x, copy=False)]
     shape = (C,) if spec.mode == _CHANNEL else (K, C)
@@ -1238,6 +1360,8 @@ def _differentiable_gradients(node, indexes, gy):
             'double backward of synchronized mixture normalization (a reducer) is not '
             'implemented')
     layout, coef, xc, resp = saved.layout, saved.coef, saved.xc, saved.resp
+    if getattr(saved, 'by_sample', None) is not None:     # x's layout: to (C, n)
+        xc = numpy.ascontiguousarray(xc.transpose(1, 0, 2)).reshape(layout.C, layout.n)
     xp = _arrays.get_array_module(xc)
     dtype, C, K = xc.dtype, layout.C, resp.shape[1]
     names = _input_names(spec)
@@ -1523,7 +1647,7 @@ class QueueMixtureNormalizationFunction(function_node.FunctionNode):
         layout = _Layout(x.shape)
         C, n = layout.C, layout.n
         mix = self._views(C)
-        if xp is numpy and not layout.rows:
+        if xp is numpy and layout.L >= _HOST_MIN_L:
             with numpy.errstate(over='ignore', invalid='ignore'):
                 y, lse_finite = self._forward_host(x, layout, mix, gamma, beta, dtype)
             if not lse_finite:

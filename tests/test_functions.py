@@ -261,6 +261,100 @@ def test_grads_match_naive_chainer(relu, shape, K, affine):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
 
 
+# shapes whose samples have many points (NumPy then works in x's layout, a block of
+# samples at a time) and enough samples for several blocks, the last one partial
+BLOCKED_SHAPES = [(6, 64, 16, 16), (5, 40, 20, 20)]
+
+
+@pytest.mark.parametrize('shape', BLOCKED_SHAPES)
+@pytest.mark.parametrize('K', [1, 3])
+@pytest.mark.parametrize('affine', AFFINES)
+def test_blocked_training_matches_naive_chainer(shape, K, affine):
+    x, gamma, beta, resp = make_case(K + 40, shape, K, affine)
+    gy = np.random.default_rng(6).standard_normal(shape)
+    f1, inputs = call(MF.mixture_normalization, x, gamma, beta, resp)
+    f2, _ = call(naive_chainer, x, gamma, beta, resp)
+    y1, g1 = grads_of(f1, inputs, gy)
+    y2, g2 = grads_of(f2, inputs, gy)
+    np.testing.assert_allclose(y1, y2, rtol=1e-10, atol=1e-10)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+    # float32: the same up to float32 rounding
+    y32, g32 = grads_of(f1, [a.astype(np.float32) for a in inputs], gy.astype(np.float32))
+    np.testing.assert_allclose(y32, y2, rtol=1e-4, atol=1e-4)
+    for a, b in zip(g32, g2):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * np.abs(b).max())
+
+
+def _naive_queue_posteriors(x, qw, qm, qv, decay, eps):
+    """(n, T K) posteriors of the points of x under the queue's mixture (Eq. 39's
+    weights tau_t lambda_k^t), float64."""
+    T, K, C = qm.shape
+    tau = decay ** np.arange(T - 1, -1, -1) * (1 - decay) / (1 - decay ** T)
+    w = (tau[:, None] * qw).reshape(-1)
+    mus, vs = qm.reshape(-1, C), qv.reshape(-1, C) + eps
+    X = to_rows(x.astype(np.float64))
+    logp = np.stack([np.log(w[m]) - 0.5 * (np.log(2 * np.pi * vs[m])
+                                           + (X - mus[m]) ** 2 / vs[m]).sum(1)
+                     for m in range(T * K)])
+    r = np.exp(logp - logp.max(0))
+    return (r / r.sum(0)).T
+
+
+def _naive_queue_forward(x, gamma, beta, qw, qm, qv, decay, eps):
+    """Eq. 38-39 in float64 with loops: the posteriors of the queue's mixture (weights
+    tau_t lambda_k^t) and each component's standardization, a_m = 1/sqrt(lambda_m)."""
+    T, K, C = qm.shape
+    mus, vs, lam = qm.reshape(-1, C), qv.reshape(-1, C) + eps, qw.reshape(-1)
+    X = to_rows(x.astype(np.float64))
+    r = _naive_queue_posteriors(x, qw, qm, qv, decay, eps).T
+    y = np.zeros_like(X)
+    for m in range(T * K):
+        k = m % K
+        if gamma is not None and gamma.ndim == 2:
+            t = (X - mus[m] - beta[k]) / np.sqrt(gamma[k] * qv.reshape(-1, C)[m] + eps)
+        else:
+            t = (X - mus[m]) / np.sqrt(vs[m])
+        y += (r[m] / np.sqrt(lam[m]))[:, None] * t
+    if gamma is not None and gamma.ndim == 1:
+        y = gamma * y + beta
+    return from_rows(y, x.shape)
+
+
+@pytest.mark.parametrize('shape', BLOCKED_SHAPES + [(3, 4, 2, 3)])
+@pytest.mark.parametrize('affine', AFFINES)
+@pytest.mark.parametrize('dtype', [np.float64, np.float32])
+def test_queue_inference_matches_naive(shape, affine, dtype):
+    from mixnorm import kernels
+    T, K, C = 4, 3, shape[1]
+    rng = np.random.default_rng(7)
+    x, gamma, beta, _ = make_case(50, shape, K, affine)
+    qw = rng.dirichlet(np.ones(K), T)
+    qm = rng.uniform(-3, 3, (T, K, C))
+    qv = rng.uniform(0.5, 4.0, (T, K, C))
+    buf = kernels.mn_queue_mixture_xp(qw, qm, qv, T, 0.9, EPS, True, dtype)
+    cast = (lambda a: None if a is None else a.astype(dtype))
+    xv = chainer.Variable(x.astype(dtype))
+    y = MF.queue_mixture_normalization(xv, cast(gamma), cast(beta), buf, K, eps=EPS)
+    ref = _naive_queue_forward(x, gamma, beta, qw, qm, qv, 0.9, EPS)
+    tol = 1e-9 if dtype == np.float64 else 2e-3
+    assert y.dtype == dtype and y.shape == x.shape
+    np.testing.assert_allclose(y.array, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    # its backward: the fixed node's with the posteriors held constant
+    gy = rng.standard_normal(shape)
+    y.grad = gy.astype(dtype)
+    y.backward()
+    resp = _naive_queue_posteriors(x, qw, qm, qv, 0.9, EPS)
+    lam = qw.reshape(-1)
+    params = [p if affine != 'component' else np.tile(p, (T, 1))
+              for p in (gamma, beta) if p is not None]
+    f, inputs = call(MF.fixed_mixture_normalization, x, *(params or [None, None]), resp,
+                     means=qm.reshape(-1, C), variances=qv.reshape(-1, C),
+                     scale=1 / np.sqrt(lam))
+    _, (gx_ref, *_) = grads_of(f, inputs, gy)
+    np.testing.assert_allclose(xv.grad, gx_ref, rtol=tol, atol=tol * np.abs(gx_ref).max())
+
+
 def test_naive_chainer_agrees_with_naive_numpy():
     # guards the two references against each other
     x, gamma, beta, resp = make_case(0, (3, 2, 2, 3), 3, 'component')
