@@ -6,8 +6,9 @@ Run with P processes (``mpiexec -n 2 python bench/bench_comm.py``).  For a
 receives, for ChainerMN's ``MultiNodeBatchNormalization`` and for
 ``mixnorm.MultiNodeMixtureNormalization`` at K = 1, 3 and 5 (EM iter. 2; the fit's
 collectives and the normalizing forward and backward's told apart), and times the
-step of each side by side.  The synchronized MN moves O(K C) numbers per collective,
-never O(n C).  Rank 0 writes ``results/bench/comm_cpu.{json,md}`` with the hardware
+step of each side by side.  The synchronized MN moves O(K C) numbers per collective
+(and once per fit the K-means++ subsample, ``mixnorm.gmm.seeding_points(K)`` rows of
+C + 1), never O(n C).  Rank 0 writes ``results/bench/comm_cpu.{json,md}`` with the hardware
 named (``--no-write`` to skip).
 
     OMP_NUM_THREADS=1 mpiexec -n 2 python bench/bench_comm.py [--shape 64,448,8,8]

@@ -6,9 +6,10 @@ The link normalizes every process's part of the batch with the mixture of the
 ``chainermn.links.MultiNodeBatchNormalization`` does for BN:
 
 * one GMM is fitted to the union (:func:`mixnorm.gmm.fit_gmm` with a reducer):
-  K-means++ draws its seeds from the global potential, and every K-means and EM pass
-  combines the (K, 2d+2) moments of all processes; the points themselves are never
-  gathered;
+  K-means++ seeds on a subsample of the union that does not depend on the split (at
+  most :func:`mixnorm.gmm.seeding_points` points, gathered once), and every K-means
+  and EM pass combines the (K, 2d+2) moments of all processes; the other points are
+  never gathered;
 * Eq. 34-36 and their gradients use the global moments: the (2C, K) moments of the
   forward and the (2C, K) sums of the backward are combined in one collective each
   (:func:`mixnorm.functions.mixture_normalization` with a reducer);

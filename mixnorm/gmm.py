@@ -3,7 +3,8 @@
 One xp-generic code path (NumPy or CuPy, chosen by the input's array module):
 
 1. :func:`kmeans_plusplus` -- greedy K-means++ seeding with ``2 + int(log K)`` local
-   trials per new centre (the paper's "2 + log(K) trials");
+   trials per new centre (the paper's "2 + log(K) trials"), on a uniform random
+   subsample of at most :func:`seeding_points` of the points (all of a smaller batch);
 2. ``kmeans_iters`` Lloyd iterations (:func:`_lloyd_labels`);
 3. the mixture is initialised from the K-means partition (:func:`_m_step` of the moments
    of the one-hot responsibilities) and refined by ``em_iters`` EM iterations of a
@@ -68,8 +69,8 @@ Several processes.  ``fit_gmm(..., reducer=r)`` fits one mixture to the union of
 points of all ranks of ``r`` (``size``, ``rank`` and deterministic host ``allgather``
 and ``sum`` over ranks: :class:`LocalReducer`, :class:`mixnorm._collectives.MPIReducer`).  The points
 never leave their rank: each pass reduces the same small matrices that the
-single-process fit fetches to the host (the frame's statistics, the K-means++ seeds and
-potentials, the (K, 2d+2) moments), and every rank returns the same mixture, bitwise
+single-process fit fetches to the host (the frame's statistics, the K-means++
+subsample, the (K, 2d+2) moments), and every rank returns the same mixture, bitwise
 (see :func:`fit_gmm` for the design and its cost).
 """
 import math
@@ -212,13 +213,15 @@ class _Frame(NamedTuple):
     1]`` (n, d+2), whose ``z**2`` the passes square block by block in cache (half the
     memory, so a pass reads half as much).  Coefficient and moment matrices have the
     columns of the augmented matrix either way.  A union frame (the points of all ranks
-    of a ``reducer``) also holds the reducer and ``counts`` (P,), the points of each
-    rank; ``za`` holds this rank's."""
+    of a ``reducer``) also holds the reducer, ``counts`` (P,), the points of each
+    rank, and ``narrow``, whether every rank fits in float32; ``za`` holds this
+    rank's."""
     za: object
     shift: object
     scale: float
     counts: object = None
     reducer: object = None
+    narrow: bool = False
 
     @property
     def compact(self):
@@ -294,7 +297,8 @@ def _frame_for(x, eps, work, reducer=None):
     """The fitting frame of ``x``: shift and scale from a strided row subsample (one
     small device-to-host copy), then its matrix (:func:`_augment`).  With a ``reducer``
     the frame of the union of all ranks' points: one all-gather of each rank's row
-    ``[n, n_sub, mean, M2]``, pooled as Chan et al. (:func:`_pooled`)."""
+    ``[n, n_sub, mean, M2, itemsize of the work dtype]``, pooled as Chan et al.
+    (:func:`_pooled`)."""
     xp = get_array_module(x)
     n, d = x.shape
     sub = x[::max(1, n // _FRAME_ROWS)]
@@ -303,13 +307,14 @@ def _frame_for(x, eps, work, reducer=None):
         m2 = xp.square(sub - shift).sum()
         stats = _arrays.to_host(xp.concatenate([shift, m2[None]]))
         rows = numpy.concatenate([[n, sub.shape[0]], stats])[None]
-        counts = None
+        counts, narrow = None, False
         if reducer is not None:
-            rows = reducer.allgather(rows[0])
-            counts = rows[:, 0]
+            rows = reducer.allgather(numpy.concatenate([rows[0], [work.itemsize]]))
+            counts, narrow, rows = rows[:, 0], bool((rows[:, -1] < 8).all()), rows[:, :-1]
         shift, spread = _pooled(rows)
         scale = max(math.sqrt(spread) if numpy.isfinite(spread) else 1.0, math.sqrt(eps))
-        return _Frame(_augment(x, shift, scale, work), shift, scale, counts, reducer)
+        return _Frame(_augment(x, shift, scale, work), shift, scale, counts, reducer,
+                      narrow)
 
 
 def _pooled(rows):
@@ -384,15 +389,6 @@ def _distances(frame, coef):
     return xp.maximum(D, 0, out=D)
 
 
-def _centre_coef(frame, rows):
-    """Distance coefficients ``[0 | -2c | 1 | |c|^2]`` of the data points of the frame
-    at ``rows`` (a device int64 array; :func:`mixnorm.kernels.centre_coef`; on NumPy
-    the values :func:`_rows_coef` gives for the same points)."""
-    if frame.compact:
-        return _rows_coef(frame, _point_rows(frame, rows))
-    return kernels.centre_coef(frame.za, rows)
-
-
 def _dist_coef(centres, sqnorms=None):
     """Distance coefficients ``[0 | -2c | 1 | |c|^2]`` of host centres (m, d)
     (``sqnorms`` (m,): the squared norms as the frame holds them, else computed)."""
@@ -402,19 +398,6 @@ def _dist_coef(centres, sqnorms=None):
     coef[:, 2 * d] = 1.0
     coef[:, 2 * d + 1] = (centres * centres).sum(axis=1) if sqnorms is None else sqnorms
     return coef
-
-
-def _point_rows(frame, rows):
-    """``[z | |z|^2]`` (m, d+1), host float64, of this rank's points at ``rows`` (a
-    device int64 array): what the rank owning a seed contributes."""
-    return _arrays.to_host(frame.zs()[rows, :frame.d + 1]).astype(numpy.float64)
-
-
-def _rows_coef(frame, rows):
-    """Device distance coefficients of points given as host ``[z | |z|^2]`` rows: the
-    values :func:`_centre_coef` gives for them on their own rank."""
-    d = frame.d
-    return _device_coef(frame, _dist_coef(rows[:, :d], rows[:, d]))
 
 
 def _logprob_coef(gmm):
@@ -532,172 +515,110 @@ def _m_step(moments, n, eps_z, tiny):
 
 # ---------------------------------------------------------------------------- seeding
 
-def _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=False,
-                     with_moments=False):
-    """Greedy K-means++ over the points of the frame (of all ranks, for a union frame).
-
-    Returns this rank's nearest-seed labels (n,) (ties go to the earlier seed, as
-    ``argmin``), tracked on the way so that the first Lloyd assignment costs no extra
-    pass over the data, and with ``want_indices`` (one process) also the indices (K,)
-    of the chosen points.  Every rank holds the same host generator ``rs`` and makes
-    the same draws: the first seed uniformly over all points, then per round
-    ``n_local_trials`` candidates drawn proportionally to the potential (squared
-    distance to the nearest seed), of which the one lowering the total potential most
-    is kept.  One process (no reducer) is the P = 1 case of the same steps, whose
-    exchanges are then no-ops that leave the data on the device (no host
-    synchronisation); with a :class:`LocalReducer` they run, and choose the same seeds
-    bitwise:
-
-    * a seed or candidate is held by one rank, which contributes its coordinates
-      (:func:`_seed_coef`, one reduction);
-    * a round's draws fall in the ranks' shares of the global potential
-      (:func:`_draw_candidates`, with the per-rank potentials of one all-gather);
-    * each rank scores every candidate on its own points and one all-gather sums them
-      (:func:`_candidate_potentials`); the best candidate is the same on every rank.
-
-    That is 2 + 2 (K - 1) collectives of O(trials * d) numbers per rank for P ranks.
-    With ``with_moments`` a union frame also returns the moments (K, 2d+2) of the
-    seeds' partition over all ranks, reduced with the last round's potentials
-    (:func:`_last_round_with_moments`: one collective fewer); they are None
-    otherwise.
-    """
-    xp = get_array_module(frame.za)
-    labels = xp.zeros((frame.za.shape[0],), dtype=xp.int64)
-    if n_components == 1 and not want_indices:
-        return labels, None
-    rows, mine = _first_seed(frame, int(rs.integers(0, frame.n)))
-    indices = [rows] if want_indices else None
-    closest = _distances(frame, _seed_coef(frame, rows, mine))[0]
-    cum = xp.cumsum(closest, dtype=xp.float64)
-    rank_pots = _rank_potentials(frame, cum)
-    # all rounds' uniform draws at once (the same stream as one draw per round)
-    draws = _round_draws(frame, rs.random((n_components - 1, n_local_trials)))
-    for k in range(1, n_components):
-        cand, mine = _draw_candidates(frame, cum, draws[k - 1], rank_pots)
-        # (trials, n) squared distances; kpp_update clips them at 0
-        dist = _distance_product(frame, _seed_coef(frame, cand, mine))
-        local = xp.minimum(dist, closest[None, :]).sum(axis=1, dtype=xp.float64)
-        if with_moments and frame.reducer is not None and k + 1 == n_components:
-            return _last_round_with_moments(frame, dist, local, closest, labels, k)
-        pot, rank_pots = _candidate_potentials(frame, local)
-        if want_indices:
-            indices.append(xp.reshape(cand[xp.argmin(pot)], (1,)))    # device index
-        closest, labels = kernels.kpp_update(dist, pot, closest, labels, k)
-        if k + 1 < n_components:
-            cum = xp.cumsum(closest, dtype=xp.float64)
-    return labels, (xp.concatenate(indices) if want_indices else None)
+def seeding_points(n_components):
+    """How many points at most the K-means++ seeding draws its seeds from (see
+    :func:`_kmeans_plusplus`): ``max(512, MIN_POINTS_PER_COMPONENT * K)``.  A component
+    at the pruning threshold (weight ``min_weight`` = 0.01, paper Sec. 5.3) holds on
+    average 5 of them (none with probability e^-5, under 1%; a component of weight 0.03
+    none with probability 2e-7), there are never fewer than ``fit_fraction``'s floor of
+    points per component, and for P ranks and d features the subsample's all-gather
+    brings about 512 (d + 1) numbers (float32 ones for float32 data)."""
+    return max(512, MIN_POINTS_PER_COMPONENT * n_components)
 
 
-def _last_round_with_moments(frame, dist, local, closest, labels, k):
-    """The last K-means++ round of a union frame, merged with the reduction of the
-    seeds' partition's moments: for each candidate this rank computes the moments
-    (K, 2d+2) of the partition that keeping it gives, and one all-gather carries them
-    with the candidates' potentials ``local`` (trials,); every rank then keeps the
-    winner's (summed in rank order, as ``reducer.sum``).  Returns ``(labels,
-    moments)``: the same as the round followed by :func:`_moments` of its partition,
-    one collective fewer, for trials times the local products."""
-    xp = get_array_module(dist)
-    trials = dist.shape[0]
-    K = k + 1
-    partitions = []
-    for j in range(trials):
-        pick = xp.asarray((numpy.arange(trials) != j).astype(numpy.float64))   # argmin j
-        partitions.append(kernels.kpp_update(dist, pick, closest.copy(), labels.copy(),
-                                             k)[1])
-    hard = [_one_hot(lab, K, frame.za.dtype) for lab in partitions]
-    if frame.compact:
-        parts = [local] + [_moments(frame, h, reduce=False) for h in hard]
-    else:                           # on a device: the candidates' moments in one copy
-        parts = _arrays.fetch(xp, [local] + [h @ frame.za for h in hard], numpy.float64)
-    table = frame.reducer.allgather(numpy.concatenate([numpy.ravel(a) for a in parts]))
-    best = int(numpy.argmin(table[:, :trials].sum(axis=0)))
-    size = K * (2 * frame.d + 2)
-    chosen = table[:, trials + best * size:trials + (best + 1) * size]
-    return partitions[best], _collectives._rank_order_sum(chosen).reshape(K, -1)
+def _seeding_rows(n, n_components, rs):
+    """The global indices (sorted, in the concatenated order of the ranks) of the points
+    K-means++ seeds on: every point when ``n`` <= :func:`seeding_points`, else a uniform
+    random subset of that many (drawn from ``rs``: the same on every rank)."""
+    m = seeding_points(n_components)
+    if n <= m:
+        return numpy.arange(n)
+    return numpy.sort(rs.choice(n, m, replace=False))
 
 
-def _first_seed(frame, first):
-    """The point of global index ``first`` (ranks in order): its local index as a
-    device int64 array (None where another rank holds it) and, for a union frame,
-    whether this rank holds it (a (1,) host mask; None for one process)."""
+def _seeding_subsample(frame, rows):
+    """``[z | |z|^2]`` (m, d+1), host float64, of the points at the global indices
+    ``rows``: for a union frame each rank contributes those it holds, in one all-gather
+    (padded to the largest share; when every rank fits in float32, as float32 values
+    two to a float64's bits), and every rank gets them in the concatenated order."""
     xp = get_array_module(frame.za)
     if frame.reducer is None:
-        return xp.asarray(numpy.array([first], dtype=numpy.int64)), None
+        return _point_rows(frame, xp.asarray(rows))
     offsets = numpy.concatenate([[0], numpy.cumsum(frame.counts)]).astype(numpy.int64)
-    me = frame.reducer.rank
-    mine = numpy.array([offsets[me] <= first < offsets[me + 1]])
-    rows = xp.asarray(numpy.array([first - offsets[me]], dtype=numpy.int64)) \
-        if mine[0] else None
-    return rows, mine
+    bounds = numpy.searchsorted(rows, offsets)
+    shares = numpy.diff(bounds)
+    me, width = frame.reducer.rank, frame.d + 1
+    dtype = numpy.dtype(numpy.float32 if frame.narrow else numpy.float64)
+    per = 8 // dtype.itemsize                       # values per float64 sent
+    buf = numpy.zeros((int(shares.max()), -(-width // per) * per), dtype=dtype)
+    mine = rows[bounds[me]:bounds[me + 1]] - offsets[me]
+    if mine.size:
+        buf[:mine.size, :width] = _arrays.to_host(frame.zs()[xp.asarray(mine), :width])
+    table = frame.reducer.allgather(buf.view(numpy.float64))
+    table = table.view(dtype)[:, :, :width]
+    return numpy.concatenate([table[r, :c] for r, c in enumerate(shares)]).astype(
+        numpy.float64)
 
 
-def _seed_coef(frame, rows, mine):
-    """Device distance coefficients (m, 2d+2) of m points held by some rank: ``rows``
-    the device local indices of those this rank holds, ``mine`` (m,) which those are.
-    One process (``mine`` None) computes them on the device (:func:`_centre_coef`); in
-    a union frame each holder contributes its points' ``[z | |z|^2]``, zeros elsewhere,
-    in one reduction (:func:`_rows_coef` gives the values :func:`_centre_coef` would)."""
-    if mine is None:
-        return _centre_coef(frame, rows)
-    held = numpy.zeros((mine.size, frame.d + 1))
-    if mine.any():
-        held[mine] = _point_rows(frame, rows)
-    return _rows_coef(frame, frame.reducer.sum(held))
+def _greedy_seeds(points, n_components, first, draws):
+    """Greedy K-means++ on host points ``[z | |z|^2]`` (m, d+1) (float64): the first
+    seed ``first``, then per round the candidates of the uniform ``draws`` (trials,),
+    drawn proportionally to the potential (squared distance to the nearest seed; the
+    first point whose running sum exceeds ``u`` times the total), of which the one
+    lowering the total potential most is kept (first on ties).  Returns the indices
+    (K,) of the seeds in ``points``."""
+    d = points.shape[1] - 1
+    z, sq = points[:, :d], points[:, d]
+
+    def distances(c):
+        return numpy.maximum(sq[c][:, None] - 2.0 * (z[c] @ z.T) + sq[None, :], 0)
+
+    m = points.shape[0]
+    seeds = [first]
+    closest = distances(numpy.array([first]))[0]
+    for u in draws:
+        cum = numpy.cumsum(closest)
+        cand = numpy.minimum(numpy.searchsorted(cum, u * cum[-1], side='right'), m - 1)
+        mins = numpy.minimum(distances(cand), closest[None, :])
+        best = int(numpy.argmin(mins.sum(axis=1)))
+        seeds.append(int(cand[best]))
+        closest = mins[best]
+    return numpy.array(seeds[:n_components], dtype=numpy.int64)
 
 
-def _rank_potentials(frame, cum):
-    """Each rank's total potential (P,) (host; one all-gather of ``cum[-1]``), or None
-    for one process (whose draws need no split)."""
-    if frame.reducer is None:
-        return None
-    return frame.reducer.allgather(_arrays.to_host(cum[-1:]))[:, 0]
+def _kmeans_plusplus(frame, n_components, n_local_trials, rs):
+    """Greedy K-means++ seeding over the points of the frame (of all ranks, for a union
+    frame), on a subsample (paper Sec. 3.2 and 5.1 ask for K-means++ seeding; which
+    points it runs on is this implementation's choice).
+
+    The seeds are drawn from at most :func:`seeding_points` points: all of them for
+    smaller batches, else a uniform random subset whose global indices (ranks in
+    order) come from the host generator ``rs`` and the number of points alone, so the
+    subsample, and the seeds, do not depend on how the points are split over ranks.
+    Their ``[z | |z|^2]`` rows come to the host (for a union frame one all-gather of
+    each rank's share, :func:`_seeding_subsample`) and every rank, or the one process,
+    runs the same float64 greedy K-means++ on them (:func:`_greedy_seeds`; the first
+    seed uniform over the subsample, ``n_local_trials`` candidates per further seed):
+    the seeds are bitwise the same on every rank and for any split.  Seeding the
+    subsample costs O(m K trials d) on the host, against O(n K trials d) for all n
+    points, and one collective instead of two per seed.
+
+    Returns the seeds' distance coefficients ``[0 | -2c | 1 | |c|^2]`` (K, 2d+2) (host
+    float64) and the global indices (K,) of the seed points.
+    """
+    rows = _seeding_rows(frame.n, n_components, rs)
+    first = int(rs.integers(0, rows.size))
+    draws = rs.random((n_components - 1, n_local_trials))
+    points = _seeding_subsample(frame, rows)
+    seeds = _greedy_seeds(points, n_components, first, draws)
+    d = frame.d
+    return _dist_coef(points[seeds, :d], points[seeds, d]), rows[seeds]
 
 
-def _round_draws(frame, draws):
-    """The rounds' draws (K-1, trials) where :func:`_draw_candidates` reads them: on the
-    device for one process (one copy), on the host for a union frame."""
-    return get_array_module(frame.za).asarray(draws) if frame.reducer is None else draws
-
-
-def _draw_candidates(frame, cum, u, rank_pots):
-    """Candidates for the uniform draws ``u`` (trials,) over the global potential, ``cum``
-    the cumulative potential of this rank's points: ``(rows, mine)`` as
-    :func:`_seed_coef` takes them (this rank's candidates and which draws they are)."""
-    if rank_pots is None:
-        return kernels.sample_candidates(cum, u), None
-    mine, local = _owned_draws(u, rank_pots, frame.reducer.rank)
-    if not mine.any():
-        return None, mine
-    return kernels.sample_candidates(cum, get_array_module(cum).asarray(local)), mine
-
-
-def _candidate_potentials(frame, local):
-    """The candidates' potentials over all ranks from this rank's ``local`` (trials,)
-    (device): ``(pot, rank_pots)``, ``pot`` on the device and, for a union frame, each
-    rank's potential (P,) after the best candidate (one all-gather; None for one
-    process)."""
-    if frame.reducer is None:
-        return local, None
-    table = frame.reducer.allgather(_arrays.to_host(local))
-    pot = table.sum(axis=0)                       # the same on every rank
-    return get_array_module(local).asarray(pot), table[:, numpy.argmin(pot)]
-
-
-def _owned_draws(u, pots, rank):
-    """For uniform draws ``u`` (trials,) over the global potential, split over the ranks
-    in rank order by their potentials ``pots`` (P,): the mask of draws that fall in
-    ``rank``'s share and their positions in [0, 1) within it (with one rank, ``u``
-    itself: ``0 / G`` and ``G / G`` are exact)."""
-    prefix = numpy.concatenate([[0.0], numpy.cumsum(pots)])
-    total = prefix[-1]
-    owner = numpy.minimum(numpy.searchsorted(prefix[1:], u * total, side='right'),
-                          pots.size - 1)
-    mine = owner == rank
-    if pots[rank] > 0:
-        local = (u[mine] - prefix[rank] / total) * (total / pots[rank])
-    else:                                 # no potential left: any point (a duplicate)
-        local = numpy.zeros(int(mine.sum()))
-    return mine, local
+def _point_rows(frame, rows):
+    """``[z | |z|^2]`` (m, d+1), host float64, of this rank's points at ``rows`` (a
+    device int64 array)."""
+    return _arrays.to_host(frame.zs()[rows, :frame.d + 1]).astype(numpy.float64)
 
 
 def kmeans_plusplus(x, n_components, n_local_trials=None, seed=None):
@@ -716,7 +637,8 @@ def kmeans_plusplus(x, n_components, n_local_trials=None, seed=None):
     rs = _check_seed(f, seed)
     check_finite(x)
     frame = _frame_for(x, 1e-5, work)
-    return _kmeans_plusplus(frame, n_components, n_local_trials, rs, want_indices=True)[1]
+    return get_array_module(x).asarray(
+        _kmeans_plusplus(frame, n_components, n_local_trials, rs)[1])
 
 
 def _check_trials(n_components, n_local_trials):
@@ -754,11 +676,12 @@ def _fit_in_frame(frame, n_components, kmeans_iters, em_iters, n_local_trials, e
         return _m_step(moments, n, eps_z, tiny) if _finite(moments) else None
 
     with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf: see fit_gmm
-        labels, moments = _kmeans_plusplus(frame, n_components, n_local_trials, rs,
-                                           with_moments=True)
-        if moments is None:
-            moments = _moments(frame, _one_hot(labels, n_components, dtype))
-        gmm = m_step(moments)
+        if n_components == 1:
+            labels = get_array_module(frame.za).zeros((frame.za.shape[0],), dtype=numpy.int64)
+        else:                       # the seeds' partition: the first Lloyd assignment
+            coef = _kmeans_plusplus(frame, n_components, n_local_trials, rs)[0]
+            labels = _lloyd_labels(frame, _device_coef(frame, coef))
+        gmm = m_step(_moments(frame, _one_hot(labels, n_components, dtype)))
         for _ in range(1, kmeans_iters):
             if gmm is None:
                 return None
@@ -901,18 +824,18 @@ def fit_gmm(x, n_components, kmeans_iters=1, em_iters=1, *, n_local_trials=None,
     fitted to the union of all ranks' points, which never leave their rank: only
     host-side sums of small buffers do, and every rank returns the same mixture,
     bitwise.  The frame's shift and scale come from the pooled per-rank subsamples (one
-    reduction, which also tells every rank how many points each holds); K-means++ draws
-    from a host generator that is the same on every rank, proportionally to the global
-    potential (2 reductions for the first seed, 2 per further seed:
-    :func:`_kmeans_plusplus`; the last seed's potentials carry the moments of the
-    partition each of its candidates would give, so the seeds' partition costs no
-    reduction of its own); each later Lloyd or EM pass, and each round of the count
-    rule, reduces its (K, 2d+2) moments matrix once, and pruning uses the global counts.
-    That is ``2 + 2 (K - 1) + kmeans_iters + em_iters`` collectives, 8 for K = 3 and
-    the paper's "EM iter." 2, each of O(trials K d + P (d + trials)) numbers, never
+    reduction, which also tells every rank how many points each holds); K-means++
+    seeds on a subsample of at most :func:`seeding_points` of the union's points whose
+    global indices depend only on the seed and the number of points, gathered in one
+    reduction, on which every rank runs the same host seeding (:func:`_kmeans_plusplus`:
+    the seeds do not depend on the split over ranks); the seeds' partition, each later
+    Lloyd or EM pass, and each round of the count rule, reduce their (K, 2d+2) moments
+    matrix once, and pruning uses the global counts.  That is ``2 + kmeans_iters +
+    em_iters`` collectives whatever K, 4 for the paper's "EM iter." 2, of O(K d + P d)
+    numbers plus the subsample's (at most :func:`seeding_points` rows of d + 1), never
     O(n d); the work per rank is that of a single-process fit of its points (on the
-    host's M-step) plus trials - 1 more moment products and one device-to-host copy
-    per collective.  ``fit_fraction`` subsamples each rank's points.
+    host's M-step) and one device-to-host copy per collective.  ``fit_fraction``
+    subsamples each rank's points.
     With one rank the result equals the fit without a reducer.  NaN/Inf input (also in a
     point a ``fit_fraction`` fit did not see) and a float32 overflow are reported on
     every rank, naming the rank(s).  A rank whose own input is invalid (shape, dtype)
@@ -1009,7 +932,10 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
 
     The frame (:func:`mixnorm.kernels.fit_frame_stats`, :func:`~mixnorm.kernels.fit_augment`,
     which also measures the distances to the first seed, in partial sums of a warp per
-    point); per K-means++ round one
+    point; for more than :func:`seeding_points` points it writes the rows of the
+    K-means++ subsample first, then every point's, and the draws and potentials of the
+    rounds run over the subsample's rows only, as :func:`_kmeans_plusplus`); per
+    K-means++ round one
     kernel (:func:`~mixnorm.kernels.kpp_round`: the previous winner, the candidates and
     their distances; in the last round also the partition each candidate would give)
     and one running sum; the moments of those partitions (one product), of which the
@@ -1028,29 +954,41 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
     n, d = points.shape
     K, trials = n_components, n_local_trials
     x = points if points.dtype == work else points.astype(work)
-    first = int(rs.integers(0, n)) if K > 1 else -1
+    # K-means++ seeds on m of the points (all when n is small: m = n, else first the
+    # subsample's rows in za, then every point's: the draws run over the first m)
+    seeding = _seeding_rows(n, K, rs) if K > 1 else numpy.arange(n)
+    sub = seeding.size < n
+    m = seeding.size if sub else 0
+    first = int(seeding[rs.integers(0, seeding.size)]) if K > 1 else -1
     step = max(1, n // _FRAME_ROWS)
     stats = kernels.fit_frame_stats(x, step)
-    za = xp.empty((n, 2 * d + 2), dtype=work)
+    za_all = xp.empty((m + n, 2 * d + 2), dtype=work)
     lanes = kernels.LANES
-    first_d = xp.empty((n, lanes), dtype=work) if K > 1 else None
-    za, _, scale = kernels.fit_augment(x, stats, (n + step - 1) // step, math.sqrt(eps),
-                                       first, za, first_d)
+    first_d = xp.empty((m + n, lanes), dtype=work) if K > 1 else None
+    draws = None
+    if K > 1:   # the draws (and the subsample's rows): one copy to the device, no sync
+        draws = xp.asarray(numpy.concatenate([rs.random((K - 1) * trials),
+                                              seeding.astype(numpy.float64) if sub else []]))
+    za_all, _, scale = kernels.fit_augment(x, stats, (n + step - 1) // step,
+                                           math.sqrt(eps), first, za_all, first_d,
+                                           draws[(K - 1) * trials:] if sub else None)
+    za = za_all[m:]
+    nd = m if sub else n                              # the points the draws run over
     if K > 1:
-        u = xp.asarray(rs.random((K - 1, trials)))    # one copy to the device, no sync
+        u = draws[:(K - 1) * trials].reshape(K - 1, trials)
         best = xp.empty((K,), dtype=xp.int64)
-        mins = xp.empty(((K - 1) * trials, n), dtype=work)
-        prev = first_d.reshape(1, n * lanes)          # the first seed's, lanes per point
-        cum = xp.cumsum(prev, axis=1, dtype=xp.float64)
+        mins = xp.empty(((K - 1) * trials, m + n), dtype=work)
+        prev = first_d.reshape(1, (m + n) * lanes)    # the first seed's, lanes per point
+        cum = xp.cumsum(prev[:, :nd * lanes], axis=1, dtype=xp.float64)
         # the last round also writes the partition each of its candidates would give
         hard = xp.empty((trials * K, n), dtype=work)
         for k in range(1, K):
             rows = mins[(k - 1) * trials:k * trials]
             chain = (first_d.reshape(-1), lanes, mins, best, k, hard) if k == K - 1 \
                 else None
-            kernels.kpp_round(za, prev, cum, u[k - 1], rows, best[k - 1:k],
+            kernels.kpp_round(za_all, prev, cum, u[k - 1], rows, best[k - 1:k],
                               lanes if k == 1 else 1, chain)
-            cum = xp.cumsum(rows, axis=1, dtype=xp.float64)
+            cum = xp.cumsum(rows[:, :nd], axis=1, dtype=xp.float64)
             prev = rows
         moments, select = hard @ za, cum   # every candidate's; the M-step picks the winner's
     else:

@@ -1523,17 +1523,23 @@ def fit_frame_stats(x, step):
 LANES = 32
 
 
-def fit_augment_xp(x, stats, n_sub, min_scale, first, za, part):
+def fit_augment_xp(x, stats, n_sub, min_scale, first, za, part, rows=None):
     """Twin of the frame kernel: from ``stats`` (:func:`fit_frame_stats`, ``n_sub`` rows)
     the frame's scale ``max(sqrt(sum M2 / (n_sub d)), min_scale)`` (1 where that is not
     finite), into ``za`` the rows ``[z^2 | z | 0 | 1]`` for ``z = (x - mean) / scale``
     (the ``|z|^2`` column is left 0: the device fit's distance coefficients weight the
     ``z^2`` block instead) and, for ``first >= 0``, into ``part`` (n, LANES) the squared
     distance of every point to point ``first`` split by feature ``c`` into the sums over
-    ``c % LANES`` (their row sums are the distances).  Returns ``(za, part, scale (1,)
-    float64)``."""
+    ``c % LANES`` (their row sums are the distances).  With ``rows`` (m,) (float64
+    indices of points of ``x``) ``za`` and ``part`` have m + n rows: first those of the
+    points ``rows`` (K-means++'s subsample), then every point's; ``first`` is a row of
+    ``x``.  Returns ``(za, part, scale (1,) float64)``."""
     xp = get_array_module(za)
     d = x.shape[1]
+    m = 0
+    if rows is not None:
+        m = rows.shape[0]
+        x = xp.concatenate([x[rows.astype(xp.int64)], x])
     spread = stats[d:].sum() / (float(n_sub) * d)
     with numpy.errstate(invalid='ignore', over='ignore'):
         scale = xp.maximum(xp.where(xp.isfinite(spread), xp.sqrt(xp.abs(spread)), 1.0),
@@ -1543,7 +1549,7 @@ def fit_augment_xp(x, stats, n_sub, min_scale, first, za, part):
         za[:, 2 * d] = 0
         if first >= 0:
             sq = xp.zeros((za.shape[0], -(-d // LANES) * LANES), dtype=za.dtype)
-            sq[:, :d] = xp.square(za[:, d:2 * d] - za[first, d:2 * d])
+            sq[:, :d] = xp.square(za[:, d:2 * d] - za[m + first, d:2 * d])
             part[...] = sq.reshape(za.shape[0], -1, LANES).sum(axis=1)
     return za, part, xp.reshape(scale, (1,))
 
@@ -1552,7 +1558,8 @@ _FIT_AUGMENT_SRC = r'''
 extern "C" __global__ void fit_augment(const T* x, long long sx_i, long long sx_c,
                                        const double* stats, long long n, long long d,
                                        double n_sub, double min_scale, long long first,
-                                       T* za, T* part, double* scale_out) {
+                                       T* za, T* part, double* scale_out,
+                                       const double* rows, long long m) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= n * 32) return;
     long long i = idx / 32;
@@ -1564,10 +1571,11 @@ extern "C" __global__ void fit_augment(const T* x, long long sx_i, long long sx_
     if (min_scale > scale) scale = min_scale;
     T inv = (T)(1.0 / scale);
     T* row = za + i * (2 * d + 2);
+    long long src = i < m ? (long long)rows[i] : i - m;     // the subsample, then all
     T dd = 0;
     for (long long c = lane; c < d; c += 32) {
         T sh = (T)stats[c];
-        T z = (x[i * sx_i + c * sx_c] - sh) * inv;
+        T z = (x[src * sx_i + c * sx_c] - sh) * inv;
         row[c] = z * z;
         row[d + c] = z;
         if (first >= 0) {
@@ -1583,21 +1591,24 @@ extern "C" __global__ void fit_augment(const T* x, long long sx_i, long long sx_
 
 
 @_dispatch(fit_augment_xp)
-def fit_augment(x, stats, n_sub, min_scale, first, za, part):
+def fit_augment(x, stats, n_sub, min_scale, first, za, part, rows=None):
     """The fitting frame and the first seed's distances (see :func:`fit_augment_xp`):
     one kernel, a warp per point (``x`` may be a strided view of ``za``'s dtype)."""
     if not (_is_cupy(za) and za.dtype.name in ('float32', 'float64') and x.dtype == za.dtype
             and za.flags.c_contiguous and (first < 0 or (part.dtype == za.dtype
-                                                         and part.flags.c_contiguous))):
-        return fit_augment_xp(x, stats, n_sub, min_scale, first, za, part)
+                                                         and part.flags.c_contiguous))
+            and (rows is None or (rows.dtype.name == 'float64'
+                                  and rows.flags.c_contiguous))):
+        return fit_augment_xp(x, stats, n_sub, min_scale, first, za, part, rows)
     import cupy
-    n, d = x.shape
+    n, d = za.shape[0], x.shape[1]
     scale = cupy.empty((1,), numpy.float64)
     _launch('fit_augment', za.dtype, n * LANES,
             (x,) + _elem_strides(x) + (stats, numpy.int64(n), numpy.int64(d),
                                        numpy.float64(n_sub), numpy.float64(min_scale),
                                        numpy.int64(first), za, za if first < 0 else part,
-                                       scale))
+                                       scale, stats if rows is None else rows,
+                                       numpy.int64(0 if rows is None else rows.shape[0])))
     return za, part, scale
 
 
@@ -1624,13 +1635,18 @@ def kpp_round_xp(za, mins_prev, cum_prev, u, mins, best, lanes=1, chain=None):
     ``j``), from ``first`` (the first seed's distances,
     ``lanes0`` partial sums per point), the rounds' ``mins_all`` ((K-1) trials, n) and
     their winners ``best_all`` (this round is ``k``): a point takes label k when the
-    candidate is strictly closer than the seeds before it."""
+    candidate is strictly closer than the seeds before it.
+
+    The draws and potentials may run over the leading points only: ``cum_prev`` then
+    covers the first n' < n points (r, n' * lanes), and ``out`` (trials K, n - s) the
+    partitions of the points after the first s (``za`` as :func:`fit_augment` writes
+    it with a subsample: its m rows, then all points)."""
     xp = get_array_module(za)
     n = za.shape[0]
     d = (za.shape[1] - 2) // 2
     b = xp.argmin(cum_prev[:, -1])
     cum = cum_prev[b][lanes - 1::lanes]
-    cand = xp.minimum(xp.searchsorted(cum, u * cum[-1], side='right'), n - 1)
+    cand = xp.minimum(xp.searchsorted(cum, u * cum[-1], side='right'), cum.shape[0] - 1)
     z = za[:, d:2 * d]
     coef = xp.concatenate([-2 * z[cand], xp.square(z[cand]).sum(axis=1)[:, None]], axis=1)
     dist = coef[:, :d] @ z.T + xp.square(z).sum(axis=1)[None, :] + coef[:, d:]
@@ -1648,9 +1664,10 @@ def kpp_round_xp(za, mins_prev, cum_prev, u, mins, best, lanes=1, chain=None):
             row = mins_all[(r - 1) * trials + (b if r == k - 1 else best_all[r])]
             label[row < closest] = r
             closest = row
+        skip = n - out.shape[1]
         for j in range(trials):
             lab = xp.where(mins[j] < prev, k, label)
-            out[j * K:(j + 1) * K] = lab[None, :] == xp.arange(K)[:, None]
+            out[j * K:(j + 1) * K] = lab[None, skip:] == xp.arange(K)[:, None]
     return mins, best
 
 
@@ -1660,25 +1677,27 @@ extern "C" __global__ void kpp_round(const T* za, long long n, long long d,
                                      int rows_prev, int lanes, const double* u, int trials,
                                      T* mins, long long* best_out, const T* first,
                                      int lanes0, const T* mins_all,
-                                     const long long* best_all, int k, int K, T* out) {
+                                     const long long* best_all, int k, int K, T* out,
+                                     long long clen, long long skip) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)trials * n) return;
     long long t = idx / n, i = idx - t * n;
     long long len = n * lanes;
     long long best = 0;
-    double bp = cum_prev[len - 1];
+    double bp = cum_prev[clen - 1];        // the draws run over the first clen / lanes
     for (long long r = 1; r < rows_prev; ++r) {
-        double p = cum_prev[r * len + len - 1];
+        double p = cum_prev[r * clen + clen - 1];
         if (p < bp) { bp = p; best = r; }
     }
-    const double* cum = cum_prev + best * len + (lanes - 1);   // point j: cum[j * lanes]
+    const double* cum = cum_prev + best * clen + (lanes - 1);  // point j: cum[j * lanes]
     double target = u[t] * bp;
-    long long lo = 0, hi = n;              // the first point with cum > target
+    long long nd = clen / lanes;
+    long long lo = 0, hi = nd;             // the first point with cum > target
     while (lo < hi) {
         long long mid = lo + (hi - lo) / 2;
         if (cum[mid * lanes] <= target) lo = mid + 1; else hi = mid;
     }
-    long long c = lo < n - 1 ? lo : n - 1;
+    long long c = lo < nd - 1 ? lo : nd - 1;
     long long W = 2 * d + 2;
     const T* zi = za + i * W + d;
     const T* zc = za + c * W + d;
@@ -1701,8 +1720,9 @@ extern "C" __global__ void kpp_round(const T* za, long long n, long long d,
             closest = cur;
         }
         if (m < prev) label = k;
-        for (int c = 0; c < K; ++c)
-            out[(t * K + c) * n + i] = c == label ? (T)1 : (T)0;
+        if (i >= skip)
+            for (int c = 0; c < K; ++c)
+                out[(t * K + c) * (n - skip) + i - skip] = c == label ? (T)1 : (T)0;
     }
 }
 '''
@@ -1728,7 +1748,8 @@ def kpp_round(za, mins_prev, cum_prev, u, mins, best, lanes=1, chain=None):
             (za, numpy.int64(n), numpy.int64((W - 2) // 2), mins_prev, cum_prev,
              numpy.int32(cum_prev.shape[0]), numpy.int32(lanes), u, numpy.int32(trials),
              mins, best, first, numpy.int32(lanes0), mins_all, best_all, numpy.int32(k),
-             numpy.int32(0 if chain is None else out.shape[0] // trials), out))
+             numpy.int32(0 if chain is None else out.shape[0] // trials), out,
+             numpy.int64(cum_prev.shape[1]), numpy.int64(n - out.shape[1])))
     return mins, best
 
 

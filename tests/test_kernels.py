@@ -379,15 +379,27 @@ def test_fit_frame_stats_source_runs_like_its_twin(dtype):
 @needs_gxx
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
 @pytest.mark.parametrize('spread', ['data', 'floor'])
-def test_fit_augment_source_runs_like_its_twin(dtype, spread):
+@pytest.mark.parametrize('sub', [False, True])
+def test_fit_augment_source_runs_like_its_twin(dtype, spread, sub):
     rng = np.random.default_rng(31)
     n, d, first = 57, 40, 17                        # d not a multiple of the lanes
     x = (rng.standard_normal((d, n)) * (3 if spread == 'data' else 1e-4) + 2).astype(dtype).T
     stats = kernels.fit_frame_stats_xp(x, 2)
     args = (stats, (n + 1) // 2, 1e-2, first)
     L = kernels.LANES
-    za, part, scale = kernels.fit_augment_xp(x, *args, np.empty((n, 2 * d + 2), dtype),
-                                             np.empty((n, L), dtype))
+    # with a subsample: its rows first (K-means++ seeds on them), then every point's
+    rows = np.array([3.0, 17, 18, 56]) if sub else None
+    m = 0 if rows is None else rows.size
+    za, part, scale = kernels.fit_augment_xp(x, *args, np.empty((m + n, 2 * d + 2), dtype),
+                                             np.empty((m + n, L), dtype), rows)
+    if sub:
+        want = kernels.fit_augment_xp(x, *args, np.empty((n, 2 * d + 2), dtype),
+                                      np.empty((n, L), dtype))
+        idx = rows.astype(int)
+        np.testing.assert_array_equal(za[:m], want[0][idx])
+        np.testing.assert_array_equal(za[m:], want[0])
+        np.testing.assert_array_equal(part, np.concatenate([want[1][idx], want[1]]))
+        za, part = za[m:], part[m:]
     want_scale = max(np.sqrt(stats[d:].sum() / (((n + 1) // 2) * d)), 1e-2)
     assert scale[0] == pytest.approx(want_scale, rel=1e-12)
     z = (x.astype(np.float64) - stats[:d]) / want_scale
@@ -396,14 +408,19 @@ def test_fit_augment_source_runs_like_its_twin(dtype, spread):
     np.testing.assert_allclose(za[:, d:2 * d], z, rtol=1e-5, atol=ref_tol)
     np.testing.assert_array_equal(za[:, 2 * d:], np.tile([0, 1], (n, 1)))
     np.testing.assert_allclose(part.sum(1), ((z - z[first]) ** 2).sum(1), rtol=1e-4, atol=1e-4)
-    za2, part2, scale2 = np.full_like(za, np.nan), np.full_like(part, np.nan), np.zeros(1)
+    za2 = np.full((m + n, 2 * d + 2), np.nan, dtype)
+    part2, scale2 = np.full((m + n, L), np.nan, dtype), np.zeros(1)
     cuda_emulation.launch(kernels.kernel_source('fit_augment', dtype), 'fit_augment',
-                          (n * L + 255) // 256, 256, (x,) + kernels._elem_strides(x)
-                          + (stats, np.int64(n), np.int64(d), np.float64((n + 1) // 2),
-                             np.float64(1e-2), np.int64(first), za2, part2, scale2))
+                          ((m + n) * L + 255) // 256, 256, (x,) + kernels._elem_strides(x)
+                          + (stats, np.int64(m + n), np.int64(d), np.float64((n + 1) // 2),
+                             np.float64(1e-2), np.int64(first), za2, part2, scale2,
+                             stats if rows is None else rows, np.int64(m)))
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(za2, za, rtol=tol, atol=tol)
-    np.testing.assert_allclose(part2, part, rtol=tol, atol=tol)
+    if sub:
+        np.testing.assert_array_equal(za2[:m], za2[m:][rows.astype(int)])
+        np.testing.assert_array_equal(part2[:m], part2[m:][rows.astype(int)])
+    np.testing.assert_allclose(za2[m:], za, rtol=tol, atol=tol)
+    np.testing.assert_allclose(part2[m:], part, rtol=tol, atol=tol)
     assert scale2[0] == pytest.approx(scale[0], rel=1e-14)     # the M2 summed in order
 
 
@@ -437,7 +454,7 @@ def test_kpp_round_source_runs_like_its_twin(dtype, rows_prev, lanes):
                           (za, np.int64(n), np.int64(5), mins_prev, cum_prev,
                            np.int32(rows_prev), np.int32(lanes), u, np.int32(3), got,
                            got_best, got, np.int32(1), got, got_best, np.int32(0),
-                           np.int32(0), got))
+                           np.int32(0), got, np.int64(cum_prev.shape[1]), np.int64(0)))
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, mins, rtol=tol, atol=tol)
     assert got_best[0] == b
@@ -446,7 +463,10 @@ def test_kpp_round_source_runs_like_its_twin(dtype, rows_prev, lanes):
 @needs_gxx
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
 @pytest.mark.parametrize('k', [1, 3])
-def test_kpp_last_round_writes_each_candidates_partition_like_its_twin(dtype, k):
+@pytest.mark.parametrize('sub', [0, 50])
+def test_kpp_last_round_writes_each_candidates_partition_like_its_twin(dtype, k, sub):
+    """``sub``: the draws run over the first ``sub`` points (a subsample's rows) and the
+    partitions cover the points after them."""
     rng = np.random.default_rng(33)
     x, stats, za = _fit_frame(rng, dtype)
     n, trials, lanes0, K = za.shape[0], 3, 2, k + 1
@@ -455,13 +475,13 @@ def test_kpp_last_round_writes_each_candidates_partition_like_its_twin(dtype, k)
     best_all = np.array([-7, 2, 0, -7], np.int64)       # rounds 1, 2 (the rest unused)
     prev_rows = slice(0, 1) if k == 1 else slice((k - 2) * trials, (k - 1) * trials)
     mins_prev = first.reshape(1, -1) if k == 1 else mins_all[prev_rows]
-    cum_prev = np.cumsum(mins_prev, axis=1, dtype=np.float64)
+    lanes = lanes0 if k == 1 else 1
+    cum_prev = np.cumsum(mins_prev[:, :(sub or n) * lanes], axis=1, dtype=np.float64)
     if k == 3:
         cum_prev[1, -1] = cum_prev[:, -1].min()         # the previous round's winner: 1
-    lanes = lanes0 if k == 1 else 1
     u = np.array([0.1, 0.5, 0.9])
     rows = mins_all[(k - 1) * trials:]
-    out = np.full((trials * K, n), np.nan, dtype)
+    out = np.full((trials * K, n - sub), np.nan, dtype)
     chain = (first, lanes0, mins_all, best_all, k, out)
     want, b = kernels.kpp_round_xp(za, mins_prev, cum_prev, u, rows.copy(),
                                    np.full(1, -1, np.int64), lanes, chain)
@@ -474,8 +494,17 @@ def test_kpp_last_round_writes_each_candidates_partition_like_its_twin(dtype, k)
         prev_closest = mins_all[row]
     for j in range(trials):
         lab = np.where(want[j] < prev_closest, k, labels)
-        np.testing.assert_array_equal(want_out[j * K:(j + 1) * K].argmax(0), lab)
+        np.testing.assert_array_equal(want_out[j * K:(j + 1) * K].argmax(0), lab[sub:])
         np.testing.assert_array_equal(want_out[j * K:(j + 1) * K].sum(0), 1)
+    # the candidates: drawn among the first points only
+    point_cum = cum_prev[int(b[0])][lanes - 1::lanes]
+    cand = np.minimum(np.searchsorted(point_cum, u * point_cum[-1], side='right'),
+                      point_cum.size - 1)
+    z = za[:, 5:10].astype(np.float64)
+    closest = mins_prev[int(b[0])].reshape(n, lanes).sum(1)
+    np.testing.assert_allclose(
+        want, np.minimum(((z[None] - z[cand][:, None]) ** 2).sum(-1), closest),
+        rtol=1e-4, atol=1e-4)
     got, got_out = np.full_like(rows, np.nan), np.full_like(out, np.nan)
     cuda_emulation.launch(kernels.kernel_source('kpp_round', dtype), 'kpp_round',
                           (trials * n + 255) // 256, 256,
@@ -483,7 +512,7 @@ def test_kpp_last_round_writes_each_candidates_partition_like_its_twin(dtype, k)
                            np.int32(mins_prev.shape[0]), np.int32(lanes), u,
                            np.int32(trials), got, np.full(1, -1, np.int64), first,
                            np.int32(lanes0), mins_all, best_all, np.int32(k), np.int32(K),
-                           got_out))
+                           got_out, np.int64(cum_prev.shape[1]), np.int64(sub)))
     np.testing.assert_array_equal(got_out, want_out)
 
 
