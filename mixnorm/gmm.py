@@ -626,7 +626,9 @@ def kmeans_plusplus(x, n_components, n_local_trials=None, seed=None):
 
     Each new centre is the best (lowest potential) of ``n_local_trials`` candidates
     drawn with probability proportional to the squared distance to the nearest chosen
-    centre (default ``2 + int(log K)``).  ``seed``: None, an int >= 0 or a
+    centre (default ``2 + int(log K)``), among all points, or for more than
+    :func:`seeding_points` points among a uniform random subset of that many (as
+    :func:`fit_gmm` seeds).  ``seed``: None, an int >= 0 or a
     ``numpy.random.Generator``.  Raises ``ValueError`` for NaN/Inf input.
     """
     f = 'kmeans_plusplus'
