@@ -57,7 +57,7 @@ def test_smoke_commands_are_valid_reproduce_command_lines(monkeypatch):
     monkeypatch.setattr(flow, 'dcgan', lambda args: seen.append(args) or 0)
     monkeypatch.setattr(flow, 'run_rows', lambda args, experiment: seen.append(args))
     monkeypatch.setattr(flow, 'densenet_report', lambda args: 0)
-    monkeypatch.setattr(flow.records, 'find_runs', lambda *a, **k: [])
+    monkeypatch.setattr(flow.run_records, 'find_runs', lambda *a, **k: [])
     for s in gpu_check.STEPS:
         if not s.name.startswith('smoke_'):
             continue
