@@ -19,14 +19,16 @@ per row, ours and the paper's: only the ratios are comparable across hardware.
 
     python bench/table7.py [--device cpu|gpu] [--iters N] [--warmup N]
                            [--rows all | dim196 | 'L40-*' | L40-bs64-BN,L40-bs64-MN-K5 ...]
-                           [--batch N] [--out DIR] [--no-write]
+                           [--batch N] [--blas-threads N] [--out DIR] [--no-write]
 
 Defaults: on the GPU all 15 rows, ``--iters 50 --warmup 10``.  On the CPU only the five
 196-dim rows (``--rows dim196``), ``--iters 3 --warmup 1``: Chainer's NumPy convolution
 (im2col + tensordot) makes one batch-64 iteration of the 196-dim net take ~2.5 s on 2
 cores, so those five rows take about a minute; the 448-dim net (DenseNet-40) has ~5x the
 convolution work and its batch-64 iterations took 15-50 s on 2 shared cores, so
-``--rows all`` on such a CPU takes about an hour.  On the CPU the MN fit at the last BN
+``--rows all`` on such a CPU takes about an hour.  ``--blas-threads N`` limits BLAS
+(every model alike) to N threads: on a machine shared with other work ``--blas-threads
+1`` gives steadier ratios.  On the CPU the MN fit at the last BN
 (tens of ms, ``bench/bench_layer.py``) is lost in the convolutions' seconds: expect MN/BN
 ratios near 1 there, within the run-to-run noise.  ``--batch N``
 replaces every row's batch size (smoke tests only: no longer the paper's setting; the
@@ -34,6 +36,7 @@ record says so).  Writes ``results/bench/table7_<cpu|gpu>.{json,md}`` unless
 ``--no-write``.
 """
 import argparse
+import contextlib
 import fnmatch
 import os
 import sys
@@ -185,8 +188,9 @@ def run(args, env):
         print('# --batch %d: NOT the paper\'s batch sizes (smoke run); the paper\'s ratios are '
               'for batch 64/128' % args.batch)
     print('# Table 7 on %s: DenseNet (k=12) training iterations/sec, BN vs MN at the last BN '
-          '(EM iter. %d); median of %d side-by-side iterations after %d warm-up'
-          % (device_name.upper(), EM_ITERS, iters, warmup), flush=True)
+          '(EM iter. %d); median of %d side-by-side iterations after %d warm-up; BLAS '
+          'threads: %s' % (device_name.upper(), EM_ITERS, iters, warmup,
+                           args.blas_threads or 'as configured'), flush=True)
     groups = []
     for k, r in rows:
         g = (r['dim'], r['paper_batch_size'])
@@ -247,7 +251,8 @@ def run(args, env):
                      + (' SMOKE RUN: --batch %d replaced the paper\'s batch sizes.' % args.batch
                         if args.batch is not None else ''), out_dir=args.out,
                      extra={'iters': iters, 'warmup': warmup, 'device': device_name,
-                            'batch_override': args.batch})
+                            'batch_override': args.batch,
+                            'blas_threads': args.blas_threads})
     return out
 
 
@@ -261,6 +266,8 @@ def main(argv=None):
                    "dim448, bs64, bs128; default: cpu dim196, gpu all")
     p.add_argument('--batch', type=int, help="override every row's batch size (smoke "
                    "tests only)")
+    p.add_argument('--blas-threads', type=int, default=None,
+                   help='limit the BLAS threads of every model (default: as configured)')
     p.add_argument('--out', default=OUT_DIR, help='folder of the record (default %(default)s)')
     p.add_argument('--no-write', action='store_true', help='print only')
     p.add_argument('--list', action='store_true',
@@ -273,7 +280,14 @@ def main(argv=None):
     env = environment.describe()
     if args.device == 'gpu' and env['gpu'] is None:
         sys.exit('table7: --device gpu needs CuPy and a CUDA device')
-    return run(args, env)
+    if args.blas_threads is not None and args.blas_threads < 1:
+        sys.exit('table7: --blas-threads must be >= 1')
+    limit = contextlib.nullcontext()
+    if args.blas_threads:
+        from threadpoolctl import threadpool_limits
+        limit = threadpool_limits(limits=args.blas_threads, user_api='blas')
+    with limit:
+        return run(args, env)
 
 
 if __name__ == '__main__':

@@ -1672,8 +1672,8 @@ class QueueMixtureNormalizationFunction(function_node.FunctionNode):
         copy: per block of samples (cache-sized) ``[x - s; (x - s)^2]`` (b, 2C, L) and one
         batched product with the log-density weights (M, 2C); the posteriors of all points
         at once (M x n numbers stay in cache); then per block one batched product of the
-        posteriors with the stacked output weights ``[A; B]`` (2C, M) and ``y = (x - s)
-        (A r) + B r + beta``.  Returns ``(y, whether every log-likelihood is finite)``; the
+        posteriors with the stacked output weights ``[A; B + beta]`` (2C, M) and ``y =
+        (x - s) (A r) + (B + beta) r`` (the posteriors sum to 1).  Returns ``(y, whether every log-likelihood is finite)``; the
         posteriors are kept for the backward."""
         N, C, L, M = layout.N, layout.C, layout.L, self.M
         x3 = x.reshape(N, C, L)
@@ -1699,22 +1699,22 @@ class QueueMixtureNormalizationFunction(function_node.FunctionNode):
         finite = bool(numpy.isfinite(mx).all() and numpy.isfinite(total).all())
         A, B, channel_beta = kernels.mn_queue_coef_xp(mix, M, gamma, beta, _MODES[self.mode],
                                                       self.K, self.eps)
+        if channel_beta is not None:    # the posteriors sum to 1: beta = sum_m r_m beta
+            B = B + channel_beta[:, None]
         AB = numpy.concatenate([A, B]).astype(dtype)                  # (2C, M)
-        if channel_beta is not None:
-            channel_beta = numpy.ascontiguousarray(
-                numpy.broadcast_to(channel_beta[:, None], (C, L)))
         out = numpy.empty((N, C, L), dtype)
         pq = numpy.empty((b, 2 * C, L), dtype)
         for a0 in range(0, N, b):
             a1 = min(N, a0 + b)
             xs, p = st[:a1 - a0, :C], pq[:a1 - a0]
             numpy.subtract(x3[a0:a1], shift, out=xs)
-            numpy.matmul(AB, r[a0:a1], out=p)
+            if M == 1:      # an outer product: BLAS with k = 1 is much slower
+                numpy.multiply(AB[None], r[a0:a1], out=p)
+            else:
+                numpy.matmul(AB, r[a0:a1], out=p)
             y = out[a0:a1]
             numpy.multiply(xs, p[:, :C], out=y)
             y += p[:, C:]
-            if channel_beta is not None:
-                y += channel_beta
         self.resp = None
         self._posteriors = r
         return out.reshape(x.shape).astype(x.dtype, copy=False), finite
