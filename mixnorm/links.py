@@ -14,6 +14,7 @@ from mixnorm import _compat  # noqa: F401
 
 import functools
 import numbers
+import threading
 import warnings
 import weakref
 
@@ -36,8 +37,10 @@ from mixnorm import settings as _settings
 #: The recomputed forwards (``F.forget``) a link remembers the posteriors of.
 MAX_PENDING_RECOMPUTES = 16
 
-#: Channels per block of the points' transposing copy on NumPy (:meth:`_points`).
-_POINTS_CHANNELS = 16
+#: Channels, and elements of the samples, per block of the points' transposing copy on
+#: NumPy (:meth:`MixtureNormalization._points`).
+_POINTS_CHANNELS = 64
+_POINTS_BLOCK = 1 << 17
 
 #: BatchNormalization's constructor arguments, in BN's order and positions.
 BN_ARGUMENTS = ('size', 'decay', 'eps', 'dtype', 'use_gamma', 'use_beta', 'initial_gamma',
@@ -514,21 +517,27 @@ class MixtureNormalization(chainer.Link):
                 lambda y: chainer.functions.transpose(
                     chainer.functions.reshape(y, moved.shape), back))
 
-    def _points(self, x):
-        """The (n, D) points of ``x`` in the layout of :meth:`_view`."""
+    def _points(self, x, scratch=False):
+        """The (n, D) points of ``x`` in the layout of :meth:`_view`.  ``scratch``: on
+        NumPy they may be written into this thread's scratch buffer (reused by the next
+        call with ``scratch``; for a fit, which keeps nothing of its points), which saves
+        the page faults of fresh memory."""
         if x.ndim == 2:
             return x
         xp = _arrays.get_array_module(x)
         if xp is not numpy:
             return xp.ascontiguousarray(xp.moveaxis(x, 1, -1)).reshape(-1, self.size)
-        # on NumPy a few channels at a time: each block's transposition stays in cache
-        # (about 1.5x faster than one transposing copy of the whole array)
+        # on NumPy a few samples and channels at a time: each block's transposition
+        # stays in cache (about 1.5x faster than one transposing copy of the whole array)
         N, C = x.shape[0], x.shape[1]
         x3 = x.reshape(N, C, -1)
-        out = numpy.empty((N, x3.shape[2], C), x.dtype)
-        for c0 in range(0, C, _POINTS_CHANNELS):
-            out[:, :, c0:c0 + _POINTS_CHANNELS] = \
-                x3[:, c0:c0 + _POINTS_CHANNELS].transpose(0, 2, 1)
+        shape = (N, x3.shape[2], C)
+        out = _scratch(shape, x.dtype) if scratch else numpy.empty(shape, x.dtype)
+        step = max(1, _POINTS_BLOCK // max(C * shape[1], 1))
+        for a0 in range(0, N, step):
+            for c0 in range(0, C, _POINTS_CHANNELS):
+                out[a0:a0 + step, :, c0:c0 + _POINTS_CHANNELS] = \
+                    x3[a0:a0 + step, c0:c0 + _POINTS_CHANNELS].transpose(0, 2, 1)
         return out.reshape(-1, self.size)
 
     def _flat_affine(self):
@@ -708,11 +717,11 @@ class MixtureNormalization(chainer.Link):
                 return resp, None, index
             # no posteriors kept: refit with the seed of the last fit (same input,
             # same posteriors), without touching the state
-            g, resp = self._fit(self._points(x), max(index, 0))
+            g, resp = self._fit(self._points(x, scratch=True), max(index, 0))
             return resp, g, index
         if self.n_components == 1:
             return None, None, self.n_fits
-        g, resp = self._fit(self._points(x), self.n_fits)
+        g, resp = self._fit(self._points(x, scratch=True), self.n_fits)
         return resp, g, self.n_fits
 
     def _forward_train(self, x, decay):
@@ -805,6 +814,19 @@ class MixtureNormalization(chainer.Link):
 
 def _same(y):
     return y
+
+
+_scratch_space = threading.local()
+
+
+def _scratch(shape, dtype):
+    """An uninitialized NumPy array of ``shape`` in this thread's scratch buffer (grown
+    as needed, one per thread): the next call reuses the memory."""
+    size = int(numpy.prod(shape, dtype=numpy.int64)) * numpy.dtype(dtype).itemsize
+    buf = getattr(_scratch_space, 'buf', None)
+    if buf is None or buf.size < size:
+        buf = _scratch_space.buf = numpy.empty(max(size, 1), numpy.uint8)
+    return buf[:size].view(dtype).reshape(shape)
 
 
 def _stored(serializer, name):

@@ -191,6 +191,27 @@ def test_batch_of_one_uses_spatial_points():
     assert y.shape == (1, 4, 8, 8) and mn.effective_components >= 2
 
 
+@pytest.mark.parametrize('shape', [(60, 70, 6, 6), (3, 5, 2, 3, 4)])
+def test_training_fits_the_points_of_the_input(shape):
+    """The link's mixture is the fit of x's points (channels last, flattened), for inputs
+    that span several blocks of the points' copy; the copy's scratch memory is reused
+    without mixing batches."""
+    rng = np.random.default_rng(11)
+    C = shape[1]
+    mn = MixtureNormalization(C, n_components=3, seed=4)
+    for t in range(2):
+        x = clustered(rng, shape).astype(np.float32) + t
+        mn(x)
+        points = np.moveaxis(x, 1, -1).reshape(-1, C)
+        ref = mixnorm.fit_gmm(points, 3, mn.kmeans_iters, mn.gmm_em_iters,
+                              min_weight=mn.min_weight, min_count=mn.min_count, eps=mn.eps,
+                              seed=mn._fit_seed(t))
+        got = mn.last_gmm
+        np.testing.assert_array_equal(got.weights, ref.weights)
+        np.testing.assert_array_equal(got.means, ref.means)
+        np.testing.assert_array_equal(mn._points(x), points)
+
+
 def test_fewer_points_than_components():
     mn = MixtureNormalization(3, n_components=5, seed=0)
     y = mn(np.random.default_rng(10).standard_normal((2, 3)).astype(np.float32))
