@@ -49,7 +49,7 @@ Implementation notes
   gradient.  Nothing is copied to the host.  Where the arrays are NumPy arrays the
   same arithmetic runs in cache-sized blocks with no (2C, n) stack: for input whose
   samples hold at least ``_HOST_MIN_L`` points in x's own layout, a block of samples at
-  a time with batched products (:func:`_forward_host`, :func:`_backward_host`,
+  a time with batched products (:func:`_shift_moments_host`, :func:`_backward_host`,
   :func:`_combine_host`; the queue's inference likewise), else a block of channels at a
   time in the (C, n) layout with the kernels' twins.  Non-finite moments (NaN/Inf input, an
   overflow) and, under the component affine, a non-positive normalizer raise
@@ -455,8 +455,9 @@ class _FastSaved(NamedTuple):
     ``buf``, the shifted input ``xc`` (C, n), ``resp`` (n, K) and ``resp1`` = [resp | 1]
     (n, K+1) of the compute dtype, the input :class:`_Dtypes` and ``params`` the
     (gamma, beta) device arrays of the compute dtype (None where absent).  On NumPy, for
-    input with a spatial extent, ``xc`` is kept in x's layout (N, C, L) instead and
-    ``by_sample`` holds the posteriors as (N, K, L) (:func:`_forward_host`)."""
+    input with a spatial extent, ``xc`` holds x itself (N, C, L) in the compute dtype
+    instead (x - c is recomputed a block at a time, c = ``coef.shift``) and ``by_sample``
+    the posteriors as (N, K, L) (:func:`_shift_moments_host`)."""
     layout: object
     coef: object
     views: dict
@@ -744,7 +745,8 @@ def _forward_on_device(spec, ins, lambda_scaling):
     by_sample = None
     with numpy.errstate(over='ignore', invalid='ignore'):   # overflow: checked below
         if xp is numpy and layout.L >= _HOST_MIN_L:
-            xc, resp1, by_sample, moments = _forward_host(x3, shift, ins.resp)
+            resp1, by_sample, moments = _shift_moments_host(x3, shift, ins.resp)
+            xc = x3                     # x - shift is recomputed a block at a time
             y = numpy.empty(x.shape, dtype)
         elif xp is numpy:
             xc, resp1, moments = _stack_moments_host(x3, shift, ins.resp)
@@ -767,8 +769,9 @@ def _forward_on_device(spec, ins, lambda_scaling):
         _check_status(spec, views, ins.x, dtype, gamma)
     if by_sample is not None:
         with numpy.errstate(over='ignore', invalid='ignore'):
-            _combine_host(_as3(y, layout), xc, [views['x_weight'], views['offset_weight']],
-                          by_sample, beta=beta if spec.mode == _CHANNEL else None)
+            _combine_host(_as3(y, layout), x3, shift,
+                          [views['x_weight'], views['offset_weight']], by_sample,
+                          beta=beta if spec.mode == _CHANNEL else None)
     else:
         kernels.mn_combine(_as3(y, layout), xc, views['x_weight'], resp1,
                            Cm=views['offset_weight'],
@@ -785,6 +788,9 @@ def _forward_on_device(spec, ins, lambda_scaling):
 #: Elements per block of channels of the host's training passes (cache-resident).
 _HOST_CHANNEL_BLOCK = 1 << 15
 
+#: Elements per block of samples of the host's passes in x's layout (cache-resident).
+_HOST_BLOCK = 1 << 17
+
 #: The host's passes work in x's layout, a block of samples at a time, where each sample
 #: has at least this many points (else a block of channels at a time in the (C, n)
 #: layout, as the device does).
@@ -797,15 +803,13 @@ def _sample_block(N, C, L, stack=2):
     return min(N, max(1, _HOST_BLOCK // (stack * C * L)))
 
 
-def _forward_host(x3, shift, resp):
-    """The shifted input and the moments of :func:`_forward_on_device` on NumPy, in x's
-    layout: ``xc`` = x - shift (N, C, L), ``resp1`` = [resp | 1] (n, K+1), the posteriors
-    by sample (N, K, L) and the moments ``[xc; xc^2; 1] resp1`` (2C+1, K+1), summed per
-    block of samples (the squares stay in cache)."""
+def _shift_moments_host(x3, shift, resp):
+    """The moments of :func:`_forward_on_device` on NumPy, in x's layout, a block of
+    samples at a time (x - shift and its squares stay in cache; no array of x's size is
+    formed): ``resp1`` = [resp | 1] (n, K+1), the posteriors by sample (N, K, L) and the
+    moments ``[xc; xc^2; 1] resp1`` (2C+1, K+1) of xc = x - shift."""
     N, C, L = x3.shape
     n, K, dtype = N * L, resp.shape[1], x3.dtype
-    xc = numpy.empty((N, C, L), dtype)
-    numpy.subtract(x3, shift[:, None], out=xc)
     resp1 = numpy.empty((n, K + 1), dtype)
     resp1[:, :K] = resp
     resp1[:, K] = 1
@@ -813,43 +817,48 @@ def _forward_host(x3, shift, resp):
     by_sample = numpy.ascontiguousarray(rows[:, :, :K].transpose(0, 2, 1))
     moments = numpy.zeros((2 * C + 1, K + 1), dtype)
     b = _sample_block(N, C, L)
-    squares = numpy.empty((b, C, L), dtype)
+    buf = numpy.empty((2, b, C, L), dtype)
     for a0 in range(0, N, b):
         a1 = min(N, a0 + b)
-        sq = squares[:a1 - a0]
-        numpy.multiply(xc[a0:a1], xc[a0:a1], out=sq)
-        moments[:C] += numpy.matmul(xc[a0:a1], rows[a0:a1]).sum(axis=0)
+        xc, sq = buf[0, :a1 - a0], buf[1, :a1 - a0]
+        numpy.subtract(x3[a0:a1], shift[:, None], out=xc)
+        numpy.multiply(xc, xc, out=sq)
+        moments[:C] += numpy.matmul(xc, rows[a0:a1]).sum(axis=0)
         moments[C:2 * C] += numpy.matmul(sq, rows[a0:a1]).sum(axis=0)
     numpy.matmul(numpy.ones((1, n), dtype), resp1, out=moments[2 * C:])
-    return xc, resp1, by_sample, moments
+    return resp1, by_sample, moments
 
 
-def _combine_host(out3, u3, weights, r3, v3=None, beta=None):
-    """:func:`mixnorm.kernels.mn_combine` in x's layout on NumPy: ``out3`` (N, C, L) =
-    ``u3 * (W_0 r) + v3 * (W_1 r) + W_last r + beta`` with ``weights`` the (C, K) W's
-    (two without ``v3``, three with), ``r3`` the posteriors (N, K, L), ``u3``, ``v3``
-    x-shaped (N, C, L) and ``beta`` (C,): one batched product per block of samples,
+def _combine_host(out3, x3, shift, weights, r3, g3=None, beta=None):
+    """:func:`mixnorm.kernels.mn_combine` in x's layout on NumPy, with xc = x - shift
+    recomputed a block at a time: ``out3`` (N, C, L) = ``xc * (W_0 r) + W_1 r + beta``
+    (the output; ``weights`` two (C, K) W's), or with ``g3`` ``g3 * (W_0 r) + xc * (W_1 r)
+    + W_2 r`` (the input gradient; three W's); ``r3`` the posteriors (N, K, L), ``x3``,
+    ``g3`` x-shaped (N, C, L), ``beta`` (C,).  One batched product per block of samples,
     nothing transposed."""
     N, C, L = out3.shape
     K, m = r3.shape[1], len(weights)
     W = numpy.concatenate(weights).astype(out3.dtype, copy=False)        # (m C, K)
     if beta is not None:
         beta = numpy.ascontiguousarray(numpy.broadcast_to(beta[:, None], (C, L)))
-    b = _sample_block(N, C, L, m)
+    b = _sample_block(N, C, L, m + 1)
     expanded = numpy.empty((b, m * C, L), out3.dtype)
+    centred = numpy.empty((b, C, L), out3.dtype)
     for a0 in range(0, N, b):
         a1 = min(N, a0 + b)
-        e = expanded[:a1 - a0]
+        e, xc = expanded[:a1 - a0], centred[:a1 - a0]
+        numpy.subtract(x3[a0:a1], shift[:, None], out=xc)
         if K == 1:      # an outer product: BLAS with k = 1 is much slower
             numpy.multiply(W[None], r3[a0:a1], out=e)
         else:
             numpy.matmul(W, r3[a0:a1], out=e)
         y = out3[a0:a1]
-        numpy.multiply(u3[a0:a1], e[:, :C], out=y)
-        if v3 is not None:
-            t = e[:, C:2 * C]
-            t *= v3[a0:a1]
-            y += t
+        if g3 is None:
+            numpy.multiply(xc, e[:, :C], out=y)
+        else:
+            numpy.multiply(g3[a0:a1], e[:, :C], out=y)
+            xc *= e[:, C:2 * C]
+            y += xc
         y += e[:, (m - 1) * C:]
         if beta is not None:
             y += beta
@@ -934,29 +943,30 @@ def _backward_on_device(spec, saved, gy):
 
 
 def _backward_host(spec, saved, g3, gamma):
-    """:func:`_backward_on_device` after :func:`_forward_host`, in x's layout: the sums
-    ``[gy; gy xc] r`` per block of samples, then ``gx = gy (A r) + xc (B r) + Cm r`` per
-    block (:func:`_combine_host`)."""
+    """:func:`_backward_on_device` after :func:`_shift_moments_host`, in x's layout: the
+    sums ``[gy; gy xc] r`` per block of samples (xc recomputed from x), then ``gx = gy
+    (A r) + xc (B r) + Cm r`` per block (:func:`_combine_host`)."""
     layout, views = saved.layout, saved.views
-    xc3, r3 = saved.xc, saved.by_sample
-    N, C, L = xc3.shape
+    x3, r3, shift = saved.xc, saved.by_sample, saved.coef.shift
+    N, C, L = x3.shape
     K = r3.shape[1]
     rows = saved.resp1.reshape(N, L, K + 1)
-    sums = numpy.zeros((2 * C, K + 1), xc3.dtype)
+    sums = numpy.zeros((2 * C, K + 1), x3.dtype)
     b = _sample_block(N, C, L)
-    gxc = numpy.empty((b, C, L), xc3.dtype)
+    buf = numpy.empty((b, C, L), x3.dtype)
     for a0 in range(0, N, b):
         a1 = min(N, a0 + b)
-        g, t = g3[a0:a1], gxc[:a1 - a0]
-        numpy.multiply(g, xc3[a0:a1], out=t)
+        g, gxc = g3[a0:a1], buf[:a1 - a0]
+        numpy.subtract(x3[a0:a1], shift[:, None], out=gxc)
+        gxc *= g
         sums[:C] += numpy.matmul(g, rows[a0:a1]).sum(axis=0)
-        sums[C:] += numpy.matmul(t, rows[a0:a1]).sum(axis=0)
+        sums[C:] += numpy.matmul(gxc, rows[a0:a1]).sum(axis=0)
     grads = kernels.mn_grad_coef_views(
         kernels.mn_grad_coef(sums, saved.buf, gamma, _MODES[spec.mode], spec.has_gamma,
                              spec.has_beta), C, K)
-    gx = numpy.empty(layout.shape, xc3.dtype)
-    _combine_host(_as3(gx, layout), g3,
-                  [views['x_weight'], grads['x_var'], grads['x_mean']], r3, v3=xc3)
+    gx = numpy.empty(layout.shape, x3.dtype)
+    _combine_host(_as3(gx, layout), x3, shift,
+                  [views['x_weight'], grads['x_var'], grads['x_mean']], r3, g3=g3)
     return _gradients(spec, saved, gx, grads)
 
 
@@ -1360,8 +1370,8 @@ def _differentiable_gradients(node, indexes, gy):
             'double backward of synchronized mixture normalization (a reducer) is not '
             'implemented')
     layout, coef, xc, resp = saved.layout, saved.coef, saved.xc, saved.resp
-    if getattr(saved, 'by_sample', None) is not None:     # x's layout: to (C, n)
-        xc = numpy.ascontiguousarray(xc.transpose(1, 0, 2)).reshape(layout.C, layout.n)
+    if getattr(saved, 'by_sample', None) is not None:     # x in x's layout: x - c (C, n)
+        xc = (xc.transpose(1, 0, 2) - coef.shift[:, None, None]).reshape(layout.C, layout.n)
     xp = _arrays.get_array_module(xc)
     dtype, C, K = xc.dtype, layout.C, resp.shape[1]
     names = _input_names(spec)
@@ -1605,10 +1615,6 @@ def _non_finite_input_error(x, layout, dtype):
             numpy.dtype(dtype).name, float(xp.abs(x).max())))
 
 
-#: Elements per block of samples of the host's inference forward (cache-resident).
-_HOST_BLOCK = 1 << 17
-
-
 class QueueMixtureNormalizationFunction(function_node.FunctionNode):
     """Mixture normalization with the queue's mixture (inference, Eq. 38-39), the
     posteriors computed on the way: a stacking kernel ``[x - s; (x - s)^2; 1]``, one
@@ -1673,8 +1679,8 @@ class QueueMixtureNormalizationFunction(function_node.FunctionNode):
         batched product with the log-density weights (M, 2C); the posteriors of all points
         at once (M x n numbers stay in cache); then per block one batched product of the
         posteriors with the stacked output weights ``[A; B + beta]`` (2C, M) and ``y =
-        (x - s) (A r) + (B + beta) r`` (the posteriors sum to 1).  Returns ``(y, whether every log-likelihood is finite)``; the
-        posteriors are kept for the backward."""
+        (x - s) (A r) + (B + beta) r`` (the posteriors sum to 1).  Returns ``(y, whether
+        every log-likelihood is finite)``; the posteriors are kept for the backward."""
         N, C, L, M = layout.N, layout.C, layout.L, self.M
         x3 = x.reshape(N, C, L)
         lw = mix['logp_weight']

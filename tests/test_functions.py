@@ -497,14 +497,16 @@ def test_float16(fn_name, affine):
     np.testing.assert_allclose(y.astype(np.float32), y32, rtol=1e-2, atol=1e-2)
 
 
-def test_double_backward_matches_naive_chainer():
+@pytest.mark.parametrize('shape,affine', [((6, 3), 'none'), ((3, 4, 4, 5), 'channel')])
+def test_double_backward_matches_naive_chainer(shape, affine):
     """The gradient is differentiable (tests/test_double_backward.py checks it in
-    depth): its own gradient equals the naive formula's, built from chainer.functions."""
-    x, _, _, resp = make_case(13, (6, 3), 2, 'none')
+    depth): its own gradient equals the naive formula's, built from chainer.functions
+    (also for samples of many points, whose forward works in x's layout on NumPy)."""
+    x, gamma, beta, resp = make_case(13, shape, 2, affine)
     got = []
     for fn in (MF.mixture_normalization, naive_chainer):
         xv = chainer.Variable(x)
-        y = fn(xv, None, None, resp)
+        y = fn(xv, gamma, beta, resp)
         gx, = chainer.grad([F.sum(y * y)], [xv], enable_double_backprop=True)
         ggx, = chainer.grad([F.sum(gx * gx)], [xv])
         got.append(ggx.array)
