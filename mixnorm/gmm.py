@@ -5,7 +5,7 @@ One xp-generic code path (NumPy or CuPy, chosen by the input's array module):
 1. :func:`kmeans_plusplus` -- greedy K-means++ seeding with ``2 + int(log K)`` local
    trials per new centre (the paper's "2 + log(K) trials"), on a uniform random
    subsample of at most :func:`seeding_points` of the points (all of a smaller batch);
-2. ``kmeans_iters`` Lloyd iterations (:func:`_lloyd_labels`);
+2. ``kmeans_iters`` Lloyd iterations (:func:`_lloyd_moments`);
 3. the mixture is initialised from the K-means partition (:func:`_m_step` of the moments
    of the one-hot responsibilities) and refined by ``em_iters`` EM iterations of a
    diagonal-covariance GMM (:func:`_e_step`, :func:`_m_step`);
@@ -304,7 +304,8 @@ def _frame_for(x, eps, work, reducer=None):
     sub = x[::max(1, n // _FRAME_ROWS)]
     with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf are reported later
         shift = sub.mean(axis=0, dtype=xp.float64)
-        m2 = xp.square(sub - shift).sum()
+        dev = sub - shift
+        m2 = xp.square(dev, out=dev).sum()
         stats = _arrays.to_host(xp.concatenate([shift, m2[None]]))
         rows = numpy.concatenate([[n, sub.shape[0]], stats])[None]
         counts, narrow = None, False
@@ -656,6 +657,33 @@ def _lloyd_labels(frame, coef):
     return _distance_product(frame, coef).argmin(axis=0)
 
 
+def _lloyd_moments(frame, coef, n_components):
+    """``_moments(frame, _one_hot(_lloyd_labels(frame, coef), n_components, dtype))``:
+    the moments of the nearest-centre partition for distance coefficients ``coef``
+    (K, 2d+2) on the device.  On NumPy in one pass of row blocks, each read once, while
+    in cache, for its distances, labels and moments (the products and sums of the two
+    passes, block by block: the same values)."""
+    if not frame.compact:
+        return _moments(frame, _one_hot(_lloyd_labels(frame, coef), n_components,
+                                        frame.za.dtype))
+    za, d = frame.za, frame.d
+    coef_t = numpy.ascontiguousarray(coef[:, d:].T)
+    hard = numpy.zeros((n_components, za.shape[0]), dtype=za.dtype)
+    total = numpy.zeros((n_components, 2 * d + 2))
+    dist = None
+    for rows, z2, zs in _squared_blocks(frame):
+        if dist is None:
+            dist = numpy.empty((zs.shape[0], coef.shape[0]),
+                               dtype=numpy.result_type(za, coef))
+        block = dist[:zs.shape[0]]
+        numpy.matmul(zs, coef_t, out=block)
+        hard[block.argmin(axis=1), numpy.arange(rows.start, rows.stop)] = 1
+        r = hard[:, rows]
+        total[:, :d] += r @ z2
+        total[:, d:] += r @ zs
+    return frame.reduce(total)
+
+
 def _one_hot(labels, n_components, dtype):
     """Hard responsibilities (K, n) of a partition (:func:`mixnorm.kernels.one_hot`)."""
     return kernels.one_hot(labels, n_components, dtype)
@@ -680,15 +708,16 @@ def _fit_in_frame(frame, n_components, kmeans_iters, em_iters, n_local_trials, e
     with numpy.errstate(invalid='ignore', over='ignore'):   # NaN/Inf: see fit_gmm
         if n_components == 1:
             labels = get_array_module(frame.za).zeros((frame.za.shape[0],), dtype=numpy.int64)
+            moments = _moments(frame, _one_hot(labels, n_components, dtype))
         else:                       # the seeds' partition: the first Lloyd assignment
             coef = _kmeans_plusplus(frame, n_components, n_local_trials, rs)[0]
-            labels = _lloyd_labels(frame, _device_coef(frame, coef))
-        gmm = m_step(_moments(frame, _one_hot(labels, n_components, dtype)))
+            moments = _lloyd_moments(frame, _device_coef(frame, coef), n_components)
+        gmm = m_step(moments)
         for _ in range(1, kmeans_iters):
             if gmm is None:
                 return None
-            labels = _lloyd_labels(frame, _device_coef(frame, _dist_coef(gmm.means)))
-            gmm = m_step(_moments(frame, _one_hot(labels, n_components, dtype)))
+            gmm = m_step(_lloyd_moments(frame, _device_coef(frame, _dist_coef(gmm.means)),
+                                        n_components))
         for _ in range(em_iters):
             if gmm is None:
                 return None

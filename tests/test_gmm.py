@@ -310,6 +310,100 @@ def test_returned_responsibilities_equal_scoring(fraction):
 
 # ------------------------------------------------------------ several processes
 
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_the_one_pass_lloyd_moments_equal_labels_then_moments(dtype):
+    """The Lloyd step's moments in one pass equal, bitwise, those of the partition by
+    the distance product's labels (over several row blocks, with tied distances of
+    repeated points and a NaN)."""
+    rng = np.random.default_rng(23)
+    x = np.concatenate([np.repeat(rng.standard_normal((5, 30)), 400, axis=0),
+                        rng.standard_normal((9000, 30)) * 3]).astype(dtype)
+    frame = G._frame_for(x, 1e-5, np.dtype(dtype))
+    assert len(G._row_blocks(frame)) >= 3
+    for K in (1, 3, 6):
+        centres = np.concatenate([x[:1], x[rng.choice(x.shape[0], K - 1)]])
+        z = (centres - frame.shift) / frame.scale
+        coef = G._device_coef(frame, G._dist_coef(z))
+        two_pass = G._moments(frame, G._one_hot(G._lloyd_labels(frame, coef), K,
+                                                frame.za.dtype))
+        assert G._lloyd_moments(frame, coef, K).tobytes() == two_pass.tobytes()
+    bad = frame.za.copy()
+    bad[4321, 3] = np.nan
+    frame = frame._replace(za=bad)
+    two_pass = G._moments(frame, G._one_hot(G._lloyd_labels(frame, coef), 6, bad.dtype))
+    np.testing.assert_array_equal(G._lloyd_moments(frame, coef, 6), two_pass)
+
+
+def _fresh_fit(x, *args, **kwargs):
+    """``fit_gmm`` in a new thread: nothing of an earlier fit's memory is reused."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(G.fit_gmm(x, *args, **kwargs)))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def _copies(fit):
+    g, resp = fit
+    return [np.array(a, copy=True) for a in g] + [np.array(resp, copy=True)]
+
+
+def _assert_bitwise(a, b):
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        assert u.tobytes() == v.tobytes()
+
+
+def test_consecutive_fits_equal_fresh_fits_and_keep_their_results():
+    """Fits one after another in a thread (other data of the same shape, other shapes,
+    float64 after float32, the float64 refit of an outlier) give bitwise the fits of a
+    fresh thread, and what a fit returned stays as it was after the next fits (nothing
+    returned shares memory a later fit writes)."""
+    rng = np.random.default_rng(21)
+    a = (rng.standard_normal((3000, 40)) * 2 + 1).astype(np.float32)
+    b = np.maximum(rng.standard_normal((3000, 40)), 0).astype(np.float32)
+    c = mixture_data(rng, n=700, d=5)[0]
+    e = rng.standard_normal((5000, 3)).astype(np.float32)
+    e[17, 1] = 1e20                     # z**2 overflows float32: the float64 refit
+    cases = [(a, 3, 1, 1), (b, 3, 1, 1), (c, 4, 2, 2), (a[:900, :7].copy(), 2, 1, 2),
+             (e, 3, 1, 1), (b, 3, 1, 1)]
+    fits, kept = [], []
+    for x, *args in cases:
+        fit = G.fit_gmm(x, *args, seed=5, return_responsibilities=True)
+        fits.append(fit)
+        kept.append(_copies(fit))
+    for (x, *args), fit, copy in zip(cases, fits, kept):
+        _assert_bitwise(_copies(fit), copy)         # not overwritten by later fits
+        _assert_bitwise(copy, _copies(_fresh_fit(x, *args, seed=5,
+                                                 return_responsibilities=True)))
+    for i, fit in enumerate(fits):                  # no two fits share memory
+        for other in fits[i + 1:]:
+            for u in list(fit[0]) + [fit[1]]:
+                assert not any(np.shares_memory(u, v) for v in list(other[0]) + [other[1]])
+
+
+def test_fits_in_threads_at_once_equal_fits_one_by_one():
+    rng = np.random.default_rng(22)
+    parts = [np.maximum(rng.standard_normal((2000, 24)), 0).astype(np.float32) + i
+             for i in range(3)]
+    alone = [_copies(G.fit_gmm(p, 3, seed=1, return_responsibilities=True)) for p in parts]
+    out = [None] * len(parts)
+    barrier = threading.Barrier(len(parts), timeout=30)
+
+    def run(i):
+        barrier.wait()
+        for _ in range(3):
+            out[i] = G.fit_gmm(parts[i], 3, seed=1, return_responsibilities=True)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(parts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for fit, ref in zip(out, alone):
+        _assert_bitwise(_copies(fit), ref)
+
+
 class _Ranks:
     """P in-process ranks (threads) whose reducers gather, and sum in rank order, as
     MPIReducer."""
