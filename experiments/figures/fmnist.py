@@ -56,12 +56,15 @@ PLACEMENT_ROWS = [
     ('MN-2-all-nols', 'MN everywhere, lambda_scaling=False', '#17becf', MN_STYLE),
     ('MN-2-convert-K1', 'BN, converted at epoch 4 to MN K=1', ROW_COLORS[4], CONVERTED_STYLE),
     ('MN-2-convert-K3', 'BN, converted at epoch 4 to MN K=3', '#8c564b', CONVERTED_STYLE),
+    ('MN-2-convert-K3-nols', 'BN, converted at epoch 4 to MN K=3, lambda_scaling=False',
+     '#bcbd22', CONVERTED_STYLE),
 ]
 #: the same for DenseNet-40 (the preset fmnist-cpu-densenet)
 PLACEMENT_DENSENET = [
     ('BN-L40', 'BN-L40', ROW_COLORS[0], BN_STYLE),
     ('MN-L40', 'MN-L40 (transitions and last BN, the paper)', ROW_COLORS[3], MN_STYLE),
     ('MN-L40-all', 'MN everywhere (all 39 BNs)', ROW_COLORS[2], MN_STYLE),
+    ('MN-L40-all-nols', 'MN everywhere, lambda_scaling=False', '#17becf', MN_STYLE),
 ]
 
 
