@@ -525,10 +525,12 @@ def pairs_to_text(recs, width=WIDTH):
     the verdict against the paper, NOT COMPARABLE where it is not) said once above, then
     one table for each test accuracy (with inference statistics, the paper's, and with
     batch statistics), then the MN rows without a BN row to pair with."""
-    paired = [r for r in recs if 'best' in r]
+    # a pair's MN row is its 'row' on the MN line, so the table names only its BN row
+    paired = [dict(r, pair=r['pair'].split('/')[0]) for r in recs if 'best' in r]
     unpaired = [r for r in recs if 'best' not in r]
-    said, cols = _shared(recs, [c for c in _columns(recs, PAIR_COLUMNS)
-                                if c[0] not in ('accuracy', 'metric')])
+    said, cols = _shared(paired + unpaired, [
+        (k, 'BN row' if k == 'pair' else h) for k, h in _columns(recs, PAIR_COLUMNS)
+        if k not in ('accuracy', 'metric')])
     notes = {}
     parts = []
     for label in dict.fromkeys(r['accuracy'] for r in paired):
