@@ -204,8 +204,8 @@ def _fast(item):
     return item.get_closest_marker('slow') is None
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item):
+def _watched(item):
+    """A hook wrapper's body: the monitor watches a fast test's setup or call."""
     if _monitor is None or not _fast(item):
         return (yield)
     _monitor.watch(True)
@@ -213,17 +213,16 @@ def pytest_runtest_setup(item):
         return (yield)
     finally:
         _monitor.watch(False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _watched(item))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    if _monitor is None or not _fast(item):
-        return (yield)
-    _monitor.watch(True)
-    try:
-        return (yield)
-    finally:
-        _monitor.watch(False)
+    return (yield from _watched(item))
 
 
 def pytest_runtest_logreport(report):
