@@ -40,11 +40,12 @@ Per-point quantities are component-major, (K, n), so the column log-softmax runs
 contiguous memory.  On NumPy (and with a reducer) the (K, 2d+2) moments go to the host
 and the small parameter arithmetic (M-step, pruning, sorting, density coefficients)
 runs there in float64.  A fit of one process on a GPU keeps all of it on the device
-(the kernels of :mod:`mixnorm.kernels`, :func:`_fit_on_device`): 15 launches
+(the kernels of :mod:`mixnorm.kernels`, :func:`_fit_on_device`): 17 launches
 for K = 3 and "EM iter." 2, and one small copy to the host at its end, where the
-status of the count rule and of the moments' finiteness is read; only a component
-that fails the count rule sends the merging rounds to the host.  The random draws
-(seed point, local trials, subsample) come from a host ``numpy.random.Generator``
+status of the count rule and of the moments' finiteness is read.  The count rule's
+first merging round runs on the device in every fit (a no-op when no component is
+dropped); only a component that fails the rule again sends the further rounds to the
+host.  The random draws (seed point, local trials, subsample) come from a host ``numpy.random.Generator``
 before the passes that use them (one copy to the device), so CPU and GPU make the
 same choices for the same seed.
 
@@ -974,13 +975,16 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
     coefficients (:func:`~mixnorm.kernels.fit_coef`), the log-densities (one product),
     their column log-softmax (:func:`~mixnorm.kernels.fit_log_softmax`) and the moments
     (one product); the last M-step, count
-    rule, sorting and data units (:func:`~mixnorm.kernels.fit_finish`), and with
-    ``want_resp`` the posteriors under the result.  Then one copy of a small status
-    to the host: non-finite moments (returns None), a component that fails the count
-    rule (the merging rounds of :func:`_enforce_counts` then run on the host, from the
-    last pass's moments, and the GMM comes back as host float64 with ``big`` None),
-    else ``(gmm, resp, big)``: the device GMM in dtype ``work``, the posteriors (K, n)
-    or None, and the largest magnitude of its parameters (float64)."""
+    rule, sorting and data units (:func:`~mixnorm.kernels.fit_finish`), the posteriors
+    under the result, and the count rule's first merging round as a no-op unless a
+    component was dropped (their moments and ``fit_finish`` with ``merge``).  Then one
+    copy of a small status to the host: non-finite moments (returns None), else
+    ``(gmm, resp, big)``: the device GMM in dtype ``work`` (its first K' slots when
+    the count rule dropped components; then the posteriors are recomputed under them),
+    the posteriors (K', n) or None, and the largest magnitude of its parameters
+    (float64).  Only a component that fails the count rule again after the merging
+    round sends the further rounds of :func:`_enforce_counts` to the host (the GMM
+    then comes back as host float64 with ``big`` None)."""
     xp = get_array_module(points)
     n, d = points.shape
     K, trials = n_components, n_local_trials
@@ -1028,7 +1032,8 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
     coef = xp.empty((K, 2 * d + 2), dtype=work)
     part = xp.empty((K, kernels.LANES), dtype=xp.float64)
     KL = K * kernels.LANES
-    status = xp.empty((2 * KL + K,), dtype=xp.float64)    # bad flags | magnitudes | keep
+    # bad flags | magnitudes | the count rule's kept slots | the merging round's verdict
+    status = xp.empty((2 * KL + 2 * K,), dtype=xp.float64)
     passes = [1] * max(kmeans_iters - 1, 0) + [0] * em_iters
     for i, mode in enumerate(passes):
         kernels.fit_coef(moments, n, scale, eps, tiny, _LOG_2PI, mode, coef, part,
@@ -1040,20 +1045,39 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
     weights = xp.empty((K,), dtype=work)
     means = xp.empty((K, d), dtype=work)
     variances = xp.empty((K, d), dtype=work)
-    kernels.fit_finish(moments, n, scale, stats, eps, tiny, _LOG_2PI, min_weight, min_count,
-                       coef, part, weights, means, variances, status, not passes, select)
+    finish = (n, scale, stats, eps, tiny, _LOG_2PI, min_weight, min_count, coef, part,
+              weights, means, variances, status)
+    kernels.fit_finish(moments, *finish, not passes, select)
+    # the count rule's merging round runs on every fit that can drop a component (a
+    # no-op on the device when none is dropped), so the host learns its outcome from
+    # the one status copy: the posteriors under the kept components, their moments,
+    # the M-step of the kept ones
+    merge = K > 1 and (min_weight > 0 or min_count > 0)
     resp = kernels.fit_log_softmax(coef @ za.T, part, xp.empty((K, n), dtype=work)) \
-        if want_resp else None
+        if want_resp or merge else None
+    if merge:
+        merged = resp @ za
+        kernels.fit_finish(merged, *finish, False, None, True)
     flags = _arrays.to_host(status)             # the fit's one synchronisation
     if flags[:KL].any():
         return None
-    if not flags[2 * KL:].all():
+    big = float(flags[KL:2 * KL].max())
+    kept = int(flags[2 * KL:2 * KL + K].sum())
+    if kept == K:
+        return GMM(weights, means, variances), resp if want_resp else None, big
+    if not merge:                               # (a count rule that drops nothing)
         if select is not None:                  # no pass after the seeds' partition
             j = int(numpy.argmin(_arrays.to_host(select[:, -1])))
             moments = moments[j * K:(j + 1) * K]
         return _count_rule_on_host(za, stats, scale, moments, n, eps, min_weight,
                                    min_count, want_resp)
-    return GMM(weights, means, variances), resp, float(flags[KL:2 * KL].max())
+    if not flags[2 * KL + K:].all():            # a component fails again: more rounds
+        return _count_rule_on_host(za, stats, scale, merged[:kept], n, eps, min_weight,
+                                   min_count, want_resp)
+    # the kept components are the first slots; the posteriors under them alone
+    resp = kernels.fit_log_softmax(coef[:kept] @ za.T, part[:kept],
+                                   xp.empty((kept, n), dtype=work)) if want_resp else None
+    return GMM(weights[:kept], means[:kept], variances[:kept]), resp, big
 
 
 def _count_rule_on_host(za, stats, scale, moments, n, eps, min_weight, min_count,

@@ -2007,37 +2007,60 @@ def argmin_onehot(dist, part, out):
 
 
 def fit_finish_xp(mom, n, scale, stats, eps, tiny, log2pi, min_weight, min_count,
-                  coef, part, weights, means, variances, status, reset, select=None):
+                  coef, part, weights, means, variances, status, reset, select=None,
+                  merge=False):
     """Twin of the last M-step kernel.  From the moments ``mom`` (K, 2d+2) of the last
     pass: the M-step (as :func:`fit_coef_xp`), the count rule (component k passes when
-    its weight ``w >= min_weight`` and ``w * n >= min_count``; every one passes for
-    K = 1), and, sorted by decreasing weight (stable) with the weights renormalised,
-    the mixture in data units (``mean + m * scale``, ``v * scale^2``, ``stats[:d]`` the
+    its weight ``w >= min_weight`` and ``w * n >= min_count``; the heaviest is always
+    kept), and, sorted by decreasing weight (stable) with the kept weights renormalised
+    (a dropped component keeps its slot, after the kept ones, with weight 0), the
+    mixture in data units (``mean + m * scale``, ``v * scale^2``, ``stats[:d]`` the
     frame's mean) into ``weights`` (K,), ``means`` and ``variances`` (K, d), and its
     log-density coefficients into ``coef`` (K, 2d+2) and ``part`` (K, LANES) (as
-    :func:`fit_coef_xp`).  ``status`` (2 K LANES + K,) float64: the non-finite flags
-    of each row of moments by lane (accumulated into those of the earlier passes
-    unless ``reset``), the largest magnitude of each output component by lane
-    (float64, before the cast), and whether component k passes the count rule.  The
-    outputs are meaningful only when no row is flagged and all pass.  ``select``: see
-    :func:`_selected_xp`."""
+    :func:`fit_coef_xp`; log-weight -inf for a dropped slot, so an E-step under them
+    merges the dropped components' points into the kept ones).  ``status``
+    (2 K LANES + 2 K,) float64: the non-finite flags of each row of moments by lane
+    (accumulated into those of the earlier passes unless ``reset``), the largest
+    magnitude of each kept output component by lane (float64, before the cast), then
+    which slots the count rule keeps, then (``merge``) the merging round's verdict.
+
+    ``merge``: the merging round of the count rule (Sec. 5.3), from the moments of an
+    E-step under the first round's mixture.  If the first round kept every component
+    it changes nothing; else the slots the first round kept are re-estimated (M-step),
+    sorted and renormalised as above (the dropped slots stay last with weight 0), and
+    ``status[2 K LANES + K:]`` says per slot whether it passes the count rule again (1
+    for a dropped slot, and for all when one component is left); a 0 there means that
+    one more round is needed.  ``select``: see :func:`_selected_xp`."""
     xp = get_array_module(mom)
-    mom = _selected_xp(mom, select, coef.shape[0])
-    K, W = mom.shape
+    K, W = coef.shape
     d = (W - 2) // 2
     s = scale[0]
     KL = K * LANES
+    if merge:
+        alive = status[2 * KL:2 * KL + K] != 0
+        if bool(alive.all()):
+            return coef, part, weights, means, variances, status
+    else:
+        mom = _selected_xp(mom, select, K)
+        alive = xp.ones(K, bool)
     with numpy.errstate(invalid='ignore', over='ignore', divide='ignore'):
         w, m, v = _mstep_xp(xp, mom, n, eps / (s * s), tiny)
-        keep = (w >= min_weight) & (w * n >= min_count) if K > 1 else xp.ones(K, bool)
-        order = xp.argsort(-w, kind='stable')
-        w, m, v = w[order], m[order], v[order]
-        w = w / w.sum()
+        passes = (w >= min_weight) & (w * n >= min_count)
+        order = xp.argsort(xp.where(alive, -w, xp.inf), kind='stable')
+        w, m, v, passes = w[order], m[order], v[order], passes[order]
+        if merge:
+            live = alive[order]
+            keep = ~live | passes | (int(alive.sum()) == 1)
+        else:
+            live = keep = passes | (xp.arange(K) == 0)
+        w = xp.where(live, w / xp.where(live, w, 0.0).sum(), 0.0)
         c, p = _density_parts_xp(xp, w, m, v, log2pi)
+        c[:, -1] = xp.where(live, c[:, -1], -xp.inf)    # no posterior, however far
         mean_x = stats[:d] + m * s
         var_x = v * (s * s)
         big = xp.maximum(_by_lane(xp, xp.maximum(xp.abs(mean_x), xp.abs(var_x)), 0.0,
                                   xp.max), xp.abs(w)[:, None])
+        big = xp.where(live[:, None], big, 0.0)
     coef[...] = c
     part[...] = p
     weights[...] = w
@@ -2046,7 +2069,7 @@ def fit_finish_xp(mom, n, scale, stats, eps, tiny, log2pi, min_weight, min_count
     flags = _lane_flags(xp, mom, 'all').reshape(-1)
     status[:KL] = flags if reset else xp.maximum(status[:KL], flags)
     status[KL:2 * KL] = big.reshape(-1)
-    status[2 * KL:] = keep
+    status[2 * KL + (K if merge else 0):2 * KL + (2 * K if merge else K)] = keep
     return coef, part, weights, means, variances, status
 
 
@@ -2057,12 +2080,19 @@ extern "C" __global__ void fit_finish(const T* mom, long long d, int K, double n
                                       double min_weight, double min_count, T* coef,
                                       double* part, T* weights, T* means, T* variances,
                                       double* status, int reset, const double* select,
-                                      int hyp, long long sel_len) {
+                                      int hyp, long long sel_len, int merge) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)K * 32) return;
     int s = (int)(idx / 32);
     long long lane = idx - (long long)s * 32;
     long long W = 2 * d + 2;
+    long long KL = (long long)K * 32;
+    const double* alive = status + 2 * KL;     // the first round's kept slots
+    if (merge) {       // the merging round changes nothing if the first kept them all
+        int all = 1;
+        for (int k = 0; k < K; ++k) if (alive[k] == 0) all = 0;
+        if (all) return;
+    }
     if (hyp > 1) {     // the winning candidate's moments among the stacked ones
         int bj = 0;
         double bp = select[sel_len - 1];
@@ -2072,24 +2102,31 @@ extern "C" __global__ void fit_finish(const T* mom, long long d, int K, double n
         }
         mom += (long long)bj * K * W;
     }
-    long long KL = (long long)K * 32;
     double sc = scale[0];
     double eps_z = eps / (sc * sc);
-    // the component of rank s by decreasing weight (stable), and the weights' sum
-    int comp = 0;
+    // the component of rank s (the live ones first, each by decreasing weight, stable),
+    // whether it is live (kept by the count rule; in the merging round, kept by the
+    // first) and passes, and the live weights' sum
+    int comp = 0, live_c = 0, pass_c = 0, n_alive = 0;
     double total = 0;
     for (int k = 0; k < K; ++k) {
         double wk = (double)mom[k * W + 2 * d + 1] / n;
-        total += wk;
+        int ak = merge ? alive[k] != 0 : 1;
         int rank = 0;
         for (int j = 0; j < K; ++j) {
             double wj = (double)mom[j * W + 2 * d + 1] / n;
-            if (wj > wk || (wj == wk && j < k)) ++rank;
+            int aj = merge ? alive[j] != 0 : 1;
+            if (aj > ak || (aj == ak && (wj > wk || (wj == wk && j < k)))) ++rank;
         }
-        if (rank == s) comp = k;
+        int pk = wk >= min_weight && wk * n >= min_count;
+        int lk = merge ? ak : (pk || rank == 0);
+        n_alive += ak;
+        if (lk) total += wk;
+        if (rank == s) { comp = k; live_c = lk; pass_c = pk; }
     }
+    int keep = merge ? (!live_c || pass_c || n_alive == 1) : live_c;
     // row s: finite moments (this lane's features, the |z|^2 column in lane 0, the
-    // count), the count rule
+    // count)
     const T* own = mom + s * W;
     double cnt = (double)own[2 * d + 1];
     int ok = cnt - cnt == 0;
@@ -2098,13 +2135,11 @@ extern "C" __global__ void fit_finish(const T* mom, long long d, int K, double n
         if (!(a - a == 0 && b - b == 0)) ok = 0;
     }
     if (lane == 0) { double a = (double)own[2 * d]; if (!(a - a == 0)) ok = 0; }
-    double w_own = cnt / n;
-    int keep = K == 1 || (w_own >= min_weight && w_own * n >= min_count);
     // slot s: component comp, renormalised, in data units; its density coefficients
     const T* m = mom + comp * W;
     double nk = (double)m[2 * d + 1];
     double inv = 1.0 / (nk > tiny ? nk : tiny);
-    double w = (nk / n) / total;
+    double w = live_c ? (nk / n) / total : 0.0;
     double acc = 0, big = w > 0 ? w : -w;
     T* out = coef + s * W;
     for (long long c = lane; c < d; c += 32) {
@@ -2123,26 +2158,27 @@ extern "C" __global__ void fit_finish(const T* mom, long long d, int K, double n
         if (!(vx <= big)) big = vx;
     }
     part[idx] = acc;
-    if (lane == 0) {
-        double logw = w > 0 ? log(w) : -1e30;
+    if (lane == 0) {     // a dropped slot: log-weight -inf (log 0), no posterior at all
+        double logw = w > 0 ? log(w) : (live_c ? -1e30 : log(0.0));
         out[2 * d] = 0;
         out[2 * d + 1] = (T)(logw - 0.5 * (double)d * log2pi);
         weights[s] = (T)w;
-        status[2 * KL + s] = keep ? 1.0 : 0.0;
+        status[2 * KL + (merge ? K : 0) + s] = keep ? 1.0 : 0.0;
     }
     double flag = ok ? 0.0 : 1.0;
     status[idx] = reset ? flag : (status[idx] > flag ? status[idx] : flag);
-    status[KL + idx] = big;
+    status[KL + idx] = live_c ? big : 0.0;
 }
 '''
 
 
 @_dispatch(fit_finish_xp)
 def fit_finish(mom, n, scale, stats, eps, tiny, log2pi, min_weight, min_count,
-               coef, part, weights, means, variances, status, reset, select=None):
+               coef, part, weights, means, variances, status, reset, select=None,
+               merge=False):
     """The last M-step, count rule, sorting and data units of a fit, and the status
-    the host reads once (see :func:`fit_finish_xp`): one kernel, a warp per
-    component."""
+    the host reads once, or the count rule's merging round (see
+    :func:`fit_finish_xp`): one kernel, a warp per component."""
     if not (_fit_ok(mom, coef, weights, means, variances) and scale.dtype.name == 'float64'
             and stats.dtype.name == 'float64'
             and all(a.dtype.name == 'float64' and a.flags.c_contiguous
@@ -2151,14 +2187,14 @@ def fit_finish(mom, n, scale, stats, eps, tiny, log2pi, min_weight, min_count,
                                     and select.flags.c_contiguous))):
         return fit_finish_xp(mom, n, scale, stats, eps, tiny, log2pi, min_weight,
                              min_count, coef, part, weights, means, variances, status,
-                             reset, select)
+                             reset, select, merge)
     K, W = coef.shape
     _launch('fit_finish', mom.dtype, K * LANES,
             (mom, numpy.int64((W - 2) // 2), numpy.int32(K), numpy.float64(n), scale,
              stats, numpy.float64(eps), numpy.float64(tiny), numpy.float64(log2pi),
              numpy.float64(min_weight), numpy.float64(min_count), coef, part, weights,
              means, variances, status, numpy.int32(bool(reset)))
-            + _select_args(select, scale))
+            + _select_args(select, scale) + (numpy.int32(bool(merge)),))
     return coef, part, weights, means, variances, status
 
 

@@ -39,6 +39,46 @@ def test_fit_on_the_device_path_equals_the_numpy_path(K):
     np.testing.assert_allclose(_host(r), _host(nu), atol=2e-5)
 
 
+def _fit_both(x, K, **kwargs):
+    """The fit of ``x`` on NumPy and on the stand-in device, and the device's cost."""
+    ref = G.fit_gmm(x, K, 2, 2, return_responsibilities=True, **kwargs)
+    with _opcount.counting():
+        cost = _opcount.tally(lambda: G.fit_gmm(_opcount.to_device(x), K, 2, 2,
+                                                return_responsibilities=True, **kwargs))
+        got = G.fit_gmm(_opcount.to_device(x), K, 2, 2, return_responsibilities=True,
+                        **kwargs)
+    for a, b in zip(ref[0] + (ref[1],), got[0] + (got[1],)):
+        np.testing.assert_allclose(_host(b), a, rtol=5e-5, atol=5e-5)
+    return ref[0], cost
+
+
+@pytest.mark.parametrize('K', [3, 4])
+def test_the_count_rule_drops_a_component_on_the_device_with_one_sync(K):
+    """Four far points take a component of their own, which the count rule drops; the
+    merging round runs on the device, so the fit still synchronises once and equals
+    the NumPy path's (the posteriors come under the kept components)."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal((600, 5)), rng.standard_normal((400, 5)) + 6,
+                        rng.standard_normal((4, 5)) * 0.1 + 30]).astype(np.float32)
+    gmm, cost = _fit_both(x, K, seed=1)
+    assert gmm.n_components < K
+    _, cost_kept = _fit_both(x[:1000], K, seed=1)      # the same fit, nothing to drop
+    assert cost['d2h'] == cost_kept['d2h'] == 1
+    assert cost['launch'] <= cost_kept['launch'] + 2, (cost, cost_kept)
+
+
+def test_a_component_that_fails_the_count_rule_again_gets_more_rounds():
+    """After the device's merging round a kept component can fall below the count:
+    the further rounds (on the host) give the NumPy path's mixture."""
+    rng = np.random.default_rng(15)
+    x = np.concatenate([rng.standard_normal((300, 3)),
+                        rng.standard_normal((30, 3)) * 0.7 + 2.2,
+                        rng.standard_normal((6, 3)) * 0.3 + 9]).astype(np.float32)
+    gmm, cost = _fit_both(x, 4, seed=15, min_count=30)
+    assert gmm.n_components == 2 and cost['d2h'] > 1
+    assert (gmm.weights * x.shape[0] >= 30).all()         # every one left passes
+
+
 @pytest.mark.parametrize('K', [1, 3])
 def test_layer_on_the_device_path_equals_the_numpy_path(K):
     rng = np.random.default_rng(1)
@@ -79,13 +119,14 @@ def test_counter_counts_launches_copies_and_syncs():
     assert got == {'launch': 3, 'h2d': 2, 'd2h': 1}
 
 
-@pytest.mark.parametrize('K,max_launches,max_fit', [(1, 11, 0), (3, 30, 15), (5, 36, 19)])
+@pytest.mark.parametrize('K,max_launches,max_fit', [(1, 11, 0), (3, 30, 17), (5, 36, 21)])
 def test_training_step_launch_budget(K, max_launches, max_fit):
     r = _opcount.count_layer((64, 32, 4, 4), K)
     assert r['train_launch'] <= max_launches, r
     # the fit: frame 2, K-means++ 1 + 2 (K - 1), the partitions' moments 1, M-step,
-    # E-step and moments 4, the last M-step and the posteriors 3; the draws go to the
-    # device in one copy
+    # E-step and moments 4, the last M-step and the posteriors 3, the count rule's
+    # merging round 2 (moments, M-step: a no-op unless a component is dropped); the
+    # draws go to the device in one copy
     assert r['fit_launch'] <= max_fit and r['fit_copies'] <= 2, r
     # the normalizing forward and the backward: a handful of fused kernels, fewer than
     # Chainer's BN needs, and no copy between host and device (only the fit may sync):

@@ -620,25 +620,81 @@ def test_fit_finish_source_runs_like_its_twin(dtype, K):
     outs = (np.empty_like(mom), np.empty((K, L)), np.empty(K, dtype), np.empty((K, d), dtype),
             np.empty((K, d), dtype))
     coef, part, w, m, v, status = kernels.fit_finish_xp(*args, *outs,
-                                                        np.zeros(2 * K * L + K), True)
+                                                        np.zeros(2 * K * L + 2 * K), True)
     nk = mom[:, -1].astype(np.float64)
     order = np.argsort(-nk, kind='stable')
-    np.testing.assert_allclose(w, nk[order] / nk.sum(), rtol=1e-6)
+    kept = nk[order] * ([1, 1, 1, 0] if K == 4 else 1)  # the light one dropped: weight 0
+    np.testing.assert_allclose(w, kept / kept.sum(), rtol=1e-6)
     mean_z = mom[order, d:2 * d] / nk[order, None]
     np.testing.assert_allclose(m, stats[:d] + mean_z * 1.7, rtol=1e-5)
     np.testing.assert_array_equal(status[:K * L], 0)
     np.testing.assert_allclose(status[K * L:2 * K * L].reshape(K, L).max(1),
-                               np.maximum(np.abs(m), np.abs(v)).max(1), rtol=1e-6)
-    np.testing.assert_array_equal(status[2 * K * L:], [1, 1, 1, 0] if K == 4 else [1])
-    got = [np.full_like(a, np.nan) for a in outs] + [np.full(2 * K * L + K, np.nan)]
-    cuda_emulation.launch(kernels.kernel_source('fit_finish', dtype), 'fit_finish', 1, 256,
-                          (mom, np.int64(d), np.int32(K), np.float64(n), scale, stats,
-                           np.float64(1e-5), np.float64(1e-6), np.float64(np.log(2 * np.pi)),
-                           np.float64(0.01), np.float64(16), *got, np.int32(1), scale,
-                           np.int32(1), np.int64(1)))
+                               np.maximum(np.abs(m), np.abs(v)).max(1) * (kept > 0),
+                               rtol=1e-6)               # the kept components' magnitudes
+    np.testing.assert_array_equal(status[2 * K * L:2 * K * L + K],
+                                  [1, 1, 1, 0] if K == 4 else [1])
+    got = [np.full_like(a, np.nan) for a in outs] + [np.full(2 * K * L + 2 * K, np.nan)]
+    _emulate_finish(dtype, mom, n, scale, stats, got, True)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for a, b in zip(got, (coef, part, w, m, v, status)):
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+        np.testing.assert_allclose(a[:2 * K * L + K], b[:2 * K * L + K], rtol=tol, atol=tol)
+
+
+def _emulate_finish(dtype, mom, n, scale, stats, outs, reset, select=None, merge=False):
+    """fit_finish's CUDA source in the emulation, with the constants of these tests."""
+    K, W = outs[0].shape
+    sel = (scale, np.int32(1), np.int64(1)) if select is None else \
+        (select, np.int32(select.shape[0]), np.int64(select.shape[1]))
+    cuda_emulation.launch(kernels.kernel_source('fit_finish', dtype), 'fit_finish', 1, 256,
+                          (mom, np.int64((W - 2) // 2), np.int32(K), np.float64(n), scale,
+                           stats, np.float64(1e-5), np.float64(1e-6),
+                           np.float64(np.log(2 * np.pi)), np.float64(0.01), np.float64(16),
+                           *outs, np.int32(reset), *sel, np.int32(merge)))
+
+
+@needs_gxx
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_fit_finish_merging_round_runs_like_its_twin(dtype):
+    """The count rule's merging round: a no-op when the first round kept every
+    component; else the kept slots re-estimated and sorted, the dropped one last with
+    weight 0, and the verdict of the rule on the kept ones."""
+    rng = np.random.default_rng(40)
+    K, d, L, n = 4, 37, kernels.LANES, 200
+    mom, stats = _fit_moments(rng, dtype, K=K, d=d)
+    mom[3] *= 0.02                                      # slot 3 fails min_count
+    scale = np.array([1.7])
+
+    def outs():
+        return [np.zeros_like(mom), np.zeros((K, L)), np.zeros(K, dtype),
+                np.zeros((K, d), dtype), np.zeros((K, d), dtype), np.zeros(2 * K * L + 2 * K)]
+    first = kernels.fit_finish_xp(mom, n, scale, stats, 1e-5, 1e-6, np.log(2 * np.pi),
+                                  0.01, 16, *outs(), True)
+    np.testing.assert_array_equal(first[5][2 * K * L:2 * K * L + K], [1, 1, 1, 0])
+    assert first[2][3] == 0 and first[0][3, -1] == -np.inf    # dropped: no posterior
+    merged = mom.copy()
+    merged[3] = 0                                       # its points moved to the others
+    merged[1] *= 0.05                                   # slot 1 now fails min_count
+    merged[:3, -1] *= n / merged[:3, -1].sum()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for case, status0 in (('dropped', first[5]), ('all kept', np.r_[first[5][:-2 * K],
+                                                                    np.ones(K), first[5][-K:]])):
+        want = [a.copy() for a in first[:5]] + [status0.copy()]
+        kernels.fit_finish_xp(merged, n, scale, stats, 1e-5, 1e-6, np.log(2 * np.pi), 0.01,
+                              16, *want, False, None, True)
+        got = [a.copy() for a in first[:5]] + [status0.copy()]
+        _emulate_finish(dtype, merged, n, scale, stats, got, False, merge=True)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+        if case == 'all kept':                          # nothing changed
+            for a, b in zip(want, first[:5]):
+                np.testing.assert_array_equal(a, b)
+        else:
+            w = want[2]
+            nk = merged[:3, -1].astype(np.float64)
+            np.testing.assert_allclose(w[:3], np.sort(nk)[::-1] / nk.sum(), rtol=1e-6)
+            assert w[3] == 0
+            # the light slot fails again; the dropped slot and the others pass
+            np.testing.assert_array_equal(want[5][-K:], [1, 1, 0, 1])
 
 
 @needs_gxx
@@ -670,15 +726,11 @@ def test_fit_coef_and_finish_sources_take_the_winning_candidates_moments(dtype):
     np.testing.assert_allclose(part, want[1], rtol=1e-12, atol=1e-12)
     outs = lambda: (np.full((K, 2 * d + 2), np.nan, dtype), np.full((K, L), np.nan),  # noqa
                     np.full(K, np.nan, dtype), np.full((K, d), np.nan, dtype),
-                    np.full((K, d), np.nan, dtype), np.zeros(2 * K * L + K))
+                    np.full((K, d), np.nan, dtype), np.zeros(2 * K * L + 2 * K))
     args = (200, scale, stats, *consts, 0.01, 16)
     want = kernels.fit_finish_xp(stacked[2 * K:], *args, *outs(), True)
     got = outs()
-    cuda_emulation.launch(kernels.kernel_source('fit_finish', dtype), 'fit_finish', 1, 256,
-                          (stacked, np.int64(d), np.int32(K), np.float64(200), scale, stats,
-                           *[np.float64(c) for c in consts], np.float64(0.01),
-                           np.float64(16), *got, np.int32(1), select, np.int32(trials),
-                           np.int64(50)))
+    _emulate_finish(dtype, stacked, 200, scale, stats, got, True, select)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
@@ -727,7 +779,7 @@ def test_device_fit_kernels_match_twins():
     def outs():
         return (cupy.empty_like(mom), cupy.empty((3, L)), cupy.empty(3, np.float32),
                 cupy.empty((3, 33), np.float32), cupy.empty((3, 33), np.float32),
-                cupy.zeros(2 * 3 * L + 3))
+                cupy.zeros(2 * 3 * L + 2 * 3))
     f1 = kernels.fit_finish(mom, 5000, scale, stats, 1e-5, 1e-6, 1.8, 0.01, 16, *outs(), True)
     f2 = kernels.fit_finish_xp(mom, 5000, scale, stats, 1e-5, 1e-6, 1.8, 0.01, 16, *outs(),
                                True)
