@@ -442,12 +442,12 @@ def running_update_xp(weights, means, variances, avg_mean, avg_var, decay, adjus
     avg_var += (var * ((1 - decay) * adjust)).astype(avg_var.dtype, copy=False)
 
 
-_RUNNING_UPDATE_SRC = r'''
-extern "C" __global__ void running_update(const T* w, const T* mu, const T* var,
-                                          T* avg_mean, T* avg_var, int K, long long D,
-                                          double decay, double adjust) {
-    long long d = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (d >= D) return;
+#: BN's running averages of feature ``d`` from K components (a device function, shared by
+#: the kernels that update them).
+_RUNNING_AVERAGES_FN = r'''
+__device__ void running_averages(const T* w, const T* mu, const T* var, int K, long long D,
+                                 long long d, T* avg_mean, T* avg_var, double decay,
+                                 double adjust) {
     T m = 0;
     for (int k = 0; k < K; ++k) m += w[k] * mu[k * D + d];
     T v = 0;
@@ -457,6 +457,16 @@ extern "C" __global__ void running_update(const T* w, const T* mu, const T* var,
     }
     avg_mean[d] = avg_mean[d] * (T)decay + m * (T)(1 - decay);
     avg_var[d] = avg_var[d] * (T)decay + v * (T)((1 - decay) * adjust);
+}
+'''
+
+_RUNNING_UPDATE_SRC = _RUNNING_AVERAGES_FN + r'''
+extern "C" __global__ void running_update(const T* w, const T* mu, const T* var,
+                                          T* avg_mean, T* avg_var, int K, long long D,
+                                          double decay, double adjust) {
+    long long d = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= D) return;
+    running_averages(w, mu, var, K, D, d, avg_mean, avg_var, decay, adjust);
 }
 '''
 
@@ -1071,18 +1081,28 @@ def mn_push_xp(weights, means, variances, queue_weights, queue_means, queue_vars
     queue_vars[slot, :k] = variances
 
 
-_MN_PUSH_SRC = r'''
-extern "C" __global__ void mn_push(const T* w, const T* mu, const T* var, double* qw,
-                                   double* qm, double* qv, long long slot, int Kp, int K,
-                                   long long D) {
-    long long d = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (d >= D) return;
+#: Feature ``d`` of a batch's K' components into slot ``slot`` of the queue (a device
+#: function, shared by the kernels that push).
+_QUEUE_SLOT_FN = r'''
+__device__ void queue_slot(const T* w, const T* mu, const T* var, double* qw, double* qm,
+                           double* qv, long long slot, int Kp, int K, long long D,
+                           long long d) {
     for (int k = 0; k < K; ++k) {
         long long j = (slot * K + k) * D + d;
         qm[j] = k < Kp ? (double)mu[(long long)k * D + d] : 0.0;
         qv[j] = k < Kp ? (double)var[(long long)k * D + d] : 1.0;
         if (d == 0) qw[slot * K + k] = k < Kp ? (double)w[k] : 0.0;
     }
+}
+'''
+
+_MN_PUSH_SRC = _QUEUE_SLOT_FN + r'''
+extern "C" __global__ void mn_push(const T* w, const T* mu, const T* var, double* qw,
+                                   double* qm, double* qv, long long slot, int Kp, int K,
+                                   long long D) {
+    long long d = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= D) return;
+    queue_slot(w, mu, var, qw, qm, qv, slot, Kp, K, D, d);
 }
 '''
 
@@ -1119,28 +1139,15 @@ def mn_record_xp(weights, means, variances, queue_weights, queue_means, queue_va
     running_update_xp(weights, means, variances, avg_mean, avg_var, decay, adjust)
 
 
-_MN_RECORD_SRC = r'''
+_MN_RECORD_SRC = _QUEUE_SLOT_FN + _RUNNING_AVERAGES_FN + r'''
 extern "C" __global__ void mn_record(const T* w, const T* mu, const T* var, double* qw,
                                      double* qm, double* qv, long long slot, int Kp, int K,
                                      long long D, T* avg_mean, T* avg_var, double decay,
                                      double adjust) {
     long long d = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= D) return;
-    for (int k = 0; k < K; ++k) {
-        long long j = (slot * K + k) * D + d;
-        qm[j] = k < Kp ? (double)mu[(long long)k * D + d] : 0.0;
-        qv[j] = k < Kp ? (double)var[(long long)k * D + d] : 1.0;
-        if (d == 0) qw[slot * K + k] = k < Kp ? (double)w[k] : 0.0;
-    }
-    T m = 0;
-    for (int k = 0; k < Kp; ++k) m += w[k] * mu[k * D + d];
-    T v = 0;
-    for (int k = 0; k < Kp; ++k) {
-        T dev = mu[k * D + d] - m;
-        v += w[k] * (var[k * D + d] + dev * dev);
-    }
-    avg_mean[d] = avg_mean[d] * (T)decay + m * (T)(1 - decay);
-    avg_var[d] = avg_var[d] * (T)decay + v * (T)((1 - decay) * adjust);
+    queue_slot(w, mu, var, qw, qm, qv, slot, Kp, K, D, d);
+    running_averages(w, mu, var, Kp, D, d, avg_mean, avg_var, decay, adjust);
 }
 '''
 
