@@ -282,6 +282,22 @@ def test_gpu_fit_makes_the_cpu_choices_for_the_same_seed():
 
 
 @pytest.mark.gpu
+def test_gpu_fit_that_drops_a_component_makes_the_cpu_choices():
+    """Far points take a component that the count rule drops: the device's merging
+    round gives the CPU's mixture and posteriors."""
+    import cupy
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal((600, 5)), rng.standard_normal((400, 5)) + 6,
+                        rng.standard_normal((4, 5)) * 0.1 + 30]).astype(np.float32)
+    cpu, nu_cpu = G.fit_gmm(x, 4, 2, 2, seed=1, return_responsibilities=True)
+    gpu, nu_gpu = G.fit_gmm(cupy.asarray(x), 4, 2, 2, seed=1, return_responsibilities=True)
+    assert gpu.n_components == cpu.n_components < 4
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(cupy.asnumpy(b), a, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(cupy.asnumpy(nu_gpu), nu_cpu, atol=1e-3)
+
+
+@pytest.mark.gpu
 def test_gpu_em_step_matches_cpu():
     import cupy
     rng = np.random.default_rng(12)
