@@ -785,6 +785,18 @@ def test_device_fit_kernels_match_twins():
                                True)
     for a, b in zip(f1, f2):
         cupy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # the merging round, after a first round that dropped the last slot
+    merged = mom.copy()
+    merged[2] = 0
+    for f in (f1, f2):
+        f[5][2 * 3 * L + 2] = 0
+    m1 = kernels.fit_finish(merged, 5000, scale, stats, 1e-5, 1e-6, 1.8, 0.01, 16, *f1,
+                            False, None, True)
+    m2 = kernels.fit_finish_xp(merged, 5000, scale, stats, 1e-5, 1e-6, 1.8, 0.01, 16, *f2,
+                               False, None, True)
+    for a, b in zip(m1, m2):
+        cupy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert float(m1[2][2]) == 0
 
 
 # ------------------------------------------------------------------ mixture normalization's kernels
