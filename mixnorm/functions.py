@@ -457,7 +457,7 @@ class _FastSaved(NamedTuple):
     (gamma, beta) device arrays of the compute dtype (None where absent).  On NumPy, for
     input with a spatial extent, ``xc`` holds x itself (N, C, L) in the compute dtype
     instead (x - c is recomputed a block at a time, c = ``coef.shift``) and ``by_sample``
-    the posteriors as (N, K, L) (:func:`_shift_moments_host`)."""
+    holds ``resp1`` by sample, (N, K+1, L) (:func:`_shift_moments_host`)."""
     layout: object
     coef: object
     views: dict
@@ -789,7 +789,7 @@ def _forward_on_device(spec, ins, lambda_scaling):
 _HOST_CHANNEL_BLOCK = 1 << 15
 
 #: Elements per block of samples of the host's passes in x's layout (cache-resident).
-_HOST_BLOCK = 1 << 17
+_HOST_BLOCK = 3 << 16
 
 #: The host's passes work in x's layout, a block of samples at a time, where each sample
 #: has at least this many points (else a block of channels at a time in the (C, n)
@@ -803,62 +803,88 @@ def _sample_block(N, C, L, stack=2):
     return min(N, max(1, _HOST_BLOCK // (stack * C * L)))
 
 
+def _shift_plane(shift, L):
+    """The shift (C,) repeated along a sample's L points, a C-ordered (C, L) array: a
+    subtraction from a block of samples (b, C, L) then broadcasts over b only, with
+    contiguous inner loops of C L elements."""
+    return numpy.ascontiguousarray(numpy.broadcast_to(shift[:, None], (shift.shape[0], L)))
+
+
 def _shift_moments_host(x3, shift, resp):
     """The moments of :func:`_forward_on_device` on NumPy, in x's layout, a block of
     samples at a time (x - shift and its squares stay in cache; no array of x's size is
-    formed): ``resp1`` = [resp | 1] (n, K+1), the posteriors by sample (N, K, L) and the
-    moments ``[xc; xc^2; 1] resp1`` (2C+1, K+1) of xc = x - shift."""
+    formed): ``resp1`` = [resp | 1] (n, K+1), the same by sample, ``r1`` (N, K+1, L), and
+    the moments ``[xc; xc^2; 1] resp1`` (2C+1, K+1) of xc = x - shift, one batched product
+    per block."""
     N, C, L = x3.shape
-    n, K, dtype = N * L, resp.shape[1], x3.dtype
-    resp1 = numpy.empty((n, K + 1), dtype)
+    K, dtype = resp.shape[1], x3.dtype
+    resp1 = numpy.empty((N * L, K + 1), dtype)
     resp1[:, :K] = resp
     resp1[:, K] = 1
     rows = resp1.reshape(N, L, K + 1)
-    by_sample = numpy.ascontiguousarray(rows[:, :, :K].transpose(0, 2, 1))
-    moments = numpy.zeros((2 * C + 1, K + 1), dtype)
+    r1 = numpy.ascontiguousarray(rows.transpose(0, 2, 1))
+    plane = _shift_plane(shift, L)
+    moments = numpy.empty((2 * C + 1, K + 1), dtype)
     b = _sample_block(N, C, L)
-    buf = numpy.empty((2, b, C, L), dtype)
+    buf = numpy.empty((b, 2 * C, L), dtype)         # [xc; xc^2] of b samples
+    part = numpy.empty((b, 2 * C, K + 1), dtype)
+    acc = numpy.zeros((b, 2 * C, K + 1), dtype)     # the sums by position in the block
     for a0 in range(0, N, b):
         a1 = min(N, a0 + b)
-        xc, sq = buf[0, :a1 - a0], buf[1, :a1 - a0]
-        numpy.subtract(x3[a0:a1], shift[:, None], out=xc)
-        numpy.multiply(xc, xc, out=sq)
-        moments[:C] += numpy.matmul(xc, rows[a0:a1]).sum(axis=0)
-        moments[C:2 * C] += numpy.matmul(sq, rows[a0:a1]).sum(axis=0)
-    numpy.matmul(numpy.ones((1, n), dtype), resp1, out=moments[2 * C:])
-    return resp1, by_sample, moments
+        s, p = buf[:a1 - a0], part[:a1 - a0]
+        xc = s[:, :C]
+        numpy.subtract(x3[a0:a1], plane, out=xc)
+        numpy.multiply(xc, xc, out=s[:, C:])
+        numpy.matmul(s, rows[a0:a1], out=p)
+        acc[:a1 - a0] += p
+    acc.sum(axis=0, out=moments[:2 * C])
+    moments[2 * C, :K] = resp.sum(axis=0)
+    moments[2 * C, K] = N * L
+    return resp1, r1, moments
 
 
-def _combine_host(out3, x3, shift, weights, r3, g3=None, beta=None):
+def _combine_host(out3, x3, shift, weights, r1, g3=None, beta=None):
     """:func:`mixnorm.kernels.mn_combine` in x's layout on NumPy, with xc = x - shift
     recomputed a block at a time: ``out3`` (N, C, L) = ``xc * (W_0 r) + W_1 r + beta``
     (the output; ``weights`` two (C, K) W's), or with ``g3`` ``g3 * (W_0 r) + xc * (W_1 r)
-    + W_2 r`` (the input gradient; three W's); ``r3`` the posteriors (N, K, L), ``x3``,
-    ``g3`` x-shaped (N, C, L), ``beta`` (C,).  One batched product per block of samples,
-    nothing transposed."""
+    + W_2 r`` (the input gradient; three W's); ``r1`` the posteriors with a row of ones
+    (N, K+1, L) (:func:`_shift_moments_host`), ``x3``, ``g3`` x-shaped (N, C, L), ``beta``
+    (C,), which enters the product through the row of ones.  One batched product per
+    block of samples, then three (the output) or five (the gradient) elementwise passes
+    in cache, nothing transposed."""
     N, C, L = out3.shape
-    K, m = r3.shape[1], len(weights)
-    W = numpy.concatenate(weights).astype(out3.dtype, copy=False)        # (m C, K)
+    K, m = r1.shape[1] - 1, len(weights)
+    dtype = out3.dtype
+    if beta is not None and K > 1:              # beta enters with the row of ones
+        W = numpy.zeros((m * C, K + 1), dtype)
+        W[:, :K] = numpy.concatenate(weights)
+        W[(m - 1) * C:, K] = beta
+        r = r1
+        beta = None
+    else:
+        W = numpy.concatenate(weights).astype(dtype, copy=False)          # (m C, K)
+        r = r1[:, :K]
+    plane = _shift_plane(shift, L)
     if beta is not None:
-        beta = numpy.ascontiguousarray(numpy.broadcast_to(beta[:, None], (C, L)))
+        beta = _shift_plane(beta, L)
     b = _sample_block(N, C, L, m + 1)
-    expanded = numpy.empty((b, m * C, L), out3.dtype)
-    centred = numpy.empty((b, C, L), out3.dtype)
+    expanded = numpy.empty((b, m * C, L), dtype)
     for a0 in range(0, N, b):
         a1 = min(N, a0 + b)
-        e, xc = expanded[:a1 - a0], centred[:a1 - a0]
-        numpy.subtract(x3[a0:a1], shift[:, None], out=xc)
+        e = expanded[:a1 - a0]
         if K == 1:      # an outer product: BLAS with k = 1 is much slower
-            numpy.multiply(W[None], r3[a0:a1], out=e)
+            numpy.multiply(W[None], r[a0:a1], out=e)
         else:
-            numpy.matmul(W, r3[a0:a1], out=e)
+            numpy.matmul(W, r[a0:a1], out=e)
         y = out3[a0:a1]
+        numpy.subtract(x3[a0:a1], plane, out=y)
         if g3 is None:
-            numpy.multiply(xc, e[:, :C], out=y)
+            y *= e[:, :C]
         else:
-            numpy.multiply(g3[a0:a1], e[:, :C], out=y)
-            xc *= e[:, C:2 * C]
-            y += xc
+            y *= e[:, C:2 * C]
+            e0 = e[:, :C]
+            e0 *= g3[a0:a1]
+            y += e0
         y += e[:, (m - 1) * C:]
         if beta is not None:
             y += beta
@@ -944,29 +970,33 @@ def _backward_on_device(spec, saved, gy):
 
 def _backward_host(spec, saved, g3, gamma):
     """:func:`_backward_on_device` after :func:`_shift_moments_host`, in x's layout: the
-    sums ``[gy; gy xc] r`` per block of samples (xc recomputed from x), then ``gx = gy
-    (A r) + xc (B r) + Cm r`` per block (:func:`_combine_host`)."""
+    sums ``[gy; gy xc] [r | 1]`` per block of samples (xc recomputed from x), then ``gx =
+    gy (A r) + xc (B r) + Cm r`` per block (:func:`_combine_host`)."""
     layout, views = saved.layout, saved.views
-    x3, r3, shift = saved.xc, saved.by_sample, saved.coef.shift
+    x3, r1, shift = saved.xc, saved.by_sample, saved.coef.shift
     N, C, L = x3.shape
-    K = r3.shape[1]
+    K = r1.shape[1] - 1
     rows = saved.resp1.reshape(N, L, K + 1)
-    sums = numpy.zeros((2 * C, K + 1), x3.dtype)
+    plane = _shift_plane(shift, L)
     b = _sample_block(N, C, L)
     buf = numpy.empty((b, C, L), x3.dtype)
+    part = numpy.empty((2, b, C, K + 1), x3.dtype)
+    acc = numpy.zeros((2, b, C, K + 1), x3.dtype)   # the sums by position in the block
     for a0 in range(0, N, b):
         a1 = min(N, a0 + b)
-        g, gxc = g3[a0:a1], buf[:a1 - a0]
-        numpy.subtract(x3[a0:a1], shift[:, None], out=gxc)
+        g, gxc, p = g3[a0:a1], buf[:a1 - a0], part[:, :a1 - a0]
+        numpy.subtract(x3[a0:a1], plane, out=gxc)
         gxc *= g
-        sums[:C] += numpy.matmul(g, rows[a0:a1]).sum(axis=0)
-        sums[C:] += numpy.matmul(gxc, rows[a0:a1]).sum(axis=0)
+        numpy.matmul(g, rows[a0:a1], out=p[0])
+        numpy.matmul(gxc, rows[a0:a1], out=p[1])
+        acc[:, :a1 - a0] += p
+    sums = acc.sum(axis=1).reshape(2 * C, K + 1)
     grads = kernels.mn_grad_coef_views(
-        kernels.mn_grad_coef(sums, saved.buf, gamma, _MODES[spec.mode], spec.has_gamma,
-                             spec.has_beta), C, K)
+        kernels.mn_grad_coef(sums, saved.buf, gamma,
+                             _MODES[spec.mode], spec.has_gamma, spec.has_beta), C, K)
     gx = numpy.empty(layout.shape, x3.dtype)
     _combine_host(_as3(gx, layout), x3, shift,
-                  [views['x_weight'], grads['x_var'], grads['x_mean']], r3, g3=g3)
+                  [views['x_weight'], grads['x_var'], grads['x_mean']], r1, g3=g3)
     return _gradients(spec, saved, gx, grads)
 
 
