@@ -39,7 +39,7 @@ MAX_PENDING_RECOMPUTES = 16
 
 #: Channels, and elements of the samples, per block of the points' transposing copy on
 #: NumPy (:meth:`MixtureNormalization._points`).
-_POINTS_CHANNELS = 64
+_POINTS_CHANNELS = 128
 _POINTS_BLOCK = 1 << 17
 
 #: BatchNormalization's constructor arguments, in BN's order and positions.
@@ -768,8 +768,10 @@ class MixtureNormalization(chainer.Link):
                 % (self._label(), self.n_components, n, self.min_count,
                    self.min_weight), UserWarning)
         self._push(lam, mu, var, running=(n, decay))
-        if self.inference != 'running':
-            self._inference_mixture(stats.means.dtype)     # ready for inference
+        if self.inference != 'running' and xp is not numpy:
+            # ready for inference (one kernel on a device); on NumPy, where it would be
+            # host work in every step, the first inference forward builds it
+            self._inference_mixture(stats.means.dtype)
         return back(y)
 
     def _inference_mixture(self, dtype):
