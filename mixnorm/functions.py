@@ -1705,27 +1705,33 @@ class QueueMixtureNormalizationFunction(function_node.FunctionNode):
 
     def _forward_host(self, x, layout, mix, gamma, beta, dtype):
         """:meth:`forward` on NumPy, in x's own layout (N, C, L), with no transposing
-        copy: per block of samples (cache-sized) ``[x - s; (x - s)^2]`` (b, 2C, L) and one
-        batched product with the log-density weights (M, 2C); the posteriors of all points
+        copy: per block of samples (cache-sized) ``x - s`` written into the output and its
+        squares, and the log-densities ``W_1 (x - s) + W_2 (x - s)^2`` (two batched products
+        with the halves of the log-density weights (M, 2C)); the posteriors of all points
         at once (M x n numbers stay in cache); then per block one batched product of the
-        posteriors with the stacked output weights ``[A; B + beta]`` (2C, M) and ``y =
-        (x - s) (A r) + (B + beta) r`` (the posteriors sum to 1).  Returns ``(y, whether
-        every log-likelihood is finite)``; the posteriors are kept for the backward."""
+        posteriors with the stacked output weights ``[A; B + beta]`` (2C, M) and, in place,
+        ``y = (x - s) (A r) + (B + beta) r`` (the posteriors sum to 1).  Returns ``(y,
+        whether every log-likelihood is finite)``; the posteriors are kept for the
+        backward."""
         N, C, L, M = layout.N, layout.C, layout.L, self.M
         x3 = x.reshape(N, C, L)
         lw = mix['logp_weight']
-        W = numpy.ascontiguousarray(lw[:, :2 * C])                    # (M, 2C)
-        shift = numpy.ascontiguousarray(numpy.broadcast_to(mix['shift'][:, None], (C, L)))
-        b = min(N, max(1, _HOST_BLOCK // (2 * C * L)))
-        st = numpy.empty((b, 2 * C, L), dtype)
+        W1 = numpy.ascontiguousarray(lw[:, :C])                       # (M, C)
+        W2 = numpy.ascontiguousarray(lw[:, C:2 * C])
+        shift = _shift_plane(mix['shift'], L)
+        b = _sample_block(N, C, L)
+        squares = numpy.empty((b, C, L), dtype)
+        part = numpy.empty((b, M, L), dtype)
         r = numpy.empty((N, M, L), dtype)
+        out = numpy.empty((N, C, L), dtype)
         for a0 in range(0, N, b):
             a1 = min(N, a0 + b)
-            s = st[:a1 - a0]
-            xs = s[:, :C]
+            xs, sq, p = out[a0:a1], squares[:a1 - a0], part[:a1 - a0]
             numpy.subtract(x3[a0:a1], shift, out=xs)
-            numpy.multiply(xs, xs, out=s[:, C:])
-            numpy.matmul(W, s, out=r[a0:a1])                          # log-densities
+            numpy.multiply(xs, xs, out=sq)
+            numpy.matmul(W1, xs, out=r[a0:a1])                        # log-densities
+            numpy.matmul(W2, sq, out=p)
+            r[a0:a1] += p
         r += lw[:, 2 * C, None]
         mx = r.max(axis=1, keepdims=True)
         r -= mx
@@ -1738,18 +1744,16 @@ class QueueMixtureNormalizationFunction(function_node.FunctionNode):
         if channel_beta is not None:    # the posteriors sum to 1: beta = sum_m r_m beta
             B = B + channel_beta[:, None]
         AB = numpy.concatenate([A, B]).astype(dtype)                  # (2C, M)
-        out = numpy.empty((N, C, L), dtype)
         pq = numpy.empty((b, 2 * C, L), dtype)
         for a0 in range(0, N, b):
             a1 = min(N, a0 + b)
-            xs, p = st[:a1 - a0, :C], pq[:a1 - a0]
-            numpy.subtract(x3[a0:a1], shift, out=xs)
+            p = pq[:a1 - a0]
             if M == 1:      # an outer product: BLAS with k = 1 is much slower
                 numpy.multiply(AB[None], r[a0:a1], out=p)
             else:
                 numpy.matmul(AB, r[a0:a1], out=p)
             y = out[a0:a1]
-            numpy.multiply(xs, p[:, :C], out=y)
+            y *= p[:, :C]
             y += p[:, C:]
         self.resp = None
         self._posteriors = r
