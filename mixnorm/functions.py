@@ -745,9 +745,10 @@ def _forward_on_device(spec, ins, lambda_scaling):
     by_sample = None
     with numpy.errstate(over='ignore', invalid='ignore'):   # overflow: checked below
         if xp is numpy and layout.L >= _HOST_MIN_L:
-            resp1, by_sample, moments = _shift_moments_host(x3, shift, ins.resp)
+            y = numpy.empty(x.shape, dtype)         # x - shift, then the output
+            resp1, by_sample, moments = _shift_moments_host(x3, shift, ins.resp,
+                                                            _as3(y, layout))
             xc = x3                     # x - shift is recomputed a block at a time
-            y = numpy.empty(x.shape, dtype)
         elif xp is numpy:
             xc, resp1, moments = _stack_moments_host(x3, shift, ins.resp)
             y = numpy.empty(x.shape, dtype)
@@ -769,9 +770,8 @@ def _forward_on_device(spec, ins, lambda_scaling):
         _check_status(spec, views, ins.x, dtype, gamma)
     if by_sample is not None:
         with numpy.errstate(over='ignore', invalid='ignore'):
-            _combine_host(_as3(y, layout), x3, shift,
-                          [views['x_weight'], views['offset_weight']], by_sample,
-                          beta=beta if spec.mode == _CHANNEL else None)
+            _combine_host(_as3(y, layout), [views['x_weight'], views['offset_weight']],
+                          by_sample, beta=beta if spec.mode == _CHANNEL else None)
     else:
         kernels.mn_combine(_as3(y, layout), xc, views['x_weight'], resp1,
                            Cm=views['offset_weight'],
@@ -810,14 +810,14 @@ def _shift_plane(shift, L):
     return numpy.ascontiguousarray(numpy.broadcast_to(shift[:, None], (shift.shape[0], L)))
 
 
-def _shift_moments_host(x3, shift, resp):
+def _shift_moments_host(x3, shift, resp, out):
     """The moments of :func:`_forward_on_device` on NumPy, in x's layout, a block of
-    samples at a time (x - shift and its squares stay in cache; no array of x's size is
-    formed): ``resp1`` = [resp | 1] (n, K+1), the same by sample, ``r1`` (N, K+1, L), and
-    the moments ``[xc; xc^2; 1] resp1`` (2C+1, K+1) of xc = x - shift, one batched product
-    per block."""
+    samples at a time (the squares stay in cache): xc = x - shift written into ``out``
+    (N, C, L), which the output then overwrites in place (:func:`_combine_host`),
+    ``resp1`` = [resp | 1] (n, K+1), the same by sample, ``r1`` (N, K+1, L), and the
+    moments ``[xc; xc^2; 1] resp1`` (2C+1, K+1), two batched products per block."""
     N, C, L = x3.shape
-    K, dtype = resp.shape[1], x3.dtype
+    K, dtype = resp.shape[1], out.dtype
     resp1 = numpy.empty((N * L, K + 1), dtype)
     resp1[:, :K] = resp
     resp1[:, K] = 1
@@ -826,32 +826,32 @@ def _shift_moments_host(x3, shift, resp):
     plane = _shift_plane(shift, L)
     moments = numpy.empty((2 * C + 1, K + 1), dtype)
     b = _sample_block(N, C, L)
-    buf = numpy.empty((b, 2 * C, L), dtype)         # [xc; xc^2] of b samples
-    part = numpy.empty((b, 2 * C, K + 1), dtype)
-    acc = numpy.zeros((b, 2 * C, K + 1), dtype)     # the sums by position in the block
+    squares = numpy.empty((b, C, L), dtype)
+    part = numpy.empty((2, b, C, K + 1), dtype)
+    acc = numpy.zeros((2, b, C, K + 1), dtype)      # the sums by position in the block
     for a0 in range(0, N, b):
         a1 = min(N, a0 + b)
-        s, p = buf[:a1 - a0], part[:a1 - a0]
-        xc = s[:, :C]
+        xc, sq, p = out[a0:a1], squares[:a1 - a0], part[:, :a1 - a0]
         numpy.subtract(x3[a0:a1], plane, out=xc)
-        numpy.multiply(xc, xc, out=s[:, C:])
-        numpy.matmul(s, rows[a0:a1], out=p)
-        acc[:a1 - a0] += p
-    acc.sum(axis=0, out=moments[:2 * C])
+        numpy.multiply(xc, xc, out=sq)
+        numpy.matmul(xc, rows[a0:a1], out=p[0])
+        numpy.matmul(sq, rows[a0:a1], out=p[1])
+        acc[:, :a1 - a0] += p
+    acc.sum(axis=1, out=moments[:2 * C].reshape(2, C, K + 1))
     moments[2 * C, :K] = resp.sum(axis=0)
     moments[2 * C, K] = N * L
     return resp1, r1, moments
 
 
-def _combine_host(out3, x3, shift, weights, r1, g3=None, beta=None):
-    """:func:`mixnorm.kernels.mn_combine` in x's layout on NumPy, with xc = x - shift
-    recomputed a block at a time: ``out3`` (N, C, L) = ``xc * (W_0 r) + W_1 r + beta``
-    (the output; ``weights`` two (C, K) W's), or with ``g3`` ``g3 * (W_0 r) + xc * (W_1 r)
-    + W_2 r`` (the input gradient; three W's); ``r1`` the posteriors with a row of ones
-    (N, K+1, L) (:func:`_shift_moments_host`), ``x3``, ``g3`` x-shaped (N, C, L), ``beta``
-    (C,), which enters the product through the row of ones.  One batched product per
-    block of samples, then three (the output) or five (the gradient) elementwise passes
-    in cache, nothing transposed."""
+def _combine_host(out3, weights, r1, g3=None, beta=None):
+    """:func:`mixnorm.kernels.mn_combine` in x's layout on NumPy, in place: ``out3`` (N, C,
+    L) holds xc = x - shift and becomes ``xc * (W_0 r) + W_1 r + beta`` (the output;
+    ``weights`` two (C, K) W's), or with ``g3`` ``g3 * (W_0 r) + xc * (W_1 r) + W_2 r``
+    (the input gradient; three W's); ``r1`` the posteriors with a row of ones (N, K+1, L)
+    (:func:`_shift_moments_host`), ``g3`` x-shaped (N, C, L), ``beta`` (C,), which enters
+    the product through the row of ones.  One batched product per block of samples, then
+    two (the output) or four (the gradient) elementwise passes in cache, nothing
+    transposed."""
     N, C, L = out3.shape
     K, m = r1.shape[1] - 1, len(weights)
     dtype = out3.dtype
@@ -864,7 +864,6 @@ def _combine_host(out3, x3, shift, weights, r1, g3=None, beta=None):
     else:
         W = numpy.concatenate(weights).astype(dtype, copy=False)          # (m C, K)
         r = r1[:, :K]
-    plane = _shift_plane(shift, L)
     if beta is not None:
         beta = _shift_plane(beta, L)
     b = _sample_block(N, C, L, m + 1)
@@ -877,7 +876,6 @@ def _combine_host(out3, x3, shift, weights, r1, g3=None, beta=None):
         else:
             numpy.matmul(W, r[a0:a1], out=e)
         y = out3[a0:a1]
-        numpy.subtract(x3[a0:a1], plane, out=y)
         if g3 is None:
             y *= e[:, :C]
         else:
@@ -970,8 +968,9 @@ def _backward_on_device(spec, saved, gy):
 
 def _backward_host(spec, saved, g3, gamma):
     """:func:`_backward_on_device` after :func:`_shift_moments_host`, in x's layout: the
-    sums ``[gy; gy xc] [r | 1]`` per block of samples (xc recomputed from x), then ``gx =
-    gy (A r) + xc (B r) + Cm r`` per block (:func:`_combine_host`)."""
+    sums ``[gy; gy xc] [r | 1]`` per block of samples (xc recomputed from x and written
+    into the gradient's array), then, in place, ``gx = gy (A r) + xc (B r) + Cm r`` per
+    block (:func:`_combine_host`)."""
     layout, views = saved.layout, saved.views
     x3, r1, shift = saved.xc, saved.by_sample, saved.coef.shift
     N, C, L = x3.shape
@@ -979,14 +978,16 @@ def _backward_host(spec, saved, g3, gamma):
     rows = saved.resp1.reshape(N, L, K + 1)
     plane = _shift_plane(shift, L)
     b = _sample_block(N, C, L)
+    gx = numpy.empty(layout.shape, x3.dtype)
+    gx3 = _as3(gx, layout)
     buf = numpy.empty((b, C, L), x3.dtype)
     part = numpy.empty((2, b, C, K + 1), x3.dtype)
     acc = numpy.zeros((2, b, C, K + 1), x3.dtype)   # the sums by position in the block
     for a0 in range(0, N, b):
         a1 = min(N, a0 + b)
-        g, gxc, p = g3[a0:a1], buf[:a1 - a0], part[:, :a1 - a0]
-        numpy.subtract(x3[a0:a1], plane, out=gxc)
-        gxc *= g
+        g, xc, gxc, p = g3[a0:a1], gx3[a0:a1], buf[:a1 - a0], part[:, :a1 - a0]
+        numpy.subtract(x3[a0:a1], plane, out=xc)
+        numpy.multiply(g, xc, out=gxc)
         numpy.matmul(g, rows[a0:a1], out=p[0])
         numpy.matmul(gxc, rows[a0:a1], out=p[1])
         acc[:, :a1 - a0] += p
@@ -994,9 +995,8 @@ def _backward_host(spec, saved, g3, gamma):
     grads = kernels.mn_grad_coef_views(
         kernels.mn_grad_coef(sums, saved.buf, gamma,
                              _MODES[spec.mode], spec.has_gamma, spec.has_beta), C, K)
-    gx = numpy.empty(layout.shape, x3.dtype)
-    _combine_host(_as3(gx, layout), x3, shift,
-                  [views['x_weight'], grads['x_var'], grads['x_mean']], r1, g3=g3)
+    _combine_host(gx3, [views['x_weight'], grads['x_var'], grads['x_mean']], r1,
+                  g3=g3)
     return _gradients(spec, saved, gx, grads)
 
 
