@@ -803,11 +803,11 @@ def _sample_block(N, C, L, stack=2):
     return min(N, max(1, _HOST_BLOCK // (stack * C * L)))
 
 
-def _shift_plane(shift, L):
-    """The shift (C,) repeated along a sample's L points, a C-ordered (C, L) array: a
-    subtraction from a block of samples (b, C, L) then broadcasts over b only, with
-    contiguous inner loops of C L elements."""
-    return numpy.ascontiguousarray(numpy.broadcast_to(shift[:, None], (shift.shape[0], L)))
+def _plane(v, L):
+    """A per-channel vector ``v`` (C,) repeated along a sample's L points, a C-ordered
+    (C, L) array: an operation with a block of samples (b, C, L) then broadcasts over b
+    only, with contiguous inner loops of C L elements."""
+    return numpy.ascontiguousarray(numpy.broadcast_to(v[:, None], (v.shape[0], L)))
 
 
 def _shift_moments_host(x3, shift, resp, out):
@@ -823,7 +823,7 @@ def _shift_moments_host(x3, shift, resp, out):
     resp1[:, K] = 1
     rows = resp1.reshape(N, L, K + 1)
     r1 = numpy.ascontiguousarray(rows.transpose(0, 2, 1))
-    plane = _shift_plane(shift, L)
+    plane = _plane(shift, L)
     moments = numpy.empty((2 * C + 1, K + 1), dtype)
     b = _sample_block(N, C, L)
     squares = numpy.empty((b, C, L), dtype)
@@ -865,7 +865,7 @@ def _combine_host(out3, weights, r1, g3=None, beta=None):
         W = numpy.concatenate(weights).astype(dtype, copy=False)          # (m C, K)
         r = r1[:, :K]
     if beta is not None:
-        beta = _shift_plane(beta, L)
+        beta = _plane(beta, L)
     b = _sample_block(N, C, L, m + 1)
     expanded = numpy.empty((b, m * C, L), dtype)
     for a0 in range(0, N, b):
@@ -976,7 +976,7 @@ def _backward_host(spec, saved, g3, gamma):
     N, C, L = x3.shape
     K = r1.shape[1] - 1
     rows = saved.resp1.reshape(N, L, K + 1)
-    plane = _shift_plane(shift, L)
+    plane = _plane(shift, L)
     b = _sample_block(N, C, L)
     gx = numpy.empty(layout.shape, x3.dtype)
     gx3 = _as3(gx, layout)
@@ -1718,7 +1718,7 @@ class QueueMixtureNormalizationFunction(function_node.FunctionNode):
         lw = mix['logp_weight']
         W1 = numpy.ascontiguousarray(lw[:, :C])                       # (M, C)
         W2 = numpy.ascontiguousarray(lw[:, C:2 * C])
-        shift = _shift_plane(mix['shift'], L)
+        shift = _plane(mix['shift'], L)
         b = _sample_block(N, C, L)
         squares = numpy.empty((b, C, L), dtype)
         part = numpy.empty((b, M, L), dtype)
