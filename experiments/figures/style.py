@@ -1,6 +1,8 @@
 """The one look of every figure: matplotlib's file backend and rc settings, the colours
 and line styles (BN dashed, MN solid), and the title block with the notice of runs not
 comparable to the paper."""
+import textwrap
+
 import matplotlib
 matplotlib.use('Agg')            # files only; importing the figures never needs a display
 import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported for the figure modules)
@@ -31,13 +33,21 @@ def style():
     })
 
 
+#: Characters of the bold 9-point notice per inch of figure width.
+_NOTICE_CHARS_PER_INCH = 13
+
+
 def header(fig, title, warning=None):
-    """Bold title (and the red not-comparable notice under it) at the top of ``fig``;
-    returns the figure fraction left for the axes (``rect`` top of tight_layout)."""
+    """Bold title (and the red not-comparable notice under it, wrapped to the figure's
+    width) at the top of ``fig``; returns the figure fraction left for the axes
+    (``rect`` top of tight_layout)."""
+    height = fig.get_figheight()
     fig.text(0.5, 1.0, title, ha='center', va='top', fontsize=11, fontweight='bold')
-    lines = 1
+    used = 0.36
     if warning:
-        fig.text(0.5, 1.0 - 0.24 / fig.get_figheight(), warning, ha='center', va='top',
+        text = textwrap.fill(warning, max(40, int(fig.get_figwidth()
+                                                  * _NOTICE_CHARS_PER_INCH)))
+        fig.text(0.5, 1.0 - 0.24 / height, text, ha='center', va='top',
                  color=WARN_COLOR, fontsize=9, fontweight='bold')
-        lines = 2
-    return 1.0 - (0.12 + 0.24 * lines) / fig.get_figheight()
+        used = 0.36 + 0.17 * (text.count('\n') + 1)
+    return 1.0 - used / height
