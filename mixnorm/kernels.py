@@ -1927,25 +1927,49 @@ def _select_args(select, dummy):
     return (select, numpy.int32(select.shape[0]), numpy.int64(select.shape[1]))
 
 
-def fit_log_softmax_xp(lp, part, out):
-    """Twin of the posterior kernel: the column log-softmax (into ``out`` (K, n)) of the
-    log-densities ``lp`` (K, n) plus the row sums of ``part`` (K, LANES) (the rest of
-    each component's constant, :func:`fit_coef`).  Returns ``out``."""
-    xp = get_array_module(lp)
-    out[...] = log_softmax_columns_xp(lp + part.sum(axis=1).astype(lp.dtype)[:, None])[0]
+def _completed_xp(a, part):
+    """Per-point quantities ``a`` (K, n) whose constants are completed by the row sums
+    of ``part`` (K, LANES) (the rest of each component's constant, :func:`fit_coef`)."""
+    return a + part.sum(axis=1).astype(a.dtype)[:, None]
+
+
+#: Component k of per-point quantities at point i, completed by the lane sums of
+#: ``part`` (a device function, as :func:`_completed_xp`).
+_COMPLETED_FN = r'''
+__device__ T completed(const T* a, const double* part, long long n, int k, long long i) {
+    double c = 0;
+    for (int l = 0; l < 32; ++l) c += part[k * 32 + l];
+    return a[(long long)k * n + i] + (T)c;
+}
+'''
+
+
+def _per_point(name, twin, a, part, out):
+    """Launch the per-point kernel ``name`` (a thread per point) on ``a`` (K, n) and
+    ``part`` into ``out`` (K, n), or run its ``twin``."""
+    if not (_fit_ok(a, out) and part.dtype.name == 'float64' and part.flags.c_contiguous):
+        return twin(a, part, out)
+    K, n = a.shape
+    _launch(name, a.dtype, n, (a, part, numpy.int64(n), numpy.int32(K), out))
     return out
 
 
-_FIT_LOG_SOFTMAX_SRC = r'''
+def fit_log_softmax_xp(lp, part, out):
+    """Twin of the posterior kernel: the column log-softmax (into ``out`` (K, n)) of the
+    log-densities ``lp`` (K, n) completed by ``part`` (:func:`_completed_xp`).  Returns
+    ``out``."""
+    out[...] = log_softmax_columns_xp(_completed_xp(lp, part))[0]
+    return out
+
+
+_FIT_LOG_SOFTMAX_SRC = _COMPLETED_FN + r'''
 extern "C" __global__ void fit_log_softmax(const T* lp, const double* part, long long n,
                                            int K, T* out) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     T mx = 0;
     for (int k = 0; k < K; ++k) {
-        double c = 0;
-        for (int l = 0; l < 32; ++l) c += part[k * 32 + l];
-        T v = lp[(long long)k * n + i] + (T)c;
+        T v = completed(lp, part, n, k, i);
         out[(long long)k * n + i] = v;
         if (k == 0 || v > mx) mx = v;
     }
@@ -1965,25 +1989,20 @@ extern "C" __global__ void fit_log_softmax(const T* lp, const double* part, long
 def fit_log_softmax(lp, part, out):
     """Posteriors (K, n) of log-densities whose constants are completed by lane sums
     (see :func:`fit_log_softmax_xp`): one kernel, a thread per point."""
-    if not (_fit_ok(lp, out) and part.dtype.name == 'float64' and part.flags.c_contiguous):
-        return fit_log_softmax_xp(lp, part, out)
-    K, n = lp.shape
-    _launch('fit_log_softmax', lp.dtype, n, (lp, part, numpy.int64(n), numpy.int32(K), out))
-    return out
+    return _per_point('fit_log_softmax', fit_log_softmax_xp, lp, part, out)
 
 
 def argmin_onehot_xp(dist, part, out):
     """Twin of the nearest-centre kernel: the one-hot (K, n) (into ``out``) of the row
-    of least ``dist`` (K, n) plus the row sums of ``part`` (K, LANES) in each column
-    (first on ties)."""
+    of least ``dist`` (K, n) completed by ``part`` (:func:`_completed_xp`) in each
+    column (first on ties)."""
     xp = get_array_module(dist)
     K = dist.shape[0]
-    full = dist + part.sum(axis=1).astype(dist.dtype)[:, None]
-    out[...] = full.argmin(axis=0)[None, :] == xp.arange(K)[:, None]
+    out[...] = _completed_xp(dist, part).argmin(axis=0)[None, :] == xp.arange(K)[:, None]
     return out
 
 
-_ARGMIN_ONEHOT_SRC = r'''
+_ARGMIN_ONEHOT_SRC = _COMPLETED_FN + r'''
 extern "C" __global__ void argmin_onehot(const T* dist, const double* part, long long n,
                                          int K, T* out) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -1991,9 +2010,7 @@ extern "C" __global__ void argmin_onehot(const T* dist, const double* part, long
     int best = 0;
     T b = 0;
     for (int k = 0; k < K; ++k) {
-        double c = 0;
-        for (int l = 0; l < 32; ++l) c += part[k * 32 + l];
-        T v = dist[(long long)k * n + i] + (T)c;
+        T v = completed(dist, part, n, k, i);
         if (k == 0 || v < b) { b = v; best = k; }
     }
     for (int k = 0; k < K; ++k) out[(long long)k * n + i] = k == best ? (T)1 : (T)0;
@@ -2005,12 +2022,7 @@ extern "C" __global__ void argmin_onehot(const T* dist, const double* part, long
 def argmin_onehot(dist, part, out):
     """The nearest-centre partition of a Lloyd step as hard responsibilities (see
     :func:`argmin_onehot_xp`): one kernel, a thread per point."""
-    if not (_fit_ok(dist, out) and part.dtype.name == 'float64' and part.flags.c_contiguous):
-        return argmin_onehot_xp(dist, part, out)
-    K, n = dist.shape
-    _launch('argmin_onehot', dist.dtype, n,
-            (dist, part, numpy.int64(n), numpy.int32(K), out))
-    return out
+    return _per_point('argmin_onehot', argmin_onehot_xp, dist, part, out)
 
 
 def fit_finish_xp(mom, n, scale, stats, eps, tiny, log2pi, min_weight, min_count,
