@@ -67,6 +67,37 @@ def test_the_count_rule_drops_a_component_on_the_device_with_one_sync(K):
     assert cost['launch'] <= cost_kept['launch'] + 2, (cost, cost_kept)
 
 
+def test_the_device_fit_equals_the_numpy_fit_where_components_are_dropped():
+    """Random clusters plus a few far points, under every branch of the device fit
+    (K-means and EM counts including none of either, float32 and float64, the count
+    rule's thresholds, fit_fraction): the device's mixture and posteriors are the
+    NumPy path's, and most of these fits drop a component."""
+    drops = 0
+    for seed in range(16):
+        rng = np.random.default_rng(100 + seed)
+        d, K = int(rng.integers(2, 9)), int(rng.integers(2, 7))
+        parts = [rng.standard_normal((int(rng.integers(50, 600)), d)) * rng.uniform(0.3, 2)
+                 + rng.uniform(-8, 8, d) for _ in range(int(rng.integers(1, 4)))]
+        parts.append(rng.standard_normal((int(rng.integers(1, 20)), d)) * 0.2
+                     + rng.uniform(15, 40))
+        dtype = (np.float32, np.float64)[seed % 2]
+        x = np.concatenate(parts).astype(dtype)
+        iters = [(1, 1), (2, 2), (1, 0), (0, 1), (2, 0)][seed % 5]
+        kwargs = dict(seed=seed, min_weight=(0.01, 0.05)[seed % 2],
+                      min_count=(16, 40)[(seed // 2) % 2], fit_fraction=(1.0, 0.5)[seed % 3 == 0],
+                      return_responsibilities=True)
+        ref, nu_ref = G.fit_gmm(x, K, *iters, **kwargs)
+        with _opcount.counting():
+            got, nu = G.fit_gmm(_opcount.to_device(x), K, *iters, **kwargs)
+        assert got.n_components == ref.n_components, seed
+        drops += ref.n_components < K
+        tol = 1e-3 if dtype == np.float32 else 1e-8
+        for a, b in zip(ref + (nu_ref,), got + (nu,)):
+            np.testing.assert_allclose(_host(b), a, rtol=tol,
+                                       atol=tol * max(1.0, np.abs(a).max()), err_msg=seed)
+    assert drops >= 8, drops
+
+
 def test_a_component_that_fails_the_count_rule_again_gets_more_rounds():
     """After the device's merging round a kept component can fall below the count:
     the further rounds (on the host) give the NumPy path's mixture."""
