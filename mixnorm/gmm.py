@@ -45,9 +45,9 @@ for K = 3 and "EM iter." 2, and one small copy to the host at its end, where the
 status of the count rule and of the moments' finiteness is read.  The count rule's
 first merging round runs on the device in every fit (a no-op when no component is
 dropped); only a component that fails the rule again sends the further rounds to the
-host.  The random draws (seed point, local trials, subsample) come from a host ``numpy.random.Generator``
-before the passes that use them (one copy to the device), so CPU and GPU make the
-same choices for the same seed.
+host.  The random draws (seed point, local trials, subsample) come from a host
+``numpy.random.Generator`` before the passes that use them (one copy to the device),
+so CPU and GPU make the same choices for the same seed.
 
 float16 input is fitted in float32, float64 in float64.  Degenerate data never yields
 NaN: duplicate seeds (all-identical points, fewer distinct points than K, n < K) leave
@@ -1048,14 +1048,13 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
     finish = (n, scale, stats, eps, tiny, _LOG_2PI, min_weight, min_count, coef, part,
               weights, means, variances, status)
     kernels.fit_finish(moments, *finish, not passes, select)
-    # the count rule's merging round runs on every fit that can drop a component (a
-    # no-op on the device when none is dropped), so the host learns its outcome from
-    # the one status copy: the posteriors under the kept components, their moments,
-    # the M-step of the kept ones
-    merge = K > 1 and (min_weight > 0 or min_count > 0)
+    # the count rule's merging round runs in every fit with K > 1 (a no-op on the
+    # device when no component is dropped), so the host learns its outcome from the
+    # one status copy: the posteriors under the kept components, their moments, the
+    # M-step of the kept ones
     resp = kernels.fit_log_softmax(coef @ za.T, part, xp.empty((K, n), dtype=work)) \
-        if want_resp or merge else None
-    if merge:
+        if want_resp or K > 1 else None
+    if K > 1:
         merged = resp @ za
         kernels.fit_finish(merged, *finish, False, None, True)
     flags = _arrays.to_host(status)             # the fit's one synchronisation
@@ -1065,12 +1064,6 @@ def _fit_on_device(points, work, n_components, kmeans_iters, em_iters, n_local_t
     kept = int(flags[2 * KL:2 * KL + K].sum())
     if kept == K:
         return GMM(weights, means, variances), resp if want_resp else None, big
-    if not merge:                               # (a count rule that drops nothing)
-        if select is not None:                  # no pass after the seeds' partition
-            j = int(numpy.argmin(_arrays.to_host(select[:, -1])))
-            moments = moments[j * K:(j + 1) * K]
-        return _count_rule_on_host(za, stats, scale, moments, n, eps, min_weight,
-                                   min_count, want_resp)
     if not flags[2 * KL + K:].all():            # a component fails again: more rounds
         return _count_rule_on_host(za, stats, scale, merged[:kept], n, eps, min_weight,
                                    min_count, want_resp)

@@ -84,8 +84,8 @@ def test_the_device_fit_equals_the_numpy_fit_where_components_are_dropped():
         x = np.concatenate(parts).astype(dtype)
         iters = [(1, 1), (2, 2), (1, 0), (0, 1), (2, 0)][seed % 5]
         kwargs = dict(seed=seed, min_weight=(0.01, 0.05)[seed % 2],
-                      min_count=(16, 40)[(seed // 2) % 2], fit_fraction=(1.0, 0.5)[seed % 3 == 0],
-                      return_responsibilities=True)
+                      min_count=(16, 40)[(seed // 2) % 2],
+                      fit_fraction=(1.0, 0.5)[seed % 3 == 0], return_responsibilities=True)
         ref, nu_ref = G.fit_gmm(x, K, *iters, **kwargs)
         with _opcount.counting():
             got, nu = G.fit_gmm(_opcount.to_device(x), K, *iters, **kwargs)
