@@ -864,14 +864,21 @@ def _combine_host(out3, weights, r1, g3=None, beta=None):
     else:
         W = numpy.concatenate(weights).astype(dtype, copy=False)          # (m C, K)
         r = r1[:, :K]
-    if beta is not None:
-        beta = _plane(beta, L)
+    return _combine_blocks(out3, W, r, g3, None if beta is None else _plane(beta, L))
+
+
+def _combine_blocks(out3, W, r, g3=None, beta=None):
+    """The blocks of :func:`_combine_host`, in place, from the stacked weights ``W``
+    (m C, K') and the posteriors ``r`` (N, K', L) (m = 2: the output, m = 3 with
+    ``g3``: the input gradient); ``beta`` a (C, L) plane or None."""
+    N, C, L = out3.shape
+    m = W.shape[0] // C
     b = _sample_block(N, C, L, m + 1)
-    expanded = numpy.empty((b, m * C, L), dtype)
+    expanded = numpy.empty((b, m * C, L), out3.dtype)
     for a0 in range(0, N, b):
         a1 = min(N, a0 + b)
         e = expanded[:a1 - a0]
-        if K == 1:      # an outer product: BLAS with k = 1 is much slower
+        if r.shape[1] == 1:     # an outer product: BLAS with k = 1 is much slower
             numpy.multiply(W[None], r[a0:a1], out=e)
         else:
             numpy.matmul(W, r[a0:a1], out=e)
@@ -1743,18 +1750,7 @@ class QueueMixtureNormalizationFunction(function_node.FunctionNode):
                                                       self.K, self.eps)
         if channel_beta is not None:    # the posteriors sum to 1: beta = sum_m r_m beta
             B = B + channel_beta[:, None]
-        AB = numpy.concatenate([A, B]).astype(dtype)                  # (2C, M)
-        pq = numpy.empty((b, 2 * C, L), dtype)
-        for a0 in range(0, N, b):
-            a1 = min(N, a0 + b)
-            p = pq[:a1 - a0]
-            if M == 1:      # an outer product: BLAS with k = 1 is much slower
-                numpy.multiply(AB[None], r[a0:a1], out=p)
-            else:
-                numpy.matmul(AB, r[a0:a1], out=p)
-            y = out[a0:a1]
-            y *= p[:, :C]
-            y += p[:, C:]
+        _combine_blocks(out, numpy.concatenate([A, B]).astype(dtype), r)   # (2C, M)
         self.resp = None
         self._posteriors = r
         return out.reshape(x.shape).astype(x.dtype, copy=False), finite
