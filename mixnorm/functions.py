@@ -823,24 +823,35 @@ def _shift_moments_host(x3, shift, resp, out):
     resp1[:, K] = 1
     rows = resp1.reshape(N, L, K + 1)
     r1 = numpy.ascontiguousarray(rows.transpose(0, 2, 1))
-    plane = _plane(shift, L)
     moments = numpy.empty((2 * C + 1, K + 1), dtype)
-    b = _sample_block(N, C, L)
-    squares = numpy.empty((b, C, L), dtype)
-    part = numpy.empty((2, b, C, K + 1), dtype)
-    acc = numpy.zeros((2, b, C, K + 1), dtype)      # the sums by position in the block
-    for a0 in range(0, N, b):
-        a1 = min(N, a0 + b)
-        xc, sq, p = out[a0:a1], squares[:a1 - a0], part[:, :a1 - a0]
-        numpy.subtract(x3[a0:a1], plane, out=xc)
-        numpy.multiply(xc, xc, out=sq)
-        numpy.matmul(xc, rows[a0:a1], out=p[0])
-        numpy.matmul(sq, rows[a0:a1], out=p[1])
-        acc[:, :a1 - a0] += p
-    acc.sum(axis=1, out=moments[:2 * C].reshape(2, C, K + 1))
+    moments[:2 * C] = _centred_sums(x3, _plane(shift, L), out, rows).reshape(2 * C, K + 1)
     moments[2 * C, :K] = resp.sum(axis=0)
     moments[2 * C, K] = N * L
     return resp1, r1, moments
+
+
+def _centred_sums(x3, plane, out, rows, u3=None):
+    """A block of samples at a time (cache-sized): xc = x - ``plane`` (C, L) written into
+    ``out`` (N, C, L), and the sums ``[u; u xc] rows`` (2, C, K+1) over all points, with
+    ``u`` = xc (the moments of the forward) or ``u3`` (N, C, L) (the gradient's sums),
+    ``rows`` (N, L, K+1) the posteriors with a column of ones.  Two batched products per
+    block, summed by position in the block."""
+    N, C, L = x3.shape
+    b = _sample_block(N, C, L)
+    dtype = out.dtype
+    prod = numpy.empty((b, C, L), dtype)
+    part = numpy.empty((2, b, C, rows.shape[2]), dtype)
+    acc = numpy.zeros((2, b, C, rows.shape[2]), dtype)
+    for a0 in range(0, N, b):
+        a1 = min(N, a0 + b)
+        xc, v, p = out[a0:a1], prod[:a1 - a0], part[:, :a1 - a0]
+        numpy.subtract(x3[a0:a1], plane, out=xc)
+        u = xc if u3 is None else u3[a0:a1]
+        numpy.multiply(u, xc, out=v)
+        numpy.matmul(u, rows[a0:a1], out=p[0])
+        numpy.matmul(v, rows[a0:a1], out=p[1])
+        acc[:, :a1 - a0] += p
+    return acc.sum(axis=1)
 
 
 def _combine_host(out3, weights, r1, g3=None, beta=None):
@@ -983,22 +994,9 @@ def _backward_host(spec, saved, g3, gamma):
     N, C, L = x3.shape
     K = r1.shape[1] - 1
     rows = saved.resp1.reshape(N, L, K + 1)
-    plane = _plane(shift, L)
-    b = _sample_block(N, C, L)
     gx = numpy.empty(layout.shape, x3.dtype)
     gx3 = _as3(gx, layout)
-    buf = numpy.empty((b, C, L), x3.dtype)
-    part = numpy.empty((2, b, C, K + 1), x3.dtype)
-    acc = numpy.zeros((2, b, C, K + 1), x3.dtype)   # the sums by position in the block
-    for a0 in range(0, N, b):
-        a1 = min(N, a0 + b)
-        g, xc, gxc, p = g3[a0:a1], gx3[a0:a1], buf[:a1 - a0], part[:, :a1 - a0]
-        numpy.subtract(x3[a0:a1], plane, out=xc)
-        numpy.multiply(g, xc, out=gxc)
-        numpy.matmul(g, rows[a0:a1], out=p[0])
-        numpy.matmul(gxc, rows[a0:a1], out=p[1])
-        acc[:, :a1 - a0] += p
-    sums = acc.sum(axis=1).reshape(2 * C, K + 1)
+    sums = _centred_sums(x3, _plane(shift, L), gx3, rows, g3).reshape(2 * C, K + 1)
     grads = kernels.mn_grad_coef_views(
         kernels.mn_grad_coef(sums, saved.buf, gamma,
                              _MODES[spec.mode], spec.has_gamma, spec.has_beta), C, K)
