@@ -1,5 +1,6 @@
 """Shared by the benchmarks: timing, the environment, and writing records that name
 the hardware (``results/bench/<name>_<cpu|gpu>.json`` and ``.md``)."""
+import contextlib
 import json
 import os
 import sys
@@ -12,6 +13,15 @@ if REPO not in sys.path:
 from experiments import environment  # noqa: E402
 
 OUT_DIR = os.path.join(REPO, 'results', 'bench')
+
+
+def blas_limit(threads):
+    """A context that limits BLAS to ``threads`` threads (``--blas-threads``; None or 0:
+    as configured)."""
+    if not threads:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=threads, user_api='blas')
 
 
 def median_time(fn, repeats, sync=None, warmup=1):

@@ -12,7 +12,6 @@ Both fits use the same BLAS; on a machine shared with other work, ``--blas-threa
 (both sides limited through threadpoolctl) gives steadier numbers than BLAS threads
 that wait for busy cores.
 """
-import contextlib
 import argparse
 import os
 import sys
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _common import OUT_DIR, environment, write_record  # noqa: E402
+from _common import OUT_DIR, blas_limit, environment, write_record  # noqa: E402
 from mixnorm import gmm as G  # noqa: E402
 
 CASES = [(16384, 128, 3), (65536, 64, 3), (4096, 448, 5)]
@@ -94,12 +93,7 @@ def main(argv=None):
     print('# cpu: %s x%s; gpu: %s; BLAS threads: %s' % (
         env['cpu'], env['cpu_count'], env['gpu']['name'] if gpu else 'none',
         args.blas_threads or 'as configured'))
-    rows = []
-    limit = contextlib.nullcontext()
-    if args.blas_threads:
-        from threadpoolctl import threadpool_limits
-        limit = threadpool_limits(limits=args.blas_threads, user_api='blas')
-    with limit:
+    with blas_limit(args.blas_threads):
         rows = [bench_case(n, d, K, args.repeats, gpu) for n, d, K in CASES]
     for (n, d, K), row in zip(CASES, rows):
         row['blas_threads'] = args.blas_threads

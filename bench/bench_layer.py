@@ -21,7 +21,6 @@ steadiest figure.  ``--blas-threads 1`` limits BLAS (both sides) to one thread.
                                 [--shapes 64x448x8x8,...] [--K 1,3] [--no-write]
 """
 import argparse
-import contextlib
 import functools
 import os
 import sys
@@ -31,7 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _common import OUT_DIR, environment, median_time, write_record  # noqa: E402
+from _common import (OUT_DIR, blas_limit, environment, median_time,  # noqa: E402
+                     write_record)
 import mixnorm  # noqa: E402
 import chainer  # noqa: E402
 import chainer.links as L  # noqa: E402
@@ -245,11 +245,7 @@ def main(argv=None):
         if args.device == 'gpu':
             sys.exit('bench_layer: --device gpu needs CuPy and a CUDA device')
         devices.remove('gpu')
-    limit = contextlib.nullcontext()
-    if args.blas_threads:
-        from threadpoolctl import threadpool_limits
-        limit = threadpool_limits(limits=args.blas_threads, user_api='blas')
-    with limit:
+    with blas_limit(args.blas_threads):
         for d in devices:
             run(d, args.repeats, env, args.out, not args.no_write, args.shapes, args.K,
                 args.blas_threads)

@@ -36,7 +36,6 @@ record says so).  Writes ``results/bench/table7_<cpu|gpu>.{json,md}`` unless
 ``--no-write``.
 """
 import argparse
-import contextlib
 import fnmatch
 import os
 import sys
@@ -46,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _common import OUT_DIR, environment, write_record  # noqa: E402
+from _common import OUT_DIR, blas_limit, environment, write_record  # noqa: E402
 import mixnorm  # noqa: E402
 import chainer  # noqa: E402
 import chainer.links as L  # noqa: E402
@@ -282,11 +281,7 @@ def main(argv=None):
         sys.exit('table7: --device gpu needs CuPy and a CUDA device')
     if args.blas_threads is not None and args.blas_threads < 1:
         sys.exit('table7: --blas-threads must be >= 1')
-    limit = contextlib.nullcontext()
-    if args.blas_threads:
-        from threadpoolctl import threadpool_limits
-        limit = threadpool_limits(limits=args.blas_threads, user_api='blas')
-    with limit:
+    with blas_limit(args.blas_threads):
         return run(args, env)
 
 
